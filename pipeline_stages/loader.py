@@ -1,0 +1,79 @@
+"""Load one stage of a LLaMA checkpoint: only the tensors of its layer range.
+
+The module is built on the ``meta`` device (no memory), then each needed tensor is read from the
+safetensors file(s) and assigned; nothing else of the checkpoint is ever materialised. A tensor
+that is required but absent (or any module left on ``meta``) fails the load — there is no random
+initialisation to fall back to.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from transformers import AutoConfig
+
+from models.llama import LlamaStage, check_architecture, index_checkpoint
+from models.llama.tensor_names import EMBED, LM_HEAD, expected_shapes
+from node.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+
+def load_config(model_dir: str | Path):
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise CheckpointError(f"{model_dir} has no config.json")
+    try:
+        return AutoConfig.from_pretrained(model_dir, local_files_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot parse {model_dir / 'config.json'}: {exc}") from exc
+
+
+def load_stage(model_dir: str | Path, start: int, end: int,
+               dtype: torch.dtype = torch.float32) -> LlamaStage:
+    """Build :class:`LlamaStage` for layers ``[start, end)`` with weights from ``model_dir``."""
+    config = load_config(model_dir)
+    index = index_checkpoint(model_dir)
+    check_architecture(config, index)
+    n_layers = config.num_hidden_layers
+    if not 0 <= start < end <= n_layers:
+        raise CheckpointError(
+            f"layer range [{start}, {end}) is outside the model's {n_layers} layers")
+    with torch.device("meta"):
+        stage = LlamaStage(config, start, end)
+    needed = expected_shapes(config, range(start, end), first=stage.is_first, last=stage.is_last)
+    sources = dict.fromkeys(needed)
+    if stage.is_last and LM_HEAD not in index.shapes:
+        if not config.tie_word_embeddings:
+            raise CheckpointError(f"{model_dir}: lm_head.weight missing and embeddings not tied")
+        sources[LM_HEAD] = EMBED  # tied: the LM head reads the embedding matrix
+    state: dict[str, torch.Tensor] = {}
+    by_file: dict[Path, list[tuple[str, str]]] = {}
+    for name in needed:
+        src = sources[name] or name
+        by_file.setdefault(index.files[src], []).append((name, src))
+    for path, pairs in by_file.items():
+        with safe_open(str(path), framework="pt") as handle:
+            for name, src in pairs:
+                tensor = handle.get_tensor(src)
+                if tuple(tensor.shape) != needed[name]:
+                    raise CheckpointError(f"{name}: shape {list(tensor.shape)}, expected "
+                                          f"{list(needed[name])}")
+                state[name] = tensor.to(dtype)
+    missing, unexpected = stage.load_state_dict(state, strict=False, assign=True)
+    if unexpected:
+        raise CheckpointError(f"unexpected tensors for stage: {unexpected[:5]}")
+    on_meta = [n for n, p in stage.named_parameters() if p.is_meta]
+    if missing or on_meta:
+        raise CheckpointError(f"stage [{start}, {end}) left tensors unloaded: "
+                              f"{(missing or on_meta)[:5]}")
+    # buffers (rotary inv_freq) were created on meta: rebuild them on the CPU
+    stage.rotary_emb = type(stage.rotary_emb)(config=stage.config)
+    stage.eval()
+    n_params = sum(p.numel() for p in stage.parameters())
+    log.info("loaded layers [%d, %d) of %s: %.1fM parameters", start, end, model_dir,
+             n_params / 1e6)
+    return stage
