@@ -1,0 +1,112 @@
+"""What the store holds: one retrievable document and the source unit it came from.
+
+A *source unit* is the smallest thing whose change is detected on its own: one bead (a line of
+``.beads/issues.jsonl``), one config or formula file, one session. A unit yields one or more
+documents (long files are chunked); all of them carry the unit's sha256, and the unit is
+replaced as a whole when that sha256 changes.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass, field
+from typing import Any
+
+COLLECTIONS: tuple[str, ...] = ("beads", "configs", "formulas", "sessions")
+
+# Bumped when the text a reader produces from the same source changes: every unit whose stored
+# format differs is re-embedded on the next index run.
+DOC_FORMAT_VERSION = 1
+
+
+def parse_timestamp(value: Any) -> float | None:
+    """Seconds since the epoch for an ISO 8601 string (naive = UTC) or a number; else None."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if not isinstance(value, str) or not value.strip():
+        return None
+    text = value.strip().replace("Z", "+00:00")
+    try:
+        stamp = _dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=_dt.UTC)
+    return stamp.timestamp()
+
+
+def iso_utc(ts: float | None) -> str:
+    if ts is None:
+        return ""
+    return _dt.datetime.fromtimestamp(ts, _dt.UTC).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class Document:
+    """One retrievable document with the metadata every collection shares.
+
+    Attributes:
+        id: stable id, ``<rig>/<collection>/<unit key>[#<chunk>]``.
+        collection: one of :data:`COLLECTIONS`.
+        text: what is embedded and shown in a context block.
+        unit: the source unit's key within its rig (see module docstring).
+        source: path of the source file relative to the rig root.
+        source_sha256: sha256 of the unit's source bytes (a bead: its canonical JSON).
+        rig: rig name.
+        role: the Gas Town role the document belongs to; ``""`` means every role.
+        bead_id: the bead it is about, ``""`` if none.
+        updated_ts: last change, seconds since the epoch (None if the source has no time).
+        title: one-line label for listings.
+    """
+
+    id: str
+    collection: str
+    text: str
+    unit: str
+    source: str
+    source_sha256: str
+    rig: str
+    role: str = ""
+    bead_id: str = ""
+    updated_ts: float | None = None
+    title: str = ""
+
+    def metadata(self) -> dict[str, Any]:
+        """Flat ChromaDB metadata (no None values; an unknown time is ``updated_ts = 0``)."""
+        return {
+            "rig": self.rig,
+            "role": self.role,
+            "bead_id": self.bead_id,
+            "updated_at": iso_utc(self.updated_ts),
+            "updated_ts": float(self.updated_ts or 0.0),
+            "source": self.source,
+            "source_sha256": self.source_sha256,
+            "unit": self.unit,
+            "title": self.title[:300],
+            "format": DOC_FORMAT_VERSION,
+        }
+
+
+@dataclass
+class SourceUnit:
+    """One change-detection unit of a rig and the documents it yields."""
+
+    collection: str
+    key: str
+    source_sha256: str
+    documents: list[Document] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ReadProblem:
+    """A source (or one line of it) the readers could not use; reported, never dropped silently."""
+
+    source: str
+    line: int | None
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"{self.source}:{self.line}" if self.line is not None else self.source
+        return f"{where}: {self.reason}"
