@@ -56,7 +56,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 @dataclass
 class RunDir:
-    """An open run directory; call :meth:`add_artifact` for outputs and :meth:`finish` at the end."""
+    """An open run directory: :meth:`add_artifact` for each output, :meth:`finish` at the end."""
 
     path: Path
     record: dict[str, Any] = field(default_factory=dict)

@@ -30,7 +30,7 @@ _LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 
 # Tensor-name fragments that identify a family other than LLaMA (checked in order).
 FOREIGN_SIGNATURES: tuple[tuple[str, str], ...] = (
-    ("self_attn.q_proj.bias", "Qwen2ForCausalLM (model_type qwen2): attention projections have biases"),
+    ("self_attn.q_proj.bias", "Qwen2ForCausalLM (model_type qwen2): biased q/k/v"),
     ("self_attn.q_norm.weight", "Qwen3ForCausalLM (model_type qwen3): per-head q/k norms"),
     ("block_sparse_moe", "MixtralForCausalLM (model_type mixtral): mixture-of-experts blocks"),
     ("mlp.experts.", "a mixture-of-experts model: expert MLPs"),
@@ -50,7 +50,8 @@ def parse_layer(name: str) -> tuple[int, str] | None:
     return (int(match.group(1)), match.group(2)) if match else None
 
 
-def expected_shapes(config, layers: range, *, first: bool, last: bool) -> dict[str, tuple[int, ...]]:
+def expected_shapes(config, layers: range, *, first: bool,
+                    last: bool) -> dict[str, tuple[int, ...]]:
     """Every tensor a stage covering ``layers`` needs, with its shape from the config."""
     hidden = config.hidden_size
     head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads

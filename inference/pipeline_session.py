@@ -1,0 +1,153 @@
+"""One inference session across the pipeline, with failover.
+
+The session holds one stage session per hop of its route and, per hop, the inputs it has sent
+so far (token ids for the first hop, hidden states for the others; a few KB per token). When a
+hop fails (peer died, timed out, session evicted) the session opens the same span on another
+replica, replays that hop's inputs to rebuild its KV-cache, and carries on: the tokens that come
+out are the ones the failed replica would have produced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from inference.routing import plan_route, replicas_for
+from inference.sampler import SamplingParams
+from inference.stage_client import StageSessionClient, StageUnavailable, output_tensor
+from node.dht_records import StageRecord
+from node.errors import PeerFailureError
+from proto import node0_pb2
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Hop:
+    record: StageRecord
+    client: StageSessionClient
+    inputs: torch.Tensor | None = None  # (1, positions, …) sent so far
+
+
+class PipelineSession:
+    """Drive every stage of a route for one sequence.
+
+    Args:
+        fetch_records: returns the current DHT records of the model (called at open and on
+            failover; blocking, run in a thread).
+        model: model name.
+        max_length: positions the session may reach (prompt + generated).
+        step_timeout: seconds a stage may take to answer one step before it counts as failed.
+        max_failovers: replicas tried per failure before giving up.
+    """
+
+    def __init__(self, fetch_records: Callable[[], list[StageRecord]], model: str, *,
+                 max_length: int, adapters: tuple[str, ...] = (), step_timeout: float = 30.0,
+                 max_failovers: int = 3):
+        self.fetch_records = fetch_records
+        self.model = model
+        self.max_length = max_length
+        self.adapters = adapters
+        self.step_timeout = step_timeout
+        self.max_failovers = max_failovers
+        self.hops: list[_Hop] = []
+        self.failed_endpoints: set[str] = set()
+        self.failovers = 0
+        self.token_ids: list[int] = []  # the sequence whose KV is cached on every stage
+
+    async def _connect(self, record: StageRecord) -> StageSessionClient:
+        client = StageSessionClient(record.endpoint, model=self.model, start=record.start,
+                                    end=record.end, step_timeout=self.step_timeout)
+        try:
+            await client.open(self.max_length, self.adapters)
+        except BaseException:
+            await client.close()
+            raise
+        return client
+
+    async def open(self) -> list[StageRecord]:
+        records = await asyncio.to_thread(self.fetch_records)
+        route = plan_route(records, self.model)
+        for record in route:
+            try:
+                client = await self._connect(record)
+            except StageUnavailable:
+                client, record = await self._replacement(record.span, record.endpoint)
+            self.hops.append(_Hop(record, client))
+        log.debug("route: %s", " -> ".join(f"{h.record.endpoint}{list(h.record.span)}"
+                                           for h in self.hops))
+        return [h.record for h in self.hops]
+
+    async def _replacement(self, span: tuple[int, int], failed: str
+                           ) -> tuple[StageSessionClient, StageRecord]:
+        self.failed_endpoints.add(failed)
+        for _ in range(self.max_failovers):
+            records = await asyncio.to_thread(self.fetch_records)
+            candidates = replicas_for(records, span, self.model,
+                                      exclude_endpoints=frozenset(self.failed_endpoints))
+            if not candidates:
+                break
+            record = candidates[0]
+            try:
+                return await self._connect(record), record
+            except StageUnavailable as exc:
+                log.warning("replica %s failed to open: %s", record.endpoint, exc)
+                self.failed_endpoints.add(record.endpoint)
+        raise PeerFailureError(
+            f"layers [{span[0]}, {span[1]}) failed on {failed} and no other live replica could "
+            f"take over (tried: {sorted(self.failed_endpoints)})",
+            hint="start another daemon hosting these layers and retry")
+
+    async def _step_hop(self, index: int, position: int, inputs: torch.Tensor,
+                        sampling: SamplingParams | None, return_logits: bool
+                        ) -> tuple[node0_pb2.StepResponse, torch.Tensor | None]:
+        hop = self.hops[index]
+        last = index == len(self.hops) - 1
+        kwargs = {"sampling": sampling, "return_logits": return_logits} if last else {}
+        try:
+            response = await hop.client.step(position, inputs, **kwargs)
+            return response, None if last else output_tensor(response)
+        except StageUnavailable as exc:
+            log.warning("stage %s on %s failed: %s; switching replica",
+                        list(hop.record.span), hop.record.endpoint, exc)
+        while True:
+            await hop.client.close()
+            hop.client, hop.record = await self._replacement(hop.record.span,
+                                                             hop.record.endpoint)
+            self.failovers += 1
+            past = hop.inputs[:, :position] if hop.inputs is not None and position else None
+            replay = inputs if past is None else torch.cat([past, inputs], dim=1)
+            try:
+                response = await hop.client.step(0, replay, **kwargs)
+            except StageUnavailable as exc:
+                log.warning("replacement %s failed too: %s", hop.record.endpoint, exc)
+                continue
+            log.info("stage %s rebuilt on %s from %d positions", list(hop.record.span),
+                     hop.record.endpoint, replay.shape[1])
+            if last:
+                return response, None
+            return response, output_tensor(response)[:, -inputs.shape[1]:]
+
+    async def step(self, token_ids: list[int], position: int, *,
+                   sampling: SamplingParams | None, return_logits: bool = False
+                   ) -> node0_pb2.StepResponse:
+        """Feed ``token_ids`` at ``position`` (rewinding the caches if position is earlier)."""
+        x: torch.Tensor = torch.tensor([token_ids], dtype=torch.int64)
+        response = None
+        for index, hop in enumerate(self.hops):
+            response, output = await self._step_hop(index, position, x, sampling, return_logits)
+            past = hop.inputs[:, :position] if hop.inputs is not None and position else None
+            hop.inputs = x if past is None else torch.cat([past, x], dim=1)
+            if output is not None:
+                x = output
+        self.token_ids = self.token_ids[:position] + list(token_ids)
+        return response
+
+    async def close(self) -> None:
+        await asyncio.gather(*(hop.client.close() for hop in self.hops),
+                             return_exceptions=True)
+        self.hops = []

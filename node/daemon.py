@@ -1,0 +1,131 @@
+"""The daemon behind ``node0 serve``: load stages, serve gRPC, announce in the DHT, leave cleanly.
+
+Lifecycle: load every hosted stage (fail closed on any checkpoint problem) → start the gRPC
+server → join the DHT → announce each stage and keep announcing every ``announce_period``
+(heartbeat, also evicting idle sessions) → on SIGTERM/SIGINT: announce ``offline``, stop accepting
+requests and give in-flight streams a grace period, leave the DHT, exit 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from models.catalog import resolve_model_dir
+from node.banner import print_banner, status
+from node.config import DaemonConfig
+from node.dht import start_dht, visible_maddrs
+from node.dht_records import StageRecord, announce
+from node.stage_service import StageService, start_grpc_server
+from pipeline_stages.executor import StageExecutor
+from pipeline_stages.loader import load_stage
+from pipeline_stages.sessions import SessionManager
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE_S = 5.0
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temp name and rename, so a reader never sees a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class Daemon:
+    def __init__(self, config: DaemonConfig, *, config_path: str | None = None,
+                 config_sha256: str | None = None):
+        self.config = config
+        self.config_path = config_path
+        self.config_sha256 = config_sha256
+        self.stop_event = threading.Event()
+        self.dht = None
+        self.server = None
+        self.port: int | None = None
+
+    def _records(self, executor: StageExecutor, state: str = "online") -> list[StageRecord]:
+        stats = executor.sessions.stats()
+        host = self.config.announce_host or self.config.host
+        return [
+            StageRecord(
+                model=self.config.model, start=start, end=end,
+                num_layers=executor.config.num_hidden_layers, endpoint=f"{host}:{self.port}",
+                peer_id=str(self.dht.peer_id), state=state,
+                load=stats["active_sessions"] / executor.sessions.max_sessions,
+                node0_version=metadata.version("node0"))
+            for start, end in sorted(executor.stages)
+        ]
+
+    def run(self) -> int:
+        cfg = self.config
+        if cfg.torch_threads:
+            torch.set_num_threads(cfg.torch_threads)
+        model_dir = resolve_model_dir(cfg.model)
+        print_banner("serve", self.config_path, self.config_sha256, [
+            f"model: {cfg.model} ({model_dir})",
+            "stages: " + ", ".join(str(s) for s in cfg.stages),
+            f"grpc: {cfg.host}:{cfg.port or 'auto'}; max message {cfg.max_message_bytes} B",
+            f"dht: {'join ' + ', '.join(cfg.initial_peers) if cfg.initial_peers else 'new DHT'}",
+            f"sessions: max {cfg.max_sessions}, cache {cfg.max_cache_tokens} positions, "
+            f"idle timeout {cfg.idle_timeout:g} s",
+            f"heartbeat: every {cfg.announce_period:g} s, ttl {cfg.announce_ttl:g} s",
+        ])
+        stages = {}
+        for spec in cfg.stages:
+            status("load", f"layers {spec} from {model_dir}")
+            stages[(spec.start, spec.end)] = load_stage(model_dir, spec.start, spec.end)
+        sessions = SessionManager(max_sessions=cfg.max_sessions,
+                                  max_cache_tokens=cfg.max_cache_tokens,
+                                  idle_timeout=cfg.idle_timeout)
+        executor = StageExecutor(cfg.model, stages, sessions)
+
+        status("dht", "starting")
+        self.dht = start_dht(cfg.initial_peers, host_maddrs=cfg.dht_host_maddrs)
+        maddrs = visible_maddrs(self.dht)
+        service = StageService(executor, peer_id=str(self.dht.peer_id),
+                               max_message_bytes=cfg.max_message_bytes)
+        self.server, self.port = start_grpc_server(
+            service, cfg.host, cfg.port, max_workers=2 * cfg.max_sessions + 4)
+        status("grpc", f"serving on {cfg.host}:{self.port}")
+        announce(self.dht, self._records(executor), cfg.announce_ttl)
+        if cfg.peer_file:
+            write_atomic(Path(cfg.peer_file), "\n".join(maddrs) + "\n")
+        status("ready", f"peer {self.dht.peer_id} endpoint {cfg.host}:{self.port} "
+                        f"dht {maddrs[0] if maddrs else '?'}")
+        try:
+            while not self.stop_event.wait(cfg.announce_period):
+                evicted = sessions.evict_idle()
+                if evicted:
+                    log.info("evicted %d idle session(s)", len(evicted))
+                announce(self.dht, self._records(executor), cfg.announce_ttl)
+        finally:
+            self._shutdown(executor)
+        return 0
+
+    def _shutdown(self, executor: StageExecutor) -> None:
+        status("shutdown", "announcing offline, draining requests")
+        try:
+            announce(self.dht, self._records(executor, state="offline"), self.config.announce_ttl)
+        except Exception:  # leaving must not fail because the DHT is already gone
+            log.warning("could not announce offline", exc_info=True)
+        if self.server is not None:
+            self.server.stop(grace=SHUTDOWN_GRACE_S).wait()
+        if self.dht is not None:
+            self.dht.shutdown()
+        status("shutdown", "done")
+
+    def install_signal_handlers(self) -> None:
+        def _stop(signum, _frame):
+            log.info("received %s", signal.Signals(signum).name)
+            self.stop_event.set()
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)

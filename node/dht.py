@@ -1,0 +1,38 @@
+"""Starting a hivemind DHT peer the way this project needs it.
+
+Sets hivemind's shared-memory strategy to ``file_descriptor`` before hivemind is imported (the
+default leaves ``/dev/shm/torch_*`` files behind after a crash) and turns a failed bootstrap into
+a :class:`SwarmError` that says which peers were tried.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HIVEMIND_MEMORY_SHARING_STRATEGY", "file_descriptor")
+
+import hivemind  # noqa: E402
+
+from node.errors import SwarmError  # noqa: E402
+
+
+def start_dht(initial_peers: list[str], *, host_maddrs: list[str] | None = None,
+              client_mode: bool = False) -> hivemind.DHT:
+    try:
+        return hivemind.DHT(
+            initial_peers=list(initial_peers),
+            host_maddrs=host_maddrs or ["/ip4/127.0.0.1/tcp/0"],
+            client_mode=client_mode,
+            start=True,
+        )
+    except Exception as exc:
+        where = ", ".join(initial_peers) if initial_peers else "(none)"
+        raise SwarmError(
+            f"cannot join the DHT through initial peers {where}: {exc}",
+            hint="check that a swarm is running (`node0 swarm status`) and the addresses are "
+                 "current",
+        ) from exc
+
+
+def visible_maddrs(dht: hivemind.DHT) -> list[str]:
+    return [str(addr) for addr in dht.get_visible_maddrs()]

@@ -1,0 +1,69 @@
+"""Stage announcements in the DHT: a validated record per (peer, stage), with an expiration.
+
+All stages of a model live under one DHT key, one subkey per ``peer:start-end``, so a client reads
+the whole model's layout with a single ``get``. A daemon refreshes its records every heartbeat; a
+record that is not refreshed expires and drops out of routing. On shutdown a daemon overwrites its
+records with ``state: offline`` so clients stop routing to it at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+from hivemind.utils import get_dht_time
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+log = logging.getLogger(__name__)
+
+
+class StageRecord(BaseModel):
+    """What a daemon announces about one stage it hosts."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str
+    start: int
+    end: int
+    num_layers: int
+    endpoint: str  # host:port of the gRPC service
+    peer_id: str
+    state: Literal["online", "offline"] = "online"
+    load: float = 0.0  # active sessions / max sessions
+    adapters: list[str] = []
+    node0_version: str = ""
+
+    @property
+    def subkey(self) -> str:
+        return f"{self.peer_id}:{self.start}-{self.end}"
+
+    @property
+    def span(self) -> tuple[int, int]:
+        return (self.start, self.end)
+
+
+def model_key(model: str) -> str:
+    return f"node0:v1:{model}:stages"
+
+
+def announce(dht, records: list[StageRecord], ttl: float) -> None:
+    expiration = get_dht_time() + ttl
+    for record in records:
+        ok = dht.store(model_key(record.model), subkey=record.subkey,
+                       value=record.model_dump(), expiration_time=expiration)
+        if not ok:
+            log.warning("DHT store of %s was not accepted", record.subkey)
+
+
+def fetch_records(dht, model: str) -> list[StageRecord]:
+    """All unexpired, well-formed records of ``model`` (malformed ones are logged and skipped)."""
+    found = dht.get(model_key(model), latest=True)
+    if found is None or not isinstance(found.value, dict):
+        return []
+    records = []
+    for subkey, item in found.value.items():
+        try:
+            records.append(StageRecord.model_validate(item.value))
+        except ValidationError as exc:
+            log.warning("ignoring malformed stage record %r: %s", subkey, exc)
+    return sorted(records, key=lambda r: (r.start, r.end, r.peer_id))

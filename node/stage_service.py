@@ -1,0 +1,126 @@
+"""The gRPC service of a daemon: Info, OpenSession, Step (bidirectional stream), CloseSession.
+
+Handlers validate every message (tensor dtype/shape/bytes, positions, limits) and answer a bad
+request with a precise status code — INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION,
+OUT_OF_RANGE, RESOURCE_EXHAUSTED — so one bad client never disturbs the daemon. Messages larger
+than ``max_message_bytes`` are refused by gRPC itself with RESOURCE_EXHAUSTED.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent import futures
+from importlib import metadata
+
+import grpc
+
+from inference.sampler import SamplingParams
+from pipeline_stages.errors import InvalidInput, StageRequestError
+from pipeline_stages.executor import StageExecutor
+from proto import node0_pb2, node0_pb2_grpc
+from proto.tensor_codec import TensorFormatError, decode, encode
+
+log = logging.getLogger(__name__)
+
+
+def _sampling(request: node0_pb2.StepRequest) -> SamplingParams | None:
+    if not request.sample:
+        return None
+    s = request.sampling
+    try:  # proto3 has no "unset": top_p 0 means the default (1, off)
+        return SamplingParams(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p or 1.0,
+                              seed=s.seed)
+    except ValueError as exc:
+        raise InvalidInput(f"bad sampling parameters: {exc}") from exc
+
+
+class StageService(node0_pb2_grpc.StageServicer):
+    def __init__(self, executor: StageExecutor, *, peer_id: str, max_message_bytes: int):
+        self.executor = executor
+        self.peer_id = peer_id
+        self.max_message_bytes = max_message_bytes
+
+    def _abort(self, context: grpc.ServicerContext, exc: Exception) -> None:
+        if isinstance(exc, StageRequestError):
+            context.abort(getattr(grpc.StatusCode, exc.status), str(exc))
+        if isinstance(exc, TensorFormatError):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed tensor: {exc}")
+        log.exception("internal error")
+        context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc}")
+
+    def Info(self, request, context):  # noqa: N802 (gRPC method name)
+        config = self.executor.config
+        stats = self.executor.sessions.stats()
+        return node0_pb2.InfoResponse(
+            node0_version=metadata.version("node0"),
+            peer_id=self.peer_id,
+            stages=[
+                node0_pb2.StageInfo(
+                    model=self.executor.model_name, start=start, end=end,
+                    num_layers=config.num_hidden_layers, hidden_size=config.hidden_size,
+                    vocab_size=config.vocab_size,
+                    max_position_embeddings=config.max_position_embeddings)
+                for start, end in sorted(self.executor.stages)
+            ],
+            active_sessions=stats["active_sessions"],
+            max_sessions=self.executor.sessions.max_sessions,
+            reserved_cache_tokens=stats["reserved_cache_tokens"],
+            max_cache_tokens=self.executor.sessions.max_cache_tokens,
+            max_message_bytes=self.max_message_bytes,
+        )
+
+    def OpenSession(self, request, context):  # noqa: N802
+        try:
+            session = self.executor.open_session(request.model, request.start, request.end,
+                                                 request.max_length, tuple(request.adapters))
+        except Exception as exc:
+            self._abort(context, exc)
+        log.info("session %s opened on [%d, %d)", session.session_id[:8], request.start,
+                 request.end)
+        return node0_pb2.OpenSessionResponse(session_id=session.session_id)
+
+    def Step(self, request_iterator, context):  # noqa: N802
+        session_id = None
+        for request in request_iterator:
+            try:
+                if session_id is None:
+                    session_id = request.session_id
+                elif request.session_id != session_id:
+                    raise InvalidInput("one Step stream serves one session")
+                result = self.executor.step(
+                    request.session_id, request.position, decode(request.input),
+                    sampling=_sampling(request), return_logits=request.return_logits)
+            except Exception as exc:
+                self._abort(context, exc)
+            response = node0_pb2.StepResponse(cache_length=result.cache_length)
+            if result.output is not None:
+                response.output.CopyFrom(encode(result.output))
+            if result.token is not None:
+                response.token = result.token
+            if result.logits is not None:
+                response.logits.CopyFrom(encode(result.logits))
+            yield response
+
+    def CloseSession(self, request, context):  # noqa: N802
+        closed = self.executor.sessions.close(request.session_id)
+        return node0_pb2.CloseSessionResponse(closed=closed)
+
+
+def start_grpc_server(service: StageService, host: str, port: int, *,
+                      max_workers: int) -> tuple[grpc.Server, int]:
+    """Start the server; returns it and the bound port (``port=0`` picks a free one)."""
+    limit = service.max_message_bytes
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    node0_pb2_grpc.add_StageServicer_to_server(service, server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot bind gRPC server to {host}:{port}")
+    server.start()
+    return server, bound

@@ -1,0 +1,118 @@
+"""Run inference steps for the stages a daemon hosts.
+
+One step extends a session's KV-cache with the new positions and returns the stage output. A
+step may also rewind: a ``position`` below the cache length first crops the cache to it (the
+client does this when a conversation's re-tokenized history diverges from what is cached).
+Compute is serialised by one lock: torch already uses every core for a single step.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+import torch
+
+from inference.sampler import SamplingParams, sample_token
+from models.llama import LlamaStage
+from pipeline_stages.errors import ContextOverflow, InvalidInput, PositionMismatch
+from pipeline_stages.sessions import Session, SessionManager
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StepResult:
+    output: torch.Tensor | None  # hidden states (1, n, hidden) on non-last stages
+    token: int | None  # sampled next token (last stage)
+    logits: torch.Tensor | None  # (vocab,) of the last position (last stage, on request)
+    cache_length: int
+
+
+class StageExecutor:
+    """The stages of one daemon plus their sessions."""
+
+    def __init__(self, model_name: str, stages: dict[tuple[int, int], LlamaStage],
+                 sessions: SessionManager):
+        if not stages:
+            raise ValueError("a daemon needs at least one stage")
+        self.model_name = model_name
+        self.stages = stages
+        self.sessions = sessions
+        self._compute = threading.Lock()
+        any_stage = next(iter(stages.values()))
+        self.config = any_stage.full_config
+
+    @property
+    def context_window(self) -> int:
+        return int(self.config.max_position_embeddings)
+
+    def open_session(self, model: str, start: int, end: int, max_length: int,
+                     adapters: tuple[str, ...] = ()) -> Session:
+        if model != self.model_name:
+            raise InvalidInput(f"this daemon serves {self.model_name!r}, not {model!r}")
+        stage = self.stages.get((start, end))
+        if stage is None:
+            hosted = ", ".join(f"[{s}, {e})" for s, e in sorted(self.stages))
+            raise InvalidInput(f"layers [{start}, {end}) are not hosted here (hosted: {hosted})")
+        if not 1 <= max_length <= self.context_window:
+            raise InvalidInput(f"max_length must be in [1, {self.context_window}] (the model's "
+                               f"context window), got {max_length}")
+        if adapters:
+            raise InvalidInput(f"unknown adapter(s) {list(adapters)}; available: none")
+        return self.sessions.open((start, end), max_length, stage.new_cache(), tuple(adapters))
+
+    def _check_input(self, stage: LlamaStage, inputs: torch.Tensor) -> torch.Tensor:
+        if stage.is_first:
+            if inputs.dtype != torch.int64 or inputs.dim() != 2 or inputs.shape[0] != 1:
+                raise InvalidInput(f"first stage takes int64 token ids of shape (1, n), got "
+                                   f"{inputs.dtype} {list(inputs.shape)}")
+            vocab = stage.full_config.vocab_size
+            if int(inputs.min()) < 0 or int(inputs.max()) >= vocab:
+                raise InvalidInput(f"token ids must be in [0, {vocab})")
+            return inputs
+        hidden = stage.full_config.hidden_size
+        if (not inputs.is_floating_point() or inputs.dim() != 3 or inputs.shape[0] != 1
+                or inputs.shape[2] != hidden):
+            raise InvalidInput(f"stage [{stage.start}, {stage.end}) takes float hidden states of "
+                               f"shape (1, n, {hidden}), got {inputs.dtype} {list(inputs.shape)}")
+        if not torch.isfinite(inputs).all():
+            raise InvalidInput("hidden states contain NaN or inf")
+        return inputs.to(next(stage.parameters()).dtype)
+
+    def step(self, session_id: str, position: int, inputs: torch.Tensor, *,
+             sampling: SamplingParams | None = None, return_logits: bool = False) -> StepResult:
+        session = self.sessions.acquire(session_id)
+        try:
+            return self._step(session, position, inputs, sampling, return_logits)
+        finally:
+            self.sessions.release(session)
+
+    def _step(self, session: Session, position: int, inputs: torch.Tensor,
+              sampling: SamplingParams | None, return_logits: bool) -> StepResult:
+        stage = self.stages[session.stage_key]
+        inputs = self._check_input(stage, inputs)
+        n_new = inputs.shape[1]
+        if not 0 <= position <= session.length:
+            raise PositionMismatch(f"step at position {position}, but the session's cache holds "
+                                   f"{session.length} positions")
+        if position + n_new > session.max_length:
+            raise ContextOverflow(f"positions {position}..{position + n_new} exceed the session's "
+                                  f"max_length {session.max_length}")
+        with self._compute, torch.inference_mode():
+            if position < session.length:
+                session.cache.crop(position - session.length)
+                session.length = position
+            try:
+                out = stage(inputs, cache=session.cache, logits_to_keep=1)
+            except Exception:
+                # the cache may now be half-extended: drop the session rather than serve from it
+                self.sessions.close(session.session_id)
+                raise
+            session.length += n_new
+        if not stage.is_last:
+            return StepResult(out, None, None, session.length)
+        logits = out[0, -1]
+        token = sample_token(logits, sampling, session.length) if sampling is not None else None
+        return StepResult(None, token, logits if return_logits else None, session.length)

@@ -1,0 +1,94 @@
+"""Inference sessions of a daemon: one KV-cache per session, bounded in count and memory.
+
+Each session reserves ``max_length`` cache positions when it opens; the daemon refuses a session
+that would push the reserved total past ``max_cache_tokens`` (after evicting idle sessions), so
+the cache memory is bounded up front instead of failing mid-generation. Sessions idle for longer
+than ``idle_timeout`` are evicted.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline_stages.errors import CapacityExceeded, SessionNotFound
+
+
+@dataclass
+class Session:
+    session_id: str
+    stage_key: tuple[int, int]  # (start, end) of the stage serving it
+    max_length: int
+    cache: Any  # transformers DynamicCache
+    adapters: tuple[str, ...] = ()
+    length: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+    busy: bool = False  # a step is running; never evict
+
+
+class SessionManager:
+    """Thread-safe registry of open sessions with capacity limits and idle eviction."""
+
+    def __init__(self, *, max_sessions: int, max_cache_tokens: int, idle_timeout: float):
+        self.max_sessions = max_sessions
+        self.max_cache_tokens = max_cache_tokens
+        self.idle_timeout = idle_timeout
+        self._sessions: dict[str, Session] = {}
+        self._lock = threading.Lock()
+
+    def open(self, stage_key: tuple[int, int], max_length: int, cache: Any,
+             adapters: tuple[str, ...] = ()) -> Session:
+        with self._lock:
+            self._evict_idle_locked(time.monotonic())
+            if len(self._sessions) >= self.max_sessions:
+                raise CapacityExceeded(
+                    f"daemon is at its session limit ({self.max_sessions}); retry later or use "
+                    "another replica")
+            reserved = sum(s.max_length for s in self._sessions.values())
+            if reserved + max_length > self.max_cache_tokens:
+                raise CapacityExceeded(
+                    f"session needs {max_length} cache positions; "
+                    f"{self.max_cache_tokens - reserved} of {self.max_cache_tokens} are free")
+            session = Session(secrets.token_hex(16), stage_key, max_length, cache, adapters)
+            self._sessions[session.session_id] = session
+            return session
+
+    def acquire(self, session_id: str) -> Session:
+        """Mark a session busy for one step (the caller must :meth:`release` it)."""
+        with self._lock:
+            session = self._sessions.get(session_id)
+            if session is None:
+                raise SessionNotFound(f"no session {session_id!r} (closed, evicted or never "
+                                      "opened)")
+            session.busy = True
+            return session
+
+    def release(self, session: Session) -> None:
+        with self._lock:
+            session.busy = False
+            session.last_used = time.monotonic()
+
+    def close(self, session_id: str) -> bool:
+        with self._lock:
+            return self._sessions.pop(session_id, None) is not None
+
+    def evict_idle(self) -> list[str]:
+        with self._lock:
+            return self._evict_idle_locked(time.monotonic())
+
+    def _evict_idle_locked(self, now: float) -> list[str]:
+        stale = [sid for sid, s in self._sessions.items()
+                 if not s.busy and now - s.last_used > self.idle_timeout]
+        for sid in stale:
+            del self._sessions[sid]
+        return stale
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                "active_sessions": len(self._sessions),
+                "reserved_cache_tokens": sum(s.max_length for s in self._sessions.values()),
+            }
