@@ -369,9 +369,9 @@ def _read_config(path: Path, rel: str, rig: str, limit: int, out: RigRead) -> No
     chunks: list[str] = []
     if path.suffix == ".md":
         for heading, body in markdown_sections(text):
+            # a heading without body text lives on in its subsections' heading paths
             prefix = f"## {heading}\n" if heading else ""
-            pieces = chunk_words(body, limit) or [""]
-            chunks.extend(f"{prefix}{piece}".strip() for piece in pieces)
+            chunks.extend(f"{prefix}{piece}".strip() for piece in chunk_words(body, limit))
     else:
         try:
             data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
