@@ -70,6 +70,8 @@ def load_stage(model_dir: str | Path, start: int, end: int,
     if missing or on_meta:
         raise CheckpointError(f"stage [{start}, {end}) left tensors unloaded: "
                               f"{(missing or on_meta)[:5]}")
+    if stage.is_first and stage.is_last and LM_HEAD not in index.shapes:
+        stage.lm_head.weight = stage.model.embed_tokens.weight  # tied: share, don't copy
     # buffers (rotary inv_freq) were created on meta: rebuild them on the CPU
     stage.rotary_emb = type(stage.rotary_emb)(config=stage.config)
     stage.eval()
