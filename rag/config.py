@@ -71,6 +71,11 @@ class RagConfig(BaseModel):
         description="Two hits whose embeddings have at least this cosine similarity are duplicates "
         "(identical text is always a duplicate).",
     )
+    mention_bonus: float = Field(
+        default=1.0,
+        ge=0.0,
+        description="Score bonus of a bead the query names by id (e.g. 'Your hook has gt-q2vk').",
+    )
     budget_tokens: int = Field(
         default=2048, ge=0, description="Token budget of the context block, markers included."
     )

@@ -7,6 +7,10 @@ from the wall clock, and not across collections: bead and session times come fro
 records, file times from the file system), so the same store and query always give the same
 ranking. Documents without a time get no bonus.
 
+A bead named in the query by its id (``gt-q2vk``) is fetched directly, whatever its similarity,
+and gets ``mention_bonus`` on top: an agent's turn "Your hook has gt-q2vk" needs that bead, and
+a sentence embedding does not match identifiers.
+
 Duplicates: a hit whose text is identical to, or whose embedding has cosine similarity of at
 least ``dedup_similarity`` with, a better-ranked hit is dropped.
 """
@@ -15,8 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -27,6 +32,13 @@ from rag.store import RagStore, StoredHit
 logger = logging.getLogger(__name__)
 
 _DAY_S = 86400.0
+_BEAD_ID = re.compile(r"\b[a-z][a-z0-9]{0,15}-[a-z0-9]{2,12}\b")  # gt-q2vk, bd-7k2p
+_MAX_MENTIONS = 20
+
+
+def mentioned_bead_ids(text: str) -> list[str]:
+    """Tokens of a text shaped like bead ids, in order of first appearance."""
+    return list(dict.fromkeys(_BEAD_ID.findall(text)))[:_MAX_MENTIONS]
 
 
 @dataclass(frozen=True)
@@ -38,6 +50,7 @@ class RetrievalSettings:
     recency_weight: float = 0.05
     recency_half_life_days: float = 14.0
     dedup_similarity: float = 0.97
+    mention_bonus: float = 1.0
 
     @classmethod
     def from_config(cls, config: Any, **overrides: Any) -> RetrievalSettings:
@@ -103,7 +116,13 @@ def retrieve(
     settings = settings or RetrievalSettings()
     vector = store.embedder.embed_one(query)
     return retrieve_by_vector(
-        store, vector, rig=rig, role=role, settings=settings, collections=collections
+        store,
+        vector,
+        rig=rig,
+        role=role,
+        settings=settings,
+        collections=collections,
+        mentions=mentioned_bead_ids(query),
     )
 
 
@@ -115,17 +134,25 @@ def retrieve_by_vector(
     role: str | None = None,
     settings: RetrievalSettings | None = None,
     collections: Sequence[str] = COLLECTIONS,
+    mentions: Sequence[str] = (),
 ) -> list[Hit]:
-    """:func:`retrieve` for an already embedded query."""
+    """:func:`retrieve` for an already embedded query; ``mentions`` are bead ids it names."""
     settings = settings or RetrievalSettings()
     where = where_clause(rig, role)
-    candidates: list[StoredHit] = []
+    by_id: dict[str, StoredHit] = {}
     for name in collections:
-        candidates.extend(
-            store.nearest(
-                name, vector, settings.candidates_per_collection, where=where, with_embeddings=True
-            )
-        )
+        for hit in store.nearest(
+            name, vector, settings.candidates_per_collection, where=where, with_embeddings=True
+        ):
+            by_id[hit.id] = hit
+    mentioned: set[str] = set()
+    if mentions and "beads" in collections:
+        clause = {"bead_id": {"$in": list(mentions)}}
+        for hit in store.matching("beads", {"$and": [clause, where]} if where else clause):
+            similarity = float(np.dot(vector, hit.embedding))
+            by_id[hit.id] = replace(hit, similarity=similarity)
+            mentioned.add(hit.id)
+    candidates = list(by_id.values())
     if not candidates:
         return []
     newest: dict[str, float] = {}
@@ -133,7 +160,14 @@ def retrieve_by_vector(
         ts = float(c.metadata.get("updated_ts") or 0.0)
         newest[c.collection] = max(newest.get(c.collection, 0.0), ts)
     scored = sorted(
-        ((_score(c, newest[c.collection], settings), c) for c in candidates),
+        (
+            (
+                _score(c, newest[c.collection], settings)
+                + (settings.mention_bonus if c.id in mentioned else 0.0),
+                c,
+            )
+            for c in candidates
+        ),
         key=lambda pair: (-pair[0], pair[1].id),  # ties broken by id: deterministic
     )
     kept: list[tuple[float, StoredHit]] = []

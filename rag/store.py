@@ -209,6 +209,25 @@ class RagStore:
             for i, doc_id in enumerate(got["ids"])
         ]
 
+    def matching(
+        self, collection: str, where: dict[str, Any], *, limit: int = 100
+    ) -> list[StoredHit]:
+        """Documents whose metadata match a filter (with embeddings; similarity left at 0)."""
+        got = self._collection(collection).get(
+            where=where, limit=limit, include=["documents", "metadatas", "embeddings"]
+        )
+        return [
+            StoredHit(
+                id=doc_id,
+                collection=collection,
+                text=got["documents"][i],
+                metadata=got["metadatas"][i],
+                similarity=0.0,
+                embedding=np.asarray(got["embeddings"][i]),
+            )
+            for i, doc_id in enumerate(got["ids"])
+        ]
+
     def nearest(
         self,
         collection: str,
