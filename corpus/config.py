@@ -1,0 +1,140 @@
+"""Build configuration: a pydantic model with defaults; YAML files only name values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from dataload.schema import ROLES
+from node.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SourcesConfig(_Section):
+    """Where each reader looks inside a rig (glob patterns relative to the rig root)."""
+
+    transcripts: list[str] = ["transcripts/**/*.jsonl"]
+    """Session transcripts in the gastown.transcript/1 JSONL format (one session per line)."""
+    claude_code: list[str] = ["claude-sessions/**/*.jsonl"]
+    """Claude Code session logs (one event per line)."""
+    beads: list[str] = [".beads/issues.jsonl"]
+    """bd's JSONL export."""
+    docs: list[str] = ["**/CLAUDE.md", "**/AGENTS.md"]
+    """Convention documents (current versions)."""
+    history_dir: str = "history"
+    """Older versions of a document live in ``<history_dir>/<doc path>/<UTC stamp>.md``."""
+    formulas: list[str] = ["**/*.formula.toml"]
+    """Workflow formulas."""
+    exclude: list[str] = [".git/**", "**/node_modules/**"]
+    """Globs excluded from every source."""
+
+
+class ScrubConfig(_Section):
+    """Which scrub layers run (vendor and context rules always run)."""
+
+    detect_secrets: bool = True
+    """Run the detect-secrets library layer."""
+    entropy: bool = True
+    """Run the high-entropy check (uncertain findings → quarantine)."""
+    pii: bool = True
+    """Replace e-mail addresses, IP addresses and home directories."""
+
+
+class CleanConfig(_Section):
+    """Duplicates, recency and reversions."""
+
+    near_duplicate_jaccard: float = Field(0.8, ge=0.5, le=1.0)
+    """Two examples whose word 3-gram Jaccard similarity reaches this are near-duplicates."""
+    reversion_window: int = Field(3, ge=1)
+    """How many earlier changes a new version is compared against to detect a reversion."""
+    reversion_overlap: float = Field(0.5, gt=0.0, le=1.0)
+    """Share of the latest change that must undo an earlier change to count as a reversion."""
+    reversion_policy: Literal["review", "accept"] = "review"
+    """``review``: a reverting version goes to quarantine for review; ``accept``: it wins."""
+    approved_reversions: list[str] = []
+    """sha256 of reverting versions a reviewer approved (they then win like any newer version)."""
+
+
+class QualityConfig(_Section):
+    """Per-example anomaly checks and scoring."""
+
+    max_chars: int = Field(48_000, gt=0)
+    """Examples longer than this (all turns) are anomalies."""
+    min_assistant_chars: int = Field(8, ge=1)
+    """Assistant text shorter than this is truncated."""
+    min_compression_ratio: float = Field(0.15, gt=0.0, lt=1.0)
+    """Assistant text (≥ 300 chars) that zlib compresses below this ratio is repetitive."""
+    min_latin_share: float = Field(0.8, ge=0.0, le=1.0)
+    """Share of letters in Latin script below which the text fails the language check."""
+    min_score: float = Field(0.5, ge=0.0, le=1.0)
+    """Examples scoring below this are rejected as low quality."""
+    injection_patterns: list[str] = [
+        r"(?i)\bignore (?:all |any )?(?:the )?(?:previous|prior|above|earlier) (?:instructions|rules)",
+        r"(?i)\bdisregard (?:all |the )?(?:previous|prior|above|system) (?:instructions|prompt)",
+        r"(?i)\byou are now (?:in )?(?:DAN|developer mode|jailbroken)",
+        r"(?i)\b(?:reveal|print|show) (?:me )?(?:your|the) system prompt",
+        r"<\|im_start\|>|<\|system\|>|\[INST\]|<<SYS>>",
+        r"(?i)\bnew instructions?:\s",
+    ]
+    """Regexes of prompt-injection / instruction-poisoning phrases (checked outside system turns)."""
+
+
+class GateConfig(_Section):
+    """Build-level gates; any failure stops the build with exit code 9 and a report."""
+
+    min_sft_examples: int = Field(10, ge=0)
+    """Fewer accepted SFT examples than this fails the build."""
+    max_quarantine_rate: float = Field(0.35, ge=0.0, le=1.0)
+    """Quarantined input records / read records above this fails the build."""
+    min_mean_quality: float = Field(0.7, ge=0.0, le=1.0)
+    """Mean quality score of accepted examples below this fails the build."""
+    leak_check: bool = True
+    """Re-scan every output with the scrubber; any finding fails the build."""
+
+
+class CorpusConfig(_Section):
+    """Everything `node0 corpus build` decides, with defaults."""
+
+    target_rig: str | None = None
+    """Rig whose corpus is built; other rigs contribute only if they opted in. Default: first rig."""
+    roles: list[str] = list(ROLES)
+    """Known agent roles; a transcript with another role is quarantined."""
+    default_bead_role: str = "mayor"
+    """Role for beads whose ``created_by`` names no known role."""
+    claude_code_unknown_outcome: Literal["sft", "reject"] = "sft"
+    """Claude Code logs carry no outcome: use them as SFT examples, or reject them."""
+    sources: SourcesConfig = SourcesConfig()
+    scrub: ScrubConfig = ScrubConfig()
+    clean: CleanConfig = CleanConfig()
+    quality: QualityConfig = QualityConfig()
+    gates: GateConfig = GateConfig()
+
+
+def load_config(path: str | Path | None) -> CorpusConfig:
+    """The defaults, overridden by the YAML file at ``path`` if given.
+
+    Raises:
+        ConfigError: the file is missing, not YAML, or names unknown / invalid values.
+    """
+    if path is None:
+        return CorpusConfig()
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read corpus config {p}: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"corpus config {p} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"corpus config {p} must be a mapping, got {type(data).__name__}")
+    try:
+        return CorpusConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError(f"invalid corpus config {p}:\n  " + "\n  ".join(lines)) from exc
