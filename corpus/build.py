@@ -9,7 +9,6 @@ machine-dependent enters the outputs or the manifest (the run record keeps the t
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,12 +18,17 @@ from corpus.config import CorpusConfig
 from corpus.dedup import deduplicate
 from corpus.format import Draft, format_units
 from corpus.ledger import Ledger
-from corpus.manifest import MANIFEST_SCHEMA, OutputWriter, counts, json_bytes, jsonl_bytes, \
-    ledger_rows
+from corpus.manifest import (
+    MANIFEST_SCHEMA,
+    OutputWriter,
+    counts,
+    json_bytes,
+    jsonl_bytes,
+    ledger_rows,
+)
 from corpus.partition import partition_path
 from corpus.quality import QualityChecker
-from corpus.readers import read_beads, read_claude_code, read_docs, read_formulas, \
-    read_transcripts
+from corpus.readers import read_beads, read_claude_code, read_docs, read_formulas, read_transcripts
 from corpus.recency import apply_recency
 from corpus.rig import Rig, load_rig
 from corpus.scrub import Scrubber
@@ -58,15 +62,17 @@ def collect(rigs: list[Rig], cfg: CorpusConfig, ledger: Ledger) -> tuple[list[Un
             "formula": rig.files(src.formulas, ex),
         }
         units += read_transcripts(rig, files["transcript"], ledger, cfg.roles)
-        units += read_claude_code(rig, files["claude_code"], ledger,
-                                  unknown_outcome=cfg.claude_code_unknown_outcome)
+        units += read_claude_code(
+            rig, files["claude_code"], ledger, unknown_outcome=cfg.claude_code_unknown_outcome
+        )
         units += read_beads(rig, files["bead"], ledger, cfg.roles, cfg.default_bead_role)
         units += read_docs(rig, files["doc"], files["history"], src.history_dir, ledger)
         units += read_formulas(rig, files["formula"], ledger)
         for rel in sorted({f for group in files.values() for f in group}):
             p = rig.root / rel
-            inputs.append({"rig": rig.name, "file": rel, "sha256": sha256_file(p),
-                           "size": p.stat().st_size})
+            inputs.append(
+                {"rig": rig.name, "file": rel, "sha256": sha256_file(p), "size": p.stat().st_size}
+            )
     return units, inputs
 
 
@@ -78,8 +84,12 @@ def share_filter(units: list[Unit], rigs: list[Rig], target: str, ledger: Ledger
         if u.rig == target or u.rig in shared:
             kept.append(u)
         else:
-            ledger.mark(u.refs, "rejected", "rig_not_shared",
-                        f"rig {u.rig!r} has not opted in to cross-rig sharing")
+            ledger.mark(
+                u.refs,
+                "rejected",
+                "rig_not_shared",
+                f"rig {u.rig!r} has not opted in to cross-rig sharing",
+            )
     return kept
 
 
@@ -112,8 +122,12 @@ def quality_filter(drafts: list[Draft], cfg: CorpusConfig, ledger: Ledger) -> li
         v = checker.check(d)
         d.quality_score = v.score
         if v.anomalies:
-            ledger.mark(d.refs, "quarantined", "anomaly:" + v.anomalies[0].split(":")[0],
-                        ", ".join(v.anomalies))
+            ledger.mark(
+                d.refs,
+                "quarantined",
+                "anomaly:" + v.anomalies[0].split(":")[0],
+                ", ".join(v.anomalies),
+            )
         elif v.score < cfg.quality.min_score:
             ledger.mark(d.refs, "rejected", "low_quality", f"score {v.score}")
         else:
@@ -129,8 +143,12 @@ def drop_tainted(drafts: list[Draft], ledger: Ledger) -> list[Draft]:
     for d in drafts:
         bad = sorted(r for r in d.refs if r in tainted)
         if bad:
-            ledger.mark(d.refs, "quarantined", "record_quarantined",
-                        f"{bad[0]} was quarantined by another example")
+            ledger.mark(
+                d.refs,
+                "quarantined",
+                "record_quarantined",
+                f"{bad[0]} was quarantined by another example",
+            )
         else:
             kept.append(d)
     return kept
@@ -144,21 +162,35 @@ def to_record(d: Draft) -> dict:
     """The validated dataset record (raises DataError on a schema violation: a pipeline bug)."""
     try:
         if d.kind == "sft":
-            rec = SFTExample(id=d.id, role=d.role, task=d.task, turns=_turns(d.turns),
-                             quality_score=d.quality_score, provenance=d.provenance)
+            rec = SFTExample(
+                id=d.id,
+                role=d.role,
+                task=d.task,
+                turns=_turns(d.turns),
+                quality_score=d.quality_score,
+                provenance=d.provenance,
+            )
         else:
-            rec = DPOPair(id=d.id, role=d.role, task=d.task, prompt=_turns(d.prompt),
-                          chosen=_turns(d.chosen), rejected=_turns(d.rejected),
-                          failure_mode=d.failure_mode, quality_score=d.quality_score,
-                          chosen_provenance=d.provenance,
-                          rejected_provenance=d.rejected_provenance)
+            rec = DPOPair(
+                id=d.id,
+                role=d.role,
+                task=d.task,
+                prompt=_turns(d.prompt),
+                chosen=_turns(d.chosen),
+                rejected=_turns(d.rejected),
+                failure_mode=d.failure_mode,
+                quality_score=d.quality_score,
+                chosen_provenance=d.provenance,
+                rejected_provenance=d.rejected_provenance,
+            )
     except ValidationError as exc:
         raise DataError(f"example {d.id} violates the dataset schema: {exc}") from exc
     return rec.model_dump(mode="json")
 
 
-def evaluate_gates(cfg: CorpusConfig, recon: dict, sft: list[dict], dpo: list[dict],
-                   leaks: list[str]) -> list[dict]:
+def evaluate_gates(
+    cfg: CorpusConfig, recon: dict, sft: list[dict], dpo: list[dict], leaks: list[str]
+) -> list[dict]:
     g = cfg.gates
     read = sum(e["read"] for e in recon["by_kind"].values())
     quarantined = sum(e["quarantined"] for e in recon["by_kind"].values())
@@ -166,16 +198,37 @@ def evaluate_gates(cfg: CorpusConfig, recon: dict, sft: list[dict], dpo: list[di
     scores = [r["quality_score"] for r in sft + dpo]
     mean = sum(scores) / len(scores) if scores else 0.0
     return [
-        {"gate": "reconciliation", "passed": recon["ok"], "value": recon["ok"],
-         "limit": "read == accepted + quarantined + rejected for every source"},
-        {"gate": "min_sft_examples", "passed": len(sft) >= g.min_sft_examples,
-         "value": len(sft), "limit": g.min_sft_examples},
-        {"gate": "max_quarantine_rate", "passed": rate <= g.max_quarantine_rate,
-         "value": round(rate, 4), "limit": g.max_quarantine_rate},
-        {"gate": "min_mean_quality", "passed": mean >= g.min_mean_quality,
-         "value": round(mean, 4), "limit": g.min_mean_quality},
-        {"gate": "leak_check", "passed": not leaks, "value": len(leaks),
-         "limit": 0 if g.leak_check else "disabled", "details": leaks[:20]},
+        {
+            "gate": "reconciliation",
+            "passed": recon["ok"],
+            "value": recon["ok"],
+            "limit": "read == accepted + quarantined + rejected for every source",
+        },
+        {
+            "gate": "min_sft_examples",
+            "passed": len(sft) >= g.min_sft_examples,
+            "value": len(sft),
+            "limit": g.min_sft_examples,
+        },
+        {
+            "gate": "max_quarantine_rate",
+            "passed": rate <= g.max_quarantine_rate,
+            "value": round(rate, 4),
+            "limit": g.max_quarantine_rate,
+        },
+        {
+            "gate": "min_mean_quality",
+            "passed": mean >= g.min_mean_quality,
+            "value": round(mean, 4),
+            "limit": g.min_mean_quality,
+        },
+        {
+            "gate": "leak_check",
+            "passed": not leaks,
+            "value": len(leaks),
+            "limit": 0 if g.leak_check else "disabled",
+            "details": leaks[:20],
+        },
     ]
 
 
@@ -190,8 +243,14 @@ def leak_check(rows: list[dict], scrubber: Scrubber) -> list[str]:
     return leaks
 
 
-def build_corpus(cfg: CorpusConfig, rig_paths: list[str | Path], out_root: str | Path, *,
-                 config_path: str | None = None, argv: list[str] | None = None) -> BuildResult:
+def build_corpus(
+    cfg: CorpusConfig,
+    rig_paths: list[str | Path],
+    out_root: str | Path,
+    *,
+    config_path: str | None = None,
+    argv: list[str] | None = None,
+) -> BuildResult:
     """Build the corpus into a new run directory under ``out_root``.
 
     Raises:
@@ -208,23 +267,34 @@ def build_corpus(cfg: CorpusConfig, rig_paths: list[str | Path], out_root: str |
     if target not in names:
         raise DataError(f"target rig {target!r} is not among the given rigs {names}")
     config_dump = cfg.model_dump(mode="json")
-    run: RunDir = create_run_dir(out_root, "corpus", config=config_dump, config_path=config_path,
-                                 seeds={}, argv=argv)
-    log.info("corpus build: run dir %s, config sha256 %s, target rig %s",
-             run.path, sha256_json(config_dump)[:12], target)
+    run: RunDir = create_run_dir(
+        out_root, "corpus", config=config_dump, config_path=config_path, seeds={}, argv=argv
+    )
+    log.info(
+        "corpus build: run dir %s, config sha256 %s, target rig %s",
+        run.path,
+        sha256_json(config_dump)[:12],
+        target,
+    )
 
     ledger = Ledger()
     units, inputs = collect(rigs, cfg, ledger)
     for entry in inputs:
-        run.record["inputs"].append({"path": f"{entry['rig']}:{entry['file']}",
-                                     "sha256": entry["sha256"], "size": entry["size"]})
+        run.record["inputs"].append(
+            {
+                "path": f"{entry['rig']}:{entry['file']}",
+                "sha256": entry["sha256"],
+                "size": entry["size"],
+            }
+        )
     log.info("collect: %d input files, %d units", len(inputs), len(units))
     units = share_filter(units, rigs, target, ledger)
     units, review = apply_recency(units, ledger, cfg.clean)
     log.info("recency: %d units kept, %d reversion(s) flagged for review", len(units), len(review))
     drafts = format_units(units, ledger)
-    scrubber = Scrubber(use_library=cfg.scrub.detect_secrets, use_entropy=cfg.scrub.entropy,
-                        scrub_pii=cfg.scrub.pii)
+    scrubber = Scrubber(
+        use_library=cfg.scrub.detect_secrets, use_entropy=cfg.scrub.entropy, scrub_pii=cfg.scrub.pii
+    )
     drafts = scrub_drafts(drafts, scrubber, ledger)
     log.info("scrub: %d drafts clean, %d placeholders", len(drafts), sum(scrubber.counts.values()))
     drafts = quality_filter(drafts, cfg, ledger)
@@ -254,10 +324,13 @@ def build_corpus(cfg: CorpusConfig, rig_paths: list[str | Path], out_root: str |
     out.write("quarantine.jsonl", jsonl_bytes(quarantined), records=len(quarantined))
     out.write("rejected.jsonl", jsonl_bytes(rejected), records=len(rejected))
     out.write("review.jsonl", jsonl_bytes(review), records=len(review))
-    report = {"passed": passed, "gates": gates,
-              "quarantine_reasons": dict(sorted(q_reasons.items())),
-              "rejected_reasons": dict(sorted(r_reasons.items())),
-              "datasets_written": passed}
+    report = {
+        "passed": passed,
+        "gates": gates,
+        "quarantine_reasons": dict(sorted(q_reasons.items())),
+        "rejected_reasons": dict(sorted(r_reasons.items())),
+        "datasets_written": passed,
+    }
     out.write("quality_report.json", json_bytes(report))
     manifest = {
         "schema": MANIFEST_SCHEMA,
@@ -267,10 +340,14 @@ def build_corpus(cfg: CorpusConfig, rig_paths: list[str | Path], out_root: str |
         "inputs": inputs,
         "inputs_sha256": sha256_json(inputs),
         "outputs": dict(sorted(out.files.items())),
-        "counts": {"sft": counts(sft), "dpo": counts(dpo),
-                   "placeholders": dict(sorted(scrubber.counts.items())),
-                   "quarantined_records": len(quarantined), "rejected_records": len(rejected),
-                   "reversions_flagged": len(review)},
+        "counts": {
+            "sft": counts(sft),
+            "dpo": counts(dpo),
+            "placeholders": dict(sorted(scrubber.counts.items())),
+            "quarantined_records": len(quarantined),
+            "rejected_records": len(rejected),
+            "reversions_flagged": len(review),
+        },
         "reconciliation": recon,
         "gates_passed": passed,
     }
@@ -281,11 +358,15 @@ def build_corpus(cfg: CorpusConfig, rig_paths: list[str | Path], out_root: str |
     run.set("manifest_sha256", sha256_file(run.path / "manifest.json"))
     if not passed:
         run.finish("failed", failed_gates=[g["gate"] for g in gates if not g["passed"]])
-        failed = ", ".join(f"{g['gate']} (value {g['value']}, limit {g['limit']})"
-                           for g in gates if not g["passed"])
-        raise QualityGateError(f"corpus quality gate failed: {failed}; report: "
-                               f"{run.path / 'quality_report.json'}",
-                               hint="datasets were not written; see quarantine.jsonl")
+        failed = ", ".join(
+            f"{g['gate']} (value {g['value']}, limit {g['limit']})"
+            for g in gates
+            if not g["passed"]
+        )
+        raise QualityGateError(
+            f"corpus quality gate failed: {failed}; report: {run.path / 'quality_report.json'}",
+            hint="datasets were not written; see quarantine.jsonl",
+        )
     run.finish("done")
     return BuildResult(run.path, manifest, passed)
 

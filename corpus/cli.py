@@ -23,14 +23,27 @@ def _build(args: argparse.Namespace) -> int:
     if args.target_rig:
         cfg = cfg.model_copy(update={"target_rig": args.target_rig})
     print(f"node0 corpus build: config {config_path or '<built-in defaults>'}", file=sys.stderr)
-    result = build_corpus(cfg, args.rig or ["."], args.out, config_path=config_path,
-                          argv=["node0", "corpus", *sys.argv[2:]])
+    result = build_corpus(
+        cfg,
+        args.rig or ["."],
+        args.out,
+        config_path=config_path,
+        argv=["node0", "corpus", *sys.argv[2:]],
+    )
     m = result.manifest
-    print(json.dumps({"run_dir": str(result.run_dir), "sft": m["counts"]["sft"]["total"],
-                      "dpo": m["counts"]["dpo"]["total"],
-                      "quarantined_records": m["counts"]["quarantined_records"],
-                      "rejected_records": m["counts"]["rejected_records"],
-                      "reconciliation_ok": m["reconciliation"]["ok"]}, sort_keys=True))
+    print(
+        json.dumps(
+            {
+                "run_dir": str(result.run_dir),
+                "sft": m["counts"]["sft"]["total"],
+                "dpo": m["counts"]["dpo"]["total"],
+                "quarantined_records": m["counts"]["quarantined_records"],
+                "rejected_records": m["counts"]["rejected_records"],
+                "reconciliation_ok": m["reconciliation"]["ok"],
+            },
+            sort_keys=True,
+        )
+    )
     return 0
 
 
@@ -46,8 +59,9 @@ def _scan(args: argparse.Namespace) -> int:
     findings = scrubber.scan(text)
     for f in findings:
         line = text.count("\n", 0, f.start) + 1
-        print(f"{path}:{line}: {f.confidence} {f.category}:{f.type} ({f.detector}) "
-              f"{f.describe(text)}")
+        print(
+            f"{path}:{line}: {f.confidence} {f.category}:{f.type} ({f.detector}) {f.describe(text)}"
+        )
     if args.scrubbed:
         sys.stdout.write(scrubber.scrub(text).text)
     return 1 if (findings and args.fail_on_findings) else 0
@@ -55,29 +69,48 @@ def _scan(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     fmt = argparse.ArgumentDefaultsHelpFormatter
-    corpus = subparsers.add_parser("corpus", help="build training sets from Gas Town rigs",
-                                   formatter_class=fmt)
+    corpus = subparsers.add_parser(
+        "corpus", help="build training sets from Gas Town rigs", formatter_class=fmt
+    )
     sub = corpus.add_subparsers(dest="corpus_command", metavar="SUBCOMMAND")
 
-    build = sub.add_parser("build", formatter_class=fmt,
-                           help="collect, scrub, format and partition a corpus into a run dir")
-    build.add_argument("--rig", action="append", metavar="PATH",
-                       help="rig directory (repeatable); default: the current directory")
-    build.add_argument("--config", default=DEFAULT_CONFIG,
-                       help="corpus config YAML (values only; see corpus/config.py)")
-    build.add_argument("--out", default="runs/corpus",
-                       help="root under which a new run directory is created")
-    build.add_argument("--target-rig", default=None,
-                       help="rig whose corpus is built (default: config value, else first --rig)")
+    build = sub.add_parser(
+        "build",
+        formatter_class=fmt,
+        help="collect, scrub, format and partition a corpus into a run dir",
+    )
+    build.add_argument(
+        "--rig",
+        action="append",
+        metavar="PATH",
+        help="rig directory (repeatable); default: the current directory",
+    )
+    build.add_argument(
+        "--config",
+        default=DEFAULT_CONFIG,
+        help="corpus config YAML (values only; see corpus/config.py)",
+    )
+    build.add_argument(
+        "--out", default="runs/corpus", help="root under which a new run directory is created"
+    )
+    build.add_argument(
+        "--target-rig",
+        default=None,
+        help="rig whose corpus is built (default: config value, else first --rig)",
+    )
     build.set_defaults(handler=_build)
 
-    scan = sub.add_parser("scan", formatter_class=fmt,
-                          help="print the scrubber's findings for a file (values masked)")
+    scan = sub.add_parser(
+        "scan", formatter_class=fmt, help="print the scrubber's findings for a file (values masked)"
+    )
     scan.add_argument("file", help="file to scan")
-    scan.add_argument("--scrubbed", action="store_true",
-                      help="also print the scrubbed text (placeholders instead of secrets)")
-    scan.add_argument("--no-library", action="store_true",
-                      help="skip the detect-secrets layer")
-    scan.add_argument("--fail-on-findings", action="store_true",
-                      help="exit 1 when anything is found")
+    scan.add_argument(
+        "--scrubbed",
+        action="store_true",
+        help="also print the scrubbed text (placeholders instead of secrets)",
+    )
+    scan.add_argument("--no-library", action="store_true", help="skip the detect-secrets layer")
+    scan.add_argument(
+        "--fail-on-findings", action="store_true", help="exit 1 when anything is found"
+    )
     scan.set_defaults(handler=_scan)

@@ -75,14 +75,15 @@ class QualityConfig(_Section):
     min_score: float = Field(0.5, ge=0.0, le=1.0)
     """Examples scoring below this are rejected as low quality."""
     injection_patterns: list[str] = [
-        r"(?i)\bignore (?:all |any )?(?:the )?(?:previous|prior|above|earlier) (?:instructions|rules)",
+        r"(?i)\bignore (?:all |any )?(?:the )?(?:previous|prior|above|earlier) "
+        r"(?:instructions|rules)",
         r"(?i)\bdisregard (?:all |the )?(?:previous|prior|above|system) (?:instructions|prompt)",
         r"(?i)\byou are now (?:in )?(?:DAN|developer mode|jailbroken)",
         r"(?i)\b(?:reveal|print|show) (?:me )?(?:your|the) system prompt",
         r"<\|im_start\|>|<\|system\|>|\[INST\]|<<SYS>>",
         r"(?i)\bnew instructions?:\s",
     ]
-    """Regexes of prompt-injection / instruction-poisoning phrases (checked outside system turns)."""
+    """Prompt-injection / instruction-poisoning regexes (checked outside system turns)."""
 
 
 class GateConfig(_Section):
@@ -102,7 +103,7 @@ class CorpusConfig(_Section):
     """Everything `node0 corpus build` decides, with defaults."""
 
     target_rig: str | None = None
-    """Rig whose corpus is built; other rigs contribute only if they opted in. Default: first rig."""
+    """Rig whose corpus is built (default: the first rig); others contribute only if opted in."""
     roles: list[str] = list(ROLES)
     """Known agent roles; a transcript with another role is quarantined."""
     default_bead_role: str = "mayor"

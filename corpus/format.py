@@ -19,7 +19,7 @@ from provenance.hashing import sha256_json
 
 @dataclass
 class Draft:
-    """An example before scrubbing. ``turns`` for SFT; ``prompt``/``chosen``/``rejected`` for DPO."""
+    """An example before scrubbing: ``turns`` (SFT) or ``prompt``/``chosen``/``rejected`` (DPO)."""
 
     kind: str  # "sft" | "dpo"
     id: str
@@ -41,10 +41,18 @@ class Draft:
 
 
 def provenance(u: Unit) -> dict:
-    return {"source_kind": u.kind, "file": u.refs[0].file,
-            "line": min(r.line for r in u.refs), "line_end": max(r.line_end for r in u.refs),
-            "rig": u.rig, "role": u.role, "session_id": u.session_id, "bead_id": u.bead_id,
-            "outcome": u.outcome, "sha256": u.sha256}
+    return {
+        "source_kind": u.kind,
+        "file": u.refs[0].file,
+        "line": min(r.line for r in u.refs),
+        "line_end": max(r.line_end for r in u.refs),
+        "rig": u.rig,
+        "role": u.role,
+        "session_id": u.session_id,
+        "bead_id": u.bead_id,
+        "outcome": u.outcome,
+        "sha256": u.sha256,
+    }
 
 
 def _recency(version: tuple) -> tuple[str, ...]:
@@ -65,10 +73,17 @@ def _trim(turns: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 def _system(role: str, rig: str) -> str:
-    who = "an agent" if role == "all" else f"the {role}" if role in ("mayor", "witness", "deacon",
-                                                                    "boot") else f"a {role}"
-    return (f"You are {who} in the {rig} rig of Gas Town. Work is tracked as beads; use the "
-            "town's bd and gt commands.")
+    who = (
+        "an agent"
+        if role == "all"
+        else f"the {role}"
+        if role in ("mayor", "witness", "deacon", "boot")
+        else f"a {role}"
+    )
+    return (
+        f"You are {who} in the {rig} rig of Gas Town. Work is tracked as beads; use the "
+        "town's bd and gt commands."
+    )
 
 
 def session_sft(u: Unit) -> Draft | None:
@@ -76,17 +91,28 @@ def session_sft(u: Unit) -> Draft | None:
     if not any(s == "assistant" for s, _ in turns) or not any(s == "user" for s, _ in turns):
         return None
     task = slug(u.task) if u.task else infer_task("\n".join(t for _, t in turns))
-    return Draft("sft", _id("sft", u.key, u.sha256), u.role, task, list(u.refs), provenance(u),
-                 _recency(u.version), turns=turns)
+    return Draft(
+        "sft",
+        _id("sft", u.key, u.sha256),
+        u.role,
+        task,
+        list(u.refs),
+        provenance(u),
+        _recency(u.version),
+        turns=turns,
+    )
 
 
 def bead_drafts(u: Unit) -> list[Draft]:
     b = u.extra["bead"]
     desc = (b.get("description") or "").strip()
-    cmd = [f'bd create --title {json.dumps(b["title"], ensure_ascii=False)} '
-           f'--type {b["issue_type"]} --priority {b["priority"]}']
-    for d in sorted(b.get("dependencies") or [], key=lambda d: (d.get("type", ""),
-                                                                d["depends_on_id"])):
+    cmd = [
+        f"bd create --title {json.dumps(b['title'], ensure_ascii=False)} "
+        f"--type {b['issue_type']} --priority {b['priority']}"
+    ]
+    for d in sorted(
+        b.get("dependencies") or [], key=lambda d: (d.get("type", ""), d["depends_on_id"])
+    ):
         if d.get("type") == "parent-child":
             cmd[0] += f" --parent {d['depends_on_id']}"
         else:
@@ -94,16 +120,36 @@ def bead_drafts(u: Unit) -> list[Draft]:
     ask = f"File a bead in the {u.rig} rig for this work.\n\n{b['title']}"
     ask += f"\n\n{desc}" if desc else ""
     system = ("system", _system(u.role, u.rig))
-    drafts = [Draft("sft", _id("sft", u.key, u.sha256, "create"), u.role, "bead-creation",
-                    list(u.refs), provenance(u), _recency(u.version),
-                    turns=[system, ("user", ask), ("assistant", "\n".join(cmd))])]
+    drafts = [
+        Draft(
+            "sft",
+            _id("sft", u.key, u.sha256, "create"),
+            u.role,
+            "bead-creation",
+            list(u.refs),
+            provenance(u),
+            _recency(u.version),
+            turns=[system, ("user", ask), ("assistant", "\n".join(cmd))],
+        )
+    ]
     reason = b.get("close_reason")
     if b.get("status") == "closed" and isinstance(reason, str) and reason.strip():
-        drafts.append(Draft(
-            "sft", _id("sft", u.key, u.sha256, "close"), u.role, "bead-lifecycle", list(u.refs),
-            provenance(u), _recency(u.version),
-            turns=[system, ("user", f"{b['id']} ({b['title']}) is finished: {reason.strip()}"),
-                   ("assistant", f"bd close {b['id']} --reason {json.dumps(reason.strip())}")]))
+        drafts.append(
+            Draft(
+                "sft",
+                _id("sft", u.key, u.sha256, "close"),
+                u.role,
+                "bead-lifecycle",
+                list(u.refs),
+                provenance(u),
+                _recency(u.version),
+                turns=[
+                    system,
+                    ("user", f"{b['id']} ({b['title']}) is finished: {reason.strip()}"),
+                    ("assistant", f"bd close {b['id']} --reason {json.dumps(reason.strip())}"),
+                ],
+            )
+        )
     return drafts
 
 
@@ -111,22 +157,41 @@ def doc_drafts(u: Unit) -> list[Draft]:
     path = u.extra["doc_path"]
     out = []
     for i, (heading, body) in enumerate(sections(u.content)):
-        out.append(Draft(
-            "sft", _id("sft", u.key, u.sha256, i), u.role, "conventions", list(u.refs),
-            provenance(u), _recency(u.version),
-            turns=[("system", _system(u.role, u.rig)),
-                   ("user", f"What does {path} in the {u.rig} rig say about {heading}?"),
-                   ("assistant", body)]))
+        out.append(
+            Draft(
+                "sft",
+                _id("sft", u.key, u.sha256, i),
+                u.role,
+                "conventions",
+                list(u.refs),
+                provenance(u),
+                _recency(u.version),
+                turns=[
+                    ("system", _system(u.role, u.rig)),
+                    ("user", f"What does {path} in the {u.rig} rig say about {heading}?"),
+                    ("assistant", body),
+                ],
+            )
+        )
     return out
 
 
 def formula_draft(u: Unit) -> Draft:
     name, desc = u.extra["name"], u.extra["description"]
-    return Draft("sft", _id("sft", u.key, u.sha256), u.role, "formulas", list(u.refs),
-                 provenance(u), _recency(u.version),
-                 turns=[("system", _system(u.role, u.rig)),
-                        ("user", f"Write the {name} formula: {desc}"),
-                        ("assistant", u.content.strip())])
+    return Draft(
+        "sft",
+        _id("sft", u.key, u.sha256),
+        u.role,
+        "formulas",
+        list(u.refs),
+        provenance(u),
+        _recency(u.version),
+        turns=[
+            ("system", _system(u.role, u.rig)),
+            ("user", f"Write the {name} formula: {desc}"),
+            ("assistant", u.content.strip()),
+        ],
+    )
 
 
 def _split_prompt(turns: list[tuple[str, str]]) -> tuple[list, list]:
@@ -150,21 +215,39 @@ def dpo_drafts(sessions: list[Unit], ledger: Ledger) -> list[Draft]:
             win = wins[-1]
             prompt, chosen = _split_prompt(win.turns)
             _, rejected = _split_prompt(fail.turns)
-            if not chosen or not rejected or chosen[0][0] != "assistant" \
-                    or rejected[0][0] != "assistant":
+            if (
+                not chosen
+                or not rejected
+                or chosen[0][0] != "assistant"
+                or rejected[0][0] != "assistant"
+            ):
                 continue
             task = slug(win.task) if win.task else infer_task("\n".join(t for _, t in win.turns))
-            out.append(Draft(
-                "dpo", _id("dpo", win.key, win.sha256, fail.key, fail.sha256), win.role, task,
-                sorted(set(win.refs + fail.refs)), provenance(win), max(_recency(win.version), _recency(fail.version)),
-                prompt=prompt, chosen=chosen, rejected=rejected,
-                failure_mode=slug(fail.failure_mode or "unspecified"),
-                rejected_provenance=provenance(fail)))
+            out.append(
+                Draft(
+                    "dpo",
+                    _id("dpo", win.key, win.sha256, fail.key, fail.sha256),
+                    win.role,
+                    task,
+                    sorted(set(win.refs + fail.refs)),
+                    provenance(win),
+                    max(_recency(win.version), _recency(fail.version)),
+                    prompt=prompt,
+                    chosen=chosen,
+                    rejected=rejected,
+                    failure_mode=slug(fail.failure_mode or "unspecified"),
+                    rejected_provenance=provenance(fail),
+                )
+            )
             paired.add(fail.key)
     for u in sessions:
         if u.outcome == "failure" and u.key not in paired:
-            ledger.mark(u.refs, "rejected", "unpaired_failure",
-                        "no successful session on the same bead and role to pair with")
+            ledger.mark(
+                u.refs,
+                "rejected",
+                "unpaired_failure",
+                "no successful session on the same bead and role to pair with",
+            )
     return out
 
 

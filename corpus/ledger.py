@@ -46,8 +46,9 @@ class Ledger:
 
     def quarantined(self) -> set[RecordRef]:
         """Records with at least one quarantine outcome so far."""
-        return {r for r, outs in self._records.items() if any(o.status == "quarantined"
-                                                               for o in outs)}
+        return {
+            r for r, outs in self._records.items() if any(o.status == "quarantined" for o in outs)
+        }
 
     def dispositions(self) -> list[tuple[RecordRef, Outcome, list[Outcome]]]:
         """``(record, final outcome, all outcomes)`` for every record, sorted.
@@ -64,22 +65,32 @@ class Ledger:
                 continue
             out.append((ref, outcomes[0], outcomes))
         if missing:
-            raise DataError(f"{len(missing)} record(s) without an outcome (pipeline bug): "
-                            + ", ".join(missing[:5]))
+            raise DataError(
+                f"{len(missing)} record(s) without an outcome (pipeline bug): "
+                + ", ".join(missing[:5])
+            )
         return out
 
     def reconciliation(self) -> dict:
         """Counts per source file and per source kind, with the read = sum check."""
         by_source: dict[str, dict] = {}
-        by_kind: dict[str, dict] = defaultdict(lambda: {"read": 0, "accepted": 0,
-                                                         "quarantined": 0, "rejected": 0})
+        by_kind: dict[str, dict] = defaultdict(
+            lambda: {"read": 0, "accepted": 0, "quarantined": 0, "rejected": 0}
+        )
         for ref, final, _ in self.dispositions():
-            entry = by_source.setdefault(ref.source, {"kind": ref.kind, "read": 0, "accepted": 0,
-                                                      "quarantined": 0, "rejected": 0})
+            entry = by_source.setdefault(
+                ref.source,
+                {"kind": ref.kind, "read": 0, "accepted": 0, "quarantined": 0, "rejected": 0},
+            )
             for bucket in (entry, by_kind[ref.kind]):
                 bucket["read"] += 1
                 bucket[final.status] += 1
-        ok = all(e["read"] == e["accepted"] + e["quarantined"] + e["rejected"]
-                 for e in [*by_source.values(), *by_kind.values()])
-        return {"ok": ok, "by_source": dict(sorted(by_source.items())),
-                "by_kind": dict(sorted(by_kind.items()))}
+        ok = all(
+            e["read"] == e["accepted"] + e["quarantined"] + e["rejected"]
+            for e in [*by_source.values(), *by_kind.values()]
+        )
+        return {
+            "ok": ok,
+            "by_source": dict(sorted(by_source.items())),
+            "by_kind": dict(sorted(by_kind.items())),
+        }

@@ -24,8 +24,10 @@ MANIFEST_SCHEMA = "node0.corpus-manifest/1"
 
 
 def jsonl_bytes(rows: list[dict]) -> bytes:
-    return "".join(json.dumps(r, sort_keys=True, ensure_ascii=False, separators=(",", ":")) + "\n"
-                   for r in rows).encode("utf-8")
+    return "".join(
+        json.dumps(r, sort_keys=True, ensure_ascii=False, separators=(",", ":")) + "\n"
+        for r in rows
+    ).encode("utf-8")
 
 
 def json_bytes(obj: dict) -> bytes:
@@ -58,9 +60,15 @@ def ledger_rows(ledger: Ledger) -> tuple[list[dict], list[dict], Counter, Counte
         if final.status == "accepted":
             continue
         same = [o for o in outcomes if o.status == final.status]
-        row = {"rig": ref.rig, "file": ref.file, "line": ref.line, "line_end": ref.line_end,
-               "source_kind": ref.kind, "reason": final.reason,
-               "reasons": [{"reason": o.reason, "detail": o.detail} for o in same]}
+        row = {
+            "rig": ref.rig,
+            "file": ref.file,
+            "line": ref.line,
+            "line_end": ref.line_end,
+            "source_kind": ref.kind,
+            "reason": final.reason,
+            "reasons": [{"reason": o.reason, "detail": o.detail} for o in same],
+        }
         if final.status == "quarantined":
             quarantined.append(row)
             q_reasons[final.reason] += 1
@@ -76,7 +84,10 @@ def counts(rows: list[dict]) -> dict:
     by_both: Counter[str] = Counter(f"{r['role']}/{r['task']}" for r in rows)
     src_key = "provenance" if rows and "provenance" in rows[0] else "chosen_provenance"
     by_src: Counter[str] = Counter(r[src_key]["source_kind"] for r in rows) if rows else Counter()
-    return {"total": len(rows), "by_role": dict(sorted(by_role.items())),
-            "by_task": dict(sorted(by_task.items())),
-            "by_role_task": dict(sorted(by_both.items())),
-            "by_source_kind": dict(sorted(by_src.items()))}
+    return {
+        "total": len(rows),
+        "by_role": dict(sorted(by_role.items())),
+        "by_task": dict(sorted(by_task.items())),
+        "by_role_task": dict(sorted(by_both.items())),
+        "by_source_kind": dict(sorted(by_src.items())),
+    }

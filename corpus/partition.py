@@ -13,12 +13,31 @@ TASK_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("bead-creation", (r"\bbd create\b", r"\bbd close\b", r"\bbd update\b")),
     ("planning", (r"\bbd dep\b", r"\bepic\b", r"\bplan\b", r"\bgt sling\b", r"\bconvoy\b")),
     ("code-review", (r"\breview\b", r"\bgt mr\b", r"\brequest(?:ing)? changes\b", r"\bdiff\b")),
-    ("git-workflow", (r"\bgit (?:push|pull|rebase|merge|checkout|commit|branch)\b", r"\bgt done\b",
-                      r"\brefinery\b", r"\bmerge queue\b")),
-    ("monitoring", (r"\bgt polecat list\b", r"\bgt nudge\b", r"\bgt peek\b", r"\bpatrol\b",
-                    r"\bheartbeat\b", r"\bhealth\b")),
+    (
+        "git-workflow",
+        (
+            r"\bgit (?:push|pull|rebase|merge|checkout|commit|branch)\b",
+            r"\bgt done\b",
+            r"\brefinery\b",
+            r"\bmerge queue\b",
+        ),
+    ),
+    (
+        "monitoring",
+        (
+            r"\bgt polecat list\b",
+            r"\bgt nudge\b",
+            r"\bgt peek\b",
+            r"\bpatrol\b",
+            r"\bheartbeat\b",
+            r"\bhealth\b",
+        ),
+    ),
     ("housekeeping", (r"\bbd compact\b", r"\bprune\b", r"\bwisps?\b", r"\brotate\b")),
-    ("code-change", (r"\bgo test\b", r"\bimplement", r"\bfix(?:ed)?\b", r"\[Edit\]", r"\brefactor")),
+    (
+        "code-change",
+        (r"\bgo test\b", r"\bimplement", r"\bfix(?:ed)?\b", r"\[Edit\]", r"\brefactor"),
+    ),
 )
 _COMPILED = tuple((task, tuple(re.compile(p, re.I) for p in pats)) for task, pats in TASK_RULES)
 DEFAULT_TASK = "general"

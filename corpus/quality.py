@@ -76,8 +76,11 @@ class QualityChecker:
         score = 1.0
         if answers and max(len(a) for a in answers) < 40:
             score -= 0.2
-        if len([s for s, _ in turns if s == "assistant"]) == 1 and d.kind == "sft" \
-                and d.provenance["source_kind"] in ("transcript", "claude_code"):
+        if (
+            len([s for s, _ in turns if s == "assistant"]) == 1
+            and d.kind == "sft"
+            and d.provenance["source_kind"] in ("transcript", "claude_code")
+        ):
             score -= 0.1
         masked = sum(len(m) for a in answers for m in _PLACEHOLDER.findall(a))
         if answer_text and masked / len(answer_text) > 0.3:

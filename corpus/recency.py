@@ -50,8 +50,9 @@ def find_reversion(versions: list[Unit], cfg: CleanConfig) -> tuple[int, float] 
     return best
 
 
-def apply_recency(units: list[Unit], ledger: Ledger, cfg: CleanConfig
-                  ) -> tuple[list[Unit], list[dict]]:
+def apply_recency(
+    units: list[Unit], ledger: Ledger, cfg: CleanConfig
+) -> tuple[list[Unit], list[dict]]:
     """Kept units (newest per artifact) and review entries for flagged reversions."""
     groups: dict[tuple[str, str], list[Unit]] = defaultdict(list)
     for u in units:
@@ -68,18 +69,31 @@ def apply_recency(units: list[Unit], ledger: Ledger, cfg: CleanConfig
                 ledger.mark(old.refs, "rejected", "superseded", f"newer version {winner.key}")
         if winner.kind in _CHECKED_KINDS:
             hit = find_reversion(versions, cfg)
-            if hit is not None and cfg.reversion_policy == "review" \
-                    and winner.sha256 not in cfg.approved_reversions:
+            if (
+                hit is not None
+                and cfg.reversion_policy == "review"
+                and winner.sha256 not in cfg.approved_reversions
+            ):
                 j, share = hit
-                review.append({
-                    "rig": rig, "artifact": artifact, "reason": "reversion",
-                    "reverting_version": winner.key, "reverting_sha256": winner.sha256,
-                    "undone_version": versions[j].key, "previous_version": versions[j - 1].key,
-                    "overlap": round(share, 3),
-                    "action": "approve by adding reverting_sha256 to clean.approved_reversions",
-                })
-                ledger.mark(winner.refs, "quarantined", "reversion_needs_review",
-                            f"undoes {versions[j].key} (overlap {share:.2f})")
+                review.append(
+                    {
+                        "rig": rig,
+                        "artifact": artifact,
+                        "reason": "reversion",
+                        "reverting_version": winner.key,
+                        "reverting_sha256": winner.sha256,
+                        "undone_version": versions[j].key,
+                        "previous_version": versions[j - 1].key,
+                        "overlap": round(share, 3),
+                        "action": "approve by adding reverting_sha256 to clean.approved_reversions",
+                    }
+                )
+                ledger.mark(
+                    winner.refs,
+                    "quarantined",
+                    "reversion_needs_review",
+                    f"undoes {versions[j].key} (overlap {share:.2f})",
+                )
                 continue
         kept.append(winner)
     return kept, review

@@ -19,8 +19,9 @@ class Rig:
     bead_prefix: str
     share_across_rigs: bool
 
-    def files(self, patterns: list[str], exclude: list[str], *, under: str | None = None
-              ) -> list[str]:
+    def files(
+        self, patterns: list[str], exclude: list[str], *, under: str | None = None
+    ) -> list[str]:
         """Files matching ``patterns``, as sorted POSIX paths relative to the rig root."""
         found: set[str] = set()
         for pattern in patterns:
@@ -60,5 +61,9 @@ def load_rig(path: str | Path) -> Rig:
     if not isinstance(share, bool):
         raise ConfigError(f"{toml_path}: corpus.share_across_rigs must be true or false")
     name = rig.get("name") or root.resolve().name
-    return Rig(name=str(name), root=root, bead_prefix=str(rig.get("bead_prefix", "")),
-               share_across_rigs=share)
+    return Rig(
+        name=str(name),
+        root=root,
+        bead_prefix=str(rig.get("bead_prefix", "")),
+        share_across_rigs=share,
+    )

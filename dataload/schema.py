@@ -112,7 +112,7 @@ class DPOPair(_Record):
     rejected: list[Turn] = Field(min_length=1)
     """Continuation from the failed session (starts with an assistant turn)."""
     failure_mode: str = Field(pattern=_NAME)
-    """Why the rejected session failed (``timeout``, ``broke_tests``, ``ignored_conventions``, …)."""
+    """Why the rejected session failed (``timeout``, ``broke_tests``, ``ignored_conventions``)."""
     quality_score: float = Field(ge=0.0, le=1.0)
     chosen_provenance: Provenance
     rejected_provenance: Provenance

@@ -22,8 +22,9 @@ def bead_role(created_by: object, roles: list[str], default: str) -> str:
     return default
 
 
-def read_beads(rig: Rig, files: list[str], ledger: Ledger, roles: list[str],
-               default_role: str) -> list[Unit]:
+def read_beads(
+    rig: Rig, files: list[str], ledger: Ledger, roles: list[str], default_role: str
+) -> list[Unit]:
     units: list[Unit] = []
     for rel in files:
         for ref, raw, obj in iter_json_lines(rig, rel, "bead", ledger):
@@ -37,14 +38,23 @@ def read_beads(rig: Rig, files: list[str], ledger: Ledger, roles: list[str],
                 continue
             deps = obj.get("dependencies") or []
             if not isinstance(deps, list) or not all(
-                    isinstance(d, dict) and isinstance(d.get("depends_on_id"), str) for d in deps):
+                isinstance(d, dict) and isinstance(d.get("depends_on_id"), str) for d in deps
+            ):
                 ledger.mark([ref], "quarantined", "bad_field", "dependencies")
                 continue
-            units.append(Unit(
-                kind="bead", rig=rig.name, refs=[ref],
-                role=bead_role(obj.get("created_by"), roles, default_role),
-                artifact=f"bead:{obj['id']}", version=(obj["updated_at"], rel, ref.line),
-                turns=[], sha256=sha(raw), bead_id=obj["id"], task="bead-creation",
-                extra={"bead": obj},
-            ))
+            units.append(
+                Unit(
+                    kind="bead",
+                    rig=rig.name,
+                    refs=[ref],
+                    role=bead_role(obj.get("created_by"), roles, default_role),
+                    artifact=f"bead:{obj['id']}",
+                    version=(obj["updated_at"], rel, ref.line),
+                    turns=[],
+                    sha256=sha(raw),
+                    bead_id=obj["id"],
+                    task="bead-creation",
+                    extra={"bead": obj},
+                )
+            )
     return units

@@ -21,8 +21,14 @@ from corpus.readers.transcripts import to_turns
 from corpus.rig import Rig
 from corpus.units import RecordRef, Unit
 
-_ROLE_DIRS = {"polecats": "polecat", "crew": "crew", "witness": "witness", "mayor": "mayor",
-              "deacon": "deacon", "boot": "boot"}
+_ROLE_DIRS = {
+    "polecats": "polecat",
+    "crew": "crew",
+    "witness": "witness",
+    "mayor": "mayor",
+    "deacon": "deacon",
+    "boot": "boot",
+}
 
 
 def role_from_cwd(cwd: str) -> str | None:
@@ -51,8 +57,13 @@ def _blocks(content: Any, speaker: str) -> list[tuple[str, str]] | None:
             if block.get("name") == "Bash" and isinstance(inp.get("command"), str):
                 out.append(("assistant", f"$ {inp['command']}"))
             else:
-                out.append(("assistant", f"[{block.get('name')}] "
-                                         + json.dumps(inp, sort_keys=True, ensure_ascii=False)))
+                out.append(
+                    (
+                        "assistant",
+                        f"[{block.get('name')}] "
+                        + json.dumps(inp, sort_keys=True, ensure_ascii=False),
+                    )
+                )
         elif kind == "tool_result":
             res = block.get("content")
             if isinstance(res, list):
@@ -65,11 +76,15 @@ def _blocks(content: Any, speaker: str) -> list[tuple[str, str]] | None:
     return out
 
 
-def read_claude_code(rig: Rig, files: list[str], ledger: Ledger, *, unknown_outcome: str
-                     ) -> list[Unit]:
+def read_claude_code(
+    rig: Rig, files: list[str], ledger: Ledger, *, unknown_outcome: str
+) -> list[Unit]:
     units: list[Unit] = []
-    bead_re = re.compile(rf"\b{re.escape(rig.bead_prefix)}-[a-z0-9]{{3,8}}\b") \
-        if rig.bead_prefix else None
+    bead_re = (
+        re.compile(rf"\b{re.escape(rig.bead_prefix)}-[a-z0-9]{{3,8}}\b")
+        if rig.bead_prefix
+        else None
+    )
     for rel in files:
         used: list[RecordRef] = []
         raw_used: list[bytes] = []
@@ -95,19 +110,31 @@ def read_claude_code(rig: Rig, files: list[str], ledger: Ledger, *, unknown_outc
         merged = to_turns(turns)
         role = role_from_cwd(cwd or "")
         if role is None:
-            ledger.mark(used, "quarantined", "unknown_role",
-                        "cwd has no polecats/crew/witness/mayor/deacon/boot component")
+            ledger.mark(
+                used,
+                "quarantined",
+                "unknown_role",
+                "cwd has no polecats/crew/witness/mayor/deacon/boot component",
+            )
             continue
         if unknown_outcome == "reject":
             ledger.mark(used, "rejected", "unknown_outcome", "claude_code_unknown_outcome=reject")
             continue
         first_user = next((t for s, t in merged if s == "user"), "")
         bead = bead_re.search(first_user) if bead_re else None
-        units.append(Unit(
-            kind="claude_code", rig=rig.name,
-            refs=used,
-            role=role, artifact=f"session:{session_id or rel}", version=("", rel, 0),
-            turns=merged, sha256=sha(b"\n".join(raw_used)), session_id=session_id,
-            bead_id=bead.group() if bead else None, outcome="unknown",
-        ))
+        units.append(
+            Unit(
+                kind="claude_code",
+                rig=rig.name,
+                refs=used,
+                role=role,
+                artifact=f"session:{session_id or rel}",
+                version=("", rel, 0),
+                turns=merged,
+                sha256=sha(b"\n".join(raw_used)),
+                session_id=session_id,
+                bead_id=bead.group() if bead else None,
+                outcome="unknown",
+            )
+        )
     return units

@@ -13,8 +13,9 @@ from dataload.schema import SourceKind
 from provenance.hashing import sha256_bytes
 
 
-def iter_json_lines(rig: Rig, rel: str, kind: SourceKind, ledger: Ledger
-                    ) -> Iterator[tuple[RecordRef, bytes, dict[str, Any]]]:
+def iter_json_lines(
+    rig: Rig, rel: str, kind: SourceKind, ledger: Ledger
+) -> Iterator[tuple[RecordRef, bytes, dict[str, Any]]]:
     """Yield ``(record, raw bytes, object)`` for each line that is a JSON object.
 
     Every line is registered. Invalid UTF-8, invalid JSON and non-object lines are quarantined;

@@ -33,13 +33,24 @@ def _unit(rig: Rig, rel: str, doc_path: str, version: tuple, ledger: Ledger) -> 
         ledger.mark([ref], "rejected", "empty_file")
         return None
     role = role_from_cwd("/".join(doc_path.split("/")[:-1])) or "all"
-    return Unit(kind="doc", rig=rig.name, refs=[ref], role=role, artifact=f"doc:{doc_path}",
-                version=version, turns=[], sha256=sha(data), task="conventions", content=text,
-                extra={"doc_path": doc_path})
+    return Unit(
+        kind="doc",
+        rig=rig.name,
+        refs=[ref],
+        role=role,
+        artifact=f"doc:{doc_path}",
+        version=version,
+        turns=[],
+        sha256=sha(data),
+        task="conventions",
+        content=text,
+        extra={"doc_path": doc_path},
+    )
 
 
-def read_docs(rig: Rig, current: list[str], history: list[str], history_dir: str,
-              ledger: Ledger) -> list[Unit]:
+def read_docs(
+    rig: Rig, current: list[str], history: list[str], history_dir: str, ledger: Ledger
+) -> list[Unit]:
     units: list[Unit] = []
     prefix = history_dir.rstrip("/") + "/"
     for rel in current:
@@ -49,13 +60,17 @@ def read_docs(rig: Rig, current: list[str], history: list[str], history_dir: str
         if u:
             units.append(u)
     for rel in history:
-        doc_path, _, name = rel[len(prefix):].rpartition("/")
+        doc_path, _, name = rel[len(prefix) :].rpartition("/")
         stamp = name.rsplit(".", 1)[0]
         if not doc_path or not _STAMP.match(stamp):
             ref = RecordRef(rig.name, rel, 1, 1, "doc")
             ledger.read(ref)
-            ledger.mark([ref], "quarantined", "bad_history_name",
-                        "expected <history_dir>/<doc path>/<YYYYMMDDTHHMMSSZ>.md")
+            ledger.mark(
+                [ref],
+                "quarantined",
+                "bad_history_name",
+                "expected <history_dir>/<doc path>/<YYYYMMDDTHHMMSSZ>.md",
+            )
             continue
         u = _unit(rig, rel, doc_path, (stamp, rel), ledger)
         if u:

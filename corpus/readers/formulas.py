@@ -40,8 +40,19 @@ def read_formulas(rig: Rig, files: list[str], ledger: Ledger) -> list[Unit]:
         if not isinstance(doc.get("description"), str):
             ledger.mark([ref], "quarantined", "missing_field", "description")
             continue
-        units.append(Unit(kind="formula", rig=rig.name, refs=[ref], role="all",
-                          artifact=f"formula:{name}", version=(version, rel), turns=[],
-                          sha256=sha(data), task="formulas", content=text,
-                          extra={"name": name, "description": doc["description"].strip()}))
+        units.append(
+            Unit(
+                kind="formula",
+                rig=rig.name,
+                refs=[ref],
+                role="all",
+                artifact=f"formula:{name}",
+                version=(version, rel),
+                turns=[],
+                sha256=sha(data),
+                task="formulas",
+                content=text,
+                extra={"name": name, "description": doc["description"].strip()},
+            )
+        )
     return units

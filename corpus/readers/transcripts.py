@@ -52,20 +52,35 @@ def read_transcripts(rig: Rig, files: list[str], ledger: Ledger, roles: list[str
             if not isinstance(raw_turns, list) or not raw_turns:
                 ledger.mark([ref], "quarantined", "missing_field", "turns")
                 continue
-            bad = next((i for i, t in enumerate(raw_turns)
-                        if not isinstance(t, dict) or t.get("speaker") not in _SPEAKERS
-                        or not isinstance(t.get("text"), str)), None)
+            bad = next(
+                (
+                    i
+                    for i, t in enumerate(raw_turns)
+                    if not isinstance(t, dict)
+                    or t.get("speaker") not in _SPEAKERS
+                    or not isinstance(t.get("text"), str)
+                ),
+                None,
+            )
             if bad is not None:
                 ledger.mark([ref], "quarantined", "bad_field", f"turns[{bad}]")
                 continue
-            units.append(Unit(
-                kind="transcript", rig=obj["rig"], refs=[ref], role=obj["role"],
-                artifact=f"session:{obj['session_id']}",
-                version=(str(obj.get("ended_at") or ""), rel, ref.line),
-                turns=to_turns([(t["speaker"], t["text"]) for t in raw_turns]),
-                sha256=sha(raw), task=obj.get("task") or None, session_id=obj["session_id"],
-                bead_id=obj.get("bead_id") or None, outcome=obj["outcome"],
-                failure_mode=obj.get("failure_mode") or None,
-                content="\n".join(f"{t['speaker']}: {t['text']}" for t in raw_turns),
-            ))
+            units.append(
+                Unit(
+                    kind="transcript",
+                    rig=obj["rig"],
+                    refs=[ref],
+                    role=obj["role"],
+                    artifact=f"session:{obj['session_id']}",
+                    version=(str(obj.get("ended_at") or ""), rel, ref.line),
+                    turns=to_turns([(t["speaker"], t["text"]) for t in raw_turns]),
+                    sha256=sha(raw),
+                    task=obj.get("task") or None,
+                    session_id=obj["session_id"],
+                    bead_id=obj.get("bead_id") or None,
+                    outcome=obj["outcome"],
+                    failure_mode=obj.get("failure_mode") or None,
+                    content="\n".join(f"{t['speaker']}: {t['text']}" for t in raw_turns),
+                )
+            )
     return units

@@ -12,12 +12,27 @@ import re
 
 from corpus.scrub.findings import Finding, looks_like_placeholder
 
-_KEYWORDS = ("pass", "pwd", "secret", "token", "api_key", "apikey", "api-key", "credential",
-             "private_key", "access_key", "auth", "://", "--p")
+_KEYWORDS = (
+    "pass",
+    "pwd",
+    "secret",
+    "token",
+    "api_key",
+    "apikey",
+    "api-key",
+    "credential",
+    "private_key",
+    "access_key",
+    "auth",
+    "://",
+    "--p",
+)
 
 # A key that *ends* with a secret word: DB_PASSWORD, github_token, clientSecret, "api-key".
-_KEY = (r"(?P<key>[A-Za-z0-9_.\-]*?(?:passw(?:or)?d|passwd|pwd|(?<![A-Za-z])pass|secret|token|api[_\-]?key|apikey"
-        r"|access[_\-]?key|private[_\-]?key|credentials?|auth[_\-]?key|signing[_\-]?key))")
+_KEY = (
+    r"(?P<key>[A-Za-z0-9_.\-]*?(?:passw(?:or)?d|passwd|pwd|(?<![A-Za-z])pass|secret|token|api[_\-]?key|apikey"
+    r"|access[_\-]?key|private[_\-]?key|credentials?|auth[_\-]?key|signing[_\-]?key))"
+)
 _ASSIGN = re.compile(
     r"(?<![A-Za-z0-9<])" + _KEY + r"[\"']?\s*(?::=|=>|=|:)\s*"
     r"(?:(?P<q>[\"'`])(?P<qval>[^\"'`\n]{3,200})(?P=q)|(?P<val>[^\s\"'`,;)}\]\\]{4,200}))",
@@ -25,18 +40,23 @@ _ASSIGN = re.compile(
 )
 _FLAG = re.compile(
     r"(?<![\w-])--?(?P<key>password|passwd|token|secret|api-key|apikey|auth-token|access-token)"
-    r"(?:=|\s+)(?P<q>[\"']?)(?P<val>[^\s\"']{4,200})(?P=q)", re.I)
+    r"(?:=|\s+)(?P<q>[\"']?)(?P<val>[^\s\"']{4,200})(?P=q)",
+    re.I,
+)
 _URL_PASSWORD = re.compile(
     r"\b[a-zA-Z][a-zA-Z0-9+.\-]{1,20}://(?P<user>[^\s:/@'\"<>]{1,64}):"
-    r"(?P<val>[^\s@/'\"<>]{1,128})@[A-Za-z0-9.\-\[\]]+")
+    r"(?P<val>[^\s@/'\"<>]{1,128})@[A-Za-z0-9.\-\[\]]+"
+)
 _AUTH_HEADER = re.compile(
     r"(?i:\b(?:authorization|proxy-authorization)[\"']?\s*[:=]\s*[\"']?(?:bearer|basic|token)\s+"
-    r"|\bbearer\s+)(?P<val>[A-Za-z0-9+/_.\-=~]{16,})")
+    r"|\bbearer\s+)(?P<val>[A-Za-z0-9+/_.\-=~]{16,})"
+)
 # Keys that end with a secret word but name something harmless.
 _BENIGN_KEYS = re.compile(
     r"(?i)(?:^|[_.\-])(?:max|min|num|n|count|total|input|output|prompt|completion|next|prev|"
     r"page|cancel|csrf_?field|bos|eos|pad|unk|sep|cls|mask|special)[_.\-]?tokens?$"
-    r"|(?i:^(?:tokens?|token_type|tokenizer)$)")
+    r"|(?i:^(?:tokens?|token_type|tokenizer)$)"
+)
 _BOOL_OR_NUMBER = re.compile(r"(?i)^(?:true|false|yes|no|on|off|\d{1,5}(?:\.\d+)?)$")
 
 
@@ -72,20 +92,47 @@ def scan_assignments(text: str, lowered: str) -> list[Finding]:
         group = "qval" if m.group("qval") is not None else "val"
         value = m.group(group)
         if _literal_secret(value):
-            found.append(Finding(m.start(group), m.end(group), _kind(key), "SECRET", "sure",
-                                 "context:assignment"))
+            found.append(
+                Finding(
+                    m.start(group), m.end(group), _kind(key), "SECRET", "sure", "context:assignment"
+                )
+            )
     for m in _FLAG.finditer(text):
         if _literal_secret(m.group("val")):
-            found.append(Finding(m.start("val"), m.end("val"), _kind(m.group("key")), "SECRET",
-                                 "sure", "context:cli_flag"))
+            found.append(
+                Finding(
+                    m.start("val"),
+                    m.end("val"),
+                    _kind(m.group("key")),
+                    "SECRET",
+                    "sure",
+                    "context:cli_flag",
+                )
+            )
     for m in _URL_PASSWORD.finditer(text):
         value = m.group("val")
         if not looks_like_placeholder(value) and value.lower() not in ("pass", "pw", "pwd"):
-            found.append(Finding(m.start("val"), m.end("val"), "url_password", "SECRET", "sure",
-                                 "context:url_password"))
+            found.append(
+                Finding(
+                    m.start("val"),
+                    m.end("val"),
+                    "url_password",
+                    "SECRET",
+                    "sure",
+                    "context:url_password",
+                )
+            )
     for m in _AUTH_HEADER.finditer(text):
         value = m.group("val")
         if not looks_like_placeholder(value):
-            found.append(Finding(m.start("val"), m.end("val"), "bearer_token", "SECRET", "sure",
-                                 "context:auth_header"))
+            found.append(
+                Finding(
+                    m.start("val"),
+                    m.end("val"),
+                    "bearer_token",
+                    "SECRET",
+                    "sure",
+                    "context:auth_header",
+                )
+            )
     return found

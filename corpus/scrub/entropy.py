@@ -16,15 +16,22 @@ import re
 from corpus.scrub.findings import Finding, shannon_entropy
 
 _TOKEN = re.compile(r"(?<![A-Za-z0-9+/_\-])[A-Za-z0-9+/_\-]{20,}={0,2}(?![A-Za-z0-9+/_\-])")
-_HASH_PREFIX = re.compile(r"(?i)(?:sha(?:1|224|256|384|512)[-:]|h1:|base64,|md5[-:]|blake2b?[-:]"
-                          r"|integrity[\"']?\s*[:=]\s*[\"']?)$")
+_HASH_PREFIX = re.compile(
+    r"(?i)(?:sha(?:1|224|256|384|512)[-:]|h1:|base64,|md5[-:]|blake2b?[-:]"
+    r"|integrity[\"']?\s*[:=]\s*[\"']?)$"
+)
 # Identifiers that are public by design: publishable keys, API object and message ids.
-_PUBLIC_ID = re.compile(r"^(?:pk_(?:live|test)|toolu|srvtoolu|msg|req|ch|cus|pi|pm|evt|sub|prod"
-                        r"|price|acct|txn|file|run|thread|asst|call|chatcmpl|resp|batch|in|ii)_")
+_PUBLIC_ID = re.compile(
+    r"^(?:pk_(?:live|test)|toolu|srvtoolu|msg|req|ch|cus|pi|pm|evt|sub|prod"
+    r"|price|acct|txn|file|run|thread|asst|call|chatcmpl|resp|batch|in|ii)_"
+)
 _HASH_TOKEN = re.compile(r"(?i)^(?:sha(?:1|224|256|384|512)|md5|blake2b?)[-:]")
 _PUBLIC_KEY_BEFORE = re.compile(r"(?:ssh-(?:rsa|ed25519|dss)|ecdsa-sha2-nistp\d+|sk-ssh-\S+)\s+$")
-_PUBLIC_PEM = re.compile(r"-----BEGIN (?:PUBLIC KEY|RSA PUBLIC KEY|CERTIFICATE|CERTIFICATE REQUEST"
-                         r"|PGP PUBLIC KEY BLOCK|X509 CRL)-----.*?-----END [A-Z0-9 ]+-----", re.S)
+_PUBLIC_PEM = re.compile(
+    r"-----BEGIN (?:PUBLIC KEY|RSA PUBLIC KEY|CERTIFICATE|CERTIFICATE REQUEST"
+    r"|PGP PUBLIC KEY BLOCK|X509 CRL)-----.*?-----END [A-Z0-9 ]+-----",
+    re.S,
+)
 _PIECES = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
 _VOWELS = set("aeiouy")
 
@@ -91,8 +98,9 @@ def _word_prefix(text: str, pos: int) -> str:
 def scan_entropy(text: str) -> list[Finding]:
     """Uncertain findings for high-entropy tokens in ``text``."""
     found: list[Finding] = []
-    public = [(b.start(), b.end()) for b in _PUBLIC_PEM.finditer(text)] if "-----BEGIN" in text \
-        else []
+    public = (
+        [(b.start(), b.end()) for b in _PUBLIC_PEM.finditer(text)] if "-----BEGIN" in text else []
+    )
     for m in _TOKEN.finditer(text):
         if any(a <= m.start() < b for a, b in public):
             continue  # certificates and public keys are meant to be shared
@@ -100,6 +108,7 @@ def scan_entropy(text: str) -> list[Finding]:
         if "://" in _word_prefix(text, m.start()):
             continue  # part of a URL without a credential keyword (those are context findings)
         if is_high_entropy_secret(m.group(), before):
-            found.append(Finding(m.start(), m.end(), "high_entropy", "SECRET", "uncertain",
-                                 "entropy"))
+            found.append(
+                Finding(m.start(), m.end(), "high_entropy", "SECRET", "uncertain", "entropy")
+            )
     return found

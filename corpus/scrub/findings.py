@@ -37,8 +37,10 @@ class Finding:
     def describe(self, text: str) -> str:
         """A reason line that never repeats the secret: type, detector, offset, length, shape."""
         value = text[self.start : self.end]
-        return (f"{self.type} via {self.detector} at char {self.start} "
-                f"(len {len(value)}, starts {mask(value)})")
+        return (
+            f"{self.type} via {self.detector} at char {self.start} "
+            f"(len {len(value)}, starts {mask(value)})"
+        )
 
 
 def mask(value: str, keep: int = 3) -> str:
@@ -56,15 +58,69 @@ def shannon_entropy(value: str) -> float:
 
 
 _PLACEHOLDER_WORDS = (
-    "example", "sample", "dummy", "placeholder", "changeme", "change_me", "redacted", "your_",
-    "your-", "yourpassword", "yourtoken", "<", "${", "{{", "%(", "xxxx", "****", "....",
-    "todo", "fixme", "insert", "replace", "notasecret", "not-a-secret", "fake", "test123",
+    "example",
+    "sample",
+    "dummy",
+    "placeholder",
+    "changeme",
+    "change_me",
+    "redacted",
+    "your_",
+    "your-",
+    "yourpassword",
+    "yourtoken",
+    "<",
+    "${",
+    "{{",
+    "%(",
+    "xxxx",
+    "****",
+    "....",
+    "todo",
+    "fixme",
+    "insert",
+    "replace",
+    "notasecret",
+    "not-a-secret",
+    "fake",
+    "test123",
 )
 _PLACEHOLDER_EXACT = {
-    "password", "passwd", "secret", "token", "pass", "none", "null", "nil", "true", "false",
-    "undefined", "empty", "string", "str", "required", "optional", "default", "hidden",
-    "mysecret", "mypassword", "secretpassword", "apikey", "api_key", "value", "foo", "bar",
-    "foobar", "admin", "root", "user", "username", "test", "testing", "env", "environ",
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "pass",
+    "none",
+    "null",
+    "nil",
+    "true",
+    "false",
+    "undefined",
+    "empty",
+    "string",
+    "str",
+    "required",
+    "optional",
+    "default",
+    "hidden",
+    "mysecret",
+    "mypassword",
+    "secretpassword",
+    "apikey",
+    "api_key",
+    "value",
+    "foo",
+    "bar",
+    "foobar",
+    "admin",
+    "root",
+    "user",
+    "username",
+    "test",
+    "testing",
+    "env",
+    "environ",
 }
 
 
@@ -123,8 +179,14 @@ def resolve(findings: list[Finding]) -> list[Finding]:
 
 def _merge(cluster: list[Finding]) -> Finding:
     best = min(cluster, key=_rank)
-    return Finding(min(f.start for f in cluster), max(f.end for f in cluster), best.type,
-                   best.category, best.confidence, best.detector)
+    return Finding(
+        min(f.start for f in cluster),
+        max(f.end for f in cluster),
+        best.type,
+        best.category,
+        best.confidence,
+        best.detector,
+    )
 
 
 def apply(text: str, findings: list[Finding]) -> str:

@@ -52,10 +52,14 @@ _SURE_TYPES = {
     "SoftLayer Credentials": "softlayer_key",
     "Square OAuth Secret": "square_oauth_secret",
 }
-_UNCERTAIN_TYPES = {"Secret Keyword": "secret_keyword", "Base64 High Entropy String": "high_entropy"}
+_UNCERTAIN_TYPES = {
+    "Secret Keyword": "secret_keyword",
+    "Base64 High Entropy String": "high_entropy",
+}
 
 _PREFILTER = re.compile(
-    r"[A-Za-z0-9+/=_\-]{16,}|://\S*@|(?i:pass|secret|token|key|auth|pwd|private|api|cred)")
+    r"[A-Za-z0-9+/=_\-]{16,}|://\S*@|(?i:pass|secret|token|key|auth|pwd|private|api|cred)"
+)
 
 
 class DetectSecretsLayer:
@@ -90,11 +94,14 @@ class DetectSecretsLayer:
             return []
         out: list[tuple[str, str]] = []
         for plugin in self._plugins:
-            for secret in plugin.analyze_line(filename="corpus", line=line, line_number=1,
-                                              context=context) or ():
+            for secret in (
+                plugin.analyze_line(filename="corpus", line=line, line_number=1, context=context)
+                or ()
+            ):
                 value = secret.secret_value
-                if not value or self._filtered(filename="corpus", secret=value, plugin=plugin,
-                                               line=line, context=context):
+                if not value or self._filtered(
+                    filename="corpus", secret=value, plugin=plugin, line=line, context=context
+                ):
                     continue
                 out.append((secret.type, value))
         return sorted(set(out))
@@ -124,7 +131,9 @@ class DetectSecretsLayer:
             start, end = offset + pos, offset + pos + len(value)
             if any(c.start < end and start < c.end for c in covered):
                 continue
-            if kind == "high_entropy" and not is_high_entropy_secret(value, line[max(0, pos - 20):pos]):
+            if kind == "high_entropy" and not is_high_entropy_secret(
+                value, line[max(0, pos - 20) : pos]
+            ):
                 continue
             slug = re.sub(r"[^a-z0-9]+", "_", ds_type.lower()).strip("_")
             found.append(Finding(start, end, kind, "SECRET", confidence, f"detect-secrets:{slug}"))

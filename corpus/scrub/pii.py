@@ -14,29 +14,85 @@ from corpus.scrub.findings import Finding
 
 _EMAIL = re.compile(
     r"(?<![\w.+\-])(?P<local>[A-Za-z0-9][A-Za-z0-9._%+\-]{0,63})@"
-    r"(?P<domain>(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24})\b")
+    r"(?P<domain>(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24})\b"
+)
 _SERVICE_LOCALS = {"git", "noreply", "no-reply", "donotreply", "do-not-reply", "mailer-daemon"}
-_EXAMPLE_DOMAINS = re.compile(r"(?i)(?:^|\.)(?:example\.(?:com|org|net)|example|test|invalid|"
-                              r"localhost|local|users\.noreply\.github\.com)$")
-_FILE_TLDS = {"py", "js", "ts", "go", "rs", "md", "txt", "json", "toml", "yaml", "yml", "lock",
-              "sh", "git", "png", "jpg", "svg", "css", "html", "whl", "gz", "zip", "tar"}
+_EXAMPLE_DOMAINS = re.compile(
+    r"(?i)(?:^|\.)(?:example\.(?:com|org|net)|example|test|invalid|"
+    r"localhost|local|users\.noreply\.github\.com)$"
+)
+_FILE_TLDS = {
+    "py",
+    "js",
+    "ts",
+    "go",
+    "rs",
+    "md",
+    "txt",
+    "json",
+    "toml",
+    "yaml",
+    "yml",
+    "lock",
+    "sh",
+    "git",
+    "png",
+    "jpg",
+    "svg",
+    "css",
+    "html",
+    "whl",
+    "gz",
+    "zip",
+    "tar",
+}
 
 _IPV4 = re.compile(r"(?<![\w.\-])(?:\d{1,3}\.){3}\d{1,3}(?![\w]|\.\d)")
-_IPV6 = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{1,4}:|:){2,7}(?::|[0-9A-Fa-f]{1,4})(?![\w:])"
-                   r"|(?<![\w:.])(?:[0-9A-Fa-f]{1,4}:){6}(?:\d{1,3}\.){3}\d{1,3}")
-_VERSION_CONTEXT = re.compile(r"(?i)\b(?:version|ver|release|v|build|firmware)[\s:=]*$|==$|[A-Za-z]/$")
+_IPV6 = re.compile(
+    r"(?<![\w:.])(?:[0-9A-Fa-f]{1,4}:|:){2,7}(?::|[0-9A-Fa-f]{1,4})(?![\w:])"
+    r"|(?<![\w:.])(?:[0-9A-Fa-f]{1,4}:){6}(?:\d{1,3}\.){3}\d{1,3}"
+)
+_VERSION_CONTEXT = re.compile(
+    r"(?i)\b(?:version|ver|release|v|build|firmware)[\s:=]*$|==$|[A-Za-z]/$"
+)
 # Words that say "this is a host": an address with small octets counts as one only then.
 _IP_CONTEXT = re.compile(
     r"(?i)(?:@|//|\b(?:ip|ips|host|hosts|addr|address|server|resolver|nameserver|node|peer|inet"
-    r"|listen|connect(?:ing|ed)? to|connect|ssh|ping|curl|from|at|via|gateway|dns|proxy|allowed_hosts)\b)[\s:=\[\"']*$")
+    r"|listen|connect(?:ing|ed)? to|connect|ssh|ping|curl|from|at|via|gateway|dns|proxy"
+    r"|allowed_hosts)\b)[\s:=\[\"']*$"
+)
 _NETMASK_OCTETS = {"0", "128", "192", "224", "240", "248", "252", "254", "255"}
 
-_HOME = re.compile(r"(?P<path>(?:/home|/Users)/(?P<user>[A-Za-z0-9._\-]{1,64})|"
-                   r"[A-Za-z]:\\\\?Users\\\\?(?P<wuser>[A-Za-z0-9._\- ]{1,64}?))(?=[/\\\s\"'`:]|$)")
-_GENERIC_USERS = {"user", "username", "you", "yourname", "your_user", "me", "runner", "ubuntu",
-                  "ec2-user", "vagrant", "jovyan", "node", "app", "public", "shared", "default",
-                  "admin", "guest", "nobody", "all users", "default user", "<user>", "$user",
-                  "linuxbrew"}
+_HOME = re.compile(
+    r"(?P<path>(?:/home|/Users)/(?P<user>[A-Za-z0-9._\-]{1,64})|"
+    r"[A-Za-z]:\\\\?Users\\\\?(?P<wuser>[A-Za-z0-9._\- ]{1,64}?))(?=[/\\\s\"'`:]|$)"
+)
+_GENERIC_USERS = {
+    "user",
+    "username",
+    "you",
+    "yourname",
+    "your_user",
+    "me",
+    "runner",
+    "ubuntu",
+    "ec2-user",
+    "vagrant",
+    "jovyan",
+    "node",
+    "app",
+    "public",
+    "shared",
+    "default",
+    "admin",
+    "guest",
+    "nobody",
+    "all users",
+    "default user",
+    "<user>",
+    "$user",
+    "linuxbrew",
+}
 
 
 def _ip_is_personal(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
@@ -47,8 +103,10 @@ def _ip_is_personal(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool
     return addr not in _DOC_V6
 
 
-_DOC_V4 = tuple(ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24",
-                                                  "203.0.113.0/24", "255.255.255.255/32"))
+_DOC_V4 = tuple(
+    ipaddress.ip_network(n)
+    for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "255.255.255.255/32")
+)
 _DOC_V6 = ipaddress.ip_network("2001:db8::/32")
 
 
@@ -73,8 +131,11 @@ def scan_pii(text: str) -> list[Finding]:
         if _VERSION_CONTEXT.search(before):
             continue
         after = text[m.end() : m.end() + 1]
-        if max(int(o) for o in octets) < 32 and after not in (":", "/") \
-                and not _IP_CONTEXT.search(before):
+        if (
+            max(int(o) for o in octets) < 32
+            and after not in (":", "/")
+            and not _IP_CONTEXT.search(before)
+        ):
             continue  # "1.2.3.4", "section 3.2.1.4": version-like unless the context says host
         if _ip_is_personal(ipaddress.IPv4Address(m.group())):
             found.append(Finding(m.start(), m.end(), "ipv4", "PII", "sure", "pii:ipv4"))
@@ -94,6 +155,7 @@ def scan_pii(text: str) -> list[Finding]:
             user = (m.group("user") or m.group("wuser") or "").lower()
             if user in _GENERIC_USERS or user.startswith(("$", "<", "{")):
                 continue
-            found.append(Finding(m.start("path"), m.end("path"), "home_dir", "PII", "sure",
-                                 "pii:home_dir"))
+            found.append(
+                Finding(m.start("path"), m.end("path"), "home_dir", "PII", "sure", "pii:home_dir")
+            )
     return found

@@ -39,8 +39,9 @@ class Scrubber:
         scrub_pii: replace e-mail addresses, IP addresses and home directories.
     """
 
-    def __init__(self, *, use_library: bool = True, use_entropy: bool = True,
-                 scrub_pii: bool = True) -> None:
+    def __init__(
+        self, *, use_library: bool = True, use_entropy: bool = True, scrub_pii: bool = True
+    ) -> None:
         self._library = DetectSecretsLayer() if use_library else None
         self._entropy = use_entropy
         self._pii = scrub_pii
@@ -65,5 +66,9 @@ class Scrubber:
         sure = [f for f in findings if f.confidence == "sure"]
         uncertain = [f for f in findings if f.confidence == "uncertain"]
         self.counts.update(f.type for f in sure)
-        return ScrubResult(text=apply(text, sure), replaced=sure, uncertain=uncertain,
-                           reasons=[f.describe(text) for f in uncertain])
+        return ScrubResult(
+            text=apply(text, sure),
+            replaced=sure,
+            uncertain=uncertain,
+            reasons=[f.describe(text) for f in uncertain],
+        )

@@ -35,48 +35,97 @@ _B64 = r"A-Za-z0-9+/"
 _END = r"(?![A-Za-z0-9_\-])"
 
 RULES: tuple[VendorRule, ...] = (
-    VendorRule("pem_private_key", ("private key",), _r(
-        r"-----BEGIN[A-Z0-9 ]{0,30} PRIVATE KEY(?: BLOCK)?-----"
-        r"(?:\\n|\\r|\s)+(?:[A-Za-z0-9\-]+: [^\n]*(?:\\n|\s)+)*"   # optional headers (Proc-Type)
-        rf"[{_B64}=]{{16,}}"
-        r"(?:.*?-----END[A-Z0-9 ]{0,30} PRIVATE KEY(?: BLOCK)?-----"
-        rf"|(?:(?:\\n|\s)+[{_B64}=]{{16,}})*)", re.S)),
-    VendorRule("aws_access_key_id", ("akia", "asia", "abia", "acca", "aroa", "aida", "anpa"),
-               _r(r"(?<![A-Z0-9])(?:AKIA|ASIA|ABIA|ACCA|AROA|AIDA|ANPA|AIPA|ANVA|APKA)"
-                  r"[A-Z2-7]{16}(?![A-Z0-9])")),
-    VendorRule("aws_secret_access_key", ("aws", "secret_access", "secretaccess", "secret access"),
-               _r(r"(?i:aws.{0,20}?secret|secret.?access.?key)[\w\- ]{0,20}?[\"']?\s*(?:[:=]|=>|:=)"
-                  rf"\s*[\"']?(?P<secret>[{_B64}]{{40}})(?![{_B64}])")),
+    VendorRule(
+        "pem_private_key",
+        ("private key",),
+        _r(
+            r"-----BEGIN[A-Z0-9 ]{0,30} PRIVATE KEY(?: BLOCK)?-----"
+            r"(?:\\n|\\r|\s)+(?:[A-Za-z0-9\-]+: [^\n]*(?:\\n|\s)+)*"  # optional headers (Proc-Type)
+            rf"[{_B64}=]{{16,}}"
+            r"(?:.*?-----END[A-Z0-9 ]{0,30} PRIVATE KEY(?: BLOCK)?-----"
+            rf"|(?:(?:\\n|\s)+[{_B64}=]{{16,}})*)",
+            re.S,
+        ),
+    ),
+    VendorRule(
+        "aws_access_key_id",
+        ("akia", "asia", "abia", "acca", "aroa", "aida", "anpa"),
+        _r(
+            r"(?<![A-Z0-9])(?:AKIA|ASIA|ABIA|ACCA|AROA|AIDA|ANPA|AIPA|ANVA|APKA)"
+            r"[A-Z2-7]{16}(?![A-Z0-9])"
+        ),
+    ),
+    VendorRule(
+        "aws_secret_access_key",
+        ("aws", "secret_access", "secretaccess", "secret access"),
+        _r(
+            r"(?i:aws.{0,20}?secret|secret.?access.?key)[\w\- ]{0,20}?[\"']?\s*(?:[:=]|=>|:=)"
+            rf"\s*[\"']?(?P<secret>[{_B64}]{{40}})(?![{_B64}])"
+        ),
+    ),
     VendorRule("github_pat", ("github_pat_",), _r(r"\bgithub_pat_[A-Za-z0-9_]{40,255}\b")),
-    VendorRule("github_token", ("ghp_", "gho_", "ghu_", "ghs_", "ghr_"),
-               _r(r"\bgh[pousr]_[A-Za-z0-9]{36,251}\b")),
-    VendorRule("gitlab_token", ("glpat-", "gldt-", "glrt-"),
-               _r(rf"\bgl(?:pat|dt|rt)-[A-Za-z0-9_\-]{{20,}}{_END}")),
-    VendorRule("slack_webhook", ("hooks.slack.com",),
-               _r(r"https://hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9+/_\-]{20,}")),
-    VendorRule("slack_token", ("xox", "xapp-"),
-               _r(r"\b(?:xox[abposre]-[0-9A-Za-z\-]{10,}|xapp-\d-[A-Z0-9]+-\d+-[a-f0-9]{20,})")),
-    VendorRule("stripe_key", ("sk_live_", "sk_test_", "rk_live_", "rk_test_", "whsec_"),
-               _r(r"\b(?:(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{20,}|whsec_[A-Za-z0-9]{24,})\b")),
-    VendorRule("anthropic_key", ("sk-ant-",),
-               _r(rf"\bsk-ant-(?:api|admin|sid|oat)\d{{2}}-[A-Za-z0-9_\-]{{20,}}{_END}")),
-    VendorRule("openai_key", ("sk-",),
-               _r(rf"\bsk-(?:(?:proj|svcacct|admin|None)-[A-Za-z0-9_\-]{{20,}}"
-                  rf"|[A-Za-z0-9]{{20}}T3BlbkFJ[A-Za-z0-9]{{20}}|(?!ant-)[A-Za-z0-9]{{32,}}){_END}")),
+    VendorRule(
+        "github_token",
+        ("ghp_", "gho_", "ghu_", "ghs_", "ghr_"),
+        _r(r"\bgh[pousr]_[A-Za-z0-9]{36,251}\b"),
+    ),
+    VendorRule(
+        "gitlab_token",
+        ("glpat-", "gldt-", "glrt-"),
+        _r(rf"\bgl(?:pat|dt|rt)-[A-Za-z0-9_\-]{{20,}}{_END}"),
+    ),
+    VendorRule(
+        "slack_webhook",
+        ("hooks.slack.com",),
+        _r(r"https://hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9+/_\-]{20,}"),
+    ),
+    VendorRule(
+        "slack_token",
+        ("xox", "xapp-"),
+        _r(r"\b(?:xox[abposre]-[0-9A-Za-z\-]{10,}|xapp-\d-[A-Z0-9]+-\d+-[a-f0-9]{20,})"),
+    ),
+    VendorRule(
+        "stripe_key",
+        ("sk_live_", "sk_test_", "rk_live_", "rk_test_", "whsec_"),
+        _r(r"\b(?:(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{20,}|whsec_[A-Za-z0-9]{24,})\b"),
+    ),
+    VendorRule(
+        "anthropic_key",
+        ("sk-ant-",),
+        _r(rf"\bsk-ant-(?:api|admin|sid|oat)\d{{2}}-[A-Za-z0-9_\-]{{20,}}{_END}"),
+    ),
+    VendorRule(
+        "openai_key",
+        ("sk-",),
+        _r(
+            rf"\bsk-(?:(?:proj|svcacct|admin|None)-[A-Za-z0-9_\-]{{20,}}"
+            rf"|[A-Za-z0-9]{{20}}T3BlbkFJ[A-Za-z0-9]{{20}}|(?!ant-)[A-Za-z0-9]{{32,}}){_END}"
+        ),
+    ),
     VendorRule("huggingface_token", ("hf_",), _r(r"\bhf_[A-Za-z]{30,40}\b")),
     VendorRule("google_api_key", ("aiza",), _r(rf"\bAIza[0-9A-Za-z_\-]{{35}}{_END}")),
     VendorRule("npm_token", ("npm_",), _r(r"\bnpm_[A-Za-z0-9]{36}\b")),
     VendorRule("pypi_token", ("pypi-",), _r(rf"\bpypi-AgE[A-Za-z0-9_\-]{{50,}}{_END}")),
-    VendorRule("sendgrid_key", ("sg.",),
-               _r(rf"\bSG\.[A-Za-z0-9_\-]{{22}}\.[A-Za-z0-9_\-]{{43}}{_END}")),
+    VendorRule(
+        "sendgrid_key", ("sg.",), _r(rf"\bSG\.[A-Za-z0-9_\-]{{22}}\.[A-Za-z0-9_\-]{{43}}{_END}")
+    ),
     VendorRule("twilio_key", ("sk", "ac"), _r(r"\b(?:SK|AC)[0-9a-f]{32}\b")),
-    VendorRule("azure_storage_key", ("accountkey",),
-               _r(r"(?i:AccountKey)=(?P<secret>[A-Za-z0-9+/]{86}==)")),
-    VendorRule("jwt", ("eyj",),
-               _r(rf"\beyJ[A-Za-z0-9_\-]{{10,}}\.eyJ[A-Za-z0-9_\-]{{10,}}\.[A-Za-z0-9_\-]{{16,}}{_END}")),
-    VendorRule("discord_token", ("discord",),
-               _r(r"(?i:discord).{0,40}?\b(?P<secret>[MNO][A-Za-z0-9_\-]{23,25}\.[A-Za-z0-9_\-]{6}"
-                  r"\.[A-Za-z0-9_\-]{27,38})\b")),
+    VendorRule(
+        "azure_storage_key", ("accountkey",), _r(r"(?i:AccountKey)=(?P<secret>[A-Za-z0-9+/]{86}==)")
+    ),
+    VendorRule(
+        "jwt",
+        ("eyj",),
+        _r(rf"\beyJ[A-Za-z0-9_\-]{{10,}}\.eyJ[A-Za-z0-9_\-]{{10,}}\.[A-Za-z0-9_\-]{{16,}}{_END}"),
+    ),
+    VendorRule(
+        "discord_token",
+        ("discord",),
+        _r(
+            r"(?i:discord).{0,40}?\b(?P<secret>[MNO][A-Za-z0-9_\-]{23,25}\.[A-Za-z0-9_\-]{6}"
+            r"\.[A-Za-z0-9_\-]{27,38})\b"
+        ),
+    ),
 )
 
 
@@ -91,6 +140,9 @@ def scan_vendor(text: str, lowered: str) -> list[Finding]:
             value = m.group(group)
             if "EXAMPLE" in value.upper() or looks_like_placeholder(value):
                 continue
-            found.append(Finding(m.start(group), m.end(group), rule.type, "SECRET", "sure",
-                                 f"vendor:{rule.type}"))
+            found.append(
+                Finding(
+                    m.start(group), m.end(group), rule.type, "SECRET", "sure", f"vendor:{rule.type}"
+                )
+            )
     return found
