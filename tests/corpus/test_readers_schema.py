@@ -119,7 +119,7 @@ def test_reversion_detected_only_when_a_change_is_undone() -> None:
     assert kept == [] and [r["reverting_version"] for r in review] == ["r:v3:1"]
     final = {str(ref): o.reason for ref, o, _ in ledger.dispositions()}
     assert final == {
-        "r:v1:1": "exact_duplicate",
+        "r:v1:1": "superseded",
         "r:v2:1": "superseded",
         "r:v3:1": "reversion_needs_review",
     }
