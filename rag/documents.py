@@ -3,13 +3,16 @@
 A *source unit* is the smallest thing whose change is detected on its own: one bead (a line of
 ``.beads/issues.jsonl``), one config or formula file, one session. A unit yields one or more
 documents (long files are chunked); all of them carry the unit's sha256, and the unit is
-replaced as a whole when that sha256 changes.
+replaced as a whole when that sha256 changes. :class:`RigRead` collects a rig's units and the
+:class:`ReadProblem` s met while reading it.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 COLLECTIONS: tuple[str, ...] = ("beads", "configs", "formulas", "sessions")
@@ -110,3 +113,38 @@ class ReadProblem:
     def __str__(self) -> str:
         where = f"{self.source}:{self.line}" if self.line is not None else self.source
         return f"{where}: {self.reason}"
+
+
+@dataclass
+class RigRead:
+    """Everything read from one rig: units by collection, and the problems met."""
+
+    rig: str
+    root: Path
+    units: list[SourceUnit] = field(default_factory=list)
+    problems: list[ReadProblem] = field(default_factory=list)
+
+    def documents(self) -> list[Document]:
+        return [doc for unit in self.units for doc in unit.documents]
+
+
+def doc_id(rig: str, collection: str, key: str, chunk: int | None = None) -> str:
+    """The stable document id ``<rig>/<collection>/<unit key>[#<chunk>]``."""
+    return f"{rig}/{collection}/{key}" + (f"#{chunk}" if chunk is not None else "")
+
+
+def read_lines(path: Path, rel: str, out: RigRead) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a file's non-empty UTF-8 lines; other lines become problems."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        out.problems.append(ReadProblem(rel, None, f"unreadable: {exc}"))
+        return
+    for lineno, bline in enumerate(raw.splitlines(), start=1):
+        try:
+            line = bline.decode("utf-8")
+        except UnicodeDecodeError:
+            out.problems.append(ReadProblem(rel, lineno, "not UTF-8"))
+            continue
+        if line.strip():
+            yield lineno, line

@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rag.documents import COLLECTIONS, DOC_FORMAT_VERSION, Document, ReadProblem
-from rag.sources import RigRead, read_rig
+from rag.documents import COLLECTIONS, DOC_FORMAT_VERSION, Document, ReadProblem, RigRead
+from rag.sources import read_rig
 from rag.store import RagStore
 
 logger = logging.getLogger(__name__)

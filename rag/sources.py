@@ -21,12 +21,22 @@ import logging
 import re
 import tomllib
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from provenance import sha256_bytes, sha256_json
-from rag.documents import Document, ReadProblem, SourceUnit, parse_timestamp
+from rag.documents import (
+    Document,
+    ReadProblem,
+    RigRead,
+    SourceUnit,
+    doc_id,
+    parse_timestamp,
+    read_lines,
+)
+from rag.roles import ROLE_DIRS, role_from_path
+from rag.sessions import read_sessions
 
 logger = logging.getLogger(__name__)
 
@@ -35,32 +45,6 @@ CONFIG_NAMES = frozenset({"CLAUDE.md", "AGENTS.md"})
 # superseded versions (history/, archive/) are not current state; VCS and tool dirs are noise
 SKIP_DIRS = frozenset({".git", "node_modules", "__pycache__", ".venv", "history", "archive"})
 RIG_SETTINGS = "rig.toml"
-
-# directory name -> Gas Town role (a document under such a directory belongs to that role)
-ROLE_DIRS: dict[str, str] = {
-    "mayor": "mayor",
-    "polecats": "polecat",
-    "polecat": "polecat",
-    "witness": "witness",
-    "deacon": "deacon",
-    "refinery": "refinery",
-    "crew": "crew",
-    "boot": "boot",
-}
-ROLES: frozenset[str] = frozenset(ROLE_DIRS.values())
-
-
-@dataclass
-class RigRead:
-    """Everything read from one rig: units by collection, and the problems met."""
-
-    rig: str
-    root: Path
-    units: list[SourceUnit] = field(default_factory=list)
-    problems: list[ReadProblem] = field(default_factory=list)
-
-    def documents(self) -> list[Document]:
-        return [doc for unit in self.units for doc in unit.documents]
 
 
 def read_rig(
@@ -84,7 +68,7 @@ def read_rig(
             _read_config(path, rel, rig, chunk_words, out)
         elif path.name.endswith(".formula.toml"):
             _read_formula(path, rel, rig, chunk_words, out)
-    _read_sessions(
+    read_sessions(
         [p for p in files if _is_transcript(root, p)], root, rig, session_summary_chars, out
     )
     return out
@@ -114,19 +98,6 @@ def _is_transcript(root: Path, path: Path) -> bool:
     if path.suffix != ".jsonl" or path.relative_to(root) == BEADS_FILE:
         return False
     return ".beads" not in path.relative_to(root).parts
-
-
-def role_from_path(rel: str, *, is_dir: bool = False) -> str:
-    """The role a file (or directory) belongs to: its nearest role directory; ``""`` for all."""
-    parts = Path(rel).parts if is_dir else Path(rel).parts[:-1]
-    for part in reversed(parts):
-        if part in ROLE_DIRS:
-            return ROLE_DIRS[part]
-    return ""
-
-
-def _doc_id(rig: str, collection: str, key: str, chunk: int | None = None) -> str:
-    return f"{rig}/{collection}/{key}" + (f"#{chunk}" if chunk is not None else "")
 
 
 # -- beads -----------------------------------------------------------------------------------
@@ -184,7 +155,7 @@ def _read_beads(root: Path, rig: str, out: RigRead) -> None:
         return
     rel = BEADS_FILE.as_posix()
     beads: dict[str, tuple[int, dict[str, Any]]] = {}
-    for lineno, line in _lines(path, rel, out):
+    for lineno, line in read_lines(path, rel, out):
         try:
             bead = json.loads(line)
         except json.JSONDecodeError as exc:
@@ -220,7 +191,7 @@ def _read_beads(root: Path, rig: str, out: RigRead) -> None:
         key = bead_id
         sha = sha256_json(bead)
         doc = Document(
-            id=_doc_id(rig, "beads", key),
+            id=doc_id(rig, "beads", key),
             collection="beads",
             text=bead_text(bead),
             unit=key,
@@ -242,22 +213,6 @@ def _nonempty(value: Any) -> bool:
 
 def _bead_time(bead: dict[str, Any]) -> float:
     return parse_timestamp(bead.get("updated_at")) or parse_timestamp(bead.get("created_at")) or 0.0
-
-
-def _lines(path: Path, rel: str, out: RigRead) -> Iterator[tuple[int, str]]:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        out.problems.append(ReadProblem(rel, None, f"unreadable: {exc}"))
-        return
-    for lineno, bline in enumerate(raw.splitlines(), start=1):
-        try:
-            line = bline.decode("utf-8")
-        except UnicodeDecodeError:
-            out.problems.append(ReadProblem(rel, lineno, "not UTF-8"))
-            continue
-        if line.strip():
-            yield lineno, line
 
 
 # -- configs and formulas --------------------------------------------------------------------
@@ -298,7 +253,7 @@ def chunk_words(text: str, limit: int) -> list[str]:
             current.append(para.strip())
             words += n
             continue
-        pieces.extend(_chunk_lines(para.strip().splitlines(), limit))
+        pieces.extend(_chunkread_lines(para.strip().splitlines(), limit))
     flush()
     return pieces
 
@@ -339,7 +294,7 @@ def _file_unit(
     for i, body in enumerate(chunks):
         unit.documents.append(
             Document(
-                id=_doc_id(rig, collection, rel, i),
+                id=doc_id(rig, collection, rel, i),
                 collection=collection,
                 text=f"{header}\n{body}".strip(),
                 unit=rel,
@@ -382,7 +337,7 @@ def _read_config(path: Path, rel: str, rig: str, limit: int, out: RigRead) -> No
             out.problems.append(ReadProblem(rel, None, f"not TOML: {exc}"))
             return
         rendered = render_structure(data)
-        chunks = _chunk_lines(rendered, limit)
+        chunks = _chunkread_lines(rendered, limit)
     chunks = [c for c in chunks if c]
     if not chunks:
         out.problems.append(ReadProblem(rel, None, "empty file, nothing to index"))
@@ -418,7 +373,7 @@ def _scalar(value: Any) -> str:
     return json.dumps(value) if isinstance(value, bool | type(None)) else str(value)
 
 
-def _chunk_lines(lines: list[str], limit: int) -> list[str]:
+def _chunkread_lines(lines: list[str], limit: int) -> list[str]:
     chunks: list[str] = []
     current: list[str] = []
     words = 0
@@ -460,7 +415,7 @@ def _read_formula(path: Path, rel: str, rig: str, limit: int, out: RigRead) -> N
             lines.extend(_step_line(step) for step in value if isinstance(step, dict))
         else:
             lines.extend(render_structure({key: value}))
-    chunks = _chunk_lines(lines, limit) or [""]
+    chunks = _chunkread_lines(lines, limit) or [""]
     role = next((ROLE_DIRS[t] for t in re.split(r"[-_.]", name) if t in ROLE_DIRS), "")
     unit = _file_unit("formulas", rel, rig, sha, header, chunks, _mtime(path), name)
     for i, doc in enumerate(unit.documents):
@@ -485,200 +440,3 @@ def read_rig_name(root: str | Path) -> str | None:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, AttributeError):
         return None
     return name if isinstance(name, str) and name else None
-
-
-# -- sessions --------------------------------------------------------------------------------
-#
-# Two transcript formats are read:
-# - ``gastown.transcript/1``: one session per line, ``{"session_id", "rig", "role", "agent",
-#   "bead_id", "task", "outcome", "failure_mode", "started_at", "ended_at", "turns":
-#   [{"speaker", "text"}]}`` (docs/corpus.md);
-# - Claude Code logs: one event per line, ``{"sessionId", "type": "user"|"assistant", "cwd",
-#   "timestamp", "message": {"role", "content": str | [blocks]}}``; ``summary`` events give the
-#   session a title, other bookkeeping events (``file-history-snapshot``, ...) carry no text.
-
-_CLAUDE_META_TYPES = frozenset({"summary", "file-history-snapshot", "system"})
-
-
-@dataclass
-class _Session:
-    key: str
-    source: str
-    line: int
-    meta: dict[str, Any] = field(default_factory=dict)
-    turns: list[tuple[str, str]] = field(default_factory=list)  # (speaker, text)
-    stamps: list[float] = field(default_factory=list)
-    raw: list[str] = field(default_factory=list)
-
-
-def _block_text(block: Any) -> str:
-    """Text of one Claude Code content block (text, tool call, tool result)."""
-    if isinstance(block, str):
-        return block
-    if not isinstance(block, dict):
-        return ""
-    kind = block.get("type")
-    if kind == "text":
-        return str(block.get("text") or "")
-    if kind == "tool_use":
-        args = block.get("input") if isinstance(block.get("input"), dict) else {}
-        if "command" in args:
-            return f"$ {args['command']}"
-        target = args.get("file_path") or args.get("path") or ""
-        return f"[{block.get('name', 'tool')} {target}]".replace(" ]", "]")
-    if kind == "tool_result":
-        content = block.get("content")
-        if isinstance(content, list):
-            return " ".join(_block_text(b) for b in content)
-        return str(content or "")
-    return ""  # thinking, images: not part of the summary
-
-
-def _clip(text: str, limit: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
-
-
-def session_summary(
-    session_id: str, meta: dict[str, Any], turns: list[tuple[str, str]], limit: int
-) -> str:
-    """A session's summary: a header of facts, then its turns (tool output clipped)."""
-    facts = [f"Session {session_id}"]
-    for key in ("title", "role", "agent", "bead_id", "task", "outcome", "failure_mode"):
-        if meta.get(key):
-            facts.append(f"{key.replace('_id', '')}: {meta[key]}")
-    lines = [" | ".join(facts)]
-    for speaker, text in turns:
-        if speaker == "system" or not text.strip():
-            continue
-        lines.append(f"{speaker}: {_clip(text, 200 if speaker == 'tool' else 600)}")
-    text = "\n".join(lines)
-    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
-
-
-def _session_from_record(
-    rec: dict[str, Any], rel: str, lineno: int, line: str, out: RigRead
-) -> _Session | None:
-    turns = rec.get("turns")
-    if not isinstance(turns, list):
-        out.problems.append(ReadProblem(rel, lineno, "transcript without a turns list"))
-        return None
-    session = _Session(str(rec["session_id"]), rel, lineno, raw=[line])
-    role = rec.get("role")
-    session.meta = {
-        "role": ROLE_DIRS.get(role, role) if isinstance(role, str) else "",
-        **{k: rec.get(k) for k in ("agent", "bead_id", "task", "outcome", "failure_mode", "rig")},
-    }
-    for turn in turns:
-        if isinstance(turn, dict) and isinstance(turn.get("text"), str):
-            session.turns.append((str(turn.get("speaker") or "?"), turn["text"]))
-    stamp = parse_timestamp(rec.get("ended_at")) or parse_timestamp(rec.get("started_at"))
-    if stamp is not None:
-        session.stamps.append(stamp)
-    return session
-
-
-def _read_sessions(paths: list[Path], root: Path, rig: str, limit: int, out: RigRead) -> None:
-    sessions: dict[str, _Session] = {}
-    for path in paths:
-        rel = path.relative_to(root).as_posix()
-        for lineno, line in _lines(path, rel, out):
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                out.problems.append(ReadProblem(rel, lineno, f"not JSON: {exc.msg}"))
-                continue
-            if not isinstance(rec, dict):
-                out.problems.append(ReadProblem(rel, lineno, "not a JSON object"))
-            elif rec.get("session_id"):
-                _add_record(rec, rel, lineno, line, rig, sessions, out)
-            elif rec.get("type") in _CLAUDE_META_TYPES or rec.get("sessionId"):
-                _add_claude_event(rec, rel, line, sessions)
-            else:
-                out.problems.append(
-                    ReadProblem(rel, lineno, "neither a transcript record nor a Claude Code event")
-                )
-    for key, session in sorted(sessions.items()):
-        if not any(text.strip() for speaker, text in session.turns if speaker != "system"):
-            out.problems.append(
-                ReadProblem(session.source, session.line, f"session {key} has no turns with text")
-            )
-            continue
-        role = session.meta.get("role") or ""
-        sha = sha256_bytes("\n".join(session.raw).encode())
-        doc = Document(
-            id=_doc_id(rig, "sessions", key),
-            collection="sessions",
-            text=session_summary(key, session.meta, session.turns, limit),
-            unit=key,
-            source=session.source,
-            source_sha256=sha,
-            rig=rig,
-            role=role,
-            bead_id=str(session.meta.get("bead_id") or ""),
-            updated_ts=max(session.stamps) if session.stamps else None,
-            title=str(session.meta.get("title") or f"session {key}"),
-        )
-        out.units.append(SourceUnit("sessions", key, sha, [doc]))
-
-
-def _add_record(
-    rec: dict[str, Any],
-    rel: str,
-    lineno: int,
-    line: str,
-    rig: str,
-    sessions: dict[str, _Session],
-    out: RigRead,
-) -> None:
-    own_rig = rec.get("rig")
-    if own_rig and own_rig != rig:
-        out.problems.append(
-            ReadProblem(
-                rel, lineno, f"session {rec['session_id']} belongs to rig {own_rig!r}, not {rig!r}"
-            )
-        )
-        return
-    session = _session_from_record(rec, rel, lineno, line, out)
-    if session is None:
-        return
-    previous = sessions.get(session.key)
-    if previous is not None:
-        same = previous.raw == session.raw
-        out.problems.append(
-            ReadProblem(
-                rel,
-                lineno,
-                f"session {session.key} repeats {previous.source}:{previous.line}"
-                + ("" if same else "; the later one is used"),
-            )
-        )
-        if same or max(previous.stamps, default=0.0) > max(session.stamps, default=0.0):
-            return
-    sessions[session.key] = session
-
-
-def _add_claude_event(
-    rec: dict[str, Any], rel: str, line: str, sessions: dict[str, _Session]
-) -> None:
-    key = str(rec.get("sessionId") or Path(rel).stem)
-    session = sessions.setdefault(key, _Session(key, rel, 1))
-    session.raw.append(line)
-    if rec.get("type") == "summary" and isinstance(rec.get("summary"), str):
-        session.meta["title"] = rec["summary"]
-    if not session.meta.get("role") and isinstance(rec.get("cwd"), str):
-        session.meta["role"] = role_from_path(rec["cwd"], is_dir=True)
-    stamp = parse_timestamp(rec.get("timestamp"))
-    if stamp is not None:
-        session.stamps.append(stamp)
-    message = rec.get("message")
-    if not isinstance(message, dict):
-        return
-    content = message.get("content")
-    blocks = content if isinstance(content, list) else [content]
-    speaker = str(message.get("role") or rec.get("type") or "?")
-    if any(isinstance(b, dict) and b.get("type") == "tool_result" for b in blocks):
-        speaker = "tool"
-    text = " ".join(t for t in (_block_text(b).strip() for b in blocks) if t)
-    if text:
-        session.turns.append((speaker, text))

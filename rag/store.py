@@ -19,13 +19,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from node.errors import ConfigError, DataError
 from rag.documents import COLLECTIONS, Document
 from rag.embedding import MiniLMEmbeddingFunction
+
+if TYPE_CHECKING:
+    from rag.config import RagConfig
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +130,7 @@ class RagStore:
 
     @classmethod
     def open(
-        cls, config: Any, *, writable: bool = False, path: str | Path | None = None
+        cls, config: RagConfig, *, writable: bool = False, path: str | Path | None = None
     ) -> RagStore:
         """Open the store a :class:`~rag.config.RagConfig` describes (``path`` overrides it)."""
         embedder = MiniLMEmbeddingFunction(

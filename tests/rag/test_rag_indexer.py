@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from rag_helpers import SAMPLE_RIG, make_small_rig
 
 from rag.indexer import index_rig
@@ -89,7 +90,7 @@ def test_other_rigs_are_left_alone(tmp_path: Path, embedder):
 
 
 def test_sample_rig_reindex_unchanged_and_one_bead_edit(
-    tmp_path: Path, sample_store_dir: Path, embedder
+    tmp_path: Path, sample_store_dir: Path, embedder, capsys: pytest.CaptureFixture
 ):
     """Acceptance: re-indexing the unchanged sample rig writes nothing (time printed); editing
     one bead rewrites exactly that document."""
@@ -100,7 +101,8 @@ def test_sample_rig_reindex_unchanged_and_one_bead_edit(
         started = time.perf_counter()
         report = index_rig(store, rig, rig="gastown")
         seconds = time.perf_counter() - started
-        print(f"\nreindex of the unchanged sample rig ({total} documents): {seconds:.3f} s")
+        with capsys.disabled():  # shown even without -s
+            print(f"\nre-index of the unchanged sample rig ({total} documents): {seconds:.3f} s")
         assert not report.wrote_anything and report.changed_units == []
         assert store.count() == total
         assert seconds < 10.0  # no embedding happens; reading + metadata comparison only

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from rag_helpers import SAMPLE_RIG, make_small_rig
 
-from rag.sources import chunk_words, markdown_sections, read_rig, read_rig_name, role_from_path
+from rag.roles import role_from_path
+from rag.sources import chunk_words, markdown_sections, read_rig, read_rig_name
 
 
 def _problems(read) -> list[str]:
