@@ -11,6 +11,8 @@ import hashlib
 import re
 from collections import defaultdict
 
+import numpy as np
+
 from corpus.format import Draft
 from corpus.ledger import Ledger
 from provenance.hashing import sha256_json
@@ -26,12 +28,13 @@ def _shingles(text: str) -> set[str]:
 
 
 def _simhash(shingles: set[str]) -> int:
-    weights = [0] * 64
-    for s in shingles:
-        h = int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest(), "big")
-        for bit in range(64):
-            weights[bit] += 1 if h >> bit & 1 else -1
-    return sum(1 << bit for bit in range(64) if weights[bit] > 0)
+    """64-bit SimHash: each bit is the majority vote of the shingles' blake2b hash bits."""
+    digests = b"".join(
+        hashlib.blake2b(s.encode(), digest_size=8).digest() for s in sorted(shingles)
+    )
+    bits = np.unpackbits(np.frombuffer(digests, dtype=np.uint8).reshape(-1, 8), axis=1)
+    votes = bits.sum(axis=0, dtype=np.int64) * 2 - len(shingles)  # (64,) +1/-1 per shingle
+    return int.from_bytes(np.packbits(votes > 0).tobytes(), "big")
 
 
 def _content(d: Draft) -> list:

@@ -6,8 +6,8 @@ therefore drives the plugins' public ``analyze_line`` itself and applies the lib
 default filters (UUIDs, templated secrets, ``$VAR`` references, sequential strings, …), exactly
 as its file scanner does.
 
-Lines go to the library only when a cheap prefilter (a keyword or a 16+ character token) says
-they could hold a secret; the library costs ~10 CPU-seconds per MB otherwise.
+Lines go to the library only when a cheap prefilter (:func:`worth_scanning`) says they could
+hold a secret; the library costs ~10 CPU-seconds per MB otherwise.
 
 Library findings that a vendor/context rule already covers are dropped (the rule's placeholder
 type is more precise). The rest become:
@@ -57,9 +57,20 @@ _UNCERTAIN_TYPES = {
     "Base64 High Entropy String": "high_entropy",
 }
 
-_PREFILTER = re.compile(
-    r"[A-Za-z0-9+/=_\-]{16,}|://\S*@|(?i:pass|secret|token|key|auth|pwd|private|api|cred)"
-)
+_KEYWORDS = re.compile(r"(?i)pass|pwd|secret|token|api.?key|auth|credential|private|://\S*@")
+_TOKEN = re.compile(r"[A-Za-z0-9+/=_\-]{20,}")
+
+
+def worth_scanning(line: str) -> bool:
+    """Prefilter: a secret keyword, a URL with credentials, or a 20+ character token that
+    mixes letters and digits. Other lines cannot hold anything the library reports."""
+    if _KEYWORDS.search(line):
+        return True
+    for m in _TOKEN.finditer(line):
+        tok = m.group()
+        if any(c.isdigit() for c in tok) and any(c.isalpha() for c in tok):
+            return True
+    return False
 
 
 class DetectSecretsLayer:
@@ -111,7 +122,7 @@ class DetectSecretsLayer:
         found: list[Finding] = []
         offset = 0
         for line in text.split("\n"):
-            if _PREFILTER.search(line):
+            if worth_scanning(line):
                 found.extend(self._line_findings(line, offset, covered))
             offset += len(line) + 1
         return found
