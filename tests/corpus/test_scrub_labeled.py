@@ -30,7 +30,7 @@ REQUIRED_KINDS = {
 }
 
 
-def test_labeled_set_recall_and_fpr(scrubber) -> None:
+def test_labeled_set_recall_and_fpr(scrubber, capsys) -> None:
     rows = [json.loads(line) for line in DATA.read_text().splitlines()]
     assert len(rows) >= 300
     assert REQUIRED_KINDS <= {r["kind"] for r in rows if r["label"] == 1}
@@ -50,11 +50,13 @@ def test_labeled_set_recall_and_fpr(scrubber) -> None:
                 false_hits[r["kind"]] += 1
     recall = tp / (tp + fn)
     fpr = fp / (fp + tn)
-    print(
-        f"\nscrubber on {len(rows)} labeled snippets ({tp + fn} secrets, {fp + tn} look-alikes): "
-        f"recall {recall:.4f}, false-positive rate {fpr:.4f}; missed {dict(missed)}, "
-        f"false hits {dict(false_hits)}"
-    )
+    with capsys.disabled():  # always shown, also without -s
+        print(
+            f"\nscrubber on {len(rows)} labeled snippets "
+            f"({tp + fn} secrets, {fp + tn} look-alikes): "
+            f"recall {recall:.4f}, false-positive rate {fpr:.4f}; missed {dict(missed)}, "
+            f"false hits {dict(false_hits)}"
+        )
     assert recall >= 0.99
     assert fpr <= 0.02
 
