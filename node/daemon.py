@@ -30,6 +30,7 @@ from pipeline_stages.sessions import SessionManager
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_S = 5.0
+ANNOUNCE_TIMEOUT_S = 10.0
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -105,7 +106,11 @@ class Daemon:
                 evicted = sessions.evict_idle()
                 if evicted:
                     log.info("evicted %d idle session(s)", len(evicted))
-                announce(self.dht, self._records(executor), cfg.announce_ttl)
+                try:
+                    announce(self.dht, self._records(executor), cfg.announce_ttl,
+                             timeout=ANNOUNCE_TIMEOUT_S)
+                except TimeoutError:
+                    log.warning("DHT heartbeat timed out; retrying next period")
         finally:
             self._shutdown(executor)
         return 0
@@ -113,7 +118,8 @@ class Daemon:
     def _shutdown(self, executor: StageExecutor) -> None:
         status("shutdown", "announcing offline, draining requests")
         try:
-            announce(self.dht, self._records(executor, state="offline"), self.config.announce_ttl)
+            announce(self.dht, self._records(executor, state="offline"), self.config.announce_ttl,
+                     timeout=ANNOUNCE_TIMEOUT_S)
         except Exception:  # leaving must not fail because the DHT is already gone
             log.warning("could not announce offline", exc_info=True)
         if self.server is not None:
@@ -123,9 +129,22 @@ class Daemon:
         status("shutdown", "done")
 
     def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT stop the daemon gracefully; forked children get default handlers.
+
+        hivemind forks its DHT process from this one. A Python-level handler inherited by that
+        child would swallow the SIGTERM meant to end it (its event loop may never even run the
+        handler), so the child would outlive the daemon; children are reset to the kernel
+        default instead.
+        """
+
         def _stop(signum, _frame):
             log.info("received %s", signal.Signals(signum).name)
             self.stop_event.set()
 
+        def _default_signals_in_child() -> None:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
+        os.register_at_fork(after_in_child=_default_signals_in_child)

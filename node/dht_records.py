@@ -8,6 +8,7 @@ records with ``state: offline`` so clients stop routing to it at once.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 from typing import Literal
 
@@ -46,11 +47,17 @@ def model_key(model: str) -> str:
     return f"node0:v1:{model}:stages"
 
 
-def announce(dht, records: list[StageRecord], ttl: float) -> None:
+def announce(dht, records: list[StageRecord], ttl: float, *, timeout: float = 10.0) -> None:
+    """Store the records with an expiration ``ttl`` from now; raises TimeoutError if the DHT
+    does not answer within ``timeout`` seconds."""
     expiration = get_dht_time() + ttl
-    for record in records:
-        ok = dht.store(model_key(record.model), subkey=record.subkey,
-                       value=record.model_dump(), expiration_time=expiration)
+    futures = [dht.store(model_key(r.model), subkey=r.subkey, value=r.model_dump(),
+                         expiration_time=expiration, return_future=True) for r in records]
+    for record, future in zip(records, futures, strict=True):
+        try:
+            ok = future.result(timeout=timeout)
+        except concurrent.futures.TimeoutError as exc:
+            raise TimeoutError(f"DHT store of {record.subkey} timed out") from exc
         if not ok:
             log.warning("DHT store of %s was not accepted", record.subkey)
 
