@@ -76,6 +76,13 @@ class RagConfig(BaseModel):
         ge=0.0,
         description="Score bonus of a bead the query names by id (e.g. 'Your hook has gt-q2vk').",
     )
+    filter_overfetch: int = Field(
+        default=8,
+        ge=1,
+        le=100,
+        description="A rig/role filter is applied in Python to this many times the candidates "
+        "(fast); ChromaDB filters only when fewer pass (1 = always filter in ChromaDB).",
+    )
     budget_tokens: int = Field(
         default=2048, ge=0, description="Token budget of the context block, markers included."
     )

@@ -51,6 +51,7 @@ class RetrievalSettings:
     recency_half_life_days: float = 14.0
     dedup_similarity: float = 0.97
     mention_bonus: float = 1.0
+    filter_overfetch: int = 8
 
     @classmethod
     def from_config(cls, config: Any, **overrides: Any) -> RetrievalSettings:
@@ -142,7 +143,12 @@ def retrieve_by_vector(
     by_id: dict[str, StoredHit] = {}
     for name in collections:
         for hit in store.nearest(
-            name, vector, settings.candidates_per_collection, where=where, with_embeddings=True
+            name,
+            vector,
+            settings.candidates_per_collection,
+            where=where,
+            with_embeddings=True,
+            overfetch=settings.filter_overfetch,
         ):
             by_id[hit.id] = hit
     mentioned: set[str] = set()

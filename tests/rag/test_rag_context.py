@@ -228,3 +228,24 @@ def test_recency_preference_and_dedup(tmp_path: Path, embedder):
         assert abs(hits[0].similarity - hits[1].similarity) < 0.05  # near-equal without it
         deduped = [h.id for h in retrieve(store, query, settings=RetrievalSettings(k=3))]
         assert deduped == ["rr/beads/rr-new", "rr/beads/rr-other"]  # near-duplicate dropped
+
+
+def test_python_side_filter_matches_chromadb_filter(sample_store, embedder):
+    """The fast path (filter applied to over-fetched neighbours) returns exactly what a
+    ChromaDB ``where`` query returns."""
+    from rag.retrieval import where_clause
+
+    texts = ["patrol the rig", "Your hook has gt-19fz", "formula for polecat work", "deacon"]
+    for vector in embedder.embed(texts):
+        for rig, role in (
+            ("gastown", None),
+            ("gastown", "polecat"),
+            (None, "witness"),
+            ("gastown", "refinery"),
+            ("elsewhere", None),
+        ):
+            where = where_clause(rig, role)
+            for name in ("beads", "configs", "sessions"):
+                fast = sample_store.nearest(name, vector, 5, where=where, overfetch=8)
+                exact = sample_store.nearest(name, vector, 5, where=where, overfetch=1)
+                assert [h.id for h in fast] == [h.id for h in exact]
