@@ -21,17 +21,28 @@ _KEYWORDS = (
     "apikey",
     "api-key",
     "credential",
+    "key",
     "private_key",
     "access_key",
     "auth",
     "://",
     "--p",
+    " -p",
+    " -a",
+    "sig=",
+    "signature=",
+    "credential=",
 )
 
 # A key that *ends* with a secret word: DB_PASSWORD, github_token, clientSecret, "api-key".
 _KEY = (
     r"(?P<key>[A-Za-z0-9_.\-]*?(?:passw(?:or)?d|passwd|pwd|(?<![A-Za-z])pass|secret|token|api[_\-]?key|apikey"
-    r"|access[_\-]?key|private[_\-]?key|credentials?|auth[_\-]?key|signing[_\-]?key))"
+    r"|access[_\-]?key|private[_\-]?key|credentials?|auth[_\-]?key|signing[_\-]?key"
+    # "<qualifier> key" names a secret (storageKey, AZURE_STORAGE_KEY, encryption_key,
+    # SECRET_KEY, secret_key_base); cache_key, primary_key, public_key, … do not
+    r"|(?:storage|account|master|encryption|decryption|secret|client|app|shared|session"
+    r"|hmac|jwt|cookie|webhook|license|service|admin|bot|cipher|crypt|sas)[_\-]?key"
+    r"(?:[_\-]?base)?))"
 )
 _ASSIGN = re.compile(
     r"(?<![A-Za-z0-9<])" + _KEY + r"[\"']?\s*(?::=|=>|=|:)\s*"
@@ -40,8 +51,22 @@ _ASSIGN = re.compile(
 )
 _FLAG = re.compile(
     r"(?<![\w-])--?(?P<key>password|passwd|token|secret|api-key|apikey|auth-token|access-token)"
-    r"(?:=|\s+)(?P<q>[\"']?)(?P<val>[^\s\"']{4,200})(?P=q)",
+    r"(?:=|[ \t]+)(?P<q>[\"']?)(?P<val>[^\s\"']{4,200})(?P=q)",
     re.I,
+)
+# Client tools whose password flag is short or glued to its value: mysql -pSECRET,
+# redis-cli -a SECRET, sshpass -p SECRET.
+_TOOL_PASSWORD = re.compile(
+    r"\b(?:(?:mysql|mysqldump|mysqladmin|mariadb|mariadb-dump)\b[^\n|;&]*?"
+    r"\s-p(?P<glued>[^\s\"']{3,200})"
+    r"|(?:redis-cli|valkey-cli)\b[^\n|;&]*?"
+    r"\s-a[ \t]+(?P<q1>[\"']?)(?P<redis>[^\s\"']{3,200})(?P=q1)"
+    r"|sshpass[ \t]+-p[ \t]*(?P<q2>[\"']?)(?P<sshpass>[^\s\"']{3,200})(?P=q2))"
+)
+# Signed-URL query parameters (Azure SAS sig, S3/GCS presigned signatures and session tokens).
+_URL_SIGNATURE = re.compile(
+    r"(?i)[?&](?:sig|signature|x-amz-signature|x-amz-security-token|x-goog-signature"
+    r"|x-goog-credential|x-amz-credential)=(?P<val>[^&\s#\"'<>]{16,})"
 )
 _URL_PASSWORD = re.compile(
     r"\b[a-zA-Z][a-zA-Z0-9+.\-]{1,20}://(?P<user>[^\s:/@'\"<>]{1,64}):"
@@ -58,6 +83,12 @@ _BENIGN_KEYS = re.compile(
     r"|(?i:^(?:tokens?|token_type|tokenizer)$)"
 )
 _BOOL_OR_NUMBER = re.compile(r"(?i)^(?:true|false|yes|no|on|off|\d{1,5}(?:\.\d+)?)$")
+
+
+def literal_secret(value: str) -> bool:
+    """Whether a value assigned to a secret-named key is a literal secret (not a placeholder,
+    reference, flag, number, path, file name or the name of another variable)."""
+    return _literal_secret(value)
 
 
 def _literal_secret(value: str) -> bool:
@@ -109,6 +140,27 @@ def scan_assignments(text: str, lowered: str) -> list[Finding]:
                     "context:cli_flag",
                 )
             )
+    for m in _TOOL_PASSWORD.finditer(text):
+        group = next(g for g in ("glued", "redis", "sshpass") if m.group(g) is not None)
+        if _literal_secret(m.group(group)):
+            found.append(
+                Finding(
+                    m.start(group), m.end(group), "password", "SECRET", "sure", "context:cli_flag"
+                )
+            )
+    if "?" in text:
+        for m in _URL_SIGNATURE.finditer(text):
+            if not looks_like_placeholder(m.group("val")):
+                found.append(
+                    Finding(
+                        m.start("val"),
+                        m.end("val"),
+                        "url_signature",
+                        "SECRET",
+                        "sure",
+                        "context:url_signature",
+                    )
+                )
     for m in _URL_PASSWORD.finditer(text):
         value = m.group("val")
         if not looks_like_placeholder(value) and value.lower() not in ("pass", "pw", "pwd"):

@@ -22,8 +22,10 @@ _HASH_PREFIX = re.compile(
 )
 # Identifiers that are public by design: publishable keys, API object and message ids.
 _PUBLIC_ID = re.compile(
-    r"^(?:pk_(?:live|test)|toolu|srvtoolu|msg|req|ch|cus|pi|pm|evt|sub|prod"
-    r"|price|acct|txn|file|run|thread|asst|call|chatcmpl|resp|batch|in|ii)_"
+    r"^(?:(?:pk_(?:live|test)|toolu|srvtoolu|msg|msgbatch|req|ch|cus|pi|pm|evt|sub|prod"
+    r"|price|acct|txn|file|run|thread|asst|call|chatcmpl|resp|batch|in|ii|vs|step)_"
+    # OpenAI's dash-separated object ids: chatcmpl-…, org-…, file-…, ftjob-…
+    r"|(?:chatcmpl|cmpl|org|file|ftjob|ftckpt|ft|modr|batch|user)-)"
 )
 _HASH_TOKEN = re.compile(r"(?i)^(?:sha(?:1|224|256|384|512)|md5|blake2b?)[-:]")
 _PUBLIC_KEY_BEFORE = re.compile(r"(?:ssh-(?:rsa|ed25519|dss)|ecdsa-sha2-nistp\d+|sk-ssh-\S+)\s+$")
@@ -66,6 +68,15 @@ def _is_base64_text(token: str) -> bool:
     return False
 
 
+def _mixed(seg: str, n: int) -> bool:
+    return (
+        len(seg) >= n
+        and re.search(r"[a-z]", seg) is not None
+        and re.search(r"[A-Z]", seg) is not None
+        and re.search(r"\d", seg) is not None
+    )
+
+
 def _threshold(n: int) -> float:
     return min(4.2, 0.82 * math.log2(n))
 
@@ -79,8 +90,10 @@ def is_high_entropy_secret(token: str, before: str = "") -> bool:
         return False
     if not (re.search(r"[a-z]", core) and re.search(r"[A-Z]", core) and re.search(r"\d", core)):
         return False  # hex digests, UUIDs, base32 store paths, words, SCREAMING_CASE names
-    if core.count("/") >= 2 or core.startswith("/") or "//" in core:
-        return False  # a path or URL segment
+    if core.startswith("/") or "//" in core:
+        return False  # a path or URL
+    if core.count("/") >= 2 and not any(_mixed(seg, 12) for seg in core.split("/")):
+        return False  # a relative path; base64 key material has long mixed-case runs
     if shannon_entropy(core) < _threshold(len(core)):
         return False
     if _wordlike_ratio(core) >= 0.6:

@@ -124,27 +124,54 @@ _PLACEHOLDER_EXACT = {
 }
 
 
-def looks_like_placeholder(value: str) -> bool:
+def looks_like_placeholder(value: str, *, references: bool = True) -> bool:
     """True for values that stand in for a secret rather than being one.
 
     Covers template syntax (``<token>``, ``${TOKEN}``, ``{{ token }}``), masked values
-    (``****``), documentation examples (``...EXAMPLE``), variable references (``$TOKEN``,
-    ``os.environ[...]``, ``settings.TOKEN``), and our own placeholders.
+    (``****``), elided values (``sk-...``), documentation examples (``...EXAMPLE``), variable
+    references (``$TOKEN``, ``os.environ[...]``, ``settings.TOKEN``), and our own placeholders.
+    ``references=False`` skips the reference-syntax checks (calls, dotted names): for values a
+    vendor regex matched, whose shape already rules those out.
     """
     v = value.strip().strip("'\"`")
     low = v.lower()
     if not v or low in _PLACEHOLDER_EXACT:
         return True
-    if v.startswith(("$", "%", "!", "&", "*")) or v.endswith("}"):
+    if v.startswith("$") or v.endswith("}"):
+        return True
+    # YAML tags / anchors / aliases (!vault, &creds, *creds), %(name)s and %VAR% templates, a
+    # masked "****…"; a literal that merely starts with one of these characters ("!Xk29#q…")
+    # is still a secret
+    if re.fullmatch(r"[!&*][A-Za-z_][\w.\-]*|%\(\w+\)[sdr]?|%\w+%|%[sd]|\*+.*", v):
         return True
     if any(w in low for w in _PLACEHOLDER_WORDS):
         return True
     if len(set(v)) <= 2:  # "xxxxxxxx", "00000000", "--------"
         return True
-    if "(" in v or "[" in v:  # function call or subscript: a reference, not a literal
+    if v.endswith(("...", "…")) or "..." in v[:12]:  # elided: "sk-...", "ghp_abc..."
         return True
-    # dotted attribute reference such as settings.SECRET_KEY or process.env.TOKEN
-    return bool(re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+", v))
+    if not references:
+        return False
+    # function call or subscript: a reference, not a literal (getenv("X"), os.environ["X"]);
+    # a "(" or "[" inside a random literal (Django keys use them) does not make it one
+    if re.match(r"[A-Za-z_][\w.]*\s*[(\[]", v):
+        return True
+    # dotted attribute reference such as settings.SECRET_KEY or process.env.TOKEN; dotted
+    # tokens with random segments (SendGrid "SG.<22>.<43>", Vault "hvs.<…>") are not
+    return bool(re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+", v)) and not any(
+        _random_segment(seg) for seg in v.split(".")
+    )
+
+
+def _random_segment(seg: str) -> bool:
+    """A 12+ character segment that mixes upper case, lower case and digits: key material,
+    not the name of an attribute."""
+    return (
+        len(seg) >= 12
+        and any(c.isupper() for c in seg)
+        and any(c.islower() for c in seg)
+        and any(c.isdigit() for c in seg)
+    )
 
 
 _LAYER_RANK = {"vendor": 0, "detect-secrets": 1, "context": 2, "pii": 3, "entropy": 4}

@@ -25,6 +25,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from corpus.scrub.assignments import literal_secret as _literal_secret
 from corpus.scrub.entropy import is_high_entropy_secret
 from corpus.scrub.findings import Finding, looks_like_placeholder
 
@@ -142,6 +143,8 @@ class DetectSecretsLayer:
             start, end = offset + pos, offset + pos + len(value)
             if any(c.start < end and start < c.end for c in covered):
                 continue
+            if kind == "secret_keyword" and not _literal_secret(value):
+                continue  # a variable name, path or file name assigned to a secret-named key
             if kind == "high_entropy" and not is_high_entropy_secret(
                 value, line[max(0, pos - 20) : pos]
             ):

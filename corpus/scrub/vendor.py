@@ -113,6 +113,51 @@ RULES: tuple[VendorRule, ...] = (
     VendorRule(
         "azure_storage_key", ("accountkey",), _r(r"(?i:AccountKey)=(?P<secret>[A-Za-z0-9+/]{86}==)")
     ),
+    # More vendors with a fixed, documented prefix (gitleaks / TruffleHog rule shapes).
+    VendorRule(
+        "digitalocean_token",
+        ("dop_v1_", "doo_v1_", "dor_v1_"),
+        _r(r"\bdo[por]_v1_[a-f0-9]{64}\b"),
+    ),
+    VendorRule("databricks_token", ("dapi",), _r(r"\bdapi[a-f0-9]{32}(?:-\d)?\b")),
+    VendorRule(
+        "age_secret_key",
+        ("age-secret-key-",),
+        _r(r"\bAGE-SECRET-KEY-1[QPZRY9X8GF2TVDW0S3JN54KHCE6MUA7L]{58}\b"),
+    ),
+    VendorRule("linear_key", ("lin_api_",), _r(r"\blin_api_[A-Za-z0-9]{40}\b")),
+    VendorRule(
+        "shopify_token",
+        ("shpat_", "shpca_", "shppa_", "shpss_"),
+        _r(r"\bshp(?:at|ca|pa|ss)_[a-fA-F0-9]{32}\b"),
+    ),
+    VendorRule("groq_key", ("gsk_",), _r(r"\bgsk_[A-Za-z0-9]{48,}\b")),
+    VendorRule("xai_key", ("xai-",), _r(r"\bxai-[A-Za-z0-9]{70,}\b")),
+    VendorRule("replicate_token", ("r8_",), _r(r"\br8_[A-Za-z0-9]{37}\b")),
+    VendorRule(
+        "vault_token", ("hvs.", "hvb.", "hvr."), _r(rf"\bhv[sbr]\.[A-Za-z0-9_\-]{{24,}}{_END}")
+    ),
+    VendorRule("google_oauth_secret", ("gocspx-",), _r(rf"\bGOCSPX-[A-Za-z0-9_\-]{{28}}{_END}")),
+    VendorRule("google_oauth_token", ("ya29.",), _r(rf"\bya29\.[A-Za-z0-9_\-]{{30,}}{_END}")),
+    VendorRule("postman_key", ("pmak-",), _r(r"\bPMAK-[a-f0-9]{24}-[a-f0-9]{34}\b")),
+    VendorRule("atlassian_token", ("atatt3",), _r(rf"\bATATT3[A-Za-z0-9_\-=]{{40,}}{_END}")),
+    VendorRule(
+        "doppler_token",
+        ("dp.pt.", "dp.st.", "dp.sa."),
+        _r(r"\bdp\.(?:pt|st|sa)\.[A-Za-z0-9]{40,}\b"),
+    ),
+    VendorRule(
+        "grafana_token",
+        ("glsa_", "glc_"),
+        _r(
+            rf"\b(?:glsa_[A-Za-z0-9]{{32}}_[A-Fa-f0-9]{{8}}|glc_[A-Za-z0-9+/]{{32,}}={{0,2}}){_END}"
+        ),
+    ),
+    VendorRule(
+        "telegram_bot_token",
+        (":aa",),
+        _r(r"(?<![\d:])\d{8,10}:AA[A-Za-z0-9_\-]{33}(?![\w\-])"),
+    ),
     VendorRule(
         "jwt",
         ("eyj",),
@@ -138,7 +183,7 @@ def scan_vendor(text: str, lowered: str) -> list[Finding]:
         for m in rule.pattern.finditer(text):
             group = "secret" if "secret" in rule.pattern.groupindex else 0
             value = m.group(group)
-            if "EXAMPLE" in value.upper() or looks_like_placeholder(value):
+            if "EXAMPLE" in value.upper() or looks_like_placeholder(value, references=False):
                 continue
             found.append(
                 Finding(
