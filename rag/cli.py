@@ -144,6 +144,8 @@ def run_index(args: argparse.Namespace) -> int:
             print(line)
         for problem in report.problems:
             print(f"skipped: {problem}")
+        for note in report.sanitized:
+            print(f"scrubbed: {note}")
         print(f"store {config.store_path}: {totals}; run record {run.path}")
     return 0
 

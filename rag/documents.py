@@ -10,6 +10,7 @@ replaced as a whole when that sha256 changes. :class:`RigRead` collects a rig's 
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +77,10 @@ class Document:
     updated_ts: float | None = None
     title: str = ""
 
+    @property
+    def text_sha256(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()
+
     def metadata(self) -> dict[str, Any]:
         """Flat ChromaDB metadata (no None values; an unknown time is ``updated_ts = 0``)."""
         return {
@@ -86,6 +91,7 @@ class Document:
             "updated_ts": float(self.updated_ts or 0.0),
             "source": self.source,
             "source_sha256": self.source_sha256,
+            "text_sha256": self.text_sha256,
             "unit": self.unit,
             "title": self.title[:300],
             "format": DOC_FORMAT_VERSION,

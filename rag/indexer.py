@@ -3,9 +3,10 @@
 How a unit (one bead, one file, one session) is decided, per collection and rig:
 
 - **unchanged**: the store holds exactly the unit's document ids, all with the unit's
-  ``source_sha256`` and the current document format -> nothing is embedded or written;
-- **changed**: the store holds the unit with another sha256, format or id set -> its old
-  documents are deleted and the new ones embedded and added;
+  ``source_sha256``, the current document format and the same text (``text_sha256``, which
+  also catches a changed scrubber) -> nothing is embedded or written;
+- **changed**: anything else -> its old documents are deleted and the new ones embedded and
+  added;
 - **added**: the store has no document of the unit;
 - **removed**: the store holds a unit the rig no longer has -> its documents are deleted.
 
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from rag.documents import COLLECTIONS, DOC_FORMAT_VERSION, Document, ReadProblem, RigRead
+from rag.sanitize import sanitize_rig
 from rag.sources import read_rig
 from rag.store import RagStore
 
@@ -49,6 +51,7 @@ class IndexReport:
         default_factory=lambda: {name: CollectionCounts() for name in COLLECTIONS}
     )
     problems: list[ReadProblem] = field(default_factory=list)
+    sanitized: list[str] = field(default_factory=list)  # uncertain secrets / injection lines
     changed_units: list[str] = field(default_factory=list)  # "<collection>/<unit>" written
     removed_units: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -68,6 +71,7 @@ class IndexReport:
             "root": self.root,
             "collections": {k: asdict(v) for k, v in self.collections.items()},
             "problems": [str(p) for p in self.problems],
+            "sanitized": self.sanitized,
             "changed_units": self.changed_units,
             "removed_units": self.removed_units,
             "seconds": round(self.seconds, 3),
@@ -81,7 +85,10 @@ class IndexReport:
                 f"{name:9s} unchanged {c.unchanged:5d}  changed {c.changed:4d}  added "
                 f"{c.added:4d}  removed {c.removed:4d}  (docs +{c.docs_added} -{c.docs_deleted})"
             )
-        lines.append(f"problems: {len(self.problems)}; {self.seconds:.2f} s")
+        lines.append(
+            f"problems: {len(self.problems)}; scrub notes: {len(self.sanitized)}; "
+            f"{self.seconds:.2f} s"
+        )
         return lines
 
 
@@ -94,12 +101,20 @@ def index_rig(
     session_summary_chars: int = 1500,
     add_batch_size: int = 1000,
 ) -> IndexReport:
-    """Bring the store's documents of one rig up to date with the rig directory."""
+    """Bring the store's documents of one rig up to date with the rig directory.
+
+    Pipeline: :func:`~rag.sources.read_rig` -> :func:`~rag.sanitize.sanitize_rig` (secrets,
+    prompt injection) -> :func:`apply_rig`.
+    """
     started = time.perf_counter()
     read = read_rig(
         root, rig=rig, chunk_words=chunk_words, session_summary_chars=session_summary_chars
     )
+    sanitized = sanitize_rig(read)
     report = apply_rig(store, read, add_batch_size=add_batch_size)
+    report.sanitized = sanitized
+    for note in sanitized:
+        logger.warning("rag index %s: scrubbed %s", rig, note)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -119,7 +134,7 @@ def apply_rig(store: RagStore, read: RigRead, *, add_batch_size: int = 1000) -> 
             old = stored.pop(key, None)
             if old is None:
                 counts.added += 1
-            elif _same(old, unit.source_sha256, {d.id for d in unit.documents}):
+            elif _same(old, unit.source_sha256, {d.id: d.text_sha256 for d in unit.documents}):
                 counts.unchanged += 1
                 continue
             else:
@@ -143,8 +158,8 @@ def apply_rig(store: RagStore, read: RigRead, *, add_batch_size: int = 1000) -> 
     return report
 
 
-def _same(old: list[tuple[str, dict[str, Any]]], sha: str, ids: set[str]) -> bool:
-    return {doc_id for doc_id, _ in old} == ids and all(
+def _same(old: list[tuple[str, dict[str, Any]]], sha: str, texts: dict[str, str]) -> bool:
+    return {doc_id: meta.get("text_sha256") for doc_id, meta in old} == texts and all(
         meta.get("source_sha256") == sha and meta.get("format") == DOC_FORMAT_VERSION
         for _, meta in old
     )
