@@ -35,15 +35,25 @@ _KEYWORDS = (
 )
 
 # A key that *ends* with a secret word: DB_PASSWORD, github_token, clientSecret, "api-key".
+# Keys ending in "key" are one regex branch (``kkey``) and qualified afterwards by
+# :data:`_SECRET_KEY_NAMES` (one branch per qualifier would double the regex's cost).
 _KEY = (
-    r"(?P<key>[A-Za-z0-9_.\-]*?(?:passw(?:or)?d|passwd|pwd|(?<![A-Za-z])pass|secret|token|api[_\-]?key|apikey"
-    r"|access[_\-]?key|private[_\-]?key|credentials?|auth[_\-]?key|signing[_\-]?key"
-    # "<qualifier> key" names a secret (storageKey, AZURE_STORAGE_KEY, encryption_key,
-    # SECRET_KEY, secret_key_base); cache_key, primary_key, public_key, … do not
-    r"|(?:storage|account|master|encryption|decryption|secret|client|app|shared|session"
-    r"|hmac|jwt|cookie|webhook|license|service|admin|bot|cipher|crypt|sas)[_\-]?key"
-    r"(?:[_\-]?base)?))"
+    r"(?P<key>[A-Za-z0-9_.\-]*?(?:passw(?:or)?d|passwd|pwd|(?<![A-Za-z])pass|secret|token"
+    r"|credentials?|(?P<kkey>key(?:[_\-]?base)?)))"
 )
+# "<qualifier> key" names a secret (apiKey, AZURE_STORAGE_KEY, encryption_key, SECRET_KEY,
+# secret_key_base); cache_key, primary_key, public_key, sort_key, … do not.
+_SECRET_KEY_NAMES = re.compile(
+    r"(?:api|access|private|auth|signing|storage|account|master|encryption|decryption|secret"
+    r"|client|app|shared|session|hmac|jwt|cookie|webhook|license|service|admin|bot|cipher"
+    r"|crypt|sas)key(?:base)?$"
+)
+
+
+def _secret_key_name(key: str) -> bool:
+    return bool(_SECRET_KEY_NAMES.search(re.sub(r"[^a-z0-9]", "", key.lower())))
+
+
 _ASSIGN = re.compile(
     r"(?<![A-Za-z0-9<])" + _KEY + r"[\"']?\s*(?::=|=>|=|:)\s*"
     r"(?:(?P<q>[\"'`])(?P<qval>[^\"'`\n]{3,200})(?P=q)|(?P<val>[^\s\"'`,;)}\]\\]{4,200}))",
@@ -54,14 +64,20 @@ _FLAG = re.compile(
     r"(?:=|[ \t]+)(?P<q>[\"']?)(?P<val>[^\s\"']{4,200})(?P=q)",
     re.I,
 )
+# XML / HTML-ish elements: <password>…</password>, <apiKey>…</apiKey>
+_XML_ELEMENT = re.compile(
+    r"<(?P<tag>[\w:\-]*?(?:passw(?:or)?d|passwd|secret|token|api[_\-]?key|apikey"
+    r"|access[_\-]?key|private[_\-]?key|credentials?))>(?P<val>[^<>\s]{3,200})</(?P=tag)>",
+    re.I,
+)
 # Client tools whose password flag is short or glued to its value: mysql -pSECRET,
 # redis-cli -a SECRET, sshpass -p SECRET.
 _TOOL_PASSWORD = re.compile(
-    r"\b(?:(?:mysql|mysqldump|mysqladmin|mariadb|mariadb-dump)\b[^\n|;&]*?"
-    r"\s-p(?P<glued>[^\s\"']{3,200})"
-    r"|(?:redis-cli|valkey-cli)\b[^\n|;&]*?"
-    r"\s-a[ \t]+(?P<q1>[\"']?)(?P<redis>[^\s\"']{3,200})(?P=q1)"
-    r"|sshpass[ \t]+-p[ \t]*(?P<q2>[\"']?)(?P<sshpass>[^\s\"']{3,200})(?P=q2))"
+    r"\b(?:(?:mysql|mysqldump|mysqladmin|mariadb|mariadb-dump)\b[^\n|;&]{0,300}?"
+    r"\s-p(?P<glued>[^\s\"',;]{3,200})"
+    r"|(?:redis-cli|valkey-cli)\b[^\n|;&]{0,300}?"
+    r"\s-a[ \t]+(?P<q1>[\"']?)(?P<redis>[^\s\"',;]{3,200})(?P=q1)"
+    r"|sshpass[ \t]+-p[ \t]*(?P<q2>[\"']?)(?P<sshpass>[^\s\"',;]{3,200})(?P=q2))"
 )
 # Signed-URL query parameters (Azure SAS sig, S3/GCS presigned signatures and session tokens).
 _URL_SIGNATURE = re.compile(
@@ -118,7 +134,7 @@ def scan_assignments(text: str, lowered: str) -> list[Finding]:
     found: list[Finding] = []
     for m in _ASSIGN.finditer(text):
         key = m.group("key")
-        if _BENIGN_KEYS.search(key):
+        if _BENIGN_KEYS.search(key) or (m.group("kkey") and not _secret_key_name(key)):
             continue
         group = "qval" if m.group("qval") is not None else "val"
         value = m.group(group)
@@ -140,13 +156,28 @@ def scan_assignments(text: str, lowered: str) -> list[Finding]:
                     "context:cli_flag",
                 )
             )
+    if "</" in text:
+        for m in _XML_ELEMENT.finditer(text):
+            if _literal_secret(m.group("val")):
+                found.append(
+                    Finding(
+                        m.start("val"),
+                        m.end("val"),
+                        _kind(m.group("tag")),
+                        "SECRET",
+                        "sure",
+                        "context:xml_element",
+                    )
+                )
     for m in _TOOL_PASSWORD.finditer(text):
         group = next(g for g in ("glued", "redis", "sshpass") if m.group(g) is not None)
-        if _literal_secret(m.group(group)):
+        value = m.group(group)
+        if value.endswith(".") and not m.group("q1") and not m.group("q2"):
+            value = value[:-1]  # end of a sentence
+        if len(value) >= 3 and _literal_secret(value):
+            start = m.start(group)
             found.append(
-                Finding(
-                    m.start(group), m.end(group), "password", "SECRET", "sure", "context:cli_flag"
-                )
+                Finding(start, start + len(value), "password", "SECRET", "sure", "context:cli_flag")
             )
     if "?" in text:
         for m in _URL_SIGNATURE.finditer(text):

@@ -27,6 +27,9 @@ _PUBLIC_ID = re.compile(
     # OpenAI's dash-separated object ids: chatcmpl-…, org-…, file-…, ftjob-…
     r"|(?:chatcmpl|cmpl|org|file|ftjob|ftckpt|ft|modr|batch|user)-)"
 )
+# libp2p peer ids / IPFS CIDv0 (base58 multihashes of public keys), e.g. in multiaddrs
+# "/ip4/…/tcp/…/p2p/12D3KooW…": public by design
+_PEER_ID = re.compile(r"(?:12D3KooW|16Uiu2HA|Qm)[1-9A-HJ-NP-Za-km-z]{40,}")
 _HASH_TOKEN = re.compile(r"(?i)^(?:sha(?:1|224|256|384|512)|md5|blake2b?)[-:]")
 _PUBLIC_KEY_BEFORE = re.compile(r"(?:ssh-(?:rsa|ed25519|dss)|ecdsa-sha2-nistp\d+|sk-ssh-\S+)\s+$")
 _PUBLIC_PEM = re.compile(
@@ -64,8 +67,12 @@ def _is_base64_text(token: str) -> bool:
         if len(raw) >= 12:
             printable = sum(32 <= b < 127 or b in (9, 10, 13) for b in raw)
             if printable / len(raw) >= 0.9:
-                return True
+                # "user:password" (HTTP Basic, docker config "auth") is a credential, not text
+                return not _CREDENTIAL_PAIR.fullmatch(raw.decode("latin-1").strip())
     return False
+
+
+_CREDENTIAL_PAIR = re.compile(r"[\w.@+\-]{1,64}:[^\s:]{6,200}")
 
 
 def _mixed(seg: str, n: int) -> bool:
@@ -83,7 +90,7 @@ def _threshold(n: int) -> float:
 
 def is_high_entropy_secret(token: str, before: str = "") -> bool:
     """Whether ``token`` (with up to ~20 preceding characters ``before``) looks like a secret."""
-    core = token.rstrip("=")
+    core = _PEER_ID.sub("", token.rstrip("="))
     if len(core) < 20 or _HASH_PREFIX.search(before) or _PUBLIC_KEY_BEFORE.search(before):
         return False
     if _HASH_TOKEN.match(core) or _PUBLIC_ID.match(core):

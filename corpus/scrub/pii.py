@@ -13,7 +13,7 @@ import re
 from corpus.scrub.findings import Finding
 
 _EMAIL = re.compile(
-    r"(?<![\w.+\-])(?P<local>[A-Za-z0-9][A-Za-z0-9._%+\-]{0,63})@"
+    r"(?<![\w.+\-])(?P<local>[A-Za-z0-9][A-Za-z0-9._%+\-]{0,63})(?:@|%40)"
     r"(?P<domain>(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24})\b"
 )
 _SERVICE_LOCALS = {"git", "noreply", "no-reply", "donotreply", "do-not-reply", "mailer-daemon"}
@@ -65,6 +65,7 @@ _NETMASK_OCTETS = {"0", "128", "192", "224", "240", "248", "252", "254", "255"}
 
 _HOME = re.compile(
     r"(?P<path>(?:/home|/Users)/(?P<user>[A-Za-z0-9._\-]{1,64})|"
+    r"(?<![\w/~.\-])~(?P<tuser>[a-z_][a-z0-9_.\-]{0,31})(?=/)|"  # ~alice/…
     r"[A-Za-z]:\\\\?Users\\\\?(?P<wuser>[A-Za-z0-9._\- ]{1,64}?))(?=[/\\\s\"'`:]|$)"
 )
 _GENERIC_USERS = {
@@ -95,6 +96,20 @@ _GENERIC_USERS = {
 }
 
 
+_CIDR_SUFFIX = re.compile(r"/(\d{1,2})(?!\d)")
+
+
+def _is_network(addr: str, prefix: int) -> bool:
+    """A network address with its prefix (host bits all zero, prefix < 32)."""
+    if not 0 < prefix < 32:
+        return False
+    try:
+        ipaddress.IPv4Network(f"{addr}/{prefix}", strict=True)
+    except ValueError:
+        return False
+    return True
+
+
 def _ip_is_personal(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     if addr.is_loopback or addr.is_unspecified or addr.is_multicast:
         return False
@@ -113,7 +128,7 @@ _DOC_V6 = ipaddress.ip_network("2001:db8::/32")
 def scan_pii(text: str) -> list[Finding]:
     """All personal-data findings (sure)."""
     found: list[Finding] = []
-    if "@" in text:
+    if "@" in text or "%40" in text:
         for m in _EMAIL.finditer(text):
             local, domain = m.group("local").lower(), m.group("domain").lower()
             if local in _SERVICE_LOCALS or _EXAMPLE_DOMAINS.search(domain):
@@ -121,6 +136,7 @@ def scan_pii(text: str) -> list[Finding]:
             if domain.rsplit(".", 1)[-1] in _FILE_TLDS:
                 continue  # "name@1x.png", "pkg@latest.tgz" style strings
             found.append(Finding(m.start(), m.end(), "email", "PII", "sure", "pii:email"))
+    seen_ip = False
     for m in _IPV4.finditer(text):
         octets = m.group().split(".")
         if any(int(o) > 255 or (len(o) > 1 and o[0] == "0") for o in octets):
@@ -131,13 +147,19 @@ def scan_pii(text: str) -> list[Finding]:
         if _VERSION_CONTEXT.search(before):
             continue
         after = text[m.end() : m.end() + 1]
+        cidr = _CIDR_SUFFIX.match(text, m.end())
+        if cidr and _is_network(m.group(), int(cidr.group(1))):
+            continue  # "10.96.0.0/12": a network range, not a host
         if (
             max(int(o) for o in octets) < 32
             and after not in (":", "/")
+            and octets[0] != "10"  # 10.0.0.7: a private host address, not a version
+            and not seen_ip  # a list of addresses: "91.198.174.192, 10.0.0.7"
             and not _IP_CONTEXT.search(before)
         ):
             continue  # "1.2.3.4", "section 3.2.1.4": version-like unless the context says host
         if _ip_is_personal(ipaddress.IPv4Address(m.group())):
+            seen_ip = True
             found.append(Finding(m.start(), m.end(), "ipv4", "PII", "sure", "pii:ipv4"))
     if "::" in text or text.count(":") >= 7:
         for m in _IPV6.finditer(text):
@@ -150,9 +172,9 @@ def scan_pii(text: str) -> list[Finding]:
                 continue  # "dead::beef", "a::b": too short to be an address worth scrubbing
             if _ip_is_personal(addr):
                 found.append(Finding(m.start(), m.end(), "ipv6", "PII", "sure", "pii:ipv6"))
-    if "/home/" in text or "/Users/" in text or "Users\\" in text:
+    if "/home/" in text or "/Users/" in text or "Users\\" in text or "~" in text:
         for m in _HOME.finditer(text):
-            user = (m.group("user") or m.group("wuser") or "").lower()
+            user = (m.group("user") or m.group("wuser") or m.group("tuser") or "").lower()
             if user in _GENERIC_USERS or user.startswith(("$", "<", "{")):
                 continue
             found.append(

@@ -72,8 +72,15 @@ def evaluate(records: list[dict], scrubber: Scrubber) -> dict:
                 per_kind[key][0] += 1
                 fps.append((i, rec, res))
     return {
-        "recall": tp / n_secret, "fpr": fp / n_clean, "tp": tp, "n_secret": n_secret,
-        "fp": fp, "n_clean": n_clean, "per_kind": dict(per_kind), "misses": misses, "fps": fps,
+        "recall": tp / n_secret,
+        "fpr": fp / n_clean,
+        "tp": tp,
+        "n_secret": n_secret,
+        "fp": fp,
+        "n_clean": n_clean,
+        "per_kind": dict(per_kind),
+        "misses": misses,
+        "fps": fps,
     }
 
 
