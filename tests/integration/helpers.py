@@ -16,10 +16,11 @@ from inference.sampler import SamplingParams
 from inference.swarm_client import SwarmClient
 
 REPO = Path(__file__).resolve().parents[2]
+GREEDY = SamplingParams()
 
 
 def swarm_generate(client: SwarmClient, prompts_ids: list[list[int]], *, max_new_tokens: int,
-                   sampling: SamplingParams = SamplingParams(), first_logits: bool = False,
+                   sampling: SamplingParams = GREEDY, first_logits: bool = False,
                    on_token=None, max_length: int | None = None) -> list[GenerationResult]:
     """Generate for each prompt in a fresh pipeline session (greedy by default, no EOS stop)."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import time
 
 import grpc
@@ -17,7 +18,13 @@ from inference.swarm_client import SwarmClient
 from node.errors import ExitCode, RequestError, SwarmError
 from proto import node0_pb2, node0_pb2_grpc
 from tests.conftest import local_swarm
-from tests.integration.helpers import kill_group, reference_generate, run_cli, swarm_generate
+from tests.integration.helpers import (
+    REPO,
+    kill_group,
+    reference_generate,
+    run_cli,
+    swarm_generate,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -189,12 +196,9 @@ def test_agent_client_multiline_delimiter(swarm, tiny_model_dir):
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed")
 def test_agent_client_in_tmux_streams_and_exits_0_on_eof(swarm, tiny_model_dir, tmp_path):
     name = f"node0test{int(time.time() * 1000) % 10**8}"
-    import sys
-
-    from tests.integration.helpers import REPO
     command = (f"cd {REPO} && {sys.executable} -m inference.agent_client --model "
                f"{tiny_model_dir} --initial-peers {' '.join(swarm.initial_peers)} "
-               f"--max-new-tokens 6; echo EXIT=$?")
+               f"--max-new-tokens 6; echo EXIT=$?; sleep 120")
     subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", "200", "-y", "50", command],
                    check=True)
     try:
@@ -202,17 +206,22 @@ def test_agent_client_in_tmux_streams_and_exits_0_on_eof(swarm, tiny_model_dir, 
             return subprocess.run(["tmux", "capture-pane", "-p", "-t", name],
                                   capture_output=True, text=True).stdout
 
-        deadline = time.monotonic() + 90
-        while "> " not in pane() and time.monotonic() < deadline:
-            time.sleep(0.5)
+        def wait_for(condition, seconds: float) -> str:
+            deadline = time.monotonic() + seconds
+            while not condition(text := pane()) and time.monotonic() < deadline:
+                time.sleep(0.5)
+            return text
+
+        def prompts(text: str) -> int:  # capture-pane strips the prompt's trailing space
+            return sum(line.startswith(">") for line in text.splitlines())
+
+        wait_for(lambda t: prompts(t) >= 1, 120)  # the client is up and prompts on the TTY
         subprocess.run(["tmux", "send-keys", "-t", name, "The mayor plans", "Enter"], check=True)
-        while pane().count("> ") < 2 and time.monotonic() < deadline:
-            time.sleep(0.5)
-        answer = pane()
-        assert answer.count("> ") >= 2, answer  # answered and prompted again
+        answer = wait_for(lambda t: prompts(t) >= 2, 120)
+        assert prompts(answer) >= 2, answer  # streamed an answer and prompted again
+        assert answer.splitlines()[1].strip(), answer  # the answer line is not empty
         subprocess.run(["tmux", "send-keys", "-t", name, "C-d"], check=True)
-        while "EXIT=" not in pane() and time.monotonic() < deadline:
-            time.sleep(0.5)
+        wait_for(lambda t: "EXIT=" in t, 60)
         assert "EXIT=0" in pane(), pane()
     finally:
         subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
