@@ -49,7 +49,7 @@ class RagConfig(BaseModel):
     )
     k: int = Field(default=5, ge=1, le=100, description="Documents retrieved per query.")
     candidates_per_collection: int = Field(
-        default=20,
+        default=10,
         ge=1,
         le=500,
         description="Nearest neighbours fetched per collection before re-ranking and dedup.",

@@ -63,6 +63,8 @@ class Document:
         bead_id: the bead it is about, ``""`` if none.
         updated_ts: last change, seconds since the epoch (None if the source has no time).
         title: one-line label for listings.
+        raw_sha256: sha256 of the text as read, before sanitizing (set by rag.sanitize).
+        sanitizer: fingerprint of the sanitizer that produced ``text``.
     """
 
     id: str
@@ -76,6 +78,8 @@ class Document:
     bead_id: str = ""
     updated_ts: float | None = None
     title: str = ""
+    raw_sha256: str = ""
+    sanitizer: str = ""
 
     @property
     def text_sha256(self) -> str:
@@ -92,6 +96,8 @@ class Document:
             "source": self.source,
             "source_sha256": self.source_sha256,
             "text_sha256": self.text_sha256,
+            "raw_sha256": self.raw_sha256,
+            "sanitizer": self.sanitizer,
             "unit": self.unit,
             "title": self.title[:300],
             "format": DOC_FORMAT_VERSION,

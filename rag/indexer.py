@@ -3,10 +3,10 @@
 How a unit (one bead, one file, one session) is decided, per collection and rig:
 
 - **unchanged**: the store holds exactly the unit's document ids, all with the unit's
-  ``source_sha256``, the current document format and the same text (``text_sha256``, which
-  also catches a changed scrubber) -> nothing is embedded or written;
-- **changed**: anything else -> its old documents are deleted and the new ones embedded and
-  added;
+  ``source_sha256``, the current document format, the same text as read (``raw_sha256``) and
+  the current sanitizer fingerprint -> nothing is sanitized, embedded or written;
+- **changed**: anything else -> its old documents are deleted, the new ones sanitized
+  (:mod:`rag.sanitize`), embedded and added;
 - **added**: the store has no document of the unit;
 - **removed**: the store holds a unit the rig no longer has -> its documents are deleted.
 
@@ -21,8 +21,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rag.documents import COLLECTIONS, DOC_FORMAT_VERSION, Document, ReadProblem, RigRead
-from rag.sanitize import sanitize_rig
+from rag.documents import (
+    COLLECTIONS,
+    DOC_FORMAT_VERSION,
+    Document,
+    ReadProblem,
+    RigRead,
+    SourceUnit,
+)
+from rag.sanitize import Sanitizer, sanitize_documents, sanitizer_fingerprint
 from rag.sources import read_rig
 from rag.store import RagStore
 
@@ -51,7 +58,7 @@ class IndexReport:
         default_factory=lambda: {name: CollectionCounts() for name in COLLECTIONS}
     )
     problems: list[ReadProblem] = field(default_factory=list)
-    sanitized: list[str] = field(default_factory=list)  # uncertain secrets / injection lines
+    sanitized: list[str] = field(default_factory=list)  # scrub notes of the documents written
     changed_units: list[str] = field(default_factory=list)  # "<collection>/<unit>" written
     removed_units: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -103,25 +110,28 @@ def index_rig(
 ) -> IndexReport:
     """Bring the store's documents of one rig up to date with the rig directory.
 
-    Pipeline: :func:`~rag.sources.read_rig` -> :func:`~rag.sanitize.sanitize_rig` (secrets,
-    prompt injection) -> :func:`apply_rig`.
+    Pipeline: :func:`~rag.sources.read_rig` -> :func:`apply_rig` (which sanitizes what it
+    writes).
     """
     started = time.perf_counter()
     read = read_rig(
         root, rig=rig, chunk_words=chunk_words, session_summary_chars=session_summary_chars
     )
-    sanitized = sanitize_rig(read)
     report = apply_rig(store, read, add_batch_size=add_batch_size)
-    report.sanitized = sanitized
-    for note in sanitized:
-        logger.warning("rag index %s: scrubbed %s", rig, note)
     report.seconds = time.perf_counter() - started
     return report
 
 
-def apply_rig(store: RagStore, read: RigRead, *, add_batch_size: int = 1000) -> IndexReport:
+def apply_rig(
+    store: RagStore,
+    read: RigRead,
+    *,
+    add_batch_size: int = 1000,
+    sanitizer: Sanitizer | None = None,
+) -> IndexReport:
     """Apply what :func:`~rag.sources.read_rig` found to the store (the decision logic)."""
     report = IndexReport(rig=read.rig, root=str(read.root), problems=list(read.problems))
+    fingerprint = sanitizer_fingerprint()
     to_add: list[Document] = []
     for name in COLLECTIONS:
         counts = report.collections[name]
@@ -134,7 +144,7 @@ def apply_rig(store: RagStore, read: RigRead, *, add_batch_size: int = 1000) -> 
             old = stored.pop(key, None)
             if old is None:
                 counts.added += 1
-            elif _same(old, unit.source_sha256, {d.id: d.text_sha256 for d in unit.documents}):
+            elif _same(old, unit, fingerprint):
                 counts.unchanged += 1
                 continue
             else:
@@ -150,16 +160,23 @@ def apply_rig(store: RagStore, read: RigRead, *, add_batch_size: int = 1000) -> 
         counts.docs_deleted = len(to_delete)
         store.delete(name, to_delete)
     if to_add:
+        to_add, report.sanitized = sanitize_documents(to_add, sanitizer)
         t0 = time.perf_counter()
         store.add(to_add, batch_size=add_batch_size)
         report.embed_seconds = time.perf_counter() - t0
     for problem in report.problems:
         logger.warning("rag index %s: skipped %s", read.rig, problem)
+    for note in report.sanitized:
+        logger.warning("rag index %s: scrubbed %s", read.rig, note)
     return report
 
 
-def _same(old: list[tuple[str, dict[str, Any]]], sha: str, texts: dict[str, str]) -> bool:
-    return {doc_id: meta.get("text_sha256") for doc_id, meta in old} == texts and all(
-        meta.get("source_sha256") == sha and meta.get("format") == DOC_FORMAT_VERSION
+def _same(old: list[tuple[str, dict[str, Any]]], unit: SourceUnit, fingerprint: str) -> bool:
+    """Whether the stored documents of a unit are exactly what indexing it now would write."""
+    raw = {d.id: d.text_sha256 for d in unit.documents}  # documents as read, not yet sanitized
+    return {doc_id: meta.get("raw_sha256") for doc_id, meta in old} == raw and all(
+        meta.get("source_sha256") == unit.source_sha256
+        and meta.get("format") == DOC_FORMAT_VERSION
+        and meta.get("sanitizer") == fingerprint
         for _, meta in old
     )

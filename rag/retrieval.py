@@ -46,7 +46,7 @@ class RetrievalSettings:
     """Knobs of :func:`retrieve` (built from :class:`~rag.config.RagConfig` by the caller)."""
 
     k: int = 5
-    candidates_per_collection: int = 20
+    candidates_per_collection: int = 10
     recency_weight: float = 0.05
     recency_half_life_days: float = 14.0
     dedup_similarity: float = 0.97

@@ -11,16 +11,23 @@ corpus pipeline's treatment, from the corpus pipeline's own code (one implementa
   (``corpus.config.QualityConfig.injection_patterns``) is replaced by :data:`INJECTION_MARK`
   and reported.
 
-The result is a pure function of the text, so stored documents change when the scrubber does
-(the indexer compares the sha256 of each stored text).
+The result is a pure function of the text and of :func:`sanitizer_fingerprint`; both are stored
+with each document (``raw_sha256``, ``sanitizer``), so the indexer re-sanitizes only what changed,
+and everything when the scrubber changes.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import importlib.util
 import re
 from dataclasses import replace
+from importlib import metadata
+from pathlib import Path
 
-from rag.documents import RigRead
+from node.errors import CheckpointError
+from rag.documents import Document
 
 INJECTION_MARK = "[line removed by node0: possible prompt injection]"
 
@@ -66,14 +73,38 @@ def default_sanitizer() -> Sanitizer:
     return _SANITIZER
 
 
-def sanitize_rig(read: RigRead, sanitizer: Sanitizer | None = None) -> list[str]:
-    """Clean every document of a rig read in place; returns ``"<doc id>: <note>"`` lines."""
+@functools.cache
+def sanitizer_fingerprint() -> str:
+    """sha256 of everything that decides the sanitized text: the scrubber's source files, the
+    detect-secrets version, the injection patterns and this module's marker. Stored with each
+    document, so a changed scrubber re-sanitizes (and re-embeds) every document."""
+    from corpus.config import QualityConfig
+
+    digest = hashlib.sha256()
+    spec = importlib.util.find_spec("corpus.scrub")
+    if spec is None or not spec.submodule_search_locations:
+        raise CheckpointError("corpus.scrub is not importable; the RAG indexer needs it")
+    for path in sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    try:
+        digest.update(metadata.version("detect-secrets").encode())
+    except metadata.PackageNotFoundError:
+        digest.update(b"detect-secrets missing")
+    digest.update("\n".join([*QualityConfig().injection_patterns, INJECTION_MARK]).encode())
+    return digest.hexdigest()
+
+
+def sanitize_documents(
+    docs: list[Document], sanitizer: Sanitizer | None = None
+) -> tuple[list[Document], list[str]]:
+    """Cleaned copies of documents (with ``raw_sha256`` and ``sanitizer`` set), and
+    ``"<doc id>: <note>"`` lines."""
     sanitizer = sanitizer or default_sanitizer()
+    fingerprint = sanitizer_fingerprint()
+    out: list[Document] = []
     notes: list[str] = []
-    for unit in read.units:
-        for i, doc in enumerate(unit.documents):
-            text, doc_notes = sanitizer.clean(doc.text)
-            if text != doc.text:
-                unit.documents[i] = replace(doc, text=text)
-            notes.extend(f"{doc.id}: {n}" for n in doc_notes)
-    return notes
+    for doc in docs:
+        text, doc_notes = sanitizer.clean(doc.text)
+        out.append(replace(doc, text=text, raw_sha256=doc.text_sha256, sanitizer=fingerprint))
+        notes.extend(f"{doc.id}: {n}" for n in doc_notes)
+    return out, notes

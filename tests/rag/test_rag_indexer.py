@@ -114,3 +114,29 @@ def test_sample_rig_reindex_unchanged_and_one_bead_edit(
         assert sum(c.docs_deleted for c in report.collections.values()) == 1
         (hit,) = store.get("beads", ["gastown/beads/gt-q265"])
         assert "Hooked into bd sync" in hit.text
+
+
+class _NoSanitizer:
+    def clean(self, text: str):
+        raise AssertionError("an unchanged unit was sanitized again")
+
+
+def test_unchanged_units_are_not_sanitized_again_unless_the_scrubber_changed(
+    tmp_path: Path, embedder, monkeypatch: pytest.MonkeyPatch
+):
+    from rag import indexer
+    from rag.documents import RigRead
+    from rag.sources import read_rig
+
+    rig = make_small_rig(tmp_path / "testrig")
+    with RagStore(tmp_path / "store", embedder=embedder, writable=True) as store:
+        index_rig(store, rig, rig="testrig")
+        read: RigRead = read_rig(rig, rig="testrig")
+        report = indexer.apply_rig(store, read, sanitizer=_NoSanitizer())
+        assert not report.wrote_anything
+
+        monkeypatch.setattr(indexer, "sanitizer_fingerprint", lambda: "a-new-scrubber")
+        monkeypatch.setattr("rag.sanitize.sanitizer_fingerprint", lambda: "a-new-scrubber")
+        report = indexer.apply_rig(store, read_rig(rig, rig="testrig"))
+        assert sum(c.changed for c in report.collections.values()) == 7
+        assert {m["sanitizer"] for m in store.metadata_of("beads").values()} == {"a-new-scrubber"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rag_helpers import SAMPLE_RIG
 
 from rag.documents import COLLECTIONS
-from rag.sanitize import INJECTION_MARK, Sanitizer, sanitize_rig
+from rag.sanitize import INJECTION_MARK, Sanitizer, sanitize_documents, sanitizer_fingerprint
 from rag.sources import read_rig
 
 # fragments of fake secrets and personal data planted in samples/gastown-rig (README.md)
@@ -31,8 +31,9 @@ def test_planted_values_are_in_the_raw_read():
 
 def test_sanitized_read_holds_none_of_them():
     read = read_rig(SAMPLE_RIG, rig="gastown")
-    notes = sanitize_rig(read)
-    texts = "\n".join(d.text for d in read.documents())
+    docs, notes = sanitize_documents(read.documents())
+    assert all(d.sanitizer == sanitizer_fingerprint() and len(d.raw_sha256) == 64 for d in docs)
+    texts = "\n".join(d.text for d in docs)
     assert [v for v in PLANTED if v in texts] == []
     assert "<SECRET:github_token>" in texts and INJECTION_MARK in texts
     joined = "\n".join(notes)
