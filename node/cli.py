@@ -14,13 +14,16 @@ import sys
 
 from node.errors import ExitCode, Node0Error
 
-# command name -> module that registers it
+# command name -> module that registers it (a module may register several commands)
 COMMANDS: dict[str, str] = {
     "serve": "node.serve_cli",
     "swarm": "node.swarm_cli",
     "models": "models.cli",
-    "generate": "inference.generate_cli",
     "demo": "node.demo_cli",
+    "train": "node.train_cli",
+    "gather": "checkpoint_gather.cli",
+    "inspect": "checkpoint_gather.cli",
+    "stamp": "checkpoint_gather.cli",
     "corpus": "corpus.cli",
     "rag": "rag.cli",
 }
@@ -34,8 +37,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    registered: set[str] = set()
     for name, module_name in COMMANDS.items():
-        if only is not None and name != only:
+        if name in subparsers.choices or module_name in registered:
+            continue
+        if only is not None and COMMANDS[only] != module_name:
             subparsers.add_parser(name, help=f"(see `node0 {name} --help`)")
             continue
         try:
@@ -45,6 +51,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                 raise
             continue  # command not built yet
         module.register(subparsers)
+        registered.add(module_name)
     return parser
 
 
