@@ -17,7 +17,9 @@ import grpc
 from inference.sampler import SamplingParams
 from pipeline_stages.errors import InvalidInput, StageRequestError
 from pipeline_stages.executor import StageExecutor
+from pipeline_stages.training import JobSettings
 from proto import node0_pb2, node0_pb2_grpc
+from proto.tensor_chunks import TensorAssembler, split_tensor
 from proto.tensor_codec import TensorFormatError, decode, encode
 
 log = logging.getLogger(__name__)
@@ -35,10 +37,12 @@ def _sampling(request: node0_pb2.StepRequest) -> SamplingParams | None:
 
 
 class StageService(node0_pb2_grpc.StageServicer):
-    def __init__(self, executor: StageExecutor, *, peer_id: str, max_message_bytes: int):
+    def __init__(self, executor: StageExecutor, *, peer_id: str, max_message_bytes: int,
+                 max_training_bytes: int = 512 * 1024 * 1024):
         self.executor = executor
         self.peer_id = peer_id
         self.max_message_bytes = max_message_bytes
+        self.max_training_bytes = max_training_bytes
 
     def _abort(self, context: grpc.ServicerContext, exc: Exception) -> None:
         if isinstance(exc, StageRequestError):
@@ -104,6 +108,71 @@ class StageService(node0_pb2_grpc.StageServicer):
     def CloseSession(self, request, context):  # noqa: N802
         closed = self.executor.sessions.close(request.session_id)
         return node0_pb2.CloseSessionResponse(closed=closed)
+
+
+    # -- training ------------------------------------------------------------------------
+
+    def OpenTrainingJob(self, request, context):  # noqa: N802
+        try:
+            settings = JobSettings(
+                trainable=request.trainable or "all", learning_rate=request.learning_rate,
+                weight_decay=request.weight_decay, max_grad_norm=request.max_grad_norm,
+                beta1=request.beta1 or 0.9, beta2=request.beta2 or 0.999,
+                eps=request.eps or 1e-8)
+            job = self.executor.open_training_job(request.job_id, request.start, request.end,
+                                                  settings)
+        except Exception as exc:
+            self._abort(context, exc)
+        return node0_pb2.TrainingJobResponse(
+            trainable_parameters=sum(p.numel() for p in job.params), step=job.step)
+
+    def _receive(self, request_iterator):
+        header, assembler = None, TensorAssembler(self.max_training_bytes)
+        for message in request_iterator:
+            if header is None and message.HasField("header"):
+                header = message.header
+            if message.HasField("chunk"):
+                assembler.add(message.chunk)
+        if header is None:
+            raise InvalidInput("training call without a header")
+        job = self.executor.training_job(header.job_id, header.start, header.end)
+        return header, job, assembler.tensors()
+
+    def Forward(self, request_iterator, context):  # noqa: N802
+        try:
+            header, job, tensors = self._receive(request_iterator)
+            result = self.executor.train_forward(job, header.microbatch_id, tensors,
+                                                 header.loss_scale or 1.0)
+        except Exception as exc:
+            self._abort(context, exc)
+        if "output" in result:
+            for chunk in split_tensor("output", result["output"]):
+                yield node0_pb2.TrainMessage(chunk=chunk)
+        else:
+            yield node0_pb2.TrainMessage(loss_sum=result["loss_sum"],
+                                         loss_tokens=result["loss_tokens"])
+
+    def Backward(self, request_iterator, context):  # noqa: N802
+        try:
+            header, job, tensors = self._receive(request_iterator)
+            grad = self.executor.train_backward(job, header.microbatch_id, tensors.get("grad"))
+        except Exception as exc:
+            self._abort(context, exc)
+        if grad is None:
+            yield node0_pb2.TrainMessage()
+            return
+        for chunk in split_tensor("grad", grad):
+            yield node0_pb2.TrainMessage(chunk=chunk)
+
+    def OptimizerStep(self, request, context):  # noqa: N802
+        try:
+            job = self.executor.training_job(request.job_id, request.start, request.end)
+            report = self.executor.optimizer_step(job, request.step)
+        except Exception as exc:
+            self._abort(context, exc)
+        return node0_pb2.OptimizerStepResponse(
+            applied=report.applied, reason=report.reason, grad_norm=report.grad_norm,
+            step=report.step, skipped=report.skipped)
 
 
 def start_grpc_server(service: StageService, host: str, port: int, *,

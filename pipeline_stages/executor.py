@@ -18,6 +18,7 @@ from inference.sampler import SamplingParams, sample_token
 from models.llama import LlamaStage
 from pipeline_stages.errors import ContextOverflow, InvalidInput, PositionMismatch
 from pipeline_stages.sessions import Session, SessionManager
+from pipeline_stages.training import JobSettings, StageTrainingJob
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class StageExecutor:
         self.stages = stages
         self.sessions = sessions
         self._compute = threading.Lock()
+        self.jobs: dict[tuple[str, int, int], StageTrainingJob] = {}
         any_stage = next(iter(stages.values()))
         self.config = any_stage.full_config
 
@@ -116,3 +118,45 @@ class StageExecutor:
         logits = out[0, -1]
         token = sample_token(logits, sampling, session.length) if sampling is not None else None
         return StepResult(None, token, logits if return_logits else None, session.length)
+
+    # -- training ------------------------------------------------------------------------
+
+    def open_training_job(self, job_id: str, start: int, end: int,
+                          settings: JobSettings) -> StageTrainingJob:
+        """Open (or return the already open) training job for a hosted stage."""
+        stage = self.stages.get((start, end))
+        if stage is None:
+            raise InvalidInput(f"layers [{start}, {end}) are not hosted here")
+        if not job_id:
+            raise InvalidInput("job_id must not be empty")
+        key = (job_id, start, end)
+        with self._compute:
+            job = self.jobs.get(key)
+            if job is None:
+                job = StageTrainingJob(stage, settings)
+                self.jobs[key] = job
+            elif job.settings != settings:
+                raise InvalidInput(f"job {job_id!r} is open with other settings")
+        return job
+
+    def training_job(self, job_id: str, start: int, end: int) -> StageTrainingJob:
+        job = self.jobs.get((job_id, start, end))
+        if job is None:
+            from pipeline_stages.errors import SessionNotFound
+
+            raise SessionNotFound(f"no training job {job_id!r} on layers [{start}, {end})")
+        return job
+
+    def train_forward(self, job: StageTrainingJob, microbatch_id: str,
+                      tensors: dict[str, torch.Tensor], loss_scale: float) -> dict:
+        with self._compute:
+            return job.forward(microbatch_id, tensors, loss_scale)
+
+    def train_backward(self, job: StageTrainingJob, microbatch_id: str,
+                       grad: torch.Tensor | None) -> torch.Tensor | None:
+        with self._compute:
+            return job.backward(microbatch_id, grad)
+
+    def optimizer_step(self, job: StageTrainingJob, step: int):
+        with self._compute:
+            return job.optimizer_step(step)

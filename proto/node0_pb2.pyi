@@ -129,3 +129,101 @@ class CloseSessionResponse(_message.Message):
     CLOSED_FIELD_NUMBER: _ClassVar[int]
     closed: bool
     def __init__(self, closed: _Optional[bool] = ...) -> None: ...
+
+class TensorChunk(_message.Message):
+    __slots__ = ("name", "dtype", "shape", "offset", "data")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    dtype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    offset: int
+    data: bytes
+    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class TrainHeader(_message.Message):
+    __slots__ = ("job_id", "microbatch_id", "start", "end", "loss_scale")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    MICROBATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    LOSS_SCALE_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    microbatch_id: str
+    start: int
+    end: int
+    loss_scale: float
+    def __init__(self, job_id: _Optional[str] = ..., microbatch_id: _Optional[str] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., loss_scale: _Optional[float] = ...) -> None: ...
+
+class TrainMessage(_message.Message):
+    __slots__ = ("header", "chunk", "loss_sum", "loss_tokens")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    LOSS_SUM_FIELD_NUMBER: _ClassVar[int]
+    LOSS_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    header: TrainHeader
+    chunk: TensorChunk
+    loss_sum: float
+    loss_tokens: int
+    def __init__(self, header: _Optional[_Union[TrainHeader, _Mapping]] = ..., chunk: _Optional[_Union[TensorChunk, _Mapping]] = ..., loss_sum: _Optional[float] = ..., loss_tokens: _Optional[int] = ...) -> None: ...
+
+class TrainingJobRequest(_message.Message):
+    __slots__ = ("job_id", "start", "end", "trainable", "learning_rate", "weight_decay", "max_grad_norm", "beta1", "beta2", "eps")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    TRAINABLE_FIELD_NUMBER: _ClassVar[int]
+    LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_DECAY_FIELD_NUMBER: _ClassVar[int]
+    MAX_GRAD_NORM_FIELD_NUMBER: _ClassVar[int]
+    BETA1_FIELD_NUMBER: _ClassVar[int]
+    BETA2_FIELD_NUMBER: _ClassVar[int]
+    EPS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    start: int
+    end: int
+    trainable: str
+    learning_rate: float
+    weight_decay: float
+    max_grad_norm: float
+    beta1: float
+    beta2: float
+    eps: float
+    def __init__(self, job_id: _Optional[str] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., trainable: _Optional[str] = ..., learning_rate: _Optional[float] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., beta1: _Optional[float] = ..., beta2: _Optional[float] = ..., eps: _Optional[float] = ...) -> None: ...
+
+class TrainingJobResponse(_message.Message):
+    __slots__ = ("trainable_parameters", "step")
+    TRAINABLE_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    trainable_parameters: int
+    step: int
+    def __init__(self, trainable_parameters: _Optional[int] = ..., step: _Optional[int] = ...) -> None: ...
+
+class OptimizerStepRequest(_message.Message):
+    __slots__ = ("job_id", "start", "end", "step")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    start: int
+    end: int
+    step: int
+    def __init__(self, job_id: _Optional[str] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., step: _Optional[int] = ...) -> None: ...
+
+class OptimizerStepResponse(_message.Message):
+    __slots__ = ("applied", "reason", "grad_norm", "step", "skipped")
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    GRAD_NORM_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    applied: bool
+    reason: str
+    grad_norm: float
+    step: int
+    skipped: int
+    def __init__(self, applied: _Optional[bool] = ..., reason: _Optional[str] = ..., grad_norm: _Optional[float] = ..., step: _Optional[int] = ..., skipped: _Optional[int] = ...) -> None: ...

@@ -54,6 +54,26 @@ class StageStub:
                 request_serializer=proto_dot_node0__pb2.CloseSessionRequest.SerializeToString,
                 response_deserializer=proto_dot_node0__pb2.CloseSessionResponse.FromString,
                 _registered_method=True)
+        self.OpenTrainingJob = channel.unary_unary(
+                '/node0.v1.Stage/OpenTrainingJob',
+                request_serializer=proto_dot_node0__pb2.TrainingJobRequest.SerializeToString,
+                response_deserializer=proto_dot_node0__pb2.TrainingJobResponse.FromString,
+                _registered_method=True)
+        self.Forward = channel.stream_stream(
+                '/node0.v1.Stage/Forward',
+                request_serializer=proto_dot_node0__pb2.TrainMessage.SerializeToString,
+                response_deserializer=proto_dot_node0__pb2.TrainMessage.FromString,
+                _registered_method=True)
+        self.Backward = channel.stream_stream(
+                '/node0.v1.Stage/Backward',
+                request_serializer=proto_dot_node0__pb2.TrainMessage.SerializeToString,
+                response_deserializer=proto_dot_node0__pb2.TrainMessage.FromString,
+                _registered_method=True)
+        self.OptimizerStep = channel.unary_unary(
+                '/node0.v1.Stage/OptimizerStep',
+                request_serializer=proto_dot_node0__pb2.OptimizerStepRequest.SerializeToString,
+                response_deserializer=proto_dot_node0__pb2.OptimizerStepResponse.FromString,
+                _registered_method=True)
 
 
 class StageServicer:
@@ -83,6 +103,34 @@ class StageServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def OpenTrainingJob(self, request, context):
+        """Training. Forward keeps what backward needs under (job_id, microbatch_id); Backward takes
+        the gradient of the stage output (nothing on the last stage, which computes the loss from
+        labels) and returns the gradient of its input while accumulating parameter gradients.
+        Tensors travel as TensorChunk streams: the first message of a call carries the header.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Forward(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Backward(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def OptimizerStep(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StageServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -105,6 +153,26 @@ def add_StageServicer_to_server(servicer, server):
                     servicer.CloseSession,
                     request_deserializer=proto_dot_node0__pb2.CloseSessionRequest.FromString,
                     response_serializer=proto_dot_node0__pb2.CloseSessionResponse.SerializeToString,
+            ),
+            'OpenTrainingJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenTrainingJob,
+                    request_deserializer=proto_dot_node0__pb2.TrainingJobRequest.FromString,
+                    response_serializer=proto_dot_node0__pb2.TrainingJobResponse.SerializeToString,
+            ),
+            'Forward': grpc.stream_stream_rpc_method_handler(
+                    servicer.Forward,
+                    request_deserializer=proto_dot_node0__pb2.TrainMessage.FromString,
+                    response_serializer=proto_dot_node0__pb2.TrainMessage.SerializeToString,
+            ),
+            'Backward': grpc.stream_stream_rpc_method_handler(
+                    servicer.Backward,
+                    request_deserializer=proto_dot_node0__pb2.TrainMessage.FromString,
+                    response_serializer=proto_dot_node0__pb2.TrainMessage.SerializeToString,
+            ),
+            'OptimizerStep': grpc.unary_unary_rpc_method_handler(
+                    servicer.OptimizerStep,
+                    request_deserializer=proto_dot_node0__pb2.OptimizerStepRequest.FromString,
+                    response_serializer=proto_dot_node0__pb2.OptimizerStepResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -215,6 +283,114 @@ class Stage:
             '/node0.v1.Stage/CloseSession',
             proto_dot_node0__pb2.CloseSessionRequest.SerializeToString,
             proto_dot_node0__pb2.CloseSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenTrainingJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/node0.v1.Stage/OpenTrainingJob',
+            proto_dot_node0__pb2.TrainingJobRequest.SerializeToString,
+            proto_dot_node0__pb2.TrainingJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Forward(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/node0.v1.Stage/Forward',
+            proto_dot_node0__pb2.TrainMessage.SerializeToString,
+            proto_dot_node0__pb2.TrainMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Backward(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/node0.v1.Stage/Backward',
+            proto_dot_node0__pb2.TrainMessage.SerializeToString,
+            proto_dot_node0__pb2.TrainMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OptimizerStep(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/node0.v1.Stage/OptimizerStep',
+            proto_dot_node0__pb2.OptimizerStepRequest.SerializeToString,
+            proto_dot_node0__pb2.OptimizerStepResponse.FromString,
             options,
             channel_credentials,
             insecure,

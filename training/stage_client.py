@@ -1,0 +1,71 @@
+"""gRPC client for the training calls of one stage (OpenTrainingJob, Forward, Backward,
+OptimizerStep). Tensors stream in chunks; every call is bounded by a timeout."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import torch
+
+from inference.stage_client import channel_options
+from proto import node0_pb2, node0_pb2_grpc
+from proto.tensor_chunks import TensorAssembler, split_tensor
+
+
+class StageTrainClient:
+    def __init__(self, endpoint: str, *, job_id: str, start: int, end: int,
+                 timeout: float = 300.0, max_bytes: int = 512 * 1024 * 1024):
+        self.endpoint = endpoint
+        self.job_id, self.start, self.end = job_id, start, end
+        self.timeout = timeout
+        self.max_bytes = max_bytes
+        self._channel = grpc.insecure_channel(endpoint, options=channel_options(64 << 20))
+        self._stub = node0_pb2_grpc.StageStub(self._channel)
+
+    def open_job(self, *, trainable: str = "all", learning_rate: float, weight_decay: float = 0,
+                 max_grad_norm: float = 0, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8) -> node0_pb2.TrainingJobResponse:
+        return self._stub.OpenTrainingJob(node0_pb2.TrainingJobRequest(
+            job_id=self.job_id, start=self.start, end=self.end, trainable=trainable,
+            learning_rate=learning_rate, weight_decay=weight_decay,
+            max_grad_norm=max_grad_norm, beta1=betas[0], beta2=betas[1], eps=eps),
+            timeout=self.timeout)
+
+    def _messages(self, microbatch_id: str, tensors: dict[str, torch.Tensor],
+                  loss_scale: float) -> Iterator[node0_pb2.TrainMessage]:
+        yield node0_pb2.TrainMessage(header=node0_pb2.TrainHeader(
+            job_id=self.job_id, microbatch_id=microbatch_id, start=self.start, end=self.end,
+            loss_scale=loss_scale))
+        for name, tensor in tensors.items():
+            for chunk in split_tensor(name, tensor):
+                yield node0_pb2.TrainMessage(chunk=chunk)
+
+    def _collect(self, responses) -> tuple[dict[str, torch.Tensor], node0_pb2.TrainMessage]:
+        assembler, last = TensorAssembler(self.max_bytes), None
+        for message in responses:
+            last = message
+            if message.HasField("chunk"):
+                assembler.add(message.chunk)
+        return assembler.tensors(), last
+
+    def forward(self, microbatch_id: str, tensors: dict[str, torch.Tensor],
+                loss_scale: float = 1.0) -> tuple[torch.Tensor | None, float, int]:
+        """Returns (output hidden states | None, loss_sum, loss_tokens)."""
+        out, last = self._collect(self._stub.Forward(
+            self._messages(microbatch_id, tensors, loss_scale), timeout=self.timeout))
+        return out.get("output"), last.loss_sum, last.loss_tokens
+
+    def backward(self, microbatch_id: str, grad: torch.Tensor | None) -> torch.Tensor | None:
+        tensors = {"grad": grad} if grad is not None else {}
+        out, _ = self._collect(self._stub.Backward(self._messages(microbatch_id, tensors, 1.0),
+                                                   timeout=self.timeout))
+        return out.get("grad")
+
+    def optimizer_step(self, step: int) -> node0_pb2.OptimizerStepResponse:
+        return self._stub.OptimizerStep(node0_pb2.OptimizerStepRequest(
+            job_id=self.job_id, start=self.start, end=self.end, step=step),
+            timeout=self.timeout)
+
+    def close(self) -> None:
+        self._channel.close()
