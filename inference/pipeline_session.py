@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -31,6 +31,19 @@ class _Hop:
     record: StageRecord
     client: StageSessionClient
     inputs: torch.Tensor | None = None  # (1, positions, …) sent so far
+    chunks: list[int] = field(default_factory=list)  # positions sent per step, in order
+
+    def keep(self, position: int) -> None:
+        """Forget what was sent at ``position`` and after (the caches were rewound)."""
+        if self.inputs is not None:
+            self.inputs = self.inputs[:, :position] if position else None
+        kept, total = [], 0
+        for size in self.chunks:
+            if total >= position:
+                break
+            kept.append(min(size, position - total))
+            total += kept[-1]
+        self.chunks = kept
 
 
 class PipelineSession:
@@ -119,18 +132,28 @@ class PipelineSession:
             hop.client, hop.record = await self._replacement(hop.record.span,
                                                              hop.record.endpoint)
             self.failovers += 1
-            past = hop.inputs[:, :position] if hop.inputs is not None and position else None
-            replay = inputs if past is None else torch.cat([past, inputs], dim=1)
             try:
-                response = await hop.client.step(0, replay, **kwargs)
+                response = await self._replay(hop, position, inputs, kwargs)
             except StageUnavailable as exc:
                 log.warning("replacement %s failed too: %s", hop.record.endpoint, exc)
                 continue
             log.info("stage %s rebuilt on %s from %d positions", list(hop.record.span),
-                     hop.record.endpoint, replay.shape[1])
-            if last:
-                return response, None
-            return response, output_tensor(response)[:, -inputs.shape[1]:]
+                     hop.record.endpoint, position + inputs.shape[1])
+            return response, None if last else output_tensor(response)
+
+    async def _replay(self, hop: _Hop, position: int, inputs: torch.Tensor,
+                      kwargs: dict) -> node0_pb2.StepResponse:
+        """Rebuild a fresh replica's cache with the same steps the failed one saw.
+
+        Same chunk boundaries mean the same kernels on the same shapes, so the rebuilt K/V are
+        bitwise those of the failed replica and the output cannot drift at a near-tie.
+        """
+        hop.keep(position)
+        offset = 0
+        for size in hop.chunks:
+            await hop.client.step(offset, hop.inputs[:, offset:offset + size])
+            offset += size
+        return await hop.client.step(position, inputs, **kwargs)
 
     async def step(self, token_ids: list[int], position: int, *,
                    sampling: SamplingParams | None, return_logits: bool = False
@@ -140,8 +163,9 @@ class PipelineSession:
         response = None
         for index, hop in enumerate(self.hops):
             response, output = await self._step_hop(index, position, x, sampling, return_logits)
-            past = hop.inputs[:, :position] if hop.inputs is not None and position else None
-            hop.inputs = x if past is None else torch.cat([past, x], dim=1)
+            hop.keep(position)
+            hop.inputs = x if hop.inputs is None else torch.cat([hop.inputs, x], dim=1)
+            hop.chunks.append(x.shape[1])
             if output is not None:
                 x = output
         self.token_ids = self.token_ids[:position] + list(token_ids)

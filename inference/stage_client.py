@@ -57,6 +57,10 @@ class StageSessionClient:
                 raise StageUnavailable(f"{self.endpoint}: {exc.code().name}: "
                                        f"{exc.details()}") from exc
             raise
+        except asyncio.InvalidStateError as exc:
+            # grpc.aio raises this (not an RpcError) when writing to a stream that the peer
+            # already ended, e.g. because it died between two steps
+            raise StageUnavailable(f"{self.endpoint}: stream already ended") from exc
 
     async def open(self, max_length: int, adapters: tuple[str, ...] = ()) -> None:
         request = node0_pb2.OpenSessionRequest(model=self.model, start=self.start, end=self.end,
