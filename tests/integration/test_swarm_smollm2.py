@@ -105,6 +105,9 @@ def test_failover_mid_generation_keeps_greedy_output(smollm2_dir, prompts, refer
                                   if peer_id in open(p.maddr_file).read())
                     kill_group(victim.pid)
                     killed.append(session.hops[1].record.endpoint)
+                    # let the client see the stream end before its next write: the failover
+                    # must work on that path too (the tiny-model test covers the other)
+                    time.sleep(1.0)
 
             (result,) = swarm_generate(c, prompts[:1], max_new_tokens=NEW_TOKENS,
                                        on_token=on_token)
