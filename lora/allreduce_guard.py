@@ -1,0 +1,122 @@
+"""The one place where other peers' gradient parts enter this process: defences on arrival.
+
+hivemind's all-reduce splits the flattened tensors into parts; each peer reduces some parts:
+it receives every groupmate's copy of its parts with the sender's declared weight, accumulates
+``sum(w * part) / sum(w)`` and sends the result back. :class:`GuardedReplicaAverager` swaps in a
+reducer that checks each incoming part before it is accumulated:
+
+- a part with NaN/inf values, or a non-finite weight, drops the sender from the rest of the
+  round (hivemind's own "banned sender" path: its remaining parts are averaged without it);
+- a part whose L2 norm exceeds ``max_part_norm`` is scaled down to that norm;
+- the declared weight is clamped to ``[0, max_peer_weight]``.
+
+Our own parts pass the same reducer (the host zeroes non-finite local gradients and sends them
+with weight 0 before the round), so every replica receives the same reduced values.
+Counters live in shared memory: the reducer runs in the averager's child process.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import multiprocessing as mp
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from hivemind.averaging import DecentralizedAverager
+from hivemind.averaging.allreduce import AllReduceRunner, AveragingMode
+from hivemind.averaging.group_info import GroupInfo
+from hivemind.averaging.partition import BannedException, TensorPartReducer
+from hivemind.utils.asyncio import as_aiter, azip
+from hivemind.utils.timed_storage import get_dht_time
+
+
+class PartGuard:
+    """Limits applied to every incoming part, and shared counters of what they caught."""
+
+    def __init__(self, *, max_part_norm: float | None, max_peer_weight: float):
+        self.max_part_norm = max_part_norm
+        self.max_peer_weight = max_peer_weight
+        self._rejected = mp.Value(ctypes.c_long, 0)
+        self._clipped = mp.Value(ctypes.c_long, 0)
+
+    @property
+    def rejected(self) -> int:
+        return int(self._rejected.value)
+
+    @property
+    def clipped(self) -> int:
+        return int(self._clipped.value)
+
+    def check(self, part: torch.Tensor, weight: float) -> tuple[torch.Tensor, float]:
+        """The part and weight to accumulate; raises BannedException to drop the sender."""
+        if not math.isfinite(weight) or not bool(torch.isfinite(part).all()):
+            with self._rejected.get_lock():
+                self._rejected.value += 1
+            raise BannedException("non-finite gradient part or weight")
+        weight = min(max(float(weight), 0.0), self.max_peer_weight)
+        if self.max_part_norm is not None:
+            norm = float(torch.linalg.vector_norm(part))
+            if norm > self.max_part_norm:
+                with self._clipped.get_lock():
+                    self._clipped.value += 1
+                part = part * (self.max_part_norm / norm)
+        return part, weight
+
+
+class _GuardedReducer(TensorPartReducer):
+    def __init__(self, part_shapes: Sequence[torch.Size], num_senders: int, guard: PartGuard):
+        super().__init__(part_shapes, num_senders)
+        self._guard = guard
+
+    async def accumulate_part(self, sender_index: int, part_index: int, tensor_part: torch.Tensor,
+                              weight: float = 1.0) -> torch.Tensor:
+        tensor_part, weight = self._guard.check(tensor_part, weight)
+        return await super().accumulate_part(sender_index, part_index, tensor_part, weight=weight)
+
+
+class _GuardedRunner(AllReduceRunner):
+    def __init__(self, *, part_guard: PartGuard, **kwargs):
+        super().__init__(**kwargs)
+        self.tensor_part_reducer = _GuardedReducer(
+            tuple(part.shape for part in self.parts_for_local_averaging),
+            len(self.sender_peer_ids), part_guard)
+
+
+class GuardedReplicaAverager(DecentralizedAverager):
+    """``DecentralizedAverager`` with guarded reducers and a pluggable shared state.
+
+    Args (beyond hivemind's): ``part_guard`` — the :class:`PartGuard`; ``state_fn`` — called in
+    the host process when a peer downloads our state, returns ``(metadata, tensors)``.
+    """
+
+    def __init__(self, averaged_tensors: Sequence[torch.Tensor], dht, *, part_guard: PartGuard,
+                 state_fn: Callable[[], tuple[Any, Sequence[torch.Tensor]]], **kwargs):
+        self.part_guard = part_guard  # set before the fork in super().__init__(start=True)
+        self._state_fn = state_fn
+        super().__init__(averaged_tensors, dht, **kwargs)
+
+    async def _run_allreduce_inplace_(self, tensors: Sequence[torch.Tensor],
+                                      group_info: GroupInfo, group_id: bytes | None = None,
+                                      **kwargs) -> None:
+        # hivemind's method with the runner class swapped for the guarded one
+        group_id = group_info.group_id if group_id is None else group_id
+        runner = _GuardedRunner(part_guard=self.part_guard, p2p=self._p2p,
+                                servicer_type=type(self), prefix=self.prefix, tensors=tensors,
+                                group_id=group_id, ordered_peer_ids=group_info.peer_ids,
+                                **kwargs)
+        assert group_id in self._running_groups, f"group {group_id} was not registered"
+        self._running_groups[group_id].set_result(runner)
+        if runner.modes[group_info.peer_ids.index(self.peer_id)] != AveragingMode.AUX:
+            async for tensor, update in azip(as_aiter(*tensors), runner):
+                tensor.add_(update, alpha=self._averaging_alpha)
+                self.last_updated = get_dht_time()
+                self._state_updated.set()
+        else:
+            async for _ in runner:
+                raise ValueError("aux peers should not receive averaged tensors")
+
+    def get_current_state(self):
+        metadata, tensors = self._state_fn()
+        return metadata, list(tensors), None

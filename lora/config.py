@@ -1,0 +1,113 @@
+"""Validated settings of LoRA adapters and of gradient averaging between stage replicas.
+
+Both are pydantic models (frozen, unknown fields refused). ``LoraSettings.fingerprint`` is the
+sha256 of everything that changes an adapter's tensors or their meaning; replicas whose
+fingerprints differ refuse to average (see :mod:`lora.averaging`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from provenance import sha256_json
+
+LLAMA_ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+LLAMA_MLP = ("gate_proj", "up_proj", "down_proj")
+ADAPTER_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LoraSettings(_Strict):
+    """One LoRA adapter: ``W x + (alpha / rank) * B A x`` on every targeted linear layer."""
+
+    rank: int = Field(8, gt=0, le=1024, description="rank r of A (r x in) and B (out x r)")
+    alpha: float = Field(16.0, gt=0, description="scale numerator: the update is alpha/rank * BA")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0,
+                           description="dropout on the LoRA branch input (train mode only)")
+    target_modules: tuple[str, ...] = Field(
+        LLAMA_ATTENTION + LLAMA_MLP,
+        min_length=1,
+        description="names of the linear layers inside each decoder block that get an adapter "
+                    "(LLaMA: q/k/v/o_proj, gate/up/down_proj); embeddings and LM head never do")
+    init_seed: int = Field(0, ge=0, description="seed of the deterministic A initialisation; "
+                           "each A tensor is drawn from (seed, adapter name, global tensor name)")
+
+    @field_validator("target_modules")
+    @classmethod
+    def _known_modules(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(value) - set(LLAMA_ATTENTION + LLAMA_MLP))
+        if unknown:
+            raise ValueError(f"unknown target modules {unknown}; "
+                             f"choose from {list(LLAMA_ATTENTION + LLAMA_MLP)}")
+        if len(set(value)) != len(value):
+            raise ValueError("target_modules has duplicates")
+        return tuple(sorted(value))
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.rank
+
+    def fingerprint(self) -> str:
+        """sha256 of the settings (canonical JSON); equal settings give equal fingerprints."""
+        return sha256_json(self.model_dump(mode="json"))
+
+    def to_peft(self):
+        """The equivalent ``peft.LoraConfig`` (no bias, no rsLoRA/DoRA, default init of B = 0)."""
+        from peft import LoraConfig
+
+        return LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout,
+                          target_modules=list(self.target_modules), bias="none",
+                          task_type="CAUSAL_LM")
+
+
+class AveragingSettings(_Strict):
+    """How replicas of one stage average adapter gradients through hivemind.
+
+    One averaging round per optimizer step: every replica contributes its accumulated adapter
+    gradient weighted by its sample count; all of them apply the same averaged gradient.
+    """
+
+    target_group_size: int = Field(2, ge=2, description="replicas expected per round; a round "
+                                   "starts as soon as this many are matched")
+    min_group_size: int = Field(2, ge=2, description="fewest replicas that make a round; with "
+                                "fewer, the step uses the local gradient and says so")
+    min_matchmaking_time: float = Field(5.0, gt=0, description="seconds a group is gathered "
+                                        "before a round starts when it does not fill up")
+    request_timeout: float = Field(3.0, gt=0, description="matchmaking request timeout (s); "
+                                   "1 s lost rounds under CPU load, 3 s held")
+    matchmaking_timeout: float = Field(20.0, gt=0, description="give up looking for a group "
+                                       "after this many seconds and keep the local gradient")
+    next_chunk_timeout: float = Field(5.0, gt=0, description="a sender silent this long is "
+                                      "dropped from the round (reducers get twice as long)")
+    allreduce_timeout: float = Field(60.0, gt=0, description="upper bound of one all-reduce")
+    check_timeout: float = Field(6.0, gt=0, description="seconds to wait for every groupmate's "
+                                 "checksum of the averaged tensors")
+    max_retries: int = Field(1, ge=0, description="reruns of a round whose survivors disagree")
+    compression: Literal["none", "float16"] = Field("none", description="wire format of "
+                                                    "gradient parts")
+    max_part_norm: float | None = Field(None, gt=0, description="an incoming part whose L2 norm "
+                                        "exceeds this is scaled down to it (None: no cap)")
+    max_peer_weight: float = Field(1e6, gt=0, description="declared sample weights are "
+                                   "clamped to [0, this]; a non-finite weight drops the sender")
+    part_size_bytes: int = Field(1 << 19, ge=1024, description="size of one all-reduce part")
+    check_rtol: float | None = Field(None, gt=0, description="relative tolerance when "
+                                     "comparing checksums (default: 1e-4, 5e-3 with float16)")
+
+    @property
+    def checksum_rtol(self) -> float:
+        if self.check_rtol is not None:
+            return self.check_rtol
+        return 5e-3 if self.compression == "float16" else 1e-4
+
+
+def check_adapter_name(name: str) -> str:
+    """Adapter names are short lowercase slugs (``bead-creation``, ``code-review``)."""
+    if not name or len(name) > 64 or set(name) - ADAPTER_NAME_CHARS or name[0] in "-_":
+        raise ValueError(f"bad adapter name {name!r}: use 1-64 of [a-z0-9-_], "
+                         "starting with a letter or digit")
+    return name
