@@ -32,6 +32,7 @@ class LoraSettings(_Strict):
     target_modules: tuple[str, ...] = Field(
         LLAMA_ATTENTION + LLAMA_MLP,
         min_length=1,
+        validate_default=True,
         description="names of the linear layers inside each decoder block that get an adapter "
                     "(LLaMA: q/k/v/o_proj, gate/up/down_proj); embeddings and LM head never do")
     init_seed: int = Field(0, ge=0, description="seed of the deterministic A initialisation; "

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import math
 import threading
+import warnings
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -45,6 +46,7 @@ _LORA_PARAMS = ("lora_A", "lora_B")
 _locks: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
 _registry: weakref.WeakKeyDictionary[nn.Module, dict[str, LoraSettings]] = (
     weakref.WeakKeyDictionary())
+_layers: weakref.WeakKeyDictionary[nn.Module, list[LoraLayer]] = weakref.WeakKeyDictionary()
 _registry_lock = threading.Lock()
 
 
@@ -118,12 +120,15 @@ def attach_adapter(model: nn.Module, name: str, settings: LoraSettings) -> int:
         if name in existing:
             raise ValueError(f"adapter {name!r} is already attached")
         previous = _active_set(model)
-        inject_adapter_in_model(settings.to_peft(), model, adapter_name=name)
+        with warnings.catch_warnings():  # a second adapter is intended here
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+            inject_adapter_in_model(settings.to_peft(), model, adapter_name=name)
         count = deterministic_init_(model, name, settings.init_seed)
         if count == 0:
             raise ValueError(f"no layer of the model matches target_modules "
                              f"{list(settings.target_modules)}")
         existing[name] = settings
+        _layers[model] = [layer for _, layer in _lora_layers(model)]
         for param_name, param in model.named_parameters():
             if not _is_lora_param(param_name):
                 param.requires_grad_(False)
@@ -135,8 +140,13 @@ def _is_lora_param(param_name: str) -> bool:
     return any(f".{kind}." in param_name for kind in _LORA_PARAMS)
 
 
+def _cached_layers(model: nn.Module) -> list[LoraLayer]:
+    cached = _layers.get(model)
+    return cached if cached is not None else [layer for _, layer in _lora_layers(model)]
+
+
 def _active_set(model: nn.Module) -> list[str]:
-    for _, layer in _lora_layers(model):
+    for layer in _cached_layers(model):
         return [] if layer.disable_adapters else list(layer.active_adapters)
     return []
 
@@ -144,7 +154,7 @@ def _active_set(model: nn.Module) -> list[str]:
 def _set_active(model: nn.Module, names: Sequence[str]) -> None:
     # Set the attribute directly: peft's set_adapter() also flips requires_grad on the adapter
     # tensors, which would silently freeze or unfreeze the adapter a training job is updating.
-    for _, layer in _lora_layers(model):
+    for layer in _cached_layers(model):
         layer._active_adapter = list(names)
         layer._disable_adapters = False
 
