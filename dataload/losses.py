@@ -1,0 +1,114 @@
+"""The canonical training losses, as pure functions of tensors.
+
+Conventions (the same as transformers' causal-LM loss): ``logits`` are ``(batch, seq, vocab)``
+for the positions of ``labels`` ``(batch, seq)``; the logit at position ``t`` predicts the label
+at ``t + 1`` (labels are shifted left by one inside these functions); labels equal to
+:data:`IGNORE_INDEX` are not counted. Logits are upcast to float32.
+
+- SFT: :func:`masked_cross_entropy` (mean over counted tokens), or :func:`cross_entropy_sum`
+  when a step spans several micro-batches (sum per micro-batch, divide by the step's count).
+- DPO (sigmoid loss, Rafailov et al. 2023):
+  ``L = −log σ(β·[(log πθ(y_w|x) − log π_ref(y_w|x)) − (log πθ(y_l|x) − log π_ref(y_l|x))])``
+  with ``log π(y|x)`` = :func:`sequence_logprobs` (sum over completion tokens only). The
+  reference is the same model with its adapters disabled; at step 0 (LoRA B = 0) the policy
+  equals the reference and the loss is ln 2.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+def _shifted(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if logits.dim() != 3 or labels.shape != logits.shape[:2]:
+        raise ValueError(f"logits {tuple(logits.shape)} must be (batch, seq, vocab) over labels "
+                         f"{tuple(labels.shape)} (batch, seq)")
+    return logits[:, :-1, :].float(), labels[:, 1:]
+
+
+def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``log p(label_{t+1} | ≤ t)`` per position, 0 where not counted. Shape ``(batch, seq-1)``."""
+    shifted_logits, shifted_labels = _shifted(logits, labels)
+    nll = F.cross_entropy(shifted_logits.transpose(1, 2), shifted_labels,
+                          ignore_index=IGNORE_INDEX, reduction="none")  # (batch, seq-1)
+    return -nll
+
+
+def counted_tokens(labels: torch.Tensor) -> int:
+    """Tokens a shifted loss over ``labels`` counts."""
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())
+
+
+def cross_entropy_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Summed next-token cross-entropy over counted positions, and their number.
+
+    Dividing the sums of all micro-batches of a step by the step's total count gives exactly the
+    mean loss of one big batch (gradient accumulation without bias towards short micro-batches).
+    """
+    shifted_logits, shifted_labels = _shifted(logits, labels)
+    total = F.cross_entropy(shifted_logits.reshape(-1, shifted_logits.shape[-1]),
+                            shifted_labels.reshape(-1), ignore_index=IGNORE_INDEX,
+                            reduction="sum")
+    return total, int((shifted_labels != IGNORE_INDEX).sum())
+
+
+def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over counted tokens (transformers' causal-LM loss).
+
+    Raises:
+        ValueError: no token is counted (the mean would be NaN).
+    """
+    total, count = cross_entropy_sum(logits, labels)
+    if count == 0:
+        raise ValueError("no labelled token in the batch; the loss is undefined")
+    return total / count
+
+
+def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor,
+                      segment_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """``log π(y|x)``: the sum of the counted tokens' log-probabilities per sequence.
+
+    Args:
+        logits: ``(batch, seq, vocab)``.
+        labels: ``(batch, seq)``, :data:`IGNORE_INDEX` on prompt and padding.
+        segment_ids: for packed rows, ``(batch, seq)`` example numbers 1…S (0 = padding).
+
+    Returns:
+        ``(batch,)``; with ``segment_ids``, ``(batch, S)`` — one sum per packed example.
+    """
+    per_token = token_logprobs(logits, labels)  # (batch, seq-1)
+    if segment_ids is None:
+        return per_token.sum(-1)
+    seg = segment_ids[:, 1:]  # the segment of the predicted token
+    count = int(segment_ids.max())
+    out = per_token.new_zeros(per_token.shape[0], count + 1)
+    out.scatter_add_(1, seg, per_token)
+    return out[:, 1:]
+
+
+def dpo_rewards(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
+                ref_chosen: torch.Tensor, ref_rejected: torch.Tensor, *, beta: float = 0.1
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Implicit rewards ``β·(log πθ − log π_ref)`` of the chosen and rejected completions."""
+    return beta * (policy_chosen - ref_chosen), beta * (policy_rejected - ref_rejected)
+
+
+def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
+             ref_chosen: torch.Tensor, ref_rejected: torch.Tensor, beta: float = 0.1, *,
+             reduction: Literal["mean", "sum", "none"] = "mean") -> torch.Tensor:
+    """Sigmoid DPO loss from per-pair sequence log-probs (each ``(pairs,)``).
+
+    ``reduction="sum"`` lets a step spanning micro-batches divide by its total pair count.
+    """
+    if beta <= 0:
+        raise ValueError(f"beta must be > 0, got {beta}")
+    margin = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
+    losses = -F.logsigmoid(beta * margin.float())
+    if reduction == "none":
+        return losses
+    return losses.sum() if reduction == "sum" else losses.mean()
