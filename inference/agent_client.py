@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,6 +55,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delimiter", default=None,
                    help="multi-line prompts end with a line equal to this")
     p.add_argument("--json", action="store_true", help="JSON-lines output")
+    p.add_argument("--role", default="crew",
+                   choices=["mayor", "polecat", "witness", "deacon", "boot", "crew"],
+                   help="Gas Town role: filters retrieved context, tags the transcript")
+    p.add_argument("--rig", default=os.environ.get("GT_RIG", "local"),
+                   help="rig name (default $GT_RIG): filters context, tags the transcript")
+    p.add_argument("--adapters", default="", help="comma-separated task adapters to stack")
+    p.add_argument("--rag", default="off",
+                   help="RAG store directory (built by `node0 rag index`) or 'off'")
+    p.add_argument("--rag-budget", type=int, default=None,
+                   help="context tokens per turn (default: the RAG config's budget)")
+    p.add_argument("--transcript", type=Path, default=None,
+                   help="append the session transcript (JSONL) here; default "
+                        "$NODE0_HOME/transcripts/<rig>.jsonl; 'off' disables")
+    p.add_argument("--bead", default=os.environ.get("GT_BEAD"), help="bead id (transcript)")
+    p.add_argument("--task", default=None, help="task category (transcript)")
+    p.add_argument("--agent", default=os.environ.get("GT_AGENT"), help="agent name (transcript)")
+    p.add_argument("--outcome", choices=["success", "failure"], default=None,
+                   help="override the transcript outcome (default: success when every "
+                        "turn was answered without error)")
     p.add_argument("--step-timeout", type=float, default=30.0,
                    help="seconds a stage may take per step before failover")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
@@ -113,11 +133,42 @@ class Output:
         print(f"node0-inference: error: {exc}", file=sys.stderr, flush=True)
 
 
+def _transcript_path(args: argparse.Namespace) -> Path | None:
+    if args.transcript is not None:
+        return None if str(args.transcript) == "off" else args.transcript
+    from models.catalog import node0_home
+
+    return node0_home() / "transcripts" / f"{args.rig}.jsonl"
+
+
+def _open_rag(args: argparse.Namespace):
+    """The RAG store and config for ``--rag PATH`` (None, None with ``--rag off``)."""
+    if args.rag == "off":
+        return None, None
+    from rag import RagStore, load_rag_config
+
+    if not Path(args.rag).is_dir():
+        raise RequestError(f"RAG store {args.rag} does not exist",
+                           hint="build it with `node0 rag index --rig RIG --store PATH`")
+    config = load_rag_config()
+    return RagStore.open(config, path=Path(args.rag)), config
+
+
+def _fit_window(messages: list[dict[str, str]], fits) -> list[dict[str, str]]:
+    """Drop the oldest exchanges (never the system message) until the prompt fits."""
+    system = [m for m in messages[:1] if m["role"] == "system"]
+    rest = messages[len(system):]
+    while len(rest) > 1 and not fits(system + rest):
+        rest = rest[2:] if len(rest) > 2 else rest[1:]
+    return system + rest
+
+
 async def run_session(args: argparse.Namespace) -> int:
     from dataload.prompt_format import encode_prompt, render
     from inference.generation import generate
     from inference.sampler import SamplingParams
     from inference.swarm_client import SwarmClient, initial_peers_from
+    from inference.transcript import SessionTranscript
     from models.catalog import CATALOG
 
     try:
@@ -125,9 +176,13 @@ async def run_session(args: argparse.Namespace) -> int:
                                   top_p=args.top_p, seed=args.seed)
     except ValueError as exc:
         raise RequestError(str(exc)) from exc
+    adapters = tuple(a.strip() for a in args.adapters.split(",") if a.strip())
+    store, rag_config = _open_rag(args)
     peers = args.initial_peers or initial_peers_from(args.swarm_file)
     client = SwarmClient(args.model, peers)
     out = Output(args.json)
+    transcript = SessionTranscript(rig=args.rig, role=args.role, agent=args.agent,
+                                   bead_id=args.bead, task=args.task)
     session = None
     try:
         tokenizer = client.load_tokenizer()
@@ -137,29 +192,52 @@ async def run_session(args: argparse.Namespace) -> int:
         window = _context_window(client)
         max_length = min(args.max_length or window, window)
         eos = _eos_ids(client, tokenizer)
-        session = client.session(max_length=max_length, step_timeout=args.step_timeout)
+        session = client.session(max_length=max_length, adapters=adapters,
+                                 step_timeout=args.step_timeout)
         await session.open()
+
+        def count_tokens(text: str) -> int:
+            return len(tokenizer(text, add_special_tokens=False).input_ids)
+
+        def encode(msgs: list[dict[str, str]]) -> list[int]:
+            return encode_prompt(render(msgs, mode=mode, tokenizer=tokenizer), tokenizer,
+                                 mode=mode)
+
         messages: list[dict[str, str]] = []
         if args.system:
             messages.append({"role": "system", "content": args.system})
+            transcript.add("system", args.system)
         if sys.stdin.isatty():
             print("> ", end="", file=sys.stderr, flush=True)
         for prompt in read_prompts(sys.stdin, args.delimiter):
-            turn = [*messages, {"role": "user", "content": prompt}]
+            transcript.add("user", prompt)
             try:
-                ids = encode_prompt(render(turn, mode=mode, tokenizer=tokenizer), tokenizer,
-                                    mode=mode)
-                result = await generate(session, tokenizer, ids,
+                content = prompt
+                if store is not None:
+                    from rag import RetrievalSettings, assemble_prompt
+
+                    content = assemble_prompt(
+                        prompt, store=store, rig=args.rig if args.rig != "local" else None,
+                        role=args.role, count_tokens=count_tokens, query=prompt,
+                        budget_tokens=args.rag_budget or rag_config.budget_tokens,
+                        settings=RetrievalSettings.from_config(rag_config),
+                        min_entry_tokens=rag_config.min_entry_tokens).text
+                turn = _fit_window([*messages, {"role": "user", "content": content}],
+                                   lambda m: len(encode(m)) + args.max_new_tokens < max_length)
+                result = await generate(session, tokenizer, encode(turn),
                                         max_new_tokens=args.max_new_tokens, sampling=sampling,
                                         stop=tuple(args.stop), eos_token_ids=eos,
                                         on_text=out.text)
             except Node0Error as exc:
+                transcript.errors += 1
                 out.error(exc, int(exc.exit_code))
             except grpc.aio.AioRpcError as exc:
+                transcript.errors += 1
                 out.error(RequestError(f"{exc.code().name}: {exc.details()}"),
                           int(ExitCode.REQUEST))
             else:
                 out.done(result)
+                transcript.add("assistant", result.text)
                 messages = [*turn, {"role": "assistant", "content": result.text}]
             if sys.stdin.isatty():
                 print("> ", end="", file=sys.stderr, flush=True)
@@ -167,6 +245,12 @@ async def run_session(args: argparse.Namespace) -> int:
         if session is not None:
             await session.close()
         client.close()
+        if store is not None:
+            store.close()
+        path = _transcript_path(args)
+        if path is not None and len(transcript.turns) > (1 if args.system else 0):
+            transcript.append_to(path, outcome=args.outcome)
+            log.info("transcript appended to %s", path)
     return 0
 
 

@@ -11,6 +11,7 @@ import grpc
 import torch
 
 from inference.sampler import SamplingParams
+from node.errors import RequestError
 from proto import node0_pb2, node0_pb2_grpc
 from proto.tensor_codec import decode, encode
 
@@ -56,7 +57,9 @@ class StageSessionClient:
             if exc.code() in FAILOVER_CODES:
                 raise StageUnavailable(f"{self.endpoint}: {exc.code().name}: "
                                        f"{exc.details()}") from exc
-            raise
+            # the stage refused the request itself: another replica would refuse it too
+            raise RequestError(f"stage [{self.start}, {self.end}) at {self.endpoint} refused "
+                               f"the request ({exc.code().name}): {exc.details()}") from exc
         except asyncio.InvalidStateError as exc:
             # grpc.aio raises this (not an RpcError) when writing to a stream that the peer
             # already ended, e.g. because it died between two steps

@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "stamp": "checkpoint_gather.cli",
     "corpus": "corpus.cli",
     "rag": "rag.cli",
+    "provider": "inference.provider",
 }
 
 

@@ -145,3 +145,60 @@ def test_stage_process_memory_vs_whole_model_process(swarm, client, prompts, smo
           + ", ".join(f"{k} {v:.0f}" for k, v in stage_mb.items())
           + f"; whole model in one process: {full_mb:.0f} MB")
     assert max(stage_mb.values()) < full_mb
+
+
+def test_tmux_polecat_session_with_rag_leaves_transcript_corpus_accepts(swarm, tmp_path):
+    import json
+    import shutil
+
+    from tests.integration.helpers import REPO, run_cli
+
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux not installed")
+    store = tmp_path / "rag"
+    index = run_cli(["node.cli", "rag", "index", "--rig", "samples/gastown-rig", "--store",
+                     str(store)], timeout=600)
+    assert index.returncode == 0, index.stderr
+    rig = tmp_path / "rig"  # the sample rig plus this session's transcript
+    shutil.copytree(REPO / "samples/gastown-rig", rig)
+    transcript = rig / "transcripts" / "node0.jsonl"
+    name = f"node0smol{int(time.time() * 1000) % 10**8}"
+    command = (f"cd {REPO} && {sys.executable} -m inference.agent_client --model {MODEL} "
+               f"--initial-peers {' '.join(swarm.initial_peers)} --role polecat --rig gastown "
+               f"--rag {store} --bead gt-gtak --transcript {transcript} --max-new-tokens 40; "
+               f"echo EXIT=$?; sleep 120")
+    subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", "200", "-y", "50", command],
+                   check=True)
+
+    def pane() -> str:
+        return subprocess.run(["tmux", "capture-pane", "-p", "-t", name], capture_output=True,
+                              text=True).stdout
+
+    def wait_for(condition, seconds):
+        deadline = time.monotonic() + seconds
+        while not condition(text := pane()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        return text
+
+    def prompts(text):
+        return sum(line.startswith(">") for line in text.splitlines())
+
+    try:
+        wait_for(lambda t: prompts(t) >= 1, 180)
+        subprocess.run(["tmux", "send-keys", "-t", name,
+                        "How should I mark the bead on my hook as done?", "Enter"], check=True)
+        answer = wait_for(lambda t: prompts(t) >= 2, 180)
+        assert prompts(answer) >= 2 and answer.splitlines()[1].strip(), answer
+        subprocess.run(["tmux", "send-keys", "-t", name, "C-d"], check=True)
+        assert "EXIT=0" in wait_for(lambda t: "EXIT=" in t, 60), pane()
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
+    record = json.loads(transcript.read_text().splitlines()[-1])
+    assert record["role"] == "polecat" and record["turns"][-1]["speaker"] == "assistant"
+    build = run_cli(["node.cli", "corpus", "build", "--rig", str(rig), "--out",
+                     str(tmp_path / "corpus")], timeout=300)
+    assert build.returncode == 0, build.stderr
+    manifest = json.loads(next((tmp_path / "corpus").glob("*/manifest.json")).read_text())
+    counts = manifest["reconciliation"]["by_source"]["gastown:transcripts/node0.jsonl"]
+    print(f"\ncorpus build of the session transcript: {counts}")
+    assert counts["read"] == 1 and counts["accepted"] == 1
