@@ -1,0 +1,160 @@
+"""One replica of a stage for the averaging integration tests (run as a subprocess).
+
+It loads layers [2, 4) of the tiny model with a LoRA adapter, computes a real backward on its
+own seeded data each round, averages the adapter gradients with the other replicas through
+:class:`lora.averaging.StageGradientAverager`, applies the step through :class:`lora.StepGuard`
+and writes everything the test checks into ``--workdir``:
+
+``<name>.rR.local.pt`` / ``.avg.pt`` / ``.params.pt``  gradients before / after averaging,
+parameters after the step; ``<name>.reports.jsonl`` one AveragingReport per round;
+``<name>.loaded.pt`` what a late joiner downloaded; ``<name>.ready`` / ``.done`` markers.
+Files are written to a temporary name and renamed, so the test never reads half a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("HIVEMIND_MEMORY_SHARING_STRATEGY", "file_descriptor")
+
+import torch  # noqa: E402
+
+from lora import LoraSettings, StepGuard, adapter_parameters, attach_adapter  # noqa: E402
+from lora.config import AveragingSettings  # noqa: E402
+from node.errors import Node0Error  # noqa: E402
+
+SPAN = (2, 4)
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _save(path: Path, obj) -> None:
+    _atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def _touch(path: Path, text: str = "") -> None:
+    _atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def _wait_for(path: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} did not appear within {timeout} s")
+        time.sleep(0.05)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--model-dir", type=Path, required=True)
+    parser.add_argument("--bootstrap", action="store_true", help="start the DHT, write maddrs")
+    parser.add_argument("--rounds", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--samples", type=float, default=1.0)
+    parser.add_argument("--rank", type=int, default=4)
+    parser.add_argument("--group", type=int, default=2)
+    parser.add_argument("--extra-numel", type=int, default=0, help="an extra big tensor")
+    parser.add_argument("--nan-round", type=int, default=-1)
+    parser.add_argument("--die-in-round", type=int, default=-1)
+    parser.add_argument("--load-state", action="store_true")
+    parser.add_argument("--hold", action="store_true", help="stay up until <workdir>/stop")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    work = args.workdir
+
+    from lora.averaging import StageGradientAverager, averaging_prefix
+    from node.dht import start_dht, visible_maddrs
+    from pipeline_stages.loader import load_stage
+
+    stage = load_stage(args.model_dir, *SPAN)
+    lora = LoraSettings(rank=args.rank, alpha=8, init_seed=7)
+    attach_adapter(stage, "code-review", lora)
+    params = adapter_parameters(stage, "code-review")
+    if args.extra_numel:
+        params.append(torch.nn.Parameter(torch.zeros(args.extra_numel)))
+    optimizer = torch.optim.AdamW(params, lr=1e-2)
+    guard = StepGuard(params, max_grad_norm=1.0)
+
+    maddrs_file = work / "maddrs.json"
+    if args.bootstrap:
+        dht = start_dht([])
+        _touch(maddrs_file, json.dumps(visible_maddrs(dht)))
+    else:
+        _wait_for(maddrs_file, 60)
+        dht = start_dht(json.loads(maddrs_file.read_text()))
+    settings = AveragingSettings(target_group_size=args.group, min_group_size=2,
+                                 matchmaking_timeout=20.0)
+    prefix = averaging_prefix(str(args.model_dir), *SPAN, "test-run", "code-review")
+    try:
+        averager = StageGradientAverager(dht, prefix=prefix, params=params, settings=settings,
+                                         lora=lora, optimizer=optimizer)
+    except Node0Error as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return int(exc.exit_code)
+
+    if args.load_state:
+        started = time.monotonic()
+        loaded = averager.load_state_from_peers(timeout=30)
+        seconds = time.monotonic() - started
+        _save(work / f"{args.name}.loaded.pt", {
+            "params": [p.detach().clone() for p in params],
+            "optimizer": optimizer.state_dict()["state"],
+            "step": None if loaded is None else loaded.step, "seconds": seconds})
+
+    if args.die_in_round >= 0:
+        def die_mid_round() -> None:
+            from hivemind.averaging.control import AveragingStage
+            while True:
+                if averager.rounds == args.die_in_round + 1 and \
+                        averager.stage == AveragingStage.RUNNING_ALLREDUCE:
+                    time.sleep(0.05)
+                    _touch(work / f"{args.name}.dying")
+                    os.killpg(os.getpgid(0), signal.SIGKILL)  # the averager's children too
+                time.sleep(0.005)
+        threading.Thread(target=die_mid_round, daemon=True).start()
+
+    _touch(work / f"{args.name}.ready")
+    if args.rounds:
+        _wait_for(work / "go", 120)
+    for rnd in range(args.rounds):
+        generator = torch.Generator().manual_seed(1000 * args.seed + rnd)
+        hidden = torch.randn(2, 6, 64, generator=generator)  # this replica's data
+        stage(hidden).square().mean().backward()
+        if args.extra_numel:
+            params[-1].grad = torch.randn(args.extra_numel, generator=generator)
+        if rnd == args.nan_round:
+            params[0].grad[0, 0] = float("nan")
+        _save(work / f"{args.name}.r{rnd}.local.pt", [p.grad.detach().clone() for p in params])
+        report = averager.average(args.samples)
+        _save(work / f"{args.name}.r{rnd}.avg.pt", [p.grad.detach().clone() for p in params])
+        with open(work / f"{args.name}.reports.jsonl", "a") as handle:
+            handle.write(json.dumps(dataclasses.asdict(report)) + "\n")
+        guard.step(optimizer)
+        averager.set_step(guard.applied)
+        _save(work / f"{args.name}.r{rnd}.params.pt", {
+            "params": [p.detach().clone() for p in params],
+            "optimizer": optimizer.state_dict()["state"], "step": guard.applied})
+    _touch(work / f"{args.name}.done")
+    if args.hold:
+        _wait_for(work / "stop", 300)
+    averager.shutdown()
+    dht.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
