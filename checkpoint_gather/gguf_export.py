@@ -1,0 +1,131 @@
+"""Write a GGUF file (f32, f16 or q8_0) that llama.cpp and transformers' GGUF loader read.
+
+The steps follow gguf-py's own writer states (header -> key/values -> tensor infos -> data), with
+everything verified before the file is opened:
+
+1. tensors checked against the config (same check as the Hugging Face export); with tied
+   embeddings no ``output.weight`` is written (readers then use ``token_embd``);
+2. names and layouts mapped through :mod:`models.llama.gguf_names` (Q/K rows permuted like
+   llama.cpp's converter, shapes asserted unchanged);
+3. metadata: ``general.*``, the required ``llama.*`` keys, ``general.file_type``, every
+   ``tokenizer.*`` field (:mod:`checkpoint_gather.gguf_tokenizer`) and ``node0.provenance``;
+4. written to a temporary sibling and renamed.
+
+Norm weights (1-D) stay f32 in every type, as llama.cpp's converter does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from gguf import GGML_QUANT_VERSION, GGMLQuantizationType, GGUFWriter, LlamaFileType
+from gguf.quants import quantize
+
+from checkpoint_gather.atomic import atomic_file
+from checkpoint_gather.coverage import check_tensors
+from checkpoint_gather.gguf_tokenizer import Fields, add_fields
+from checkpoint_gather.hf_export import llama_config
+from checkpoint_gather.sources import dtype_name
+from models.llama import gguf_names
+from models.llama.tensor_names import EMBED, FINAL_NORM, LM_HEAD, LAYER_TENSORS, layer_tensor_name
+from node.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+PROVENANCE_KEY = "node0.provenance"
+# output type -> (GGML type of 2-D weights, general.file_type)
+GGUF_TYPES: dict[str, tuple[GGMLQuantizationType, LlamaFileType]] = {
+    "f32": (GGMLQuantizationType.F32, LlamaFileType.ALL_F32),
+    "f16": (GGMLQuantizationType.F16, LlamaFileType.MOSTLY_F16),
+    "q8_0": (GGMLQuantizationType.Q8_0, LlamaFileType.MOSTLY_Q8_0),
+}
+
+
+def _tensor_order(num_layers: int, tied: bool) -> list[str]:
+    names = [EMBED]
+    for layer in range(num_layers):
+        names += [layer_tensor_name(layer, suffix) for suffix in LAYER_TENSORS]
+    names.append(FINAL_NORM)
+    if not tied:
+        names.append(LM_HEAD)
+    return names
+
+
+def _encode(array: np.ndarray, qtype: GGMLQuantizationType, name: str):
+    """``(data, raw_dtype)`` for ``GGUFWriter.add_tensor``."""
+    if array.ndim == 1 or qtype == GGMLQuantizationType.F32:
+        return np.ascontiguousarray(array, dtype=np.float32), None
+    if qtype == GGMLQuantizationType.F16:
+        return np.ascontiguousarray(array.astype(np.float16)), None
+    block = 32
+    if array.shape[-1] % block:
+        raise CheckpointError(f"{name}: rows of {array.shape[-1]} values cannot be stored as "
+                              f"{qtype.name} (blocks of {block})", hint="export f16 instead")
+    return quantize(np.ascontiguousarray(array, dtype=np.float32), qtype), qtype
+
+
+def export_gguf(out: str | Path, config, state: Mapping[str, torch.Tensor], *,
+                tokenizer: Fields, out_type: str = "f32", name: str | None = None,
+                provenance: Mapping[str, Any] | None = None) -> Path:
+    """Write ``state`` (fp32, HF LLaMA names) as a llama.cpp GGUF file.
+
+    Args:
+        out: the output file; must not exist.
+        config: the model's config (``PretrainedConfig`` or dict).
+        state: every tensor of the model (a tied ``lm_head.weight`` equal to the embedding is
+            accepted and not written).
+        tokenizer: ``tokenizer.*`` fields, from :func:`checkpoint_gather.gguf_tokenizer.
+            tokenizer_fields`.
+        out_type: ``f32``, ``f16`` or ``q8_0``.
+        name: ``general.name``.
+        provenance: stored as JSON under ``node0.provenance``.
+    """
+    if out_type not in GGUF_TYPES:
+        raise CheckpointError(f"unknown GGUF type {out_type!r}; choose one of {list(GGUF_TYPES)}")
+    qtype, file_type = GGUF_TYPES[out_type]
+    config = llama_config(config)
+    specs = {n: (tuple(t.shape), dtype_name(t.dtype)) for n, t in state.items()}
+    dropped = check_tensors(config, specs)
+    if LM_HEAD in dropped and not torch.equal(state[LM_HEAD], state[EMBED]):
+        raise CheckpointError("embeddings are tied, but lm_head.weight differs from the token "
+                              "embedding; refusing to drop it")
+    try:
+        metadata = gguf_names.metadata_fields(config)
+    except ValueError as exc:
+        raise CheckpointError(f"this config cannot be written as a llama.cpp GGUF: {exc}") from exc
+    n_tokens = len(tokenizer["tokenizer.ggml.tokens"]["value"])
+    if n_tokens != config.vocab_size:
+        raise CheckpointError(f"tokenizer lists {n_tokens} tokens, the model has "
+                              f"{config.vocab_size}")
+    tied = bool(config.tie_word_embeddings)
+    out = Path(out)
+    with atomic_file(out) as tmp:
+        writer = GGUFWriter(str(tmp), gguf_names.ARCH)
+        writer.add_type("model")
+        if name:
+            writer.add_name(name)
+        for key, (value, vtype) in metadata.items():
+            writer.add_key_value(key, value, vtype)
+        writer.add_file_type(int(file_type))
+        if qtype not in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
+            writer.add_quantization_version(GGML_QUANT_VERSION)
+        add_fields(writer, tokenizer)
+        writer.add_string(PROVENANCE_KEY, json.dumps(dict(provenance or {}), sort_keys=True))
+        for hf_name in _tensor_order(config.num_hidden_layers, tied):
+            array = state[hf_name].detach().to(torch.float32).contiguous().numpy()
+            gguf_name, array = gguf_names.to_gguf_layout(hf_name, array, config)
+            data, raw_dtype = _encode(array, qtype, hf_name)
+            writer.add_tensor(gguf_name, data, raw_dtype=raw_dtype)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+    log.info("wrote GGUF %s (%s, %d layers, tied=%s)", out, out_type, config.num_hidden_layers,
+             tied)
+    return out

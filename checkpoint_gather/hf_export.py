@@ -1,0 +1,172 @@
+"""Write a Hugging Face checkpoint directory from an assembled state dict, atomically.
+
+Steps, in this order (each one's output is the next one's input):
+
+1. verify the tensors against the config (:func:`checkpoint_gather.coverage.check_tensors`);
+   a tied LM head must equal the embedding and is not written;
+2. in a temporary sibling of the output: ``config.json``, ``generation_config.json``, tokenizer
+   files (copied byte for byte, then loaded once to prove they work), the weights as
+   ``model.safetensors`` or shards + ``model.safetensors.index.json`` above ``max_shard_bytes``,
+   and ``node0_export.json`` (provenance, tensor and file digests);
+3. re-read what was written: safetensors headers against the config (the same architecture check
+   a stage runs before loading);
+4. rename the temporary directory to the output.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from checkpoint_gather.atomic import atomic_dir
+from checkpoint_gather.coverage import check_tensors
+from checkpoint_gather.sources import dtype_name, tensor_sha256
+from models.llama.tensor_names import EMBED, LM_HEAD
+from node.errors import CheckpointError
+from provenance import sha256_file, sha256_json
+
+log = logging.getLogger(__name__)
+
+EXPORT_RECORD = "node0_export.json"
+DEFAULT_MAX_SHARD_BYTES = 2 * 1024**3
+# Files that make up a tokenizer in a Hugging Face directory (whichever of them exist).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "chat_template.jinja", "chat_template.json",
+                   "tokenizer.model", "vocab.json", "merges.txt")
+_TOKENIZER_CORE = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
+def llama_config(config):
+    """A clean ``LlamaConfig`` (architectures/model_type set, no quantization) from a config
+    object or dict."""
+    from transformers import LlamaConfig
+
+    data = dict(config) if isinstance(config, Mapping) else config.to_dict()
+    data.pop("quantization_config", None)
+    data.pop("transformers_version", None)
+    data["architectures"] = ["LlamaForCausalLM"]
+    data["model_type"] = "llama"
+    data["dtype"] = "float32"
+    return LlamaConfig(**data)
+
+
+def tokenizer_files(directory: str | Path) -> list[Path]:
+    directory = Path(directory)
+    return [directory / n for n in TOKENIZER_FILES if (directory / n).is_file()]
+
+
+def copy_tokenizer(src: str | Path, dst: Path, *, vocab_size: int) -> list[str]:
+    """Copy a tokenizer's files from ``src`` into ``dst`` and prove they load and fit the model.
+
+    Returns the copied file names.
+    """
+    from transformers import AutoTokenizer
+
+    src = Path(src)
+    files = tokenizer_files(src)
+    if not any(p.name in _TOKENIZER_CORE for p in files):
+        raise CheckpointError(f"{src} holds no tokenizer (none of {list(_TOKENIZER_CORE)})")
+    for path in files:
+        shutil.copyfile(path, dst / path.name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(dst), local_files_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"the tokenizer from {src} does not load: {exc}") from exc
+    if len(tokenizer) > vocab_size:
+        raise CheckpointError(f"the tokenizer from {src} has {len(tokenizer)} tokens, more than "
+                              f"the model's vocabulary of {vocab_size}")
+    return [p.name for p in files]
+
+
+def _generation_config(generation_config, config):
+    from transformers import GenerationConfig
+
+    if generation_config is None:
+        return GenerationConfig.from_model_config(config)
+    if isinstance(generation_config, GenerationConfig):
+        return generation_config
+    if isinstance(generation_config, (str, Path)):
+        path = Path(generation_config)
+        return GenerationConfig.from_pretrained(str(path.parent if path.is_file() else path))
+    return GenerationConfig(**dict(generation_config))
+
+
+def _write_weights(state: Mapping[str, torch.Tensor], out: Path, max_shard_bytes: int) -> list[str]:
+    from huggingface_hub import split_torch_state_dict_into_shards
+
+    split = split_torch_state_dict_into_shards(dict(state), max_shard_size=max_shard_bytes)
+    for file_name, names in split.filename_to_tensors.items():
+        save_file({n: state[n].detach().contiguous() for n in names}, str(out / file_name),
+                  metadata={"format": "pt"})
+    if split.is_sharded:
+        total = sum(t.numel() * t.element_size() for t in state.values())
+        index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(
+            split.tensor_to_filename.items()))}
+        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return sorted(split.filename_to_tensors)
+
+
+def _verify_written(directory: Path) -> None:
+    from transformers import AutoConfig
+
+    from models.llama.architecture import check_architecture, index_checkpoint
+
+    config = AutoConfig.from_pretrained(str(directory), local_files_only=True)
+    check_architecture(config, index_checkpoint(directory))
+
+
+def export_hf(out: str | Path, config, state: Mapping[str, torch.Tensor], *,
+              tokenizer_dir: str | Path, generation_config=None,
+              provenance: Mapping[str, Any] | None = None,
+              max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> Path:
+    """Write ``state`` (fp32, HF LLaMA names, global layer indices) as a Hugging Face directory.
+
+    Args:
+        out: the output directory; must not exist.
+        config: the model's config (``PretrainedConfig`` or dict).
+        state: every tensor of the model; with tied embeddings an ``lm_head.weight`` equal to the
+            embedding is accepted and not written.
+        tokenizer_dir: directory with the tokenizer files to ship.
+        generation_config: ``GenerationConfig``, dict, path, or None (derived from ``config``).
+        provenance: recorded in ``node0_export.json`` (sources, base model, run id, …).
+        max_shard_bytes: above this total size the weights are sharded with an index.
+
+    Returns:
+        ``out``.
+    """
+    config = llama_config(config)
+    specs = {n: (tuple(t.shape), dtype_name(t.dtype)) for n, t in state.items()}
+    dropped = check_tensors(config, specs)
+    if LM_HEAD in dropped and not torch.equal(state[LM_HEAD], state[EMBED]):
+        raise CheckpointError("embeddings are tied, but lm_head.weight differs from the token "
+                              "embedding; refusing to drop it")
+    weights = {n: t for n, t in state.items() if n not in dropped}
+    generation = _generation_config(generation_config, config)
+    out = Path(out)
+    with atomic_dir(out) as tmp:
+        config.save_pretrained(str(tmp))
+        generation.save_pretrained(str(tmp))
+        copied = copy_tokenizer(tokenizer_dir, tmp, vocab_size=config.vocab_size)
+        shards = _write_weights(weights, tmp, max_shard_bytes)
+        record = {
+            "format": "huggingface",
+            "config_sha256": sha256_json(config.to_dict()),
+            "tied_word_embeddings": bool(config.tie_word_embeddings),
+            "tensors": {n: tensor_sha256(t) for n, t in sorted(weights.items())},
+            "tokenizer": {"source": str(tokenizer_dir), "files": copied},
+            "weight_files": shards,
+            "provenance": dict(provenance or {}),
+            "files": {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()},
+        }
+        (tmp / EXPORT_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        _verify_written(tmp)
+    log.info("wrote Hugging Face checkpoint %s (%d tensors, %d weight file(s))", out,
+             len(weights), len(shards))
+    return out
