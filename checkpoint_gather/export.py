@@ -1,0 +1,121 @@
+"""One export job: verified sources in, a complete output directory (or nothing) out.
+
+``export_checkpoint`` is what ``node0 gather`` runs once the stages' tensors have arrived (and
+what an offline export from local layer ranges runs): the steps are fixed and each one gates the
+next —
+
+1. coverage proof over the manifests (:func:`checkpoint_gather.coverage.check_coverage`);
+2. every received tensor checked against its source's declared shape/dtype/sha256;
+3. the state dict assembled by the coverage plan (a tied head copy dropped);
+4. in a temporary sibling of ``out_dir``: ``hf/`` (Hugging Face), ``<name>-<type>.gguf`` per
+   requested type, ``manifest.json``; then one rename publishes the lot;
+5. the run record lists sources and every output file with sha256.
+
+A failure at any step leaves no ``out_dir`` and marks the run record failed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from checkpoint_gather.atomic import atomic_dir
+from checkpoint_gather.coverage import CoveragePlan, check_coverage
+from checkpoint_gather.gguf_export import export_gguf
+from checkpoint_gather.gguf_tokenizer import tokenizer_fields
+from checkpoint_gather.hf_export import DEFAULT_MAX_SHARD_BYTES, export_hf, llama_config
+from checkpoint_gather.manifest import build_manifest, record_outputs, write_manifest
+from checkpoint_gather.sources import SourceManifest, verify_tensors
+from provenance import RunDir
+
+log = logging.getLogger(__name__)
+
+Source = tuple[SourceManifest, Mapping[str, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    out_dir: Path
+    hf_dir: Path | None
+    gguf_files: dict[str, Path]
+    manifest: Path
+    plan: CoveragePlan
+
+
+def assemble_state(plan: CoveragePlan, sources: Sequence[Source]) -> dict[str, torch.Tensor]:
+    """The model's state dict, each tensor taken from the source the plan names."""
+    by_id = {manifest.source_id: state for manifest, state in sources}
+    return {name: by_id[source_id][name] for name, source_id in sorted(plan.owner.items())}
+
+
+def export_checkpoint(out_dir: str | Path, config, sources: Sequence[Source], *,
+                      tokenizer_dir: str | Path, model: str | None = None,
+                      generation_config=None, hf: bool = True,
+                      gguf_types: Sequence[str] = ("f32",),
+                      max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+                      run: RunDir | None = None,
+                      provenance: Mapping[str, Any] | None = None) -> ExportResult:
+    """Verify ``sources`` and write the requested formats into ``out_dir`` atomically.
+
+    Args:
+        out_dir: the job's output directory; must not exist.
+        config: the model's config.
+        sources: ``(manifest, received tensors)`` per source (stage).
+        tokenizer_dir: the model's Hugging Face tokenizer files.
+        model: catalog name; its source GGUF's tokenizer fields are embedded in GGUF outputs.
+        generation_config: for the HF export (default: derived from the config).
+        hf: write the Hugging Face directory.
+        gguf_types: GGUF files to write (``f32``, ``f16``, ``q8_0``).
+        max_shard_bytes: HF shard size limit.
+        run: an open run record; the outputs are registered in it and it is finished.
+        provenance: extra provenance stored in every output.
+    """
+    out_dir = Path(out_dir)
+    config = llama_config(config)
+    try:
+        manifests = [manifest for manifest, _ in sources]
+        plan = check_coverage(config, manifests)
+        log.info("coverage proven: %d layers from %d sources", plan.num_layers, len(manifests))
+        for manifest, state in sources:
+            verify_tensors(manifest, state)
+        state = assemble_state(plan, sources)
+        record = {"model": model, "sources": [{"source_id": m.source_id, "peer": m.peer,
+                                               "layers": [m.start, m.end]} for m in manifests],
+                  **dict(provenance or {})}
+        if run is not None:
+            record["run_id"] = run.path.name
+        name = model or "model"
+        with atomic_dir(out_dir) as tmp:
+            outputs: dict[str, Path] = {}
+            if hf:
+                outputs["huggingface"] = export_hf(
+                    tmp / "hf", config, state, tokenizer_dir=tokenizer_dir,
+                    generation_config=generation_config, provenance=record,
+                    max_shard_bytes=max_shard_bytes)
+            if gguf_types:
+                fields = tokenizer_fields(model=model, tokenizer_dir=tokenizer_dir,
+                                          vocab_size=config.vocab_size)
+                for out_type in gguf_types:
+                    outputs[f"gguf-{out_type}"] = export_gguf(
+                        tmp / f"{name}-{out_type}.gguf", config, state, tokenizer=fields,
+                        out_type=out_type, name=name, provenance=record)
+            manifest = build_manifest(tmp, model=model, sources=manifests, plan=plan,
+                                      outputs=outputs, extra={"provenance": record})
+            write_manifest(tmp, manifest)
+        if run is not None:
+            record_outputs(run, out_dir, manifest)
+            run.finish("done", output_dir=str(out_dir))
+    except BaseException as exc:
+        if run is not None:
+            run.finish("failed", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        raise
+    rel = {label: out_dir / path.relative_to(tmp) for label, path in outputs.items()}
+    return ExportResult(out_dir=out_dir, hf_dir=rel.get("huggingface"),
+                        gguf_files={k.removeprefix("gguf-"): v for k, v in rel.items()
+                                    if k.startswith("gguf-")},
+                        manifest=out_dir / "manifest.json", plan=plan)
