@@ -33,7 +33,7 @@ from checkpoint_gather.gguf_tokenizer import Fields, add_fields
 from checkpoint_gather.hf_export import llama_config
 from checkpoint_gather.sources import dtype_name
 from models.llama import gguf_names
-from models.llama.tensor_names import EMBED, FINAL_NORM, LM_HEAD, LAYER_TENSORS, layer_tensor_name
+from models.llama.tensor_names import EMBED, FINAL_NORM, LAYER_TENSORS, LM_HEAD, layer_tensor_name
 from node.errors import CheckpointError
 
 log = logging.getLogger(__name__)

@@ -118,7 +118,8 @@ def stage_tensor_names(names, start: int, end: int, *, first: bool, last: bool) 
 
 
 def read_local_stage(model_dir: str | Path, start: int, end: int, *, num_layers: int,
-                     source_id: str | None = None) -> tuple[SourceManifest, dict[str, torch.Tensor]]:
+                     source_id: str | None = None,
+                     ) -> tuple[SourceManifest, dict[str, torch.Tensor]]:
     """Read layers ``[start, end)`` (plus embeddings / norm / head at the ends) of a local HF
     checkpoint as one source, the way a stage holds them: fp32 tensors under global names."""
     from models.llama.architecture import index_checkpoint
