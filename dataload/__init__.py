@@ -1,61 +1,41 @@
 """Training data: formats, the canonical prompt formatter, tokenization with loss masking,
-padding / packing, deterministic order, and the canonical losses (docs/dataload.md)."""
+padding / packing, deterministic order, and the canonical losses (docs/dataload.md).
 
-from dataload.collate import Batch, pack_batch, pack_rows, pad_batch
-from dataload.config import DataConfig
-from dataload.dpo import DPOBatch, DPOLoader, TokenizedPair, collate_dpo, encode_dpo
-from dataload.loader import Loaders, OrderedLoader, SFTLoader, build_loader, build_loaders
-from dataload.losses import (
-    IGNORE_INDEX,
-    counted_tokens,
-    cross_entropy_sum,
-    dpo_loss,
-    dpo_rewards,
-    masked_cross_entropy,
-    sequence_logprobs,
-    token_logprobs,
-)
-from dataload.order import DataPosition, epoch_order, order_hash, shard
-from dataload.probes import Probe, load_probes, score_probes
-from dataload.tokenization import EncodeStats, TokenizedExample, encode_messages, encode_sft
-from dataload.tokenizer import TokenizerInfo, load_tokenizer, tokenizer_info
+Names are imported lazily, so ``dataload.schema`` / ``dataload.prompt_format`` users (the corpus
+pipeline, the inference client) do not pay for importing torch.
+"""
 
-__all__ = [
-    "IGNORE_INDEX",
-    "Batch",
-    "DPOBatch",
-    "DPOLoader",
-    "DataConfig",
-    "DataPosition",
-    "EncodeStats",
-    "Loaders",
-    "OrderedLoader",
-    "Probe",
-    "SFTLoader",
-    "TokenizedExample",
-    "TokenizedPair",
-    "TokenizerInfo",
-    "build_loader",
-    "build_loaders",
-    "collate_dpo",
-    "counted_tokens",
-    "cross_entropy_sum",
-    "dpo_loss",
-    "dpo_rewards",
-    "encode_dpo",
-    "encode_messages",
-    "encode_sft",
-    "epoch_order",
-    "load_probes",
-    "load_tokenizer",
-    "masked_cross_entropy",
-    "order_hash",
-    "pack_batch",
-    "pack_rows",
-    "pad_batch",
-    "score_probes",
-    "sequence_logprobs",
-    "shard",
-    "token_logprobs",
-    "tokenizer_info",
-]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "dataload.collate": ["Batch", "pack_batch", "pack_rows", "pad_batch"],
+    "dataload.config": ["DataConfig"],
+    "dataload.dpo": ["DPOBatch", "DPOLoader", "TokenizedPair", "collate_dpo", "encode_dpo"],
+    "dataload.loader": ["Loaders", "OrderedLoader", "SFTLoader", "build_loader",
+                        "build_loaders"],
+    "dataload.losses": ["IGNORE_INDEX", "counted_tokens", "cross_entropy_sum", "dpo_loss",
+                        "dpo_rewards", "masked_cross_entropy", "sequence_logprobs",
+                        "token_logprobs"],
+    "dataload.order": ["DataPosition", "epoch_order", "order_hash", "shard"],
+    "dataload.probes": ["Probe", "load_probes", "score_probes"],
+    "dataload.tokenization": ["EncodeStats", "TokenizedExample", "encode_messages",
+                              "encode_sft"],
+    "dataload.tokenizer": ["TokenizerInfo", "load_tokenizer", "tokenizer_info"],
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'dataload' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

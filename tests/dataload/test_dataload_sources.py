@@ -81,3 +81,12 @@ def test_corpus_build_output_loads(corpus_build, smollm2_dir) -> None:
     chosen, rejected = pairs.split(pairs.batch.labels)
     assert chosen.shape == rejected.shape and pairs.pairs == 2
     assert ((chosen[:, 1:] != IGNORE_INDEX).sum(1) > 0).all()
+
+
+def test_schema_and_formatter_users_do_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, dataload.schema, dataload.prompt_format, dataload.jsonl_reader; "
+            "assert 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
