@@ -59,7 +59,8 @@ def test_union_of_stages_loads_with_peft(tiny_models, tmp_path, trained_adapter)
                               base_model=str(tiny_models[False]), provenance={"run": "t"})
     assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
     config = json.loads((out / "adapter_config.json").read_text())
-    assert config["r"] == 4 and sorted(config["target_modules"]) == ["down_proj", "q_proj", "v_proj"]
+    assert config["r"] == 4
+    assert sorted(config["target_modules"]) == ["down_proj", "q_proj", "v_proj"]
     loaded = PeftModel.from_pretrained(load_causal_lm(tiny_models[False]), str(out)).eval()
     base = logits(load_causal_lm(tiny_models[False]))
     expected = logits(model)
