@@ -29,8 +29,9 @@ class Replicas:
     def __init__(self, workdir: Path, model_dir: Path):
         self.workdir, self.model_dir = workdir, model_dir
         self.procs: dict[str, subprocess.Popen] = {}
+        self.expected_to_fail: set[str] = set()
 
-    def start(self, name: str, *args: str) -> subprocess.Popen:
+    def start(self, name: str, *args: str, fails: bool = False) -> subprocess.Popen:
         env = dict(os.environ, PYTHONPATH=str(REPO), HIVEMIND_MEMORY_SHARING_STRATEGY=
                    "file_descriptor", OMP_NUM_THREADS="1")
         proc = subprocess.Popen(
@@ -39,6 +40,8 @@ class Replicas:
             cwd=REPO, env=env, start_new_session=True, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True)
         self.procs[name] = proc
+        if fails:
+            self.expected_to_fail.add(name)
         return proc
 
     def wait_files(self, names: list[str], timeout: float) -> None:
@@ -47,6 +50,8 @@ class Replicas:
             path = self.workdir / name
             while not path.exists():
                 for peer, proc in self.procs.items():
+                    if peer in self.expected_to_fail:
+                        continue
                     if proc.poll() not in (None, -signal.SIGKILL) and proc.returncode != 0:
                         raise AssertionError(f"{peer} exited {proc.returncode}: "
                                              f"{proc.stderr.read()[-3000:]}")
@@ -130,7 +135,7 @@ def test_replicas_hold_the_exact_mean_and_a_late_joiner_loads_their_state(tiny_m
         # a late joiner downloads adapter tensors, optimizer state and step; at the same time
         # a replica with another adapter configuration tries to join the run
         swarm.start("d", "--load-state", "--group", "3")
-        mismatched = swarm.start("e", "--rank", "8", "--group", "3")
+        mismatched = swarm.start("e", "--rank", "8", "--group", "3", fails=True)
         swarm.wait_files(["d.loaded.pt"], 120)
         loaded = swarm.load("d.loaded.pt")
         final = swarm.load(f"a.r{rounds - 1}.params.pt")
