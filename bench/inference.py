@@ -55,17 +55,8 @@ def _single_process(model, ids: list[int], new_tokens: int) -> tuple[float, floa
     return ttft, new_tokens / elapsed
 
 
-async def swarm_once(client, tokenizer, ids: list[int], new_tokens: int) -> tuple[float, float]:
-    from inference.generation import generate
-    from inference.sampler import SamplingParams
-
-    session = client.session(max_length=len(ids) + new_tokens + 1)
-    await session.open()
-    try:
-        result = await generate(session, tokenizer, ids, max_new_tokens=new_tokens,
-                                sampling=SamplingParams())
-    finally:
-        await session.close()
+def swarm_once(client, tokenizer, ids: list[int], new_tokens: int) -> tuple[float, float]:
+    result = asyncio.run(client.generate_once(tokenizer, ids, max_new_tokens=new_tokens))
     assert len(result.token_ids) == new_tokens
     return result.time_to_first_token, new_tokens / result.elapsed
 
@@ -105,12 +96,12 @@ def main() -> None:
     client = SwarmClient(preset.model, state.initial_peers)
     try:
         client.wait_for_route()
-        asyncio.run(swarm_once(client, tokenizer, prompts[0], 8))  # warm-up both paths
+        swarm_once(client, tokenizer, prompts[0], 8)  # warm-up both paths
         single_process(model, prompts[0], 8)
         swarm, single = [], []
         for ids in prompts:
             single.append(single_process(model, ids, args.new_tokens))
-            swarm.append(asyncio.run(swarm_once(client, tokenizer, ids, args.new_tokens)))
+            swarm.append(swarm_once(client, tokenizer, ids, args.new_tokens))
             print(f"prompt {len(ids):3d} tokens: swarm ttft {swarm[-1][0] * 1000:6.1f} ms "
                   f"{swarm[-1][1]:5.2f} tok/s | single ttft {single[-1][0] * 1000:6.1f} ms "
                   f"{single[-1][1]:5.2f} tok/s ({single[-1][2]} threads)", flush=True)

@@ -12,8 +12,10 @@ import os
 import time
 from pathlib import Path
 
+from inference.generation import GenerationResult, generate
 from inference.pipeline_session import PipelineSession
 from inference.routing import plan_route
+from inference.sampler import SamplingParams
 from models.catalog import node0_home, resolve_model_dir
 from node.dht import start_dht
 from node.dht_records import StageRecord, fetch_records
@@ -21,6 +23,7 @@ from node.errors import SwarmError
 
 log = logging.getLogger(__name__)
 
+GREEDY = SamplingParams()
 ROUTE_WAIT_S = 5.0  # how long a client waits for records to appear before naming what's missing
 
 
@@ -68,6 +71,26 @@ class SwarmClient:
                 step_timeout: float = 30.0) -> PipelineSession:
         return PipelineSession(self.records, self.model, max_length=max_length,
                                adapters=adapters, step_timeout=step_timeout)
+
+    async def generate_once(self, tokenizer, prompt_ids: list[int], *, max_new_tokens: int,
+                            sampling: SamplingParams = GREEDY, max_length: int | None = None,
+                            return_first_logits: bool = False, on_session_token=None,
+                            step_timeout: float = 30.0) -> GenerationResult:
+        """One generation in a fresh session (no EOS stop), closed afterwards.
+
+        ``on_session_token(session)`` is called after every streamed chunk (tests use it to
+        inspect or disturb the route mid-generation).
+        """
+        session = self.session(max_length=max_length or len(prompt_ids) + max_new_tokens + 1,
+                               step_timeout=step_timeout)
+        await session.open()
+        try:
+            return await generate(
+                session, tokenizer, prompt_ids, max_new_tokens=max_new_tokens,
+                sampling=sampling, return_first_logits=return_first_logits,
+                on_text=(lambda _text: on_session_token(session)) if on_session_token else None)
+        finally:
+            await session.close()
 
     def close(self) -> None:
         self.dht.shutdown()

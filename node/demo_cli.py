@@ -39,8 +39,6 @@ def _check_parity(model_dir: Path, initial_peers: list[str], max_new_tokens: int
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from dataload.prompt_format import encode_prompt, render
-    from inference.generation import generate
-    from inference.sampler import SamplingParams
     from inference.swarm_client import SwarmClient
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -53,18 +51,10 @@ def _check_parity(model_dir: Path, initial_peers: list[str], max_new_tokens: int
                                    eos_token_id=None, pad_token_id=0)[0, len(ids):].tolist()
     client = SwarmClient("smollm2-135m", initial_peers)
 
-    async def swarm_tokens() -> list[int]:
-        session = client.session(max_length=len(ids) + max_new_tokens + 1)
-        await session.open()
-        try:
-            result = await generate(session, tokenizer, ids, max_new_tokens=max_new_tokens,
-                                    sampling=SamplingParams())
-        finally:
-            await session.close()
-        return result.token_ids
-
     try:
-        return asyncio.run(swarm_tokens()) == reference
+        result = asyncio.run(client.generate_once(tokenizer, ids,
+                                                  max_new_tokens=max_new_tokens))
+        return result.token_ids == reference
     finally:
         client.close()
 

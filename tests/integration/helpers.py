@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from inference.generation import GenerationResult, generate
+from inference.generation import GenerationResult
 from inference.sampler import SamplingParams
 from inference.swarm_client import SwarmClient
 
@@ -23,21 +23,14 @@ def swarm_generate(client: SwarmClient, prompts_ids: list[list[int]], *, max_new
                    sampling: SamplingParams = GREEDY, first_logits: bool = False,
                    on_token=None, max_length: int | None = None) -> list[GenerationResult]:
     """Generate for each prompt in a fresh pipeline session (greedy by default, no EOS stop)."""
+    tokenizer = client.load_tokenizer()
 
     async def run() -> list[GenerationResult]:
-        results = []
-        for ids in prompts_ids:
-            session = client.session(max_length=max_length or len(ids) + max_new_tokens + 1,
-                                     step_timeout=20.0)
-            await session.open()
-            try:
-                results.append(await generate(
-                    session, client.load_tokenizer(), ids, max_new_tokens=max_new_tokens,
-                    sampling=sampling, return_first_logits=first_logits,
-                    on_text=(lambda _t, s=session: on_token(s)) if on_token else None))
-            finally:
-                await session.close()
-        return results
+        return [await client.generate_once(tokenizer, ids, max_new_tokens=max_new_tokens,
+                                           sampling=sampling, max_length=max_length,
+                                           return_first_logits=first_logits,
+                                           on_session_token=on_token, step_timeout=20.0)
+                for ids in prompts_ids]
 
     return asyncio.run(run())
 
