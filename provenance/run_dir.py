@@ -106,7 +106,7 @@ def create_run_dir(
     argv: list[str] | None = None,
 ) -> RunDir:
     """Create a new, never-before-used run directory and write its initial run record."""
-    root = Path(root)
+    root = Path(root).resolve()  # artifacts may be given relative to the run dir or the cwd
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
