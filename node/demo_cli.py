@@ -115,6 +115,9 @@ def run(args: argparse.Namespace) -> int:
         same = _check_parity(model_dir, state.initial_peers, args.max_new_tokens)
         print(f"  identical token for token: {'yes' if same else 'NO'}")
         run_dir.set("parity_with_transformers", same)
+    except BaseException:
+        run_dir.finish("failed")
+        raise
     finally:
         if not args.keep:
             stop_swarm(state_file)
