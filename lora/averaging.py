@@ -141,6 +141,7 @@ class StageGradientAverager:
                                max_peer_weight=settings.max_peer_weight)
         self._control = None
         self._me = secrets.token_hex(8)  # our subkey in the config declaration
+        self._joined_at = get_dht_time()
         compression = (Float16Compression() if settings.compression == "float16"
                        else NoCompression())
         self._declare_config()
@@ -164,20 +165,28 @@ class StageGradientAverager:
     # -- configuration agreement ---------------------------------------------------------------
 
     def _declare_config(self) -> None:
-        self.dht.store(f"{self.prefix}.config", self.fingerprint,
+        self.dht.store(f"{self.prefix}.config", [self.fingerprint, self._joined_at],
                        expiration_time=get_dht_time() + _CONFIG_TTL, subkey=self._me)
         self._declared_at = time.monotonic()
 
     def _check_config_peers(self) -> None:
+        """Refuse if the run's established configuration differs from ours.
+
+        The established configuration is that of the longest-present live replica, so a
+        newcomer with another configuration refuses, and never drives the incumbents out.
+        """
         found = self.dht.get(f"{self.prefix}.config", latest=True)
         if found is None or not isinstance(found.value, dict):
             return
-        others = {sub: entry.value for sub, entry in found.value.items()
-                  if sub != self._me and entry.value != self.fingerprint}
-        if others:
+        declared = [(float(entry.value[1]), str(sub), str(entry.value[0]))
+                    for sub, entry in found.value.items()
+                    if isinstance(entry.value, list | tuple) and len(entry.value) == 2]
+        declared.append((self._joined_at, self._me, self.fingerprint))
+        _, _, established = min(declared)
+        if established != self.fingerprint:
             raise AveragingConfigError(
                 f"replicas under averaging key {self.prefix!r} use another adapter "
-                f"configuration (fingerprint {next(iter(others.values()))[:12]}…, ours "
+                f"configuration (fingerprint {established[:12]}…, ours "
                 f"{self.fingerprint[:12]}…); refusing to average with them",
                 hint="use the same LoraSettings, layer range and compression on every replica "
                      "of a run, or a different run id")
