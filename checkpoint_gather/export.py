@@ -8,8 +8,11 @@ next —
 2. every received tensor checked against its source's declared shape/dtype/sha256;
 3. the state dict assembled by the coverage plan (a tied head copy dropped);
 4. in a temporary sibling of ``out_dir``: ``hf/`` (Hugging Face), ``<name>-<type>.gguf`` per
-   requested type, ``manifest.json``; then one rename publishes the lot;
+   requested type, ``adapter/`` (PEFT), ``manifest.json``; then one rename publishes the lot;
 5. the run record lists sources and every output file with sha256.
+
+With ``adapters`` the per-stage LoRA adapters are written too, as one PEFT adapter (``adapter/``),
+inside the same atomic output; an adapters-only job needs no base sources.
 
 A failure at any step leaves no ``out_dir`` and marks the run record failed.
 """
@@ -30,7 +33,9 @@ from checkpoint_gather.gguf_export import export_gguf
 from checkpoint_gather.gguf_tokenizer import tokenizer_fields
 from checkpoint_gather.hf_export import DEFAULT_MAX_SHARD_BYTES, export_hf, llama_config
 from checkpoint_gather.manifest import build_manifest, record_outputs, write_manifest
+from checkpoint_gather.peft_export import StageAdapters, export_peft_adapter
 from checkpoint_gather.sources import SourceManifest, verify_tensors
+from node.errors import Node0Error
 from provenance import RunDir
 
 log = logging.getLogger(__name__)
@@ -43,8 +48,9 @@ class ExportResult:
     out_dir: Path
     hf_dir: Path | None
     gguf_files: dict[str, Path]
+    adapter_dir: Path | None
     manifest: Path
-    plan: CoveragePlan
+    plan: CoveragePlan | None  # None for an adapters-only job
 
 
 def assemble_state(plan: CoveragePlan, sources: Sequence[Source]) -> dict[str, torch.Tensor]:
@@ -58,7 +64,8 @@ def export_checkpoint(out_dir: str | Path, config, sources: Sequence[Source], *,
                       generation_config=None, hf: bool = True,
                       gguf_types: Sequence[str] = ("f32",),
                       max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
-                      run: RunDir | None = None,
+                      adapters: Sequence[StageAdapters] = (), lora_settings=None,
+                      base_model: str | None = None, run: RunDir | None = None,
                       provenance: Mapping[str, Any] | None = None) -> ExportResult:
     """Verify ``sources`` and write the requested formats into ``out_dir`` atomically.
 
@@ -72,18 +79,31 @@ def export_checkpoint(out_dir: str | Path, config, sources: Sequence[Source], *,
         hf: write the Hugging Face directory.
         gguf_types: GGUF files to write (``f32``, ``f16``, ``q8_0``).
         max_shard_bytes: HF shard size limit.
+        adapters: per-stage LoRA adapters to write as one PEFT adapter (``adapter/``);
+            with ``hf=False`` and no ``gguf_types`` the job is adapters-only and ``sources``
+            may be empty.
+        lora_settings: the adapters' :class:`lora.LoraSettings` (required with ``adapters``).
+        base_model: recorded as the adapter's ``base_model_name_or_path``.
         run: an open run record; the outputs are registered in it and it is finished.
         provenance: extra provenance stored in every output.
     """
     out_dir = Path(out_dir)
     config = llama_config(config)
+    base_needed = hf or bool(gguf_types)
     try:
+        if not base_needed and not adapters:
+            raise Node0Error("nothing to export: no Hugging Face, GGUF or adapter output asked")
+        if adapters and lora_settings is None:
+            raise Node0Error("exporting adapters needs their LoRA settings")
         manifests = [manifest for manifest, _ in sources]
-        plan = check_coverage(config, manifests)
-        log.info("coverage proven: %d layers from %d sources", plan.num_layers, len(manifests))
-        for manifest, state in sources:
-            verify_tensors(manifest, state)
-        state = assemble_state(plan, sources)
+        plan = state = None
+        if base_needed:
+            plan = check_coverage(config, manifests)
+            log.info("coverage proven: %d layers from %d sources", plan.num_layers,
+                     len(manifests))
+            for manifest, tensors in sources:
+                verify_tensors(manifest, tensors)
+            state = assemble_state(plan, sources)
         record = {"model": model, "sources": [{"source_id": m.source_id, "peer": m.peer,
                                                "layers": [m.start, m.end]} for m in manifests],
                   **dict(provenance or {})}
@@ -104,6 +124,11 @@ def export_checkpoint(out_dir: str | Path, config, sources: Sequence[Source], *,
                     outputs[f"gguf-{out_type}"] = export_gguf(
                         tmp / f"{name}-{out_type}.gguf", config, state, tokenizer=fields,
                         out_type=out_type, name=name, provenance=record)
+            if adapters:
+                outputs["peft-adapter"] = export_peft_adapter(
+                    tmp / "adapter", adapters, lora_settings,
+                    num_layers=config.num_hidden_layers, base_model=base_model,
+                    provenance=record)
             manifest = build_manifest(tmp, model=model, sources=manifests, plan=plan,
                                       outputs=outputs, extra={"provenance": record})
             write_manifest(tmp, manifest)
@@ -118,4 +143,5 @@ def export_checkpoint(out_dir: str | Path, config, sources: Sequence[Source], *,
     return ExportResult(out_dir=out_dir, hf_dir=rel.get("huggingface"),
                         gguf_files={k.removeprefix("gguf-"): v for k, v in rel.items()
                                     if k.startswith("gguf-")},
+                        adapter_dir=rel.get("peft-adapter"),
                         manifest=out_dir / "manifest.json", plan=plan)

@@ -83,6 +83,12 @@ class InspectReport:
 def inspect_checkpoint(path: str | Path) -> InspectReport:
     """Inspect an HF checkpoint directory or a ``.gguf`` file."""
     path = Path(path)
+    is_job_output = (path / "manifest.json").is_file() and not (path / "config.json").is_file()
+    if path.is_dir() and is_job_output:
+        inside = sorted(p.name for p in path.iterdir() if not p.name.startswith("."))
+        raise CheckpointError(f"{path} is an export job's output ({', '.join(inside)})",
+                              hint="inspect one of the checkpoints in it, e.g. "
+                                   f"node0 inspect {path / 'hf'}")
     if path.is_dir():
         return _inspect_hf(path)
     if path.is_file() and _is_gguf(path):

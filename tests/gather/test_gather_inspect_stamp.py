@@ -47,6 +47,7 @@ def test_inspect_export(export, capsys):
     assert main(["inspect", str(export.hf_dir), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["score"] == 95
     assert main(["inspect", str(export.hf_dir), "--min-score", "99"]) == ExitCode.QUALITY_GATE
+    assert main(["inspect", str(export.out_dir)]) == ExitCode.CHECKPOINT
 
 
 def test_inspect_lists_what_is_missing(tiny_models, tmp_path):

@@ -80,3 +80,27 @@ def test_adapter_coverage_is_checked(tiny_models, tmp_path, trained_adapter):
     with pytest.raises(CheckpointError, match="declares layers \\[3, 6\\) but holds tensors"):
         export_peft_adapter(tmp_path / "a", wrong, SETTINGS, num_layers=NUM_LAYERS)
     assert not (tmp_path / "a").exists()
+
+
+def test_adapters_only_export_job(tiny_models, tmp_path, trained_adapter):
+    from peft import PeftModel
+    from transformers import AutoConfig
+
+    from checkpoint_gather.export import export_checkpoint
+    from provenance import sha256_file
+
+    model, full = trained_adapter
+    stages = [StageAdapters(f"peer-{i}", s, e, part) for i, (s, e, part) in
+              enumerate(_stage_states(full, ((0, 4), (4, 6)), local=False))]
+    config = AutoConfig.from_pretrained(str(tiny_models[False]))
+    result = export_checkpoint(tmp_path / "job", config, [], tokenizer_dir=tiny_models[False],
+                               hf=False, gguf_types=(), adapters=stages, lora_settings=SETTINGS)
+    assert result.hf_dir is None and result.plan is None
+    assert sorted(p.name for p in result.out_dir.iterdir()) == ["adapter", "manifest.json"]
+    manifest = json.loads(result.manifest.read_text())
+    files = manifest["outputs"]["peft-adapter"]["files"]
+    assert files["adapter/adapter_model.safetensors"]["sha256"] == sha256_file(
+        result.adapter_dir / "adapter_model.safetensors")
+    loaded = PeftModel.from_pretrained(load_causal_lm(tiny_models[False]),
+                                       str(result.adapter_dir)).eval()
+    assert (logits(loaded) - logits(model)).abs().max().item() <= 1e-5
