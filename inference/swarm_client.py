@@ -75,14 +75,15 @@ class SwarmClient:
     async def generate_once(self, tokenizer, prompt_ids: list[int], *, max_new_tokens: int,
                             sampling: SamplingParams = GREEDY, max_length: int | None = None,
                             return_first_logits: bool = False, on_session_token=None,
-                            step_timeout: float = 30.0) -> GenerationResult:
+                            step_timeout: float = 30.0,
+                            adapters: tuple[str, ...] = ()) -> GenerationResult:
         """One generation in a fresh session (no EOS stop), closed afterwards.
 
         ``on_session_token(session)`` is called after every streamed chunk (tests use it to
         inspect or disturb the route mid-generation).
         """
         session = self.session(max_length=max_length or len(prompt_ids) + max_new_tokens + 1,
-                               step_timeout=step_timeout)
+                               adapters=adapters, step_timeout=step_timeout)
         await session.open()
         try:
             return await generate(

@@ -41,6 +41,19 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def load_task_adapter(stages, name: str, path: Path) -> None:
+    """Attach adapter ``name`` to every hosted stage with that stage's layers of ``path``."""
+    from lora import attach_adapter
+    from lora.peft_import import read_peft_adapter
+    from lora.stage_adapters import load_adapter_state_dict
+
+    settings, state = read_peft_adapter(path)
+    for stage in stages:
+        attach_adapter(stage, name, settings)
+        with torch.no_grad():
+            load_adapter_state_dict(stage, name, state)
+
+
 class Daemon:
     def __init__(self, config: DaemonConfig, *, config_path: str | None = None,
                  config_sha256: str | None = None):
@@ -61,6 +74,7 @@ class Daemon:
                 num_layers=executor.config.num_hidden_layers, endpoint=f"{host}:{self.port}",
                 peer_id=str(self.dht.peer_id), state=state,
                 load=stats["active_sessions"] / executor.sessions.max_sessions,
+                adapters=sorted(self.config.adapters),
                 node0_version=metadata.version("node0"))
             for start, end in sorted(executor.stages)
         ]
@@ -73,6 +87,7 @@ class Daemon:
         print_banner("serve", self.config_path, self.config_sha256, [
             f"model: {cfg.model} ({model_dir})",
             "stages: " + ", ".join(str(s) for s in cfg.stages),
+            "adapters: " + (", ".join(sorted(cfg.adapters)) or "none"),
             f"grpc: {cfg.host}:{cfg.port or 'auto'}; max message {cfg.max_message_bytes} B",
             f"dht: {'join ' + ', '.join(cfg.initial_peers) if cfg.initial_peers else 'new DHT'}",
             f"sessions: max {cfg.max_sessions}, cache {cfg.max_cache_tokens} positions, "
@@ -83,6 +98,9 @@ class Daemon:
         for spec in cfg.stages:
             status("load", f"layers {spec} from {model_dir}")
             stages[(spec.start, spec.end)] = load_stage(model_dir, spec.start, spec.end)
+        for name, path in sorted(cfg.adapters.items()):
+            status("adapter", f"{name} from {path}")
+            load_task_adapter(stages.values(), name, path)
         sessions = SessionManager(max_sessions=cfg.max_sessions,
                                   max_cache_tokens=cfg.max_cache_tokens,
                                   idle_timeout=cfg.idle_timeout)

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 
 from inference.sampler import SamplingParams, sample_token
+from lora.stage_adapters import adapters as stage_adapters
+from lora.stage_adapters import use_adapters
 from models.llama import LlamaStage
 from pipeline_stages.errors import ContextOverflow, InvalidInput, PositionMismatch
 from pipeline_stages.sessions import Session, SessionManager
@@ -61,8 +63,13 @@ class StageExecutor:
         if not 1 <= max_length <= self.context_window:
             raise InvalidInput(f"max_length must be in [1, {self.context_window}] (the model's "
                                f"context window), got {max_length}")
-        if adapters:
-            raise InvalidInput(f"unknown adapter(s) {list(adapters)}; available: none")
+        available = sorted(stage_adapters(stage))
+        unknown = [name for name in adapters if name not in available]
+        if unknown:
+            raise InvalidInput(f"unknown adapter(s) {unknown} on layers [{start}, {end}); "
+                               f"available: {', '.join(available) or 'none'}")
+        if len(set(adapters)) != len(adapters):
+            raise InvalidInput(f"adapter list {list(adapters)} names one twice")
         return self.sessions.open((start, end), max_length, stage.new_cache(), tuple(adapters))
 
     def _check_input(self, stage: LlamaStage, inputs: torch.Tensor) -> torch.Tensor:
@@ -107,7 +114,11 @@ class StageExecutor:
                 session.cache.crop(position - session.length)
                 session.length = position
             try:
-                out = stage(inputs, cache=session.cache, logits_to_keep=1)
+                if stage_adapters(stage):  # always choose the set: none means the base model
+                    with use_adapters(stage, session.adapters):
+                        out = stage(inputs, cache=session.cache, logits_to_keep=1)
+                else:
+                    out = stage(inputs, cache=session.cache, logits_to_keep=1)
             except Exception:
                 # the cache may now be half-extended: drop the session rather than serve from it
                 self.sessions.close(session.session_id)
