@@ -14,12 +14,10 @@ import threading
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
+from dataload.losses import cross_entropy_sum
 from models.llama import LlamaStage
 from pipeline_stages.errors import CapacityExceeded, InvalidInput, SessionNotFound
-
-IGNORE_INDEX = -100
 
 
 @dataclass(frozen=True)
@@ -40,20 +38,6 @@ class StepReport:
     grad_norm: float
     step: int
     skipped: int
-
-
-def token_cross_entropy_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor,
-                                                                                int]:
-    """Sum of next-token cross-entropy over labelled positions, and their count.
-
-    Same convention as transformers' causal-LM loss (labels shifted left, -100 ignored);
-    dividing the sum by the count over a whole batch gives its mean loss.
-    """
-    shifted_logits = logits[:, :-1, :].reshape(-1, logits.shape[-1]).float()
-    shifted_labels = labels[:, 1:].reshape(-1)
-    loss = F.cross_entropy(shifted_logits, shifted_labels, ignore_index=IGNORE_INDEX,
-                           reduction="sum")
-    return loss, int((shifted_labels != IGNORE_INDEX).sum())
 
 
 def trainable_parameters(stage: LlamaStage, trainable: str) -> list[torch.nn.Parameter]:
@@ -110,7 +94,7 @@ class StageTrainingJob:
             labels = tensors.get("labels")
             if labels is None or tuple(labels.shape) != tuple(leaf.shape[:2]):
                 raise InvalidInput("last stage needs 'labels' of shape (batch, seq)")
-            loss_sum, count = token_cross_entropy_sum(out, labels)
+            loss_sum, count = cross_entropy_sum(out, labels)  # the canonical loss
             self.pending[microbatch_id] = (leaf, loss_sum * loss_scale)
             return {"loss_sum": float(loss_sum.detach()), "loss_tokens": count}
 
