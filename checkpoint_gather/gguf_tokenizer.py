@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 from gguf import GGUFReader, GGUFValueType, TokenType
 
 from node.errors import CheckpointError
-from provenance import sha256_file
+from provenance import atomic_write, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +58,8 @@ def source_tokenizer_fields(model: str) -> Fields:
     fields = read_gguf_fields(source)
     if "tokenizer.ggml.model" not in fields or "tokenizer.ggml.tokens" not in fields:
         raise CheckpointError(f"{source} embeds no tokenizer (tokenizer.ggml.*)")
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({"source": {"path": str(source), "sha256": digest},
-                               "fields": fields}))
-    os.replace(tmp, cache)
+    atomic_write(cache, json.dumps({"source": {"path": str(source), "sha256": digest},
+                                    "fields": fields}))
     return fields
 
 

@@ -26,19 +26,12 @@ from node.stage_service import StageService, start_grpc_server
 from pipeline_stages.executor import StageExecutor
 from pipeline_stages.loader import load_stage
 from pipeline_stages.sessions import SessionManager
+from provenance import atomic_write
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_S = 5.0
 ANNOUNCE_TIMEOUT_S = 10.0
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temp name and rename, so a reader never sees a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def load_task_adapter(stages, name: str, path: Path) -> None:
@@ -116,7 +109,7 @@ class Daemon:
         status("grpc", f"serving on {cfg.host}:{self.port}")
         announce(self.dht, self._records(executor), cfg.announce_ttl)
         if cfg.peer_file:
-            write_atomic(Path(cfg.peer_file), "\n".join(maddrs) + "\n")
+            atomic_write(cfg.peer_file, "\n".join(maddrs) + "\n")
         status("ready", f"peer {self.dht.peer_id} endpoint {cfg.host}:{self.port} "
                         f"dht {maddrs[0] if maddrs else '?'}")
         try:

@@ -23,7 +23,7 @@ import yaml
 from models.catalog import CATALOG
 from node.config import DaemonConfig, SwarmPreset
 from node.errors import SwarmError
-from provenance import RunDir, create_run_dir
+from provenance import RunDir, atomic_write, create_run_dir
 
 START_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 20.0
@@ -48,10 +48,7 @@ class SwarmState:
     peers: list[PeerProcess]
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(asdict(self), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> SwarmState:

@@ -124,7 +124,7 @@ class StageService(node0_pb2_grpc.StageServicer):
         except Exception as exc:
             self._abort(context, exc)
         return node0_pb2.TrainingJobResponse(
-            trainable_parameters=sum(p.numel() for p in job.params), step=job.step)
+            trainable_parameters=sum(p.numel() for p in job.params), step=job.guard.applied)
 
     def _receive(self, request_iterator):
         header, assembler = None, TensorAssembler(self.max_training_bytes)
@@ -172,7 +172,7 @@ class StageService(node0_pb2_grpc.StageServicer):
             self._abort(context, exc)
         return node0_pb2.OptimizerStepResponse(
             applied=report.applied, reason=report.reason, grad_norm=report.grad_norm,
-            step=report.step, skipped=report.skipped)
+            step=report.applied_total, skipped=report.skipped_total)
 
 
 def start_grpc_server(service: StageService, host: str, port: int, *,

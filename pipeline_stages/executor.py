@@ -18,7 +18,12 @@ from inference.sampler import SamplingParams, sample_token
 from lora.stage_adapters import adapters as stage_adapters
 from lora.stage_adapters import use_adapters
 from models.llama import LlamaStage
-from pipeline_stages.errors import ContextOverflow, InvalidInput, PositionMismatch
+from pipeline_stages.errors import (
+    ContextOverflow,
+    InvalidInput,
+    PositionMismatch,
+    SessionNotFound,
+)
 from pipeline_stages.sessions import Session, SessionManager
 from pipeline_stages.training import JobSettings, StageTrainingJob
 
@@ -153,8 +158,6 @@ class StageExecutor:
     def training_job(self, job_id: str, start: int, end: int) -> StageTrainingJob:
         job = self.jobs.get((job_id, start, end))
         if job is None:
-            from pipeline_stages.errors import SessionNotFound
-
             raise SessionNotFound(f"no training job {job_id!r} on layers [{start}, {end})")
         return job
 

@@ -10,12 +10,12 @@ gradients are not finite is skipped and counted, never fatal.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
 import torch
 
 from dataload.losses import cross_entropy_sum
+from lora.step_guard import StepGuard, StepOutcome
 from models.llama import LlamaStage
 from pipeline_stages.errors import CapacityExceeded, InvalidInput, SessionNotFound
 
@@ -29,15 +29,6 @@ class JobSettings:
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8
-
-
-@dataclass
-class StepReport:
-    applied: bool
-    reason: str
-    grad_norm: float
-    step: int
-    skipped: int
 
 
 def trainable_parameters(stage: LlamaStage, trainable: str) -> list[torch.nn.Parameter]:
@@ -60,10 +51,8 @@ class StageTrainingJob:
         self.optimizer = torch.optim.AdamW(
             self.params, lr=settings.learning_rate, weight_decay=settings.weight_decay,
             betas=(settings.beta1, settings.beta2), eps=settings.eps)
+        self.guard = StepGuard(self.params, max_grad_norm=settings.max_grad_norm)
         self.pending: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.step = 0
-        self.skipped = 0
-        self.lock = threading.Lock()
 
     def forward(self, microbatch_id: str, tensors: dict[str, torch.Tensor],
                 loss_scale: float) -> dict:
@@ -111,22 +100,8 @@ class StageTrainingJob:
             out.backward(grad.to(out.dtype))
         return None if self.stage.is_first else leaf.grad
 
-    def optimizer_step(self, step: int) -> StepReport:
-        if step != self.step + self.skipped:
+    def optimizer_step(self, step: int) -> StepOutcome:
+        if step != self.guard.applied + self.guard.skipped:
             raise InvalidInput(f"optimizer step {step} requested, stage is at "
-                               f"{self.step + self.skipped}")
-        grads = [p.grad for p in self.params if p.grad is not None]
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g)
-                                                     for g in grads])) if grads else \
-            torch.tensor(0.0)
-        if not torch.isfinite(norm):
-            self.optimizer.zero_grad(set_to_none=True)
-            self.skipped += 1
-            return StepReport(False, "non-finite gradients", float("nan"), self.step,
-                              self.skipped)
-        if self.settings.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.params, self.settings.max_grad_norm)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
-        return StepReport(True, "", float(norm), self.step, self.skipped)
+                               f"{self.guard.applied + self.guard.skipped}")
+        return self.guard.step(self.optimizer)

@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from node.errors import RunDirError
+from provenance.atomic import atomic_write
 from provenance.hashing import canonical_json, sha256_bytes, sha256_file
 
 _TRACKED_PACKAGES = ("node0", "torch", "transformers", "hivemind", "peft", "gguf", "grpcio",
@@ -46,12 +47,6 @@ def environment_versions() -> dict[str, str]:
 
 def _utc_now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -93,7 +88,7 @@ class RunDir:
 
     def _flush(self) -> None:
         text = canonical_json(self.record)
-        _atomic_write(self.path / "run_record.json", text)
+        atomic_write(self.path / "run_record.json", text)
 
 
 def create_run_dir(
@@ -130,7 +125,7 @@ def create_run_dir(
     }
     if config is not None:
         resolved = yaml.safe_dump(config, sort_keys=True).encode()
-        _atomic_write(path / "config_resolved.yaml", resolved)
+        atomic_write(path / "config_resolved.yaml", resolved)
         record["config"] = {
             "path": str(config_path) if config_path else None,
             "sha256": sha256_bytes(resolved),
