@@ -62,6 +62,9 @@ class DaemonConfig(_Strict):
                                    description="largest gRPC message accepted or sent")
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads")
     peer_file: Path | None = Field(None, description="write this daemon's DHT addresses here")
+    state_dir: Path | None = Field(None, description="training checkpoints go under "
+                                   "STATE_DIR/checkpoints/<job>/ (none: adapter jobs are not "
+                                   "checkpointed)")
     adapters: dict[str, Path] = Field(
         default_factory=dict,
         description="task adapters to serve: name -> PEFT adapter directory (whole-model keys)")

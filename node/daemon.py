@@ -102,6 +102,8 @@ class Daemon:
         status("dht", "starting")
         self.dht = start_dht(cfg.initial_peers, host_maddrs=cfg.dht_host_maddrs)
         maddrs = visible_maddrs(self.dht)
+        executor.dht = self.dht
+        executor.checkpoint_dir = cfg.state_dir / "checkpoints" if cfg.state_dir else None
         service = StageService(executor, peer_id=str(self.dht.peer_id),
                                max_message_bytes=cfg.max_message_bytes)
         self.server, self.port = start_grpc_server(
@@ -135,6 +137,7 @@ class Daemon:
             log.warning("could not announce offline", exc_info=True)
         if self.server is not None:
             self.server.stop(grace=SHUTDOWN_GRACE_S).wait()
+        executor.close_jobs()  # checkpoint adapters being trained
         if self.dht is not None:
             self.dht.shutdown()
         status("shutdown", "done")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from models.catalog import CATALOG
+from models.catalog import CATALOG, node0_home
 from node.config import DaemonConfig, SwarmPreset
 from node.errors import SwarmError
 from provenance import RunDir, atomic_write, create_run_dir
@@ -150,6 +150,8 @@ def start_swarm(preset: SwarmPreset, preset_name: str, *, runs_dir: Path, state_
                 "stages": [s.model_dump() for s in peer.stages],
                 "initial_peers": initial,
                 "peer_file": str(run.path / "peers" / f"{peer.name}.maddrs"),
+                "state_dir": str(Path(preset.daemon.get("state_dir") or
+                                      node0_home() / "peers" / preset_name) / peer.name),
             })
             started.append(_launch(run, peer.name, config))
             if index == 0:  # the others bootstrap through the first peer

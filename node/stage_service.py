@@ -15,6 +15,7 @@ from importlib import metadata
 import grpc
 
 from inference.sampler import SamplingParams
+from lora.config import AveragingSettings, LoraSettings
 from pipeline_stages.errors import InvalidInput, StageRequestError
 from pipeline_stages.executor import StageExecutor
 from pipeline_stages.training import JobSettings
@@ -114,17 +115,16 @@ class StageService(node0_pb2_grpc.StageServicer):
 
     def OpenTrainingJob(self, request, context):  # noqa: N802
         try:
-            settings = JobSettings(
-                trainable=request.trainable or "all", learning_rate=request.learning_rate,
-                weight_decay=request.weight_decay, max_grad_norm=request.max_grad_norm,
-                beta1=request.beta1 or 0.9, beta2=request.beta2 or 0.999,
-                eps=request.eps or 1e-8)
-            job = self.executor.open_training_job(request.job_id, request.start, request.end,
-                                                  settings)
+            settings = _job_settings(request)
+            job = self.executor.open_training_job(
+                request.job_id, request.start, request.end, settings,
+                model=request.model or None, trainer_id=request.trainer_id)
         except Exception as exc:
             self._abort(context, exc)
+        lora = job.settings.lora
         return node0_pb2.TrainingJobResponse(
-            trainable_parameters=sum(p.numel() for p in job.params), step=job.guard.applied)
+            trainable_parameters=sum(p.numel() for p in job.params), step=job.guard.applied,
+            resumed_from=job.resumed_from, fingerprint=lora.fingerprint() if lora else "")
 
     def _receive(self, request_iterator):
         header, assembler = None, TensorAssembler(self.max_training_bytes)
@@ -142,7 +142,8 @@ class StageService(node0_pb2_grpc.StageServicer):
         try:
             header, job, tensors = self._receive(request_iterator)
             result = self.executor.train_forward(job, header.microbatch_id, tensors,
-                                                 header.loss_scale or 1.0)
+                                                 header.loss_scale or 1.0,
+                                                 evaluate=header.evaluate)
         except Exception as exc:
             self._abort(context, exc)
         if "output" in result:
@@ -166,13 +167,56 @@ class StageService(node0_pb2_grpc.StageServicer):
 
     def OptimizerStep(self, request, context):  # noqa: N802
         try:
-            job = self.executor.training_job(request.job_id, request.start, request.end)
-            report = self.executor.optimizer_step(job, request.step)
+            job = self.executor.training_job(request.job_id, request.start, request.end,
+                                             request.trainer_id)
+            report = self.executor.optimizer_step(job, samples=request.samples or 1.0,
+                                                  discard=request.discard,
+                                                  checkpoint=request.checkpoint)
         except Exception as exc:
             self._abort(context, exc)
+        guard = job.guard
+        if report is None:  # discarded
+            return node0_pb2.OptimizerStepResponse(
+                applied=False, reason="discarded", step=guard.applied, skipped=guard.skipped,
+                group_size=1)
+        outcome, averaging = report.outcome, report.averaging
         return node0_pb2.OptimizerStepResponse(
-            applied=report.applied, reason=report.reason, grad_norm=report.grad_norm,
-            step=report.applied_total, skipped=report.skipped_total)
+            applied=outcome.applied, reason=outcome.reason, grad_norm=outcome.grad_norm,
+            step=outcome.applied_total, skipped=outcome.skipped_total,
+            group_size=averaging.group_size if averaging else 1,
+            averaging=_describe(averaging),
+            checkpoint_path=str(report.checkpoint or ""))
+
+
+def _job_settings(request: node0_pb2.TrainingJobRequest) -> JobSettings:
+    """The job's settings from the request; LoRA/averaging JSON is validated by pydantic."""
+    try:
+        lora = LoraSettings.model_validate_json(request.lora_json) if request.lora_json else None
+        averaging = (AveragingSettings.model_validate_json(request.averaging_json)
+                     if request.averaging_json else None)
+    except ValueError as exc:
+        raise InvalidInput(f"bad LoRA/averaging settings: {exc}") from exc
+    settings = JobSettings(
+        trainable=request.trainable or "all", learning_rate=request.learning_rate,
+        weight_decay=request.weight_decay, max_grad_norm=request.max_grad_norm,
+        beta1=request.beta1 or 0.9, beta2=request.beta2 or 0.999, eps=request.eps or 1e-8,
+        lora=lora, replicas=max(1, request.replicas), averaging=averaging,
+        checkpoint_every=max(0, request.checkpoint_every))
+    settings.adapter  # noqa: B018 (validates the trainable string)
+    return settings
+
+
+def _describe(report) -> str:
+    if report is None:
+        return "local (no replicas)"
+    if not report.averaged:
+        return f"local: no averaging group ({report.error or 'timeout'})"
+    text = f"averaged with {report.group_size - 1} replica(s) in {report.seconds:.1f}s"
+    if report.partial_detected:
+        text += f", partial round redone ({report.attempts} attempts)"
+    if not report.consistent:
+        text += ", REPLICAS DISAGREE"
+    return text
 
 
 def start_grpc_server(service: StageService, host: str, port: int, *,

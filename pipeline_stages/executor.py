@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -25,7 +26,7 @@ from pipeline_stages.errors import (
     SessionNotFound,
 )
 from pipeline_stages.sessions import Session, SessionManager
-from pipeline_stages.training import JobSettings, StageTrainingJob
+from pipeline_stages.training import JobSettings, StageTrainingJob, StepReport
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,9 @@ class StageExecutor:
         self.sessions = sessions
         self._compute = threading.Lock()
         self.jobs: dict[tuple[str, int, int], StageTrainingJob] = {}
+        self._jobs_lock = threading.Lock()
+        self.dht = None  # set by the daemon once its DHT runs (replica averaging)
+        self.checkpoint_dir: Path | None = None  # where adapter jobs checkpoint
         any_stage = next(iter(stages.values()))
         self.config = any_stage.full_config
 
@@ -137,40 +141,71 @@ class StageExecutor:
 
     # -- training ------------------------------------------------------------------------
 
-    def open_training_job(self, job_id: str, start: int, end: int,
-                          settings: JobSettings) -> StageTrainingJob:
-        """Open (or return the already open) training job for a hosted stage."""
+    def open_training_job(self, job_id: str, start: int, end: int, settings: JobSettings, *,
+                          model: str | None = None, trainer_id: str = "") -> StageTrainingJob:
+        """Open (or rejoin) the training job for a hosted stage.
+
+        Rejoining an open job re-claims it for ``trainer_id`` and, when replicas average,
+        first takes the state of a replica that got further (after a fault the trainer's other
+        stages may have fallen behind).
+        """
+        if model is not None and model != self.model_name:
+            raise InvalidInput(f"this daemon serves {self.model_name!r}; the trainer expects "
+                               f"{model!r}. Point the trainer at a swarm of its base model.")
         stage = self.stages.get((start, end))
         if stage is None:
             raise InvalidInput(f"layers [{start}, {end}) are not hosted here")
         if not job_id:
             raise InvalidInput("job_id must not be empty")
         key = (job_id, start, end)
-        with self._compute:
+        with self._jobs_lock:
             job = self.jobs.get(key)
             if job is None:
-                job = StageTrainingJob(stage, settings)
+                with self._compute:  # attaching an adapter changes the stage's modules
+                    job = StageTrainingJob(stage, settings, job_id=job_id,
+                                           model=self.model_name, dht=self.dht,
+                                           checkpoint_dir=self.checkpoint_dir)
                 self.jobs[key] = job
             elif job.settings != settings:
                 raise InvalidInput(f"job {job_id!r} is open with other settings")
+            job.claim(trainer_id)
+            job.sync_from_peers()  # a replica that got further wins (no compute lock held)
         return job
 
-    def training_job(self, job_id: str, start: int, end: int) -> StageTrainingJob:
+    def training_job(self, job_id: str, start: int, end: int,
+                     trainer_id: str = "") -> StageTrainingJob:
         job = self.jobs.get((job_id, start, end))
         if job is None:
             raise SessionNotFound(f"no training job {job_id!r} on layers [{start}, {end})")
+        job.claim(trainer_id)
         return job
 
     def train_forward(self, job: StageTrainingJob, microbatch_id: str,
-                      tensors: dict[str, torch.Tensor], loss_scale: float) -> dict:
+                      tensors: dict[str, torch.Tensor], loss_scale: float, *,
+                      evaluate: bool = False) -> dict:
         with self._compute:
-            return job.forward(microbatch_id, tensors, loss_scale)
+            return job.forward(microbatch_id, tensors, loss_scale, evaluate=evaluate)
 
     def train_backward(self, job: StageTrainingJob, microbatch_id: str,
                        grad: torch.Tensor | None) -> torch.Tensor | None:
         with self._compute:
             return job.backward(microbatch_id, grad)
 
-    def optimizer_step(self, job: StageTrainingJob, step: int):
-        with self._compute:
-            return job.optimizer_step(step)
+    def optimizer_step(self, job: StageTrainingJob, *, samples: float = 1.0,
+                       discard: bool = False, checkpoint: bool = False) -> StepReport | None:
+        """Average (no lock held: it waits for other replicas), then step under the lock."""
+        if discard:
+            with self._compute:
+                job.discard()
+            return None
+        return job.optimizer_step(samples, checkpoint=checkpoint, compute_lock=self._compute)
+
+    def close_jobs(self) -> None:
+        """Checkpoint every adapter job and leave the averaging groups (daemon shutdown)."""
+        with self._jobs_lock:
+            for key, job in list(self.jobs.items()):
+                try:
+                    job.close()
+                except Exception:
+                    log.exception("closing training job %s failed", key[0])
+            self.jobs.clear()

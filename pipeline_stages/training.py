@@ -1,23 +1,53 @@
 """Training on one stage: forward that keeps what backward needs, backward, optimizer step.
 
-A job (``job_id`` + stage span) owns the optimizer over the stage's trainable parameters. A
-forward stores the micro-batch's input (as a leaf that requires grad) and output under its
-micro-batch id; the backward pops them, runs autograd with the gradient of the output (or, on
-the last stage, of the scaled loss) and returns the gradient of the input. Parameter gradients
-accumulate across micro-batches until the trainer asks for an optimizer step; a step whose
-gradients are not finite is skipped and counted, never fatal.
+A job (``job_id`` + stage span) owns the optimizer over the stage's trainable parameters: the
+whole stage (``trainable="all"``) or one named LoRA adapter (``"adapter:<name>"``, attached to
+the stage itself so inference sessions and gathers see it as it trains). A forward stores the
+micro-batch's input (as a leaf that requires grad) and output under its micro-batch id; the
+backward pops them, runs autograd with the gradient of the output (or, on the last stage, of the
+scaled loss) and returns the gradient of its input. Parameter gradients accumulate across
+micro-batches until the trainer asks for an optimizer step. The step first averages the
+gradients with the other replicas of the stage (hivemind, when the job expects replicas), then
+goes through :class:`lora.StepGuard`: a step whose gradients are not finite is skipped and
+counted, never fatal. Adapter jobs checkpoint atomically and resume from their checkpoint or,
+when a replica is ahead, from its peers.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from dataload.losses import cross_entropy_sum
+from lora.averaging import AveragingReport, StageGradientAverager, averaging_prefix
+from lora.checkpoint import load_checkpoint, save_checkpoint
+from lora.config import AveragingSettings, LoraSettings, check_adapter_name
+from lora.stage_adapters import (
+    adapter_parameters,
+    adapter_state_dict,
+    adapters,
+    attach_adapter,
+    load_adapter_state_dict,
+    use_adapters,
+)
 from lora.step_guard import StepGuard, StepOutcome
 from models.llama import LlamaStage
-from pipeline_stages.errors import CapacityExceeded, InvalidInput, SessionNotFound
+from pipeline_stages.errors import (
+    CapacityExceeded,
+    InvalidInput,
+    PositionMismatch,
+    SessionNotFound,
+)
+
+log = logging.getLogger(__name__)
+
+LEASE_SECONDS = 60.0
+"""A job answers only its trainer until that trainer has been silent this long."""
 
 
 @dataclass(frozen=True)
@@ -29,60 +59,203 @@ class JobSettings:
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8
+    lora: LoraSettings | None = None
+    replicas: int = 1
+    averaging: AveragingSettings | None = None
+    checkpoint_every: int = 0
+
+    @property
+    def adapter(self) -> str | None:
+        """The adapter being trained, or None for full fine-tuning."""
+        if self.trainable == "all":
+            return None
+        if self.trainable.startswith("adapter:"):
+            return self.trainable.split(":", 1)[1]
+        raise InvalidInput(f"trainable={self.trainable!r}: expected 'all' or 'adapter:<name>'")
 
 
-def trainable_parameters(stage: LlamaStage, trainable: str) -> list[torch.nn.Parameter]:
-    if trainable == "all":
-        return list(stage.parameters())
-    raise InvalidInput(f"trainable={trainable!r} is not supported by this daemon; "
-                       "supported: 'all'")
+@dataclass(frozen=True)
+class StepReport:
+    """What one optimizer step did on this stage."""
+
+    outcome: StepOutcome
+    averaging: AveragingReport | None
+    checkpoint: Path | None
+
+
+def _prepare_adapter(stage: LlamaStage, name: str, lora: LoraSettings | None) -> None:
+    try:
+        check_adapter_name(name)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from exc
+    attached = adapters(stage).get(name)
+    if lora is None:
+        if attached is None:
+            raise InvalidInput(f"adapter {name!r} is not on this stage and the job gave no LoRA "
+                               "settings to create it")
+        return
+    if attached is None:
+        attach_adapter(stage, name, lora)
+    elif attached.fingerprint() != lora.fingerprint():
+        raise PositionMismatch(
+            f"adapter {name!r} on this stage has other LoRA settings "
+            f"({attached.model_dump(mode='json')}) than the job asks for "
+            f"({lora.model_dump(mode='json')}); use another adapter name or the same settings")
 
 
 class StageTrainingJob:
-    def __init__(self, stage: LlamaStage, settings: JobSettings, *, max_pending: int = 64):
+    def __init__(self, stage: LlamaStage, settings: JobSettings, *, job_id: str = "job",
+                 model: str = "model", dht=None, checkpoint_dir: Path | None = None,
+                 max_pending: int = 64):
         self.stage = stage
         self.settings = settings
+        self.job_id = job_id
         self.max_pending = max_pending
-        self.params = trainable_parameters(stage, settings.trainable)
-        for param in stage.parameters():
-            param.requires_grad_(False)
-        for param in self.params:
-            param.requires_grad_(True)
+        self.adapter = settings.adapter
+        self.lock = threading.RLock()  # parameters and optimizer state (not the all-reduce)
+        self.owner = ""
+        self.last_seen = 0.0
+        if self.adapter is None:
+            self.params = list(stage.parameters())
+            for param in stage.parameters():
+                param.requires_grad_(False)
+            for param in self.params:
+                param.requires_grad_(True)
+        else:
+            _prepare_adapter(stage, self.adapter, settings.lora)
+            self.params = adapter_parameters(stage, self.adapter)
         self.optimizer = torch.optim.AdamW(
             self.params, lr=settings.learning_rate, weight_decay=settings.weight_decay,
             betas=(settings.beta1, settings.beta2), eps=settings.eps)
         self.guard = StepGuard(self.params, max_grad_norm=settings.max_grad_norm)
         self.pending: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.accumulated = 0  # backward passes since the last step
+        self.checkpoint_path = None
+        self.resumed_from = ""
+        if self.adapter is not None and checkpoint_dir is not None:
+            self.checkpoint_path = (Path(checkpoint_dir) / job_id /
+                                    f"{self.adapter}-L{stage.start}-{stage.end}.pt")
+            if self.checkpoint_path.is_file():
+                loaded = load_checkpoint(self.checkpoint_path, stage, self.adapter,
+                                         layers=(stage.start, stage.end),
+                                         optimizer=self.optimizer, guard=self.guard)
+                self.resumed_from = "checkpoint"
+                log.info("job %s resumed %s at step %d from %s", job_id, self.adapter,
+                         loaded.step, self.checkpoint_path)
+        self.averager = None
+        if self.adapter is not None and settings.replicas > 1:
+            if dht is None:
+                raise InvalidInput("this daemon has no DHT to average with replicas")
+            averaging = (settings.averaging or AveragingSettings()).model_copy(
+                update={"target_group_size": settings.replicas})
+            self.averager = StageGradientAverager(
+                dht, prefix=averaging_prefix(model, stage.start, stage.end, job_id,
+                                             self.adapter),
+                params=self.params, settings=averaging, lora=settings.lora,
+                optimizer=self.optimizer, lock=self.lock)
+            self.averager.set_step(self.guard.applied)
 
-    def forward(self, microbatch_id: str, tensors: dict[str, torch.Tensor],
-                loss_scale: float) -> dict:
+    @property
+    def steps_done(self) -> int:
+        return self.guard.applied + self.guard.skipped
+
+    # -- lease ---------------------------------------------------------------------------
+    def claim(self, trainer_id: str) -> None:
+        """Bind the job to ``trainer_id``; another trainer is refused while the lease holds."""
+        now = time.monotonic()
+        if (trainer_id and self.owner and trainer_id != self.owner
+                and now - self.last_seen < LEASE_SECONDS):
+            raise PositionMismatch(
+                f"this replica of layers [{self.stage.start}, {self.stage.end}) is training job "
+                f"{self.job_id!r} for trainer {self.owner[:12]}; use another replica")
+        if trainer_id and trainer_id != self.owner:
+            self.owner = trainer_id
+            self.pending.clear()
+            self.discard()
+        self.last_seen = now
+
+    # -- peers ---------------------------------------------------------------------------
+    def sync_from_peers(self, timeout: float = 15.0) -> bool:
+        """Take the adapter state of a replica that is further along; False if none is."""
+        if self.averager is None:
+            return False
+        with self.lock:
+            saved = (adapter_state_dict(self.stage, self.adapter),
+                     self.optimizer.state_dict(), self.guard.state_dict())
+        own_step = self.guard.applied
+        try:
+            loaded = self.averager.load_state_from_peers(timeout=timeout)
+        except Exception as exc:  # a peer's bad state must not take this replica down
+            log.warning("could not load state from peers: %s", exc)
+            loaded = None
+        if loaded is None:
+            return False
+        if loaded.step <= own_step:  # we were as far along: keep ours
+            with self.lock:
+                load_adapter_state_dict(self.stage, self.adapter, saved[0])
+                self.optimizer.load_state_dict(saved[1])
+            self.averager.set_step(own_step)
+            return False
+        with self.lock:
+            self.guard.applied = loaded.step
+        self.resumed_from = "peers"
+        log.info("job %s: loaded %s at step %d from a replica (was at %d)", self.job_id,
+                 self.adapter, loaded.step, own_step)
+        return True
+
+    # -- micro-batches -------------------------------------------------------------------
+    def _leaf(self, inputs: torch.Tensor | None) -> torch.Tensor:
         stage = self.stage
-        inputs = tensors.get("input")
         if inputs is None:
             raise InvalidInput("Forward needs an 'input' tensor")
-        mask = tensors.get("attention_mask")
-        if len(self.pending) >= self.max_pending:
-            raise CapacityExceeded(f"{self.max_pending} micro-batches await backward; "
-                                   "run backward or start a new job")
         if stage.is_first:
             if inputs.dtype != torch.int64 or inputs.dim() != 2:
                 raise InvalidInput("first stage takes int64 token ids (batch, seq)")
-            leaf = inputs
-        else:
-            hidden = stage.full_config.hidden_size
-            if not inputs.is_floating_point() or inputs.dim() != 3 or inputs.shape[2] != hidden:
-                raise InvalidInput(f"stage takes float hidden states (batch, seq, {hidden})")
-            leaf = inputs.float().requires_grad_(True)
+            vocab = stage.full_config.vocab_size
+            if inputs.numel() and (int(inputs.min()) < 0 or int(inputs.max()) >= vocab):
+                raise InvalidInput(f"token ids must be in [0, {vocab})")
+            return inputs
+        hidden = stage.full_config.hidden_size
+        if not inputs.is_floating_point() or inputs.dim() != 3 or inputs.shape[2] != hidden:
+            raise InvalidInput(f"stage takes float hidden states (batch, seq, {hidden})")
+        return inputs.float().requires_grad_(True)
+
+    def _run(self, leaf: torch.Tensor, mask: torch.Tensor | None, train: bool) -> torch.Tensor:
+        stage = self.stage
+        was_training = stage.training
+        stage.train(train)
+        try:
+            if self.adapter is None:
+                return stage(leaf, attention_mask=mask)
+            with use_adapters(stage, [self.adapter]):
+                return stage(leaf, attention_mask=mask)
+        finally:
+            stage.train(was_training)
+
+    def forward(self, microbatch_id: str, tensors: dict[str, torch.Tensor],
+                loss_scale: float, *, evaluate: bool = False) -> dict:
+        leaf = self._leaf(tensors.get("input"))
+        mask = tensors.get("attention_mask")
         if mask is not None and tuple(mask.shape) != tuple(leaf.shape[:2]):
             raise InvalidInput("attention_mask must be (batch, seq)")
+        labels = tensors.get("labels")
+        if self.stage.is_last and (labels is None or tuple(labels.shape) != tuple(leaf.shape[:2])):
+            raise InvalidInput("last stage needs 'labels' of shape (batch, seq)")
+        if evaluate:
+            with torch.no_grad():
+                out = self._run(leaf.detach(), mask, train=False)
+                if not self.stage.is_last:
+                    return {"output": out}
+                loss_sum, count = cross_entropy_sum(out, labels)
+                return {"loss_sum": float(loss_sum), "loss_tokens": count}
+        if len(self.pending) >= self.max_pending:
+            raise CapacityExceeded(f"{self.max_pending} micro-batches await backward; "
+                                   "run backward or start a new job")
         with torch.enable_grad():
-            out = stage(leaf, attention_mask=mask)
-            if not stage.is_last:
+            out = self._run(leaf, mask, train=True)
+            if not self.stage.is_last:
                 self.pending[microbatch_id] = (leaf, out)
                 return {"output": out.detach()}
-            labels = tensors.get("labels")
-            if labels is None or tuple(labels.shape) != tuple(leaf.shape[:2]):
-                raise InvalidInput("last stage needs 'labels' of shape (batch, seq)")
             loss_sum, count = cross_entropy_sum(out, labels)  # the canonical loss
             self.pending[microbatch_id] = (leaf, loss_sum * loss_scale)
             return {"loss_sum": float(loss_sum.detach()), "loss_tokens": count}
@@ -98,10 +271,55 @@ class StageTrainingJob:
             if grad is None or tuple(grad.shape) != tuple(out.shape):
                 raise InvalidInput(f"backward needs 'grad' of shape {list(out.shape)}")
             out.backward(grad.to(out.dtype))
+        self.accumulated += 1
         return None if self.stage.is_first else leaf.grad
 
-    def optimizer_step(self, step: int) -> StepOutcome:
-        if step != self.guard.applied + self.guard.skipped:
-            raise InvalidInput(f"optimizer step {step} requested, stage is at "
-                               f"{self.guard.applied + self.guard.skipped}")
-        return self.guard.step(self.optimizer)
+    # -- steps ---------------------------------------------------------------------------
+    def discard(self) -> None:
+        """Drop the gradient accumulated since the last step (a step the trainer abandons)."""
+        self.pending.clear()
+        for param in self.params:
+            param.grad = None
+        self.accumulated = 0
+
+    def optimizer_step(self, samples: float = 1.0, *, checkpoint: bool = False,
+                       compute_lock: threading.Lock | None = None) -> StepReport:
+        """Average with the replicas (outside every lock), then guard + step, then save.
+
+        ``compute_lock`` (the executor's) is taken around the parameter update only, so
+        inference keeps running while this replica waits for its averaging group.
+        """
+        if self.accumulated == 0:
+            raise PositionMismatch("no gradient accumulated since the last step; run forward "
+                                   "and backward first")
+        report = None
+        if self.averager is not None:
+            report = self.averager.average(samples)
+        with compute_lock or threading.Lock(), self.lock:
+            outcome = self.guard.step(self.optimizer)
+        self.accumulated = 0
+        if self.averager is not None:
+            self.averager.set_step(self.guard.applied)
+        every = self.settings.checkpoint_every
+        due = checkpoint or (every > 0 and outcome.applied and self.guard.applied % every == 0)
+        return StepReport(outcome, report, self.save() if due else None)
+
+    def save(self) -> Path | None:
+        """Write the adapter checkpoint (atomic); None for full fine-tuning jobs."""
+        if self.checkpoint_path is None:
+            return None
+        with self.lock:
+            return save_checkpoint(self.checkpoint_path, self.stage, self.adapter,
+                                   step=self.guard.applied,
+                                   layers=(self.stage.start, self.stage.end),
+                                   optimizer=self.optimizer, guard=self.guard,
+                                   extra={"job_id": self.job_id})
+
+    def close(self) -> None:
+        """Save (adapter jobs) and leave the averaging group."""
+        try:
+            if self.checkpoint_path is not None and self.guard.applied > 0:
+                self.save()
+        finally:
+            if self.averager is not None:
+                self.averager.shutdown()

@@ -145,18 +145,20 @@ class TensorChunk(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class TrainHeader(_message.Message):
-    __slots__ = ("job_id", "microbatch_id", "start", "end", "loss_scale")
+    __slots__ = ("job_id", "microbatch_id", "start", "end", "loss_scale", "evaluate")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     MICROBATCH_ID_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
     LOSS_SCALE_FIELD_NUMBER: _ClassVar[int]
+    EVALUATE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     microbatch_id: str
     start: int
     end: int
     loss_scale: float
-    def __init__(self, job_id: _Optional[str] = ..., microbatch_id: _Optional[str] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., loss_scale: _Optional[float] = ...) -> None: ...
+    evaluate: bool
+    def __init__(self, job_id: _Optional[str] = ..., microbatch_id: _Optional[str] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., loss_scale: _Optional[float] = ..., evaluate: _Optional[bool] = ...) -> None: ...
 
 class TrainMessage(_message.Message):
     __slots__ = ("header", "chunk", "loss_sum", "loss_tokens")
@@ -171,7 +173,7 @@ class TrainMessage(_message.Message):
     def __init__(self, header: _Optional[_Union[TrainHeader, _Mapping]] = ..., chunk: _Optional[_Union[TensorChunk, _Mapping]] = ..., loss_sum: _Optional[float] = ..., loss_tokens: _Optional[int] = ...) -> None: ...
 
 class TrainingJobRequest(_message.Message):
-    __slots__ = ("job_id", "start", "end", "trainable", "learning_rate", "weight_decay", "max_grad_norm", "beta1", "beta2", "eps")
+    __slots__ = ("job_id", "start", "end", "trainable", "learning_rate", "weight_decay", "max_grad_norm", "beta1", "beta2", "eps", "model", "trainer_id", "lora_json", "replicas", "averaging_json", "checkpoint_every")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
@@ -182,6 +184,12 @@ class TrainingJobRequest(_message.Message):
     BETA1_FIELD_NUMBER: _ClassVar[int]
     BETA2_FIELD_NUMBER: _ClassVar[int]
     EPS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    TRAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    LORA_JSON_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    AVERAGING_JSON_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_EVERY_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     start: int
     end: int
@@ -192,38 +200,62 @@ class TrainingJobRequest(_message.Message):
     beta1: float
     beta2: float
     eps: float
-    def __init__(self, job_id: _Optional[str] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., trainable: _Optional[str] = ..., learning_rate: _Optional[float] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., beta1: _Optional[float] = ..., beta2: _Optional[float] = ..., eps: _Optional[float] = ...) -> None: ...
+    model: str
+    trainer_id: str
+    lora_json: str
+    replicas: int
+    averaging_json: str
+    checkpoint_every: int
+    def __init__(self, job_id: _Optional[str] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., trainable: _Optional[str] = ..., learning_rate: _Optional[float] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., beta1: _Optional[float] = ..., beta2: _Optional[float] = ..., eps: _Optional[float] = ..., model: _Optional[str] = ..., trainer_id: _Optional[str] = ..., lora_json: _Optional[str] = ..., replicas: _Optional[int] = ..., averaging_json: _Optional[str] = ..., checkpoint_every: _Optional[int] = ...) -> None: ...
 
 class TrainingJobResponse(_message.Message):
-    __slots__ = ("trainable_parameters", "step")
+    __slots__ = ("trainable_parameters", "step", "resumed_from", "fingerprint")
     TRAINABLE_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
+    RESUMED_FROM_FIELD_NUMBER: _ClassVar[int]
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     trainable_parameters: int
     step: int
-    def __init__(self, trainable_parameters: _Optional[int] = ..., step: _Optional[int] = ...) -> None: ...
+    resumed_from: str
+    fingerprint: str
+    def __init__(self, trainable_parameters: _Optional[int] = ..., step: _Optional[int] = ..., resumed_from: _Optional[str] = ..., fingerprint: _Optional[str] = ...) -> None: ...
 
 class OptimizerStepRequest(_message.Message):
-    __slots__ = ("job_id", "start", "end", "step")
+    __slots__ = ("job_id", "start", "end", "step", "samples", "discard", "checkpoint", "trainer_id")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    DISCARD_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    TRAINER_ID_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     start: int
     end: int
     step: int
-    def __init__(self, job_id: _Optional[str] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., step: _Optional[int] = ...) -> None: ...
+    samples: float
+    discard: bool
+    checkpoint: bool
+    trainer_id: str
+    def __init__(self, job_id: _Optional[str] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., step: _Optional[int] = ..., samples: _Optional[float] = ..., discard: _Optional[bool] = ..., checkpoint: _Optional[bool] = ..., trainer_id: _Optional[str] = ...) -> None: ...
 
 class OptimizerStepResponse(_message.Message):
-    __slots__ = ("applied", "reason", "grad_norm", "step", "skipped")
+    __slots__ = ("applied", "reason", "grad_norm", "step", "skipped", "group_size", "averaging", "checkpoint_path")
     APPLIED_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     GRAD_NORM_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    GROUP_SIZE_FIELD_NUMBER: _ClassVar[int]
+    AVERAGING_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_PATH_FIELD_NUMBER: _ClassVar[int]
     applied: bool
     reason: str
     grad_norm: float
     step: int
     skipped: int
-    def __init__(self, applied: _Optional[bool] = ..., reason: _Optional[str] = ..., grad_norm: _Optional[float] = ..., step: _Optional[int] = ..., skipped: _Optional[int] = ...) -> None: ...
+    group_size: int
+    averaging: str
+    checkpoint_path: str
+    def __init__(self, applied: _Optional[bool] = ..., reason: _Optional[str] = ..., grad_norm: _Optional[float] = ..., step: _Optional[int] = ..., skipped: _Optional[int] = ..., group_size: _Optional[int] = ..., averaging: _Optional[str] = ..., checkpoint_path: _Optional[str] = ...) -> None: ...

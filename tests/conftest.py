@@ -46,7 +46,8 @@ def local_swarm(tmp_path: Path, model: str, peers: list[tuple[str, list[tuple[in
         "model": model,
         "peers": [{"name": name, "stages": [{"start": s, "end": e} for s, e in stages]}
                   for name, stages in peers],
-        "daemon": {"announce_period": 1.0, "announce_ttl": 4.0, **daemon},
+        "daemon": {"announce_period": 1.0, "announce_ttl": 4.0,
+                   "state_dir": str(tmp_path / "peer-state"), **daemon},
     })
     state_file = tmp_path / "swarm.json"
     state = start_swarm(preset, "test", runs_dir=tmp_path / "runs", state_file=state_file)

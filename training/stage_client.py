@@ -15,9 +15,12 @@ from proto.tensor_chunks import TensorAssembler, split_tensor
 
 class StageTrainClient:
     def __init__(self, endpoint: str, *, job_id: str, start: int, end: int,
-                 timeout: float = 300.0, max_bytes: int = 512 * 1024 * 1024):
+                 timeout: float = 300.0, max_bytes: int = 512 * 1024 * 1024,
+                 trainer_id: str = "", peer_id: str = ""):
         self.endpoint = endpoint
+        self.peer_id = peer_id
         self.job_id, self.start, self.end = job_id, start, end
+        self.trainer_id = trainer_id
         self.timeout = timeout
         self.max_bytes = max_bytes
         self._channel = grpc.insecure_channel(endpoint, options=channel_options(64 << 20))
@@ -25,18 +28,23 @@ class StageTrainClient:
 
     def open_job(self, *, trainable: str = "all", learning_rate: float, weight_decay: float = 0,
                  max_grad_norm: float = 0, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8) -> node0_pb2.TrainingJobResponse:
+                 eps: float = 1e-8, model: str = "", lora_json: str = "", replicas: int = 1,
+                 averaging_json: str = "", checkpoint_every: int = 0
+                 ) -> node0_pb2.TrainingJobResponse:
         return self._stub.OpenTrainingJob(node0_pb2.TrainingJobRequest(
             job_id=self.job_id, start=self.start, end=self.end, trainable=trainable,
             learning_rate=learning_rate, weight_decay=weight_decay,
-            max_grad_norm=max_grad_norm, beta1=betas[0], beta2=betas[1], eps=eps),
+            max_grad_norm=max_grad_norm, beta1=betas[0], beta2=betas[1], eps=eps, model=model,
+            trainer_id=self.trainer_id, lora_json=lora_json, replicas=replicas,
+            averaging_json=averaging_json, checkpoint_every=checkpoint_every),
             timeout=self.timeout)
 
     def _messages(self, microbatch_id: str, tensors: dict[str, torch.Tensor],
-                  loss_scale: float) -> Iterator[node0_pb2.TrainMessage]:
+                  loss_scale: float, evaluate: bool = False
+                  ) -> Iterator[node0_pb2.TrainMessage]:
         yield node0_pb2.TrainMessage(header=node0_pb2.TrainHeader(
             job_id=self.job_id, microbatch_id=microbatch_id, start=self.start, end=self.end,
-            loss_scale=loss_scale))
+            loss_scale=loss_scale, evaluate=evaluate))
         for name, tensor in tensors.items():
             for chunk in split_tensor(name, tensor):
                 yield node0_pb2.TrainMessage(chunk=chunk)
@@ -50,10 +58,13 @@ class StageTrainClient:
         return assembler.tensors(), last
 
     def forward(self, microbatch_id: str, tensors: dict[str, torch.Tensor],
-                loss_scale: float = 1.0) -> tuple[torch.Tensor | None, float, int]:
-        """Returns (output hidden states | None, loss_sum, loss_tokens)."""
+                loss_scale: float = 1.0, *, evaluate: bool = False
+                ) -> tuple[torch.Tensor | None, float, int]:
+        """Returns (output hidden states | None, loss_sum, loss_tokens).
+
+        ``evaluate``: no gradient, nothing kept on the stage (held-out loss)."""
         out, last = self._collect(self._stub.Forward(
-            self._messages(microbatch_id, tensors, loss_scale), timeout=self.timeout))
+            self._messages(microbatch_id, tensors, loss_scale, evaluate), timeout=self.timeout))
         return out.get("output"), last.loss_sum, last.loss_tokens
 
     def backward(self, microbatch_id: str, grad: torch.Tensor | None) -> torch.Tensor | None:
@@ -62,9 +73,11 @@ class StageTrainClient:
                                                    timeout=self.timeout))
         return out.get("grad")
 
-    def optimizer_step(self, step: int) -> node0_pb2.OptimizerStepResponse:
+    def optimizer_step(self, step: int, *, samples: float = 1.0, discard: bool = False,
+                       checkpoint: bool = False) -> node0_pb2.OptimizerStepResponse:
         return self._stub.OptimizerStep(node0_pb2.OptimizerStepRequest(
-            job_id=self.job_id, start=self.start, end=self.end, step=step),
+            job_id=self.job_id, start=self.start, end=self.end, step=step, samples=samples,
+            discard=discard, checkpoint=checkpoint, trainer_id=self.trainer_id),
             timeout=self.timeout)
 
     def close(self) -> None:
