@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from checkpoint_gather.weights_service import WeightsService
 from models.catalog import resolve_model_dir
 from node.banner import print_banner, status
 from node.config import DaemonConfig
@@ -106,8 +107,11 @@ class Daemon:
         executor.checkpoint_dir = cfg.state_dir / "checkpoints" if cfg.state_dir else None
         service = StageService(executor, peer_id=str(self.dht.peer_id),
                                max_message_bytes=cfg.max_message_bytes)
+        weights = WeightsService(executor, peer_id=str(self.dht.peer_id),
+                                 max_message_bytes=cfg.max_message_bytes)
         self.server, self.port = start_grpc_server(
-            service, cfg.host, cfg.port, max_workers=2 * cfg.max_sessions + 4)
+            service, cfg.host, cfg.port, max_workers=2 * cfg.max_sessions + 4,
+            extra_servicers=(weights,))
         status("grpc", f"serving on {cfg.host}:{self.port}")
         announce(self.dht, self._records(executor), cfg.announce_ttl)
         if cfg.peer_file:

@@ -220,8 +220,12 @@ def _describe(report) -> str:
 
 
 def start_grpc_server(service: StageService, host: str, port: int, *,
-                      max_workers: int) -> tuple[grpc.Server, int]:
-    """Start the server; returns it and the bound port (``port=0`` picks a free one)."""
+                      max_workers: int, extra_servicers=()) -> tuple[grpc.Server, int]:
+    """Start the server; returns it and the bound port (``port=0`` picks a free one).
+
+    ``extra_servicers``: objects whose ``add_to_server(server)`` registers another service
+    (e.g. ``checkpoint_gather.weights_service.WeightsService``) on the same port.
+    """
     limit = service.max_message_bytes
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
@@ -232,6 +236,8 @@ def start_grpc_server(service: StageService, host: str, port: int, *,
         ],
     )
     node0_pb2_grpc.add_StageServicer_to_server(service, server)
+    for servicer in extra_servicers:
+        servicer.add_to_server(server)
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot bind gRPC server to {host}:{port}")

@@ -1,0 +1,386 @@
+"""``node0 gather``: pull every stage of a model from the swarm and export it, verified.
+
+Steps, each gating the next:
+
+1. **route**: the model's stage records from the DHT; the chain of spans covering every layer
+   once (:func:`inference.routing.plan_route`; a missing stage fails here, naming its layers),
+   with every online replica of each span as a fallback;
+2. **pull**: one ``PullWeights`` stream per stage, all stages at once; each chunk is checked
+   against the stage's header and each tensor against its sha256 as it completes
+   (:mod:`checkpoint_gather.weights_client`). A replica that dies or stalls is replaced by the
+   next replica of its span; with none left the job fails (exit 7). As soon as every header is
+   in, coverage is proven over the declared manifests — before the bulk of the bytes arrives;
+3. **merge** (``--merge-adapters``): the named adapters folded into the base weights
+   (:mod:`checkpoint_gather.merge`);
+4. **export**: :func:`checkpoint_gather.export.export_checkpoint` proves coverage again over what
+   arrived, verifies every tensor, writes HF / GGUF / PEFT into a temporary directory, renames it
+   into place and completes the run record.
+
+Nothing is written to ``out_dir`` unless every step succeeded.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from checkpoint_gather.coverage import check_coverage, check_layer_coverage
+from checkpoint_gather.export import ExportResult, export_checkpoint
+from checkpoint_gather.hf_export import DEFAULT_MAX_SHARD_BYTES, llama_config
+from checkpoint_gather.merge import merge_adapters
+from checkpoint_gather.peft_export import StageAdapters
+from checkpoint_gather.sources import SourceManifest, TensorEntry, tensor_sha256
+from checkpoint_gather.weights_client import PulledStage, PullTarget, StagePull
+from node.dht_records import StageRecord
+from node.errors import CheckpointError, PeerFailureError, RequestError
+from provenance import RunDir, sha256_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GatherOptions:
+    """What to gather and write.
+
+    Attributes:
+        model: the model's name in the swarm (catalog name or the daemons' local path).
+        out_dir: the job's output directory; must not exist.
+        merge_adapters: adapters folded into the exported base weights, stacked in this order.
+        adapters_only: write only a PEFT adapter (``adapter``), no base weights.
+        adapter: with ``adapters_only``, the adapter; None = the one adapter the stages hold.
+        hf: write the Hugging Face directory.
+        gguf_types: GGUF files to write (``f32``, ``f16``, ``q8_0``).
+        tokenizer_dir: tokenizer files to ship; None = the model's local directory.
+        chunk_bytes: bytes per streamed chunk (0 = the stage's default, 1 MiB).
+        idle_timeout: a stream silent this long (seconds) counts as a failed peer.
+        route_timeout: how long announcements may take to cover every layer.
+        max_shard_bytes: Hugging Face shard size limit.
+    """
+
+    model: str
+    out_dir: Path
+    merge_adapters: tuple[str, ...] = ()
+    adapters_only: bool = False
+    adapter: str | None = None
+    hf: bool = True
+    gguf_types: tuple[str, ...] = ("f32",)
+    tokenizer_dir: Path | None = None
+    chunk_bytes: int = 0
+    idle_timeout: float = 60.0
+    route_timeout: float = 10.0
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
+
+    def __post_init__(self):
+        if self.adapters_only and self.merge_adapters:
+            raise RequestError("--adapters-only and --merge-adapters exclude each other")
+        if self.adapter and not self.adapters_only:
+            raise RequestError("--adapter names the adapter of an --adapters-only export")
+        if not self.adapters_only and not self.hf and not self.gguf_types:
+            raise RequestError("nothing to write: no Hugging Face and no GGUF output asked")
+        if len(set(self.merge_adapters)) != len(self.merge_adapters):
+            raise RequestError(f"--merge-adapters names one twice: {list(self.merge_adapters)}")
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """One span of the route and its replicas, in the order they are tried."""
+
+    start: int
+    end: int
+    replicas: tuple[PullTarget, ...]
+
+
+@dataclass
+class GatherResult:
+    export: ExportResult
+    stages: list[PulledStage] = field(default_factory=list)
+    adapters: tuple[str, ...] = ()  # merged, or the one exported alone
+
+    @property
+    def bytes(self) -> int:
+        return sum(s.bytes for s in self.stages)
+
+
+def plan_stages(records: Sequence[StageRecord], model: str, *,
+                need_adapters: Sequence[str] = ()) -> list[StagePlan]:
+    """The route's spans, each with its online replicas holding ``need_adapters``.
+
+    Raises:
+        SwarmError: some layers are served by no online peer (named).
+        RequestError: a span has no replica holding every adapter asked for.
+    """
+    from inference.routing import plan_route, replicas_for
+
+    need = set(need_adapters)
+    plans = []
+    for hop in plan_route(records, model):
+        replicas = [hop] + [r for r in replicas_for(records, hop.span, model,
+                                                    exclude_endpoints=frozenset({hop.endpoint}))]
+        usable = [r for r in replicas if need <= set(r.adapters)]
+        if not usable:
+            held = sorted({a for r in replicas for a in r.adapters})
+            raise RequestError(f"no peer serving layers [{hop.start}, {hop.end}) holds "
+                               f"adapter(s) {sorted(need - set(held)) or sorted(need)}; "
+                               f"held there: {', '.join(held) or 'none'}")
+        plans.append(StagePlan(hop.start, hop.end, tuple(
+            PullTarget(r.endpoint, r.peer_id, r.start, r.end) for r in usable)))
+    return plans
+
+
+def choose_adapter(records: Sequence[StageRecord], plans: Sequence[StagePlan],
+                   requested: str | None) -> str:
+    """The adapter of an ``--adapters-only`` export: the named one, or the only one held."""
+    if requested:
+        return requested
+    spans = {(p.start, p.end) for p in plans}
+    held = [set(r.adapters) for r in records if r.span in spans and r.state == "online"]
+    common = sorted(set.intersection(*held)) if held else []
+    if len(common) == 1:
+        return common[0]
+    if not common:
+        raise RequestError("the stages hold no adapter to export",
+                           hint="load one in the daemons' config (`adapters:`) or train one")
+    raise RequestError(f"the stages hold several adapters ({', '.join(common)}); name one "
+                       "with --adapter")
+
+
+def _header_manifest(pull: StagePull, header) -> SourceManifest:
+    t = pull.target
+    return SourceManifest(t.source_id, t.start, t.end,
+                          {e.key: TensorEntry(tuple(e.shape), e.dtype, e.sha256)
+                           for e in header.tensors if not e.adapter}, peer=t.peer_id)
+
+
+class _Puller:
+    """Pull every planned stage in parallel, with replica fallback and an idle watchdog."""
+
+    def __init__(self, plans: Sequence[StagePlan], model: str, *, base: bool,
+                 adapters: tuple[str, ...], chunk_bytes: int, idle_timeout: float,
+                 on_all_headers: Callable[[list], None], progress=None):
+        self.plans = list(plans)
+        self.model = model
+        self.base = base
+        self.adapters = adapters
+        self.chunk_bytes = chunk_bytes
+        self.idle_timeout = idle_timeout
+        self.on_all_headers = on_all_headers
+        self.progress = progress
+        self._lock = threading.Lock()
+        self._active: dict[tuple[int, int], StagePull] = {}
+        self._headers: dict[tuple[int, int], tuple[StagePull, object]] = {}
+        self._tasks: dict[int, object] = {}
+        self._aborted: str | None = None
+
+    def _on_header(self, pull: StagePull, header) -> None:
+        with self._lock:
+            self._headers[(pull.target.start, pull.target.end)] = (pull, header)
+        if self.progress is not None:
+            t = pull.target
+            self._tasks[id(pull)] = self.progress.add_task(
+                f"layers [{t.start}, {t.end}) from {t.endpoint}", total=header.total_bytes)
+
+    def _on_bytes(self, pull: StagePull, n: int) -> None:
+        task = self._tasks.get(id(pull))
+        if task is not None:
+            self.progress.advance(task, n)
+
+    def _pull_span(self, plan: StagePlan) -> PulledStage:
+        failures = []
+        for target in plan.replicas:
+            pull = StagePull(target, self.model, base=self.base, adapters=self.adapters,
+                             chunk_bytes=self.chunk_bytes, on_header=self._on_header,
+                             on_bytes=self._on_bytes)
+            with self._lock:
+                if self._aborted is not None:
+                    raise PeerFailureError(f"layers [{plan.start}, {plan.end}): not pulled "
+                                           f"({self._aborted})")
+                self._active[(plan.start, plan.end)] = pull
+            try:
+                return pull.run()
+            except PeerFailureError as exc:
+                with self._lock:
+                    if self._aborted is not None:
+                        raise
+                    self._headers.pop((plan.start, plan.end), None)
+                log.warning("%s", exc)
+                failures.append(str(exc))
+                task = self._tasks.pop(id(pull), None)
+                if task is not None:  # the next replica starts a bar of its own
+                    self.progress.update(task, visible=False)
+        tried = len(plan.replicas)
+        raise PeerFailureError(
+            f"layers [{plan.start}, {plan.end}) could not be pulled from any of its {tried} "
+            f"replica(s): " + "; ".join(failures),
+            hint="restart the failed peer (or start another one serving these layers) and "
+                 "gather again; nothing was written")
+
+    def _abort(self, reason: str) -> None:
+        with self._lock:
+            self._aborted = reason
+            active = list(self._active.values())
+        for pull in active:
+            pull.cancel(reason)
+
+    def run(self) -> list[PulledStage]:
+        headers_checked = False
+        with concurrent.futures.ThreadPoolExecutor(len(self.plans),
+                                                   thread_name_prefix="pull") as pool:
+            futures = {pool.submit(self._pull_span, plan): plan for plan in self.plans}
+            try:
+                pending = set(futures)
+                while pending:
+                    done, pending = concurrent.futures.wait(
+                        pending, timeout=0.2, return_when=concurrent.futures.FIRST_EXCEPTION)
+                    for future in done:
+                        future.result()  # raises the stage's error
+                    if not headers_checked:
+                        with self._lock:
+                            ready = len(self._headers) == len(self.plans)
+                            headers = [self._headers[(p.start, p.end)] for p in self.plans]
+                        if ready:
+                            self.on_all_headers(headers)
+                            headers_checked = True
+                    now = time.monotonic()
+                    with self._lock:
+                        stale = [p for p in self._active.values()
+                                 if now - p.last_activity > self.idle_timeout]
+                    for pull in stale:
+                        pull.cancel(f"no data for {self.idle_timeout:g} s")
+            except BaseException as exc:
+                self._abort(f"the gather was aborted: {str(exc).splitlines()[0]}")
+                raise
+        return [future.result() for future in futures]
+
+
+def _check_configs(stages: Sequence[PulledStage]) -> dict:
+    first = stages[0]
+    for stage in stages[1:]:
+        if stage.config != first.config:
+            raise CheckpointError(f"stages disagree on the model config: "
+                                  f"{first.target.source_id} vs {stage.target.source_id}")
+    return first.config
+
+
+def _adapter_settings(stages: Sequence[PulledStage], name: str):
+    settings = {s.target.source_id: s.adapter_settings.get(name) for s in stages}
+    distinct = {v.fingerprint() if v else None for v in settings.values()}
+    if len(distinct) != 1 or None in distinct:
+        raise CheckpointError(f"stages disagree on adapter {name!r}'s LoRA settings: "
+                              + ", ".join(f"{k}: {v.model_dump() if v else 'absent'}"
+                                          for k, v in settings.items()))
+    return next(iter(settings.values()))
+
+
+def _merged_source(stage: PulledStage, adapters: Sequence[str], settings: dict):
+    """The stage's base weights with ``adapters`` folded in, and their new manifest."""
+    declared = stage.base
+    changed = merge_adapters(stage.base_tensors,
+                             [(settings[a], stage.adapters[a]) for a in adapters])
+    entries = dict(declared.tensors)
+    for name in changed:
+        entries[name] = TensorEntry(entries[name].shape, entries[name].dtype,
+                                    tensor_sha256(stage.base_tensors[name]))
+    extra = {**declared.extra, "merged_adapters": list(adapters),
+             "pulled_tensors_sha256": sha256_json({n: e.to_json()
+                                                   for n, e in sorted(declared.tensors.items())}),
+             "pulled_adapter_sha256": {a: stage.adapter_digests[a] for a in adapters}}
+    manifest = SourceManifest(declared.source_id, declared.start, declared.end, entries,
+                              peer=declared.peer, extra=extra)
+    return manifest, stage.base_tensors
+
+
+def gather_stages(options: GatherOptions, plans: Sequence[StagePlan], *,
+                  tokenizer_dir: str | Path, generation_config=None,
+                  run: RunDir | None = None, progress=None,
+                  adapter: str | None = None) -> GatherResult:
+    """Pull ``plans`` and export them (steps 2–4; the DHT-free part of :func:`gather`)."""
+    out_dir = Path(options.out_dir)
+    if out_dir.exists():
+        raise CheckpointError(f"output {out_dir} already exists; refusing to overwrite it",
+                              hint="choose a new --out or remove the old one yourself")
+    wanted = (adapter,) if options.adapters_only else tuple(options.merge_adapters)
+
+    def prove(headers) -> None:
+        configs = {json.dumps(json.loads(h.config_json), sort_keys=True) for _, h in headers}
+        if len(configs) != 1:
+            raise CheckpointError("stages disagree on the model config; they serve different "
+                                  "models under one name")
+        config = llama_config(json.loads(headers[0][1].config_json))
+        manifests = [_header_manifest(pull, header) for pull, header in headers]
+        if options.adapters_only:
+            check_layer_coverage(config.num_hidden_layers, manifests)
+        else:
+            check_coverage(config, manifests)
+        log.info("coverage proven over the stages' manifests: %d layers from %d stages",
+                 config.num_hidden_layers, len(manifests))
+
+    puller = _Puller(plans, options.model, base=not options.adapters_only, adapters=wanted,
+                     chunk_bytes=options.chunk_bytes, idle_timeout=options.idle_timeout,
+                     on_all_headers=prove, progress=progress)
+    stages = puller.run()
+    config = llama_config(_check_configs(stages))
+    settings = {name: _adapter_settings(stages, name) for name in wanted}
+    provenance = {
+        "gathered_from": "swarm", "swarm_model": options.model,
+        "stages": [{"source_id": s.target.source_id, "peer": s.target.peer_id,
+                    "endpoint": s.target.endpoint, "layers": [s.target.start, s.target.end],
+                    "bytes": s.bytes, "seconds": round(s.seconds, 3),
+                    "node0_version": s.node0_version} for s in stages],
+        "merged_adapters": list(options.merge_adapters),
+        "adapter_settings": {n: s.model_dump(mode="json") for n, s in settings.items()},
+    }
+    from models.catalog import CATALOG
+
+    catalog_name = options.model if options.model in CATALOG else None
+    common = {"tokenizer_dir": tokenizer_dir, "model": catalog_name, "run": run,
+              "provenance": provenance, "base_model": options.model}
+    if options.adapters_only:
+        adapters = [StageAdapters(s.target.source_id, s.target.start, s.target.end,
+                                  s.adapters[adapter]) for s in stages]
+        export = export_checkpoint(out_dir, config, [], hf=False, gguf_types=(),
+                                   adapters=adapters, lora_settings=settings[adapter], **common)
+    else:
+        if options.merge_adapters:
+            sources = [_merged_source(s, options.merge_adapters, settings) for s in stages]
+        else:
+            sources = [(s.base, s.base_tensors) for s in stages]
+        export = export_checkpoint(out_dir, config, sources, hf=options.hf,
+                                   gguf_types=options.gguf_types,
+                                   generation_config=generation_config,
+                                   max_shard_bytes=options.max_shard_bytes, **common)
+    return GatherResult(export=export, stages=stages, adapters=wanted)
+
+
+def gather(options: GatherOptions, *, initial_peers: list[str], run: RunDir | None = None,
+           progress=None) -> GatherResult:
+    """Find the model's stages through the DHT, pull them all and export (module docstring)."""
+    from inference.swarm_client import SwarmClient
+
+    if Path(options.out_dir).exists():
+        raise CheckpointError(f"output {options.out_dir} already exists; refusing to "
+                              "overwrite it", hint="choose a new --out or remove the old one")
+    client = SwarmClient(options.model, initial_peers)
+    try:
+        client.wait_for_route(options.route_timeout)
+        records = client.records()
+    finally:
+        client.close()
+    plans = plan_stages(records, options.model, need_adapters=options.merge_adapters)
+    adapter = None
+    if options.adapters_only:
+        adapter = choose_adapter(records, plans, options.adapter)
+        plans = plan_stages(records, options.model, need_adapters=(adapter,))
+    log.info("route: %s", " -> ".join(f"[{p.start}, {p.end}) x{len(p.replicas)}"
+                                      for p in plans))
+    model_dir = client.model_dir
+    tokenizer_dir = options.tokenizer_dir or model_dir
+    generation = model_dir / "generation_config.json"
+    return gather_stages(options, plans, tokenizer_dir=tokenizer_dir,
+                         generation_config=generation if generation.is_file() else None,
+                         run=run, progress=progress, adapter=adapter)
