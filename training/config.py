@@ -1,0 +1,66 @@
+"""``TrainConfig``: what ``node0 train --config FILE`` does. YAML files only name these values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from dataload.config import DataConfig
+from lora.config import LoraSettings, check_adapter_name
+
+
+class TrainConfig(BaseModel):
+    """One trainer of a LoRA fine-tuning run over the swarm."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = "smollm2-135m"
+    """The base model (catalog name or local HF directory); stages of another model refuse."""
+    initial_peers: list[str] = Field(default_factory=list)
+    """DHT multiaddrs to join; empty: the local swarm's state file (``node0 swarm up``)."""
+    run_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    """Names the job on every stage (checkpoints, averaging group). Trainers that share a run
+    (data shards) use the same ``run_id``; default: a fresh one per run."""
+    adapter: str = "gastown"
+    """The LoRA adapter trained on every stage (a slug); inference requests it by name."""
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    learning_rate: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+    max_grad_norm: float = Field(1.0, ge=0)
+    """Clip the global gradient norm of each stage's adapter (0: off)."""
+    steps: int = Field(20, ge=1)
+    """Optimizer steps in total (a resumed run continues to this number)."""
+    micro_batch_size: int | None = Field(None, ge=1)
+    """Rows per forward/backward; a batch is split into micro-batches whose gradients
+    accumulate into one step (None: the whole batch at once)."""
+    replicas: int = Field(1, ge=1)
+    """Replicas of each stage that average their gradients every step (one per trainer)."""
+    averaging: dict = Field(default_factory=dict)
+    """Overrides of :class:`lora.config.AveragingSettings` (timeouts, compression)."""
+    checkpoint_every: int = Field(10, ge=0)
+    """Stages save adapter + optimizer, and the trainer its data position, every N steps
+    (0: only at the end)."""
+    eval_every: int = Field(0, ge=0)
+    """Held-out loss every N steps (0: before and after training only)."""
+    probes: Path | None = None
+    """Probe prompts (``dataload.probes``) answered before and after training."""
+    probe_max_new_tokens: int = Field(40, ge=1)
+    reroute_timeout: float = Field(120.0, gt=0)
+    """How long a trainer whose route broke waits for a usable replica (state: degraded)."""
+    step_timeout: float = Field(600.0, gt=0)
+    """Deadline of one RPC to a stage (an optimizer step may wait for averaging)."""
+    data: DataConfig
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        check_adapter_name(self.adapter)
+        if self.data.kind != "sft":
+            raise ValueError("node0 train runs SFT; DPO pairs train through dataload.dpo_loss "
+                             "in a single process for now")
+        if self.data.packing:
+            raise ValueError("packing is not supported over the pipeline yet: packed rows need "
+                             "per-example position ids and a block mask on the wire")
+        return self

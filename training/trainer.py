@@ -1,0 +1,249 @@
+"""The trainer peer: feeds its data shard through the swarm's stages, one optimizer step at a time.
+
+Lifecycle (``state.json`` in the run directory, and one status line per change):
+``ready`` → ``training`` ⇄ ``syncing`` (stages averaging with their replicas) ⇄
+``checkpointing`` → ``done``; ``degraded`` while a broken route is being replaced; ``failed``.
+
+The data position is a function of the step (``epoch = step // batches``, ``batch = step %
+batches``), so stages, which count their steps, and the trainer, which saves its position
+with every checkpoint, can always be reconciled on resume.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import grpc
+
+from dataload.collate import Batch
+from dataload.order import DataPosition
+from node.errors import CheckpointError, ConfigError, PeerFailureError, RequestError, SwarmError
+from provenance import RunDir, atomic_write
+from training.config import TrainConfig
+from training.pipeline_step import MicroBatch, pipeline_eval_loss, pipeline_train_step
+from training.route import is_route_failure, open_route
+from training.stage_client import StageTrainClient
+
+log = logging.getLogger(__name__)
+
+TRAINER_CHECKPOINT = "trainer_checkpoint.json"
+STATES = ("ready", "training", "syncing", "checkpointing", "degraded", "done", "failed")
+
+
+def microbatches(batch: Batch, size: int | None) -> list[MicroBatch]:
+    """Split a batch into micro-batches of ``size`` rows (gradients accumulate over them)."""
+    rows = batch.input_ids.shape[0]
+    size = size or rows
+    return [MicroBatch(batch.input_ids[i:i + size], batch.attention_mask[i:i + size],
+                       batch.labels[i:i + size]) for i in range(0, rows, size)]
+
+
+@dataclass
+class TrainerState:
+    step: int = 0
+    losses: list[float] = field(default_factory=list)
+    heldout: dict[int, float] = field(default_factory=dict)
+    skipped: int = 0
+    reroutes: int = 0
+    averaging: list[str] = field(default_factory=list)
+
+
+class SwarmTrainer:
+    """Drives one trainer's shard through the swarm; see the module docstring."""
+
+    def __init__(self, config: TrainConfig, *, run: RunDir, loaders, records_fn: Callable,
+                 run_id: str, trainer_id: str | None = None, echo=None):
+        self.config = config
+        self.run = run
+        self.loaders = loaders
+        self.records_fn = records_fn
+        self.run_id = run_id
+        self.trainer_id = trainer_id or secrets.token_hex(8)
+        self.state = TrainerState()
+        self.lifecycle = ""
+        self.stages: list[StageTrainClient] = []
+        self.echo = echo or (lambda line: print(line, file=sys.stderr, flush=True))
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def set_state(self, lifecycle: str, detail: str = "") -> None:
+        assert lifecycle in STATES, lifecycle
+        if lifecycle == self.lifecycle and not detail:
+            return
+        self.lifecycle = lifecycle
+        atomic_write(self.run.path / "state.json", json.dumps(
+            {"state": lifecycle, "step": self.state.step, "detail": detail,
+             "at": time.time()}) + "\n")
+        if lifecycle not in ("training", "syncing"):  # these two change every step
+            self.echo(f"[{lifecycle}] {detail}".rstrip())
+
+    # -- route ---------------------------------------------------------------------------
+    def _open_job(self, client: StageTrainClient):
+        cfg = self.config
+        return client.open_job(
+            trainable=f"adapter:{cfg.adapter}", learning_rate=cfg.learning_rate,
+            weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, betas=cfg.betas,
+            eps=cfg.eps, model=cfg.model, lora_json=cfg.lora.model_dump_json(),
+            replicas=cfg.replicas, averaging_json=json.dumps(cfg.averaging) if cfg.averaging
+            else "", checkpoint_every=0)
+
+    def connect(self) -> int:
+        """Open the job on a route; returns the step every stage agrees it is at."""
+        self.close_route()
+        try:
+            self.stages, replies = open_route(
+                self.records_fn(), self.config.model, job_id=self.run_id,
+                trainer_id=self.trainer_id, shard_index=self.config.data.shard_index,
+                open_job=self._open_job, timeout=self.config.step_timeout)
+        except grpc.RpcError as exc:
+            raise _refusal(exc) from exc
+        steps = {(c.start, c.end): int(r.step) for c, r in zip(self.stages, replies,
+                                                               strict=True)}
+        fingerprints = {r.fingerprint for r in replies}
+        if fingerprints != {self.config.lora.fingerprint()}:
+            raise ConfigError(f"stages hold adapter {self.config.adapter!r} with other LoRA "
+                              f"settings: {sorted(fingerprints)}")
+        if len(set(steps.values())) != 1:
+            raise CheckpointError(
+                "the stages of the route are at different steps: " +
+                ", ".join(f"[{s}, {e}) step {n}" for (s, e), n in sorted(steps.items())),
+                hint="restore every stage's checkpoint of this run, or start a new run_id")
+        route = " → ".join(f"[{c.start},{c.end})@{c.endpoint}" for c in self.stages)
+        resumed = {r.resumed_from for r in replies} - {""}
+        self.echo(f"[route] {route}" + (f" (state from {', '.join(sorted(resumed))})"
+                                         if resumed else ""))
+        return next(iter(steps.values()))
+
+    def close_route(self) -> None:
+        for client in self.stages:
+            client.close()
+        self.stages = []
+
+    def _reroute(self, error: BaseException) -> int:
+        """Discard the abandoned step where possible and open a new route (state degraded)."""
+        self.state.reroutes += 1
+        self.set_state("degraded", f"route broke at step {self.state.step + 1}: "
+                                   f"{_short(error)}; looking for replicas")
+        for client in self.stages:
+            try:
+                client.optimizer_step(self.state.step, discard=True)
+            except grpc.RpcError:
+                pass
+        deadline = time.monotonic() + self.config.reroute_timeout
+        while True:
+            try:
+                step = self.connect()
+                self.set_state("training", f"rerouted; continuing from step {step}")
+                return step
+            except (SwarmError, grpc.RpcError) as exc:
+                if time.monotonic() > deadline:
+                    raise PeerFailureError(
+                        f"no usable route for {self.config.reroute_timeout:g} s after a peer "
+                        f"failed: {_short(exc)}") from exc
+                time.sleep(2.0)
+
+    # -- data ----------------------------------------------------------------------------
+    def position_for(self, step: int) -> DataPosition:
+        train = self.loaders.train
+        per_epoch = train.num_batches(0)
+        return train.position(step // per_epoch, step % per_epoch)
+
+    def heldout_loss(self) -> float | None:
+        held = self.loaders.heldout
+        if held is None:
+            return None
+        mbs = [mb for batch in held.batches(epochs=1)
+               for mb in microbatches(batch, self.config.micro_batch_size)]
+        loss, _ = self._with_reroute(lambda: pipeline_eval_loss(self.stages, mbs))
+        return loss
+
+    def _with_reroute(self, call):
+        while True:
+            try:
+                return call()
+            except grpc.RpcError as exc:
+                if not is_route_failure(exc):
+                    raise _refusal(exc) from exc
+                self._reroute(exc)
+
+    # -- training ------------------------------------------------------------------------
+    def checkpoint(self) -> None:
+        self.set_state("checkpointing", f"step {self.state.step}")
+        atomic_write(self.run.path / TRAINER_CHECKPOINT, json.dumps({
+            "format": "node0-trainer-checkpoint/1", "run_id": self.run_id,
+            "trainer_id": self.trainer_id, "step": self.state.step,
+            "position": self.position_for(self.state.step).model_dump(mode="json"),
+            "losses": self.state.losses, "heldout": self.state.heldout}, indent=1) + "\n")
+        self.set_state("training")
+
+    def train(self, start_step: int, on_step=None) -> TrainerState:
+        cfg = self.config
+        self.state.step = start_step
+        total = cfg.steps
+        started, tokens_done = time.monotonic(), 0
+        self.set_state("training", f"steps {start_step + 1}..{total}")
+        step = start_step
+        while step < total:
+            batch = self.loaders.train.batch_at(self.position_for(step))
+            mbs = microbatches(batch, cfg.micro_batch_size)
+            save = cfg.checkpoint_every > 0 and (step + 1) % cfg.checkpoint_every == 0
+            try:
+                result = pipeline_train_step(
+                    self.stages, mbs, step, samples=float(batch.input_ids.shape[0]),
+                    checkpoint=save or step + 1 == total,
+                    on_sync=lambda: self.set_state("syncing"))
+            except grpc.RpcError as exc:
+                if not is_route_failure(exc):
+                    raise _refusal(exc) from exc
+                resumed = self._reroute(exc)
+                if resumed != step:  # a replica that went on without us: follow its step
+                    self.echo(f"[degraded] stages are at step {resumed}; trainer follows")
+                step = self.state.step = resumed
+                continue
+            self.set_state("training")
+            step += 1
+            self.state.step = step
+            self.state.losses.append(result.loss)
+            if not result.applied:
+                self.state.skipped += 1
+            notes = sorted({r.averaging for r in result.reports})
+            self.state.averaging = notes
+            tokens_done += result.tokens
+            elapsed = time.monotonic() - started
+            rate = tokens_done / elapsed if elapsed else 0.0
+            eta = (total - step) * elapsed / max(1, step - start_step)
+            skipped = "" if result.applied else \
+                f"  SKIPPED ({'; '.join(r.reason for r in result.reports if r.reason)})"
+            self.echo(f"[train] step {step}/{total}  loss {result.loss:.4f}  "
+                      f"{rate:.0f} tok/s  ETA {eta:.0f}s  {'; '.join(notes)}{skipped}")
+            if cfg.eval_every and step % cfg.eval_every == 0 and step < total:
+                self.state.heldout[step] = self.heldout_loss()
+                self.echo(f"[eval] step {step}: held-out loss {self.state.heldout[step]:.4f}")
+            if save or step == total:
+                self.checkpoint()
+            if on_step is not None:
+                on_step(self, result)
+        return self.state
+
+
+def _short(exc: BaseException) -> str:
+    if isinstance(exc, grpc.RpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    return str(exc)
+
+
+def _refusal(exc: grpc.RpcError) -> Exception:
+    """A stage's refusal as the node0 error of its family (exit codes per family)."""
+    details = exc.details() or ""
+    if "serves" in details and "trainer expects" in details:
+        return ConfigError(f"a stage refused the job: {details}")
+    if "LoRA settings" in details or "adapter" in details:
+        return ConfigError(f"a stage refused the job: {details}")
+    if is_route_failure(exc):
+        return PeerFailureError(f"a stage failed: {_short(exc)}")
+    return RequestError(f"a stage refused the request: {_short(exc)}")
