@@ -13,10 +13,17 @@ reducer that checks each incoming part before it is accumulated:
 Our own parts pass the same reducer (the host zeroes non-finite local gradients and sends them
 with weight 0 before the round), so every replica receives the same reduced values.
 Counters live in shared memory: the reducer runs in the averager's child process.
+
+Two more things the host (:mod:`lora.averaging`) needs from the averager process: when the
+all-reduce of an assembled group fails, :class:`GroupRoundFailed` still tells it who the
+groupmates were and what they sent in the all-gather (hivemind drops that), so it can publish
+its outcome where they look; and :meth:`GuardedReplicaAverager.download_state_from` downloads
+the state of one chosen peer (hivemind's ``load_state_from_peers`` picks the peer itself).
 """
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import math
 import multiprocessing as mp
@@ -27,8 +34,14 @@ import torch
 from hivemind.averaging import DecentralizedAverager
 from hivemind.averaging.allreduce import AllReduceRunner, AveragingMode
 from hivemind.averaging.group_info import GroupInfo
+from hivemind.averaging.matchmaking import MatchmakingException
 from hivemind.averaging.partition import BannedException, TensorPartReducer
-from hivemind.utils.asyncio import as_aiter, azip
+from hivemind.compression import deserialize_torch_tensor
+from hivemind.p2p import PeerID
+from hivemind.proto import averaging_pb2
+from hivemind.utils import MPFuture
+from hivemind.utils.asyncio import aiter_with_timeout, as_aiter, azip
+from hivemind.utils.streaming import combine_from_streaming
 from hivemind.utils.timed_storage import get_dht_time
 
 
@@ -84,6 +97,24 @@ class _GuardedRunner(AllReduceRunner):
             len(self.sender_peer_ids), part_guard)
 
 
+class GroupRoundFailed(MatchmakingException):
+    """The all-reduce of an assembled group failed (a groupmate died, a timeout, …).
+
+    ``gathered`` maps each groupmate's base58 peer id to what it sent in the all-gather, so the
+    host knows the round it was part of. Our tensors may be partly averaged: do not use them.
+    """
+
+    def __init__(self, message: str, gathered: dict[str, Any]):
+        super().__init__(message, gathered)  # both in args: the exception is pickled to the host
+
+    @property
+    def gathered(self) -> dict[str, Any]:
+        return self.args[1]
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class GuardedReplicaAverager(DecentralizedAverager):
     """``DecentralizedAverager`` with guarded reducers and a pluggable shared state.
 
@@ -96,6 +127,20 @@ class GuardedReplicaAverager(DecentralizedAverager):
         self.part_guard = part_guard  # set before the fork in super().__init__(start=True)
         self._state_fn = state_fn
         super().__init__(averaged_tensors, dht, **kwargs)
+
+    async def _aggregate_with_group(self, group_info: GroupInfo, min_vector_size: int,
+                                    **kwargs) -> dict:
+        try:
+            return await super()._aggregate_with_group(group_info, min_vector_size, **kwargs)
+        except BaseException as exc:  # hivemind wraps every failure, timeouts included
+            gathered = {}
+            for peer, blob in zip(group_info.peer_ids, group_info.gathered, strict=True):
+                try:
+                    gathered[peer.to_base58()] = self.serializer.loads(
+                        self.serializer.loads(blob)[2])
+                except Exception:  # a groupmate's malformed gather: keep the peer, no data
+                    gathered[peer.to_base58()] = None
+            raise GroupRoundFailed(f"{type(exc).__name__}: {exc}", gathered) from None
 
     async def _run_allreduce_inplace_(self, tensors: Sequence[torch.Tensor],
                                       group_info: GroupInfo, group_id: bytes | None = None,
@@ -120,3 +165,38 @@ class GuardedReplicaAverager(DecentralizedAverager):
     def get_current_state(self):
         metadata, tensors = self._state_fn()
         return metadata, list(tensors), None
+
+    def download_state_from(self, peer: str, timeout: float) -> tuple[Any, list[torch.Tensor]]:
+        """``(metadata, tensors)`` of the peer with base58 id ``peer``; raises if it fails."""
+        future = MPFuture()
+        self._outer_pipe.send(("_download_state_from", [],
+                               dict(peer=peer, timeout=timeout, future=future)))
+        return future.result(timeout=timeout + 5)
+
+    async def _download_state_from(self, peer: str, timeout: float, future: MPFuture) -> None:
+        try:
+            future.set_result(await asyncio.wait_for(self._download_state(peer), timeout))
+        except BaseException as exc:
+            if not future.done():
+                future.set_exception(RuntimeError(f"state download from {peer} failed: "
+                                                  f"{type(exc).__name__}: {exc}"))
+            if not isinstance(exc, Exception):
+                raise
+
+    async def _download_state(self, peer: str) -> tuple[Any, list[torch.Tensor]]:
+        # hivemind's _load_state_from_peers, for one given peer
+        stub = self.get_stub(self._p2p, PeerID.from_base58(peer), namespace=self.prefix)
+        stream = await stub.rpc_download_state(averaging_pb2.DownloadRequest())
+        metadata, parts, tensors = None, [], []
+        async for message in aiter_with_timeout(stream, timeout=self.next_chunk_timeout):
+            if message.metadata:
+                metadata = self.serializer.loads(message.metadata)
+            if message.tensor_part.dtype and parts:  # a new tensor starts
+                tensors.append(deserialize_torch_tensor(combine_from_streaming(parts)))
+                parts = []
+            parts.append(message.tensor_part)
+        if parts:
+            tensors.append(deserialize_torch_tensor(combine_from_streaming(parts)))
+        if metadata is None:
+            raise RuntimeError("the peer sent no state (state sharing off?)")
+        return metadata, tensors

@@ -5,21 +5,29 @@ Protocol of one round (one optimizer step), run by every replica of a stage:
 1. The replica copies its accumulated adapter gradients into the averager's buffers. Non-finite
    gradients are replaced by zeros and sent with weight 0 (the replica still takes part, so it
    applies the same averaged gradient as the others); otherwise the weight is the number of
-   local samples.
+   local samples. It also takes a checksum of its *state* (adapter tensors and optimizer state,
+   which nobody changes during the call).
 2. ``DecentralizedAverager.step`` finds the group (replicas under the same key: model, layer
    span, run id, adapter name) and runs the all-reduce; incoming parts are checked on arrival
-   (:mod:`lora.allreduce_guard`). Groupmates exchange a random nonce and their config
-   fingerprint through hivemind's all-gather; a fingerprint that differs from ours is a
-   configuration error, never averaged over.
-3. hivemind returns normally even when a groupmate died mid-round and only some parts were
-   averaged. So each member publishes a checksum of its averaged tensors in the DHT under the
-   round id (hash of the group's nonces) and reads the others'. All published checksums agree
-   → the round is consistent (members that never published are reported as ``missing``: the
-   survivors still hold identical gradients). Any disagreement → a partial round: every member
-   restores its local gradient and runs the round again (``max_retries``); if the survivors
-   still disagree, each keeps its local gradient and the report says so.
-4. No group within ``matchmaking_timeout`` (the replica is alone, or the others are gone): the
-   local gradient is kept and the report says ``averaged=False``.
+   (:mod:`lora.allreduce_guard`). Groupmates exchange a nonce, their config fingerprint, their
+   state checksum and step through hivemind's all-gather; a fingerprint that differs from ours
+   is a configuration error, never averaged over.
+3. Every member of the group — also one whose all-reduce failed, which still learns the group
+   from :class:`~lora.allreduce_guard.GroupRoundFailed` — publishes what it ended with under the
+   round id (hash of the group's nonces): the checksum of its averaged tensors, or of its local
+   gradient with ``ok=False``. A member that completed reads the others' for ``check_timeout``.
+   All published checksums agree → the round is consistent (members that never published are
+   ``missing``). Any disagreement or failure → the attempt was partial: every member that sees
+   it restores its local gradient and runs the round again among the survivors
+   (``max_retries``); a member whose own all-reduce failed reruns at once.
+4. No group within ``matchmaking_timeout``: the local gradient is kept (``averaged=False``).
+5. The group's state checksums are compared. States that differ mean an earlier round diverged
+   (a failure seen too late to redo, a round a replica spent alone, float drift): the *source*
+   (highest step, then the most groupmates agreeing with it, then the lowest peer id) stays in
+   :meth:`~StageGradientAverager.average` until every differing member has downloaded its
+   state, checked it against the source's checksum and loaded it (``resync_timeout``). The
+   round's averaged gradient is then applied to equal states, so replicas that average together
+   are equal again after the step, and both reports say what happened.
 
 A replica that joins late calls :meth:`StageGradientAverager.load_state_from_peers`: it
 downloads the adapter tensors, optimizer state and step from the most advanced replica.
@@ -29,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import re
 import secrets
@@ -36,6 +45,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 os.environ.setdefault("HIVEMIND_MEMORY_SHARING_STRATEGY", "file_descriptor")
 
@@ -44,7 +54,7 @@ from hivemind.averaging.control import AveragingStage  # noqa: E402
 from hivemind.compression import Float16Compression, NoCompression  # noqa: E402
 from hivemind.utils.timed_storage import get_dht_time  # noqa: E402
 
-from lora.allreduce_guard import GuardedReplicaAverager, PartGuard  # noqa: E402
+from lora.allreduce_guard import GroupRoundFailed, GuardedReplicaAverager, PartGuard  # noqa: E402
 from lora.config import AveragingSettings, LoraSettings  # noqa: E402
 from node.errors import ConfigError  # noqa: E402
 from provenance import sha256_json  # noqa: E402
@@ -52,6 +62,7 @@ from provenance import sha256_json  # noqa: E402
 log = logging.getLogger(__name__)
 
 _CONFIG_TTL = 60.0  # seconds a replica's config declaration lives in the DHT (refreshed)
+_RECORD_TTL = 120.0  # seconds round checksums and resync confirmations live in the DHT
 
 
 class AveragingConfigError(ConfigError):
@@ -72,18 +83,20 @@ class AveragingReport:
 
     round: int  # local round counter (1-based)
     averaged: bool  # the gradients now hold a group average (False: the local gradient)
-    consistent: bool  # every groupmate that published a checksum holds the same result
+    consistent: bool  # no sign that a groupmate ended this round with other values (see doc)
     group_size: int  # peers in the final attempt's group (1 when no group was found)
     agreeing: int  # groupmates (with us) whose checksums matched ours
-    missing: int  # groupmates that never published a checksum (likely died mid-round)
-    partial_detected: bool  # an attempt ended with disagreeing survivors
+    missing: int  # groupmates that never published a checksum (died, or failed late)
+    partial_detected: bool  # an attempt was partial or failed (see ``attempts``)
     attempts: int
     weight: float  # the weight we declared
     local_nonfinite: bool  # our gradient was non-finite and was sent as zeros with weight 0
     rejected_parts: int  # incoming parts refused this round (non-finite values or weight)
     clipped_parts: int  # incoming parts scaled down to max_part_norm this round
     seconds: float
-    error: str = ""  # why no group was found, if so
+    error: str = ""  # why an attempt found no group or failed, if one did
+    diverged: int = 0  # groupmates whose state at the round's start differed from the source's
+    resynced: bool = False  # we loaded the source replica's state this round (see ``diverged``)
 
 
 @dataclass(frozen=True)
@@ -92,13 +105,82 @@ class LoadedState:
     source_fingerprint: str
 
 
-def _probe_vectors(params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    vectors = []
-    for index, param in enumerate(params):
-        generator = torch.Generator().manual_seed(1_000_003 * index + param.numel())
-        signs = torch.randint(0, 2, (param.numel(),), generator=generator, dtype=torch.int8)
-        vectors.append(signs.to(torch.float64) * 2 - 1)
-    return vectors
+class _Checksum:
+    """Per tensor, its L2 norm and its dot product with a fixed random ±1 vector (float64).
+
+    For tensors x and y the projections differ by about ``||x - y||`` (a ±1 projection of
+    ``x - y`` has that standard deviation), so comparing norms and projections within
+    ``rtol * norm`` tests ``||x - y|| <~ rtol * ||x||`` without sending the tensors.
+    """
+
+    def __init__(self):
+        self._probes: dict[int, torch.Tensor] = {}
+
+    def _probe(self, numel: int) -> torch.Tensor:
+        if numel not in self._probes:
+            generator = torch.Generator().manual_seed(1_000_003 + numel)
+            signs = torch.randint(0, 2, (numel,), generator=generator, dtype=torch.int8)
+            self._probes[numel] = signs.to(torch.float64) * 2 - 1
+        return self._probes[numel]
+
+    def __call__(self, tensors: Sequence[torch.Tensor]) -> list[float]:
+        out = []
+        for tensor in tensors:
+            flat = tensor.detach().reshape(-1).to(torch.float64)
+            out += [float(torch.linalg.vector_norm(flat)), float(flat @ self._probe(flat.numel()))]
+        return out
+
+
+def _close(x: float, y: float, tol: float) -> bool:
+    if math.isnan(x) or math.isnan(y):  # every replica non-finite: the mean is NaN everywhere
+        return math.isnan(x) and math.isnan(y)
+    return x == y or abs(x - y) <= tol
+
+
+def checksums_agree(mine: Sequence[float], theirs: Any, rtol: float,
+                    scales: Sequence[float] = ()) -> bool:
+    """Whether two :class:`_Checksum` lists describe the same tensors within ``rtol``.
+
+    ``scales`` (one per tensor) raises the reference norm, e.g. to the norm of the local
+    gradients when the results are much smaller than them.
+    """
+    if not isinstance(theirs, list | tuple) or len(theirs) != len(mine):
+        return False
+    for i in range(0, len(mine), 2):
+        scale = max(abs(mine[i]), abs(float(theirs[i])), *scales[i // 2:i // 2 + 1])
+        if not (_close(mine[i], float(theirs[i]), rtol * scale)
+                and _close(mine[i + 1], float(theirs[i + 1]), rtol * scale)):
+            return False
+    return True
+
+
+def resync_plan(states: dict[str, tuple[list[float], int]],
+                rtol: float) -> tuple[str | None, list[str]]:
+    """Which groupmate's state the others copy, and whose state differs from it.
+
+    ``states`` maps peer id → (state checksum, step). The source is the member with the highest
+    step, then the most members agreeing with it, then the lowest peer id; every member computes
+    the same answer from the same all-gather. Returns ``(None, [])`` when all states agree.
+    """
+    if len(states) < 2:
+        return None, []
+
+    def support(peer: str) -> int:
+        return sum(checksums_agree(states[peer][0], other[0], rtol) for other in states.values())
+
+    source = min(states, key=lambda peer: (-states[peer][1], -support(peer), peer))
+    differing = sorted(peer for peer in states if peer != source
+                       and not checksums_agree(states[source][0], states[peer][0], rtol))
+    return (source, differing) if differing else (None, [])
+
+
+@dataclass
+class _Attempt:
+    """One matchmaking + all-reduce: who was in the group and how it ended for us."""
+
+    members: dict[str, Any]  # base58 peer id → its all-gather data (empty: no group)
+    completed: bool  # our all-reduce finished (the buffers hold the group's result)
+    error: str = ""
 
 
 class StageGradientAverager:
@@ -135,7 +217,7 @@ class StageGradientAverager:
             "tensors": [[list(p.shape), str(p.dtype)] for p in self.params],
             "compression": settings.compression,
         })
-        self._probes = _probe_vectors(self.params)
+        self._checksum = _Checksum()
         self._buffers = [torch.zeros(p.shape, dtype=torch.float32) for p in self.params]
         self.guard = PartGuard(max_part_norm=settings.max_part_norm,
                                max_peer_weight=settings.max_peer_weight)
@@ -161,6 +243,7 @@ class StageGradientAverager:
             declare_state_period=10.0,
         )
         self.peer_id = self._averager.peer_id
+        self._peer = self.peer_id.to_base58()
 
     # -- configuration agreement ---------------------------------------------------------------
 
@@ -191,6 +274,16 @@ class StageGradientAverager:
                 hint="use the same LoraSettings, layer range and compression on every replica "
                      "of a run, or a different run id")
 
+    def _check_groupmates(self, members: dict[str, Any], local: list[torch.Tensor]) -> None:
+        foreign = sorted(peer for peer, data in members.items()
+                         if isinstance(data, dict) and data.get("fingerprint") != self.fingerprint)
+        if foreign:
+            self._write_gradients(local)
+            raise AveragingConfigError(
+                f"groupmates {foreign} averaged under {self.prefix!r} with another adapter "
+                "configuration; their round was discarded",
+                hint="use the same LoraSettings on every replica of a run")
+
     # -- one round -----------------------------------------------------------------------------
 
     @property
@@ -199,52 +292,81 @@ class StageGradientAverager:
         control = self._control
         return control.stage if control is not None else AveragingStage.IDLE
 
-    def _checksum(self, tensors: Sequence[torch.Tensor]) -> list[float]:
-        out = []
-        for tensor, probe in zip(tensors, self._probes, strict=True):
-            flat = tensor.detach().reshape(-1).to(torch.float64)
-            out += [float(flat.abs().sum()), float(flat @ probe)]
-        return out
-
-    def _agrees(self, mine: list[float], theirs) -> bool:
-        if not isinstance(theirs, list | tuple) or len(theirs) != len(mine):
-            return False
-        rtol = self.settings.checksum_rtol
-        for i in range(0, len(mine), 2):
-            scale = max(abs(mine[i]), abs(float(theirs[i]))) + 1e-12
-            if abs(mine[i] - theirs[i]) > rtol * scale or \
-                    abs(mine[i + 1] - theirs[i + 1]) > rtol * scale:
-                return False
-        return True
-
-    def _exchange_checksums(self, round_id: str, mine: list[float],
-                            members: set[str]) -> dict[str, list[float]]:
-        key = f"{self.prefix}.check.{round_id}"
-        me = self.peer_id.to_base58()
-        self.dht.store(key, mine, expiration_time=get_dht_time() + 120, subkey=me)
-        deadline = time.monotonic() + self.settings.check_timeout
-        published: dict[str, list[float]] = {me: mine}
-        while True:
-            found = self.dht.get(key, latest=True)
-            if found is not None and isinstance(found.value, dict):
-                for sub, entry in found.value.items():
-                    if sub in members:
-                        published[sub] = entry.value
-            if set(published) >= members or time.monotonic() >= deadline:
-                return published
-            time.sleep(0.1)
-
     def _read_local_gradients(self) -> list[torch.Tensor]:
         with self.lock:
             return [p.grad.detach().to(torch.float32).clone() if p.grad is not None
                     else torch.zeros(p.shape, dtype=torch.float32) for p in self.params]
 
+    def _write_gradients(self, tensors: Sequence[torch.Tensor]) -> None:
+        with self.lock:
+            for param, tensor in zip(self.params, tensors, strict=True):
+                param.grad = tensor.to(param.dtype).clone()
+
+    def _attempt(self, local: list[torch.Tensor], weight: float, gather: dict) -> _Attempt:
+        with self._averager.get_tensors() as buffers:
+            for buffer, grad in zip(buffers, local, strict=True):
+                buffer.copy_(grad)
+        settings = self.settings
+        try:
+            self._control = self._averager.step(
+                gather=gather, weight=weight, timeout=settings.matchmaking_timeout,
+                allow_retries=False, wait=False)
+            gathered = self._control.result(timeout=settings.matchmaking_timeout
+                                            + settings.allreduce_timeout + 5)
+        except GroupRoundFailed as exc:  # the group formed, our all-reduce did not finish
+            return _Attempt(members=exc.gathered, completed=False, error=str(exc))
+        except Exception as exc:  # no group, or the averager process did not answer in time
+            if self._control is not None and not self._control.done():
+                self._control.cancel()
+            return _Attempt(members={}, completed=False, error=f"{type(exc).__name__}: {exc}")
+        finally:
+            self._control = None
+        if not gathered:
+            return _Attempt(members={}, completed=False, error="the averager returned no group")
+        return _Attempt(members={peer.to_base58(): data for peer, data in gathered.items()},
+                        completed=True)
+
+    def _exchange_checksums(self, round_id: str, mine: dict,
+                            members: set[str]) -> dict[str, dict]:
+        """Publish our outcome of the round; read the groupmates' until all are in, one
+        disagrees, or ``check_timeout`` passes (we failed: publish only)."""
+        key = f"{self.prefix}.check.{round_id}"
+        self.dht.store(key, mine, expiration_time=get_dht_time() + _RECORD_TTL,
+                       subkey=self._peer)
+        published: dict[str, dict] = {self._peer: mine}
+        if not mine["ok"]:
+            return published
+        deadline = time.monotonic() + self.settings.check_timeout
+        while True:
+            found = self.dht.get(key, latest=True)
+            if found is not None and isinstance(found.value, dict):
+                for sub, entry in found.value.items():
+                    if sub in members and isinstance(entry.value, dict):
+                        published[sub] = entry.value
+            if set(published) >= members or time.monotonic() >= deadline or \
+                    any(not self._matches(mine, other) for other in published.values()):
+                return published
+            time.sleep(0.1)
+
+    def _matches(self, mine: dict, other: dict) -> bool:
+        """Whether a groupmate's published outcome equals ours (ours completed too)."""
+        try:
+            scales = [max(a, float(b)) for a, b in zip(mine["scale"], other["scale"],
+                                                       strict=True)]
+            return bool(other["ok"]) and checksums_agree(mine["sum"], other["sum"],
+                                                         self.settings.checksum_rtol, scales)
+        except (KeyError, TypeError, ValueError):  # malformed: not a matching outcome
+            return False
+
     def average(self, local_samples: float) -> AveragingReport:
         """Replace every param's ``.grad`` by the replicas' weighted mean; see the module doc.
 
-        Blocks for at most about ``attempts x (matchmaking_timeout + allreduce_timeout +
-        check_timeout)``; never raises for a lost or partial round (only for a configuration
-        mismatch, :class:`AveragingConfigError`).
+        May also replace the params and optimizer state by a groupmate's (``resynced``) when
+        the replicas' states differ at the round's start. Returns within about
+        ``matchmaking_timeout`` when no groupmate shows up; at worst after ``attempts x
+        (matchmaking_timeout + allreduce_timeout + check_timeout) + resync_timeout``. Never
+        raises for a lost or partial round (only for a configuration mismatch,
+        :class:`AveragingConfigError`).
         """
         started = time.monotonic()
         self.rounds += 1
@@ -258,52 +380,44 @@ class StageGradientAverager:
             weight = 0.0
         else:
             weight = min(max(float(local_samples), 0.0), self.settings.max_peer_weight)
+        local_norms = [float(torch.linalg.vector_norm(t.double())) for t in local]
+        call = secrets.token_hex(8)  # names this call: resync confirmations are sent to it
+        with self.lock:
+            state = self._checksum(self._state_tensors()[0])
         rejected0, clipped0 = self.guard.rejected, self.guard.clipped
-        attempts, partial, error = 0, False, ""
+        attempts, partial, errors = 0, False, []
         result, averaged, consistent, group_size, agreeing, missing = local, False, True, 1, 1, 0
+        basis: dict[str, Any] = {}  # the all-gather of the last group we were in
         while True:
             attempts += 1
-            with self._averager.get_tensors() as buffers:
-                for buffer, grad in zip(buffers, local, strict=True):
-                    buffer.copy_(grad)
-            nonce = secrets.token_hex(16)
-            gathered = None
-            try:
-                self._control = self._averager.step(
-                    gather={"nonce": nonce, "fingerprint": self.fingerprint}, weight=weight,
-                    timeout=self.settings.matchmaking_timeout, allow_retries=False, wait=False)
-                gathered = self._control.result(timeout=self.settings.matchmaking_timeout
-                                                + self.settings.allreduce_timeout + 5)
-            except Exception as exc:  # no group, all-reduce failure, timeout
-                error = f"{type(exc).__name__}: {exc}"
-                log.info("averaging round %d attempt %d found no group: %s", self.rounds,
-                         attempts, error)
-            finally:
-                self._control = None
-            if not gathered:
+            attempt = self._attempt(local, weight, {
+                "nonce": secrets.token_hex(16), "fingerprint": self.fingerprint,
+                "call": call, "state": state, "step": self.step})
+            if attempt.error:
+                errors.append(attempt.error)
+                log.info("averaging round %d attempt %d: %s", self.rounds, attempts,
+                         attempt.error)
+            if not attempt.members:  # no group: alone, or the others are gone
+                # after a failed group the others may hold something else: say so
                 result, averaged, consistent, group_size, agreeing, missing = (
-                    local, False, not partial, 1, 1, 0)
+                    local, False, not basis, 1, 1, 0)
                 break
-            group_size = len(gathered)
-            foreign = {str(peer): data.get("fingerprint") for peer, data in gathered.items()
-                       if isinstance(data, dict) and data.get("fingerprint") != self.fingerprint}
-            if foreign:
-                self._write_gradients(local)
-                raise AveragingConfigError(
-                    f"groupmates {sorted(foreign)} averaged under {self.prefix!r} with another "
-                    "adapter configuration; their round was discarded",
-                    hint="use the same LoraSettings on every replica of a run")
-            nonces = sorted(str(d.get("nonce")) for d in gathered.values()
-                            if isinstance(d, dict))
+            self._check_groupmates(attempt.members, local)
+            basis = attempt.members
+            group_size = len(basis)
+            nonces = sorted(str(d.get("nonce")) for d in basis.values() if isinstance(d, dict))
             round_id = hashlib.sha256("|".join(nonces).encode()).hexdigest()[:24]
-            with self._averager.get_tensors() as buffers:
-                result = [buffer.clone() for buffer in buffers]
-            mine = self._checksum(result)
-            members = {peer.to_base58() for peer in gathered}
-            published = self._exchange_checksums(round_id, mine, members)
-            agreeing = sum(self._agrees(mine, theirs) for theirs in published.values())
-            missing = len(members) - len(published)
-            if agreeing == len(published):
+            if attempt.completed:
+                with self._averager.get_tensors() as buffers:
+                    result = [buffer.clone() for buffer in buffers]
+            else:
+                result = local
+            mine = {"sum": self._checksum(result), "scale": local_norms,
+                    "ok": attempt.completed}
+            published = self._exchange_checksums(round_id, mine, set(basis))
+            agreeing = sum(self._matches(mine, other) for other in published.values())
+            missing = group_size - len(published)
+            if attempt.completed and agreeing == len(published):
                 averaged, consistent = True, True
                 if missing:
                     log.warning("averaging round %d: %d groupmate(s) never confirmed (died "
@@ -311,61 +425,119 @@ class StageGradientAverager:
                                 agreeing)
                 break
             partial = True
-            log.warning("averaging round %d attempt %d was partial: %d of %d published "
-                        "checksums differ from ours", self.rounds, attempts,
+            log.warning("averaging round %d attempt %d was partial: %s; %d of %d published "
+                        "outcomes differ from ours", self.rounds, attempts,
+                        "our all-reduce failed" if not attempt.completed else "it completed",
                         len(published) - agreeing, len(published))
             if attempts > self.settings.max_retries:
                 result, averaged, consistent = local, False, False
                 break
+        diverged, resynced, resync_ok = self._reconcile_states(basis, call)
         self._write_gradients(result)
         return AveragingReport(
-            round=self.rounds, averaged=averaged, consistent=consistent, group_size=group_size,
-            agreeing=agreeing, missing=missing, partial_detected=partial or missing > 0,
-            attempts=attempts, weight=weight, local_nonfinite=nonfinite,
-            rejected_parts=self.guard.rejected - rejected0,
-            clipped_parts=self.guard.clipped - clipped0,
-            seconds=time.monotonic() - started, error=error)
+            round=self.rounds, averaged=averaged, consistent=consistent and resync_ok,
+            group_size=group_size, agreeing=agreeing, missing=missing,
+            partial_detected=partial or missing > 0, attempts=attempts, weight=weight,
+            local_nonfinite=nonfinite, rejected_parts=self.guard.rejected - rejected0,
+            clipped_parts=self.guard.clipped - clipped0, seconds=time.monotonic() - started,
+            error="; ".join(errors), diverged=diverged, resynced=resynced)
 
-    def _write_gradients(self, tensors: Sequence[torch.Tensor]) -> None:
-        with self.lock:
-            for param, tensor in zip(self.params, tensors, strict=True):
-                param.grad = tensor.to(param.dtype).clone()
+    # -- replicas whose states differ ----------------------------------------------------------
 
-    # -- state for late joiners ----------------------------------------------------------------
+    def _reconcile_states(self, members: dict[str, Any], call: str) -> tuple[int, bool, bool]:
+        """Make the group's states equal again; returns (differing, we loaded, all went well)."""
+        states = {peer: (data["state"], int(data["step"]), str(data["call"]))
+                  for peer, data in members.items()
+                  if isinstance(data, dict) and isinstance(data.get("state"), list)}
+        source, differing = resync_plan(
+            {peer: (s[0], s[1]) for peer, s in states.items()}, self.settings.state_checksum_rtol)
+        if source is None:
+            return 0, False, True
+        log.warning("averaging round %d: the states of %d of %d groupmates differ from %s's "
+                    "(step %d): they copy it", self.rounds, len(differing), len(states),
+                    source, states[source][1])
+        if source == self._peer:
+            return len(differing), False, self._await_resyncs(call, set(differing))
+        if self._peer not in differing:
+            return len(differing), False, True
+        loaded = self._resync_from(source, states[source][0])
+        self.dht.store(f"{self.prefix}.resync.{states[source][2]}", loaded,
+                       expiration_time=get_dht_time() + _RECORD_TTL, subkey=self._peer)
+        return len(differing), loaded, loaded
+
+    def _await_resyncs(self, call: str, differing: set[str]) -> bool:
+        """As the source: stay (state unchanged) until the differing members have loaded it."""
+        key = f"{self.prefix}.resync.{call}"
+        deadline = time.monotonic() + self.settings.resync_timeout + 5
+        confirmed: dict[str, bool] = {}
+        while set(confirmed) < differing and time.monotonic() < deadline:
+            time.sleep(0.2)
+            found = self.dht.get(key, latest=True)
+            if found is not None and isinstance(found.value, dict):
+                confirmed.update({sub: bool(entry.value) for sub, entry in found.value.items()
+                                  if sub in differing})
+        if set(confirmed) < differing or not all(confirmed.values()):
+            log.warning("averaging round %d: %d of %d differing groupmates did not load our "
+                        "state", self.rounds, len(differing) - sum(confirmed.values()),
+                        len(differing))
+            return False
+        return True
+
+    def _resync_from(self, source: str, expected: list[float]) -> bool:
+        try:
+            metadata, tensors = self._averager.download_state_from(
+                source, timeout=self.settings.resync_timeout)
+        except Exception as exc:
+            log.warning("averaging round %d: cannot copy %s's state: %s", self.rounds, source,
+                        exc)
+            return False
+        if not isinstance(metadata, dict) or metadata.get("fingerprint") != self.fingerprint:
+            log.warning("averaging round %d: %s's state has another fingerprint", self.rounds,
+                        source)
+            return False
+        if not checksums_agree(self._checksum(tensors), expected,
+                               self.settings.state_checksum_rtol):
+            log.warning("averaging round %d: %s's state changed since the round started; not "
+                        "loaded", self.rounds, source)
+            return False
+        self._apply_state(metadata, tensors)
+        log.warning("averaging round %d: loaded %s's state (step %d)", self.rounds, source,
+                    self.step)
+        return True
+
+    # -- state for late joiners and resyncs ----------------------------------------------------
 
     def set_step(self, step: int) -> None:
         """Record the optimizer steps applied; peers download from the most advanced replica."""
         self.step = int(step)
         self._averager.state_sharing_priority = float(step)
 
+    def _state_tensors(self) -> tuple[list[torch.Tensor], list, dict]:
+        """The live tensors shared with peers (params, then optimizer tensors); hold the lock."""
+        tensors = [p.detach() for p in self.params]
+        layout, opt_scalars = [], {}
+        if self.optimizer is not None:
+            state = self.optimizer.state_dict()["state"]
+            for index in sorted(state):
+                for key in sorted(state[index]):
+                    value = state[index][key]
+                    if isinstance(value, torch.Tensor):
+                        layout.append([index, key])
+                        tensors.append(value.detach())
+                    else:
+                        opt_scalars[f"{index}/{key}"] = value
+        return tensors, layout, opt_scalars
+
     def _current_state(self):
         with self.lock:
-            tensors = [p.detach().to(torch.float32).clone() for p in self.params]
-            layout, opt_scalars = [], {}
-            if self.optimizer is not None:
-                state = self.optimizer.state_dict()["state"]
-                for index in sorted(state):
-                    for key in sorted(state[index]):
-                        value = state[index][key]
-                        if isinstance(value, torch.Tensor):
-                            layout.append([index, key])
-                            tensors.append(value.detach().clone())
-                        else:
-                            opt_scalars[f"{index}/{key}"] = value
+            tensors, layout, opt_scalars = self._state_tensors()
+            tensors = [t.to(torch.float32).clone() if i < len(self.params) else t.clone()
+                       for i, t in enumerate(tensors)]
         metadata = {"fingerprint": self.fingerprint, "step": self.step, "layout": layout,
                     "scalars": opt_scalars, "n_params": len(self.params)}
         return metadata, tensors
 
-    def load_state_from_peers(self, timeout: float = 30.0) -> LoadedState | None:
-        """Copy adapter tensors, optimizer state and step from a peer; None if nobody answers."""
-        loaded = self._averager.load_state_from_peers(timeout=timeout)
-        if loaded is None:
-            return None
-        metadata, tensors = loaded
-        if metadata.get("fingerprint") != self.fingerprint:
-            raise AveragingConfigError(
-                f"the peer's state under {self.prefix!r} was made with another adapter "
-                "configuration; not loaded")
+    def _apply_state(self, metadata: dict, tensors: Sequence[torch.Tensor]) -> None:
         n = int(metadata["n_params"])
         if n != len(self.params) or any(tuple(t.shape) != tuple(p.shape)
                                         for t, p in zip(tensors[:n], self.params, strict=True)):
@@ -384,6 +556,18 @@ class StageGradientAverager:
                 self.optimizer.load_state_dict({"state": state,
                                                 "param_groups": current["param_groups"]})
         self.set_step(int(metadata["step"]))
+
+    def load_state_from_peers(self, timeout: float = 30.0) -> LoadedState | None:
+        """Copy adapter tensors, optimizer state and step from a peer; None if nobody answers."""
+        loaded = self._averager.load_state_from_peers(timeout=timeout)
+        if loaded is None:
+            return None
+        metadata, tensors = loaded
+        if metadata.get("fingerprint") != self.fingerprint:
+            raise AveragingConfigError(
+                f"the peer's state under {self.prefix!r} was made with another adapter "
+                "configuration; not loaded")
+        self._apply_state(metadata, tensors)
         return LoadedState(step=self.step, source_fingerprint=metadata["fingerprint"])
 
     def shutdown(self) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from provenance import sha256_json
 
@@ -71,6 +71,9 @@ class AveragingSettings(_Strict):
 
     One averaging round per optimizer step: every replica contributes its accumulated adapter
     gradient weighted by its sample count; all of them apply the same averaged gradient.
+    With the defaults a replica whose partners are gone returns its local gradient after
+    ``matchmaking_timeout`` (8 s) plus a DHT lookup; two replicas calling at about the same time
+    with ``target_group_size=2`` start at once (no waiting for ``min_matchmaking_time``).
     """
 
     target_group_size: int = Field(2, ge=2, description="replicas expected per round; a round "
@@ -81,14 +84,22 @@ class AveragingSettings(_Strict):
                                         "before a round starts when it does not fill up")
     request_timeout: float = Field(3.0, gt=0, description="matchmaking request timeout (s); "
                                    "1 s lost rounds under CPU load, 3 s held")
-    matchmaking_timeout: float = Field(20.0, gt=0, description="give up looking for a group "
-                                       "after this many seconds and keep the local gradient")
+    matchmaking_timeout: float = Field(8.0, gt=0, description="give up looking for a group "
+                                       "after this many seconds and keep the local gradient: "
+                                       "what a round costs a replica whose partners are gone; "
+                                       "replicas that call up to about this much apart still "
+                                       "meet")
     next_chunk_timeout: float = Field(5.0, gt=0, description="a sender silent this long is "
                                       "dropped from the round (reducers get twice as long)")
-    allreduce_timeout: float = Field(60.0, gt=0, description="upper bound of one all-reduce")
+    allreduce_timeout: float = Field(30.0, gt=0, description="upper bound of one all-reduce "
+                                     "once the group is formed")
     check_timeout: float = Field(6.0, gt=0, description="seconds to wait for every groupmate's "
                                  "checksum of the averaged tensors")
-    max_retries: int = Field(1, ge=0, description="reruns of a round whose survivors disagree")
+    max_retries: int = Field(1, ge=0, description="reruns of a round that was partial or "
+                             "failed, among the survivors")
+    resync_timeout: float = Field(20.0, gt=0, description="seconds a replica whose state "
+                                  "differs from its groupmates' has to download the source "
+                                  "replica's state (the source waits as long for it)")
     compression: Literal["none", "float16"] = Field("none", description="wire format of "
                                                     "gradient parts")
     max_part_norm: float | None = Field(None, gt=0, description="an incoming part whose L2 norm "
@@ -96,14 +107,36 @@ class AveragingSettings(_Strict):
     max_peer_weight: float = Field(1e6, gt=0, description="declared sample weights are "
                                    "clamped to [0, this]; a non-finite weight drops the sender")
     part_size_bytes: int = Field(1 << 19, ge=1024, description="size of one all-reduce part")
-    check_rtol: float | None = Field(None, gt=0, description="relative tolerance when "
-                                     "comparing checksums (default: 1e-4, 5e-3 with float16)")
+    check_rtol: float | None = Field(None, gt=0, description="relative tolerance (to the L2 "
+                                     "norm) when comparing checksums of averaged gradients "
+                                     "(default: 1e-4, 5e-3 with float16)")
+    state_check_rtol: float | None = Field(None, gt=0, description="relative tolerance (to the "
+                                           "L2 norm) when comparing replicas' adapter and "
+                                           "optimizer states; above it they resync (default: "
+                                           "1e-3, 2e-2 with float16)")
+
+    @model_validator(mode="after")
+    def _consistent_timeouts(self) -> AveragingSettings:
+        if self.min_group_size > self.target_group_size:
+            raise ValueError("min_group_size must not exceed target_group_size")
+        if self.min_matchmaking_time >= self.matchmaking_timeout:
+            raise ValueError("min_matchmaking_time must be shorter than matchmaking_timeout")
+        if self.request_timeout >= self.min_matchmaking_time:
+            raise ValueError("request_timeout must be shorter than min_matchmaking_time "
+                             "(hivemind breaks matchmaking deadlocks with it)")
+        return self
 
     @property
     def checksum_rtol(self) -> float:
         if self.check_rtol is not None:
             return self.check_rtol
         return 5e-3 if self.compression == "float16" else 1e-4
+
+    @property
+    def state_checksum_rtol(self) -> float:
+        if self.state_check_rtol is not None:
+            return self.state_check_rtol
+        return 2e-2 if self.compression == "float16" else 1e-3
 
 
 def check_adapter_name(name: str) -> str:

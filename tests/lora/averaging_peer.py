@@ -9,13 +9,20 @@ and writes everything the test checks into ``--workdir``:
 parameters after the step; ``<name>.reports.jsonl`` one AveragingReport per round;
 ``<name>.loaded.pt`` what a late joiner downloaded; ``<name>.ready`` / ``.done`` markers.
 Files are written to a temporary name and renamed, so the test never reads half a file.
+
+Faults it can inject: ``--die-in-round`` SIGKILLs its whole process group mid all-reduce;
+``--fail-round R --fail-delay D`` makes its first all-reduce of round R raise D seconds after it
+finished (the groupmates got their results, this replica keeps its local gradient) — the
+"one survivor failed, the other completed" interleaving, on demand.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import json
+import multiprocessing as mp
 import os
 import signal
 import sys
@@ -70,6 +77,11 @@ def main() -> int:
     parser.add_argument("--extra-numel", type=int, default=0, help="an extra big tensor")
     parser.add_argument("--nan-round", type=int, default=-1)
     parser.add_argument("--die-in-round", type=int, default=-1)
+    parser.add_argument("--fail-round", type=int, default=-1)
+    parser.add_argument("--fail-delay", type=float, default=0.0)
+    parser.add_argument("--sync-with", default="", help="comma-separated replicas whose "
+                        "previous round must be done before this one starts")
+    parser.add_argument("--matchmaking-timeout", type=float, default=None)
     parser.add_argument("--load-state", action="store_true")
     parser.add_argument("--hold", action="store_true", help="stay up until <workdir>/stop")
     args = parser.parse_args()
@@ -96,8 +108,23 @@ def main() -> int:
     else:
         _wait_for(maddrs_file, 60)
         dht = start_dht(json.loads(maddrs_file.read_text()))
-    settings = AveragingSettings(target_group_size=args.group, min_group_size=2,
-                                 matchmaking_timeout=20.0)
+    overrides = {} if args.matchmaking_timeout is None else {
+        "matchmaking_timeout": args.matchmaking_timeout}
+    settings = AveragingSettings(target_group_size=args.group, min_group_size=2, **overrides)
+    fail_now = mp.Value("i", 0)  # shared with the averager process forked below
+    if args.fail_round >= 0:
+        from lora.allreduce_guard import GuardedReplicaAverager
+
+        allreduce = GuardedReplicaAverager._run_allreduce_inplace_
+
+        async def failing_allreduce(self, *a, **kw):
+            await allreduce(self, *a, **kw)
+            if fail_now.value:
+                fail_now.value = 0
+                await asyncio.sleep(args.fail_delay)
+                raise RuntimeError("injected all-reduce failure")
+
+        GuardedReplicaAverager._run_allreduce_inplace_ = failing_allreduce
     prefix = averaging_prefix(str(args.model_dir), *SPAN, "test-run", "code-review")
     try:
         averager = StageGradientAverager(dht, prefix=prefix, params=params, settings=settings,
@@ -131,6 +158,10 @@ def main() -> int:
     if args.rounds:
         _wait_for(work / "go", 120)
     for rnd in range(args.rounds):
+        for other in filter(None, args.sync_with.split(",")):
+            if rnd:
+                _wait_for(work / f"{other}.r{rnd - 1}.params.pt", 180)
+        fail_now.value = int(rnd == args.fail_round)
         generator = torch.Generator().manual_seed(1000 * args.seed + rnd)
         hidden = torch.randn(2, 6, 64, generator=generator)  # this replica's data
         stage(hidden).square().mean().backward()
