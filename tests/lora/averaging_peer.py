@@ -106,7 +106,7 @@ def main() -> int:
         dht = start_dht([])
         _touch(maddrs_file, json.dumps(visible_maddrs(dht)))
     else:
-        _wait_for(maddrs_file, 60)
+        _wait_for(maddrs_file, 120)
         dht = start_dht(json.loads(maddrs_file.read_text()))
     overrides = {} if args.matchmaking_timeout is None else {
         "matchmaking_timeout": args.matchmaking_timeout}

@@ -109,7 +109,6 @@ def test_replicas_hold_the_exact_mean_and_a_late_joiner_loads_their_state(tiny_m
     with replicas(tmp_path, tiny_model_dir) as swarm:
         swarm.start("a", "--bootstrap", "--rounds", str(rounds), "--seed", "1", "--samples",
                     "3", "--group", "3", "--hold")
-        swarm.wait_files(["maddrs.json"], 90)
         swarm.start("b", "--rounds", str(rounds), "--seed", "2", "--samples", "1", "--group",
                     "3", "--hold")
         swarm.start("c", "--rounds", str(rounds), "--seed", "3", "--samples", "2", "--group",
@@ -182,7 +181,6 @@ def two_replicas(tiny_model_dir, tmp_path_factory):
             swarm.start(name, *(["--bootstrap"] if name == "a" else []), "--seed", str(seed),
                         "--rounds", str(ROUNDS[name]), "--group", "2", "--sync-with", other,
                         *FAULTS[name])
-            swarm.wait_files(["maddrs.json"], 90)
         swarm.wait_files(["a.ready", "b.ready"], 120)
         (tmp_path / "go").write_text("")
         swarm.wait_files(["a.done", "b.done"], 240)
@@ -244,7 +242,6 @@ def test_peer_killed_mid_round_does_not_stall_the_others_and_is_detected(tiny_mo
     extra = ["--extra-numel", "3000000", "--group", "3", "--rounds", "2"]
     with replicas(tmp_path, tiny_model_dir) as swarm:
         swarm.start("a", "--bootstrap", "--seed", "1", "--sync-with", "b", *extra)
-        swarm.wait_files(["maddrs.json"], 90)
         swarm.start("b", "--seed", "2", "--sync-with", "a", *extra)
         swarm.start("v", "--seed", "3", "--die-in-round", "0", *extra)
         swarm.wait_files([f"{n}.ready" for n in names], 120)
