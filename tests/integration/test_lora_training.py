@@ -1,0 +1,162 @@
+"""LoRA fine-tuning across real daemons equals single-process PEFT training (tiny model).
+
+`node0 train` runs as a subprocess against a 3-stage swarm of real daemon processes; the
+reference is PEFT on the whole model in this process with the same data order, seed and
+hyperparameters. Also: a whole-swarm restart resumes from the checkpoints and continues the
+same loss curve, and a trainer pointed at another base model is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from dataload import build_loaders
+from dataload.losses import cross_entropy_sum
+from lora.config import LoraSettings
+from lora.stage_adapters import adapter_state_dict, deterministic_init_
+from tests.conftest import local_swarm
+from tests.integration.helpers import REPO
+from training.config import TrainConfig
+from training.trainer import microbatches
+
+pytestmark = pytest.mark.integration
+
+SPLIT = [("s0", [(0, 2)]), ("s1", [(2, 4)]), ("s2", [(4, 6)])]
+STEPS = 20
+
+
+def train_config(model_dir: Path, **update) -> dict:
+    raw = {
+        "model": str(model_dir), "adapter": "eq",
+        "lora": {"rank": 4, "alpha": 8, "init_seed": 7},
+        "learning_rate": 5e-3, "max_grad_norm": 0.0, "steps": STEPS, "checkpoint_every": 5,
+        "micro_batch_size": 2,
+        "data": {"train": [str(REPO / "samples/sft/gastown_conventions.train.jsonl")],
+                 "heldout": [str(REPO / "samples/sft/gastown_conventions.heldout.jsonl")],
+                 "prompt_mode": "completion", "max_length": 128, "batch_size": 4, "seed": 3},
+    }
+    raw.update(update)
+    return raw
+
+
+def run_train(tmp_path: Path, swarm_file: Path, config: dict, *extra: str,
+              expect: int = 0) -> tuple[subprocess.CompletedProcess, dict | None]:
+    path = tmp_path / f"train-{len(list(tmp_path.glob('train-*.yaml')))}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = subprocess.run(
+        [sys.executable, "-m", "node.cli", "train", "--config", str(path), "--swarm-file",
+         str(swarm_file), "--runs-dir", str(tmp_path / "runs"), *extra],
+        capture_output=True, text=True, timeout=420, cwd=REPO)
+    assert proc.returncode == expect, proc.stderr[-3000:]
+    if expect:
+        return proc, None
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    record = json.loads((Path(summary["run_dir"]) / "run_record.json").read_text())
+    return proc, record
+
+
+@cache
+def reference(model_dir: str) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """Single-process PEFT: per-step losses and the final adapter (PEFT file keys)."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    cfg = TrainConfig.model_validate(train_config(Path(model_dir)))
+    loaders = build_loaders(cfg.data, model_dir=model_dir)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    lora: LoraSettings = cfg.lora
+    model = get_peft_model(base, lora.to_peft(), adapter_name="eq")
+    deterministic_init_(model, "eq", lora.init_seed)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=cfg.betas, eps=cfg.eps,
+                                  weight_decay=cfg.weight_decay)
+    per_epoch = loaders.train.num_batches(0)
+    losses = []
+    for step in range(STEPS):
+        batch = loaders.train.batch_at(loaders.train.position(step // per_epoch,
+                                                              step % per_epoch))
+        mbs = microbatches(batch, cfg.micro_batch_size)
+        total = sum(mb.counted_tokens for mb in mbs)
+        loss_sum = 0.0
+        for mb in mbs:
+            logits = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits
+            part, _ = cross_entropy_sum(logits, mb.labels)
+            (part / total).backward()
+            loss_sum += float(part.detach())
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss_sum / total)
+    return losses, adapter_state_dict(model, "eq")
+
+
+def stage_adapters(state_dir: Path, run_id: str) -> dict[str, torch.Tensor]:
+    union = {}
+    files = sorted(state_dir.glob(f"*/checkpoints/{run_id}/eq-L*.pt"))
+    assert len(files) == 3, files
+    for path in files:
+        union.update(torch.load(path, weights_only=True)["adapter_state"])
+    return union
+
+
+def max_relative(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert sorted(a) == sorted(b)
+    return max(float((a[k] - b[k]).abs().max() / b[k].abs().max().clamp_min(1e-12)) for k in b)
+
+
+def test_twenty_lora_steps_over_three_daemons_equal_single_process_peft(tiny_model_dir,
+                                                                         tmp_path):
+    ref_losses, ref_adapter = reference(str(tiny_model_dir))
+    with local_swarm(tmp_path, str(tiny_model_dir), SPLIT):
+        _, record = run_train(tmp_path, tmp_path / "swarm.json",
+                              train_config(tiny_model_dir, run_id="eq-run"))
+    losses = record["losses"]
+    assert len(losses) == STEPS
+    rel = [abs(a - b) / abs(b) for a, b in zip(losses, ref_losses, strict=True)]
+    print(f"per-step loss max relative difference {max(rel):.2e}; "
+          f"loss {losses[0]:.4f} -> {losses[-1]:.4f}")
+    assert max(rel) <= 1e-4
+    adapter_rel = max_relative(stage_adapters(tmp_path / "peer-state", "eq-run"), ref_adapter)
+    print(f"final adapter max relative difference {adapter_rel:.2e}")
+    assert adapter_rel <= 1e-4
+    assert record["after"]["heldout_loss"] < record["before"]["heldout_loss"]
+    state = json.loads((tmp_path / "runs" / record["run_id"] / "state.json").read_text())
+    assert state["state"] == "done"
+
+
+def test_whole_swarm_restart_resumes_the_same_loss_curve(tiny_model_dir, tmp_path):
+    ref_losses, ref_adapter = reference(str(tiny_model_dir))
+    config = train_config(tiny_model_dir, run_id="resume-run")
+    with local_swarm(tmp_path, str(tiny_model_dir), SPLIT):
+        _, first = run_train(tmp_path, tmp_path / "swarm.json", config, "--steps", "10")
+    first_dir = tmp_path / "runs" / first["run_id"]
+    # every daemon is gone; a new swarm on the same state directories resumes the job
+    with local_swarm(tmp_path, str(tiny_model_dir), SPLIT):
+        _, second = run_train(tmp_path, tmp_path / "swarm.json", config, "--resume",
+                              str(first_dir))
+    losses = first["losses"] + second["losses"]
+    assert len(losses) == STEPS
+    rel = max(abs(a - b) / abs(b) for a, b in zip(losses, ref_losses, strict=True))
+    print(f"resumed curve max relative difference {rel:.2e}")
+    assert rel <= 1e-4
+    assert second["before"]["step"] == 10
+    assert max_relative(stage_adapters(tmp_path / "peer-state", "resume-run"),
+                        ref_adapter) <= 1e-4
+
+
+def test_a_trainer_for_another_base_model_is_refused(tiny_model_dir, tmp_path):
+    from models.tiny import build_tiny_llama
+
+    other = build_tiny_llama(tmp_path / "other-model", seed=5)
+    with local_swarm(tmp_path, str(tiny_model_dir), SPLIT):
+        proc, _ = run_train(tmp_path, tmp_path / "swarm.json", train_config(other),
+                            expect=5)
+    assert "no online peer serves model" in proc.stderr
