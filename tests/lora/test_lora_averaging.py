@@ -159,6 +159,15 @@ def _params(swarm: Replicas, name: str, rnd: int) -> list[torch.Tensor]:
     return swarm.load(f"{name}.r{rnd}.params.pt")["params"]
 
 
+def _rel_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    """Largest per-tensor ||a - b|| / ||a||: replicas that applied the same averaged gradient
+    differ by float rounding only, which Adam can amplify for near-zero gradient entries (up to
+    ~1e-4 absolute, 6e-6 relative seen), so parameters are compared relative to their norm."""
+    return max(float(torch.linalg.vector_norm(x.double() - y.double())
+                     / max(float(torch.linalg.vector_norm(x.double())), 1e-12))
+               for x, y in zip(a, b, strict=True))
+
+
 # Two replicas, rounds kept in step (each waits for the other's previous round), faults injected
 # on demand (averaging_peer.py --fail-round/--fail-delay: that replica's all-reduce raises after
 # the other one got its result):
@@ -200,7 +209,7 @@ def test_a_member_whose_allreduce_failed_redoes_the_round_with_the_other(two_rep
         assert report["averaged"] and report["consistent"], report
         assert _max_diff(swarm.load(f"{name}.r0.avg.pt"), expected) <= 1e-6
     assert "injected all-reduce failure" in swarm.reports("a")[0]["error"]
-    assert _max_diff(_params(swarm, "a", 0), _params(swarm, "b", 0)) <= 1e-6
+    assert _rel_diff(_params(swarm, "a", 0), _params(swarm, "b", 0)) <= 1e-4
 
 
 def test_a_group_of_two_starts_as_soon_as_both_call(two_replicas):
@@ -217,7 +226,7 @@ def test_a_failure_seen_too_late_to_redo_is_reported_and_repaired_next_round(two
     # b knows it kept its local gradient after a group; a could not know (b was only late)
     assert not late["averaged"] and not late["consistent"] and late["partial_detected"], late
     assert other["averaged"] and other["missing"] == 1, other
-    assert _max_diff(_params(swarm, "a", 2), _params(swarm, "b", 2)) > 1e-4  # they diverged
+    assert _rel_diff(_params(swarm, "a", 2), _params(swarm, "b", 2)) > 1e-3  # they diverged
     # next round: both see the difference, one copies the other's state, both are equal again
     reports = {n: swarm.reports(n)[3] for n in ("a", "b")}
     assert all(r["diverged"] == 1 and r["consistent"] and r["averaged"]
@@ -227,7 +236,7 @@ def test_a_failure_seen_too_late_to_redo_is_reported_and_repaired_next_round(two
     expected = _weighted_mean([local["a"], local["b"]], [1.0, 1.0])
     for name in ("a", "b"):
         assert _max_diff(swarm.load(f"{name}.r3.avg.pt"), expected) <= 1e-6
-    assert _max_diff(_params(swarm, "a", 3), _params(swarm, "b", 3)) <= 1e-6
+    assert _rel_diff(_params(swarm, "a", 3), _params(swarm, "b", 3)) <= 1e-4
 
 
 def test_a_replica_whose_partner_is_gone_returns_within_matchmaking_timeout(two_replicas):
@@ -276,4 +285,4 @@ def test_peer_killed_mid_round_does_not_stall_the_others_and_is_detected(tiny_mo
             assert report["averaged"] and report["group_size"] == 2, report
             assert report["consistent"], report
             assert _max_diff(swarm.load(f"{name}.r1.avg.pt"), expected) <= 1e-6
-        assert _max_diff(_params(swarm, "a", 1), _params(swarm, "b", 1)) <= 1e-6
+        assert _rel_diff(_params(swarm, "a", 1), _params(swarm, "b", 1)) <= 1e-4
