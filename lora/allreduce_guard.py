@@ -35,7 +35,11 @@ from hivemind.averaging import DecentralizedAverager
 from hivemind.averaging.allreduce import AllReduceRunner, AveragingMode
 from hivemind.averaging.group_info import GroupInfo
 from hivemind.averaging.matchmaking import MatchmakingException
-from hivemind.averaging.partition import BannedException, TensorPartReducer
+from hivemind.averaging.partition import (
+    AllreduceException,
+    BannedException,
+    TensorPartReducer,
+)
 from hivemind.compression import deserialize_torch_tensor
 from hivemind.p2p import PeerID
 from hivemind.proto import averaging_pb2
@@ -79,14 +83,53 @@ class PartGuard:
 
 
 class _GuardedReducer(TensorPartReducer):
+    """hivemind's reducer with the guard on every part, and a fix for a sender that fails.
+
+    hivemind counts a part as received when ``accumulate_part`` is *entered*; a sender whose
+    call is still waiting for earlier parts when its stream breaks (a groupmate SIGKILLed under
+    load) is then expected to contribute a part it never adds, and the reducer waits for it
+    until the all-reduce timeout (seen: 30 s stalls, then the whole round lost). Here a sender
+    that fails is expected only for the parts it actually added, and a part never arrives in a
+    finalized reducer.
+    """
+
     def __init__(self, part_shapes: Sequence[torch.Size], num_senders: int, guard: PartGuard):
         super().__init__(part_shapes, num_senders)
         self._guard = guard
+        self._added = [0] * num_senders  # parts each sender has actually accumulated
 
     async def accumulate_part(self, sender_index: int, part_index: int, tensor_part: torch.Tensor,
                               weight: float = 1.0) -> torch.Tensor:
         tensor_part, weight = self._guard.check(tensor_part, weight)
-        return await super().accumulate_part(sender_index, part_index, tensor_part, weight=weight)
+        assert 0 <= sender_index < self.num_senders, "invalid sender index"
+        assert 0 <= part_index < self.num_parts, "invalid part index"
+        self.num_parts_received[sender_index] += 1
+        while part_index > self.current_part_index and not self.finished.is_set():
+            await asyncio.wait({self.current_part_future,
+                                asyncio.create_task(self.finished.wait())},
+                               return_when=asyncio.FIRST_COMPLETED)
+        if self.finished.is_set():
+            raise AllreduceException(f"attempted to aggregate part in a finalized {self}")
+        if self.sender_failed_after[sender_index] != float("inf"):
+            raise BannedException(f"sender {sender_index} was banned in background")
+        assert part_index == self.current_part_index
+        current_part_future = self.current_part_future
+        self.accumulator.add_(tensor_part, alpha=weight)
+        self._added[sender_index] += 1
+        self.current_part_accumulated_from += 1
+        self.denominator += weight
+        self.check_current_part_finished()
+        return await current_part_future
+
+    def on_sender_failed(self, sender_index: int) -> None:
+        if self.sender_failed_after[sender_index] != float("inf"):
+            return  # already excluded
+        self.sender_failed_after[sender_index] = self._added[sender_index]
+        if self.finished.is_set():
+            return
+        if self.current_part_index == self._added[sender_index]:  # it owes the current part
+            self.num_current_senders -= 1
+            self.check_current_part_finished()
 
 
 class _GuardedRunner(AllReduceRunner):

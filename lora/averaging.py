@@ -446,9 +446,13 @@ class StageGradientAverager:
 
     def _reconcile_states(self, members: dict[str, Any], call: str) -> tuple[int, bool, bool]:
         """Make the group's states equal again; returns (differing, we loaded, all went well)."""
-        states = {peer: (data["state"], int(data["step"]), str(data["call"]))
-                  for peer, data in members.items()
-                  if isinstance(data, dict) and isinstance(data.get("state"), list)}
+        states: dict[str, tuple[list[float], int, str]] = {}
+        for peer, data in members.items():
+            try:
+                states[peer] = ([float(x) for x in data["state"]], int(data["step"]),
+                                str(data["call"]))
+            except (KeyError, TypeError, ValueError):  # a malformed all-gather: leave it out
+                continue
         source, differing = resync_plan(
             {peer: (s[0], s[1]) for peer, s in states.items()}, self.settings.state_checksum_rtol)
         if source is None:

@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import logging
 import multiprocessing as mp
 import os
 import signal
@@ -86,6 +87,10 @@ def main() -> int:
     parser.add_argument("--hold", action="store_true", help="stay up until <workdir>/stop")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] [%(name)s] %(message)s"))
+    logging.getLogger("lora").addHandler(handler)
+    logging.getLogger("lora").setLevel(logging.INFO)
     work = args.workdir
 
     from lora.averaging import StageGradientAverager, averaging_prefix

@@ -57,3 +57,33 @@ def test_part_norm_cap_scales_a_huge_part_down():
     result, errors = _reduce(guard, [(torch.zeros(4), 1.0), (huge, 1.0)])
     assert not errors and guard.clipped == 1
     assert float(torch.linalg.vector_norm(result)) == pytest.approx(0.5, rel=1e-5)
+
+
+def test_a_sender_that_dies_while_waiting_to_send_its_next_part_does_not_stall_the_reducer():
+    """A groupmate SIGKILLed mid all-reduce under load: its call for part 1 was waiting for part
+    0 to finish when its stream broke. hivemind's reducer then expected that part forever (the
+    round stalled until the all-reduce timeout); ours averages part 1 without it."""
+    guard = PartGuard(max_part_norm=None, max_peer_weight=10)
+
+    async def run():
+        reducer = _GuardedReducer([torch.Size([2])] * 3, 3, guard)
+        ones = torch.ones(2)
+        first = [asyncio.create_task(reducer.accumulate_part(0, 0, ones * 3)),  # the dying one
+                 asyncio.create_task(reducer.accumulate_part(1, 0, ones))]
+        await asyncio.sleep(0.01)
+        waiting = asyncio.create_task(reducer.accumulate_part(0, 1, ones * 3))
+        await asyncio.sleep(0.01)
+        waiting.cancel()  # its stream broke: the handler is cancelled, then the sender banned
+        await asyncio.sleep(0.01)
+        reducer.on_sender_failed(0)
+        first.append(asyncio.create_task(reducer.accumulate_part(2, 0, ones * 2)))
+        part0 = await asyncio.gather(*first)
+        later = await asyncio.gather(*(reducer.accumulate_part(sender, part, ones * (sender + 1))
+                                       for part in (1, 2) for sender in (1, 2)))
+        return part0, later
+
+    part0, later = asyncio.run(asyncio.wait_for(run(), 5))
+    for result in part0:  # the dead sender's part 0 arrived before it died: it counts
+        torch.testing.assert_close(result, torch.full((2,), 2.0))
+    for result in later:  # parts 1 and 2: the survivors' mean
+        torch.testing.assert_close(result, torch.full((2,), 2.5))

@@ -263,8 +263,12 @@ def test_peer_killed_mid_round_does_not_stall_the_others_and_is_detected(tiny_mo
         first = {n: swarm.reports(n)[0] for n in ("a", "b")}
         for name, report in first.items():
             print(f"{name} round 0 after the kill: {report}")
-            assert report["partial_detected"], report
-            assert report["seconds"] < 60
+            # worst case: all-reduce timeout (30 s), then a rerun that finds nobody (8 s)
+            assert report["seconds"] < 60, report
+        # v had a group when it died: its groupmates saw the round fail or come back partial (a
+        # survivor that was not in v's group, e.g. under load, found no group in time)
+        assert any(r["partial_detected"] for r in first.values()), first
+        assert all(r["partial_detected"] or r["group_size"] == 1 for r in first.values()), first
         local0 = {n: swarm.load(f"{n}.r0.local.pt") for n in ("a", "b")}
         avg0 = {n: swarm.load(f"{n}.r0.avg.pt") for n in ("a", "b")}
         second = {n: swarm.reports(n)[1] for n in ("a", "b")}
