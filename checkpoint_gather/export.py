@@ -66,7 +66,8 @@ def export_checkpoint(out_dir: str | Path, config, sources: Sequence[Source], *,
                       max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
                       adapters: Sequence[StageAdapters] = (), lora_settings=None,
                       base_model: str | None = None, run: RunDir | None = None,
-                      provenance: Mapping[str, Any] | None = None) -> ExportResult:
+                      provenance: Mapping[str, Any] | None = None,
+                      verified: bool = False) -> ExportResult:
     """Verify ``sources`` and write the requested formats into ``out_dir`` atomically.
 
     Args:
@@ -86,6 +87,8 @@ def export_checkpoint(out_dir: str | Path, config, sources: Sequence[Source], *,
         base_model: recorded as the adapter's ``base_model_name_or_path``.
         run: an open run record; the outputs are registered in it and it is finished.
         provenance: extra provenance stored in every output.
+        verified: every tensor was already checked against its source's sha256 as it arrived
+            (``node0 gather`` does); skips the second hashing pass of step 2.
     """
     out_dir = Path(out_dir)
     config = llama_config(config)
@@ -102,8 +105,10 @@ def export_checkpoint(out_dir: str | Path, config, sources: Sequence[Source], *,
             log.info("coverage proven: %d layers from %d sources", plan.num_layers,
                      len(manifests))
             for manifest, tensors in sources:
-                verify_tensors(manifest, tensors)
+                verify_tensors(manifest, tensors, check_digests=not verified)
             state = assemble_state(plan, sources)
+            digests = {name: entry.sha256 for m in manifests for name, entry in m.tensors.items()
+                       if name in state}
         record = {"model": model, "sources": [{"source_id": m.source_id, "peer": m.peer,
                                                "layers": [m.start, m.end]} for m in manifests],
                   **dict(provenance or {})}
@@ -116,7 +121,7 @@ def export_checkpoint(out_dir: str | Path, config, sources: Sequence[Source], *,
                 outputs["huggingface"] = export_hf(
                     tmp / "hf", config, state, tokenizer_dir=tokenizer_dir,
                     generation_config=generation_config, provenance=record,
-                    max_shard_bytes=max_shard_bytes)
+                    max_shard_bytes=max_shard_bytes, tensor_digests=digests)
             if gguf_types:
                 fields = tokenizer_fields(model=model, tokenizer_dir=tokenizer_dir,
                                           vocab_size=config.vocab_size)

@@ -101,6 +101,7 @@ class GatherResult:
     export: ExportResult
     stages: list[PulledStage] = field(default_factory=list)
     adapters: tuple[str, ...] = ()  # merged, or the one exported alone
+    seconds: dict[str, float] = field(default_factory=dict)  # per phase: route, pull, export
 
     @property
     def bytes(self) -> int:
@@ -241,9 +242,8 @@ class _Puller:
                         future.result()  # raises the stage's error
                     if not headers_checked:
                         with self._lock:
-                            ready = len(self._headers) == len(self.plans)
-                            headers = [self._headers[(p.start, p.end)] for p in self.plans]
-                        if ready:
+                            headers = [self._headers.get((p.start, p.end)) for p in self.plans]
+                        if None not in headers:
                             self.on_all_headers(headers)
                             headers_checked = True
                     now = time.monotonic()
@@ -323,7 +323,12 @@ def gather_stages(options: GatherOptions, plans: Sequence[StagePlan], *,
     puller = _Puller(plans, options.model, base=not options.adapters_only, adapters=wanted,
                      chunk_bytes=options.chunk_bytes, idle_timeout=options.idle_timeout,
                      on_all_headers=prove, progress=progress)
+    started = time.monotonic()
     stages = puller.run()
+    seconds = {"pull": time.monotonic() - started}
+    log.info("pulled %d stages, %.1f MB in %.1f s", len(stages),
+             sum(s.bytes for s in stages) / 1e6, seconds["pull"])
+    started = time.monotonic()
     config = llama_config(_check_configs(stages))
     settings = {name: _adapter_settings(stages, name) for name in wanted}
     provenance = {
@@ -351,10 +356,11 @@ def gather_stages(options: GatherOptions, plans: Sequence[StagePlan], *,
         else:
             sources = [(s.base, s.base_tensors) for s in stages]
         export = export_checkpoint(out_dir, config, sources, hf=options.hf,
-                                   gguf_types=options.gguf_types,
+                                   gguf_types=options.gguf_types, verified=True,
                                    generation_config=generation_config,
                                    max_shard_bytes=options.max_shard_bytes, **common)
-    return GatherResult(export=export, stages=stages, adapters=wanted)
+    seconds["export"] = time.monotonic() - started
+    return GatherResult(export=export, stages=stages, adapters=wanted, seconds=seconds)
 
 
 def gather(options: GatherOptions, *, initial_peers: list[str], run: RunDir | None = None,
@@ -365,6 +371,7 @@ def gather(options: GatherOptions, *, initial_peers: list[str], run: RunDir | No
     if Path(options.out_dir).exists():
         raise CheckpointError(f"output {options.out_dir} already exists; refusing to "
                               "overwrite it", hint="choose a new --out or remove the old one")
+    started = time.monotonic()
     client = SwarmClient(options.model, initial_peers)
     try:
         client.wait_for_route(options.route_timeout)
@@ -381,6 +388,9 @@ def gather(options: GatherOptions, *, initial_peers: list[str], run: RunDir | No
     model_dir = client.model_dir
     tokenizer_dir = options.tokenizer_dir or model_dir
     generation = model_dir / "generation_config.json"
-    return gather_stages(options, plans, tokenizer_dir=tokenizer_dir,
-                         generation_config=generation if generation.is_file() else None,
-                         run=run, progress=progress, adapter=adapter)
+    route_seconds = time.monotonic() - started
+    result = gather_stages(options, plans, tokenizer_dir=tokenizer_dir,
+                           generation_config=generation if generation.is_file() else None,
+                           run=run, progress=progress, adapter=adapter)
+    result.seconds = {"route": route_seconds, **result.seconds}
+    return result

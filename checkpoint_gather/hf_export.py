@@ -27,10 +27,11 @@ from safetensors.torch import save_file
 
 from checkpoint_gather.atomic import atomic_dir
 from checkpoint_gather.coverage import check_tensors
+from checkpoint_gather.manifest import file_sha256
 from checkpoint_gather.sources import dtype_name, tensor_sha256
 from models.llama.tensor_names import EMBED, LM_HEAD
 from node.errors import CheckpointError
-from provenance import sha256_file, sha256_json
+from provenance import sha256_json
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,8 @@ def _verify_written(directory: Path) -> None:
 def export_hf(out: str | Path, config, state: Mapping[str, torch.Tensor], *,
               tokenizer_dir: str | Path, generation_config=None,
               provenance: Mapping[str, Any] | None = None,
-              max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> Path:
+              max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+              tensor_digests: Mapping[str, str] | None = None) -> Path:
     """Write ``state`` (fp32, HF LLaMA names, global layer indices) as a Hugging Face directory.
 
     Args:
@@ -137,6 +139,8 @@ def export_hf(out: str | Path, config, state: Mapping[str, torch.Tensor], *,
         generation_config: ``GenerationConfig``, dict, path, or None (derived from ``config``).
         provenance: recorded in ``node0_export.json`` (sources, base model, run id, …).
         max_shard_bytes: above this total size the weights are sharded with an index.
+        tensor_digests: the tensors' sha256 if the caller already verified them (recorded in
+            ``node0_export.json`` instead of hashing every tensor again).
 
     Returns:
         ``out``.
@@ -159,11 +163,12 @@ def export_hf(out: str | Path, config, state: Mapping[str, torch.Tensor], *,
             "format": "huggingface",
             "config_sha256": sha256_json(config.to_dict()),
             "tied_word_embeddings": bool(config.tie_word_embeddings),
-            "tensors": {n: tensor_sha256(t) for n, t in sorted(weights.items())},
+            "tensors": {n: (tensor_digests or {}).get(n) or tensor_sha256(t)
+                        for n, t in sorted(weights.items())},
             "tokenizer": {"source": str(tokenizer_dir), "files": copied},
             "weight_files": shards,
             "provenance": dict(provenance or {}),
-            "files": {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()},
+            "files": {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()},
         }
         (tmp / EXPORT_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         _verify_written(tmp)

@@ -9,6 +9,7 @@ lists the same output files as artifacts, with the inputs, versions and status o
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,25 @@ from provenance import RunDir, sha256_file, sha256_json
 
 MANIFEST = "manifest.json"
 
+# sha256 of files this process wrote and hashed, keyed by (device, inode, size, mtime): the
+# key survives the rename that publishes an output, so each output is read back only once.
+_FILE_DIGESTS: dict[tuple[int, int, int, int], str] = {}
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, remembered while the file is unchanged (even if renamed)."""
+    stat = os.stat(path)
+    key = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    digest = _FILE_DIGESTS.get(key)
+    if digest is None:
+        digest = _FILE_DIGESTS[key] = sha256_file(path)
+    return digest
+
 
 def file_digests(path: Path, root: Path) -> dict[str, dict[str, Any]]:
     """``{relative path: {sha256, size}}`` for a file or every file under a directory."""
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    return {str(p.relative_to(root)): {"sha256": sha256_file(p), "size": p.stat().st_size}
+    return {str(p.relative_to(root)): {"sha256": file_sha256(p), "size": p.stat().st_size}
             for p in files}
 
 
@@ -58,10 +73,17 @@ def write_manifest(root: str | Path, manifest: Mapping[str, Any]) -> Path:
 
 
 def record_outputs(run: RunDir, root: Path, manifest: Mapping[str, Any]) -> None:
-    """Register every output file (and the manifest) as an artifact of ``run``."""
+    """Register every output file (and the manifest) as an artifact of ``run``, with the
+    digests the manifest already holds (the files are not read again)."""
     run.set("sources", [{k: v for k, v in s.items() if k != "tensors"}
                         for s in manifest["sources"]])
-    for output in manifest["outputs"].values():
-        for rel in output["files"]:
-            run.add_artifact((root / rel).resolve())
-    run.add_artifact((root / MANIFEST).resolve())
+    files = {rel: entry for output in manifest["outputs"].values()
+             for rel, entry in output["files"].items()}
+    path = root / MANIFEST
+    files[MANIFEST] = {"sha256": file_sha256(path), "size": path.stat().st_size}
+    entries = [{"path": os.path.relpath((root / rel).resolve(), run.path),
+                "sha256": entry["sha256"], "size": entry["size"]}
+               for rel, entry in sorted(files.items())]
+    paths = {entry["path"] for entry in entries}
+    run.set("artifacts", [a for a in run.record.get("artifacts", []) if a["path"] not in paths]
+            + entries)

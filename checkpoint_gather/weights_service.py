@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -35,8 +36,9 @@ from models.llama.tensor_names import expected_shapes
 from node.errors import RequestError
 from pipeline_stages.errors import InvalidInput, SessionNotFound, StageRequestError
 from pipeline_stages.executor import StageExecutor
-from proto import node0_weights_pb2, node0_weights_pb2_grpc
-from proto.tensor_chunks import DEFAULT_CHUNK_BYTES, split_tensor
+from proto import node0_pb2, node0_weights_pb2, node0_weights_pb2_grpc
+from proto.tensor_chunks import DEFAULT_CHUNK_BYTES
+from proto.tensor_codec import DTYPES
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,24 @@ class SnapshotTensor:
     adapter: str
     key: str
     tensor: torch.Tensor
+
+
+def tensor_chunks(name: str, tensor: torch.Tensor,
+                  chunk_bytes: int) -> Iterator[node0_pb2.TensorChunk]:
+    """``tensor`` (contiguous) as ordered ``TensorChunk``s sliced straight from its memory.
+
+    Same messages as :func:`proto.tensor_chunks.split_tensor`, which first copies the whole
+    tensor into one ``bytes`` — for a 113 MB embedding matrix, a copy per tensor that the
+    stage's snapshot does not need.
+    """
+    dtype = dtype_name(tensor.dtype)
+    if dtype not in DTYPES:
+        raise TypeError(f"{name}: dtype {dtype} cannot be sent")
+    data = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+    shape = list(tensor.shape)
+    for offset in range(0, len(data), chunk_bytes):
+        yield node0_pb2.TensorChunk(name=name, dtype=dtype, shape=shape, offset=offset,
+                                    data=data[offset:offset + chunk_bytes].tobytes())
 
 
 def wire_name(adapter: str, key: str) -> str:
@@ -95,7 +115,8 @@ def snapshot_stage(executor: StageExecutor, stage, *, base: bool,
                                   f"{stage.end}); held: {', '.join(sorted(held)) or 'none'}")
         out = []
         if base:
-            out += [SnapshotTensor(key, "", key, t.detach().clone())
+            contiguous = torch.contiguous_format
+            out += [SnapshotTensor(key, "", key, t.detach().clone(memory_format=contiguous))
                     for key, t in stage_base_tensors(stage).items()]
         for adapter in adapters:
             out += [SnapshotTensor(wire_name(adapter, key), adapter, key, t)
@@ -196,7 +217,7 @@ class WeightsService(node0_weights_pb2_grpc.StageWeightsServicer):
         corrupt, delay = self._faults.corrupt(), self._faults.delay()
         sent = 0
         for item in snapshot:
-            for chunk in split_tensor(item.name, item.tensor, chunk_bytes):
+            for chunk in tensor_chunks(item.name, item.tensor, chunk_bytes):
                 if corrupt:
                     chunk.data = bytes([chunk.data[0] ^ 0xFF]) + chunk.data[1:]
                     corrupt = False
