@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from node.banner import print_banner, status
 from node.config import DaemonConfig
 from node.dht import start_dht, visible_maddrs
 from node.dht_records import StageRecord, announce
+from node.main_thread import MainThreadCalls
 from node.stage_service import StageService, start_grpc_server
 from pipeline_stages.executor import StageExecutor
 from pipeline_stages.loader import load_stage
@@ -56,6 +58,7 @@ class Daemon:
         self.config_sha256 = config_sha256
         self.stop_event = threading.Event()
         self.dht = None
+        self.main_calls = MainThreadCalls()
         self.server = None
         self.port: int | None = None
 
@@ -104,6 +107,7 @@ class Daemon:
         self.dht = start_dht(cfg.initial_peers, host_maddrs=cfg.dht_host_maddrs)
         maddrs = visible_maddrs(self.dht)
         executor.dht = self.dht
+        executor.in_main_thread = self.main_calls.call
         executor.checkpoint_dir = cfg.state_dir / "checkpoints" if cfg.state_dir else None
         service = StageService(executor, peer_id=str(self.dht.peer_id),
                                max_message_bytes=cfg.max_message_bytes)
@@ -119,7 +123,13 @@ class Daemon:
         status("ready", f"peer {self.dht.peer_id} endpoint {cfg.host}:{self.port} "
                         f"dht {maddrs[0] if maddrs else '?'}")
         try:
-            while not self.stop_event.wait(cfg.announce_period):
+            next_beat = time.monotonic() + cfg.announce_period
+            while not self.stop_event.is_set():
+                # jobs whose construction must happen on this thread (see node.main_thread)
+                self.main_calls.run_pending(min(0.5, max(0.0, next_beat - time.monotonic())))
+                if time.monotonic() < next_beat or self.stop_event.is_set():
+                    continue
+                next_beat = time.monotonic() + cfg.announce_period
                 evicted = sessions.evict_idle()
                 if evicted:
                     log.info("evicted %d idle session(s)", len(evicted))

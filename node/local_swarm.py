@@ -216,3 +216,36 @@ def stop_swarm(state_file: Path) -> SwarmState:
         record = json.loads(record_path.read_text())
         RunDir(Path(state.run_dir), record).finish("stopped")
     return state
+
+
+def restart_peer(state_file: Path, name: str, *,
+                 start_timeout: float = START_TIMEOUT_S) -> PeerProcess:
+    """Start peer ``name`` of a running local swarm again with its config (after it died).
+
+    Its state directory is the same, so a training job resumes from the peer's checkpoint (or
+    from a replica further along). The swarm state file then points at the new process.
+    """
+    state = SwarmState.load(state_file)
+    index = next((i for i, p in enumerate(state.peers) if p.name == name), None)
+    if index is None:
+        raise SwarmError(f"the swarm has no peer {name!r}: "
+                         f"{', '.join(p.name for p in state.peers)}")
+    old = state.peers[index]
+    if pid_alive(old.pid):
+        raise SwarmError(f"peer {name} is still running (pid {old.pid})",
+                         hint="stop it first")
+    config = DaemonConfig.model_validate(yaml.safe_load(Path(old.config).read_text()))
+    if not config.initial_peers and state.initial_peers and index != 0:
+        config = config.model_copy(update={"initial_peers": state.initial_peers})
+    elif index == 0:  # the bootstrap peer rejoins through the others
+        others = [a for p in state.peers if p.name != name and Path(p.maddr_file).is_file()
+                  for a in Path(p.maddr_file).read_text().split()]
+        config = config.model_copy(update={"initial_peers": others})
+    Path(old.maddr_file).unlink(missing_ok=True)
+    run = RunDir(Path(state.run_dir), json.loads(
+        (Path(state.run_dir) / "run_record.json").read_text()))
+    peer = _launch(run, name, config)
+    _wait_ready([peer], start_timeout)
+    state.peers[index] = peer
+    state.save(state_file)
+    return peer

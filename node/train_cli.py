@@ -164,6 +164,7 @@ def run(args: argparse.Namespace) -> int:
         run.finish("done", before=before, after=after, losses=state.losses,
                    heldout_during=state.heldout, skipped_steps=state.skipped,
                    reroutes=state.reroutes, trainer_id=trainer.trainer_id,
+                   averaging=state.averaging,
                    stages=[{"span": [c.start, c.end], "endpoint": c.endpoint,
                             "peer_id": c.peer_id} for c in trainer.stages])
         print(json.dumps({"run_dir": str(run.path), "run_id": run_id, "steps": state.step,

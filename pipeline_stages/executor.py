@@ -54,6 +54,8 @@ class StageExecutor:
         self._jobs_lock = threading.Lock()
         self.dht = None  # set by the daemon once its DHT runs (replica averaging)
         self.checkpoint_dir: Path | None = None  # where adapter jobs checkpoint
+        self.in_main_thread = lambda fn: fn()  # the daemon runs job construction on its main
+        # thread (hivemind's averager installs a signal handler; see node.main_thread)
         any_stage = next(iter(stages.values()))
         self.config = any_stage.full_config
 
@@ -161,10 +163,13 @@ class StageExecutor:
         with self._jobs_lock:
             job = self.jobs.get(key)
             if job is None:
-                with self._compute:  # attaching an adapter changes the stage's modules
-                    job = StageTrainingJob(stage, settings, job_id=job_id,
-                                           model=self.model_name, dht=self.dht,
-                                           checkpoint_dir=self.checkpoint_dir)
+                def create() -> StageTrainingJob:
+                    with self._compute:  # attaching an adapter changes the stage's modules
+                        return StageTrainingJob(stage, settings, job_id=job_id,
+                                                model=self.model_name, dht=self.dht,
+                                                checkpoint_dir=self.checkpoint_dir)
+
+                job = self.in_main_thread(create)
                 self.jobs[key] = job
             elif job.settings != settings:
                 raise InvalidInput(f"job {job_id!r} is open with other settings")

@@ -212,7 +212,7 @@ class SwarmTrainer:
             if not result.applied:
                 self.state.skipped += 1
             notes = sorted({r.averaging for r in result.reports})
-            self.state.averaging = notes
+            self.state.averaging.append("; ".join(notes))
             tokens_done += result.tokens
             elapsed = time.monotonic() - started
             rate = tokens_done / elapsed if elapsed else 0.0
