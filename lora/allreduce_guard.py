@@ -85,12 +85,15 @@ class PartGuard:
 class _GuardedReducer(TensorPartReducer):
     """hivemind's reducer with the guard on every part, and a fix for a sender that fails.
 
-    hivemind counts a part as received when ``accumulate_part`` is *entered*; a sender whose
-    call is still waiting for earlier parts when its stream breaks (a groupmate SIGKILLed under
-    load) is then expected to contribute a part it never adds, and the reducer waits for it
-    until the all-reduce timeout (seen: 30 s stalls, then the whole round lost). Here a sender
-    that fails is expected only for the parts it actually added, and a part never arrives in a
-    finalized reducer.
+    Two races in hivemind's reducer when a groupmate dies mid all-reduce under load (seen:
+    the survivor stalled until the all-reduce timeout, 30 s, and lost the whole round):
+
+    - a part counts as received when ``accumulate_part`` is *entered*; a sender whose call
+      still waits for earlier parts when its stream breaks is then expected to add a part it
+      never adds. Here a failed sender is expected only for the parts it actually added;
+    - every sender awaits the part's shared future directly, so cancelling the dead sender's
+      handler cancels the part for all of them (``InvalidStateError``, the others banned).
+      Here each sender awaits it through ``asyncio.shield``.
     """
 
     def __init__(self, part_shapes: Sequence[torch.Size], num_senders: int, guard: PartGuard):
@@ -119,7 +122,9 @@ class _GuardedReducer(TensorPartReducer):
         self.current_part_accumulated_from += 1
         self.denominator += weight
         self.check_current_part_finished()
-        return await current_part_future
+        # shielded: hivemind awaits the shared future itself, so cancelling one sender's handler
+        # (its stream broke) cancelled the part for every sender (InvalidStateError, stall)
+        return await asyncio.shield(current_part_future)
 
     def on_sender_failed(self, sender_index: int) -> None:
         if self.sender_failed_after[sender_index] != float("inf"):

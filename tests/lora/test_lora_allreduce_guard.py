@@ -87,3 +87,29 @@ def test_a_sender_that_dies_while_waiting_to_send_its_next_part_does_not_stall_t
         torch.testing.assert_close(result, torch.full((2,), 2.0))
     for result in later:  # parts 1 and 2: the survivors' mean
         torch.testing.assert_close(result, torch.full((2,), 2.5))
+
+
+def test_a_sender_cancelled_while_awaiting_its_part_does_not_cancel_the_part_for_the_others():
+    """The dead groupmate's handler is cancelled after it added its part: the part's result must
+    still reach the others (hivemind's reducer cancelled the shared future for everyone)."""
+    guard = PartGuard(max_part_norm=None, max_peer_weight=10)
+
+    async def run():
+        reducer = _GuardedReducer([torch.Size([2])] * 2, 3, guard)
+        ones = torch.ones(2)
+        dying = asyncio.create_task(reducer.accumulate_part(0, 0, ones * 3))
+        waiting = asyncio.create_task(reducer.accumulate_part(1, 0, ones))
+        await asyncio.sleep(0.01)
+        dying.cancel()
+        await asyncio.sleep(0.01)
+        reducer.on_sender_failed(0)
+        part0 = await asyncio.gather(waiting, reducer.accumulate_part(2, 0, ones * 2))
+        part1 = await asyncio.gather(reducer.accumulate_part(1, 1, ones),
+                                     reducer.accumulate_part(2, 1, ones * 2))
+        return part0, part1
+
+    part0, part1 = asyncio.run(asyncio.wait_for(run(), 5))
+    for result in part0:  # the dead sender added part 0 before it died: it counts
+        torch.testing.assert_close(result, torch.full((2,), 2.0))
+    for result in part1:
+        torch.testing.assert_close(result, torch.full((2,), 1.5))
