@@ -110,27 +110,23 @@ class GatherResult:
 
 def plan_stages(records: Sequence[StageRecord], model: str, *,
                 need_adapters: Sequence[str] = ()) -> list[StagePlan]:
-    """The route's spans, each with its online replicas holding ``need_adapters``.
+    """The route's spans, each with all its online replicas; those announcing every adapter in
+    ``need_adapters`` first (an adapter attached by a training job is held but not announced,
+    so the others stay candidates: a stage refuses an adapter it does not hold).
 
     Raises:
         SwarmError: some layers are served by no online peer (named).
-        RequestError: a span has no replica holding every adapter asked for.
     """
     from inference.routing import plan_route, replicas_for
 
     need = set(need_adapters)
     plans = []
     for hop in plan_route(records, model):
-        replicas = [hop] + [r for r in replicas_for(records, hop.span, model,
-                                                    exclude_endpoints=frozenset({hop.endpoint}))]
-        usable = [r for r in replicas if need <= set(r.adapters)]
-        if not usable:
-            held = sorted({a for r in replicas for a in r.adapters})
-            raise RequestError(f"no peer serving layers [{hop.start}, {hop.end}) holds "
-                               f"adapter(s) {sorted(need - set(held)) or sorted(need)}; "
-                               f"held there: {', '.join(held) or 'none'}")
+        replicas = [hop] + replicas_for(records, hop.span, model,
+                                        exclude_endpoints=frozenset({hop.endpoint}))
+        replicas.sort(key=lambda r: not need <= set(r.adapters))  # stable: load order kept
         plans.append(StagePlan(hop.start, hop.end, tuple(
-            PullTarget(r.endpoint, r.peer_id, r.start, r.end) for r in usable)))
+            PullTarget(r.endpoint, r.peer_id, r.start, r.end) for r in replicas)))
     return plans
 
 
@@ -192,7 +188,7 @@ class _Puller:
             self.progress.advance(task, n)
 
     def _pull_span(self, plan: StagePlan) -> PulledStage:
-        failures = []
+        failures, refusals = [], []
         for target in plan.replicas:
             pull = StagePull(target, self.model, base=self.base, adapters=self.adapters,
                              chunk_bytes=self.chunk_bytes, on_header=self._on_header,
@@ -204,6 +200,9 @@ class _Puller:
                 self._active[(plan.start, plan.end)] = pull
             try:
                 return pull.run()
+            except RequestError as exc:  # e.g. this replica lacks the adapter: try the next
+                refusals.append(str(exc))
+                continue
             except PeerFailureError as exc:
                 with self._lock:
                     if self._aborted is not None:
@@ -215,6 +214,9 @@ class _Puller:
                 if task is not None:  # the next replica starts a bar of its own
                     self.progress.update(task, visible=False)
         tried = len(plan.replicas)
+        if refusals and not failures:
+            raise RequestError("; ".join(refusals))
+        failures += refusals
         raise PeerFailureError(
             f"layers [{plan.start}, {plan.end}) could not be pulled from any of its {tried} "
             f"replica(s): " + "; ".join(failures),
