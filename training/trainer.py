@@ -108,6 +108,13 @@ class SwarmTrainer:
         if fingerprints != {self.config.lora.fingerprint()}:
             raise ConfigError(f"stages hold adapter {self.config.adapter!r} with other LoRA "
                               f"settings: {sorted(fingerprints)}")
+        if len(set(steps.values())) != 1 and self.config.replicas > 1:
+            # replicas of the run stepped while we were away; the stages catch up with them
+            # over the next steps (see StageTrainingJob.resync_steps)
+            self.echo("[route] stages are at steps " + ", ".join(
+                f"[{s}, {e}) {n}" for (s, e), n in sorted(steps.items())) + "; they catch up "
+                "with their replicas over the next steps")
+            return max(steps.values())
         if len(set(steps.values())) != 1:
             raise CheckpointError(
                 "the stages of the route are at different steps: " +
