@@ -232,6 +232,26 @@ def test_client_checks_every_message(script, error, match):
                 pull.run()
 
 
+class _Silent(node0_weights_pb2_grpc.StageWeightsServicer):
+    """A peer that accepts the call and never sends anything (hung, not dead)."""
+
+    def PullWeights(self, request, context):  # noqa: N802
+        while context.is_active():
+            time.sleep(0.05)
+        yield from ()
+
+
+def test_a_silent_peer_counts_as_failed(tiny_models, tmp_path):
+    model_dir, out = tiny_models[False], tmp_path / "out"
+    with _serve(_Silent()) as endpoint:
+        started = time.monotonic()
+        with pytest.raises(PeerFailureError, match="no data for 0.5 s"):
+            gather_stages(options(model_dir, out, idle_timeout=0.5),
+                          plans_for(endpoint, [(0, 6)]), tokenizer_dir=model_dir)
+        assert time.monotonic() - started < 10
+    assert not out.exists()
+
+
 def test_unreachable_peer_is_a_peer_failure():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
