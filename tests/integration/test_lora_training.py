@@ -160,3 +160,29 @@ def test_a_trainer_for_another_base_model_is_refused(tiny_model_dir, tmp_path):
         proc, _ = run_train(tmp_path, tmp_path / "swarm.json", train_config(other),
                             expect=5)
     assert "no online peer serves model" in proc.stderr
+
+
+def test_nan_gradients_are_skipped_reported_and_training_goes_on(tiny_model_dir, tmp_path):
+    from training.stage_client import StageTrainClient
+
+    cfg = TrainConfig.model_validate(train_config(tiny_model_dir))
+    loaders = build_loaders(cfg.data, model_dir=tiny_model_dir)
+    batch = loaders.train.batch_at(loaders.train.position(0, 0))
+    with local_swarm(tmp_path, str(tiny_model_dir), [("solo", [(0, 6)])]) as state:
+        endpoint = Path(state.peers[0].log).read_text().split("serving on ")[1].split()[0]
+        client = StageTrainClient(endpoint, job_id="nan-run", start=0, end=6, trainer_id="t")
+        client.open_job(trainable="adapter:eq", learning_rate=1e-3, model=str(tiny_model_dir),
+                        lora_json=cfg.lora.model_dump_json())
+        tensors = {"input": batch.input_ids, "attention_mask": batch.attention_mask,
+                   "labels": batch.labels}
+        outcomes = []
+        for scale in (float("nan"), 1.0 / batch.counted_tokens):
+            client.forward("mb", tensors, loss_scale=scale)
+            client.backward("mb", None)
+            outcomes.append(client.optimizer_step(len(outcomes)))
+        client.close()
+    skipped, applied = outcomes
+    print(f"NaN step: applied={skipped.applied} reason={skipped.reason!r}; next step applied="
+          f"{applied.applied}, stage step {applied.step}, skipped {applied.skipped}")
+    assert not skipped.applied and "finite" in skipped.reason
+    assert applied.applied and applied.step == 1 and applied.skipped == 1
