@@ -160,8 +160,7 @@ def run_gather(args: argparse.Namespace) -> int:
         "gguf": list(args.gguf), "chunk_bytes": args.chunk_bytes, "initial_peers": peers})
     started = time.monotonic()
     try:
-        with _progress() as progress:
-            result = gather(options, initial_peers=peers, run=run, progress=progress)
+        result = gather(options, initial_peers=peers, run=run, progress=_progress())
     except BaseException as exc:
         if run.record.get("status") == "running":
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

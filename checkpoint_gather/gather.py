@@ -22,6 +22,7 @@ Nothing is written to ``out_dir`` unless every step succeeded.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import logging
 import threading
@@ -301,7 +302,23 @@ def gather_stages(options: GatherOptions, plans: Sequence[StagePlan], *,
                   tokenizer_dir: str | Path, generation_config=None,
                   run: RunDir | None = None, progress=None,
                   adapter: str | None = None) -> GatherResult:
-    """Pull ``plans`` and export them (steps 2–4; the DHT-free part of :func:`gather`)."""
+    """Pull ``plans`` and export them (steps 2–4; the DHT-free part of :func:`gather`).
+
+    Args:
+        options: what to gather and write.
+        plans: one entry per stage of the route, replicas in the order to try.
+        tokenizer_dir: the tokenizer files shipped with the export.
+        generation_config: for the Hugging Face export (path, dict or None).
+        run: an open run record, completed (or failed) by the export.
+        progress: a rich ``Progress`` (anything with ``add_task``/``advance``/``update``),
+            fed with the bytes pulled per stage and shown while pulling.
+        adapter: with ``options.adapters_only``, the adapter to pull.
+
+    Raises:
+        PeerFailureError: a stage could not be pulled from any of its replicas.
+        CheckpointError: corrupt or contradictory data, coverage, or the output exists.
+        RequestError: every replica of a stage refused (e.g. it lacks the adapter).
+    """
     out_dir = Path(options.out_dir)
     if out_dir.exists():
         raise CheckpointError(f"output {out_dir} already exists; refusing to overwrite it",
@@ -326,7 +343,10 @@ def gather_stages(options: GatherOptions, plans: Sequence[StagePlan], *,
                      chunk_bytes=options.chunk_bytes, idle_timeout=options.idle_timeout,
                      on_all_headers=prove, progress=progress)
     started = time.monotonic()
-    stages = puller.run()
+    # a rich Progress is shown for the pull only (the bars end before the export logs)
+    live = progress if hasattr(progress, "__enter__") else contextlib.nullcontext()
+    with live:
+        stages = puller.run()
     seconds = {"pull": time.monotonic() - started}
     log.info("pulled %d stages, %.1f MB in %.1f s", len(stages),
              sum(s.bytes for s in stages) / 1e6, seconds["pull"])
@@ -367,7 +387,12 @@ def gather_stages(options: GatherOptions, plans: Sequence[StagePlan], *,
 
 def gather(options: GatherOptions, *, initial_peers: list[str], run: RunDir | None = None,
            progress=None) -> GatherResult:
-    """Find the model's stages through the DHT, pull them all and export (module docstring)."""
+    """Find the model's stages through the DHT, pull them all and export (module docstring).
+
+    Raises:
+        SwarmError: no DHT peer, or some layers are served by no online peer.
+        and everything :func:`gather_stages` raises.
+    """
     from inference.swarm_client import SwarmClient
 
     if Path(options.out_dir).exists():
