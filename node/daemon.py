@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from checkpoint_gather.weights_service import WeightsService
+from lora.stage_adapters import adapters as stage_adapters
 from models.catalog import resolve_model_dir
 from node.banner import print_banner, status
 from node.config import DaemonConfig
@@ -71,7 +72,8 @@ class Daemon:
                 num_layers=executor.config.num_hidden_layers, endpoint=f"{host}:{self.port}",
                 peer_id=str(self.dht.peer_id), state=state,
                 load=stats["active_sessions"] / executor.sessions.max_sessions,
-                adapters=sorted(self.config.adapters),
+                # loaded from the config and attached by training jobs alike
+                adapters=sorted(stage_adapters(executor.stages[(start, end)])),
                 node0_version=metadata.version("node0"))
             for start, end in sorted(executor.stages)
         ]

