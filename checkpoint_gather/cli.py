@@ -159,13 +159,7 @@ def run_gather(args: argparse.Namespace) -> int:
         "adapters_only": args.adapters_only, "adapter": args.adapter, "hf": args.hf,
         "gguf": list(args.gguf), "chunk_bytes": args.chunk_bytes, "initial_peers": peers})
     started = time.monotonic()
-    try:
-        result = gather(options, initial_peers=peers, run=run, progress=_progress())
-    except BaseException as exc:
-        if run.record.get("status") == "running":
-            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            run.finish("failed", error=message)
-        raise
+    result = gather(options, initial_peers=peers, run=run, progress=_progress())
     export = result.export
     print(f"gathered {args.model}: {result.bytes / 1e6:.1f} MB from {len(result.stages)} "
           f"stages in {time.monotonic() - started:.1f} s"

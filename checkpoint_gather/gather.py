@@ -298,6 +298,19 @@ def _merged_source(stage: PulledStage, adapters: Sequence[str], settings: dict):
     return manifest, stage.base_tensors
 
 
+@contextlib.contextmanager
+def _recorded(run: RunDir | None):
+    """Mark ``run`` failed (with the error's first line) if the body raises before the export
+    completed it."""
+    try:
+        yield
+    except BaseException as exc:
+        if run is not None and run.record.get("status") == "running":
+            run.finish("failed", error=str(exc).splitlines()[0] if str(exc)
+                       else type(exc).__name__)
+        raise
+
+
 def gather_stages(options: GatherOptions, plans: Sequence[StagePlan], *,
                   tokenizer_dir: str | Path, generation_config=None,
                   run: RunDir | None = None, progress=None,
@@ -309,7 +322,7 @@ def gather_stages(options: GatherOptions, plans: Sequence[StagePlan], *,
         plans: one entry per stage of the route, replicas in the order to try.
         tokenizer_dir: the tokenizer files shipped with the export.
         generation_config: for the Hugging Face export (path, dict or None).
-        run: an open run record, completed (or failed) by the export.
+        run: an open run record: completed by the export, or marked failed with the error.
         progress: a rich ``Progress`` (anything with ``add_task``/``advance``/``update``),
             fed with the bytes pulled per stage and shown while pulling.
         adapter: with ``options.adapters_only``, the adapter to pull.
@@ -319,6 +332,14 @@ def gather_stages(options: GatherOptions, plans: Sequence[StagePlan], *,
         CheckpointError: corrupt or contradictory data, coverage, or the output exists.
         RequestError: every replica of a stage refused (e.g. it lacks the adapter).
     """
+    with _recorded(run):
+        return _gather_stages(options, plans, tokenizer_dir=tokenizer_dir,
+                              generation_config=generation_config, run=run, progress=progress,
+                              adapter=adapter)
+
+
+def _gather_stages(options: GatherOptions, plans: Sequence[StagePlan], *, tokenizer_dir,
+                   generation_config, run, progress, adapter) -> GatherResult:
     out_dir = Path(options.out_dir)
     if out_dir.exists():
         raise CheckpointError(f"output {out_dir} already exists; refusing to overwrite it",
@@ -393,6 +414,12 @@ def gather(options: GatherOptions, *, initial_peers: list[str], run: RunDir | No
         SwarmError: no DHT peer, or some layers are served by no online peer.
         and everything :func:`gather_stages` raises.
     """
+    with _recorded(run):
+        return _gather(options, initial_peers=initial_peers, run=run, progress=progress)
+
+
+def _gather(options: GatherOptions, *, initial_peers: list[str], run: RunDir | None,
+            progress) -> GatherResult:
     from inference.swarm_client import SwarmClient
 
     if Path(options.out_dir).exists():

@@ -28,6 +28,7 @@ from pipeline_stages.executor import StageExecutor
 from pipeline_stages.loader import load_stage
 from pipeline_stages.sessions import SessionManager
 from proto import node0_pb2, node0_weights_pb2, node0_weights_pb2_grpc
+from provenance import create_run_dir
 
 
 @contextmanager
@@ -91,10 +92,14 @@ def test_corrupted_chunk_fails_closed_and_a_rerun_succeeds(tiny_models, tmp_path
     model_dir, out = tiny_models[False], tmp_path / "out"
     with stage_server(model_dir) as (_, _, endpoint):
         (faults / "corrupt").touch()
+        run = create_run_dir(tmp_path / "runs", "gather")
         with pytest.raises(CheckpointError, match="arrived corrupt") as info:
-            gather_stages(options(model_dir, out), plans_for(endpoint), tokenizer_dir=model_dir)
+            gather_stages(options(model_dir, out), plans_for(endpoint), tokenizer_dir=model_dir,
+                          run=run)
         assert info.value.exit_code == ExitCode.CHECKPOINT
         assert not out.exists() and leftovers(out) == []
+        record = json.loads((run.path / "run_record.json").read_text())
+        assert record["status"] == "failed" and "arrived corrupt" in record["error"]
         (faults / "corrupt").unlink()  # the fix
         result = gather_stages(options(model_dir, out), plans_for(endpoint),
                                tokenizer_dir=model_dir)
