@@ -83,7 +83,14 @@ def run(args: argparse.Namespace) -> int:
     print_banner("demo", path, sha, [
         f"model: {preset.model}",
         *(f"peer {p.name}: layers " + ", ".join(str(s) for s in p.stages) for p in preset.peers),
-        f"agent session: {len(DEMO_PROMPTS)} prompts, greedy, {args.max_new_tokens} tokens max",
+        f"check: greedy answer vs single-process transformers ({args.max_new_tokens} tokens)",
+        *([] if args.skip_train else [
+            f"fine-tune: LoRA 'gastown' on the sample set ({TRAIN_CONFIG.name}"
+            + (f", {args.train_steps} steps" if args.train_steps else "")
+            + "), probes before/after",
+            "gather: merged HF + GGUF f16, and the PEFT adapter, from the swarm"]),
+        f"agent session: --role polecat, RAG over {SAMPLE_RIG.name}"
+        + ("" if args.skip_train else ", adapter gastown"),
     ])
     run_dir = create_run_dir(args.runs_dir, "demo", config={
         "preset": preset.model_dump(mode="json"), "prompts": DEMO_PROMPTS,
@@ -189,8 +196,22 @@ def _agent_session(run_path: Path, model: str, peers: list[str], adapters: str,
 
     store = run_path / "rag-store"
     status("rag", f"indexing the sample rig {SAMPLE_RIG.name} into {store}")
-    _run(_node0("rag", "index", "--rig", str(SAMPLE_RIG), "--store", str(store),
-                "--runs-root", str(run_path), "--json"), "node0 rag index", timeout=900)
+    index = subprocess.run(_node0("rag", "index", "--rig", str(SAMPLE_RIG), "--store",
+                                  str(store), "--runs-root", str(run_path), "--json"),
+                           capture_output=True, text=True, timeout=900)
+    if index.returncode != 0:
+        print(index.stderr, file=sys.stderr)
+        from node.errors import Node0Error
+
+        error = Node0Error(f"node0 rag index failed with exit code {index.returncode}")
+        error.exit_code = index.returncode
+        raise error
+    report = json.loads(index.stdout)
+    counted = ("added", "changed", "unchanged")
+    docs = ", ".join(f"{name} {sum(c.get(k, 0) for k in counted)}"
+                     for name, c in report["collections"].items())
+    print(f"  indexed in {report['seconds']:.1f} s: {docs}; {len(report['problems'])} malformed "
+          "source(s) reported, secrets scrubbed before embedding")
     status("session", "node0-inference --role polecat --rag <store>"
            + (f" --adapters {adapters}" if adapters else "") + ", prompt on stdin:")
     command = [sys.executable, "-m", "inference.agent_client", "--model", model,
