@@ -83,6 +83,7 @@ def main() -> int:
     parser.add_argument("--sync-with", default="", help="comma-separated replicas whose "
                         "previous round must be done before this one starts")
     parser.add_argument("--matchmaking-timeout", type=float, default=None)
+    parser.add_argument("--min-matchmaking-time", type=float, default=None)
     parser.add_argument("--load-state", action="store_true")
     parser.add_argument("--hold", action="store_true", help="stay up until <workdir>/stop")
     args = parser.parse_args()
@@ -113,8 +114,9 @@ def main() -> int:
     else:
         _wait_for(maddrs_file, 120)
         dht = start_dht(json.loads(maddrs_file.read_text()))
-    overrides = {} if args.matchmaking_timeout is None else {
-        "matchmaking_timeout": args.matchmaking_timeout}
+    overrides = {key: value for key, value in (
+        ("matchmaking_timeout", args.matchmaking_timeout),
+        ("min_matchmaking_time", args.min_matchmaking_time)) if value is not None}
     settings = AveragingSettings(target_group_size=args.group, min_group_size=2, **overrides)
     fail_now = mp.Value("i", 0)  # shared with the averager process forked below
     if args.fail_round >= 0:
