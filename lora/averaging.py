@@ -62,6 +62,7 @@ from provenance import sha256_json  # noqa: E402
 log = logging.getLogger(__name__)
 
 _CONFIG_TTL = 60.0  # seconds a replica's config declaration lives in the DHT (refreshed)
+_DHT_CALL_TIMEOUT = 15.0  # a DHT store/get never blocks a round longer than this
 _RECORD_TTL = 120.0  # seconds round checksums and resync confirmations live in the DHT
 
 
@@ -245,10 +246,31 @@ class StageGradientAverager:
         self.peer_id = self._averager.peer_id
         self._peer = self.peer_id.to_base58()
 
+    # -- bounded DHT calls ---------------------------------------------------------------------
+
+    def _dht_store(self, key: str, value, **kwargs) -> bool:
+        """``dht.store`` that gives up after ``_DHT_CALL_TIMEOUT`` seconds (False) instead of
+        waiting forever on a DHT child that lost the request."""
+        try:
+            return bool(self.dht.store(key, value, return_future=True, **kwargs)
+                        .result(timeout=_DHT_CALL_TIMEOUT))
+        except TimeoutError:
+            log.warning("DHT store of %s timed out after %.0f s", key, _DHT_CALL_TIMEOUT)
+            return False
+
+    def _dht_get(self, key: str, **kwargs):
+        """``dht.get`` bounded like :meth:`_dht_store`; None when it times out."""
+        try:
+            return self.dht.get(key, return_future=True, **kwargs).result(
+                timeout=_DHT_CALL_TIMEOUT)
+        except TimeoutError:
+            log.warning("DHT get of %s timed out after %.0f s", key, _DHT_CALL_TIMEOUT)
+            return None
+
     # -- configuration agreement ---------------------------------------------------------------
 
     def _declare_config(self) -> None:
-        self.dht.store(f"{self.prefix}.config", [self.fingerprint, self._joined_at],
+        self._dht_store(f"{self.prefix}.config", [self.fingerprint, self._joined_at],
                        expiration_time=get_dht_time() + _CONFIG_TTL, subkey=self._me)
         self._declared_at = time.monotonic()
 
@@ -258,7 +280,7 @@ class StageGradientAverager:
         The established configuration is that of the longest-present live replica, so a
         newcomer with another configuration refuses, and never drives the incumbents out.
         """
-        found = self.dht.get(f"{self.prefix}.config", latest=True)
+        found = self._dht_get(f"{self.prefix}.config", latest=True)
         if found is None or not isinstance(found.value, dict):
             return
         declared = [(float(entry.value[1]), str(sub), str(entry.value[0]))
@@ -331,14 +353,14 @@ class StageGradientAverager:
         """Publish our outcome of the round; read the groupmates' until all are in, one
         disagrees, or ``check_timeout`` passes (we failed: publish only)."""
         key = f"{self.prefix}.check.{round_id}"
-        self.dht.store(key, mine, expiration_time=get_dht_time() + _RECORD_TTL,
+        self._dht_store(key, mine, expiration_time=get_dht_time() + _RECORD_TTL,
                        subkey=self._peer)
         published: dict[str, dict] = {self._peer: mine}
         if not mine["ok"]:
             return published
         deadline = time.monotonic() + self.settings.check_timeout
         while True:
-            found = self.dht.get(key, latest=True)
+            found = self._dht_get(key, latest=True)
             if found is not None and isinstance(found.value, dict):
                 for sub, entry in found.value.items():
                     if sub in members and isinstance(entry.value, dict):
@@ -465,7 +487,7 @@ class StageGradientAverager:
         if self._peer not in differing:
             return len(differing), False, True
         loaded = self._resync_from(source, states[source][0])
-        self.dht.store(f"{self.prefix}.resync.{states[source][2]}", loaded,
+        self._dht_store(f"{self.prefix}.resync.{states[source][2]}", loaded,
                        expiration_time=get_dht_time() + _RECORD_TTL, subkey=self._peer)
         return len(differing), loaded, loaded
 
@@ -476,7 +498,7 @@ class StageGradientAverager:
         confirmed: dict[str, bool] = {}
         while set(confirmed) < differing and time.monotonic() < deadline:
             time.sleep(0.2)
-            found = self.dht.get(key, latest=True)
+            found = self._dht_get(key, latest=True)
             if found is not None and isinstance(found.value, dict):
                 confirmed.update({sub: bool(entry.value) for sub, entry in found.value.items()
                                   if sub in differing})

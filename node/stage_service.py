@@ -207,15 +207,21 @@ def _job_settings(request: node0_pb2.TrainingJobRequest) -> JobSettings:
 
 
 def _describe(report) -> str:
+    """One phrase for the trainer's progress line: what the averaging round did."""
     if report is None:
         return "local (no replicas)"
-    if not report.averaged:
-        return f"local: no averaging group ({report.error or 'timeout'})"
-    text = f"averaged with {report.group_size - 1} replica(s) in {report.seconds:.1f}s"
+    if report.averaged:
+        text = f"averaged with {report.group_size - 1} replica(s) in {report.seconds:.1f}s"
+    else:
+        text = f"local: no averaging group ({report.error or 'timeout'})"
     if report.partial_detected:
         text += f", partial round redone ({report.attempts} attempts)"
+    if report.resynced:
+        text += ", state resynced from the replica furthest along"
+    elif report.diverged:
+        text += f", {report.diverged} replica(s) resynced to ours"
     if not report.consistent:
-        text += ", REPLICAS DISAGREE"
+        text += ", REPLICAS MAY DISAGREE until the next shared round"
     return text
 
 

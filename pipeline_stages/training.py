@@ -296,6 +296,9 @@ class StageTrainingJob:
         report = None
         if self.averager is not None:
             report = self.averager.average(samples)
+            if report.resynced:  # the round replaced our state with the source replica's
+                with self.lock:
+                    self.guard.applied = self.averager.step
         with compute_lock or threading.Lock(), self.lock:
             outcome = self.guard.step(self.optimizer)
         self.accumulated = 0
