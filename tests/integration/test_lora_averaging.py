@@ -86,8 +86,10 @@ def max_replica_difference(state_dir: Path, run_id: str) -> float:
 
 
 def averaging_config(model_dir: Path, run_id: str, steps: int) -> dict:
+    # a 30 s matchmaking window: under CI load one trainer's step can lag the other's by more
+    # than the default 8 s, and a lag beyond the window costs a solo round
     return train_config(model_dir, run_id=run_id, steps=steps, replicas=2, checkpoint_every=2,
-                        reroute_timeout=180.0)
+                        reroute_timeout=180.0, averaging={"matchmaking_timeout": 30.0})
 
 
 def test_two_trainers_average_every_round_to_identical_adapters(tiny_model_dir, tmp_path):
