@@ -1,1 +1,2 @@
+import node  # noqa: F401,E402  (turns gRPC fork handlers off before grpc loads)
 

@@ -11,9 +11,20 @@ import os
 
 os.environ.setdefault("HIVEMIND_MEMORY_SHARING_STRATEGY", "file_descriptor")
 
+import importlib  # noqa: E402
+import pkgutil  # noqa: E402
+
 import hivemind  # noqa: E402
+from hivemind.utils.multiaddr import codecs as _multiaddr_codecs  # noqa: E402
 
 from node.errors import SwarmError  # noqa: E402
+
+# hivemind imports its multiaddr codecs (and netaddr) lazily, by name. A DHT or averager child
+# forked while another thread of the parent was importing one of them inherits a held module
+# lock and hangs on its first import of that codec (seen in a test process). Import them all
+# here, before any fork.
+for _codec in pkgutil.iter_modules(_multiaddr_codecs.__path__):
+    importlib.import_module(f"{_multiaddr_codecs.__name__}.{_codec.name}")
 
 
 def start_dht(initial_peers: list[str], *, host_maddrs: list[str] | None = None,

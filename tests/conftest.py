@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+import node  # noqa: F401  (gRPC fork handlers off before any test imports grpc)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HIVEMIND_MEMORY_SHARING_STRATEGY", "file_descriptor")
