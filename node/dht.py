@@ -11,6 +11,7 @@ import os
 
 os.environ.setdefault("HIVEMIND_MEMORY_SHARING_STRATEGY", "file_descriptor")
 
+import datetime as _dt  # noqa: E402
 import importlib  # noqa: E402
 import pkgutil  # noqa: E402
 
@@ -25,6 +26,10 @@ from node.errors import SwarmError  # noqa: E402
 # here, before any fork.
 for _codec in pkgutil.iter_modules(_multiaddr_codecs.__path__):
     importlib.import_module(f"{_multiaddr_codecs.__name__}.{_codec.name}")
+# Likewise the DHT child parses every p2pd log line with this strptime format; compiling its
+# regex in the child (re's caches as left by the parent's other threads at fork time) once spun
+# forever in a test process. Compile it here so the child only looks it up.
+_dt.datetime.strptime("2024-01-01T00:00:00.000000+0000", "%Y-%m-%dT%H:%M:%S.%f%z")
 
 
 def start_dht(initial_peers: list[str], *, host_maddrs: list[str] | None = None,
