@@ -9,21 +9,37 @@ tokens.
 
 from __future__ import annotations
 
-import asyncio
+import json
+import subprocess
+import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from checkpoint_gather.gather import GatherOptions, gather
-from inference.swarm_client import SwarmClient
 from tests.conftest import local_swarm
-from tests.integration.helpers import reference_generate
+from tests.integration.helpers import REPO, reference_generate, run_cli
 from tests.integration.test_lora_training import SPLIT, run_train, train_config
 
 pytestmark = pytest.mark.integration
 
 PROMPTS = [[5, 17, 99, 3, 42, 8, 200, 31], [7, 7, 120, 64, 9], [300, 2, 44, 18, 250, 77, 6]]
 NEW = 16
+
+
+def swarm_outputs(tmp_path, model_dir, peers) -> dict:
+    """The swarm's greedy tokens and first logits, base and with `eq` (own process)."""
+    out = tmp_path / "swarm-outputs.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.integration.swarm_outputs", str(model_dir), str(out),
+         *peers], input=json.dumps({"prompts": PROMPTS, "max_new_tokens": NEW,
+                                    "adapter_sets": [[], ["eq"]]}),
+        capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    raw = json.loads(out.read_text())
+    return {tuple(k.split(",")) if k else (): [
+        SimpleNamespace(token_ids=r["tokens"], first_logits=torch.tensor(r["logits"]))
+        for r in v] for k, v in raw.items()}
 
 
 def _load(path, **kw):
@@ -44,31 +60,21 @@ def test_gathered_exports_after_a_swarm_fine_tune_equal_the_swarm(tiny_model_dir
     config = train_config(tiny_model_dir, run_id="tg-run", steps=6, learning_rate=2e-2)
     with local_swarm(tmp_path, str(tiny_model_dir), SPLIT) as state:
         run_train(tmp_path, tmp_path / "swarm.json", config, "--no-probes")
-        client = SwarmClient(str(tiny_model_dir), state.initial_peers)
-        try:
-            client.wait_for_route()
-            tokenizer = client.load_tokenizer()
-
-            async def generate(ids, adapters):
-                return await client.generate_once(tokenizer, ids, max_new_tokens=NEW,
-                                                  return_first_logits=True, adapters=adapters)
-
-            swarm = {a: [asyncio.run(generate(ids, a)) for ids in PROMPTS]
-                     for a in ((), ("eq",))}
-        finally:
-            client.close()
-        merged = gather(GatherOptions(model=str(tiny_model_dir), out_dir=tmp_path / "merged",
-                                      merge_adapters=("eq",), gguf_types=("f32",)),
-                        initial_peers=state.initial_peers)
-        only = gather(GatherOptions(model=str(tiny_model_dir), out_dir=tmp_path / "adapter",
-                                    adapters_only=True), initial_peers=state.initial_peers)
+        swarm = swarm_outputs(tmp_path, tiny_model_dir, state.initial_peers)
+        merged = tmp_path / "merged"
+        only = tmp_path / "adapter"
+        for out, extra in ((merged, ["--merge-adapters", "eq", "--gguf", "f32"]),
+                           (only, ["--adapters-only", "--gguf", "none"])):
+            done = run_cli(["node.cli", "gather", "--model", str(tiny_model_dir), "--out",
+                            str(out), "--runs-dir", str(tmp_path / "runs"),
+                            "--initial-peers", *state.initial_peers, *extra], timeout=300)
+            assert done.returncode == 0, done.stderr[-2000:]
     assert any(a.token_ids != b.token_ids or
                (a.first_logits - b.first_logits).abs().max() > 1e-3
                for a, b in zip(swarm[()], swarm[("eq",)], strict=True))  # training mattered
-    merged_model = _load(merged.export.hf_dir)
-    peft_model = PeftModel.from_pretrained(_load(tiny_model_dir),
-                                           str(only.export.adapter_dir)).eval()
-    gguf_path = merged.export.gguf_files["f32"]
+    merged_model = _load(merged / "hf")
+    peft_model = PeftModel.from_pretrained(_load(tiny_model_dir), str(only / "adapter")).eval()
+    gguf_path = next(merged.glob("*f32.gguf"))
     gguf_model = _load(gguf_path.parent, gguf_file=gguf_path.name)
     vs_swarm = vs_merged = 0.0
     for ids, served in zip(PROMPTS, swarm[("eq",)], strict=True):
