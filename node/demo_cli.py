@@ -149,12 +149,17 @@ def _last_json(stdout: str) -> dict:
     return json.loads(lines[-1]) if lines else {}
 
 
-def _run(command: list[str], what: str, timeout: float) -> subprocess.CompletedProcess:
-    """Run a node0 command with its progress on our stderr; a failure ends the demo."""
-    proc = subprocess.run(command, stdout=subprocess.PIPE, text=True, timeout=timeout)
+def _run(command: list[str], what: str, timeout: float, *,
+         quiet: bool = False) -> subprocess.CompletedProcess:
+    """Run a node0 command with its progress on our stderr (``quiet``: shown only if it
+    fails); a failure ends the demo with the command's exit code."""
+    proc = subprocess.run(command, stdout=subprocess.PIPE, text=True, timeout=timeout,
+                          stderr=subprocess.PIPE if quiet else None)
     if proc.returncode != 0:
         from node.errors import Node0Error
 
+        if quiet:
+            print(proc.stderr, file=sys.stderr)
         error = Node0Error(f"{what} failed with exit code {proc.returncode} (its messages "
                            "are above)")
         error.exit_code = proc.returncode
@@ -196,16 +201,9 @@ def _agent_session(run_path: Path, model: str, peers: list[str], adapters: str,
 
     store = run_path / "rag-store"
     status("rag", f"indexing the sample rig {SAMPLE_RIG.name} into {store}")
-    index = subprocess.run(_node0("rag", "index", "--rig", str(SAMPLE_RIG), "--store",
-                                  str(store), "--runs-root", str(run_path), "--json"),
-                           capture_output=True, text=True, timeout=900)
-    if index.returncode != 0:
-        print(index.stderr, file=sys.stderr)
-        from node.errors import Node0Error
-
-        error = Node0Error(f"node0 rag index failed with exit code {index.returncode}")
-        error.exit_code = index.returncode
-        raise error
+    index = _run(_node0("rag", "index", "--rig", str(SAMPLE_RIG), "--store", str(store),
+                        "--runs-root", str(run_path), "--json"), "node0 rag index",
+                 timeout=900, quiet=True)
     report = json.loads(index.stdout)
     counted = ("added", "changed", "unchanged")
     docs = ", ".join(f"{name} {sum(c.get(k, 0) for k in counted)}"

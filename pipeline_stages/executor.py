@@ -30,9 +30,6 @@ from pipeline_stages.training import JobSettings, StageTrainingJob, StepReport
 
 log = logging.getLogger(__name__)
 
-REJOIN_RESYNC_STEPS = 3
-"""After a trainer (re)opens a job, this many steps end by catching up with a replica that is
-further along (its rounds may have straddled the rejoin)."""
 
 
 @dataclass
@@ -179,7 +176,6 @@ class StageExecutor:
                 raise InvalidInput(f"job {job_id!r} is open with other settings")
             job.claim(trainer_id)
             job.sync_from_peers()  # a replica that got further wins (no compute lock held)
-            job.resync_steps = REJOIN_RESYNC_STEPS
         return job
 
     def training_job(self, job_id: str, start: int, end: int,

@@ -130,7 +130,6 @@ class StageTrainingJob:
         self.guard = StepGuard(self.params, max_grad_norm=settings.max_grad_norm)
         self.pending: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.accumulated = 0  # backward passes since the last step
-        self.resync_steps = 0  # steps after a (re)join that end by catching up with replicas
         self.checkpoint_path = None
         self.resumed_from = ""
         if self.adapter is not None and checkpoint_dir is not None:
@@ -155,10 +154,6 @@ class StageTrainingJob:
                 params=self.params, settings=averaging, lora=settings.lora,
                 optimizer=self.optimizer, lock=self.lock)
             self.averager.set_step(self.guard.applied)
-
-    @property
-    def steps_done(self) -> int:
-        return self.guard.applied + self.guard.skipped
 
     # -- lease ---------------------------------------------------------------------------
     def claim(self, trainer_id: str) -> None:
@@ -304,11 +299,6 @@ class StageTrainingJob:
         self.accumulated = 0
         if self.averager is not None:
             self.averager.set_step(self.guard.applied)
-            if self.resync_steps > 0:
-                # just (re)joined: a replica that stepped alone meanwhile, or whose round
-                # straddled our join, is ahead of us; take its state so replicas stay equal
-                self.resync_steps -= 1
-                self.sync_from_peers(timeout=10.0)
         every = self.settings.checkpoint_every
         due = checkpoint or (every > 0 and outcome.applied and self.guard.applied % every == 0)
         return StepReport(outcome, report, self.save() if due else None)

@@ -109,8 +109,8 @@ class SwarmTrainer:
             raise ConfigError(f"stages hold adapter {self.config.adapter!r} with other LoRA "
                               f"settings: {sorted(fingerprints)}")
         if len(set(steps.values())) != 1 and self.config.replicas > 1:
-            # replicas of the run stepped while we were away; the stages catch up with them
-            # over the next steps (see StageTrainingJob.resync_steps)
+            # replicas of the run stepped while we were away; the next shared averaging round's
+            # state check brings the stages level with them (docs/lora.md)
             self.echo("[route] stages are at steps " + ", ".join(
                 f"[{s}, {e}) {n}" for (s, e), n in sorted(steps.items())) + "; they catch up "
                 "with their replicas over the next steps")
