@@ -2,9 +2,15 @@
 
 :class:`StagePull` runs one call against one replica. The header declares every tensor (name,
 dtype, shape, sha256); each chunk must belong to a declared tensor, repeat its dtype and shape
-and continue exactly where the previous chunk ended; a tensor that is complete is hashed at once
-and compared with the stage's digest. Bytes are written straight into the preallocated tensor,
-so a stage costs its own size in memory, not a multiple.
+and continue exactly where the previous chunk ended. Every tensor is hashed as its chunks arrive
+(sha256 of the raw bytes in order — what :func:`~checkpoint_gather.sources.tensor_sha256` computes
+— fed chunk by chunk; hashlib releases the GIL, so the stages' streams hash in parallel) and
+compared with the stage's digest the moment its last byte is in. Bytes are written straight into
+the preallocated tensor, so a stage costs its own size in memory, not a multiple.
+
+A base pull asks for ``tied_head_digest_only``: a tied model's last stage then declares its LM
+head (a copy of the embedding) with its digest only; the entry is kept in the stage's manifest
+for the coverage proof (digest equal to the embedding's) and no tensor is received for it.
 
 Failures are sorted by who can fix them:
 
@@ -17,6 +23,7 @@ Failures are sorted by who can fix them:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import threading
@@ -28,8 +35,9 @@ import grpc
 import numpy as np
 import torch
 
-from checkpoint_gather.sources import SourceManifest, TensorEntry, tensor_sha256
+from checkpoint_gather.sources import SourceManifest, TensorEntry
 from lora.config import LoraSettings
+from models.llama.tensor_names import LM_HEAD
 from node.errors import CheckpointError, PeerFailureError, RequestError
 from proto import node0_weights_pb2, node0_weights_pb2_grpc
 from proto.tensor_codec import DTYPES, MAX_DIMS
@@ -75,6 +83,7 @@ class PulledStage:
     seconds: float
     node0_version: str = ""
     extra: dict = field(default_factory=dict)
+    digest_only: tuple[str, ...] = ()  # base tensors declared (manifest) but not sent
 
 
 class _Receiving:
@@ -88,10 +97,15 @@ class _Receiving:
                                   f"{entry.dtype} {list(shape)}")
         self.entry = entry
         self.shape = shape
+        self.filled = 0
+        if entry.digest_only:  # declared only: nothing to receive
+            self.tensor = self.bytes = self.hasher = None
+            self.size = 0
+            return
         self.tensor = torch.empty(shape, dtype=dtype)
         self.size = math.prod(shape) * self.tensor.element_size()
         self.bytes = self.tensor.view(-1).view(torch.uint8).numpy()  # aliases the tensor
-        self.filled = 0
+        self.hasher = hashlib.sha256()
 
 
 class StagePull:
@@ -134,7 +148,8 @@ class StagePull:
         started = time.monotonic()
         request = node0_weights_pb2.PullWeightsRequest(
             model=self.model, start=self.target.start, end=self.target.end, base=self.base,
-            adapters=list(self.adapters), chunk_bytes=self.chunk_bytes)
+            adapters=list(self.adapters), chunk_bytes=self.chunk_bytes,
+            tied_head_digest_only=self.base)
         channel = grpc.insecure_channel(self.target.endpoint, options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
@@ -174,6 +189,9 @@ class StagePull:
             if (entry.adapter not in self.adapters) if entry.adapter else not self.base:
                 raise CheckpointError(f"{self._where()} declares {entry.name}, which was not "
                                       "asked for")
+            if entry.digest_only and (entry.adapter or entry.key != LM_HEAD):
+                raise CheckpointError(f"{self._where()} declares {entry.name} without sending "
+                                      "it; only a tied LM head may be declared by its digest")
             receiving[entry.name] = _Receiving(entry)
         total = sum(r.size for r in receiving.values())
         if total != header.total_bytes:
@@ -197,7 +215,7 @@ class StagePull:
                     raise CheckpointError(f"{self._where()} sent a second header")
                 header = message.header
                 receiving = self._check_header(header)
-                order = list(receiving)
+                order = [name for name, part in receiving.items() if not part.entry.digest_only]
                 self.total = header.total_bytes
                 if self.on_header is not None:
                     self.on_header(self, header)
@@ -211,9 +229,9 @@ class StagePull:
             else:
                 raise CheckpointError(f"{self._where()} sent an empty message")
         if header is None or trailer is None or current < len(order):
-            done = sum(r.filled == r.size for r in receiving.values())
+            done = sum(receiving[name].filled == receiving[name].size for name in order)
             raise PeerFailureError(f"{self._where()}: the stream ended early ({done} of "
-                                   f"{len(receiving)} tensors, {self.received} of "
+                                   f"{len(order)} tensors, {self.received} of "
                                    f"{self.total} bytes)")
         if (trailer.tensors, trailer.bytes) != (len(order), self.received):
             raise CheckpointError(f"{self._where()}: trailer counts {trailer.tensors} tensors, "
@@ -241,13 +259,14 @@ class StagePull:
             raise CheckpointError(f"{chunk.name}: chunk of {n} bytes at {part.filled} does not "
                                   f"fit the tensor's {part.size} bytes")
         part.bytes[part.filled:part.filled + n] = np.frombuffer(chunk.data, dtype=np.uint8)
+        part.hasher.update(chunk.data)
         part.filled += n
         self.received += n
         if self.on_bytes is not None:
             self.on_bytes(self, n)
         if part.filled < part.size:
             return current
-        if tensor_sha256(part.tensor) != part.entry.sha256:
+        if part.hasher.hexdigest() != part.entry.sha256:
             raise CheckpointError(
                 f"{self._where()}: tensor {part.entry.key}"
                 + (f" of adapter {part.entry.adapter}" if part.entry.adapter else "")
@@ -268,7 +287,8 @@ class StagePull:
                 digests[entry.adapter][entry.key] = entry.sha256
             else:
                 base_entries[entry.key] = TensorEntry(part.shape, entry.dtype, entry.sha256)
-                base_tensors[entry.key] = part.tensor
+                if not entry.digest_only:
+                    base_tensors[entry.key] = part.tensor
         missing = [name for name, state in adapters.items() if not state]
         if missing:
             raise CheckpointError(f"{self._where()} sent no tensors of adapter(s) {missing}")
@@ -280,11 +300,14 @@ class StagePull:
             raise CheckpointError(f"{self._where()}: unreadable header: {exc}") from exc
         seconds = time.monotonic() - started
         base = None
+        digest_only = tuple(p.entry.key for p in receiving.values() if p.entry.digest_only)
         if self.base:
             base = SourceManifest(t.source_id, t.start, t.end, base_entries, peer=t.peer_id,
                                   extra={"endpoint": t.endpoint, "bytes": self.received,
-                                         "seconds": round(seconds, 3)})
+                                         "seconds": round(seconds, 3),
+                                         **({"digest_only": list(digest_only)}
+                                            if digest_only else {})})
         return PulledStage(target=t, config=config, base=base, base_tensors=base_tensors,
                            adapters=adapters, adapter_settings=settings,
                            adapter_digests=digests, bytes=self.received, seconds=seconds,
-                           node0_version=header.node0_version)
+                           node0_version=header.node0_version, digest_only=digest_only)

@@ -9,6 +9,12 @@ sees half an optimizer step — then releases the locks, computes each tensor's 
     header (manifest: name, dtype, shape, sha256 per tensor; config; adapters held)
     → ordered ``TensorChunk``s of every tensor, in header order → trailer.
 
+Digests of the live tensors are remembered (:class:`checkpoint_gather.digest_cache.DigestCache`,
+keyed by each tensor's state as copied under the lock, so an optimizer step or any other
+in-place change invalidates them): frozen base weights are hashed once per daemon, not once per
+pull. With ``tied_head_digest_only`` a tied model's last stage declares its LM head (a copy of
+the embedding) with its digest and sends no bytes of it.
+
 Snapshotting costs one copy of the sent tensors for the length of the stream; serving inference
 is blocked only while they are copied. Base weights go under their Hugging Face names (a
 LoRA-wrapped linear's ``base_layer`` is folded back into its plain name), adapter tensors under
@@ -29,10 +35,11 @@ from pathlib import Path
 import grpc
 import torch
 
+from checkpoint_gather.digest_cache import DigestCache, TensorState
 from checkpoint_gather.sources import dtype_name, tensor_sha256
 from lora.stage_adapters import adapter_lock, adapter_state_dict
 from lora.stage_adapters import adapters as stage_adapters
-from models.llama.tensor_names import expected_shapes
+from models.llama.tensor_names import LM_HEAD, expected_shapes
 from node.errors import RequestError
 from pipeline_stages.errors import InvalidInput, SessionNotFound, StageRequestError
 from pipeline_stages.executor import StageExecutor
@@ -47,14 +54,28 @@ MESSAGE_OVERHEAD = 64 * 1024  # room for a chunk's name, dtype and shape in one 
 FAULTS_ENV = "NODE0_TEST_WEIGHTS_FAULTS"
 
 
-@dataclass(frozen=True)
+@dataclass
 class SnapshotTensor:
-    """One tensor of a snapshot: its stream name, adapter ("" = base) and key."""
+    """One tensor of a snapshot: its stream name, adapter ("" = base), key, and either a copy
+    of its bytes (``tensor``) or only its digest (``digest_only``: declared, not sent).
+
+    ``source`` and ``state`` are the live tensor and its state when it was copied: the key under
+    which the copy's digest is remembered."""
 
     name: str
     adapter: str
     key: str
-    tensor: torch.Tensor
+    tensor: torch.Tensor | None
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    sha256: str | None = None
+    digest_only: bool = False
+    source: torch.Tensor | None = None
+    state: TensorState | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.digest_only else self.tensor.numel() * self.tensor.element_size()
 
 
 def tensor_chunks(name: str, tensor: torch.Tensor,
@@ -100,13 +121,19 @@ def stage_base_tensors(stage) -> dict[str, torch.Tensor]:
     return {name: held[name] for name in wanted}
 
 
-def snapshot_stage(executor: StageExecutor, stage, *, base: bool,
-                   adapters: list[str]) -> list[SnapshotTensor]:
+def snapshot_stage(executor: StageExecutor, stage, *, base: bool, adapters: list[str],
+                   digests: DigestCache | None = None,
+                   tied_head_digest_only: bool = False) -> list[SnapshotTensor]:
     """Copy the requested tensors of ``stage`` as one consistent snapshot.
 
     Holds the executor's compute lock (every inference/training step holds it) and the stage's
-    adapter lock while copying, so no optimizer step or adapter attach is seen half done.
+    adapter lock while copying, so no optimizer step or adapter attach is seen half done. A base
+    tensor whose digest ``digests`` holds for its current state gets it right away; with
+    ``tied_head_digest_only`` a tied LM head on the last stage is only declared (no copy is
+    kept for sending; it is copied only if its digest is not known yet).
     """
+    tied_head = tied_head_digest_only and stage.is_last and bool(
+        getattr(stage.full_config, "tie_word_embeddings", False))
     with executor._compute, adapter_lock(stage):  # noqa: SLF001 (the executor's one lock)
         held = stage_adapters(stage)
         unknown = [name for name in adapters if name not in held]
@@ -115,13 +142,33 @@ def snapshot_stage(executor: StageExecutor, stage, *, base: bool,
                                   f"{stage.end}); held: {', '.join(sorted(held)) or 'none'}")
         out = []
         if base:
-            contiguous = torch.contiguous_format
-            out += [SnapshotTensor(key, "", key, t.detach().clone(memory_format=contiguous))
-                    for key, t in stage_base_tensors(stage).items()]
+            for key, param in stage_base_tensors(stage).items():  # the live parameters
+                state = TensorState.of(param)
+                sha = digests.lookup(param, state) if digests is not None else None
+                digest_only = tied_head and key == LM_HEAD
+                copy = None if digest_only and sha else param.detach().clone(
+                    memory_format=torch.contiguous_format)
+                out.append(SnapshotTensor(key, "", key, copy, param.dtype, tuple(param.shape),
+                                          sha256=sha, digest_only=digest_only, source=param,
+                                          state=state))
         for adapter in adapters:
-            out += [SnapshotTensor(wire_name(adapter, key), adapter, key, t)
+            out += [SnapshotTensor(wire_name(adapter, key), adapter, key, t, t.dtype,
+                                   tuple(t.shape))
                     for key, t in sorted(adapter_state_dict(stage, adapter).items())]
     return out
+
+
+def hash_snapshot(snapshot: list[SnapshotTensor], digests: DigestCache | None = None) -> None:
+    """Fill in every missing digest from the copied bytes (outside the locks), remember those
+    of live base tensors in ``digests``, and drop the copies of digest-only tensors."""
+    for item in snapshot:
+        if item.sha256 is None:
+            item.sha256 = tensor_sha256(item.tensor)
+            if digests is not None and item.source is not None:
+                digests.store(item.source, item.state, item.sha256)
+        if item.digest_only:
+            item.tensor = None
+        item.source = None  # the snapshot must not keep live tensors alive
 
 
 class _TestFaults:
@@ -155,6 +202,7 @@ class WeightsService(node0_weights_pb2_grpc.StageWeightsServicer):
         self.peer_id = peer_id
         self.max_message_bytes = max_message_bytes
         self._faults = _TestFaults(os.environ.get(FAULTS_ENV))
+        self.digests = DigestCache()
 
     def add_to_server(self, server: grpc.Server) -> None:
         node0_weights_pb2_grpc.add_StageWeightsServicer_to_server(self, server)
@@ -181,9 +229,9 @@ class WeightsService(node0_weights_pb2_grpc.StageWeightsServicer):
     def _header(self, request, stage, snapshot: list[SnapshotTensor]):
         config = self.executor.config
         entries = [node0_weights_pb2.WeightEntry(
-            name=item.name, adapter=item.adapter, key=item.key,
-            dtype=dtype_name(item.tensor.dtype), shape=list(item.tensor.shape),
-            sha256=tensor_sha256(item.tensor)) for item in snapshot]
+            name=item.name, adapter=item.adapter, key=item.key, dtype=dtype_name(item.dtype),
+            shape=list(item.shape), sha256=item.sha256, digest_only=item.digest_only)
+            for item in snapshot]
         held = stage_adapters(stage)
         return node0_weights_pb2.WeightsHeader(
             model=self.executor.model_name, start=request.start, end=request.end,
@@ -194,14 +242,16 @@ class WeightsService(node0_weights_pb2_grpc.StageWeightsServicer):
             adapters=[node0_weights_pb2.AdapterInfo(name=name,
                                                     settings_json=held[name].model_dump_json())
                       for name in sorted(held)],
-            total_bytes=sum(t.tensor.numel() * t.tensor.element_size() for t in snapshot))
+            total_bytes=sum(item.nbytes for item in snapshot))
 
     def PullWeights(self, request, context):  # noqa: N802 (gRPC method name)
         started = time.monotonic()
         try:
             stage = self._stage(request)
             snapshot = snapshot_stage(self.executor, stage, base=request.base,
-                                      adapters=list(request.adapters))
+                                      adapters=list(request.adapters), digests=self.digests,
+                                      tied_head_digest_only=request.tied_head_digest_only)
+            hash_snapshot(snapshot, self.digests)
             header = self._header(request, stage, snapshot)
         except (StageRequestError, RequestError) as exc:
             status = getattr(exc, "status", "NOT_FOUND")
@@ -216,7 +266,8 @@ class WeightsService(node0_weights_pb2_grpc.StageWeightsServicer):
         yield node0_weights_pb2.WeightsMessage(header=header)
         corrupt, delay = self._faults.corrupt(), self._faults.delay()
         sent = 0
-        for item in snapshot:
+        sending = [item for item in snapshot if not item.digest_only]
+        for item in sending:
             for chunk in tensor_chunks(item.name, item.tensor, chunk_bytes):
                 if corrupt:
                     chunk.data = bytes([chunk.data[0] ^ 0xFF]) + chunk.data[1:]
@@ -226,6 +277,6 @@ class WeightsService(node0_weights_pb2_grpc.StageWeightsServicer):
                 sent += len(chunk.data)
                 yield node0_weights_pb2.WeightsMessage(chunk=chunk)
         yield node0_weights_pb2.WeightsMessage(
-            trailer=node0_weights_pb2.WeightsTrailer(tensors=len(snapshot), bytes=sent))
+            trailer=node0_weights_pb2.WeightsTrailer(tensors=len(sending), bytes=sent))
         log.info("PullWeights: layers [%d, %d) sent in %.1f s", request.start, request.end,
                  time.monotonic() - started)

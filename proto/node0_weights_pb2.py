@@ -25,25 +25,25 @@ _sym_db = _symbol_database.Default()
 from proto import node0_pb2 as proto_dot_node0__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19proto/node0_weights.proto\x12\x08node0.v1\x1a\x11proto/node0.proto\"t\n\x12PullWeightsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x05\x12\x0c\n\x04\x62\x61se\x18\x04 \x01(\x08\x12\x10\n\x08\x61\x64\x61pters\x18\x05 \x03(\t\x12\x13\n\x0b\x63hunk_bytes\x18\x06 \x01(\x03\"g\n\x0bWeightEntry\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\r\n\x05shape\x18\x05 \x03(\x03\x12\x0e\n\x06sha256\x18\x06 \x01(\t\"2\n\x0b\x41\x64\x61pterInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rsettings_json\x18\x02 \x01(\t\"\xf1\x01\n\rWeightsHeader\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x05\x12\x12\n\nnum_layers\x18\x04 \x01(\x05\x12\x0f\n\x07peer_id\x18\x05 \x01(\t\x12\x15\n\rnode0_version\x18\x06 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x07 \x01(\t\x12&\n\x07tensors\x18\x08 \x03(\x0b\x32\x15.node0.v1.WeightEntry\x12\'\n\x08\x61\x64\x61pters\x18\t \x03(\x0b\x32\x15.node0.v1.AdapterInfo\x12\x13\n\x0btotal_bytes\x18\n \x01(\x03\"0\n\x0eWeightsTrailer\x12\x0f\n\x07tensors\x18\x01 \x01(\x03\x12\r\n\x05\x62ytes\x18\x02 \x01(\x03\"\x98\x01\n\x0eWeightsMessage\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.node0.v1.WeightsHeaderH\x00\x12&\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x15.node0.v1.TensorChunkH\x00\x12+\n\x07trailer\x18\x03 \x01(\x0b\x32\x18.node0.v1.WeightsTrailerH\x00\x42\x06\n\x04kind2W\n\x0cStageWeights\x12G\n\x0bPullWeights\x12\x1c.node0.v1.PullWeightsRequest\x1a\x18.node0.v1.WeightsMessage0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19proto/node0_weights.proto\x12\x08node0.v1\x1a\x11proto/node0.proto\"\x93\x01\n\x12PullWeightsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x05\x12\x0c\n\x04\x62\x61se\x18\x04 \x01(\x08\x12\x10\n\x08\x61\x64\x61pters\x18\x05 \x03(\t\x12\x13\n\x0b\x63hunk_bytes\x18\x06 \x01(\x03\x12\x1d\n\x15tied_head_digest_only\x18\x07 \x01(\x08\"|\n\x0bWeightEntry\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\r\n\x05shape\x18\x05 \x03(\x03\x12\x0e\n\x06sha256\x18\x06 \x01(\t\x12\x13\n\x0b\x64igest_only\x18\x07 \x01(\x08\"2\n\x0b\x41\x64\x61pterInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rsettings_json\x18\x02 \x01(\t\"\xf1\x01\n\rWeightsHeader\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x05\x12\x12\n\nnum_layers\x18\x04 \x01(\x05\x12\x0f\n\x07peer_id\x18\x05 \x01(\t\x12\x15\n\rnode0_version\x18\x06 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x07 \x01(\t\x12&\n\x07tensors\x18\x08 \x03(\x0b\x32\x15.node0.v1.WeightEntry\x12\'\n\x08\x61\x64\x61pters\x18\t \x03(\x0b\x32\x15.node0.v1.AdapterInfo\x12\x13\n\x0btotal_bytes\x18\n \x01(\x03\"0\n\x0eWeightsTrailer\x12\x0f\n\x07tensors\x18\x01 \x01(\x03\x12\r\n\x05\x62ytes\x18\x02 \x01(\x03\"\x98\x01\n\x0eWeightsMessage\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.node0.v1.WeightsHeaderH\x00\x12&\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x15.node0.v1.TensorChunkH\x00\x12+\n\x07trailer\x18\x03 \x01(\x0b\x32\x18.node0.v1.WeightsTrailerH\x00\x42\x06\n\x04kind2W\n\x0cStageWeights\x12G\n\x0bPullWeights\x12\x1c.node0.v1.PullWeightsRequest\x1a\x18.node0.v1.WeightsMessage0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.node0_weights_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PULLWEIGHTSREQUEST']._serialized_start=58
-  _globals['_PULLWEIGHTSREQUEST']._serialized_end=174
-  _globals['_WEIGHTENTRY']._serialized_start=176
-  _globals['_WEIGHTENTRY']._serialized_end=279
-  _globals['_ADAPTERINFO']._serialized_start=281
-  _globals['_ADAPTERINFO']._serialized_end=331
-  _globals['_WEIGHTSHEADER']._serialized_start=334
-  _globals['_WEIGHTSHEADER']._serialized_end=575
-  _globals['_WEIGHTSTRAILER']._serialized_start=577
-  _globals['_WEIGHTSTRAILER']._serialized_end=625
-  _globals['_WEIGHTSMESSAGE']._serialized_start=628
-  _globals['_WEIGHTSMESSAGE']._serialized_end=780
-  _globals['_STAGEWEIGHTS']._serialized_start=782
-  _globals['_STAGEWEIGHTS']._serialized_end=869
+  _globals['_PULLWEIGHTSREQUEST']._serialized_start=59
+  _globals['_PULLWEIGHTSREQUEST']._serialized_end=206
+  _globals['_WEIGHTENTRY']._serialized_start=208
+  _globals['_WEIGHTENTRY']._serialized_end=332
+  _globals['_ADAPTERINFO']._serialized_start=334
+  _globals['_ADAPTERINFO']._serialized_end=384
+  _globals['_WEIGHTSHEADER']._serialized_start=387
+  _globals['_WEIGHTSHEADER']._serialized_end=628
+  _globals['_WEIGHTSTRAILER']._serialized_start=630
+  _globals['_WEIGHTSTRAILER']._serialized_end=678
+  _globals['_WEIGHTSMESSAGE']._serialized_start=681
+  _globals['_WEIGHTSMESSAGE']._serialized_end=833
+  _globals['_STAGEWEIGHTS']._serialized_start=835
+  _globals['_STAGEWEIGHTS']._serialized_end=922
 # @@protoc_insertion_point(module_scope)

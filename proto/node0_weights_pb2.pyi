@@ -8,36 +8,40 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class PullWeightsRequest(_message.Message):
-    __slots__ = ("model", "start", "end", "base", "adapters", "chunk_bytes")
+    __slots__ = ("model", "start", "end", "base", "adapters", "chunk_bytes", "tied_head_digest_only")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
     BASE_FIELD_NUMBER: _ClassVar[int]
     ADAPTERS_FIELD_NUMBER: _ClassVar[int]
     CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TIED_HEAD_DIGEST_ONLY_FIELD_NUMBER: _ClassVar[int]
     model: str
     start: int
     end: int
     base: bool
     adapters: _containers.RepeatedScalarFieldContainer[str]
     chunk_bytes: int
-    def __init__(self, model: _Optional[str] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., base: _Optional[bool] = ..., adapters: _Optional[_Iterable[str]] = ..., chunk_bytes: _Optional[int] = ...) -> None: ...
+    tied_head_digest_only: bool
+    def __init__(self, model: _Optional[str] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., base: _Optional[bool] = ..., adapters: _Optional[_Iterable[str]] = ..., chunk_bytes: _Optional[int] = ..., tied_head_digest_only: _Optional[bool] = ...) -> None: ...
 
 class WeightEntry(_message.Message):
-    __slots__ = ("name", "adapter", "key", "dtype", "shape", "sha256")
+    __slots__ = ("name", "adapter", "key", "dtype", "shape", "sha256", "digest_only")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_ONLY_FIELD_NUMBER: _ClassVar[int]
     name: str
     adapter: str
     key: str
     dtype: str
     shape: _containers.RepeatedScalarFieldContainer[int]
     sha256: str
-    def __init__(self, name: _Optional[str] = ..., adapter: _Optional[str] = ..., key: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., sha256: _Optional[str] = ...) -> None: ...
+    digest_only: bool
+    def __init__(self, name: _Optional[str] = ..., adapter: _Optional[str] = ..., key: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., sha256: _Optional[str] = ..., digest_only: _Optional[bool] = ...) -> None: ...
 
 class AdapterInfo(_message.Message):
     __slots__ = ("name", "settings_json")

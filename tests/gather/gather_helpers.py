@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -44,3 +45,25 @@ def load_causal_lm(path: Path, gguf_file: str | None = None):
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32,
                                                 local_files_only=True, **kwargs).eval()
+
+
+@contextmanager
+def stage_server(model_dir, spans=STAGES, *, peer_id="peer-a"):
+    """One in-process daemon (executor + Stage + StageWeights services) on a free port."""
+    from checkpoint_gather.weights_service import WeightsService
+    from node.stage_service import StageService, start_grpc_server
+    from pipeline_stages.executor import StageExecutor
+    from pipeline_stages.loader import load_stage
+    from pipeline_stages.sessions import SessionManager
+
+    stages = {span: load_stage(model_dir, *span) for span in spans}
+    executor = StageExecutor(str(model_dir), stages, SessionManager(
+        max_sessions=2, max_cache_tokens=1024, idle_timeout=60))
+    weights = WeightsService(executor, peer_id=peer_id, max_message_bytes=1 << 20)
+    server, port = start_grpc_server(
+        StageService(executor, peer_id=peer_id, max_message_bytes=1 << 20), "127.0.0.1", 0,
+        max_workers=8, extra_servicers=(weights,))
+    try:
+        yield executor, weights, f"127.0.0.1:{port}"
+    finally:
+        server.stop(0)

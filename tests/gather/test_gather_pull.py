@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import grpc
 import pytest
 import torch
-from gather_helpers import NUM_LAYERS, STAGES, load_causal_lm, logits
+from gather_helpers import NUM_LAYERS, STAGES, load_causal_lm, logits, stage_server
 
 from checkpoint_gather.gather import GatherOptions, StagePlan, gather_stages
 from checkpoint_gather.merge import merge_adapters
@@ -23,28 +23,8 @@ from checkpoint_gather.weights_client import PullTarget, StagePull
 from checkpoint_gather.weights_service import FAULTS_ENV, WeightsService
 from lora import LoraSettings
 from node.errors import CheckpointError, ExitCode, PeerFailureError, RequestError
-from node.stage_service import StageService, start_grpc_server
-from pipeline_stages.executor import StageExecutor
-from pipeline_stages.loader import load_stage
-from pipeline_stages.sessions import SessionManager
 from proto import node0_pb2, node0_weights_pb2, node0_weights_pb2_grpc
 from provenance import create_run_dir
-
-
-@contextmanager
-def stage_server(model_dir, spans=STAGES, *, peer_id="peer-a"):
-    """One in-process daemon (executor + Stage + StageWeights services) on a free port."""
-    stages = {span: load_stage(model_dir, *span) for span in spans}
-    executor = StageExecutor(str(model_dir), stages, SessionManager(
-        max_sessions=2, max_cache_tokens=1024, idle_timeout=60))
-    weights = WeightsService(executor, peer_id=peer_id, max_message_bytes=1 << 20)
-    server, port = start_grpc_server(
-        StageService(executor, peer_id=peer_id, max_message_bytes=1 << 20), "127.0.0.1", 0,
-        max_workers=8, extra_servicers=(weights,))
-    try:
-        yield executor, weights, f"127.0.0.1:{port}"
-    finally:
-        server.stop(0)
 
 
 def plans_for(endpoint, spans=STAGES, peer_id="peer-a", fallback=None):
@@ -74,8 +54,9 @@ def test_pulled_stages_export_the_checkpoint_exactly(tiny_models, tmp_path, tied
         sent.update({n: e.sha256 for n, e in stage.base.tensors.items()})
         assert {n: e.sha256 for n, e in manifest.tensors.items()}.items() <= sent.items()
         assert stage.bytes == sum(t.numel() * 4 for t in stage.base_tensors.values())
-    if tied:  # the last stage's LM head is its copy of the embedding
+    if tied:  # the last stage's LM head is its copy of the embedding, declared by its digest
         assert sent["lm_head.weight"] == sent["model.embed_tokens.weight"]
+        assert result.stages[-1].digest_only == ("lm_head.weight",)
     assert torch.equal(logits(load_causal_lm(result.export.hf_dir)),
                        logits(load_causal_lm(model_dir)))
     manifest = json.loads(result.export.manifest.read_text())
@@ -196,10 +177,11 @@ NORM = torch.arange(8, dtype=torch.float32)
 DATA = NORM.numpy().tobytes()
 
 
-def _header(sha=None):
+def _header(sha=None, digest_only=False):
     entry = node0_weights_pb2.WeightEntry(name="model.norm.weight", key="model.norm.weight",
                                           dtype="float32", shape=[8],
-                                          sha256=sha or tensor_sha256(NORM))
+                                          sha256=sha or tensor_sha256(NORM),
+                                          digest_only=digest_only)
     return node0_weights_pb2.WeightsMessage(header=node0_weights_pb2.WeightsHeader(
         model="m", start=5, end=6, num_layers=6, peer_id="p", config_json="{}",
         tensors=[entry], total_bytes=32))
@@ -225,6 +207,7 @@ TRAILER = node0_weights_pb2.WeightsMessage(
     ([_header(), _chunk(DATA[:16])], PeerFailureError, "ended early"),
     ([_header(), _chunk(), _chunk(DATA[:4], 32), TRAILER], CheckpointError, "out of order"),
     ([_chunk(), TRAILER], CheckpointError, "outside the stream body"),
+    ([_header(digest_only=True), TRAILER], CheckpointError, "only a tied LM head"),
 ])
 def test_client_checks_every_message(script, error, match):
     with _serve(_Scripted(script)) as endpoint:
