@@ -20,7 +20,10 @@ Protocol of one round (one optimizer step), run by every replica of a stage:
    ``missing``). Any disagreement or failure → the attempt was partial: every member that sees
    it restores its local gradient and runs the round again among the survivors
    (``max_retries``); a member whose own all-reduce failed reruns at once.
-4. No group within ``matchmaking_timeout``: the local gradient is kept (``averaged=False``).
+4. No group within ``matchmaking_timeout``: if a partner replica is still due at this step
+   (alive, not past it, looking or trained lately: :mod:`lora.replica_presence`), look again,
+   for up to ``partner_wait`` seconds in all; otherwise the local gradient is kept
+   (``averaged=False``).
 5. The group's state checksums are compared. States that differ mean an earlier round diverged
    (a failure seen too late to redo, a round a replica spent alone, float drift): the *source*
    (highest step, then the most groupmates agreeing with it, then the lowest peer id) stays in
@@ -56,13 +59,14 @@ from hivemind.utils.timed_storage import get_dht_time  # noqa: E402
 
 from lora.allreduce_guard import GroupRoundFailed, GuardedReplicaAverager, PartGuard  # noqa: E402
 from lora.config import AveragingSettings, LoraSettings  # noqa: E402
+from lora.dht_calls import bounded_get, bounded_store  # noqa: E402
+from lora.replica_presence import ReplicaPresence  # noqa: E402
 from node.errors import ConfigError  # noqa: E402
 from provenance import sha256_json  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 _CONFIG_TTL = 60.0  # seconds a replica's config declaration lives in the DHT (refreshed)
-_DHT_CALL_TIMEOUT = 15.0  # a DHT store/get never blocks a round longer than this
 _RECORD_TTL = 120.0  # seconds round checksums and resync confirmations live in the DHT
 
 
@@ -245,33 +249,14 @@ class StageGradientAverager:
         )
         self.peer_id = self._averager.peer_id
         self._peer = self.peer_id.to_base58()
-
-    # -- bounded DHT calls ---------------------------------------------------------------------
-
-    def _dht_store(self, key: str, value, **kwargs) -> bool:
-        """``dht.store`` that gives up after ``_DHT_CALL_TIMEOUT`` seconds (False) instead of
-        waiting forever on a DHT child that lost the request."""
-        try:
-            return bool(self.dht.store(key, value, return_future=True, **kwargs)
-                        .result(timeout=_DHT_CALL_TIMEOUT))
-        except TimeoutError:
-            log.warning("DHT store of %s timed out after %.0f s", key, _DHT_CALL_TIMEOUT)
-            return False
-
-    def _dht_get(self, key: str, **kwargs):
-        """``dht.get`` bounded like :meth:`_dht_store`; None when it times out."""
-        try:
-            return self.dht.get(key, return_future=True, **kwargs).result(
-                timeout=_DHT_CALL_TIMEOUT)
-        except TimeoutError:
-            log.warning("DHT get of %s timed out after %.0f s", key, _DHT_CALL_TIMEOUT)
-            return None
+        self.presence = ReplicaPresence(dht, prefix, self._peer,
+                                        heartbeat=settings.presence_heartbeat)
 
     # -- configuration agreement ---------------------------------------------------------------
 
     def _declare_config(self) -> None:
-        self._dht_store(f"{self.prefix}.config", [self.fingerprint, self._joined_at],
-                       expiration_time=get_dht_time() + _CONFIG_TTL, subkey=self._me)
+        bounded_store(self.dht, f"{self.prefix}.config", [self.fingerprint, self._joined_at],
+                      expiration_time=get_dht_time() + _CONFIG_TTL, subkey=self._me)
         self._declared_at = time.monotonic()
 
     def _check_config_peers(self) -> None:
@@ -280,7 +265,7 @@ class StageGradientAverager:
         The established configuration is that of the longest-present live replica, so a
         newcomer with another configuration refuses, and never drives the incumbents out.
         """
-        found = self._dht_get(f"{self.prefix}.config", latest=True)
+        found = bounded_get(self.dht, f"{self.prefix}.config", latest=True)
         if found is None or not isinstance(found.value, dict):
             return
         declared = [(float(entry.value[1]), str(sub), str(entry.value[0]))
@@ -353,14 +338,14 @@ class StageGradientAverager:
         """Publish our outcome of the round; read the groupmates' until all are in, one
         disagrees, or ``check_timeout`` passes (we failed: publish only)."""
         key = f"{self.prefix}.check.{round_id}"
-        self._dht_store(key, mine, expiration_time=get_dht_time() + _RECORD_TTL,
-                       subkey=self._peer)
+        bounded_store(self.dht, key, mine, expiration_time=get_dht_time() + _RECORD_TTL,
+                      subkey=self._peer)
         published: dict[str, dict] = {self._peer: mine}
         if not mine["ok"]:
             return published
         deadline = time.monotonic() + self.settings.check_timeout
         while True:
-            found = self._dht_get(key, latest=True)
+            found = bounded_get(self.dht, key, latest=True)
             if found is not None and isinstance(found.value, dict):
                 for sub, entry in found.value.items():
                     if sub in members and isinstance(entry.value, dict):
@@ -385,13 +370,41 @@ class StageGradientAverager:
 
         May also replace the params and optimizer state by a groupmate's (``resynced``) when
         the replicas' states differ at the round's start. Returns within about
-        ``matchmaking_timeout`` when no groupmate shows up; at worst after ``attempts x
-        (matchmaking_timeout + allreduce_timeout + check_timeout) + resync_timeout``. Never
+        ``matchmaking_timeout`` when no partner is due; at worst after ``partner_wait`` +
+        ``attempts x (matchmaking_timeout + allreduce_timeout + check_timeout) +
+        resync_timeout``. Never
         raises for a lost or partial round (only for a configuration mismatch,
         :class:`AveragingConfigError`).
         """
         started = time.monotonic()
         self.rounds += 1
+        self.presence.set_looking(True)
+        try:
+            return self._average(local_samples, started)
+        finally:
+            self.presence.set_looking(False)
+
+    def note_activity(self) -> None:
+        """The trainer fed this replica: partners that find no group wait for it (see
+        :mod:`lora.replica_presence`)."""
+        self.presence.note_activity()
+
+    def note_idle(self) -> None:
+        """The trainer abandoned its step on this replica: partners stop waiting for it."""
+        self.presence.note_idle()
+
+    def _partner_due(self, started: float, attempts: int) -> bool:
+        """Whether to look for a group again: some partner is still due at our step and the
+        round has waited less than ``partner_wait`` seconds."""
+        if time.monotonic() - started >= self.settings.partner_wait:
+            return False
+        due = self.presence.due_partners(self.step, self.settings.partner_idle_timeout)
+        if due:
+            log.info("averaging round %d attempt %d found no group; %s still due at step %d: "
+                     "looking again", self.rounds, attempts, ", ".join(due), self.step)
+        return bool(due)
+
+    def _average(self, local_samples: float, started: float) -> AveragingReport:
         if time.monotonic() - self._declared_at > _CONFIG_TTL / 3:
             self._declare_config()
         self._check_config_peers()
@@ -419,6 +432,8 @@ class StageGradientAverager:
                 errors.append(attempt.error)
                 log.info("averaging round %d attempt %d: %s", self.rounds, attempts,
                          attempt.error)
+            if not attempt.members and self._partner_due(started, attempts):
+                continue  # a partner at this step is alive and on its way: look again
             if not attempt.members:  # no group: alone, or the others are gone
                 # after a failed group the others may hold something else: say so
                 result, averaged, consistent, group_size, agreeing, missing = (
@@ -487,8 +502,8 @@ class StageGradientAverager:
         if self._peer not in differing:
             return len(differing), False, True
         loaded = self._resync_from(source, states[source][0])
-        self._dht_store(f"{self.prefix}.resync.{states[source][2]}", loaded,
-                       expiration_time=get_dht_time() + _RECORD_TTL, subkey=self._peer)
+        bounded_store(self.dht, f"{self.prefix}.resync.{states[source][2]}", loaded,
+                      expiration_time=get_dht_time() + _RECORD_TTL, subkey=self._peer)
         return len(differing), loaded, loaded
 
     def _await_resyncs(self, call: str, differing: set[str]) -> bool:
@@ -498,7 +513,7 @@ class StageGradientAverager:
         confirmed: dict[str, bool] = {}
         while set(confirmed) < differing and time.monotonic() < deadline:
             time.sleep(0.2)
-            found = self._dht_get(key, latest=True)
+            found = bounded_get(self.dht, key, latest=True)
             if found is not None and isinstance(found.value, dict):
                 confirmed.update({sub: bool(entry.value) for sub, entry in found.value.items()
                                   if sub in differing})
@@ -537,6 +552,7 @@ class StageGradientAverager:
         """Record the optimizer steps applied; peers download from the most advanced replica."""
         self.step = int(step)
         self._averager.state_sharing_priority = float(step)
+        self.presence.set_step(self.step)
 
     def _state_tensors(self) -> tuple[list[torch.Tensor], list, dict]:
         """The live tensors shared with peers (params, then optimizer tensors); hold the lock."""
@@ -597,4 +613,5 @@ class StageGradientAverager:
         return LoadedState(step=self.step, source_fingerprint=metadata["fingerprint"])
 
     def shutdown(self) -> None:
+        self.presence.stop()
         self._averager.shutdown()

@@ -73,7 +73,10 @@ class AveragingSettings(_Strict):
     gradient weighted by its sample count; all of them apply the same averaged gradient.
     With the defaults a replica whose partners are gone returns its local gradient after
     ``matchmaking_timeout`` (8 s) plus a DHT lookup; two replicas calling at about the same time
-    with ``target_group_size=2`` start at once (no waiting for ``min_matchmaking_time``).
+    with ``target_group_size=2`` start at once (no waiting for ``min_matchmaking_time``). A
+    replica whose partner is alive but behind keeps looking for up to ``partner_wait`` seconds
+    (:mod:`lora.replica_presence`), so trainers whose steps drift apart still average every
+    step.
     """
 
     target_group_size: int = Field(2, ge=2, description="replicas expected per round; a round "
@@ -89,6 +92,15 @@ class AveragingSettings(_Strict):
                                        "what a round costs a replica whose partners are gone; "
                                        "replicas that call up to about this much apart still "
                                        "meet")
+    partner_wait: float = Field(90.0, ge=0, description="seconds a replica that found no "
+                                "group keeps looking while a partner replica is still due at "
+                                "its step (alive, not yet past it, training); 0: never")
+    partner_idle_timeout: float = Field(20.0, gt=0, description="a live partner that has not "
+                                        "been fed forward/backward calls for this long (its "
+                                        "trainer stopped) is no longer waited for")
+    presence_heartbeat: float = Field(2.0, gt=0, description="seconds between a replica's "
+                                      "presence records; a dead replica's record expires "
+                                      "after three of them")
     next_chunk_timeout: float = Field(5.0, gt=0, description="a sender silent this long is "
                                       "dropped from the round (reducers get twice as long)")
     allreduce_timeout: float = Field(30.0, gt=0, description="upper bound of one all-reduce "

@@ -230,6 +230,8 @@ class StageTrainingJob:
 
     def forward(self, microbatch_id: str, tensors: dict[str, torch.Tensor],
                 loss_scale: float, *, evaluate: bool = False) -> dict:
+        if self.averager is not None:
+            self.averager.note_activity()
         leaf = self._leaf(tensors.get("input"))
         mask = tensors.get("attention_mask")
         if mask is not None and tuple(mask.shape) != tuple(leaf.shape[:2]):
@@ -257,6 +259,8 @@ class StageTrainingJob:
             return {"loss_sum": float(loss_sum.detach()), "loss_tokens": count}
 
     def backward(self, microbatch_id: str, grad: torch.Tensor | None) -> torch.Tensor | None:
+        if self.averager is not None:
+            self.averager.note_activity()
         entry = self.pending.pop(microbatch_id, None)
         if entry is None:
             raise SessionNotFound(f"no pending forward for micro-batch {microbatch_id!r}")
@@ -277,6 +281,8 @@ class StageTrainingJob:
         for param in self.params:
             param.grad = None
         self.accumulated = 0
+        if self.averager is not None:
+            self.averager.note_idle()
 
     def optimizer_step(self, samples: float = 1.0, *, checkpoint: bool = False,
                        compute_lock: threading.Lock | None = None) -> StepReport:

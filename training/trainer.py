@@ -213,7 +213,13 @@ class SwarmTrainer:
                 step = self.state.step = resumed
                 continue
             self.set_state("training")
-            step += 1
+            # a stage whose averaging round loaded a replica further along reports its step:
+            # follow it, so this trainer ends with its replicas' run instead of a solo step after
+            shared = max((int(r.step) for r in result.reports), default=0)
+            if shared > step + 1:
+                self.echo(f"[train] a replica further along set the stages to step {shared}; "
+                          "trainer follows")
+            step = max(step + 1, min(shared, total))
             self.state.step = step
             self.state.losses.append(result.loss)
             if not result.applied:

@@ -13,7 +13,8 @@ Files are written to a temporary name and renamed, so the test never reads half 
 Faults it can inject: ``--die-in-round`` SIGKILLs its whole process group mid all-reduce;
 ``--fail-round R --fail-delay D`` makes its first all-reduce of round R raise D seconds after it
 finished (the groupmates got their results, this replica keeps its local gradient) — the
-"one survivor failed, the other completed" interleaving, on demand.
+"one survivor failed, the other completed" interleaving, on demand; ``--lag-round R --lag S``
+makes it arrive S seconds late in round R while reporting training activity (a slow trainer).
 """
 
 from __future__ import annotations
@@ -80,6 +81,9 @@ def main() -> int:
     parser.add_argument("--die-in-round", type=int, default=-1)
     parser.add_argument("--fail-round", type=int, default=-1)
     parser.add_argument("--fail-delay", type=float, default=0.0)
+    parser.add_argument("--lag-round", type=int, default=-1, help="in this round, keep "
+                        "computing (activity reported every second) for --lag seconds first")
+    parser.add_argument("--lag", type=float, default=0.0)
     parser.add_argument("--sync-with", default="", help="comma-separated replicas whose "
                         "previous round must be done before this one starts")
     parser.add_argument("--matchmaking-timeout", type=float, default=None)
@@ -177,6 +181,11 @@ def main() -> int:
         if rnd == args.nan_round:
             params[0].grad[0, 0] = float("nan")
         _save(work / f"{args.name}.r{rnd}.local.pt", [p.grad.detach().clone() for p in params])
+        if rnd == args.lag_round:  # a slow trainer: still feeding this replica, step not done
+            lag_until = time.monotonic() + args.lag
+            while time.monotonic() < lag_until:
+                averager.note_activity()
+                time.sleep(min(1.0, max(lag_until - time.monotonic(), 0.0)))
         report = averager.average(args.samples)
         _save(work / f"{args.name}.r{rnd}.avg.pt", [p.grad.detach().clone() for p in params])
         with open(work / f"{args.name}.reports.jsonl", "a") as handle:

@@ -180,10 +180,12 @@ def _rel_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
 #   round 2  b fails 9 s after the all-reduce, later than a waits (check_timeout 6 s): a keeps
 #            the average, b its local gradient — they diverge, and b says so
 #   round 3  their states differ: one copies the other's, both report it, they are equal again
-#   round 4  b is gone: a returns its local gradient after matchmaking_timeout (8 s)
+#   round 4  b arrives 14 s late (its trainer is slow), more than matchmaking_timeout (8 s):
+#            a sees b alive, training and still at this step, looks again, and they average
+#   round 5  b is gone: a returns its local gradient after matchmaking_timeout (8 s)
 FAULTS = {"a": ["--fail-round", "0", "--fail-delay", "0.5"],
-          "b": ["--fail-round", "2", "--fail-delay", "9"]}
-ROUNDS = {"a": 5, "b": 4}
+          "b": ["--fail-round", "2", "--fail-delay", "9", "--lag-round", "4", "--lag", "14"]}
+ROUNDS = {"a": 6, "b": 5}
 
 
 @pytest.fixture(scope="module")
@@ -243,8 +245,20 @@ def test_a_failure_seen_too_late_to_redo_is_reported_and_repaired_next_round(two
     assert _rel_diff(_params(swarm, "a", 3), _params(swarm, "b", 3)) <= 1e-4
 
 
+def test_a_partner_that_lags_more_than_the_matchmaking_window_still_averages(two_replicas):
+    swarm = two_replicas
+    report = swarm.reports("a")[4]
+    assert report["averaged"] and report["consistent"] and report["group_size"] == 2, report
+    assert report["attempts"] >= 2 and report["seconds"] > 8.0, report  # it looked again
+    local = {n: swarm.load(f"{n}.r4.local.pt") for n in ("a", "b")}
+    expected = _weighted_mean([local["a"], local["b"]], [1.0, 1.0])
+    for name in ("a", "b"):
+        assert _max_diff(swarm.load(f"{name}.r4.avg.pt"), expected) <= 1e-6
+    assert _rel_diff(_params(swarm, "a", 4), _params(swarm, "b", 4)) <= 1e-4
+
+
 def test_a_replica_whose_partner_is_gone_returns_within_matchmaking_timeout(two_replicas):
-    report = two_replicas.reports("a")[4]
+    report = two_replicas.reports("a")[5]
     assert not report["averaged"] and report["consistent"] and report["group_size"] == 1, report
     assert report["seconds"] < 8.0 + 4.0, report  # matchmaking_timeout + DHT lookups
 
