@@ -32,17 +32,37 @@ for _codec in pkgutil.iter_modules(_multiaddr_codecs.__path__):
 _dt.datetime.strptime("2024-01-01T00:00:00.000000+0000", "%Y-%m-%dT%H:%M:%S.%f%z")
 
 
+DHT_START_TIMEOUT = 120.0  # seconds; hivemind waits forever for a DHT child that hangs
+
+
 def start_dht(initial_peers: list[str], *, host_maddrs: list[str] | None = None,
-              client_mode: bool = False) -> hivemind.DHT:
+              client_mode: bool = False,
+              start_timeout: float = DHT_START_TIMEOUT) -> hivemind.DHT:
+    """A running DHT peer, or :class:`SwarmError` if it cannot join or is not up in time."""
+    where = ", ".join(initial_peers) if initial_peers else "(none)"
+    dht = None
     try:
-        return hivemind.DHT(
+        dht = hivemind.DHT(
             initial_peers=list(initial_peers),
             host_maddrs=host_maddrs or ["/ip4/127.0.0.1/tcp/0"],
             client_mode=client_mode,
-            start=True,
+            start=False,
         )
+        dht.run_in_background(await_ready=True, timeout=start_timeout)
+        return dht
+    except TimeoutError as exc:
+        if dht is not None and dht.is_alive():  # SIGTERM lets the child stop its p2pd
+            dht.terminate()
+            dht.join(5)
+            if dht.is_alive():
+                dht.kill()
+                dht.join(5)
+        raise SwarmError(
+            f"the DHT peer did not come up within {start_timeout:.0f} s (initial peers "
+            f"{where})",
+            hint="the machine may be overloaded; retry, or check the DHT child's log lines",
+        ) from exc
     except Exception as exc:
-        where = ", ".join(initial_peers) if initial_peers else "(none)"
         raise SwarmError(
             f"cannot join the DHT through initial peers {where}: {exc}",
             hint="check that a swarm is running (`node0 swarm status`) and the addresses are "
