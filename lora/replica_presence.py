@@ -91,7 +91,8 @@ class ReplicaPresence:
 
     def due_partners(self, step: int, idle_timeout: float) -> list[str]:
         """Live replicas (not us) still at ``step`` that look for a group or trained lately."""
-        found = bounded_get(self.dht, self.key, latest=True, timeout=max(self.heartbeat, 1.0))
+        found = bounded_get(self.dht, self.key, latest=True,
+                            timeout=max(3 * self.heartbeat, 3.0))
         if found is None or not isinstance(found.value, dict):
             return []
         now = get_dht_time()
