@@ -57,6 +57,9 @@ def _register_gather(subparsers: argparse._SubParsersAction) -> None:
                         help="bytes per streamed chunk")
     gather.add_argument("--idle-timeout", type=float, default=60.0,
                         help="seconds without data after which a peer counts as failed")
+    gather.add_argument("--durable", action="store_true",
+                        help="fsync the output before publishing it, so it survives a power "
+                             "loss too (slower: waits for the disk)")
     gather.add_argument("--route-timeout", type=float, default=10.0,
                         help="seconds to wait for stage announcements to cover every layer")
     gather.set_defaults(handler=run_gather)
@@ -146,7 +149,8 @@ def run_gather(args: argparse.Namespace) -> int:
         model=args.model, out_dir=args.out, merge_adapters=args.merge_adapters,
         adapters_only=args.adapters_only, adapter=args.adapter, hf=args.hf,
         gguf_types=args.gguf, tokenizer_dir=args.tokenizer, chunk_bytes=args.chunk_bytes,
-        idle_timeout=args.idle_timeout, route_timeout=args.route_timeout)
+        idle_timeout=args.idle_timeout, route_timeout=args.route_timeout,
+        durable=args.durable)
     peers = args.initial_peers or initial_peers_from()
     outputs = (["PEFT adapter " + (args.adapter or "(the one held)")] if args.adapters_only else
                (["Hugging Face"] if args.hf else []) + [f"GGUF {t}" for t in args.gguf])
@@ -157,7 +161,8 @@ def run_gather(args: argparse.Namespace) -> int:
     run = create_run_dir(args.runs_dir, "gather", config={
         "model": args.model, "out": str(args.out), "merge_adapters": list(args.merge_adapters),
         "adapters_only": args.adapters_only, "adapter": args.adapter, "hf": args.hf,
-        "gguf": list(args.gguf), "chunk_bytes": args.chunk_bytes, "initial_peers": peers})
+        "gguf": list(args.gguf), "chunk_bytes": args.chunk_bytes, "durable": args.durable,
+        "initial_peers": peers})
     started = time.monotonic()
     result = gather(options, initial_peers=peers, run=run, progress=_progress())
     export = result.export

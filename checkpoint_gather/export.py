@@ -19,8 +19,11 @@ A failure at any step leaves no ``out_dir`` and marks the run record failed.
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import logging
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,8 +33,13 @@ import torch
 from checkpoint_gather.atomic import atomic_dir
 from checkpoint_gather.coverage import CoveragePlan, check_coverage
 from checkpoint_gather.gguf_export import export_gguf
-from checkpoint_gather.gguf_tokenizer import tokenizer_fields
-from checkpoint_gather.hf_export import DEFAULT_MAX_SHARD_BYTES, export_hf, llama_config
+from checkpoint_gather.gguf_tokenizer import Fields, tokenizer_fields
+from checkpoint_gather.hf_export import (
+    DEFAULT_MAX_SHARD_BYTES,
+    TokenizerCheck,
+    export_hf,
+    llama_config,
+)
 from checkpoint_gather.manifest import build_manifest, record_outputs, write_manifest
 from checkpoint_gather.peft_export import StageAdapters, export_peft_adapter
 from checkpoint_gather.sources import SourceManifest, verify_tensors
@@ -41,6 +49,7 @@ from provenance import RunDir
 log = logging.getLogger(__name__)
 
 Source = tuple[SourceManifest, Mapping[str, torch.Tensor]]
+EXPORT_WORKERS = 2  # output writers running at once
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,46 @@ class ExportResult:
     adapter_dir: Path | None
     manifest: Path
     plan: CoveragePlan | None  # None for an adapters-only job
+
+
+class _Once:
+    """Call ``fn`` once, from whichever thread asks first; later callers get its result (or
+    its error)."""
+
+    def __init__(self, fn: Callable[[], Any]):
+        self._fn = fn
+        self._lock = threading.Lock()
+        self._done = False
+        self._value = None
+
+    def __call__(self) -> Any:
+        with self._lock:
+            if not self._done:
+                try:
+                    self._value = self._fn()
+                except BaseException as exc:  # every caller sees the same failure
+                    self._value = exc
+                self._done = True
+        if isinstance(self._value, BaseException):
+            raise self._value
+        return self._value
+
+
+def run_concurrently(jobs: Mapping[str, Callable[[], Path]],
+                     workers: int = EXPORT_WORKERS) -> dict[str, Path]:
+    """Run the output writers at once (HF safetensors and each GGUF type); ``{label: path}``.
+
+    The heavy parts — safetensors and GGUF tensor writes, sha256, fsync — release the GIL, so
+    two writers use two cores. The first failure is raised once every job has stopped (the
+    caller's temporary directory is then removed with whatever the others wrote).
+    """
+    if len(jobs) <= 1:
+        return {label: job() for label, job in jobs.items()}
+    with concurrent.futures.ThreadPoolExecutor(min(workers, len(jobs)),
+                                               thread_name_prefix="export") as pool:
+        futures = {label: pool.submit(job) for label, job in jobs.items()}
+        concurrent.futures.wait(futures.values())
+    return {label: future.result() for label, future in futures.items()}
 
 
 def assemble_state(plan: CoveragePlan, sources: Sequence[Source]) -> dict[str, torch.Tensor]:
@@ -67,7 +116,10 @@ def export_checkpoint(out_dir: str | Path, config, sources: Sequence[Source], *,
                       adapters: Sequence[StageAdapters] = (), lora_settings=None,
                       base_model: str | None = None, run: RunDir | None = None,
                       provenance: Mapping[str, Any] | None = None,
-                      verified: bool = False) -> ExportResult:
+                      verified: bool = False,
+                      gguf_tokenizer: Callable[[], Fields] | None = None,
+                      tokenizer_check: TokenizerCheck | None = None,
+                      durable: bool = False) -> ExportResult:
     """Verify ``sources`` and write the requested formats into ``out_dir`` atomically.
 
     Args:
@@ -89,6 +141,14 @@ def export_checkpoint(out_dir: str | Path, config, sources: Sequence[Source], *,
         provenance: extra provenance stored in every output.
         verified: every tensor was already checked against its source's sha256 as it arrived
             (``node0 gather`` does); skips the second hashing pass of step 2.
+        gguf_tokenizer: returns the GGUF ``tokenizer.*`` fields (``node0 gather`` reads them
+            while the stages are pulled); default: :func:`checkpoint_gather.gguf_tokenizer.
+            tokenizer_fields` of ``model`` / ``tokenizer_dir``.
+        tokenizer_check: ``tokenizer_dir`` already loaded (:func:`checkpoint_gather.hf_export.
+            check_tokenizer`): the HF export does not load its byte-identical copy again.
+        durable: fsync every output file and directory before the rename and the parent
+            after it (survives an OS crash or power loss); without it the output is still
+            atomic for any failure of this process (:mod:`checkpoint_gather.atomic`).
     """
     out_dir = Path(out_dir)
     config = llama_config(config)
@@ -116,28 +176,31 @@ def export_checkpoint(out_dir: str | Path, config, sources: Sequence[Source], *,
         if run is not None:
             record["run_id"] = run.path.name
         name = model or "model"
-        with atomic_dir(out_dir) as tmp:
-            outputs: dict[str, Path] = {}
+        with atomic_dir(out_dir, durable=durable) as tmp:
+            jobs: dict[str, Callable[[], Path]] = {}
             if hf:
-                outputs["huggingface"] = export_hf(
-                    tmp / "hf", config, state, tokenizer_dir=tokenizer_dir,
+                jobs["huggingface"] = functools.partial(
+                    export_hf, tmp / "hf", config, state, tokenizer_dir=tokenizer_dir,
                     generation_config=generation_config, provenance=record,
-                    max_shard_bytes=max_shard_bytes, tensor_digests=digests)
-            if gguf_types:
-                fields = tokenizer_fields(model=model, tokenizer_dir=tokenizer_dir,
-                                          vocab_size=config.vocab_size)
-                for out_type in gguf_types:
-                    outputs[f"gguf-{out_type}"] = export_gguf(
-                        tmp / f"{name}-{out_type}.gguf", config, state, tokenizer=fields,
-                        out_type=out_type, name=name, provenance=record)
+                    max_shard_bytes=max_shard_bytes, tensor_digests=digests, durable=durable,
+                    tokenizer_check=tokenizer_check)
+            fields = gguf_tokenizer or _Once(functools.partial(
+                tokenizer_fields, model=model, tokenizer_dir=tokenizer_dir,
+                vocab_size=config.vocab_size))
+            for out_type in gguf_types:
+                jobs[f"gguf-{out_type}"] = lambda out_type=out_type: export_gguf(
+                    tmp / f"{name}-{out_type}.gguf", config, state, tokenizer=fields(),
+                    out_type=out_type, name=name, provenance=record, digest=True,
+                    durable=durable)
             if adapters:
-                outputs["peft-adapter"] = export_peft_adapter(
-                    tmp / "adapter", adapters, lora_settings,
+                jobs["peft-adapter"] = functools.partial(
+                    export_peft_adapter, tmp / "adapter", adapters, lora_settings,
                     num_layers=config.num_hidden_layers, base_model=base_model,
-                    provenance=record)
+                    provenance=record, durable=durable)
+            outputs = run_concurrently(jobs)
             manifest = build_manifest(tmp, model=model, sources=manifests, plan=plan,
                                       outputs=outputs, extra={"provenance": record})
-            write_manifest(tmp, manifest)
+            write_manifest(tmp, manifest, durable=durable)
         if run is not None:
             record_outputs(run, out_dir, manifest)
             run.finish("done", output_dir=str(out_dir))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import json
 import logging
 import threading
@@ -37,7 +38,9 @@ from checkpoint_gather.hf_export import DEFAULT_MAX_SHARD_BYTES, llama_config
 from checkpoint_gather.merge import merge_adapters
 from checkpoint_gather.peft_export import StageAdapters
 from checkpoint_gather.sources import SourceManifest, TensorEntry, tensor_sha256
+from checkpoint_gather.tokenizer_prep import TokenizerPrep
 from checkpoint_gather.weights_client import PulledStage, PullTarget, StagePull
+from models.catalog import CATALOG
 from node.dht_records import StageRecord
 from node.errors import CheckpointError, PeerFailureError, RequestError
 from provenance import RunDir, sha256_json
@@ -62,6 +65,8 @@ class GatherOptions:
         idle_timeout: a stream silent this long (seconds) counts as a failed peer.
         route_timeout: how long announcements may take to cover every layer.
         max_shard_bytes: Hugging Face shard size limit.
+        durable: fsync the output before publishing it (survives a power loss); the output
+            is atomic for any failure of the gather process either way.
     """
 
     model: str
@@ -76,6 +81,7 @@ class GatherOptions:
     idle_timeout: float = 60.0
     route_timeout: float = 10.0
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
+    durable: bool = False
 
     def __post_init__(self):
         if self.adapters_only and self.merge_adapters:
@@ -314,7 +320,8 @@ def _recorded(run: RunDir | None):
 def gather_stages(options: GatherOptions, plans: Sequence[StagePlan], *,
                   tokenizer_dir: str | Path, generation_config=None,
                   run: RunDir | None = None, progress=None,
-                  adapter: str | None = None) -> GatherResult:
+                  adapter: str | None = None,
+                  prep: TokenizerPrep | None = None) -> GatherResult:
     """Pull ``plans`` and export them (steps 2–4; the DHT-free part of :func:`gather`).
 
     Args:
@@ -326,6 +333,8 @@ def gather_stages(options: GatherOptions, plans: Sequence[StagePlan], *,
         progress: a rich ``Progress`` (anything with ``add_task``/``advance``/``update``),
             fed with the bytes pulled per stage and shown while pulling.
         adapter: with ``options.adapters_only``, the adapter to pull.
+        prep: tokenizer work already started (:class:`checkpoint_gather.tokenizer_prep.
+            TokenizerPrep`); default: started here, to run while the stages are pulled.
 
     Raises:
         PeerFailureError: a stage could not be pulled from any of its replicas.
@@ -335,16 +344,21 @@ def gather_stages(options: GatherOptions, plans: Sequence[StagePlan], *,
     with _recorded(run):
         return _gather_stages(options, plans, tokenizer_dir=tokenizer_dir,
                               generation_config=generation_config, run=run, progress=progress,
-                              adapter=adapter)
+                              adapter=adapter, prep=prep)
 
 
 def _gather_stages(options: GatherOptions, plans: Sequence[StagePlan], *, tokenizer_dir,
-                   generation_config, run, progress, adapter) -> GatherResult:
+                   generation_config, run, progress, adapter, prep) -> GatherResult:
     out_dir = Path(options.out_dir)
     if out_dir.exists():
         raise CheckpointError(f"output {out_dir} already exists; refusing to overwrite it",
                               hint="choose a new --out or remove the old one yourself")
     wanted = (adapter,) if options.adapters_only else tuple(options.merge_adapters)
+
+    if prep is None and not options.adapters_only:  # tokenizer work while the bytes arrive
+        prep = TokenizerPrep(model=options.model if options.model in CATALOG else None,
+                             tokenizer_dir=tokenizer_dir, hf=options.hf,
+                             gguf=bool(options.gguf_types))
 
     def prove(headers) -> None:
         configs = {json.dumps(json.loads(h.config_json), sort_keys=True) for _, h in headers}
@@ -368,6 +382,13 @@ def _gather_stages(options: GatherOptions, plans: Sequence[StagePlan], *, tokeni
     live = progress if hasattr(progress, "__enter__") else contextlib.nullcontext()
     with live:
         stages = puller.run()
+    return _export(options, stages, out_dir, wanted, tokenizer_dir=tokenizer_dir,
+                   generation_config=generation_config, run=run, started=started, prep=prep)
+
+
+def _export(options: GatherOptions, stages: list[PulledStage], out_dir: Path,
+            wanted: tuple[str, ...], *, tokenizer_dir, generation_config, run, started: float,
+            prep: TokenizerPrep | None) -> GatherResult:
     seconds = {"pull": time.monotonic() - started}
     log.info("pulled %d stages, %.1f MB in %.1f s", len(stages),
              sum(s.bytes for s in stages) / 1e6, seconds["pull"])
@@ -383,12 +404,12 @@ def _gather_stages(options: GatherOptions, plans: Sequence[StagePlan], *, tokeni
         "merged_adapters": list(options.merge_adapters),
         "adapter_settings": {n: s.model_dump(mode="json") for n, s in settings.items()},
     }
-    from models.catalog import CATALOG
-
     catalog_name = options.model if options.model in CATALOG else None
     common = {"tokenizer_dir": tokenizer_dir, "model": catalog_name, "run": run,
-              "provenance": provenance, "base_model": options.model}
+              "provenance": provenance, "base_model": options.model,
+              "durable": options.durable}
     if options.adapters_only:
+        adapter = wanted[0]
         adapters = [StageAdapters(s.target.source_id, s.target.start, s.target.end,
                                   s.adapters[adapter]) for s in stages]
         export = export_checkpoint(out_dir, config, [], hf=False, gguf_types=(),
@@ -401,6 +422,9 @@ def _gather_stages(options: GatherOptions, plans: Sequence[StagePlan], *, tokeni
         export = export_checkpoint(out_dir, config, sources, hf=options.hf,
                                    gguf_types=options.gguf_types, verified=True,
                                    generation_config=generation_config,
+                                   gguf_tokenizer=functools.partial(prep.gguf_fields,
+                                                                    config.vocab_size),
+                                   tokenizer_check=prep.hf_check() if options.hf else None,
                                    max_shard_bytes=options.max_shard_bytes, **common)
     seconds["export"] = time.monotonic() - started
     return GatherResult(export=export, stages=stages, adapters=wanted, seconds=seconds)
@@ -427,6 +451,11 @@ def _gather(options: GatherOptions, *, initial_peers: list[str], run: RunDir | N
                               "overwrite it", hint="choose a new --out or remove the old one")
     started = time.monotonic()
     client = SwarmClient(options.model, initial_peers)
+    prep = None
+    if not options.adapters_only:  # started once the DHT child is forked: threads never fork
+        prep = TokenizerPrep(model=options.model if options.model in CATALOG else None,
+                             tokenizer_dir=options.tokenizer_dir or client.model_dir,
+                             hf=options.hf, gguf=bool(options.gguf_types))
     try:
         client.wait_for_route(options.route_timeout)
         records = client.records()
@@ -445,6 +474,6 @@ def _gather(options: GatherOptions, *, initial_peers: list[str], run: RunDir | N
     route_seconds = time.monotonic() - started
     result = gather_stages(options, plans, tokenizer_dir=tokenizer_dir,
                            generation_config=generation if generation.is_file() else None,
-                           run=run, progress=progress, adapter=adapter)
+                           run=run, progress=progress, adapter=adapter, prep=prep)
     result.seconds = {"route": route_seconds, **result.seconds}
     return result

@@ -27,10 +27,11 @@ import torch
 from gguf import GGML_QUANT_VERSION, GGMLQuantizationType, GGUFWriter, LlamaFileType
 from gguf.quants import quantize
 
-from checkpoint_gather.atomic import atomic_file
+from checkpoint_gather.atomic import atomic_file, flush_early
 from checkpoint_gather.coverage import check_tensors
 from checkpoint_gather.gguf_tokenizer import Fields, add_fields
 from checkpoint_gather.hf_export import llama_config
+from checkpoint_gather.manifest import file_sha256
 from checkpoint_gather.sources import dtype_name
 from models.llama import gguf_names
 from models.llama.tensor_names import EMBED, FINAL_NORM, LAYER_TENSORS, LM_HEAD, layer_tensor_name
@@ -72,7 +73,8 @@ def _encode(array: np.ndarray, qtype: GGMLQuantizationType, name: str):
 
 def export_gguf(out: str | Path, config, state: Mapping[str, torch.Tensor], *,
                 tokenizer: Fields, out_type: str = "f32", name: str | None = None,
-                provenance: Mapping[str, Any] | None = None) -> Path:
+                provenance: Mapping[str, Any] | None = None, digest: bool = False,
+                durable: bool = True) -> Path:
     """Write ``state`` (fp32, HF LLaMA names) as a llama.cpp GGUF file.
 
     Args:
@@ -85,6 +87,9 @@ def export_gguf(out: str | Path, config, state: Mapping[str, torch.Tensor], *,
         out_type: ``f32``, ``f16`` or ``q8_0``.
         name: ``general.name``.
         provenance: stored as JSON under ``node0.provenance``.
+        digest: hash the written file while its writeback to the disk runs (the digest is
+            remembered, :func:`checkpoint_gather.manifest.file_sha256`, for the manifest).
+        durable: fsync the file before it is published (:mod:`checkpoint_gather.atomic`).
     """
     if out_type not in GGUF_TYPES:
         raise CheckpointError(f"unknown GGUF type {out_type!r}; choose one of {list(GGUF_TYPES)}")
@@ -105,7 +110,7 @@ def export_gguf(out: str | Path, config, state: Mapping[str, torch.Tensor], *,
                               f"{config.vocab_size}")
     tied = bool(config.tie_word_embeddings)
     out = Path(out)
-    with atomic_file(out) as tmp:
+    with atomic_file(out, durable=durable) as tmp:
         writer = GGUFWriter(str(tmp), gguf_names.ARCH)
         writer.add_type("model")
         if name:
@@ -126,6 +131,10 @@ def export_gguf(out: str | Path, config, state: Mapping[str, torch.Tensor], *,
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
+        if durable:
+            flush_early(tmp)  # its writeback runs while it is hashed
+        if digest:
+            file_sha256(tmp)  # same inode and mtime after the rename: the digest stays valid
     log.info("wrote GGUF %s (%s, %d layers, tied=%s)", out, out_type, config.num_hidden_layers,
              tied)
     return out

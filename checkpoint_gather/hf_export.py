@@ -4,10 +4,11 @@ Steps, in this order (each one's output is the next one's input):
 
 1. verify the tensors against the config (:func:`checkpoint_gather.coverage.check_tensors`);
    a tied LM head must equal the embedding and is not written;
-2. in a temporary sibling of the output: ``config.json``, ``generation_config.json``, tokenizer
-   files (copied byte for byte, then loaded once to prove they work), the weights as
-   ``model.safetensors`` or shards + ``model.safetensors.index.json`` above ``max_shard_bytes``,
-   and ``node0_export.json`` (provenance, tensor and file digests);
+2. in a temporary sibling of the output: the weights as ``model.safetensors`` or shards +
+   ``model.safetensors.index.json`` above ``max_shard_bytes`` (when durable, their writeback
+   to the disk starts at once, :func:`checkpoint_gather.atomic.flush_early`), ``config.json``,
+   ``generation_config.json``, tokenizer files (copied byte for byte, then loaded once to prove
+   they work), and ``node0_export.json`` (provenance, tensor and file digests);
 3. re-read what was written: safetensors headers against the config (the same architecture check
    a stage runs before loading);
 4. rename the temporary directory to the output.
@@ -19,19 +20,20 @@ import json
 import logging
 import shutil
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import save_file
 
-from checkpoint_gather.atomic import atomic_dir
+from checkpoint_gather.atomic import atomic_dir, flush_early
 from checkpoint_gather.coverage import check_tensors
 from checkpoint_gather.manifest import file_sha256
 from checkpoint_gather.sources import dtype_name, tensor_sha256
 from models.llama.tensor_names import EMBED, LM_HEAD
 from node.errors import CheckpointError
-from provenance import sha256_json
+from provenance import sha256_file, sha256_json
 
 log = logging.getLogger(__name__)
 
@@ -63,25 +65,61 @@ def tokenizer_files(directory: str | Path) -> list[Path]:
     return [directory / n for n in TOKENIZER_FILES if (directory / n).is_file()]
 
 
-def copy_tokenizer(src: str | Path, dst: Path, *, vocab_size: int) -> list[str]:
-    """Copy a tokenizer's files from ``src`` into ``dst`` and prove they load and fit the model.
+@dataclass(frozen=True)
+class TokenizerCheck:
+    """A tokenizer directory proven to load: its files' sha256 and its number of tokens."""
 
-    Returns the copied file names.
-    """
+    source: Path
+    files: dict[str, str]  # file name -> sha256
+    size: int  # len(tokenizer)
+
+
+def _load_tokenizer(directory: Path, src: Path):
     from transformers import AutoTokenizer
 
+    try:
+        return AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"the tokenizer from {src} does not load: {exc}") from exc
+
+
+def _tokenizer_digests(directory: Path) -> dict[str, str]:
+    files = tokenizer_files(directory)
+    if not any(p.name in _TOKENIZER_CORE for p in files):
+        raise CheckpointError(f"{directory} holds no tokenizer (none of "
+                              f"{list(_TOKENIZER_CORE)})")
+    return {p.name: sha256_file(p) for p in files}
+
+
+def check_tokenizer(src: str | Path) -> TokenizerCheck | None:
+    """Load the tokenizer in ``src`` once (ahead of an export, e.g. while ``node0 gather``
+    pulls); None if its files changed while it loaded (the export then loads its copy)."""
+    src = Path(src)
+    before = _tokenizer_digests(src)
+    size = len(_load_tokenizer(src, src))
+    return TokenizerCheck(src, before, size) if _tokenizer_digests(src) == before else None
+
+
+def copy_tokenizer(src: str | Path, dst: Path, *, vocab_size: int,
+                   checked: TokenizerCheck | None = None) -> list[str]:
+    """Copy a tokenizer's files from ``src`` into ``dst`` and prove they load and fit the model.
+
+    With ``checked`` (:func:`check_tokenizer` of ``src``), copies with exactly the checked bytes
+    are proven by that load; otherwise the copies are loaded. Returns the copied file names.
+    """
     src = Path(src)
     files = tokenizer_files(src)
     if not any(p.name in _TOKENIZER_CORE for p in files):
         raise CheckpointError(f"{src} holds no tokenizer (none of {list(_TOKENIZER_CORE)})")
     for path in files:
         shutil.copyfile(path, dst / path.name)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(dst), local_files_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"the tokenizer from {src} does not load: {exc}") from exc
-    if len(tokenizer) > vocab_size:
-        raise CheckpointError(f"the tokenizer from {src} has {len(tokenizer)} tokens, more than "
+    if (checked is not None and checked.source == src
+            and _tokenizer_digests(dst) == checked.files):
+        size = checked.size
+    else:
+        size = len(_load_tokenizer(dst, src))
+    if size > vocab_size:
+        raise CheckpointError(f"the tokenizer from {src} has {size} tokens, more than "
                               f"the model's vocabulary of {vocab_size}")
     return [p.name for p in files]
 
@@ -127,7 +165,8 @@ def export_hf(out: str | Path, config, state: Mapping[str, torch.Tensor], *,
               tokenizer_dir: str | Path, generation_config=None,
               provenance: Mapping[str, Any] | None = None,
               max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
-              tensor_digests: Mapping[str, str] | None = None) -> Path:
+              tensor_digests: Mapping[str, str] | None = None,
+              durable: bool = True, tokenizer_check: TokenizerCheck | None = None) -> Path:
     """Write ``state`` (fp32, HF LLaMA names, global layer indices) as a Hugging Face directory.
 
     Args:
@@ -141,6 +180,8 @@ def export_hf(out: str | Path, config, state: Mapping[str, torch.Tensor], *,
         max_shard_bytes: above this total size the weights are sharded with an index.
         tensor_digests: the tensors' sha256 if the caller already verified them (recorded in
             ``node0_export.json`` instead of hashing every tensor again).
+        durable: fsync the result before it is published (:mod:`checkpoint_gather.atomic`).
+        tokenizer_check: ``tokenizer_dir`` already loaded (:func:`check_tokenizer`).
 
     Returns:
         ``out``.
@@ -154,11 +195,14 @@ def export_hf(out: str | Path, config, state: Mapping[str, torch.Tensor], *,
     weights = {n: t for n, t in state.items() if n not in dropped}
     generation = _generation_config(generation_config, config)
     out = Path(out)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, durable=durable) as tmp:
+        shards = _write_weights(weights, tmp, max_shard_bytes)
+        for shard in shards if durable else ():  # writeback runs while the rest is written
+            flush_early(tmp / shard)
         config.save_pretrained(str(tmp))
         generation.save_pretrained(str(tmp))
-        copied = copy_tokenizer(tokenizer_dir, tmp, vocab_size=config.vocab_size)
-        shards = _write_weights(weights, tmp, max_shard_bytes)
+        copied = copy_tokenizer(tokenizer_dir, tmp, vocab_size=config.vocab_size,
+                                checked=tokenizer_check)
         record = {
             "format": "huggingface",
             "config_sha256": sha256_json(config.to_dict()),

@@ -64,10 +64,11 @@ def build_manifest(root: Path, *, model: str | None, sources: Sequence[SourceMan
     }
 
 
-def write_manifest(root: str | Path, manifest: Mapping[str, Any]) -> Path:
+def write_manifest(root: str | Path, manifest: Mapping[str, Any], *,
+                   durable: bool = True) -> Path:
     """Write ``manifest.json`` into ``root`` (atomically; never over an existing one)."""
     path = Path(root) / MANIFEST
-    with atomic_file(path) as tmp:
+    with atomic_file(path, durable=durable) as tmp:
         tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return path
 

@@ -55,7 +55,8 @@ def offset_layers(state: Mapping[str, torch.Tensor], offset: int) -> dict[str, t
 def export_peft_adapter(out: str | Path, stages: Sequence[StageAdapters],
                         settings: LoraSettings, *, num_layers: int,
                         base_model: str | None = None,
-                        provenance: Mapping[str, Any] | None = None) -> Path:
+                        provenance: Mapping[str, Any] | None = None,
+                        durable: bool = True) -> Path:
     """Write the union of ``stages`` as a PEFT adapter directory (loads with
     ``PeftModel.from_pretrained(base, out)``).
 
@@ -77,7 +78,7 @@ def export_peft_adapter(out: str | Path, stages: Sequence[StageAdapters],
         raise CheckpointError(f"adapter stages overlap: {exc}") from exc
     if not merged:
         raise CheckpointError("no adapter tensors to export")
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, durable=durable) as tmp:
         save_peft_adapter(merged, settings, tmp, base_model=base_model)
         record = {
             "format": "peft-lora",

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
+import grpc.experimental
 import numpy as np
 import torch
 
@@ -152,7 +153,10 @@ class StagePull:
             tied_head_digest_only=self.base)
         channel = grpc.insecure_channel(self.target.endpoint, options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            # the stream is read on this thread, not relayed by a channel spin thread: one
+            # thread hop less per chunk (``cancel`` from another thread still ends the call)
+            (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1)])
         try:
             stub = node0_weights_pb2_grpc.StageWeightsStub(channel)
             with self._lock:
@@ -254,12 +258,13 @@ class StagePull:
         if chunk.offset != part.filled:
             raise CheckpointError(f"{chunk.name}: chunk at byte {chunk.offset}, expected "
                                   f"{part.filled} (chunks out of order or missing)")
-        n = len(chunk.data)
+        data = chunk.data  # each access to the field makes a new bytes object: once
+        n = len(data)
         if n == 0 or part.filled + n > part.size:
             raise CheckpointError(f"{chunk.name}: chunk of {n} bytes at {part.filled} does not "
                                   f"fit the tensor's {part.size} bytes")
-        part.bytes[part.filled:part.filled + n] = np.frombuffer(chunk.data, dtype=np.uint8)
-        part.hasher.update(chunk.data)
+        part.bytes[part.filled:part.filled + n] = np.frombuffer(data, dtype=np.uint8)
+        part.hasher.update(data)
         part.filled += n
         self.received += n
         if self.on_bytes is not None:

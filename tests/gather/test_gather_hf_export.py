@@ -104,3 +104,24 @@ def test_export_job_fails_closed(tiny_models, tmp_path):
     result = export_checkpoint(tmp_path / "out", load_config(src), sources, tokenizer_dir=src,
                                gguf_types=())  # rerun once the fault is gone
     assert result.hf_dir.is_dir() and result.gguf_files == {}
+
+
+def test_a_checked_tokenizer_is_not_loaded_again_unless_its_copy_differs(tiny_models,
+                                                                         tmp_path, monkeypatch):
+    from checkpoint_gather import hf_export
+
+    src = tiny_models[False]
+    checked = hf_export.check_tokenizer(src)
+    assert checked is not None and checked.size > 0 and "tokenizer.json" in checked.files
+    loads = []
+    real = hf_export._load_tokenizer
+    monkeypatch.setattr(hf_export, "_load_tokenizer",
+                        lambda *a: loads.append(a) or real(*a))
+    (tmp_path / "a").mkdir()
+    hf_export.copy_tokenizer(src, tmp_path / "a", vocab_size=10**6, checked=checked)
+    assert loads == []  # the copies are the checked bytes
+    stale = hf_export.TokenizerCheck(checked.source, {**checked.files, "tokenizer.json": "0"},
+                                     checked.size)
+    (tmp_path / "b").mkdir()
+    hf_export.copy_tokenizer(src, tmp_path / "b", vocab_size=10**6, checked=stale)
+    assert len(loads) == 1  # not what was checked: the copy is loaded
