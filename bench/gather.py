@@ -2,16 +2,21 @@
 same model from one process, in the same run.
 
 - gather: :func:`checkpoint_gather.gather.gather` — DHT lookup, three ``PullWeights`` streams in
-  parallel (the stages snapshot, hash and send their layers), digest checks, coverage, then the
-  Hugging Face directory (safetensors) + GGUF written atomically with manifest and run record;
+  parallel (the stages snapshot, hash — once per daemon while the weights are unchanged — and
+  send their layers; a tied LM head is declared by its digest only), digest checks on arrival,
+  coverage, then the Hugging Face directory (safetensors) + GGUF written concurrently and
+  atomically (not fsynced: the default, see docs/gather.md), hashed once, with manifest and run
+  record;
 - single: the model already loaded in one process (``AutoModelForCausalLM.from_pretrained`` of
   the prepared HF dir, timed separately) → ``save_pretrained`` + the same GGUF writer
   (:func:`checkpoint_gather.gguf_export.export_gguf`).
 
 Each measured job runs in a fresh child process that reports its own wall time (imports
 excluded) and peak RSS; jobs alternate single/gather ``--repeats`` times so background load hits
-both alike; medians are reported. The stage daemons' peak RSS (VmHWM) is read before and after.
-The last line is JSON with the ratio gather/single::
+both alike; medians are reported, and per run the ratio and the 1-minute load average before it
+(the first gather of a fresh swarm also pays the stages' first hashing of their weights). The
+stage daemons' peak RSS (VmHWM) is read before and after. The last line is JSON with the ratio
+gather/single::
 
     nice -n 10 .venv/bin/python -m bench.gather [--repeats 2] [--gguf f32]
 """
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -124,13 +130,17 @@ def main() -> None:
     try:
         hwm_before = [_vm_hwm_mb(p.pid) for p in state.peers]
         for i in range(args.repeats):
+            load = os.getloadavg()[0]
             singles.append(_child(["--worker", "single", "--out", str(work / f"single-{i}"),
                                    "--gguf", args.gguf]))
             gathers.append(_child(["--worker", "gather", "--out", str(work / f"gather-{i}"),
                                    "--gguf", args.gguf, "--chunk-bytes", str(args.chunk_bytes),
                                    "--peers", *state.initial_peers]))
-            print(f"run {i}: single {singles[-1]['seconds']:.1f} s "
-                  f"(+ load {singles[-1]['load_seconds']:.1f} s), "
+            gathers[-1]["load_avg"] = load
+            gathers[-1]["ratio"] = gathers[-1]["seconds"] / singles[-1]["seconds"]
+            print(f"run {i} (load avg {load:.1f}): ratio {gathers[-1]['ratio']:.2f}, "
+                  f"single {singles[-1]['seconds']:.1f} s "
+                  f"(+ from_pretrained {singles[-1]['load_seconds']:.1f} s), "
                   f"{singles[-1]['peak_rss_mb']:.0f} MB | gather {gathers[-1]['seconds']:.1f} s "
                   "(" + ", ".join(f"{k} {v:.1f} s" for k, v in gathers[-1]["phases"].items())
                   + "), "
@@ -152,6 +162,10 @@ def main() -> None:
         "gather_peak_rss_mb": median(gathers, "peak_rss_mb"),
         "single_peak_rss_mb": median(singles, "peak_rss_mb"),
         "stage_peak_rss_mb_before": hwm_before, "stage_peak_rss_mb_after": hwm_after,
+        "runs": [{"load_avg": round(g["load_avg"], 2), "single_s": round(s["seconds"], 2),
+                  "gather_s": round(g["seconds"], 2), "ratio": round(g["ratio"], 2),
+                  **{f"{k}_s": round(v, 2) for k, v in g["phases"].items()}}
+                 for s, g in zip(singles, gathers, strict=True)],
     }
     result["ratio_time"] = round(result["gather_s"] / result["single_s"], 2)
     result["ratio_peak_rss"] = round(result["gather_peak_rss_mb"]
