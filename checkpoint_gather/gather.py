@@ -320,8 +320,7 @@ def _recorded(run: RunDir | None):
 def gather_stages(options: GatherOptions, plans: Sequence[StagePlan], *,
                   tokenizer_dir: str | Path, generation_config=None,
                   run: RunDir | None = None, progress=None,
-                  adapter: str | None = None,
-                  prep: TokenizerPrep | None = None) -> GatherResult:
+                  adapter: str | None = None) -> GatherResult:
     """Pull ``plans`` and export them (steps 2–4; the DHT-free part of :func:`gather`).
 
     Args:
@@ -333,8 +332,6 @@ def gather_stages(options: GatherOptions, plans: Sequence[StagePlan], *,
         progress: a rich ``Progress`` (anything with ``add_task``/``advance``/``update``),
             fed with the bytes pulled per stage and shown while pulling.
         adapter: with ``options.adapters_only``, the adapter to pull.
-        prep: tokenizer work already started (:class:`checkpoint_gather.tokenizer_prep.
-            TokenizerPrep`); default: started here, to run while the stages are pulled.
 
     Raises:
         PeerFailureError: a stage could not be pulled from any of its replicas.
@@ -344,18 +341,20 @@ def gather_stages(options: GatherOptions, plans: Sequence[StagePlan], *,
     with _recorded(run):
         return _gather_stages(options, plans, tokenizer_dir=tokenizer_dir,
                               generation_config=generation_config, run=run, progress=progress,
-                              adapter=adapter, prep=prep)
+                              adapter=adapter)
 
 
 def _gather_stages(options: GatherOptions, plans: Sequence[StagePlan], *, tokenizer_dir,
-                   generation_config, run, progress, adapter, prep) -> GatherResult:
+                   generation_config, run, progress, adapter) -> GatherResult:
     out_dir = Path(options.out_dir)
     if out_dir.exists():
         raise CheckpointError(f"output {out_dir} already exists; refusing to overwrite it",
                               hint="choose a new --out or remove the old one yourself")
     wanted = (adapter,) if options.adapters_only else tuple(options.merge_adapters)
 
-    if prep is None and not options.adapters_only:  # tokenizer work while the bytes arrive
+    prep = None
+    if not options.adapters_only:  # the tokenizer work runs while the bytes arrive
+        # (not during the DHT join: its GIL use slowed the route more than it saved)
         prep = TokenizerPrep(model=options.model if options.model in CATALOG else None,
                              tokenizer_dir=tokenizer_dir, hf=options.hf,
                              gguf=bool(options.gguf_types))
@@ -451,11 +450,6 @@ def _gather(options: GatherOptions, *, initial_peers: list[str], run: RunDir | N
                               "overwrite it", hint="choose a new --out or remove the old one")
     started = time.monotonic()
     client = SwarmClient(options.model, initial_peers)
-    prep = None
-    if not options.adapters_only:  # started once the DHT child is forked: threads never fork
-        prep = TokenizerPrep(model=options.model if options.model in CATALOG else None,
-                             tokenizer_dir=options.tokenizer_dir or client.model_dir,
-                             hf=options.hf, gguf=bool(options.gguf_types))
     try:
         client.wait_for_route(options.route_timeout)
         records = client.records()
@@ -474,6 +468,6 @@ def _gather(options: GatherOptions, *, initial_peers: list[str], run: RunDir | N
     route_seconds = time.monotonic() - started
     result = gather_stages(options, plans, tokenizer_dir=tokenizer_dir,
                            generation_config=generation if generation.is_file() else None,
-                           run=run, progress=progress, adapter=adapter, prep=prep)
+                           run=run, progress=progress, adapter=adapter)
     result.seconds = {"route": route_seconds, **result.seconds}
     return result

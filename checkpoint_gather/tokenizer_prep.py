@@ -1,7 +1,7 @@
-"""The tokenizer work of an export that needs no tensor, done while the gather waits.
+"""The tokenizer work of an export that needs no tensor, done while the stages are pulled.
 
-Joining the DHT and pulling the stages leave the gatherer's CPU partly idle; loading the
-tokenizer once (the proof that the shipped files work, :func:`checkpoint_gather.hf_export.
+Pulling leaves the gatherer's GIL mostly free (the bytes are copied and hashed with the GIL
+released); loading the tokenizer once (the proof that the shipped files work, :func:`checkpoint_gather.hf_export.
 check_tokenizer`) and reading the GGUF ``tokenizer.*`` fields
 (:func:`checkpoint_gather.gguf_tokenizer.tokenizer_fields`) run then, in a background thread, and
 the export picks the results up. Failures surface where the export would have raised them.

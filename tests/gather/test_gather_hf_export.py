@@ -67,11 +67,14 @@ def test_refuses_incomplete_state_and_existing_output(tiny_models, tmp_path):
         export_hf(tmp_path / "taken", config, state, tokenizer_dir=src)
 
 
-def test_export_job_manifest_and_run_record(tiny_models, tmp_path):
+@pytest.mark.parametrize("durable, gguf", [(False, ("f32",)), (True, ("f32", "f16"))])
+def test_export_job_manifest_and_run_record(tiny_models, tmp_path, durable, gguf):
     src = tiny_models[True]
     run = create_run_dir(tmp_path / "runs", "gather-test", config={"model": "tiny"})
     result = export_checkpoint(tmp_path / "out", load_config(src), stage_sources(src),
-                               tokenizer_dir=src, gguf_types=("f32",), run=run)
+                               tokenizer_dir=src, gguf_types=gguf, run=run, durable=durable)
+    assert set(result.gguf_files) == set(gguf)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "runs"]  # no temporaries
     manifest = json.loads(result.manifest.read_text())
     assert [s["layers"] for s in manifest["sources"]] == [[0, 2], [2, 5], [5, 6]]
     assert manifest["coverage"]["layers"]["3"] == "peer-1/stage-2-5"
@@ -125,3 +128,20 @@ def test_a_checked_tokenizer_is_not_loaded_again_unless_its_copy_differs(tiny_mo
     (tmp_path / "b").mkdir()
     hf_export.copy_tokenizer(src, tmp_path / "b", vocab_size=10**6, checked=stale)
     assert len(loads) == 1  # not what was checked: the copy is loaded
+
+
+def test_a_failing_writer_leaves_nothing_while_the_others_run(tiny_models, tmp_path,
+                                                              monkeypatch):
+    from checkpoint_gather import export
+
+    def broken(*args, **kwargs):
+        raise CheckpointError("the GGUF writer failed")
+
+    monkeypatch.setattr(export, "export_gguf", broken)
+    src = tiny_models[False]
+    run = create_run_dir(tmp_path / "runs", "gather-test")
+    with pytest.raises(CheckpointError, match="GGUF writer failed"):
+        export_checkpoint(tmp_path / "out", load_config(src), stage_sources(src),
+                          tokenizer_dir=src, gguf_types=("f32", "f16"), run=run)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
+    assert json.loads((run.path / "run_record.json").read_text())["status"] == "failed"
