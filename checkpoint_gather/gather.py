@@ -320,7 +320,8 @@ def _recorded(run: RunDir | None):
 def gather_stages(options: GatherOptions, plans: Sequence[StagePlan], *,
                   tokenizer_dir: str | Path, generation_config=None,
                   run: RunDir | None = None, progress=None,
-                  adapter: str | None = None) -> GatherResult:
+                  adapter: str | None = None,
+                  prep: TokenizerPrep | None = None) -> GatherResult:
     """Pull ``plans`` and export them (steps 2–4; the DHT-free part of :func:`gather`).
 
     Args:
@@ -332,6 +333,8 @@ def gather_stages(options: GatherOptions, plans: Sequence[StagePlan], *,
         progress: a rich ``Progress`` (anything with ``add_task``/``advance``/``update``),
             fed with the bytes pulled per stage and shown while pulling.
         adapter: with ``options.adapters_only``, the adapter to pull.
+        prep: tokenizer work already started (:class:`checkpoint_gather.tokenizer_prep.
+            TokenizerPrep`); default: started here, to run while the stages are pulled.
 
     Raises:
         PeerFailureError: a stage could not be pulled from any of its replicas.
@@ -341,20 +344,18 @@ def gather_stages(options: GatherOptions, plans: Sequence[StagePlan], *,
     with _recorded(run):
         return _gather_stages(options, plans, tokenizer_dir=tokenizer_dir,
                               generation_config=generation_config, run=run, progress=progress,
-                              adapter=adapter)
+                              adapter=adapter, prep=prep)
 
 
 def _gather_stages(options: GatherOptions, plans: Sequence[StagePlan], *, tokenizer_dir,
-                   generation_config, run, progress, adapter) -> GatherResult:
+                   generation_config, run, progress, adapter, prep) -> GatherResult:
     out_dir = Path(options.out_dir)
     if out_dir.exists():
         raise CheckpointError(f"output {out_dir} already exists; refusing to overwrite it",
                               hint="choose a new --out or remove the old one yourself")
     wanted = (adapter,) if options.adapters_only else tuple(options.merge_adapters)
 
-    prep = None
-    if not options.adapters_only:  # the tokenizer work runs while the bytes arrive
-        # (not during the DHT join: its GIL use slowed the route more than it saved)
+    if prep is None and not options.adapters_only:  # without a route phase: during the pull
         prep = TokenizerPrep(model=options.model if options.model in CATALOG else None,
                              tokenizer_dir=tokenizer_dir, hf=options.hf,
                              gguf=bool(options.gguf_types))
@@ -450,6 +451,12 @@ def _gather(options: GatherOptions, *, initial_peers: list[str], run: RunDir | N
                               "overwrite it", hint="choose a new --out or remove the old one")
     started = time.monotonic()
     client = SwarmClient(options.model, initial_peers)
+    prep = None
+    if not options.adapters_only:  # started once the DHT child is forked: threads never fork
+        # (during the join the CPU is mostly idle; during the pull it would compete with it)
+        prep = TokenizerPrep(model=options.model if options.model in CATALOG else None,
+                             tokenizer_dir=options.tokenizer_dir or client.model_dir,
+                             hf=options.hf, gguf=bool(options.gguf_types))
     try:
         client.wait_for_route(options.route_timeout)
         records = client.records()
@@ -468,6 +475,6 @@ def _gather(options: GatherOptions, *, initial_peers: list[str], run: RunDir | N
     route_seconds = time.monotonic() - started
     result = gather_stages(options, plans, tokenizer_dir=tokenizer_dir,
                            generation_config=generation if generation.is_file() else None,
-                           run=run, progress=progress, adapter=adapter)
+                           run=run, progress=progress, adapter=adapter, prep=prep)
     result.seconds = {"route": route_seconds, **result.seconds}
     return result

@@ -1,10 +1,12 @@
-"""The tokenizer work of an export that needs no tensor, done while the stages are pulled.
+"""The tokenizer work of an export that needs no tensor, done before the export.
 
-Pulling leaves the gatherer's GIL mostly free (the bytes are copied and hashed with the GIL
-released); loading the tokenizer once (the proof that the shipped files work, :func:`checkpoint_gather.hf_export.
-check_tokenizer`) and reading the GGUF ``tokenizer.*`` fields
-(:func:`checkpoint_gather.gguf_tokenizer.tokenizer_fields`) run then, in a background thread, and
-the export picks the results up. Failures surface where the export would have raised them.
+Loading the tokenizer once (the proof that the shipped files work,
+:func:`checkpoint_gather.hf_export.check_tokenizer`) and reading the GGUF ``tokenizer.*`` fields
+(:func:`checkpoint_gather.gguf_tokenizer.tokenizer_fields`) run in background threads, and the
+export picks the results up; failures surface where the export would have raised them.
+``node0 gather`` starts them while it waits for the DHT route (the CPU is mostly idle then; run
+during the pull instead they measured no better), :func:`checkpoint_gather.gather.gather_stages`
+alone at the start of the pull.
 """
 
 from __future__ import annotations
