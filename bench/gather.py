@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -103,6 +104,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--gguf", default="f32", help="GGUF types, comma-separated")
     parser.add_argument("--chunk-bytes", type=int, default=1 << 20)
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the work directory (about 2 GB of outputs per repeat)")
     parser.add_argument("--worker", choices=("gather", "single"), help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--peers", nargs="*", default=[], help=argparse.SUPPRESS)
@@ -148,6 +151,8 @@ def main() -> None:
         hwm_after = [_vm_hwm_mb(p.pid) for p in state.peers]
     finally:
         stop_swarm(state_file)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
 
     def median(rows, key):
         return round(statistics.median(r[key] for r in rows), 2)
