@@ -421,6 +421,7 @@ class StageGradientAverager:
             state = self._checksum(self._state_tensors()[0])
         rejected0, clipped0 = self.guard.rejected, self.guard.clipped
         attempts, partial, errors = 0, False, []
+        reruns = 0  # reruns after a partial attempt (looking again for a group is not one)
         result, averaged, consistent, group_size, agreeing, missing = local, False, True, 1, 1, 0
         basis: dict[str, Any] = {}  # the all-gather of the last group we were in
         while True:
@@ -466,7 +467,8 @@ class StageGradientAverager:
                         "outcomes differ from ours", self.rounds, attempts,
                         "our all-reduce failed" if not attempt.completed else "it completed",
                         len(published) - agreeing, len(published))
-            if attempts > self.settings.max_retries:
+            reruns += 1
+            if reruns > self.settings.max_retries:
                 result, averaged, consistent = local, False, False
                 break
         diverged, resynced, resync_ok = self._reconcile_states(basis, call)
