@@ -317,6 +317,18 @@ def _recorded(run: RunDir | None):
         raise
 
 
+def _catalog_model(options: GatherOptions) -> str | None:
+    return options.model if options.model in CATALOG else None
+
+
+def _tokenizer_prep(options: GatherOptions, tokenizer_dir) -> TokenizerPrep | None:
+    """Start the export's tokenizer work in the background (none for an adapters-only job)."""
+    if options.adapters_only:
+        return None
+    return TokenizerPrep(model=_catalog_model(options), tokenizer_dir=tokenizer_dir,
+                         hf=options.hf, gguf=bool(options.gguf_types))
+
+
 def gather_stages(options: GatherOptions, plans: Sequence[StagePlan], *,
                   tokenizer_dir: str | Path, generation_config=None,
                   run: RunDir | None = None, progress=None,
@@ -355,10 +367,8 @@ def _gather_stages(options: GatherOptions, plans: Sequence[StagePlan], *, tokeni
                               hint="choose a new --out or remove the old one yourself")
     wanted = (adapter,) if options.adapters_only else tuple(options.merge_adapters)
 
-    if prep is None and not options.adapters_only:  # without a route phase: during the pull
-        prep = TokenizerPrep(model=options.model if options.model in CATALOG else None,
-                             tokenizer_dir=tokenizer_dir, hf=options.hf,
-                             gguf=bool(options.gguf_types))
+    if prep is None:  # without a route phase: during the pull
+        prep = _tokenizer_prep(options, tokenizer_dir)
 
     def prove(headers) -> None:
         configs = {json.dumps(json.loads(h.config_json), sort_keys=True) for _, h in headers}
@@ -404,7 +414,7 @@ def _export(options: GatherOptions, stages: list[PulledStage], out_dir: Path,
         "merged_adapters": list(options.merge_adapters),
         "adapter_settings": {n: s.model_dump(mode="json") for n, s in settings.items()},
     }
-    catalog_name = options.model if options.model in CATALOG else None
+    catalog_name = _catalog_model(options)
     common = {"tokenizer_dir": tokenizer_dir, "model": catalog_name, "run": run,
               "provenance": provenance, "base_model": options.model,
               "durable": options.durable}
@@ -451,12 +461,9 @@ def _gather(options: GatherOptions, *, initial_peers: list[str], run: RunDir | N
                               "overwrite it", hint="choose a new --out or remove the old one")
     started = time.monotonic()
     client = SwarmClient(options.model, initial_peers)
-    prep = None
-    if not options.adapters_only:  # started once the DHT child is forked: threads never fork
-        # (during the join the CPU is mostly idle; during the pull it would compete with it)
-        prep = TokenizerPrep(model=options.model if options.model in CATALOG else None,
-                             tokenizer_dir=options.tokenizer_dir or client.model_dir,
-                             hf=options.hf, gguf=bool(options.gguf_types))
+    # started once the DHT child is forked (threads never fork); during the join the CPU is
+    # mostly idle, during the pull it would compete with it
+    prep = _tokenizer_prep(options, options.tokenizer_dir or client.model_dir)
     try:
         client.wait_for_route(options.route_timeout)
         records = client.records()

@@ -372,9 +372,8 @@ class StageGradientAverager:
         the replicas' states differ at the round's start. Returns within about
         ``matchmaking_timeout`` when no partner is due; at worst after ``partner_wait`` +
         ``attempts x (matchmaking_timeout + allreduce_timeout + check_timeout) +
-        resync_timeout``. Never
-        raises for a lost or partial round (only for a configuration mismatch,
-        :class:`AveragingConfigError`).
+        resync_timeout``. Never raises for a lost or partial round (only for a configuration
+        mismatch, :class:`AveragingConfigError`).
         """
         started = time.monotonic()
         self.rounds += 1

@@ -31,7 +31,6 @@ from pipeline_stages.training import JobSettings, StageTrainingJob, StepReport
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class StepResult:
     output: torch.Tensor | None  # hidden states (1, n, hidden) on non-last stages
