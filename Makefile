@@ -25,6 +25,7 @@ test-slow: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 proto: $(STAMP)
 	$(PY) -m proto.generate

@@ -1,1 +1,1 @@
-import node  # noqa: F401,E402  (turns gRPC fork handlers off before grpc loads)
+import base  # noqa: F401,E402  (turns gRPC fork handlers off before grpc loads)

@@ -58,11 +58,18 @@ def worker_gather(out: Path, peers: list[str], gguf: tuple[str, ...], chunk_byte
 
     run = create_run_dir(out.parent / "runs", "gather")
     started = time.perf_counter()
-    result = gather(GatherOptions(model=MODEL, out_dir=out, gguf_types=gguf,
-                                  chunk_bytes=chunk_bytes), initial_peers=peers, run=run)
+    result = gather(
+        GatherOptions(model=MODEL, out_dir=out, gguf_types=gguf, chunk_bytes=chunk_bytes),
+        initial_peers=peers,
+        run=run,
+    )
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "phases": result.seconds, "bytes": result.bytes,
-            "peak_rss_mb": _peak_rss_mb()}
+    return {
+        "seconds": seconds,
+        "phases": result.seconds,
+        "bytes": result.bytes,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
 
 
 def worker_single(out: Path, gguf: tuple[str, ...]) -> dict:
@@ -79,33 +86,48 @@ def worker_single(out: Path, gguf: tuple[str, ...]) -> dict:
     load = time.perf_counter() - started
     started = time.perf_counter()
     model.save_pretrained(out / "hf")
-    fields = tokenizer_fields(model=MODEL, tokenizer_dir=model_dir,
-                              vocab_size=model.config.vocab_size)
+    fields = tokenizer_fields(
+        model=MODEL, tokenizer_dir=model_dir, vocab_size=model.config.vocab_size
+    )
     state = model.state_dict()
     for out_type in gguf:
-        export_gguf(out / f"{MODEL}-{out_type}.gguf", model.config, state, tokenizer=fields,
-                    out_type=out_type, name=MODEL)
+        export_gguf(
+            out / f"{MODEL}-{out_type}.gguf",
+            model.config,
+            state,
+            tokenizer=fields,
+            out_type=out_type,
+            name=MODEL,
+        )
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "load_seconds": load, "peak_rss_mb": _peak_rss_mb()}
 
 
 def _child(args: list[str]) -> dict:
-    done = subprocess.run([sys.executable, "-m", "bench.gather", *args], capture_output=True,
-                          text=True, cwd=Path(__file__).resolve().parent.parent)
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.gather", *args],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"bench child {args[:2]} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", default="smollm2-3stage")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--gguf", default="f32", help="GGUF types, comma-separated")
     parser.add_argument("--chunk-bytes", type=int, default=1 << 20)
-    parser.add_argument("--keep", action="store_true",
-                        help="keep the work directory (about 2 GB of outputs per repeat)")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the work directory (about 2 GB of outputs per repeat)",
+    )
     parser.add_argument("--worker", choices=("gather", "single"), help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--peers", nargs="*", default=[], help=argparse.SUPPRESS)
@@ -118,9 +140,10 @@ def main() -> None:
         print(json.dumps(worker_single(args.out, gguf)))
         return
 
+    from base.config_loader import load_yaml_config
     from checkpoint_gather.gguf_tokenizer import source_tokenizer_fields
     from models.assets import prepare_model
-    from node.config import SwarmPreset, load_yaml_config, resolve_preset_path
+    from node.config import SwarmPreset, resolve_preset_path
     from node.local_swarm import start_swarm, stop_swarm
 
     prepare_model(MODEL)
@@ -134,20 +157,38 @@ def main() -> None:
         hwm_before = [_vm_hwm_mb(p.pid) for p in state.peers]
         for i in range(args.repeats):
             load = os.getloadavg()[0]
-            singles.append(_child(["--worker", "single", "--out", str(work / f"single-{i}"),
-                                   "--gguf", args.gguf]))
-            gathers.append(_child(["--worker", "gather", "--out", str(work / f"gather-{i}"),
-                                   "--gguf", args.gguf, "--chunk-bytes", str(args.chunk_bytes),
-                                   "--peers", *state.initial_peers]))
+            singles.append(
+                _child(
+                    ["--worker", "single", "--out", str(work / f"single-{i}"), "--gguf", args.gguf]
+                )
+            )
+            gathers.append(
+                _child(
+                    [
+                        "--worker",
+                        "gather",
+                        "--out",
+                        str(work / f"gather-{i}"),
+                        "--gguf",
+                        args.gguf,
+                        "--chunk-bytes",
+                        str(args.chunk_bytes),
+                        "--peers",
+                        *state.initial_peers,
+                    ]
+                )
+            )
             gathers[-1]["load_avg"] = load
             gathers[-1]["ratio"] = gathers[-1]["seconds"] / singles[-1]["seconds"]
-            print(f"run {i} (load avg {load:.1f}): ratio {gathers[-1]['ratio']:.2f}, "
-                  f"single {singles[-1]['seconds']:.1f} s "
-                  f"(+ from_pretrained {singles[-1]['load_seconds']:.1f} s), "
-                  f"{singles[-1]['peak_rss_mb']:.0f} MB | gather {gathers[-1]['seconds']:.1f} s "
-                  "(" + ", ".join(f"{k} {v:.1f} s" for k, v in gathers[-1]["phases"].items())
-                  + "), "
-                  f"{gathers[-1]['peak_rss_mb']:.0f} MB", flush=True)
+            print(
+                f"run {i} (load avg {load:.1f}): ratio {gathers[-1]['ratio']:.2f}, "
+                f"single {singles[-1]['seconds']:.1f} s "
+                f"(+ from_pretrained {singles[-1]['load_seconds']:.1f} s), "
+                f"{singles[-1]['peak_rss_mb']:.0f} MB | gather {gathers[-1]['seconds']:.1f} s "
+                "(" + ", ".join(f"{k} {v:.1f} s" for k, v in gathers[-1]["phases"].items()) + "), "
+                f"{gathers[-1]['peak_rss_mb']:.0f} MB",
+                flush=True,
+            )
         hwm_after = [_vm_hwm_mb(p.pid) for p in state.peers]
     finally:
         stop_swarm(state_file)
@@ -158,23 +199,35 @@ def main() -> None:
         return round(statistics.median(r[key] for r in rows), 2)
 
     result = {
-        "model": MODEL, "stages": len(preset.peers), "gguf": list(gguf),
-        "repeats": args.repeats, "bytes_pulled": gathers[0]["bytes"],
+        "model": MODEL,
+        "stages": len(preset.peers),
+        "gguf": list(gguf),
+        "repeats": args.repeats,
+        "bytes_pulled": gathers[0]["bytes"],
         "gather_s": median(gathers, "seconds"),
-        **{f"gather_{k}_s": round(statistics.median(g["phases"][k] for g in gathers), 2)
-           for k in gathers[0]["phases"]},
-        "single_s": median(singles, "seconds"), "single_load_s": median(singles, "load_seconds"),
+        **{
+            f"gather_{k}_s": round(statistics.median(g["phases"][k] for g in gathers), 2)
+            for k in gathers[0]["phases"]
+        },
+        "single_s": median(singles, "seconds"),
+        "single_load_s": median(singles, "load_seconds"),
         "gather_peak_rss_mb": median(gathers, "peak_rss_mb"),
         "single_peak_rss_mb": median(singles, "peak_rss_mb"),
-        "stage_peak_rss_mb_before": hwm_before, "stage_peak_rss_mb_after": hwm_after,
-        "runs": [{"load_avg": round(g["load_avg"], 2), "single_s": round(s["seconds"], 2),
-                  "gather_s": round(g["seconds"], 2), "ratio": round(g["ratio"], 2),
-                  **{f"{k}_s": round(v, 2) for k, v in g["phases"].items()}}
-                 for s, g in zip(singles, gathers, strict=True)],
+        "stage_peak_rss_mb_before": hwm_before,
+        "stage_peak_rss_mb_after": hwm_after,
+        "runs": [
+            {
+                "load_avg": round(g["load_avg"], 2),
+                "single_s": round(s["seconds"], 2),
+                "gather_s": round(g["seconds"], 2),
+                "ratio": round(g["ratio"], 2),
+                **{f"{k}_s": round(v, 2) for k, v in g["phases"].items()},
+            }
+            for s, g in zip(singles, gathers, strict=True)
+        ],
     }
     result["ratio_time"] = round(result["gather_s"] / result["single_s"], 2)
-    result["ratio_peak_rss"] = round(result["gather_peak_rss_mb"]
-                                     / result["single_peak_rss_mb"], 2)
+    result["ratio_peak_rss"] = round(result["gather_peak_rss_mb"] / result["single_peak_rss_mb"], 2)
     print(json.dumps(result))
 
 

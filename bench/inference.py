@@ -48,8 +48,14 @@ def _single_process(model, ids: list[int], new_tokens: int) -> tuple[float, floa
         model.generate(x, max_new_tokens=1, do_sample=False, pad_token_id=0)
         ttft = time.perf_counter() - started
         started = time.perf_counter()
-        out = model.generate(x, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                             do_sample=False, eos_token_id=None, pad_token_id=0)
+        out = model.generate(
+            x,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
         elapsed = time.perf_counter() - started
     assert out.shape[1] - len(ids) == new_tokens
     return ttft, new_tokens / elapsed
@@ -62,34 +68,46 @@ def swarm_once(client, tokenizer, ids: list[int], new_tokens: int) -> tuple[floa
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--preset", default="smollm2-3stage")
-    parser.add_argument("--stage-threads", type=int, default=None,
-                        help="torch threads per stage daemon (default: the preset's)")
+    parser.add_argument(
+        "--stage-threads",
+        type=int,
+        default=None,
+        help="torch threads per stage daemon (default: the preset's)",
+    )
     args = parser.parse_args()
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from base.config_loader import load_yaml_config
     from dataload.prompt_format import encode_prompt, render
     from inference.swarm_client import SwarmClient
     from models.assets import prepare_model
-    from node.config import SwarmPreset, load_yaml_config, resolve_preset_path
+    from node.config import SwarmPreset, resolve_preset_path
     from node.local_swarm import start_swarm, stop_swarm
 
     model_dir = prepare_model("smollm2-135m")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    prompts = [encode_prompt(render([{"role": "user", "content": q}], mode="chat",
-                                    tokenizer=tokenizer), tokenizer, mode="chat")
-               for q in QUESTIONS[:args.prompts]]
+    prompts = [
+        encode_prompt(
+            render([{"role": "user", "content": q}], mode="chat", tokenizer=tokenizer),
+            tokenizer,
+            mode="chat",
+        )
+        for q in QUESTIONS[: args.prompts]
+    ]
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
 
     preset, _ = load_yaml_config(resolve_preset_path(args.preset), SwarmPreset)
     if args.stage_threads:
-        preset = preset.model_copy(update={"daemon": {**preset.daemon,
-                                                      "torch_threads": args.stage_threads}})
+        preset = preset.model_copy(
+            update={"daemon": {**preset.daemon, "torch_threads": args.stage_threads}}
+        )
     work = Path(tempfile.mkdtemp(prefix="node0-bench-"))
     state_file = work / "swarm.json"
     state = start_swarm(preset, args.preset, runs_dir=work / "runs", state_file=state_file)
@@ -102,9 +120,12 @@ def main() -> None:
         for ids in prompts:
             single.append(single_process(model, ids, args.new_tokens))
             swarm.append(swarm_once(client, tokenizer, ids, args.new_tokens))
-            print(f"prompt {len(ids):3d} tokens: swarm ttft {swarm[-1][0] * 1000:6.1f} ms "
-                  f"{swarm[-1][1]:5.2f} tok/s | single ttft {single[-1][0] * 1000:6.1f} ms "
-                  f"{single[-1][1]:5.2f} tok/s ({single[-1][2]} threads)", flush=True)
+            print(
+                f"prompt {len(ids):3d} tokens: swarm ttft {swarm[-1][0] * 1000:6.1f} ms "
+                f"{swarm[-1][1]:5.2f} tok/s | single ttft {single[-1][0] * 1000:6.1f} ms "
+                f"{single[-1][1]:5.2f} tok/s ({single[-1][2]} threads)",
+                flush=True,
+            )
     finally:
         client.close()
         stop_swarm(state_file)
@@ -113,7 +134,9 @@ def main() -> None:
         return statistics.median(r[i] for r in rows)
 
     result = {
-        "new_tokens": args.new_tokens, "prompts": len(prompts), "stages": len(preset.peers),
+        "new_tokens": args.new_tokens,
+        "prompts": len(prompts),
+        "stages": len(preset.peers),
         "stage_threads": preset.daemon.get("torch_threads", "default"),
         "single_threads": [r[2] for r in single],
         "swarm_tokens_per_s": round(median(swarm, 1), 3),
@@ -121,8 +144,9 @@ def main() -> None:
         "swarm_ttft_ms": round(median(swarm, 0) * 1000, 1),
         "single_ttft_ms": round(median(single, 0) * 1000, 1),
     }
-    result["ratio_tokens_per_s"] = round(result["swarm_tokens_per_s"]
-                                         / result["single_tokens_per_s"], 3)
+    result["ratio_tokens_per_s"] = round(
+        result["swarm_tokens_per_s"] / result["single_tokens_per_s"], 3
+    )
     print(json.dumps(result))
 
 

@@ -247,8 +247,8 @@ async def _first_token(
     client, tokenizer, ids: list[int], *, window: int, new_tokens: int, step_timeout: float
 ) -> tuple[float, float]:
     """(session open s, TTFT s) of one turn in a fresh session, as ``node0-inference`` runs it."""
+    from base.sampler import SamplingParams
     from inference.generation import generate
-    from inference.sampler import SamplingParams
 
     session = client.session(max_length=window, step_timeout=step_timeout)
     t0 = time.perf_counter()
@@ -303,10 +303,11 @@ def run_swarm_ttft(
 
     from transformers import AutoConfig
 
+    from base.config_loader import load_yaml_config
     from dataload.prompt_format import encode_prompt, render
     from inference.swarm_client import SwarmClient
     from models.catalog import CATALOG
-    from node.config import SwarmPreset, load_yaml_config, resolve_preset_path
+    from node.config import SwarmPreset, resolve_preset_path
     from node.local_swarm import start_swarm, stop_swarm
     from rag.config import load_rag_config
     from rag.context import assemble_prompt

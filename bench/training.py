@@ -93,8 +93,13 @@ class Reference:
         deterministic_init_(self.model, cfg.adapter, cfg.lora.init_seed)
         self.model.train()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, betas=cfg.betas,
-                                           eps=cfg.eps, weight_decay=cfg.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            self.params,
+            lr=cfg.learning_rate,
+            betas=cfg.betas,
+            eps=cfg.eps,
+            weight_decay=cfg.weight_decay,
+        )
         self.max_grad_norm = cfg.max_grad_norm
         self.marks: dict[str, float] = {}
         layers = self.model.base_model.model.model.layers
@@ -107,8 +112,10 @@ class Reference:
             self.marks[f"fwd{index}"] = time.perf_counter()
             hidden = args[0] if args else kwargs["hidden_states"]
             if hidden.requires_grad:
-                hidden.register_hook(lambda grad: self.marks.__setitem__(
-                    f"bwd{index}", time.perf_counter()))
+                hidden.register_hook(
+                    lambda grad: self.marks.__setitem__(f"bwd{index}", time.perf_counter())
+                )
+
         return hook
 
     def step(self, batch, threads: int) -> tuple[float, dict[str, list[float]]]:
@@ -119,8 +126,9 @@ class Reference:
         marks = self.marks
         marks.clear()
         started = marks["fwd0"] = time.perf_counter()
-        logits = self.model(input_ids=batch.input_ids,
-                            attention_mask=batch.attention_mask).logits  # (batch, seq, vocab)
+        logits = self.model(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask
+        ).logits  # (batch, seq, vocab)
         loss_sum, _ = cross_entropy_sum(logits, batch.labels)
         marks[f"bwd{self.stages}"] = marks[f"fwd{self.stages}"] = time.perf_counter()
         (loss_sum / batch.counted_tokens).backward()
@@ -146,27 +154,36 @@ def non_pad_tokens(batch) -> int:
 
 # -- part 1: throughput --------------------------------------------------------------------------
 
+
 def measure_training(args, cfg, model_dir: Path, work: Path) -> dict:
+    from base.config_loader import load_yaml_config
     from dataload import build_loaders
     from inference.swarm_client import SwarmClient
-    from node.config import SwarmPreset, load_yaml_config, resolve_preset_path
+    from node.config import SwarmPreset, resolve_preset_path
     from node.local_swarm import start_swarm, stop_swarm
     from training.pipeline_step import MicroBatch, pipeline_train_step
     from training.route import open_route
 
     data = cfg.data
     if args.batch_size or args.max_length:
-        data = data.model_copy(update={"batch_size": args.batch_size or data.batch_size,
-                                       "max_length": args.max_length or data.max_length})
+        data = data.model_copy(
+            update={
+                "batch_size": args.batch_size or data.batch_size,
+                "max_length": args.max_length or data.max_length,
+            }
+        )
     loaders = build_loaders(data, model_dir=model_dir)
     train = loaders.train
     count = args.warmup + args.steps
-    batches = [train.batch_at(train.position(i // train.num_batches(0),
-                                             i % train.num_batches(0))) for i in range(count)]
+    batches = [
+        train.batch_at(train.position(i // train.num_batches(0), i % train.num_batches(0)))
+        for i in range(count)
+    ]
     preset, _ = load_yaml_config(resolve_preset_path(args.preset), SwarmPreset)
     # own checkpoint directories: never the default ones other runs use
-    preset = preset.model_copy(update={"daemon": {**preset.daemon,
-                                                  "state_dir": str(work / "peer-state")}})
+    preset = preset.model_copy(
+        update={"daemon": {**preset.daemon, "state_dir": str(work / "peer-state")}}
+    )
     spans = [(s.start, s.end) for peer in preset.peers for s in peer.stages]
     reference = Reference(model_dir, cfg, spans)
     hidden = reference.model.config.hidden_size
@@ -180,13 +197,25 @@ def measure_training(args, cfg, model_dir: Path, work: Path) -> dict:
     try:
         client.wait_for_route()
         clients, _ = open_route(
-            client.records(), cfg.model, job_id=f"bench-{os.getpid()}", trainer_id="bench",
-            shard_index=0, timeout=cfg.step_timeout,
+            client.records(),
+            cfg.model,
+            job_id=f"bench-{os.getpid()}",
+            trainer_id="bench",
+            shard_index=0,
+            timeout=cfg.step_timeout,
             open_job=lambda c: c.open_job(
-                trainable=f"adapter:{cfg.adapter}", learning_rate=cfg.learning_rate,
-                weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
-                betas=cfg.betas, eps=cfg.eps, model=cfg.model,
-                lora_json=cfg.lora.model_dump_json(), replicas=1, checkpoint_every=0))
+                trainable=f"adapter:{cfg.adapter}",
+                learning_rate=cfg.learning_rate,
+                weight_decay=cfg.weight_decay,
+                max_grad_norm=cfg.max_grad_norm,
+                betas=cfg.betas,
+                eps=cfg.eps,
+                model=cfg.model,
+                lora_json=cfg.lora.model_dump_json(),
+                replicas=1,
+                checkpoint_every=0,
+            ),
+        )
         stages = [TimedStage(c) for c in clients]
 
         def swarm_step(step: int, batch) -> float:
@@ -203,10 +232,13 @@ def measure_training(args, cfg, model_dir: Path, work: Path) -> dict:
             warm["swarm"].append(swarm_step(i, batches[i]))
             for threads in args.single_threads:
                 warm[f"single_{threads}t"].append(reference.step(batches[i], threads)[0])
-            print("warm-up step " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in warm.items()),
-                  flush=True)
-        threads = min(args.single_threads,
-                      key=lambda t: sum(warm[f"single_{t}t"]) if args.warmup else t)
+            print(
+                "warm-up step " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in warm.items()),
+                flush=True,
+            )
+        threads = min(
+            args.single_threads, key=lambda t: sum(warm[f"single_{t}t"]) if args.warmup else t
+        )
         for stage in stages:
             stage.times.clear()
 
@@ -221,9 +253,12 @@ def measure_training(args, cfg, model_dir: Path, work: Path) -> dict:
                 swarm_s = swarm_step(i, batch)
             rows.append((non_pad_tokens(batch), swarm_s, single_s))
             splits.append(split)
-            print(f"step {i}: {tuple(batch.input_ids.shape)} {rows[-1][0]} tokens | swarm "
-                  f"{swarm_s:6.2f} s {rows[-1][0] / swarm_s:6.1f} tok/s | single {single_s:6.2f} "
-                  f"s {rows[-1][0] / single_s:6.1f} tok/s ({threads} threads)", flush=True)
+            print(
+                f"step {i}: {tuple(batch.input_ids.shape)} {rows[-1][0]} tokens | swarm "
+                f"{swarm_s:6.2f} s {rows[-1][0] / swarm_s:6.1f} tok/s | single {single_s:6.2f} "
+                f"s {rows[-1][0] / single_s:6.1f} tok/s ({threads} threads)",
+                flush=True,
+            )
     finally:
         for stage in stages:
             stage.client.close()
@@ -238,17 +273,26 @@ def measure_training(args, cfg, model_dir: Path, work: Path) -> dict:
         return round(statistics.median(values) * 1000, 1)
 
     hops = {kind: [ms(s.times[kind]) for s in stages] for kind in ("forward", "backward")}
-    compute = {kind: [ms([sp[kind][k] for sp in splits]) for k in range(len(spans))]
-               for kind in ("forward", "backward")}
-    optimizer_rpc = ms([max(ts) for ts in zip(*(s.times["optimizer"] for s in stages),
-                                              strict=True)])
+    compute = {
+        kind: [ms([sp[kind][k] for sp in splits]) for k in range(len(spans))]
+        for kind in ("forward", "backward")
+    }
+    optimizer_rpc = ms(
+        [max(ts) for ts in zip(*(s.times["optimizer"] for s in stages), strict=True)]
+    )
     per_step_hops = sum(hops["forward"]) + sum(hops["backward"]) + optimizer_rpc
-    per_step_compute = (sum(compute["forward"]) + sum(compute["backward"])
-                        + ms([sp["optimizer"][0] for sp in splits]))
+    per_step_compute = (
+        sum(compute["forward"])
+        + sum(compute["backward"])
+        + ms([sp["optimizer"][0] for sp in splits])
+    )
     return {
-        "batch_size": data.batch_size, "max_length": data.max_length,
-        "seq_lengths": [int(b.input_ids.shape[1]) for b in batches[args.warmup:]],
-        "steps": args.steps, "warmup": args.warmup, "stages": len(spans),
+        "batch_size": data.batch_size,
+        "max_length": data.max_length,
+        "seq_lengths": [int(b.input_ids.shape[1]) for b in batches[args.warmup :]],
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "stages": len(spans),
         "stage_threads": preset.daemon.get("torch_threads", "default"),
         "single_threads": threads,
         "warmup_s": {k: [round(x, 2) for x in v] for k, v in warm.items()},
@@ -259,16 +303,21 @@ def measure_training(args, cfg, model_dir: Path, work: Path) -> dict:
         "single_tokens_per_s": round(single_tps, 2),
         "ratio_tokens_per_s": round(swarm_tps / single_tps, 3),
         "hop_rpc_ms": {**hops, "optimizer": optimizer_rpc},
-        "stage_compute_ms": {**compute, "optimizer": ms([sp["optimizer"][0] for sp in splits]),
-                             "threads": threads},
+        "stage_compute_ms": {
+            **compute,
+            "optimizer": ms([sp["optimizer"][0] for sp in splits]),
+            "threads": threads,
+        },
         # RPC + (de)serialisation per step; under load the noise of either sum can exceed it
         "hops_minus_compute_ms_per_step": round(per_step_hops - per_step_compute, 1),
-        "activation_bytes_per_hop": [int(b.input_ids.numel()) * hidden * 4
-                                     for b in batches[args.warmup:]],
+        "activation_bytes_per_hop": [
+            int(b.input_ids.numel()) * hidden * 4 for b in batches[args.warmup :]
+        ],
     }
 
 
 # -- part 2: averaging ---------------------------------------------------------------------------
+
 
 def _touch(path: Path, text: str = "") -> None:
     tmp = path.with_name(path.name + ".tmp")
@@ -292,11 +341,11 @@ def _random_grads(params, seed: int) -> list[torch.Tensor]:
 def averaging_peer(args) -> int:
     """One replica (child process): averages random gradients ``args.rounds + 1`` times per
     adapter in step with the other replica; writes ``<name>.json``."""
+    from base.dht import start_dht, visible_maddrs
+    from base.errors import Node0Error
     from lora import LoraSettings, adapter_parameters, attach_adapter
     from lora.averaging import StageGradientAverager, averaging_prefix
     from lora.config import AveragingSettings
-    from node.dht import start_dht, visible_maddrs
-    from node.errors import Node0Error
     from pipeline_stages.loader import load_stage
 
     torch.set_num_threads(1)
@@ -312,15 +361,21 @@ def averaging_peer(args) -> int:
         dht = start_dht(json.loads(maddrs.read_text()))
     rows = []
     # one averager at a time, as a stage's training job has: the tiny adapter, then the full one
-    for kind, lora in (("tiny", LoraSettings(**TINY_LORA)),
-                       ("full", LoraSettings.model_validate_json(args.lora_json))):
+    for kind, lora in (
+        ("tiny", LoraSettings(**TINY_LORA)),
+        ("full", LoraSettings.model_validate_json(args.lora_json)),
+    ):
         attach_adapter(stage, kind, lora)
         params = adapter_parameters(stage, kind)
         try:
             averager = StageGradientAverager(
-                dht, prefix=averaging_prefix("bench", *AVERAGING_SPAN, "bench", kind),
-                params=params, settings=AveragingSettings(target_group_size=2), lora=lora,
-                optimizer=torch.optim.AdamW(params))
+                dht,
+                prefix=averaging_prefix("bench", *AVERAGING_SPAN, "bench", kind),
+                params=params,
+                settings=AveragingSettings(target_group_size=2),
+                lora=lora,
+                optimizer=torch.optim.AdamW(params),
+            )
         except Node0Error as exc:
             print(f"error: {exc}", file=sys.stderr, flush=True)
             return int(exc.exit_code)
@@ -334,12 +389,23 @@ def averaging_peer(args) -> int:
             started = time.perf_counter()
             report = averager.average(1.0)
             wall = time.perf_counter() - started
-            error = max(float((p.grad - (x + y) / 2).abs().max())
-                        for p, x, y in zip(params, mine, theirs, strict=True))
-            rows.append({"kind": kind, "round": rnd, "wall_s": wall, "seconds": report.seconds,
-                         "averaged": report.averaged, "group_size": report.group_size,
-                         "max_abs_error": error, "error": report.error,
-                         "numel": sum(p.numel() for p in params)})
+            error = max(
+                float((p.grad - (x + y) / 2).abs().max())
+                for p, x, y in zip(params, mine, theirs, strict=True)
+            )
+            rows.append(
+                {
+                    "kind": kind,
+                    "round": rnd,
+                    "wall_s": wall,
+                    "seconds": report.seconds,
+                    "averaged": report.averaged,
+                    "group_size": report.group_size,
+                    "max_abs_error": error,
+                    "error": report.error,
+                    "numel": sum(p.numel() for p in params),
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
         _touch(work / f"{me}.{kind}.done")
         _wait_for(work / f"{other}.{kind}.done")
@@ -357,12 +423,33 @@ def measure_averaging(args, cfg, model_dir: Path, work: Path) -> dict:
     try:
         for name in ("a", "b"):
             log = open(work / f"{name}.log", "wb")  # closed in finally
-            procs.append((subprocess.Popen(
-                [sys.executable, "-m", "bench.training", "--averaging-peer", name,
-                 "--workdir", str(work), "--model-dir", str(model_dir),
-                 "--lora-json", cfg.lora.model_dump_json(), "--rounds", str(args.rounds)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, cwd=REPO), log))
+            procs.append(
+                (
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-m",
+                            "bench.training",
+                            "--averaging-peer",
+                            name,
+                            "--workdir",
+                            str(work),
+                            "--model-dir",
+                            str(model_dir),
+                            "--lora-json",
+                            cfg.lora.model_dump_json(),
+                            "--rounds",
+                            str(args.rounds),
+                        ],
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                        start_new_session=True,
+                        cwd=REPO,
+                    ),
+                    log,
+                )
+            )
         deadline = time.monotonic() + PEER_TIMEOUT_S
         for proc, _ in procs:
             code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
@@ -379,45 +466,67 @@ def measure_averaging(args, cfg, model_dir: Path, work: Path) -> dict:
     rows = {name: json.loads((work / f"{name}.json").read_text()) for name in ("a", "b")}
     summary = {}
     for kind in ("full", "tiny"):
-        pairs = [(x, y) for x, y in zip(rows["a"], rows["b"], strict=True)
-                 if x["kind"] == kind and x["round"] > 0]  # round 0 is the warm-up
+        pairs = [
+            (x, y)
+            for x, y in zip(rows["a"], rows["b"], strict=True)
+            if x["kind"] == kind and x["round"] > 0
+        ]  # round 0 is the warm-up
         assert all(x["averaged"] and y["averaged"] for x, y in pairs), pairs
         walls = [max(x["wall_s"], y["wall_s"]) for x, y in pairs]
         numel = pairs[0][0]["numel"]
         summary[kind] = {
-            "numel": numel, "bytes": numel * 4,
+            "numel": numel,
+            "bytes": numel * 4,
             "round_s": round(statistics.median(walls), 3),
             "rounds_s": [round(w, 3) for w in walls],
-            "max_abs_error_vs_mean": max(max(x["max_abs_error"], y["max_abs_error"])
-                                         for x, y in pairs),
+            "max_abs_error_vs_mean": max(
+                max(x["max_abs_error"], y["max_abs_error"]) for x, y in pairs
+            ),
         }
-        print(f"averaging {kind}: {numel} params = {numel * 4 / 1e6:.3f} MB; rounds "
-              + ", ".join(f"{w:.2f} s" for w in walls)
-              + f"; max |avg - mean| {summary[kind]['max_abs_error_vs_mean']:.1e}", flush=True)
+        print(
+            f"averaging {kind}: {numel} params = {numel * 4 / 1e6:.3f} MB; rounds "
+            + ", ".join(f"{w:.2f} s" for w in walls)
+            + f"; max |avg - mean| {summary[kind]['max_abs_error_vs_mean']:.1e}",
+            flush=True,
+        )
     return summary
 
 
 # -- entry ---------------------------------------------------------------------------------------
 
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/train/smollm2-gastown.yaml",
-                        help="trainer config: model, LoRA settings, data, batch, optimizer")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--config",
+        default="configs/train/smollm2-gastown.yaml",
+        help="trainer config: model, LoRA settings, data, batch, optimizer",
+    )
     parser.add_argument("--preset", default="smollm2-3stage", help="local swarm preset")
     parser.add_argument("--steps", type=int, default=3, help="timed optimizer steps")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="rows per step (default: the config's)")
-    parser.add_argument("--max-length", type=int, default=None,
-                        help="max tokens per row (default: the config's)")
-    parser.add_argument("--single-threads", default="1,2",
-                        help="torch thread counts tried for the reference in the warm-up")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="rows per step (default: the config's)"
+    )
+    parser.add_argument(
+        "--max-length", type=int, default=None, help="max tokens per row (default: the config's)"
+    )
+    parser.add_argument(
+        "--single-threads",
+        default="1,2",
+        help="torch thread counts tried for the reference in the warm-up",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="timed averaging rounds")
     parser.add_argument("--skip-training", action="store_true", help="averaging only")
     parser.add_argument("--skip-averaging", action="store_true", help="throughput only")
-    parser.add_argument("--averaging-peer", choices=("a", "b"), default=None,
-                        help="internal: run as one averaging replica")
+    parser.add_argument(
+        "--averaging-peer",
+        choices=("a", "b"),
+        default=None,
+        help="internal: run as one averaging replica",
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="internal: peer directory")
     parser.add_argument("--model-dir", type=Path, default=None, help="internal: model dir")
     parser.add_argument("--lora-json", default="", help="internal: LoRA settings (JSON)")
@@ -426,9 +535,9 @@ def main() -> int:
         return averaging_peer(args)
     args.single_threads = [int(t) for t in args.single_threads.split(",")]
 
+    from base.config_loader import load_yaml_config
     from models.assets import prepare_model
     from models.catalog import CATALOG, resolve_model_dir
-    from node.config import load_yaml_config
     from training.config import TrainConfig
 
     cfg, _ = load_yaml_config(args.config, TrainConfig)
@@ -460,7 +569,8 @@ def main() -> int:
         result["ratio_averaging_full_over_tiny"] = round(full["round_s"] / tiny["round_s"], 2)
         if "swarm_step_s" in result:
             result["ratio_averaging_round_over_swarm_step"] = round(
-                full["round_s"] / statistics.median(result["swarm_step_s"]), 3)
+                full["round_s"] / statistics.median(result["swarm_step_s"]), 3
+            )
     result["load_avg_1min"] = [round(x, 1) for x in loads]
     result["seconds"] = round(time.monotonic() - started, 1)
     print(json.dumps(result))

@@ -6,7 +6,7 @@ Submodules import torch/transformers; import what you need from them directly, e
 ``from checkpoint_gather.export import export_checkpoint``.
 """
 
-import node  # noqa: F401,E402  (turns gRPC fork handlers off before grpc loads)
+import base  # noqa: F401,E402  (turns gRPC fork handlers off before grpc loads)
 
 __all__ = [
     "atomic",

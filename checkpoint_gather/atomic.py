@@ -27,13 +27,15 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from node.errors import CheckpointError
+from base.errors import CheckpointError
 
 
 def _refuse_existing(out: Path) -> None:
     if out.exists() or out.is_symlink():
-        raise CheckpointError(f"output {out} already exists; refusing to overwrite it",
-                              hint="choose a new output path or remove the old one yourself")
+        raise CheckpointError(
+            f"output {out} already exists; refusing to overwrite it",
+            hint="choose a new output path or remove the old one yourself",
+        )
 
 
 def _fsync(path: Path) -> None:

@@ -17,9 +17,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from base.errors import CheckpointError
 from checkpoint_gather.sources import SourceManifest
 from models.llama.tensor_names import EMBED, FINAL_NORM, LM_HEAD, expected_shapes, parse_layer
-from node.errors import CheckpointError
 
 TensorSpec = tuple[tuple[int, ...], str]  # (shape, dtype name)
 
@@ -58,19 +58,28 @@ def check_layer_coverage(num_layers: int, manifests: Sequence[SourceManifest]) -
         raise CheckpointError(f"source ids are not unique: {sorted(ids)}")
     for manifest in manifests:
         if not 0 <= manifest.start < manifest.end:
-            raise CheckpointError(f"source {manifest.source_id}: empty or negative layer range "
-                                  f"[{manifest.start}, {manifest.end})")
-        outside = sorted({p[0] for n in manifest.tensors if (p := parse_layer(n))
-                          and p[0] not in manifest.layers})
+            raise CheckpointError(
+                f"source {manifest.source_id}: empty or negative layer range "
+                f"[{manifest.start}, {manifest.end})"
+            )
+        outside = sorted(
+            {
+                p[0]
+                for n in manifest.tensors
+                if (p := parse_layer(n)) and p[0] not in manifest.layers
+            }
+        )
         if outside:
             raise CheckpointError(
                 f"source {manifest.source_id} declares layers [{manifest.start}, {manifest.end}) "
-                f"but holds tensors of layers {_ranges(outside)}")
+                f"but holds tensors of layers {_ranges(outside)}"
+            )
         beyond = [layer for layer in manifest.layers if layer >= num_layers]
         if beyond:
             raise CheckpointError(
                 f"source {manifest.source_id} holds layers {_ranges(beyond)}, beyond the "
-                f"model's {num_layers} layers")
+                f"model's {num_layers} layers"
+            )
         for layer in manifest.layers:
             holders[layer].append(manifest.source_id)
     missing = [layer for layer, who in holders.items() if not who]
@@ -82,17 +91,21 @@ def check_layer_coverage(num_layers: int, manifests: Sequence[SourceManifest]) -
         by_sources: dict[tuple[str, ...], list[int]] = {}
         for layer, who in duplicated.items():
             by_sources.setdefault(tuple(who), []).append(layer)
-        problems += [f"layers {_ranges(layers)} are held twice ({' and '.join(who)})"
-                     for who, layers in by_sources.items()]
+        problems += [
+            f"layers {_ranges(layers)} are held twice ({' and '.join(who)})"
+            for who, layers in by_sources.items()
+        ]
     if problems:
-        raise CheckpointError(f"layer coverage of the {num_layers}-layer model is wrong: "
-                              + "; ".join(problems),
-                              hint="every layer must come from exactly one stage")
+        raise CheckpointError(
+            f"layer coverage of the {num_layers}-layer model is wrong: " + "; ".join(problems),
+            hint="every layer must come from exactly one stage",
+        )
     return {layer: who[0] for layer, who in holders.items()}
 
 
-def check_tensors(config, tensors: Mapping[str, TensorSpec], *,
-                  dtype: str = "float32") -> list[str]:
+def check_tensors(
+    config, tensors: Mapping[str, TensorSpec], *, dtype: str = "float32"
+) -> list[str]:
     """Every tensor the architecture needs, with the right shape and dtype, and nothing else.
 
     ``tensors`` maps HF names to ``(shape, dtype)``. With tied embeddings an ``lm_head.weight``
@@ -114,15 +127,23 @@ def check_tensors(config, tensors: Mapping[str, TensorSpec], *,
         parts = []
         if layers:
             parts.append(f"layers {_ranges(layers)} are incomplete or absent")
-        parts += [{EMBED: "the token embedding", FINAL_NORM: "the final norm",
-                   LM_HEAD: "the LM head (embeddings are not tied)"}[n] + f" ({n}) is missing"
-                  for n in named]
-        raise CheckpointError("the gathered model is incomplete: " + "; ".join(parts)
-                              + f" (e.g. {missing[0]})")
+        parts += [
+            {
+                EMBED: "the token embedding",
+                FINAL_NORM: "the final norm",
+                LM_HEAD: "the LM head (embeddings are not tied)",
+            }[n]
+            + f" ({n}) is missing"
+            for n in named
+        ]
+        raise CheckpointError(
+            "the gathered model is incomplete: " + "; ".join(parts) + f" (e.g. {missing[0]})"
+        )
     unexpected = sorted(set(tensors) - set(expected) - set(dropped))
     if unexpected:
-        raise CheckpointError(f"{len(unexpected)} tensors are not part of a {n_layers}-layer "
-                              f"LLaMA: {unexpected[:5]}")
+        raise CheckpointError(
+            f"{len(unexpected)} tensors are not part of a {n_layers}-layer LLaMA: {unexpected[:5]}"
+        )
     for name, want in expected.items():
         shape, got_dtype = tensors[name]
         if tuple(shape) != tuple(want):
@@ -131,13 +152,16 @@ def check_tensors(config, tensors: Mapping[str, TensorSpec], *,
             raise CheckpointError(f"{name}: dtype {got_dtype}, expected {dtype}")
     for name in dropped:
         if tuple(tensors[name][0]) != tuple(expected[EMBED]):
-            raise CheckpointError(f"{name}: shape {list(tensors[name][0])} cannot be a copy of "
-                                  f"the tied embedding {list(expected[EMBED])}")
+            raise CheckpointError(
+                f"{name}: shape {list(tensors[name][0])} cannot be a copy of "
+                f"the tied embedding {list(expected[EMBED])}"
+            )
     return dropped
 
 
-def check_coverage(config, manifests: Sequence[SourceManifest], *,
-                   dtype: str = "float32") -> CoveragePlan:
+def check_coverage(
+    config, manifests: Sequence[SourceManifest], *, dtype: str = "float32"
+) -> CoveragePlan:
     """Prove the sources make exactly one model of ``config``; return who provides what."""
     layer_sources = check_layer_coverage(config.num_hidden_layers, manifests)
     owner: dict[str, str] = {}
@@ -145,8 +169,9 @@ def check_coverage(config, manifests: Sequence[SourceManifest], *,
     for manifest in manifests:
         for name, entry in manifest.tensors.items():
             if name in owner:
-                raise CheckpointError(f"{name} is provided twice ({owner[name]} and "
-                                      f"{manifest.source_id})")
+                raise CheckpointError(
+                    f"{name} is provided twice ({owner[name]} and {manifest.source_id})"
+                )
             owner[name] = manifest.source_id
             specs[name] = (entry.shape, entry.dtype)
     dropped = check_tensors(config, specs, dtype=dtype)
@@ -157,12 +182,17 @@ def check_coverage(config, manifests: Sequence[SourceManifest], *,
             raise CheckpointError(
                 f"embeddings are tied, but the LM head from {owner[LM_HEAD]} differs from the "
                 f"token embedding from {owner[EMBED]} (sha256 mismatch)",
-                hint="the stages' copies of the tied matrix diverged; they must be identical")
+                hint="the stages' copies of the tied matrix diverged; they must be identical",
+            )
     for name in dropped:
         owner.pop(name)
-    return CoveragePlan(num_layers=config.num_hidden_layers,
-                        tied=bool(getattr(config, "tie_word_embeddings", False)),
-                        owner=owner, layer_sources=layer_sources, dropped=dropped)
+    return CoveragePlan(
+        num_layers=config.num_hidden_layers,
+        tied=bool(getattr(config, "tie_word_embeddings", False)),
+        owner=owner,
+        layer_sources=layer_sources,
+        dropped=dropped,
+    )
 
 
 def _entry(manifests: Sequence[SourceManifest], owner: Mapping[str, str], name: str):

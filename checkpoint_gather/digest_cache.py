@@ -40,8 +40,13 @@ class TensorState:
 
     @classmethod
     def of(cls, tensor: torch.Tensor) -> TensorState:
-        return cls(tensor._version, tensor.data_ptr(), tuple(tensor.shape),  # noqa: SLF001
-                   tuple(tensor.stride()), tensor.dtype)
+        return cls(
+            tensor._version,
+            tensor.data_ptr(),
+            tuple(tensor.shape),  # noqa: SLF001
+            tuple(tensor.stride()),
+            tensor.dtype,
+        )
 
 
 class DigestCache:

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from base.errors import Node0Error
 from checkpoint_gather.atomic import atomic_dir
 from checkpoint_gather.coverage import CoveragePlan, check_coverage
 from checkpoint_gather.gguf_export import export_gguf
@@ -43,7 +44,6 @@ from checkpoint_gather.hf_export import (
 from checkpoint_gather.manifest import build_manifest, record_outputs, write_manifest
 from checkpoint_gather.peft_export import StageAdapters, export_peft_adapter
 from checkpoint_gather.sources import SourceManifest, verify_tensors
-from node.errors import Node0Error
 from provenance import RunDir
 
 log = logging.getLogger(__name__)
@@ -85,8 +85,9 @@ class _Once:
         return self._value
 
 
-def run_concurrently(jobs: Mapping[str, Callable[[], Path]],
-                     workers: int = EXPORT_WORKERS) -> dict[str, Path]:
+def run_concurrently(
+    jobs: Mapping[str, Callable[[], Path]], workers: int = EXPORT_WORKERS
+) -> dict[str, Path]:
     """Run the output writers at once (HF safetensors and each GGUF type); ``{label: path}``.
 
     The heavy parts — safetensors and GGUF tensor writes, sha256, fsync — release the GIL, so
@@ -95,8 +96,9 @@ def run_concurrently(jobs: Mapping[str, Callable[[], Path]],
     """
     if len(jobs) <= 1:
         return {label: job() for label, job in jobs.items()}
-    with concurrent.futures.ThreadPoolExecutor(min(workers, len(jobs)),
-                                               thread_name_prefix="export") as pool:
+    with concurrent.futures.ThreadPoolExecutor(
+        min(workers, len(jobs)), thread_name_prefix="export"
+    ) as pool:
         futures = {label: pool.submit(job) for label, job in jobs.items()}
         concurrent.futures.wait(futures.values())
     return {label: future.result() for label, future in futures.items()}
@@ -108,18 +110,27 @@ def assemble_state(plan: CoveragePlan, sources: Sequence[Source]) -> dict[str, t
     return {name: by_id[source_id][name] for name, source_id in sorted(plan.owner.items())}
 
 
-def export_checkpoint(out_dir: str | Path, config, sources: Sequence[Source], *,
-                      tokenizer_dir: str | Path, model: str | None = None,
-                      generation_config=None, hf: bool = True,
-                      gguf_types: Sequence[str] = ("f32",),
-                      max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
-                      adapters: Sequence[StageAdapters] = (), lora_settings=None,
-                      base_model: str | None = None, run: RunDir | None = None,
-                      provenance: Mapping[str, Any] | None = None,
-                      verified: bool = False,
-                      gguf_tokenizer: Callable[[], Fields] | None = None,
-                      tokenizer_check: TokenizerCheck | None = None,
-                      durable: bool = False) -> ExportResult:
+def export_checkpoint(
+    out_dir: str | Path,
+    config,
+    sources: Sequence[Source],
+    *,
+    tokenizer_dir: str | Path,
+    model: str | None = None,
+    generation_config=None,
+    hf: bool = True,
+    gguf_types: Sequence[str] = ("f32",),
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    adapters: Sequence[StageAdapters] = (),
+    lora_settings=None,
+    base_model: str | None = None,
+    run: RunDir | None = None,
+    provenance: Mapping[str, Any] | None = None,
+    verified: bool = False,
+    gguf_tokenizer: Callable[[], Fields] | None = None,
+    tokenizer_check: TokenizerCheck | None = None,
+    durable: bool = False,
+) -> ExportResult:
     """Verify ``sources`` and write the requested formats into ``out_dir`` atomically.
 
     Args:
@@ -162,17 +173,24 @@ def export_checkpoint(out_dir: str | Path, config, sources: Sequence[Source], *,
         plan = state = None
         if base_needed:
             plan = check_coverage(config, manifests)
-            log.info("coverage proven: %d layers from %d sources", plan.num_layers,
-                     len(manifests))
+            log.info("coverage proven: %d layers from %d sources", plan.num_layers, len(manifests))
             for manifest, tensors in sources:
-                verify_tensors(manifest, tensors, check_digests=not verified,
-                               may_lack=plan.dropped)
+                verify_tensors(manifest, tensors, check_digests=not verified, may_lack=plan.dropped)
             state = assemble_state(plan, sources)
-            digests = {name: entry.sha256 for m in manifests for name, entry in m.tensors.items()
-                       if name in state}
-        record = {"model": model, "sources": [{"source_id": m.source_id, "peer": m.peer,
-                                               "layers": [m.start, m.end]} for m in manifests],
-                  **dict(provenance or {})}
+            digests = {
+                name: entry.sha256
+                for m in manifests
+                for name, entry in m.tensors.items()
+                if name in state
+            }
+        record = {
+            "model": model,
+            "sources": [
+                {"source_id": m.source_id, "peer": m.peer, "layers": [m.start, m.end]}
+                for m in manifests
+            ],
+            **dict(provenance or {}),
+        }
         if run is not None:
             record["run_id"] = run.path.name
         name = model or "model"
@@ -180,26 +198,58 @@ def export_checkpoint(out_dir: str | Path, config, sources: Sequence[Source], *,
             jobs: dict[str, Callable[[], Path]] = {}
             if hf:
                 jobs["huggingface"] = functools.partial(
-                    export_hf, tmp / "hf", config, state, tokenizer_dir=tokenizer_dir,
-                    generation_config=generation_config, provenance=record,
-                    max_shard_bytes=max_shard_bytes, tensor_digests=digests, durable=durable,
-                    tokenizer_check=tokenizer_check)
-            fields = gguf_tokenizer or _Once(functools.partial(
-                tokenizer_fields, model=model, tokenizer_dir=tokenizer_dir,
-                vocab_size=config.vocab_size))
+                    export_hf,
+                    tmp / "hf",
+                    config,
+                    state,
+                    tokenizer_dir=tokenizer_dir,
+                    generation_config=generation_config,
+                    provenance=record,
+                    max_shard_bytes=max_shard_bytes,
+                    tensor_digests=digests,
+                    durable=durable,
+                    tokenizer_check=tokenizer_check,
+                )
+            fields = gguf_tokenizer or _Once(
+                functools.partial(
+                    tokenizer_fields,
+                    model=model,
+                    tokenizer_dir=tokenizer_dir,
+                    vocab_size=config.vocab_size,
+                )
+            )
             for out_type in gguf_types:
                 jobs[f"gguf-{out_type}"] = lambda out_type=out_type: export_gguf(
-                    tmp / f"{name}-{out_type}.gguf", config, state, tokenizer=fields(),
-                    out_type=out_type, name=name, provenance=record, digest=True,
-                    durable=durable)
+                    tmp / f"{name}-{out_type}.gguf",
+                    config,
+                    state,
+                    tokenizer=fields(),
+                    out_type=out_type,
+                    name=name,
+                    provenance=record,
+                    digest=True,
+                    durable=durable,
+                )
             if adapters:
                 jobs["peft-adapter"] = functools.partial(
-                    export_peft_adapter, tmp / "adapter", adapters, lora_settings,
-                    num_layers=config.num_hidden_layers, base_model=base_model,
-                    provenance=record, durable=durable)
+                    export_peft_adapter,
+                    tmp / "adapter",
+                    adapters,
+                    lora_settings,
+                    num_layers=config.num_hidden_layers,
+                    base_model=base_model,
+                    provenance=record,
+                    durable=durable,
+                )
             outputs = run_concurrently(jobs)
-            manifest = build_manifest(tmp, model=model, sources=manifests, plan=plan,
-                                      outputs=outputs, extra={"provenance": record})
+            manifest = build_manifest(
+                tmp,
+                model=model,
+                sources=manifests,
+                plan=plan,
+                outputs=outputs,
+                extra={"provenance": record},
+            )
             write_manifest(tmp, manifest, durable=durable)
         if run is not None:
             record_outputs(run, out_dir, manifest)
@@ -209,8 +259,11 @@ def export_checkpoint(out_dir: str | Path, config, sources: Sequence[Source], *,
             run.finish("failed", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         raise
     rel = {label: out_dir / path.relative_to(tmp) for label, path in outputs.items()}
-    return ExportResult(out_dir=out_dir, hf_dir=rel.get("huggingface"),
-                        gguf_files={k.removeprefix("gguf-"): v for k, v in rel.items()
-                                    if k.startswith("gguf-")},
-                        adapter_dir=rel.get("peft-adapter"),
-                        manifest=out_dir / "manifest.json", plan=plan)
+    return ExportResult(
+        out_dir=out_dir,
+        hf_dir=rel.get("huggingface"),
+        gguf_files={k.removeprefix("gguf-"): v for k, v in rel.items() if k.startswith("gguf-")},
+        adapter_dir=rel.get("peft-adapter"),
+        manifest=out_dir / "manifest.json",
+        plan=plan,
+    )

@@ -3,7 +3,7 @@
 Steps, each gating the next:
 
 1. **route**: the model's stage records from the DHT; the chain of spans covering every layer
-   once (:func:`inference.routing.plan_route`; a missing stage fails here, naming its layers),
+   once (:func:`base.routing.plan_route`; a missing stage fails here, naming its layers),
    with every online replica of each span as a fallback;
 2. **pull**: one ``PullWeights`` stream per stage, all stages at once; each chunk is checked
    against the stage's header and each tensor against its sha256 as it completes
@@ -32,6 +32,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from base.dht_records import StageRecord
+from base.errors import CheckpointError, PeerFailureError, RequestError
 from checkpoint_gather.coverage import check_coverage, check_layer_coverage
 from checkpoint_gather.export import ExportResult, export_checkpoint
 from checkpoint_gather.hf_export import DEFAULT_MAX_SHARD_BYTES, llama_config
@@ -41,8 +43,6 @@ from checkpoint_gather.sources import SourceManifest, TensorEntry, tensor_sha256
 from checkpoint_gather.tokenizer_prep import TokenizerPrep
 from checkpoint_gather.weights_client import PulledStage, PullTarget, StagePull
 from models.catalog import CATALOG
-from node.dht_records import StageRecord
-from node.errors import CheckpointError, PeerFailureError, RequestError
 from provenance import RunDir, sha256_json
 
 log = logging.getLogger(__name__)
@@ -115,8 +115,9 @@ class GatherResult:
         return sum(s.bytes for s in self.stages)
 
 
-def plan_stages(records: Sequence[StageRecord], model: str, *,
-                need_adapters: Sequence[str] = ()) -> list[StagePlan]:
+def plan_stages(
+    records: Sequence[StageRecord], model: str, *, need_adapters: Sequence[str] = ()
+) -> list[StagePlan]:
     """The route's spans, each with all its online replicas; those announcing every adapter in
     ``need_adapters`` first (an adapter attached by a training job is held but not announced,
     so the others stay candidates: a stage refuses an adapter it does not hold).
@@ -124,21 +125,28 @@ def plan_stages(records: Sequence[StageRecord], model: str, *,
     Raises:
         SwarmError: some layers are served by no online peer (named).
     """
-    from inference.routing import plan_route, replicas_for
+    from base.routing import plan_route, replicas_for
 
     need = set(need_adapters)
     plans = []
     for hop in plan_route(records, model):
-        replicas = [hop] + replicas_for(records, hop.span, model,
-                                        exclude_endpoints=frozenset({hop.endpoint}))
+        replicas = [hop] + replicas_for(
+            records, hop.span, model, exclude_endpoints=frozenset({hop.endpoint})
+        )
         replicas.sort(key=lambda r: not need <= set(r.adapters))  # stable: load order kept
-        plans.append(StagePlan(hop.start, hop.end, tuple(
-            PullTarget(r.endpoint, r.peer_id, r.start, r.end) for r in replicas)))
+        plans.append(
+            StagePlan(
+                hop.start,
+                hop.end,
+                tuple(PullTarget(r.endpoint, r.peer_id, r.start, r.end) for r in replicas),
+            )
+        )
     return plans
 
 
-def choose_adapter(records: Sequence[StageRecord], plans: Sequence[StagePlan],
-                   requested: str | None) -> str:
+def choose_adapter(
+    records: Sequence[StageRecord], plans: Sequence[StagePlan], requested: str | None
+) -> str:
     """The adapter of an ``--adapters-only`` export: the named one, or the only one held."""
     if requested:
         return requested
@@ -148,25 +156,45 @@ def choose_adapter(records: Sequence[StageRecord], plans: Sequence[StagePlan],
     if len(common) == 1:
         return common[0]
     if not common:
-        raise RequestError("the stages hold no adapter to export",
-                           hint="load one in the daemons' config (`adapters:`) or train one")
-    raise RequestError(f"the stages hold several adapters ({', '.join(common)}); name one "
-                       "with --adapter")
+        raise RequestError(
+            "the stages hold no adapter to export",
+            hint="load one in the daemons' config (`adapters:`) or train one",
+        )
+    raise RequestError(
+        f"the stages hold several adapters ({', '.join(common)}); name one with --adapter"
+    )
 
 
 def _header_manifest(pull: StagePull, header) -> SourceManifest:
     t = pull.target
-    return SourceManifest(t.source_id, t.start, t.end,
-                          {e.key: TensorEntry(tuple(e.shape), e.dtype, e.sha256)
-                           for e in header.tensors if not e.adapter}, peer=t.peer_id)
+    return SourceManifest(
+        t.source_id,
+        t.start,
+        t.end,
+        {
+            e.key: TensorEntry(tuple(e.shape), e.dtype, e.sha256)
+            for e in header.tensors
+            if not e.adapter
+        },
+        peer=t.peer_id,
+    )
 
 
 class _Puller:
     """Pull every planned stage in parallel, with replica fallback and an idle watchdog."""
 
-    def __init__(self, plans: Sequence[StagePlan], model: str, *, base: bool,
-                 adapters: tuple[str, ...], chunk_bytes: int, idle_timeout: float,
-                 on_all_headers: Callable[[list], None], progress=None):
+    def __init__(
+        self,
+        plans: Sequence[StagePlan],
+        model: str,
+        *,
+        base: bool,
+        adapters: tuple[str, ...],
+        chunk_bytes: int,
+        idle_timeout: float,
+        on_all_headers: Callable[[list], None],
+        progress=None,
+    ):
         self.plans = list(plans)
         self.model = model
         self.base = base
@@ -187,7 +215,8 @@ class _Puller:
         if self.progress is not None:
             t = pull.target
             self._tasks[id(pull)] = self.progress.add_task(
-                f"layers [{t.start}, {t.end}) from {t.endpoint}", total=header.total_bytes)
+                f"layers [{t.start}, {t.end}) from {t.endpoint}", total=header.total_bytes
+            )
 
     def _on_bytes(self, pull: StagePull, n: int) -> None:
         task = self._tasks.get(id(pull))
@@ -197,13 +226,20 @@ class _Puller:
     def _pull_span(self, plan: StagePlan) -> PulledStage:
         failures, refusals = [], []
         for target in plan.replicas:
-            pull = StagePull(target, self.model, base=self.base, adapters=self.adapters,
-                             chunk_bytes=self.chunk_bytes, on_header=self._on_header,
-                             on_bytes=self._on_bytes)
+            pull = StagePull(
+                target,
+                self.model,
+                base=self.base,
+                adapters=self.adapters,
+                chunk_bytes=self.chunk_bytes,
+                on_header=self._on_header,
+                on_bytes=self._on_bytes,
+            )
             with self._lock:
                 if self._aborted is not None:
-                    raise PeerFailureError(f"layers [{plan.start}, {plan.end}): not pulled "
-                                           f"({self._aborted})")
+                    raise PeerFailureError(
+                        f"layers [{plan.start}, {plan.end}): not pulled ({self._aborted})"
+                    )
                 self._active[(plan.start, plan.end)] = pull
             try:
                 return pull.run()
@@ -228,7 +264,8 @@ class _Puller:
             f"layers [{plan.start}, {plan.end}) could not be pulled from any of its {tried} "
             f"replica(s): " + "; ".join(failures),
             hint="restart the failed peer (or start another one serving these layers) and "
-                 "gather again; nothing was written")
+            "gather again; nothing was written",
+        )
 
     def _abort(self, reason: str) -> None:
         with self._lock:
@@ -239,14 +276,16 @@ class _Puller:
 
     def run(self) -> list[PulledStage]:
         headers_checked = False
-        with concurrent.futures.ThreadPoolExecutor(len(self.plans),
-                                                   thread_name_prefix="pull") as pool:
+        with concurrent.futures.ThreadPoolExecutor(
+            len(self.plans), thread_name_prefix="pull"
+        ) as pool:
             futures = {pool.submit(self._pull_span, plan): plan for plan in self.plans}
             try:
                 pending = set(futures)
                 while pending:
                     done, pending = concurrent.futures.wait(
-                        pending, timeout=0.2, return_when=concurrent.futures.FIRST_EXCEPTION)
+                        pending, timeout=0.2, return_when=concurrent.futures.FIRST_EXCEPTION
+                    )
                     for future in done:
                         future.result()  # raises the stage's error
                     if not headers_checked:
@@ -257,8 +296,11 @@ class _Puller:
                             headers_checked = True
                     now = time.monotonic()
                     with self._lock:
-                        stale = [p for p in self._active.values()
-                                 if now - p.last_activity > self.idle_timeout]
+                        stale = [
+                            p
+                            for p in self._active.values()
+                            if now - p.last_activity > self.idle_timeout
+                        ]
                     for pull in stale:
                         pull.cancel(f"no data for {self.idle_timeout:g} s")
             except BaseException as exc:
@@ -271,8 +313,10 @@ def _check_configs(stages: Sequence[PulledStage]) -> dict:
     first = stages[0]
     for stage in stages[1:]:
         if stage.config != first.config:
-            raise CheckpointError(f"stages disagree on the model config: "
-                                  f"{first.target.source_id} vs {stage.target.source_id}")
+            raise CheckpointError(
+                f"stages disagree on the model config: "
+                f"{first.target.source_id} vs {stage.target.source_id}"
+            )
     return first.config
 
 
@@ -280,27 +324,35 @@ def _adapter_settings(stages: Sequence[PulledStage], name: str):
     settings = {s.target.source_id: s.adapter_settings.get(name) for s in stages}
     distinct = {v.fingerprint() if v else None for v in settings.values()}
     if len(distinct) != 1 or None in distinct:
-        raise CheckpointError(f"stages disagree on adapter {name!r}'s LoRA settings: "
-                              + ", ".join(f"{k}: {v.model_dump() if v else 'absent'}"
-                                          for k, v in settings.items()))
+        raise CheckpointError(
+            f"stages disagree on adapter {name!r}'s LoRA settings: "
+            + ", ".join(f"{k}: {v.model_dump() if v else 'absent'}" for k, v in settings.items())
+        )
     return next(iter(settings.values()))
 
 
 def _merged_source(stage: PulledStage, adapters: Sequence[str], settings: dict):
     """The stage's base weights with ``adapters`` folded in, and their new manifest."""
     declared = stage.base
-    changed = merge_adapters(stage.base_tensors,
-                             [(settings[a], stage.adapters[a]) for a in adapters])
+    changed = merge_adapters(
+        stage.base_tensors, [(settings[a], stage.adapters[a]) for a in adapters]
+    )
     entries = dict(declared.tensors)
     for name in changed:
-        entries[name] = TensorEntry(entries[name].shape, entries[name].dtype,
-                                    tensor_sha256(stage.base_tensors[name]))
-    extra = {**declared.extra, "merged_adapters": list(adapters),
-             "pulled_tensors_sha256": sha256_json({n: e.to_json()
-                                                   for n, e in sorted(declared.tensors.items())}),
-             "pulled_adapter_sha256": {a: stage.adapter_digests[a] for a in adapters}}
-    manifest = SourceManifest(declared.source_id, declared.start, declared.end, entries,
-                              peer=declared.peer, extra=extra)
+        entries[name] = TensorEntry(
+            entries[name].shape, entries[name].dtype, tensor_sha256(stage.base_tensors[name])
+        )
+    extra = {
+        **declared.extra,
+        "merged_adapters": list(adapters),
+        "pulled_tensors_sha256": sha256_json(
+            {n: e.to_json() for n, e in sorted(declared.tensors.items())}
+        ),
+        "pulled_adapter_sha256": {a: stage.adapter_digests[a] for a in adapters},
+    }
+    manifest = SourceManifest(
+        declared.source_id, declared.start, declared.end, entries, peer=declared.peer, extra=extra
+    )
     return manifest, stage.base_tensors
 
 
@@ -312,8 +364,7 @@ def _recorded(run: RunDir | None):
         yield
     except BaseException as exc:
         if run is not None and run.record.get("status") == "running":
-            run.finish("failed", error=str(exc).splitlines()[0] if str(exc)
-                       else type(exc).__name__)
+            run.finish("failed", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         raise
 
 
@@ -325,15 +376,25 @@ def _tokenizer_prep(options: GatherOptions, tokenizer_dir) -> TokenizerPrep | No
     """Start the export's tokenizer work in the background (none for an adapters-only job)."""
     if options.adapters_only:
         return None
-    return TokenizerPrep(model=_catalog_model(options), tokenizer_dir=tokenizer_dir,
-                         hf=options.hf, gguf=bool(options.gguf_types))
+    return TokenizerPrep(
+        model=_catalog_model(options),
+        tokenizer_dir=tokenizer_dir,
+        hf=options.hf,
+        gguf=bool(options.gguf_types),
+    )
 
 
-def gather_stages(options: GatherOptions, plans: Sequence[StagePlan], *,
-                  tokenizer_dir: str | Path, generation_config=None,
-                  run: RunDir | None = None, progress=None,
-                  adapter: str | None = None,
-                  prep: TokenizerPrep | None = None) -> GatherResult:
+def gather_stages(
+    options: GatherOptions,
+    plans: Sequence[StagePlan],
+    *,
+    tokenizer_dir: str | Path,
+    generation_config=None,
+    run: RunDir | None = None,
+    progress=None,
+    adapter: str | None = None,
+    prep: TokenizerPrep | None = None,
+) -> GatherResult:
     """Pull ``plans`` and export them (steps 2–4; the DHT-free part of :func:`gather`).
 
     Args:
@@ -354,17 +415,35 @@ def gather_stages(options: GatherOptions, plans: Sequence[StagePlan], *,
         RequestError: every replica of a stage refused (e.g. it lacks the adapter).
     """
     with _recorded(run):
-        return _gather_stages(options, plans, tokenizer_dir=tokenizer_dir,
-                              generation_config=generation_config, run=run, progress=progress,
-                              adapter=adapter, prep=prep)
+        return _gather_stages(
+            options,
+            plans,
+            tokenizer_dir=tokenizer_dir,
+            generation_config=generation_config,
+            run=run,
+            progress=progress,
+            adapter=adapter,
+            prep=prep,
+        )
 
 
-def _gather_stages(options: GatherOptions, plans: Sequence[StagePlan], *, tokenizer_dir,
-                   generation_config, run, progress, adapter, prep) -> GatherResult:
+def _gather_stages(
+    options: GatherOptions,
+    plans: Sequence[StagePlan],
+    *,
+    tokenizer_dir,
+    generation_config,
+    run,
+    progress,
+    adapter,
+    prep,
+) -> GatherResult:
     out_dir = Path(options.out_dir)
     if out_dir.exists():
-        raise CheckpointError(f"output {out_dir} already exists; refusing to overwrite it",
-                              hint="choose a new --out or remove the old one yourself")
+        raise CheckpointError(
+            f"output {out_dir} already exists; refusing to overwrite it",
+            hint="choose a new --out or remove the old one yourself",
+        )
     wanted = (adapter,) if options.adapters_only else tuple(options.merge_adapters)
 
     if prep is None:  # without a route phase: during the pull
@@ -373,75 +452,139 @@ def _gather_stages(options: GatherOptions, plans: Sequence[StagePlan], *, tokeni
     def prove(headers) -> None:
         configs = {json.dumps(json.loads(h.config_json), sort_keys=True) for _, h in headers}
         if len(configs) != 1:
-            raise CheckpointError("stages disagree on the model config; they serve different "
-                                  "models under one name")
+            raise CheckpointError(
+                "stages disagree on the model config; they serve different models under one name"
+            )
         config = llama_config(json.loads(headers[0][1].config_json))
         manifests = [_header_manifest(pull, header) for pull, header in headers]
         if options.adapters_only:
             check_layer_coverage(config.num_hidden_layers, manifests)
         else:
             check_coverage(config, manifests)
-        log.info("coverage proven over the stages' manifests: %d layers from %d stages",
-                 config.num_hidden_layers, len(manifests))
+        log.info(
+            "coverage proven over the stages' manifests: %d layers from %d stages",
+            config.num_hidden_layers,
+            len(manifests),
+        )
 
-    puller = _Puller(plans, options.model, base=not options.adapters_only, adapters=wanted,
-                     chunk_bytes=options.chunk_bytes, idle_timeout=options.idle_timeout,
-                     on_all_headers=prove, progress=progress)
+    puller = _Puller(
+        plans,
+        options.model,
+        base=not options.adapters_only,
+        adapters=wanted,
+        chunk_bytes=options.chunk_bytes,
+        idle_timeout=options.idle_timeout,
+        on_all_headers=prove,
+        progress=progress,
+    )
     started = time.monotonic()
     # a rich Progress is shown for the pull only (the bars end before the export logs)
     live = progress if hasattr(progress, "__enter__") else contextlib.nullcontext()
     with live:
         stages = puller.run()
-    return _export(options, stages, out_dir, wanted, tokenizer_dir=tokenizer_dir,
-                   generation_config=generation_config, run=run, started=started, prep=prep)
+    return _export(
+        options,
+        stages,
+        out_dir,
+        wanted,
+        tokenizer_dir=tokenizer_dir,
+        generation_config=generation_config,
+        run=run,
+        started=started,
+        prep=prep,
+    )
 
 
-def _export(options: GatherOptions, stages: list[PulledStage], out_dir: Path,
-            wanted: tuple[str, ...], *, tokenizer_dir, generation_config, run, started: float,
-            prep: TokenizerPrep | None) -> GatherResult:
+def _export(
+    options: GatherOptions,
+    stages: list[PulledStage],
+    out_dir: Path,
+    wanted: tuple[str, ...],
+    *,
+    tokenizer_dir,
+    generation_config,
+    run,
+    started: float,
+    prep: TokenizerPrep | None,
+) -> GatherResult:
     seconds = {"pull": time.monotonic() - started}
-    log.info("pulled %d stages, %.1f MB in %.1f s", len(stages),
-             sum(s.bytes for s in stages) / 1e6, seconds["pull"])
+    log.info(
+        "pulled %d stages, %.1f MB in %.1f s",
+        len(stages),
+        sum(s.bytes for s in stages) / 1e6,
+        seconds["pull"],
+    )
     started = time.monotonic()
     config = llama_config(_check_configs(stages))
     settings = {name: _adapter_settings(stages, name) for name in wanted}
     provenance = {
-        "gathered_from": "swarm", "swarm_model": options.model,
-        "stages": [{"source_id": s.target.source_id, "peer": s.target.peer_id,
-                    "endpoint": s.target.endpoint, "layers": [s.target.start, s.target.end],
-                    "bytes": s.bytes, "seconds": round(s.seconds, 3),
-                    "node0_version": s.node0_version} for s in stages],
+        "gathered_from": "swarm",
+        "swarm_model": options.model,
+        "stages": [
+            {
+                "source_id": s.target.source_id,
+                "peer": s.target.peer_id,
+                "endpoint": s.target.endpoint,
+                "layers": [s.target.start, s.target.end],
+                "bytes": s.bytes,
+                "seconds": round(s.seconds, 3),
+                "node0_version": s.node0_version,
+            }
+            for s in stages
+        ],
         "merged_adapters": list(options.merge_adapters),
         "adapter_settings": {n: s.model_dump(mode="json") for n, s in settings.items()},
     }
     catalog_name = _catalog_model(options)
-    common = {"tokenizer_dir": tokenizer_dir, "model": catalog_name, "run": run,
-              "provenance": provenance, "base_model": options.model,
-              "durable": options.durable}
+    common = {
+        "tokenizer_dir": tokenizer_dir,
+        "model": catalog_name,
+        "run": run,
+        "provenance": provenance,
+        "base_model": options.model,
+        "durable": options.durable,
+    }
     if options.adapters_only:
         adapter = wanted[0]
-        adapters = [StageAdapters(s.target.source_id, s.target.start, s.target.end,
-                                  s.adapters[adapter]) for s in stages]
-        export = export_checkpoint(out_dir, config, [], hf=False, gguf_types=(),
-                                   adapters=adapters, lora_settings=settings[adapter], **common)
+        adapters = [
+            StageAdapters(s.target.source_id, s.target.start, s.target.end, s.adapters[adapter])
+            for s in stages
+        ]
+        export = export_checkpoint(
+            out_dir,
+            config,
+            [],
+            hf=False,
+            gguf_types=(),
+            adapters=adapters,
+            lora_settings=settings[adapter],
+            **common,
+        )
     else:
         if options.merge_adapters:
             sources = [_merged_source(s, options.merge_adapters, settings) for s in stages]
         else:
             sources = [(s.base, s.base_tensors) for s in stages]
-        export = export_checkpoint(out_dir, config, sources, hf=options.hf,
-                                   gguf_types=options.gguf_types, verified=True,
-                                   generation_config=generation_config,
-                                   gguf_tokenizer=functools.partial(prep.gguf_fields,
-                                                                    config.vocab_size),
-                                   tokenizer_check=prep.hf_check() if options.hf else None,
-                                   max_shard_bytes=options.max_shard_bytes, **common)
+        export = export_checkpoint(
+            out_dir,
+            config,
+            sources,
+            hf=options.hf,
+            gguf_types=options.gguf_types,
+            verified=True,
+            generation_config=generation_config,
+            gguf_tokenizer=functools.partial(prep.gguf_fields, config.vocab_size),
+            tokenizer_check=prep.hf_check() if options.hf else None,
+            max_shard_bytes=options.max_shard_bytes,
+            **common,
+        )
     seconds["export"] = time.monotonic() - started
     return GatherResult(export=export, stages=stages, adapters=wanted, seconds=seconds)
 
 
-def gather(options: GatherOptions, *, initial_peers: list[str], run: RunDir | None = None,
-           progress=None) -> GatherResult:
+def gather(
+    options: GatherOptions, *, initial_peers: list[str], run: RunDir | None = None, progress=None
+) -> GatherResult:
     """Find the model's stages through the DHT, pull them all and export (module docstring).
 
     Raises:
@@ -452,18 +595,23 @@ def gather(options: GatherOptions, *, initial_peers: list[str], run: RunDir | No
         return _gather(options, initial_peers=initial_peers, run=run, progress=progress)
 
 
-def _gather(options: GatherOptions, *, initial_peers: list[str], run: RunDir | None,
-            progress) -> GatherResult:
-    from inference.swarm_client import SwarmClient
+def _gather(
+    options: GatherOptions, *, initial_peers: list[str], run: RunDir | None, progress
+) -> GatherResult:
+    from base.swarm_view import SwarmView
+    from models.catalog import resolve_model_dir
 
     if Path(options.out_dir).exists():
-        raise CheckpointError(f"output {options.out_dir} already exists; refusing to "
-                              "overwrite it", hint="choose a new --out or remove the old one")
+        raise CheckpointError(
+            f"output {options.out_dir} already exists; refusing to overwrite it",
+            hint="choose a new --out or remove the old one",
+        )
     started = time.monotonic()
-    client = SwarmClient(options.model, initial_peers)
+    client = SwarmView(options.model, initial_peers)
+    model_dir = resolve_model_dir(options.model)
     # started once the DHT child is forked (threads never fork); during the join the CPU is
     # mostly idle, during the pull it would compete with it
-    prep = _tokenizer_prep(options, options.tokenizer_dir or client.model_dir)
+    prep = _tokenizer_prep(options, options.tokenizer_dir or model_dir)
     try:
         client.wait_for_route(options.route_timeout)
         records = client.records()
@@ -474,14 +622,19 @@ def _gather(options: GatherOptions, *, initial_peers: list[str], run: RunDir | N
     if options.adapters_only:
         adapter = choose_adapter(records, plans, options.adapter)
         plans = plan_stages(records, options.model, need_adapters=(adapter,))
-    log.info("route: %s", " -> ".join(f"[{p.start}, {p.end}) x{len(p.replicas)}"
-                                      for p in plans))
-    model_dir = client.model_dir
+    log.info("route: %s", " -> ".join(f"[{p.start}, {p.end}) x{len(p.replicas)}" for p in plans))
     tokenizer_dir = options.tokenizer_dir or model_dir
     generation = model_dir / "generation_config.json"
     route_seconds = time.monotonic() - started
-    result = gather_stages(options, plans, tokenizer_dir=tokenizer_dir,
-                           generation_config=generation if generation.is_file() else None,
-                           run=run, progress=progress, adapter=adapter, prep=prep)
+    result = gather_stages(
+        options,
+        plans,
+        tokenizer_dir=tokenizer_dir,
+        generation_config=generation if generation.is_file() else None,
+        run=run,
+        progress=progress,
+        adapter=adapter,
+        prep=prep,
+    )
     result.seconds = {"route": route_seconds, **result.seconds}
     return result

@@ -27,6 +27,7 @@ import torch
 from gguf import GGML_QUANT_VERSION, GGMLQuantizationType, GGUFWriter, LlamaFileType
 from gguf.quants import quantize
 
+from base.errors import CheckpointError
 from checkpoint_gather.atomic import atomic_file, flush_early
 from checkpoint_gather.coverage import check_tensors
 from checkpoint_gather.gguf_tokenizer import Fields, add_fields
@@ -35,7 +36,6 @@ from checkpoint_gather.manifest import file_sha256
 from checkpoint_gather.sources import dtype_name
 from models.llama import gguf_names
 from models.llama.tensor_names import EMBED, FINAL_NORM, LAYER_TENSORS, LM_HEAD, layer_tensor_name
-from node.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +66,26 @@ def _encode(array: np.ndarray, qtype: GGMLQuantizationType, name: str):
         return np.ascontiguousarray(array.astype(np.float16)), None
     block = 32
     if array.shape[-1] % block:
-        raise CheckpointError(f"{name}: rows of {array.shape[-1]} values cannot be stored as "
-                              f"{qtype.name} (blocks of {block})", hint="export f16 instead")
+        raise CheckpointError(
+            f"{name}: rows of {array.shape[-1]} values cannot be stored as "
+            f"{qtype.name} (blocks of {block})",
+            hint="export f16 instead",
+        )
     return quantize(np.ascontiguousarray(array, dtype=np.float32), qtype), qtype
 
 
-def export_gguf(out: str | Path, config, state: Mapping[str, torch.Tensor], *,
-                tokenizer: Fields, out_type: str = "f32", name: str | None = None,
-                provenance: Mapping[str, Any] | None = None, digest: bool = False,
-                durable: bool = True) -> Path:
+def export_gguf(
+    out: str | Path,
+    config,
+    state: Mapping[str, torch.Tensor],
+    *,
+    tokenizer: Fields,
+    out_type: str = "f32",
+    name: str | None = None,
+    provenance: Mapping[str, Any] | None = None,
+    digest: bool = False,
+    durable: bool = True,
+) -> Path:
     """Write ``state`` (fp32, HF LLaMA names) as a llama.cpp GGUF file.
 
     Args:
@@ -98,16 +109,19 @@ def export_gguf(out: str | Path, config, state: Mapping[str, torch.Tensor], *,
     specs = {n: (tuple(t.shape), dtype_name(t.dtype)) for n, t in state.items()}
     dropped = check_tensors(config, specs)
     if LM_HEAD in dropped and not torch.equal(state[LM_HEAD], state[EMBED]):
-        raise CheckpointError("embeddings are tied, but lm_head.weight differs from the token "
-                              "embedding; refusing to drop it")
+        raise CheckpointError(
+            "embeddings are tied, but lm_head.weight differs from the token "
+            "embedding; refusing to drop it"
+        )
     try:
         metadata = gguf_names.metadata_fields(config)
     except ValueError as exc:
         raise CheckpointError(f"this config cannot be written as a llama.cpp GGUF: {exc}") from exc
     n_tokens = len(tokenizer["tokenizer.ggml.tokens"]["value"])
     if n_tokens != config.vocab_size:
-        raise CheckpointError(f"tokenizer lists {n_tokens} tokens, the model has "
-                              f"{config.vocab_size}")
+        raise CheckpointError(
+            f"tokenizer lists {n_tokens} tokens, the model has {config.vocab_size}"
+        )
     tied = bool(config.tie_word_embeddings)
     out = Path(out)
     with atomic_file(out, durable=durable) as tmp:
@@ -135,6 +149,7 @@ def export_gguf(out: str | Path, config, state: Mapping[str, torch.Tensor], *,
             flush_early(tmp)  # its writeback runs while it is hashed
         if digest:
             file_sha256(tmp)  # same inode and mtime after the rename: the digest stays valid
-    log.info("wrote GGUF %s (%s, %d layers, tied=%s)", out, out_type, config.num_hidden_layers,
-             tied)
+    log.info(
+        "wrote GGUF %s (%s, %d layers, tied=%s)", out, out_type, config.num_hidden_layers, tied
+    )
     return out

@@ -19,7 +19,7 @@ from typing import Any
 
 from gguf import GGUFReader, GGUFValueType, TokenType
 
-from node.errors import CheckpointError
+from base.errors import CheckpointError
 from provenance import atomic_write, sha256_file
 
 log = logging.getLogger(__name__)
@@ -58,8 +58,9 @@ def source_tokenizer_fields(model: str) -> Fields:
     fields = read_gguf_fields(source)
     if "tokenizer.ggml.model" not in fields or "tokenizer.ggml.tokens" not in fields:
         raise CheckpointError(f"{source} embeds no tokenizer (tokenizer.ggml.*)")
-    atomic_write(cache, json.dumps({"source": {"path": str(source), "sha256": digest},
-                                    "fields": fields}))
+    atomic_write(
+        cache, json.dumps({"source": {"path": str(source), "sha256": digest}, "fields": fields})
+    )
     return fields
 
 
@@ -87,8 +88,10 @@ def hf_tokenizer_fields(tokenizer_dir: str | Path, *, vocab_size: int) -> Fields
         raise CheckpointError(f"{tokenizer_dir} has no tokenizer.json to embed in the GGUF")
     data = json.loads(path.read_text())
     if data.get("model", {}).get("type") != "BPE" or not _is_byte_level(data):
-        raise CheckpointError(f"{path}: only byte-level BPE (gpt2-style) tokenizers can be "
-                              "embedded without a source GGUF")
+        raise CheckpointError(
+            f"{path}: only byte-level BPE (gpt2-style) tokenizers can be "
+            "embedded without a source GGUF"
+        )
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
     vocab = tokenizer.get_vocab()
     if len(vocab) > vocab_size or max(vocab.values()) >= vocab_size:
@@ -103,8 +106,7 @@ def hf_tokenizer_fields(tokenizer_dir: str | Path, *, vocab_size: int) -> Fields
             types.append(int(TokenType.UNUSED))
         elif index in added:
             tokens.append(by_id[index])
-            types.append(int(TokenType.CONTROL if added[index].special
-                             else TokenType.USER_DEFINED))
+            types.append(int(TokenType.CONTROL if added[index].special else TokenType.USER_DEFINED))
         else:
             tokens.append(by_id[index])
             types.append(int(TokenType.NORMAL))
@@ -114,37 +116,52 @@ def hf_tokenizer_fields(tokenizer_dir: str | Path, *, vocab_size: int) -> Fields
         "tokenizer.ggml.tokens": {"type": "ARRAY", "sub_type": "STRING", "value": tokens},
         "tokenizer.ggml.token_type": {"type": "ARRAY", "sub_type": "INT32", "value": types},
         "tokenizer.ggml.merges": {"type": "ARRAY", "sub_type": "STRING", "value": _merges(data)},
-        "tokenizer.ggml.add_bos_token": {"type": "BOOL", "sub_type": None,
-                                         "value": bool(getattr(tokenizer, "add_bos_token", False))},
+        "tokenizer.ggml.add_bos_token": {
+            "type": "BOOL",
+            "sub_type": None,
+            "value": bool(getattr(tokenizer, "add_bos_token", False)),
+        },
         "tokenizer.ggml.add_space_prefix": {"type": "BOOL", "sub_type": None, "value": False},
     }
-    for key, token_id in (("bos_token_id", tokenizer.bos_token_id),
-                          ("eos_token_id", tokenizer.eos_token_id),
-                          ("unknown_token_id", tokenizer.unk_token_id),
-                          ("padding_token_id", tokenizer.pad_token_id)):
+    for key, token_id in (
+        ("bos_token_id", tokenizer.bos_token_id),
+        ("eos_token_id", tokenizer.eos_token_id),
+        ("unknown_token_id", tokenizer.unk_token_id),
+        ("padding_token_id", tokenizer.pad_token_id),
+    ):
         if token_id is not None:
-            fields[f"tokenizer.ggml.{key}"] = {"type": "UINT32", "sub_type": None,
-                                               "value": int(token_id)}
+            fields[f"tokenizer.ggml.{key}"] = {
+                "type": "UINT32",
+                "sub_type": None,
+                "value": int(token_id),
+            }
     if getattr(tokenizer, "chat_template", None):
-        fields["tokenizer.chat_template"] = {"type": "STRING", "sub_type": None,
-                                             "value": tokenizer.chat_template}
+        fields["tokenizer.chat_template"] = {
+            "type": "STRING",
+            "sub_type": None,
+            "value": tokenizer.chat_template,
+        }
     return fields
 
 
-def tokenizer_fields(*, model: str | None, tokenizer_dir: str | Path | None,
-                     vocab_size: int) -> Fields:
+def tokenizer_fields(
+    *, model: str | None, tokenizer_dir: str | Path | None, vocab_size: int
+) -> Fields:
     """The fields to embed: the catalog model's source GGUF's, else built from ``tokenizer_dir``."""
     if model is not None:
         fields = source_tokenizer_fields(model)
     elif tokenizer_dir is not None:
         fields = hf_tokenizer_fields(tokenizer_dir, vocab_size=vocab_size)
     else:
-        raise CheckpointError("a GGUF export needs a tokenizer: a catalog model or a tokenizer "
-                              "directory")
+        raise CheckpointError(
+            "a GGUF export needs a tokenizer: a catalog model or a tokenizer directory"
+        )
     n_tokens = len(fields["tokenizer.ggml.tokens"]["value"])
     if n_tokens != vocab_size:
-        raise CheckpointError(f"the tokenizer lists {n_tokens} tokens but the model's vocabulary "
-                              f"is {vocab_size}; llama.cpp requires them to match")
+        raise CheckpointError(
+            f"the tokenizer lists {n_tokens} tokens but the model's vocabulary "
+            f"is {vocab_size}; llama.cpp requires them to match"
+        )
     return fields
 
 

@@ -27,12 +27,12 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from base.errors import CheckpointError
 from checkpoint_gather.atomic import atomic_dir, flush_early
 from checkpoint_gather.coverage import check_tensors
 from checkpoint_gather.manifest import file_sha256
 from checkpoint_gather.sources import dtype_name, tensor_sha256
 from models.llama.tensor_names import EMBED, LM_HEAD
-from node.errors import CheckpointError
 from provenance import sha256_file, sha256_json
 
 log = logging.getLogger(__name__)
@@ -40,9 +40,17 @@ log = logging.getLogger(__name__)
 EXPORT_RECORD = "node0_export.json"
 DEFAULT_MAX_SHARD_BYTES = 2 * 1024**3
 # Files that make up a tokenizer in a Hugging Face directory (whichever of them exist).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "added_tokens.json", "chat_template.jinja", "chat_template.json",
-                   "tokenizer.model", "vocab.json", "merges.txt")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+)
 _TOKENIZER_CORE = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
 
@@ -86,8 +94,7 @@ def _load_tokenizer(directory: Path, src: Path):
 def _tokenizer_digests(directory: Path) -> dict[str, str]:
     files = tokenizer_files(directory)
     if not any(p.name in _TOKENIZER_CORE for p in files):
-        raise CheckpointError(f"{directory} holds no tokenizer (none of "
-                              f"{list(_TOKENIZER_CORE)})")
+        raise CheckpointError(f"{directory} holds no tokenizer (none of {list(_TOKENIZER_CORE)})")
     return {p.name: sha256_file(p) for p in files}
 
 
@@ -100,8 +107,9 @@ def check_tokenizer(src: str | Path) -> TokenizerCheck | None:
     return TokenizerCheck(src, before, size) if _tokenizer_digests(src) == before else None
 
 
-def copy_tokenizer(src: str | Path, dst: Path, *, vocab_size: int,
-                   checked: TokenizerCheck | None = None) -> list[str]:
+def copy_tokenizer(
+    src: str | Path, dst: Path, *, vocab_size: int, checked: TokenizerCheck | None = None
+) -> list[str]:
     """Copy a tokenizer's files from ``src`` into ``dst`` and prove they load and fit the model.
 
     With ``checked`` (:func:`check_tokenizer` of ``src``), copies with exactly the checked bytes
@@ -113,14 +121,15 @@ def copy_tokenizer(src: str | Path, dst: Path, *, vocab_size: int,
         raise CheckpointError(f"{src} holds no tokenizer (none of {list(_TOKENIZER_CORE)})")
     for path in files:
         shutil.copyfile(path, dst / path.name)
-    if (checked is not None and checked.source == src
-            and _tokenizer_digests(dst) == checked.files):
+    if checked is not None and checked.source == src and _tokenizer_digests(dst) == checked.files:
         size = checked.size
     else:
         size = len(_load_tokenizer(dst, src))
     if size > vocab_size:
-        raise CheckpointError(f"the tokenizer from {src} has {size} tokens, more than "
-                              f"the model's vocabulary of {vocab_size}")
+        raise CheckpointError(
+            f"the tokenizer from {src} has {size} tokens, more than "
+            f"the model's vocabulary of {vocab_size}"
+        )
     return [p.name for p in files]
 
 
@@ -142,12 +151,17 @@ def _write_weights(state: Mapping[str, torch.Tensor], out: Path, max_shard_bytes
 
     split = split_torch_state_dict_into_shards(dict(state), max_shard_size=max_shard_bytes)
     for file_name, names in split.filename_to_tensors.items():
-        save_file({n: state[n].detach().contiguous() for n in names}, str(out / file_name),
-                  metadata={"format": "pt"})
+        save_file(
+            {n: state[n].detach().contiguous() for n in names},
+            str(out / file_name),
+            metadata={"format": "pt"},
+        )
     if split.is_sharded:
         total = sum(t.numel() * t.element_size() for t in state.values())
-        index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(
-            split.tensor_to_filename.items()))}
+        index = {
+            "metadata": {"total_size": total},
+            "weight_map": dict(sorted(split.tensor_to_filename.items())),
+        }
         (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     return sorted(split.filename_to_tensors)
 
@@ -161,12 +175,19 @@ def _verify_written(directory: Path) -> None:
     check_architecture(config, index_checkpoint(directory))
 
 
-def export_hf(out: str | Path, config, state: Mapping[str, torch.Tensor], *,
-              tokenizer_dir: str | Path, generation_config=None,
-              provenance: Mapping[str, Any] | None = None,
-              max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
-              tensor_digests: Mapping[str, str] | None = None,
-              durable: bool = True, tokenizer_check: TokenizerCheck | None = None) -> Path:
+def export_hf(
+    out: str | Path,
+    config,
+    state: Mapping[str, torch.Tensor],
+    *,
+    tokenizer_dir: str | Path,
+    generation_config=None,
+    provenance: Mapping[str, Any] | None = None,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    tensor_digests: Mapping[str, str] | None = None,
+    durable: bool = True,
+    tokenizer_check: TokenizerCheck | None = None,
+) -> Path:
     """Write ``state`` (fp32, HF LLaMA names, global layer indices) as a Hugging Face directory.
 
     Args:
@@ -190,8 +211,10 @@ def export_hf(out: str | Path, config, state: Mapping[str, torch.Tensor], *,
     specs = {n: (tuple(t.shape), dtype_name(t.dtype)) for n, t in state.items()}
     dropped = check_tensors(config, specs)
     if LM_HEAD in dropped and not torch.equal(state[LM_HEAD], state[EMBED]):
-        raise CheckpointError("embeddings are tied, but lm_head.weight differs from the token "
-                              "embedding; refusing to drop it")
+        raise CheckpointError(
+            "embeddings are tied, but lm_head.weight differs from the token "
+            "embedding; refusing to drop it"
+        )
     weights = {n: t for n, t in state.items() if n not in dropped}
     generation = _generation_config(generation_config, config)
     out = Path(out)
@@ -201,14 +224,17 @@ def export_hf(out: str | Path, config, state: Mapping[str, torch.Tensor], *,
             flush_early(tmp / shard)
         config.save_pretrained(str(tmp))
         generation.save_pretrained(str(tmp))
-        copied = copy_tokenizer(tokenizer_dir, tmp, vocab_size=config.vocab_size,
-                                checked=tokenizer_check)
+        copied = copy_tokenizer(
+            tokenizer_dir, tmp, vocab_size=config.vocab_size, checked=tokenizer_check
+        )
         record = {
             "format": "huggingface",
             "config_sha256": sha256_json(config.to_dict()),
             "tied_word_embeddings": bool(config.tie_word_embeddings),
-            "tensors": {n: (tensor_digests or {}).get(n) or tensor_sha256(t)
-                        for n, t in sorted(weights.items())},
+            "tensors": {
+                n: (tensor_digests or {}).get(n) or tensor_sha256(t)
+                for n, t in sorted(weights.items())
+            },
             "tokenizer": {"source": str(tokenizer_dir), "files": copied},
             "weight_files": shards,
             "provenance": dict(provenance or {}),
@@ -216,6 +242,10 @@ def export_hf(out: str | Path, config, state: Mapping[str, torch.Tensor], *,
         }
         (tmp / EXPORT_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         _verify_written(tmp)
-    log.info("wrote Hugging Face checkpoint %s (%d tensors, %d weight file(s))", out,
-             len(weights), len(shards))
+    log.info(
+        "wrote Hugging Face checkpoint %s (%d tensors, %d weight file(s))",
+        out,
+        len(weights),
+        len(shards),
+    )
     return out

@@ -15,9 +15,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from base.errors import CheckpointError
 from models.llama import gguf_names
 from models.llama.tensor_names import LM_HEAD, expected_shapes
-from node.errors import CheckpointError
 
 PROVENANCE_FILES = ("node0_asset.json", "node0_export.json", "node0_stamp.json", "manifest.json")
 
@@ -68,12 +68,15 @@ class InspectReport:
             f"{s.get('head_dim')}), vocab {s.get('vocab')}, context {s.get('context')}",
             f"  tied embeddings: {self.tied_embeddings}",
             f"  tokenizer: {'present' if self.tokenizer.get('present') else 'MISSING'} "
-            + json.dumps({k: v for k, v in self.tokenizer.items() if k != 'present'}),
+            + json.dumps({k: v for k, v in self.tokenizer.items() if k != "present"}),
             f"  generation config: {self.generation_config}   chat template: {self.chat_template}",
             f"  provenance: {', '.join(self.provenance) or 'none'}",
-            "  architecture check: " + ("ok" if self.architecture_check.get("ok")
-                                        else "FAILED: " + self.architecture_check.get("message",
-                                                                                      "")),
+            "  architecture check: "
+            + (
+                "ok"
+                if self.architecture_check.get("ok")
+                else "FAILED: " + self.architecture_check.get("message", "")
+            ),
             f"  quality score: {self.score}/100",
         ]
         lines += [f"    -{f['penalty']}: {f['message']}" for f in self.findings]
@@ -86,9 +89,10 @@ def inspect_checkpoint(path: str | Path) -> InspectReport:
     is_job_output = (path / "manifest.json").is_file() and not (path / "config.json").is_file()
     if path.is_dir() and is_job_output:
         inside = sorted(p.name for p in path.iterdir() if not p.name.startswith("."))
-        raise CheckpointError(f"{path} is an export job's output ({', '.join(inside)})",
-                              hint="inspect one of the checkpoints in it, e.g. "
-                                   f"node0 inspect {path / 'hf'}")
+        raise CheckpointError(
+            f"{path} is an export job's output ({', '.join(inside)})",
+            hint=f"inspect one of the checkpoints in it, e.g. node0 inspect {path / 'hf'}",
+        )
     if path.is_dir():
         return _inspect_hf(path)
     if path.is_file() and _is_gguf(path):
@@ -105,11 +109,14 @@ def _shapes(cfg: dict[str, Any]) -> dict[str, Any]:
     heads = cfg.get("num_attention_heads")
     hidden = cfg.get("hidden_size")
     return {
-        "layers": cfg.get("num_hidden_layers"), "hidden": hidden,
-        "intermediate": cfg.get("intermediate_size"), "heads": heads,
+        "layers": cfg.get("num_hidden_layers"),
+        "hidden": hidden,
+        "intermediate": cfg.get("intermediate_size"),
+        "heads": heads,
         "kv_heads": cfg.get("num_key_value_heads", heads),
         "head_dim": cfg.get("head_dim") or (hidden // heads if hidden and heads else None),
-        "vocab": cfg.get("vocab_size"), "context": cfg.get("max_position_embeddings"),
+        "vocab": cfg.get("vocab_size"),
+        "context": cfg.get("max_position_embeddings"),
     }
 
 
@@ -117,13 +124,16 @@ def _hf_tokenizer(path: Path) -> dict[str, Any]:
     from checkpoint_gather.hf_export import tokenizer_files
 
     files = [p.name for p in tokenizer_files(path)]
-    info: dict[str, Any] = {"present": any(
-        n in files for n in ("tokenizer.json", "tokenizer.model", "vocab.json")), "files": files}
+    info: dict[str, Any] = {
+        "present": any(n in files for n in ("tokenizer.json", "tokenizer.model", "vocab.json")),
+        "files": files,
+    }
     if "tokenizer.json" in files:
         from tokenizers import Tokenizer
 
         info["vocab"] = Tokenizer.from_file(str(path / "tokenizer.json")).get_vocab_size(
-            with_added_tokens=True)
+            with_added_tokens=True
+        )
     return info
 
 
@@ -164,8 +174,11 @@ def _inspect_hf(path: Path) -> InspectReport:
     report.tokenizer = _hf_tokenizer(path)
     report.generation_config = (path / "generation_config.json").is_file()
     report.chat_template = _has_chat_template(path)
-    report.provenance = {name: json.loads((path / name).read_text())
-                         for name in PROVENANCE_FILES if (path / name).is_file()}
+    report.provenance = {
+        name: json.loads((path / name).read_text())
+        for name in PROVENANCE_FILES
+        if (path / name).is_file()
+    }
     for record in report.provenance.values():
         record.pop("tensors", None)  # per-tensor digests: in the file, too long for a report
     _common_findings(report)
@@ -177,10 +190,15 @@ def _inspect_hf(path: Path) -> InspectReport:
 def _common_findings(report: InspectReport) -> None:
     if not report.tokenizer.get("present"):
         report.find("tokenizer", "no tokenizer")
-    elif report.tokenizer.get("vocab") and report.shapes.get("vocab") and \
-            report.tokenizer["vocab"] > report.shapes["vocab"]:
-        report.find("tokenizer_vocab", f"tokenizer has {report.tokenizer['vocab']} tokens, the "
-                                       f"model {report.shapes['vocab']}")
+    elif (
+        report.tokenizer.get("vocab")
+        and report.shapes.get("vocab")
+        and report.tokenizer["vocab"] > report.shapes["vocab"]
+    ):
+        report.find(
+            "tokenizer_vocab",
+            f"tokenizer has {report.tokenizer['vocab']} tokens, the model {report.shapes['vocab']}",
+        )
     if not report.provenance:
         report.find("provenance", "no provenance record")
     if not report.chat_template:
@@ -214,20 +232,26 @@ def _inspect_gguf(path: Path) -> InspectReport:
         cfg["vocab_size"] = len(reader.fields["tokenizer.ggml.tokens"].data)
         absent = [a for a in absent if not a.endswith(".vocab_size")]
     report.shapes = _shapes(cfg)
-    tensors = {t.name: (tuple(int(d) for d in reversed(t.shape)), t.tensor_type.name)
-               for t in reader.tensors}
+    tensors = {
+        t.name: (tuple(int(d) for d in reversed(t.shape)), t.tensor_type.name)
+        for t in reader.tensors
+    }
     report.shapes["tensors"] = len(tensors)
     report.shapes["tensor_types"] = sorted({kind for _, kind in tensors.values()})
     report.tied_embeddings = "output.weight" not in tensors
     tokens = reader.fields.get("tokenizer.ggml.tokens")
-    report.tokenizer = {"present": "tokenizer.ggml.model" in reader.fields and tokens is not None,
-                        "model": _field_value(reader, "tokenizer.ggml.model"),
-                        "pre": _field_value(reader, "tokenizer.ggml.pre"),
-                        "vocab": len(tokens.data) if tokens is not None else None}
+    report.tokenizer = {
+        "present": "tokenizer.ggml.model" in reader.fields and tokens is not None,
+        "model": _field_value(reader, "tokenizer.ggml.model"),
+        "pre": _field_value(reader, "tokenizer.ggml.pre"),
+        "vocab": len(tokens.data) if tokens is not None else None,
+    }
     report.chat_template = "tokenizer.chat_template" in reader.fields
-    general = {k: _field_value(reader, k) for k in ("general.name", "general.license",
-                                                    "general.organization", "general.file_type")
-               if k in reader.fields}
+    general = {
+        k: _field_value(reader, k)
+        for k in ("general.name", "general.license", "general.organization", "general.file_type")
+        if k in reader.fields
+    }
     if PROVENANCE_KEY in reader.fields:
         report.provenance[PROVENANCE_KEY] = json.loads(_field_value(reader, PROVENANCE_KEY))
     elif "general.name" in general or "general.organization" in general:
@@ -238,20 +262,29 @@ def _inspect_gguf(path: Path) -> InspectReport:
     if absent:
         report.find("metadata", f"required metadata absent: {absent}")
     _common_findings(report)
-    if report.tokenizer.get("vocab") and report.shapes.get("vocab") and \
-            report.tokenizer["vocab"] != report.shapes["vocab"] and \
-            not any(f["kind"] == "tokenizer_vocab" for f in report.findings):
-        report.find("tokenizer_vocab", f"tokenizer lists {report.tokenizer['vocab']} tokens, "
-                                       f"the model has {report.shapes['vocab']}")
+    if (
+        report.tokenizer.get("vocab")
+        and report.shapes.get("vocab")
+        and report.tokenizer["vocab"] != report.shapes["vocab"]
+        and not any(f["kind"] == "tokenizer_vocab" for f in report.findings)
+    ):
+        report.find(
+            "tokenizer_vocab",
+            f"tokenizer lists {report.tokenizer['vocab']} tokens, "
+            f"the model has {report.shapes['vocab']}",
+        )
     return report
 
 
-def _check_gguf(arch: str | None, cfg: dict[str, Any], tensors: dict[str, tuple],
-                tied: bool) -> dict[str, Any]:
+def _check_gguf(
+    arch: str | None, cfg: dict[str, Any], tensors: dict[str, tuple], tied: bool
+) -> dict[str, Any]:
     """The GGUF counterpart of the safetensors architecture check."""
     if arch != gguf_names.ARCH:
-        return {"ok": False, "message": f"general.architecture is {arch!r}; node0 reads "
-                                        f"{gguf_names.ARCH!r} only"}
+        return {
+            "ok": False,
+            "message": f"general.architecture is {arch!r}; node0 reads {gguf_names.ARCH!r} only",
+        }
     unknown = []
     hf_shapes = {}
     for name, (shape, _) in tensors.items():
@@ -261,8 +294,13 @@ def _check_gguf(arch: str | None, cfg: dict[str, Any], tensors: dict[str, tuple]
             unknown.append(name)
     if unknown:
         return {"ok": False, "message": f"tensors that are not LLaMA's: {unknown[:5]}"}
-    needed = {"num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size",
-              "vocab_size"}
+    needed = {
+        "num_hidden_layers",
+        "hidden_size",
+        "num_attention_heads",
+        "intermediate_size",
+        "vocab_size",
+    }
     if not needed <= set(cfg):
         return {"ok": False, "message": f"metadata lacks {sorted(needed - set(cfg))}"}
     config = SimpleNamespace(**{"num_key_value_heads": cfg["num_attention_heads"], **cfg})
@@ -272,11 +310,13 @@ def _check_gguf(arch: str | None, cfg: dict[str, Any], tensors: dict[str, tuple]
     missing = sorted(set(expected) - set(hf_shapes))
     extra = sorted(set(hf_shapes) - set(expected))
     if missing or extra:
-        return {"ok": False, "message": f"{len(missing)} tensors missing (e.g. {missing[:2]}), "
-                                        f"{len(extra)} beyond block_count (e.g. {extra[:2]})"}
+        return {
+            "ok": False,
+            "message": f"{len(missing)} tensors missing (e.g. {missing[:2]}), "
+            f"{len(extra)} beyond block_count (e.g. {extra[:2]})",
+        }
     wrong = [(n, hf_shapes[n], s) for n, s in expected.items() if tuple(hf_shapes[n]) != s]
     if wrong:
         name, got, want = wrong[0]
-        return {"ok": False, "message": f"{name}: shape {list(got)}, metadata implies "
-                                        f"{list(want)}"}
+        return {"ok": False, "message": f"{name}: shape {list(got)}, metadata implies {list(want)}"}
     return {"ok": True}

@@ -39,33 +39,50 @@ def file_sha256(path: str | Path) -> str:
 def file_digests(path: Path, root: Path) -> dict[str, dict[str, Any]]:
     """``{relative path: {sha256, size}}`` for a file or every file under a directory."""
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    return {str(p.relative_to(root)): {"sha256": file_sha256(p), "size": p.stat().st_size}
-            for p in files}
+    return {
+        str(p.relative_to(root)): {"sha256": file_sha256(p), "size": p.stat().st_size}
+        for p in files
+    }
 
 
-def build_manifest(root: Path, *, model: str | None, sources: Sequence[SourceManifest],
-                   plan: CoveragePlan | None, outputs: Mapping[str, Path],
-                   extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def build_manifest(
+    root: Path,
+    *,
+    model: str | None,
+    sources: Sequence[SourceManifest],
+    plan: CoveragePlan | None,
+    outputs: Mapping[str, Path],
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """The manifest of an export whose ``outputs`` (label -> path) all lie under ``root``."""
     source_json = [s.to_json() for s in sources]
     return {
         "model": model,
-        "sources": [{**{k: v for k, v in s.items() if k != "tensors"},
-                     "tensors_sha256": sha256_json(s["tensors"]), "tensors": s["tensors"]}
-                    for s in source_json],
-        "coverage": None if plan is None else {
-            "num_layers": plan.num_layers, "tied": plan.tied,
+        "sources": [
+            {
+                **{k: v for k, v in s.items() if k != "tensors"},
+                "tensors_sha256": sha256_json(s["tensors"]),
+                "tensors": s["tensors"],
+            }
+            for s in source_json
+        ],
+        "coverage": None
+        if plan is None
+        else {
+            "num_layers": plan.num_layers,
+            "tied": plan.tied,
             "layers": {str(k): v for k, v in sorted(plan.layer_sources.items())},
-            "dropped": plan.dropped},
-        "outputs": {label: {"path": str(path.relative_to(root)),
-                            "files": file_digests(path, root)}
-                    for label, path in sorted(outputs.items())},
+            "dropped": plan.dropped,
+        },
+        "outputs": {
+            label: {"path": str(path.relative_to(root)), "files": file_digests(path, root)}
+            for label, path in sorted(outputs.items())
+        },
         **dict(extra or {}),
     }
 
 
-def write_manifest(root: str | Path, manifest: Mapping[str, Any], *,
-                   durable: bool = True) -> Path:
+def write_manifest(root: str | Path, manifest: Mapping[str, Any], *, durable: bool = True) -> Path:
     """Write ``manifest.json`` into ``root`` (atomically; never over an existing one)."""
     path = Path(root) / MANIFEST
     with atomic_file(path, durable=durable) as tmp:
@@ -76,15 +93,26 @@ def write_manifest(root: str | Path, manifest: Mapping[str, Any], *,
 def record_outputs(run: RunDir, root: Path, manifest: Mapping[str, Any]) -> None:
     """Register every output file (and the manifest) as an artifact of ``run``, with the
     digests the manifest already holds (the files are not read again)."""
-    run.set("sources", [{k: v for k, v in s.items() if k != "tensors"}
-                        for s in manifest["sources"]])
-    files = {rel: entry for output in manifest["outputs"].values()
-             for rel, entry in output["files"].items()}
+    run.set(
+        "sources", [{k: v for k, v in s.items() if k != "tensors"} for s in manifest["sources"]]
+    )
+    files = {
+        rel: entry
+        for output in manifest["outputs"].values()
+        for rel, entry in output["files"].items()
+    }
     path = root / MANIFEST
     files[MANIFEST] = {"sha256": file_sha256(path), "size": path.stat().st_size}
-    entries = [{"path": os.path.relpath((root / rel).resolve(), run.path),
-                "sha256": entry["sha256"], "size": entry["size"]}
-               for rel, entry in sorted(files.items())]
+    entries = [
+        {
+            "path": os.path.relpath((root / rel).resolve(), run.path),
+            "sha256": entry["sha256"],
+            "size": entry["size"],
+        }
+        for rel, entry in sorted(files.items())
+    ]
     paths = {entry["path"] for entry in entries}
-    run.set("artifacts", [a for a in run.record.get("artifacts", []) if a["path"] not in paths]
-            + entries)
+    run.set(
+        "artifacts",
+        [a for a in run.record.get("artifacts", []) if a["path"] not in paths] + entries,
+    )

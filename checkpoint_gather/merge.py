@@ -16,18 +16,18 @@ from collections.abc import Mapping, MutableMapping, Sequence
 
 import torch
 
+from base.errors import CheckpointError
 from lora.config import LoraSettings
 from lora.stage_adapters import PEFT_PREFIX
-from node.errors import CheckpointError
 
 _A, _B = ".lora_A.weight", ".lora_B.weight"
 
 
-def lora_deltas(settings: LoraSettings,
-                state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def lora_deltas(
+    settings: LoraSettings, state: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
     """``{base weight name: s * B @ A}`` for one adapter (PEFT keys, global layer indices)."""
-    modules = {key.removeprefix(PEFT_PREFIX).removesuffix(_A) for key in state
-               if key.endswith(_A)}
+    modules = {key.removeprefix(PEFT_PREFIX).removesuffix(_A) for key in state if key.endswith(_A)}
     expected = {PEFT_PREFIX + m + suffix for m in modules for suffix in (_A, _B)}
     if set(state) != expected:
         odd = sorted(set(state) ^ expected)
@@ -37,16 +37,19 @@ def lora_deltas(settings: LoraSettings,
         weight_a = state[PEFT_PREFIX + module + _A]  # (rank, in)
         weight_b = state[PEFT_PREFIX + module + _B]  # (out, rank)
         if weight_a.shape[0] != settings.rank or weight_b.shape[1] != settings.rank:
-            raise CheckpointError(f"{module}: lora_A {list(weight_a.shape)} / lora_B "
-                                  f"{list(weight_b.shape)} do not have rank {settings.rank}")
+            raise CheckpointError(
+                f"{module}: lora_A {list(weight_a.shape)} / lora_B "
+                f"{list(weight_b.shape)} do not have rank {settings.rank}"
+            )
         deltas[f"{module}.weight"] = settings.scaling * (weight_b.float() @ weight_a.float())
     return deltas
 
 
 @torch.no_grad()
-def merge_adapters(base: MutableMapping[str, torch.Tensor],
-                   adapters: Sequence[tuple[LoraSettings, Mapping[str, torch.Tensor]]]
-                   ) -> list[str]:
+def merge_adapters(
+    base: MutableMapping[str, torch.Tensor],
+    adapters: Sequence[tuple[LoraSettings, Mapping[str, torch.Tensor]]],
+) -> list[str]:
     """Add every adapter's update to the matching weights of ``base`` **in place**.
 
     ``base`` is one stage's (or the whole model's) weights under Hugging Face names; each
@@ -59,8 +62,9 @@ def merge_adapters(base: MutableMapping[str, torch.Tensor],
             if weight is None:
                 raise CheckpointError(f"adapter targets {name}, which these weights lack")
             if tuple(weight.shape) != tuple(delta.shape):
-                raise CheckpointError(f"{name}: weight {list(weight.shape)}, adapter update "
-                                      f"{list(delta.shape)}")
+                raise CheckpointError(
+                    f"{name}: weight {list(weight.shape)}, adapter update {list(delta.shape)}"
+                )
             weight.add_(delta.to(weight.dtype))
             changed.add(name)
     return sorted(changed)

@@ -19,12 +19,12 @@ from typing import Any
 
 import torch
 
+from base.errors import CheckpointError
 from checkpoint_gather.atomic import atomic_dir
 from checkpoint_gather.coverage import check_layer_coverage
 from checkpoint_gather.sources import manifest_from_state_dict
 from lora import LoraSettings, merge_stage_states, save_peft_adapter
 from lora.stage_adapters import PEFT_PREFIX
-from node.errors import CheckpointError
 from provenance import sha256_file
 
 EXPORT_RECORD = "node0_export.json"
@@ -52,11 +52,16 @@ def offset_layers(state: Mapping[str, torch.Tensor], offset: int) -> dict[str, t
     return shifted
 
 
-def export_peft_adapter(out: str | Path, stages: Sequence[StageAdapters],
-                        settings: LoraSettings, *, num_layers: int,
-                        base_model: str | None = None,
-                        provenance: Mapping[str, Any] | None = None,
-                        durable: bool = True) -> Path:
+def export_peft_adapter(
+    out: str | Path,
+    stages: Sequence[StageAdapters],
+    settings: LoraSettings,
+    *,
+    num_layers: int,
+    base_model: str | None = None,
+    provenance: Mapping[str, Any] | None = None,
+    durable: bool = True,
+) -> Path:
     """Write the union of ``stages`` as a PEFT adapter directory (loads with
     ``PeftModel.from_pretrained(base, out)``).
 

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from base.errors import CheckpointError
 from models.llama.tensor_names import EMBED, FINAL_NORM, LM_HEAD, parse_layer
-from node.errors import CheckpointError
 
 
 def tensor_sha256(tensor: torch.Tensor) -> str:
@@ -69,23 +69,37 @@ class SourceManifest:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "source_id": self.source_id, "peer": self.peer, "layers": [self.start, self.end],
+            "source_id": self.source_id,
+            "peer": self.peer,
+            "layers": [self.start, self.end],
             "tensors": {n: e.to_json() for n, e in sorted(self.tensors.items())},
             **({"extra": dict(self.extra)} if self.extra else {}),
         }
 
 
-def manifest_from_state_dict(source_id: str, start: int, end: int,
-                             state: Mapping[str, torch.Tensor], *,
-                             peer: str | None = None) -> SourceManifest:
+def manifest_from_state_dict(
+    source_id: str,
+    start: int,
+    end: int,
+    state: Mapping[str, torch.Tensor],
+    *,
+    peer: str | None = None,
+) -> SourceManifest:
     """Describe ``state`` (what a stage would send) as a manifest with per-tensor digests."""
-    entries = {name: TensorEntry(tuple(t.shape), dtype_name(t.dtype), tensor_sha256(t))
-               for name, t in state.items()}
+    entries = {
+        name: TensorEntry(tuple(t.shape), dtype_name(t.dtype), tensor_sha256(t))
+        for name, t in state.items()
+    }
     return SourceManifest(source_id, start, end, entries, peer=peer)
 
 
-def verify_tensors(manifest: SourceManifest, state: Mapping[str, torch.Tensor], *,
-                   check_digests: bool = True, may_lack: Iterable[str] = ()) -> None:
+def verify_tensors(
+    manifest: SourceManifest,
+    state: Mapping[str, torch.Tensor],
+    *,
+    check_digests: bool = True,
+    may_lack: Iterable[str] = (),
+) -> None:
     """Check received tensors against the source's declaration; raise naming the first bad one.
 
     ``check_digests=False`` checks names, shapes and dtypes only (the digests were verified
@@ -96,7 +110,8 @@ def verify_tensors(manifest: SourceManifest, state: Mapping[str, torch.Tensor], 
     if missing or extra:
         raise CheckpointError(
             f"source {manifest.source_id}: received tensors differ from its manifest "
-            f"(missing {missing[:3]}, undeclared {extra[:3]})")
+            f"(missing {missing[:3]}, undeclared {extra[:3]})"
+        )
     for name, entry in manifest.tensors.items():
         if name not in state:
             continue  # in may_lack
@@ -104,11 +119,13 @@ def verify_tensors(manifest: SourceManifest, state: Mapping[str, torch.Tensor], 
         if tuple(tensor.shape) != entry.shape or dtype_name(tensor.dtype) != entry.dtype:
             raise CheckpointError(
                 f"source {manifest.source_id}: {name} arrived as {list(tensor.shape)} "
-                f"{dtype_name(tensor.dtype)}, declared {list(entry.shape)} {entry.dtype}")
+                f"{dtype_name(tensor.dtype)}, declared {list(entry.shape)} {entry.dtype}"
+            )
         if check_digests and tensor_sha256(tensor) != entry.sha256:
             raise CheckpointError(
                 f"source {manifest.source_id}: {name} is corrupt (sha256 mismatch)",
-                hint="the transfer damaged the tensor; gather again")
+                hint="the transfer damaged the tensor; gather again",
+            )
 
 
 def stage_tensor_names(names, start: int, end: int, *, first: bool, last: bool) -> list[str]:
@@ -124,16 +141,20 @@ def stage_tensor_names(names, start: int, end: int, *, first: bool, last: bool) 
     return owned
 
 
-def read_local_stage(model_dir: str | Path, start: int, end: int, *, num_layers: int,
-                     source_id: str | None = None,
-                     ) -> tuple[SourceManifest, dict[str, torch.Tensor]]:
+def read_local_stage(
+    model_dir: str | Path,
+    start: int,
+    end: int,
+    *,
+    num_layers: int,
+    source_id: str | None = None,
+) -> tuple[SourceManifest, dict[str, torch.Tensor]]:
     """Read layers ``[start, end)`` (plus embeddings / norm / head at the ends) of a local HF
     checkpoint as one source, the way a stage holds them: fp32 tensors under global names."""
     from models.llama.architecture import index_checkpoint
 
     index = index_checkpoint(model_dir)
-    names = stage_tensor_names(index.shapes, start, end, first=start == 0,
-                               last=end == num_layers)
+    names = stage_tensor_names(index.shapes, start, end, first=start == 0, last=end == num_layers)
     state: dict[str, torch.Tensor] = {}
     by_file: dict[Path, list[str]] = {}
     for name in names:
@@ -142,6 +163,7 @@ def read_local_stage(model_dir: str | Path, start: int, end: int, *, num_layers:
         with safe_open(str(path), framework="pt") as handle:
             for name in file_names:
                 state[name] = handle.get_tensor(name).to(torch.float32)
-    manifest = manifest_from_state_dict(source_id or f"{Path(model_dir).name}[{start}:{end})",
-                                        start, end, state, peer="local")
+    manifest = manifest_from_state_dict(
+        source_id or f"{Path(model_dir).name}[{start}:{end})", start, end, state, peer="local"
+    )
     return manifest, state

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from base.errors import CheckpointError, Node0Error
 from checkpoint_gather.atomic import atomic_dir
 from checkpoint_gather.hf_export import copy_tokenizer, tokenizer_files
-from node.errors import CheckpointError, Node0Error
 from provenance import environment_versions, sha256_file
 
 STAMP_RECORD = "node0_stamp.json"
@@ -33,8 +33,11 @@ class StampResult:
 
 
 def _file_digests(directory: Path) -> dict[str, str]:
-    return {str(p.relative_to(directory)): sha256_file(p)
-            for p in sorted(directory.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(directory)): sha256_file(p)
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _check(directory: Path, shown_as: Path) -> dict[str, Any]:
@@ -53,9 +56,15 @@ def _check(directory: Path, shown_as: Path) -> dict[str, Any]:
     return {"ok": True}
 
 
-def stamp_checkpoint(src: str | Path, out: str | Path, *, architecture: str | None = None,
-                     model_type: str | None = None, tokenizer_dir: str | Path | None = None,
-                     allow_mismatch: bool = False) -> StampResult:
+def stamp_checkpoint(
+    src: str | Path,
+    out: str | Path,
+    *,
+    architecture: str | None = None,
+    model_type: str | None = None,
+    tokenizer_dir: str | Path | None = None,
+    allow_mismatch: bool = False,
+) -> StampResult:
     """Copy ``src`` to ``out`` with the given metadata patched in.
 
     Raises:
@@ -67,8 +76,10 @@ def stamp_checkpoint(src: str | Path, out: str | Path, *, architecture: str | No
     if architecture is None and model_type is None and tokenizer_dir is None:
         raise Node0Error("nothing to stamp: give --architecture, --model-type and/or --tokenizer")
     if not (src.is_dir() and (src / "config.json").is_file()):
-        raise CheckpointError(f"{src} is not a Hugging Face checkpoint directory",
-                              hint="stamp works on HF directories; re-export a GGUF from one")
+        raise CheckpointError(
+            f"{src} is not a Hugging Face checkpoint directory",
+            hint="stamp works on HF directories; re-export a GGUF from one",
+        )
     if out == src or src in out.parents:
         raise CheckpointError(f"the output {out} must lie outside the input {src}")
     before = _file_digests(src)
@@ -81,12 +92,22 @@ def stamp_checkpoint(src: str | Path, out: str | Path, *, architecture: str | No
         config = json.loads((tmp / "config.json").read_text())
         changes: list[dict[str, Any]] = []
         if architecture is not None:
-            changes.append({"field": "config.architectures", "before": config.get("architectures"),
-                            "after": [architecture]})
+            changes.append(
+                {
+                    "field": "config.architectures",
+                    "before": config.get("architectures"),
+                    "after": [architecture],
+                }
+            )
             config["architectures"] = [architecture]
         if model_type is not None:
-            changes.append({"field": "config.model_type", "before": config.get("model_type"),
-                            "after": model_type})
+            changes.append(
+                {
+                    "field": "config.model_type",
+                    "before": config.get("model_type"),
+                    "after": model_type,
+                }
+            )
             config["model_type"] = model_type
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         if tokenizer_dir is not None:
@@ -94,15 +115,22 @@ def stamp_checkpoint(src: str | Path, out: str | Path, *, architecture: str | No
             for name in old:
                 (tmp / name).unlink()
             new = copy_tokenizer(tokenizer_dir, tmp, vocab_size=int(config["vocab_size"]))
-            changes.append({"field": "tokenizer", "before": old, "after": new,
-                            "source": str(Path(tokenizer_dir).resolve()),
-                            "source_files": {n: sha256_file(Path(tokenizer_dir) / n)
-                                             for n in new}})
+            changes.append(
+                {
+                    "field": "tokenizer",
+                    "before": old,
+                    "after": new,
+                    "source": str(Path(tokenizer_dir).resolve()),
+                    "source_files": {n: sha256_file(Path(tokenizer_dir) / n) for n in new},
+                }
+            )
         check = _check(tmp, out)
         if not check["ok"] and not allow_mismatch:
-            raise CheckpointError("the stamped checkpoint would still contradict its tensors: "
-                                  + check["message"].splitlines()[0],
-                                  hint="stamp the architecture the tensors have")
+            raise CheckpointError(
+                "the stamped checkpoint would still contradict its tensors: "
+                + check["message"].splitlines()[0],
+                hint="stamp the architecture the tensors have",
+            )
         history = []
         if (tmp / STAMP_RECORD).is_file():
             history = json.loads((tmp / STAMP_RECORD).read_text()).get("history", [])
@@ -115,7 +143,8 @@ def stamp_checkpoint(src: str | Path, out: str | Path, *, architecture: str | No
             "versions": environment_versions(),
         }
         (tmp / STAMP_RECORD).write_text(
-            json.dumps({"history": history + [entry]}, indent=2, sort_keys=True) + "\n")
+            json.dumps({"history": history + [entry]}, indent=2, sort_keys=True) + "\n"
+        )
     if _file_digests(src) != before:  # pragma: no cover - guards against an in-place bug
         raise CheckpointError(f"{src} changed while stamping")
     return StampResult(out=out, changes=changes, architecture_check=check)

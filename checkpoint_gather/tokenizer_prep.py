@@ -50,14 +50,16 @@ class TokenizerPrep:
         # from the local config and redo the work if the stages' config says otherwise
         self._fields_vocab = None if model else _local_vocab_size(self.tokenizer_dir)
         self._check = _background(lambda: check_tokenizer(self.tokenizer_dir)) if hf else None
-        self._fields = (_background(self._read_fields)
-                        if gguf and (model or self._fields_vocab) else None)
+        self._fields = (
+            _background(self._read_fields) if gguf and (model or self._fields_vocab) else None
+        )
 
     def _read_fields(self) -> Fields:
         if self.model:
             return source_tokenizer_fields(self.model)
-        return tokenizer_fields(model=None, tokenizer_dir=self.tokenizer_dir,
-                                vocab_size=self._fields_vocab)
+        return tokenizer_fields(
+            model=None, tokenizer_dir=self.tokenizer_dir, vocab_size=self._fields_vocab
+        )
 
     def hf_check(self) -> TokenizerCheck | None:
         """The tokenizer loaded once, or None (the export then loads its copy itself)."""
@@ -73,5 +75,6 @@ class TokenizerPrep:
         checks the count)."""
         if self._fields is not None and (self.model or self._fields_vocab == vocab_size):
             return self._fields.result()
-        return tokenizer_fields(model=self.model, tokenizer_dir=self.tokenizer_dir,
-                                vocab_size=vocab_size)
+        return tokenizer_fields(
+            model=self.model, tokenizer_dir=self.tokenizer_dir, vocab_size=vocab_size
+        )

@@ -14,11 +14,11 @@ for the coverage proof (digest equal to the embedding's) and no tensor is receiv
 
 Failures are sorted by who can fix them:
 
-* :class:`~node.errors.PeerFailureError` — the peer died, hung, or ended the stream early:
+* :class:`~base.errors.PeerFailureError` — the peer died, hung, or ended the stream early:
   another replica of the same stage may succeed;
-* :class:`~node.errors.CheckpointError` — the data is wrong (a digest mismatch, a chunk that
+* :class:`~base.errors.CheckpointError` — the data is wrong (a digest mismatch, a chunk that
   contradicts the header): never retried silently;
-* :class:`~node.errors.RequestError` — the stage refused the request (unknown adapter, model).
+* :class:`~base.errors.RequestError` — the stage refused the request (unknown adapter, model).
 """
 
 from __future__ import annotations
@@ -36,22 +36,24 @@ import grpc.experimental
 import numpy as np
 import torch
 
+from base.errors import CheckpointError, PeerFailureError, RequestError
 from checkpoint_gather.sources import SourceManifest, TensorEntry
 from lora.config import LoraSettings
 from models.llama.tensor_names import LM_HEAD
-from node.errors import CheckpointError, PeerFailureError, RequestError
 from proto import node0_weights_pb2, node0_weights_pb2_grpc
 from proto.tensor_codec import DTYPES, MAX_DIMS
 
 # Status codes that mean "this peer cannot deliver": another replica may.
-PEER_FAILURE_CODES = frozenset({
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.CANCELLED,
-    grpc.StatusCode.INTERNAL,
-    grpc.StatusCode.UNKNOWN,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-})
+PEER_FAILURE_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
@@ -94,8 +96,9 @@ class _Receiving:
         dtype = DTYPES.get(entry.dtype)
         shape = tuple(int(d) for d in entry.shape)
         if dtype is None or not 1 <= len(shape) <= MAX_DIMS or any(d <= 0 for d in shape):
-            raise CheckpointError(f"{entry.name}: declared with unusable dtype/shape "
-                                  f"{entry.dtype} {list(shape)}")
+            raise CheckpointError(
+                f"{entry.name}: declared with unusable dtype/shape {entry.dtype} {list(shape)}"
+            )
         self.entry = entry
         self.shape = shape
         self.filled = 0
@@ -117,9 +120,17 @@ class StagePull:
     :class:`PeerFailureError` with the reason given.
     """
 
-    def __init__(self, target: PullTarget, model: str, *, base: bool = True,
-                 adapters: tuple[str, ...] = (), chunk_bytes: int = 0,
-                 on_header: Callable | None = None, on_bytes: Callable | None = None):
+    def __init__(
+        self,
+        target: PullTarget,
+        model: str,
+        *,
+        base: bool = True,
+        adapters: tuple[str, ...] = (),
+        chunk_bytes: int = 0,
+        on_header: Callable | None = None,
+        on_bytes: Callable | None = None,
+    ):
         self.target = target
         self.model = model
         self.base = base
@@ -148,15 +159,24 @@ class StagePull:
     def run(self) -> PulledStage:
         started = time.monotonic()
         request = node0_weights_pb2.PullWeightsRequest(
-            model=self.model, start=self.target.start, end=self.target.end, base=self.base,
-            adapters=list(self.adapters), chunk_bytes=self.chunk_bytes,
-            tied_head_digest_only=self.base)
-        channel = grpc.insecure_channel(self.target.endpoint, options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            # the stream is read on this thread, not relayed by a channel spin thread: one
-            # thread hop less per chunk (``cancel`` from another thread still ends the call)
-            (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1)])
+            model=self.model,
+            start=self.target.start,
+            end=self.target.end,
+            base=self.base,
+            adapters=list(self.adapters),
+            chunk_bytes=self.chunk_bytes,
+            tied_head_digest_only=self.base,
+        )
+        channel = grpc.insecure_channel(
+            self.target.endpoint,
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                # the stream is read on this thread, not relayed by a channel spin thread: one
+                # thread hop less per chunk (``cancel`` from another thread still ends the call)
+                (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),
+            ],
+        )
         try:
             stub = node0_weights_pb2_grpc.StageWeightsStub(channel)
             with self._lock:
@@ -177,30 +197,37 @@ class StagePull:
         if self._cancel_reason is not None:
             return PeerFailureError(f"{self._where()}: {self._cancel_reason} ({got})")
         if code in PEER_FAILURE_CODES:
-            return PeerFailureError(f"{self._where()} failed mid-transfer {got}: "
-                                    f"{code.name}: {details}")
+            return PeerFailureError(
+                f"{self._where()} failed mid-transfer {got}: {code.name}: {details}"
+            )
         return RequestError(f"{self._where()} refused the pull ({code.name}): {details}")
 
     def _check_header(self, header) -> dict[str, _Receiving]:
         t = self.target
         if (header.model, header.start, header.end) != (self.model, t.start, t.end):
-            raise CheckpointError(f"{self._where()} answered for {header.model!r} layers "
-                                  f"[{header.start}, {header.end})")
+            raise CheckpointError(
+                f"{self._where()} answered for {header.model!r} layers "
+                f"[{header.start}, {header.end})"
+            )
         receiving: dict[str, _Receiving] = {}
         for entry in header.tensors:
             if entry.name in receiving:
                 raise CheckpointError(f"{self._where()} declares {entry.name} twice")
             if (entry.adapter not in self.adapters) if entry.adapter else not self.base:
-                raise CheckpointError(f"{self._where()} declares {entry.name}, which was not "
-                                      "asked for")
+                raise CheckpointError(
+                    f"{self._where()} declares {entry.name}, which was not asked for"
+                )
             if entry.digest_only and (entry.adapter or entry.key != LM_HEAD):
-                raise CheckpointError(f"{self._where()} declares {entry.name} without sending "
-                                      "it; only a tied LM head may be declared by its digest")
+                raise CheckpointError(
+                    f"{self._where()} declares {entry.name} without sending "
+                    "it; only a tied LM head may be declared by its digest"
+                )
             receiving[entry.name] = _Receiving(entry)
         total = sum(r.size for r in receiving.values())
         if total != header.total_bytes:
-            raise CheckpointError(f"{self._where()}: header says {header.total_bytes} bytes, "
-                                  f"its tensors hold {total}")
+            raise CheckpointError(
+                f"{self._where()}: header says {header.total_bytes} bytes, its tensors hold {total}"
+            )
         if not receiving:
             raise CheckpointError(f"{self._where()} declares no tensors")
         return receiving
@@ -225,8 +252,7 @@ class StagePull:
                     self.on_header(self, header)
             elif kind == "chunk":
                 if header is None or trailer is not None:
-                    raise CheckpointError(f"{self._where()} sent a chunk outside the stream "
-                                          "body")
+                    raise CheckpointError(f"{self._where()} sent a chunk outside the stream body")
                 current = self._add_chunk(message.chunk, receiving, order, current)
             elif kind == "trailer":
                 trailer = message.trailer
@@ -234,36 +260,48 @@ class StagePull:
                 raise CheckpointError(f"{self._where()} sent an empty message")
         if header is None or trailer is None or current < len(order):
             done = sum(receiving[name].filled == receiving[name].size for name in order)
-            raise PeerFailureError(f"{self._where()}: the stream ended early ({done} of "
-                                   f"{len(order)} tensors, {self.received} of "
-                                   f"{self.total} bytes)")
+            raise PeerFailureError(
+                f"{self._where()}: the stream ended early ({done} of "
+                f"{len(order)} tensors, {self.received} of "
+                f"{self.total} bytes)"
+            )
         if (trailer.tensors, trailer.bytes) != (len(order), self.received):
-            raise CheckpointError(f"{self._where()}: trailer counts {trailer.tensors} tensors, "
-                                  f"{trailer.bytes} bytes; received {len(order)}, "
-                                  f"{self.received}")
+            raise CheckpointError(
+                f"{self._where()}: trailer counts {trailer.tensors} tensors, "
+                f"{trailer.bytes} bytes; received {len(order)}, "
+                f"{self.received}"
+            )
         return self._assemble(header, receiving, started)
 
-    def _add_chunk(self, chunk, receiving: dict[str, _Receiving], order: list[str],
-                   current: int) -> int:
+    def _add_chunk(
+        self, chunk, receiving: dict[str, _Receiving], order: list[str], current: int
+    ) -> int:
         part = receiving.get(chunk.name)
         if part is None:
             raise CheckpointError(f"{self._where()} sent undeclared tensor {chunk.name!r}")
         if current >= len(order) or chunk.name != order[current]:
             expected = order[current] if current < len(order) else "nothing"
-            raise CheckpointError(f"{self._where()} sent {chunk.name} out of order "
-                                  f"(expected {expected})")
+            raise CheckpointError(
+                f"{self._where()} sent {chunk.name} out of order (expected {expected})"
+            )
         if chunk.dtype != part.entry.dtype or tuple(chunk.shape) != part.shape:
-            raise CheckpointError(f"{chunk.name}: chunk says {chunk.dtype} {list(chunk.shape)}, "
-                                  f"declared {part.entry.dtype} {list(part.shape)}")
+            raise CheckpointError(
+                f"{chunk.name}: chunk says {chunk.dtype} {list(chunk.shape)}, "
+                f"declared {part.entry.dtype} {list(part.shape)}"
+            )
         if chunk.offset != part.filled:
-            raise CheckpointError(f"{chunk.name}: chunk at byte {chunk.offset}, expected "
-                                  f"{part.filled} (chunks out of order or missing)")
+            raise CheckpointError(
+                f"{chunk.name}: chunk at byte {chunk.offset}, expected "
+                f"{part.filled} (chunks out of order or missing)"
+            )
         data = chunk.data  # each access to the field makes a new bytes object: once
         n = len(data)
         if n == 0 or part.filled + n > part.size:
-            raise CheckpointError(f"{chunk.name}: chunk of {n} bytes at {part.filled} does not "
-                                  f"fit the tensor's {part.size} bytes")
-        part.bytes[part.filled:part.filled + n] = np.frombuffer(data, dtype=np.uint8)
+            raise CheckpointError(
+                f"{chunk.name}: chunk of {n} bytes at {part.filled} does not "
+                f"fit the tensor's {part.size} bytes"
+            )
+        part.bytes[part.filled : part.filled + n] = np.frombuffer(data, dtype=np.uint8)
         part.hasher.update(data)
         part.filled += n
         self.received += n
@@ -276,11 +314,11 @@ class StagePull:
                 f"{self._where()}: tensor {part.entry.key}"
                 + (f" of adapter {part.entry.adapter}" if part.entry.adapter else "")
                 + " arrived corrupt (sha256 of the received bytes differs from the stage's)",
-                hint="the transfer damaged the data; nothing was written — gather again")
+                hint="the transfer damaged the data; nothing was written — gather again",
+            )
         return current + 1
 
-    def _assemble(self, header, receiving: dict[str, _Receiving],
-                  started: float) -> PulledStage:
+    def _assemble(self, header, receiving: dict[str, _Receiving], started: float) -> PulledStage:
         t = self.target
         base_entries, base_tensors = {}, {}
         adapters: dict[str, dict[str, torch.Tensor]] = {name: {} for name in self.adapters}
@@ -298,8 +336,10 @@ class StagePull:
         if missing:
             raise CheckpointError(f"{self._where()} sent no tensors of adapter(s) {missing}")
         try:
-            settings = {info.name: LoraSettings.model_validate_json(info.settings_json)
-                        for info in header.adapters}
+            settings = {
+                info.name: LoraSettings.model_validate_json(info.settings_json)
+                for info in header.adapters
+            }
             config = json.loads(header.config_json)
         except ValueError as exc:
             raise CheckpointError(f"{self._where()}: unreadable header: {exc}") from exc
@@ -307,12 +347,29 @@ class StagePull:
         base = None
         digest_only = tuple(p.entry.key for p in receiving.values() if p.entry.digest_only)
         if self.base:
-            base = SourceManifest(t.source_id, t.start, t.end, base_entries, peer=t.peer_id,
-                                  extra={"endpoint": t.endpoint, "bytes": self.received,
-                                         "seconds": round(seconds, 3),
-                                         **({"digest_only": list(digest_only)}
-                                            if digest_only else {})})
-        return PulledStage(target=t, config=config, base=base, base_tensors=base_tensors,
-                           adapters=adapters, adapter_settings=settings,
-                           adapter_digests=digests, bytes=self.received, seconds=seconds,
-                           node0_version=header.node0_version, digest_only=digest_only)
+            base = SourceManifest(
+                t.source_id,
+                t.start,
+                t.end,
+                base_entries,
+                peer=t.peer_id,
+                extra={
+                    "endpoint": t.endpoint,
+                    "bytes": self.received,
+                    "seconds": round(seconds, 3),
+                    **({"digest_only": list(digest_only)} if digest_only else {}),
+                },
+            )
+        return PulledStage(
+            target=t,
+            config=config,
+            base=base,
+            base_tensors=base_tensors,
+            adapters=adapters,
+            adapter_settings=settings,
+            adapter_digests=digests,
+            bytes=self.received,
+            seconds=seconds,
+            node0_version=header.node0_version,
+            digest_only=digest_only,
+        )

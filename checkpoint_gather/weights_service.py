@@ -35,12 +35,12 @@ from pathlib import Path
 import grpc
 import torch
 
+from base.errors import RequestError
 from checkpoint_gather.digest_cache import DigestCache, TensorState
 from checkpoint_gather.sources import dtype_name, tensor_sha256
 from lora.stage_adapters import adapter_lock, adapter_state_dict
 from lora.stage_adapters import adapters as stage_adapters
 from models.llama.tensor_names import LM_HEAD, expected_shapes
-from node.errors import RequestError
 from pipeline_stages.errors import InvalidInput, SessionNotFound, StageRequestError
 from pipeline_stages.executor import StageExecutor
 from proto import node0_pb2, node0_weights_pb2, node0_weights_pb2_grpc
@@ -78,8 +78,9 @@ class SnapshotTensor:
         return 0 if self.digest_only else self.tensor.numel() * self.tensor.element_size()
 
 
-def tensor_chunks(name: str, tensor: torch.Tensor,
-                  chunk_bytes: int) -> Iterator[node0_pb2.TensorChunk]:
+def tensor_chunks(
+    name: str, tensor: torch.Tensor, chunk_bytes: int
+) -> Iterator[node0_pb2.TensorChunk]:
     """``tensor`` (contiguous) as ordered ``TensorChunk``s sliced straight from its memory.
 
     Same messages as :func:`proto.tensor_chunks.split_tensor`, which first copies the whole
@@ -92,8 +93,13 @@ def tensor_chunks(name: str, tensor: torch.Tensor,
     data = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
     shape = list(tensor.shape)
     for offset in range(0, len(data), chunk_bytes):
-        yield node0_pb2.TensorChunk(name=name, dtype=dtype, shape=shape, offset=offset,
-                                    data=data[offset:offset + chunk_bytes].tobytes())
+        yield node0_pb2.TensorChunk(
+            name=name,
+            dtype=dtype,
+            shape=shape,
+            offset=offset,
+            data=data[offset : offset + chunk_bytes].tobytes(),
+        )
 
 
 def wire_name(adapter: str, key: str) -> str:
@@ -107,8 +113,9 @@ def stage_base_tensors(stage) -> dict[str, torch.Tensor]:
     PEFT wraps an adapted linear layer as ``…q_proj.base_layer`` plus ``lora_*`` modules; the
     base weight is reported under its plain name and the adapter tensors are left out.
     """
-    wanted = expected_shapes(stage.full_config, range(stage.start, stage.end),
-                             first=stage.is_first, last=stage.is_last)
+    wanted = expected_shapes(
+        stage.full_config, range(stage.start, stage.end), first=stage.is_first, last=stage.is_last
+    )
     held: dict[str, torch.Tensor] = {}
     for name, param in stage.named_parameters(remove_duplicate=False):
         parts = name.split(".")
@@ -121,9 +128,15 @@ def stage_base_tensors(stage) -> dict[str, torch.Tensor]:
     return {name: held[name] for name in wanted}
 
 
-def snapshot_stage(executor: StageExecutor, stage, *, base: bool, adapters: list[str],
-                   digests: DigestCache | None = None,
-                   tied_head_digest_only: bool = False) -> list[SnapshotTensor]:
+def snapshot_stage(
+    executor: StageExecutor,
+    stage,
+    *,
+    base: bool,
+    adapters: list[str],
+    digests: DigestCache | None = None,
+    tied_head_digest_only: bool = False,
+) -> list[SnapshotTensor]:
     """Copy the requested tensors of ``stage`` as one consistent snapshot.
 
     Holds the executor's compute lock (every inference/training step holds it) and the stage's
@@ -132,29 +145,49 @@ def snapshot_stage(executor: StageExecutor, stage, *, base: bool, adapters: list
     ``tied_head_digest_only`` a tied LM head on the last stage is only declared (no copy is
     kept for sending; it is copied only if its digest is not known yet).
     """
-    tied_head = tied_head_digest_only and stage.is_last and bool(
-        getattr(stage.full_config, "tie_word_embeddings", False))
+    tied_head = (
+        tied_head_digest_only
+        and stage.is_last
+        and bool(getattr(stage.full_config, "tie_word_embeddings", False))
+    )
     with executor._compute, adapter_lock(stage):  # noqa: SLF001 (the executor's one lock)
         held = stage_adapters(stage)
         unknown = [name for name in adapters if name not in held]
         if unknown:
-            raise SessionNotFound(f"unknown adapter(s) {unknown} on layers [{stage.start}, "
-                                  f"{stage.end}); held: {', '.join(sorted(held)) or 'none'}")
+            raise SessionNotFound(
+                f"unknown adapter(s) {unknown} on layers [{stage.start}, "
+                f"{stage.end}); held: {', '.join(sorted(held)) or 'none'}"
+            )
         out = []
         if base:
             for key, param in stage_base_tensors(stage).items():  # the live parameters
                 state = TensorState.of(param)
                 sha = digests.lookup(param, state) if digests is not None else None
                 digest_only = tied_head and key == LM_HEAD
-                copy = None if digest_only and sha else param.detach().clone(
-                    memory_format=torch.contiguous_format)
-                out.append(SnapshotTensor(key, "", key, copy, param.dtype, tuple(param.shape),
-                                          sha256=sha, digest_only=digest_only, source=param,
-                                          state=state))
+                copy = (
+                    None
+                    if digest_only and sha
+                    else param.detach().clone(memory_format=torch.contiguous_format)
+                )
+                out.append(
+                    SnapshotTensor(
+                        key,
+                        "",
+                        key,
+                        copy,
+                        param.dtype,
+                        tuple(param.shape),
+                        sha256=sha,
+                        digest_only=digest_only,
+                        source=param,
+                        state=state,
+                    )
+                )
         for adapter in adapters:
-            out += [SnapshotTensor(wire_name(adapter, key), adapter, key, t, t.dtype,
-                                   tuple(t.shape))
-                    for key, t in sorted(adapter_state_dict(stage, adapter).items())]
+            out += [
+                SnapshotTensor(wire_name(adapter, key), adapter, key, t, t.dtype, tuple(t.shape))
+                for key, t in sorted(adapter_state_dict(stage, adapter).items())
+            ]
     return out
 
 
@@ -213,13 +246,15 @@ class WeightsService(node0_weights_pb2_grpc.StageWeightsServicer):
 
     def _stage(self, request):
         if request.model != self.executor.model_name:
-            raise InvalidInput(f"this daemon serves {self.executor.model_name!r}, not "
-                               f"{request.model!r}")
+            raise InvalidInput(
+                f"this daemon serves {self.executor.model_name!r}, not {request.model!r}"
+            )
         stage = self.executor.stages.get((request.start, request.end))
         if stage is None:
             hosted = ", ".join(f"[{s}, {e})" for s, e in sorted(self.executor.stages))
-            raise SessionNotFound(f"layers [{request.start}, {request.end}) are not hosted "
-                                  f"here (hosted: {hosted})")
+            raise SessionNotFound(
+                f"layers [{request.start}, {request.end}) are not hosted here (hosted: {hosted})"
+            )
         if not request.base and not request.adapters:
             raise InvalidInput("nothing to send: ask for the base weights and/or adapters")
         if len(set(request.adapters)) != len(request.adapters):
@@ -228,29 +263,47 @@ class WeightsService(node0_weights_pb2_grpc.StageWeightsServicer):
 
     def _header(self, request, stage, snapshot: list[SnapshotTensor]):
         config = self.executor.config
-        entries = [node0_weights_pb2.WeightEntry(
-            name=item.name, adapter=item.adapter, key=item.key, dtype=dtype_name(item.dtype),
-            shape=list(item.shape), sha256=item.sha256, digest_only=item.digest_only)
-            for item in snapshot]
+        entries = [
+            node0_weights_pb2.WeightEntry(
+                name=item.name,
+                adapter=item.adapter,
+                key=item.key,
+                dtype=dtype_name(item.dtype),
+                shape=list(item.shape),
+                sha256=item.sha256,
+                digest_only=item.digest_only,
+            )
+            for item in snapshot
+        ]
         held = stage_adapters(stage)
         return node0_weights_pb2.WeightsHeader(
-            model=self.executor.model_name, start=request.start, end=request.end,
-            num_layers=config.num_hidden_layers, peer_id=self.peer_id,
+            model=self.executor.model_name,
+            start=request.start,
+            end=request.end,
+            num_layers=config.num_hidden_layers,
+            peer_id=self.peer_id,
             node0_version=metadata.version("node0"),
             config_json=json.dumps(config.to_dict(), sort_keys=True, default=str),
             tensors=entries,
-            adapters=[node0_weights_pb2.AdapterInfo(name=name,
-                                                    settings_json=held[name].model_dump_json())
-                      for name in sorted(held)],
-            total_bytes=sum(item.nbytes for item in snapshot))
+            adapters=[
+                node0_weights_pb2.AdapterInfo(name=name, settings_json=held[name].model_dump_json())
+                for name in sorted(held)
+            ],
+            total_bytes=sum(item.nbytes for item in snapshot),
+        )
 
     def PullWeights(self, request, context):  # noqa: N802 (gRPC method name)
         started = time.monotonic()
         try:
             stage = self._stage(request)
-            snapshot = snapshot_stage(self.executor, stage, base=request.base,
-                                      adapters=list(request.adapters), digests=self.digests,
-                                      tied_head_digest_only=request.tied_head_digest_only)
+            snapshot = snapshot_stage(
+                self.executor,
+                stage,
+                base=request.base,
+                adapters=list(request.adapters),
+                digests=self.digests,
+                tied_head_digest_only=request.tied_head_digest_only,
+            )
             hash_snapshot(snapshot, self.digests)
             header = self._header(request, stage, snapshot)
         except (StageRequestError, RequestError) as exc:
@@ -260,9 +313,16 @@ class WeightsService(node0_weights_pb2_grpc.StageWeightsServicer):
             log.exception("PullWeights failed")
             context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc}")
         chunk_bytes = self._chunk_bytes(request.chunk_bytes)
-        log.info("PullWeights: layers [%d, %d), base %s, adapters %s: %d tensors, %d bytes "
-                 "to %s", request.start, request.end, request.base, list(request.adapters),
-                 len(snapshot), header.total_bytes, context.peer())
+        log.info(
+            "PullWeights: layers [%d, %d), base %s, adapters %s: %d tensors, %d bytes to %s",
+            request.start,
+            request.end,
+            request.base,
+            list(request.adapters),
+            len(snapshot),
+            header.total_bytes,
+            context.peer(),
+        )
         yield node0_weights_pb2.WeightsMessage(header=header)
         corrupt, delay = self._faults.corrupt(), self._faults.delay()
         sent = 0
@@ -277,6 +337,11 @@ class WeightsService(node0_weights_pb2_grpc.StageWeightsServicer):
                 sent += len(chunk.data)
                 yield node0_weights_pb2.WeightsMessage(chunk=chunk)
         yield node0_weights_pb2.WeightsMessage(
-            trailer=node0_weights_pb2.WeightsTrailer(tensors=len(sending), bytes=sent))
-        log.info("PullWeights: layers [%d, %d) sent in %.1f s", request.start, request.end,
-                 time.monotonic() - started)
+            trailer=node0_weights_pb2.WeightsTrailer(tensors=len(sending), bytes=sent)
+        )
+        log.info(
+            "PullWeights: layers [%d, %d) sent in %.1f s",
+            request.start,
+            request.end,
+            time.monotonic() - started,
+        )

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from base.errors import DataError, QualityGateError
 from corpus.config import CorpusConfig
 from corpus.dedup import deduplicate
 from corpus.format import Draft, format_units
@@ -34,7 +35,6 @@ from corpus.rig import Rig, load_rig
 from corpus.scrub import Scrubber
 from corpus.units import Unit
 from dataload.schema import DPOPair, SFTExample
-from node.errors import DataError, QualityGateError
 from provenance import RunDir, create_run_dir, sha256_file, sha256_json
 
 log = logging.getLogger(__name__)

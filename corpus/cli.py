@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from node.errors import DataError
+from base.errors import DataError
 
 DEFAULT_CONFIG = "configs/corpus/default.yaml"
 

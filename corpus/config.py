@@ -8,8 +8,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from base.errors import ConfigError
 from dataload.schema import ROLES
-from node.errors import ConfigError
 
 
 class _Section(BaseModel):

@@ -13,9 +13,9 @@ from collections import defaultdict
 
 import numpy as np
 
+from base.hashing import sha256_json
 from corpus.format import Draft
 from corpus.ledger import Ledger
-from provenance.hashing import sha256_json
 
 _WORD = re.compile(r"\w+")
 

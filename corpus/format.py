@@ -10,11 +10,11 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from base.hashing import sha256_json
 from corpus.ledger import Ledger
 from corpus.partition import infer_task, slug
 from corpus.readers.docs import sections
 from corpus.units import RecordRef, Unit
-from provenance.hashing import sha256_json
 
 
 @dataclass

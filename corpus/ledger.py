@@ -13,8 +13,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Literal
 
+from base.errors import DataError
 from corpus.units import RecordRef
-from node.errors import DataError
 
 Status = Literal["accepted", "quarantined", "rejected"]
 _ORDER = {"accepted": 0, "quarantined": 1, "rejected": 2}

@@ -17,8 +17,8 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from base.hashing import sha256_bytes
 from corpus.ledger import Ledger
-from provenance.hashing import sha256_bytes
 
 MANIFEST_SCHEMA = "node0.corpus-manifest/1"
 

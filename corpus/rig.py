@@ -7,7 +7,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from node.errors import ConfigError, DataError
+from base.errors import ConfigError, DataError
 
 
 @dataclass(frozen=True)

@@ -72,8 +72,13 @@ class Batch:
     def digest(self) -> str:
         """sha256 over the tensors' bytes and the example ids: equal digests, equal batches."""
         h = hashlib.sha256(",".join(self.example_ids).encode())
-        for t in (self.input_ids, self.attention_mask, self.labels, self.position_ids,
-                  self.segment_ids):
+        for t in (
+            self.input_ids,
+            self.attention_mask,
+            self.labels,
+            self.position_ids,
+            self.segment_ids,
+        ):
             h.update(str(tuple(t.shape)).encode())
             h.update(t.contiguous().numpy().tobytes())
         return h.hexdigest()
@@ -89,23 +94,33 @@ def pad_batch(examples: Sequence[TokenizedExample], *, pad_id: int) -> Batch:
     labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
     attention = torch.zeros((n, width), dtype=torch.long)
     for row, e in enumerate(examples):
-        input_ids[row, :len(e)] = torch.tensor(e.input_ids, dtype=torch.long)
-        labels[row, :len(e)] = torch.tensor(e.labels, dtype=torch.long)
-        attention[row, :len(e)] = 1
+        input_ids[row, : len(e)] = torch.tensor(e.input_ids, dtype=torch.long)
+        labels[row, : len(e)] = torch.tensor(e.labels, dtype=torch.long)
+        attention[row, : len(e)] = 1
     positions = torch.arange(width, dtype=torch.long).expand(n, width).clone()
-    return Batch(input_ids, attention, labels, positions, attention.clone(),
-                 tuple(e.id for e in examples), packed=False)
+    return Batch(
+        input_ids,
+        attention,
+        labels,
+        positions,
+        attention.clone(),
+        tuple(e.id for e in examples),
+        packed=False,
+    )
 
 
-def pack_rows(examples: Sequence[TokenizedExample], max_length: int
-              ) -> list[list[TokenizedExample]]:
+def pack_rows(
+    examples: Sequence[TokenizedExample], max_length: int
+) -> list[list[TokenizedExample]]:
     """Group examples, in order, into rows of at most ``max_length`` tokens (first fit)."""
     rows: list[list[TokenizedExample]] = []
     used = max_length
     for e in examples:
         if len(e) > max_length:
-            raise ValueError(f"example {e.id} has {len(e)} tokens > max_length {max_length}; "
-                             "truncate before packing")
+            raise ValueError(
+                f"example {e.id} has {len(e)} tokens > max_length {max_length}; "
+                "truncate before packing"
+            )
         if used + len(e) > max_length:
             rows.append([])
             used = 0
@@ -114,8 +129,9 @@ def pack_rows(examples: Sequence[TokenizedExample], max_length: int
     return rows
 
 
-def pack_batch(rows: Sequence[Sequence[TokenizedExample]], *, pad_id: int,
-               max_length: int) -> Batch:
+def pack_batch(
+    rows: Sequence[Sequence[TokenizedExample]], *, pad_id: int, max_length: int
+) -> Batch:
     """Collate packed rows into ``(len(rows), max_length)`` tensors."""
     if not rows:
         raise ValueError("cannot collate an empty batch")

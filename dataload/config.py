@@ -51,8 +51,9 @@ class DataConfig(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
         if self.shard_index >= self.shard_count:
-            raise ValueError(f"shard_index {self.shard_index} must be < shard_count "
-                             f"{self.shard_count}")
+            raise ValueError(
+                f"shard_index {self.shard_index} must be < shard_count {self.shard_count}"
+            )
         if self.packing and self.kind == "dpo":
             raise ValueError("packing is for SFT only; DPO pairs are padded")
         return self

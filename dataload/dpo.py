@@ -44,9 +44,16 @@ class TokenizedPair:
         return hashlib.sha256(self.chosen.digest() + self.rejected.digest()).digest()
 
 
-def encode_dpo(pair, tokenizer, *, eos_id: int, max_length: int,
-               mode: PromptMode = "completion", truncation: Truncation = "right",
-               stats: EncodeStats | None = None) -> TokenizedPair | None:
+def encode_dpo(
+    pair,
+    tokenizer,
+    *,
+    eos_id: int,
+    max_length: int,
+    mode: PromptMode = "completion",
+    truncation: Truncation = "right",
+    stats: EncodeStats | None = None,
+) -> TokenizedPair | None:
     """Tokenize a :class:`~dataload.schema.DPOPair`; ``None`` when the policy drops it.
 
     ``stats`` counts pairs (a pair is truncated if either side is).
@@ -55,10 +62,19 @@ def encode_dpo(pair, tokenizer, *, eos_id: int, max_length: int,
     side_stats = EncodeStats()
     sides = []
     for name, turns in (("chosen", pair.chosen), ("rejected", pair.rejected)):
-        ids, labels = encode_messages(turns_to_messages([*pair.prompt, *turns]), tokenizer,
-                                      eos_id=eos_id, mode=mode)
-        sides.append(truncate(f"{pair.id}:{name}", ids, labels, max_length=max_length,
-                              policy=truncation, stats=side_stats))
+        ids, labels = encode_messages(
+            turns_to_messages([*pair.prompt, *turns]), tokenizer, eos_id=eos_id, mode=mode
+        )
+        sides.append(
+            truncate(
+                f"{pair.id}:{name}",
+                ids,
+                labels,
+                max_length=max_length,
+                policy=truncation,
+                stats=side_stats,
+            )
+        )
     stats.examples += 1
     if None in sides:
         if side_stats.dropped_too_long:
@@ -92,7 +108,7 @@ class DPOBatch:
         """Per-row values ``(2n, …)`` → ``(chosen (n, …), rejected (n, …))``."""
         if values.shape[0] != 2 * self.pairs:
             raise ValueError(f"expected {2 * self.pairs} rows, got {values.shape[0]}")
-        return values[:self.pairs], values[self.pairs:]
+        return values[: self.pairs], values[self.pairs :]
 
     def digest(self) -> str:
         return self.batch.digest()

@@ -2,7 +2,7 @@
 
 A bad line (invalid UTF-8, invalid JSON, or a record the schema rejects) becomes a
 :class:`LineError` with its file, 1-based line number and reason. With ``strict=True`` any bad
-line raises :class:`~node.errors.DataError` listing them.
+line raises :class:`~base.errors.DataError` listing them.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from base.errors import DataError
 from dataload.schema import DPOPair, SFTExample
-from node.errors import DataError
 
 T = TypeVar("T", bound=BaseModel)
 

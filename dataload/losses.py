@@ -26,16 +26,19 @@ IGNORE_INDEX = -100
 
 def _shifted(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if logits.dim() != 3 or labels.shape != logits.shape[:2]:
-        raise ValueError(f"logits {tuple(logits.shape)} must be (batch, seq, vocab) over labels "
-                         f"{tuple(labels.shape)} (batch, seq)")
+        raise ValueError(
+            f"logits {tuple(logits.shape)} must be (batch, seq, vocab) over labels "
+            f"{tuple(labels.shape)} (batch, seq)"
+        )
     return logits[:, :-1, :].float(), labels[:, 1:]
 
 
 def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """``log p(label_{t+1} | ≤ t)`` per position, 0 where not counted. Shape ``(batch, seq-1)``."""
     shifted_logits, shifted_labels = _shifted(logits, labels)
-    nll = F.cross_entropy(shifted_logits.transpose(1, 2), shifted_labels,
-                          ignore_index=IGNORE_INDEX, reduction="none")  # (batch, seq-1)
+    nll = F.cross_entropy(
+        shifted_logits.transpose(1, 2), shifted_labels, ignore_index=IGNORE_INDEX, reduction="none"
+    )  # (batch, seq-1)
     return -nll
 
 
@@ -51,9 +54,12 @@ def cross_entropy_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch
     mean loss of one big batch (gradient accumulation without bias towards short micro-batches).
     """
     shifted_logits, shifted_labels = _shifted(logits, labels)
-    total = F.cross_entropy(shifted_logits.reshape(-1, shifted_logits.shape[-1]),
-                            shifted_labels.reshape(-1), ignore_index=IGNORE_INDEX,
-                            reduction="sum")
+    total = F.cross_entropy(
+        shifted_logits.reshape(-1, shifted_logits.shape[-1]),
+        shifted_labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
     return total, int((shifted_labels != IGNORE_INDEX).sum())
 
 
@@ -69,8 +75,9 @@ def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
     return total / count
 
 
-def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor,
-                      segment_ids: torch.Tensor | None = None) -> torch.Tensor:
+def sequence_logprobs(
+    logits: torch.Tensor, labels: torch.Tensor, segment_ids: torch.Tensor | None = None
+) -> torch.Tensor:
     """``log π(y|x)``: the sum of the counted tokens' log-probabilities per sequence.
 
     Args:
@@ -91,16 +98,27 @@ def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor,
     return out[:, 1:]
 
 
-def dpo_rewards(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
-                ref_chosen: torch.Tensor, ref_rejected: torch.Tensor, *, beta: float = 0.1
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def dpo_rewards(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    *,
+    beta: float = 0.1,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Implicit rewards ``β·(log πθ − log π_ref)`` of the chosen and rejected completions."""
     return beta * (policy_chosen - ref_chosen), beta * (policy_rejected - ref_rejected)
 
 
-def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
-             ref_chosen: torch.Tensor, ref_rejected: torch.Tensor, beta: float = 0.1, *,
-             reduction: Literal["mean", "sum", "none"] = "mean") -> torch.Tensor:
+def dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float = 0.1,
+    *,
+    reduction: Literal["mean", "sum", "none"] = "mean",
+) -> torch.Tensor:
     """Sigmoid DPO loss from per-pair sequence log-probs (each ``(pairs,)``).
 
     ``reduction="sum"`` lets a step spanning micro-batches divide by its total pair count.

@@ -64,7 +64,7 @@ class Probe(BaseModel):
 
 
 def load_probes(path: str | Path) -> list[Probe]:
-    """Load a probe file; any malformed line raises :class:`~node.errors.DataError`."""
+    """Load a probe file; any malformed line raises :class:`~base.errors.DataError`."""
     return read_jsonl(path, Probe, strict=True).records
 
 
@@ -74,5 +74,9 @@ def score_probes(probes: list[Probe], answers: list[str]) -> dict:
         raise ValueError(f"{len(probes)} probes but {len(answers)} answers")
     hits = [p.id for p, a in zip(probes, answers, strict=True) if p.shows_convention(a)]
     avoided = [p.id for p, a in zip(probes, answers, strict=True) if p.uses_avoided(a)]
-    return {"probes": len(probes), "shows_convention": len(hits), "uses_avoided": len(avoided),
-            "hits": hits}
+    return {
+        "probes": len(probes),
+        "shows_convention": len(hits),
+        "uses_avoided": len(avoided),
+        "hits": hits,
+    }

@@ -14,25 +14,34 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from node.errors import RequestError
+from base.errors import RequestError
 
 PromptMode = Literal["completion", "chat"]
 ROLES = ("system", "user", "assistant")
 
 
-def render(messages: Sequence[dict[str, str]], *, mode: PromptMode, tokenizer=None,
-           add_generation_prompt: bool = True) -> str:
+def render(
+    messages: Sequence[dict[str, str]],
+    *,
+    mode: PromptMode,
+    tokenizer=None,
+    add_generation_prompt: bool = True,
+) -> str:
     """Render ``[{"role": …, "content": …}, …]`` as one prompt string."""
     for message in messages:
         if message.get("role") not in ROLES or not isinstance(message.get("content"), str):
-            raise RequestError(f"bad message {message!r}: role must be one of {ROLES} and "
-                               "content a string")
+            raise RequestError(
+                f"bad message {message!r}: role must be one of {ROLES} and content a string"
+            )
     if mode == "chat":
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-            raise RequestError("prompt mode 'chat' needs a tokenizer with a chat template; "
-                               "use --prompt-format completion")
-        return tokenizer.apply_chat_template(list(messages), tokenize=False,
-                                             add_generation_prompt=add_generation_prompt)
+            raise RequestError(
+                "prompt mode 'chat' needs a tokenizer with a chat template; "
+                "use --prompt-format completion"
+            )
+        return tokenizer.apply_chat_template(
+            list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
+        )
     if mode != "completion":
         raise RequestError(f"unknown prompt mode {mode!r}; use 'completion' or 'chat'")
     blocks = [f"{m['role']}: {m['content'].strip()}" for m in messages]
@@ -68,8 +77,9 @@ def _append(segments: list[Segment], text: str, trained: bool) -> None:
         segments.append(Segment(text, trained))
 
 
-def render_segments(messages: Sequence[dict[str, str]], *, mode: PromptMode,
-                    tokenizer=None) -> list[Segment]:
+def render_segments(
+    messages: Sequence[dict[str, str]], *, mode: PromptMode, tokenizer=None
+) -> list[Segment]:
     """Render a whole conversation for training, split into context and assistant segments.
 
     The segments concatenate to exactly ``render(messages, mode=mode, tokenizer=tokenizer,
@@ -103,24 +113,30 @@ def render_segments(messages: Sequence[dict[str, str]], *, mode: PromptMode,
         for k, message in enumerate(messages):
             if message["role"] != "assistant":
                 continue
-            prefix = render(messages[:k], mode=mode, tokenizer=tokenizer,
-                            add_generation_prompt=True)
-            upto = render(messages[:k + 1], mode=mode, tokenizer=tokenizer,
-                          add_generation_prompt=False)
+            prefix = render(
+                messages[:k], mode=mode, tokenizer=tokenizer, add_generation_prompt=True
+            )
+            upto = render(
+                messages[: k + 1], mode=mode, tokenizer=tokenizer, add_generation_prompt=False
+            )
             if not (prefix.startswith(done) and upto.startswith(prefix)):
-                raise RequestError("the chat template does not render conversations as "
-                                   "prefixes of one another, so assistant tokens cannot be "
-                                   "masked exactly; use prompt mode 'completion'")
-            _append(segments, prefix[len(done):], False)
-            reply = upto[len(prefix):]
+                raise RequestError(
+                    "the chat template does not render conversations as "
+                    "prefixes of one another, so assistant tokens cannot be "
+                    "masked exactly; use prompt mode 'completion'"
+                )
+            _append(segments, prefix[len(done) :], False)
+            reply = upto[len(prefix) :]
             cut = reply.find(eos) + len(eos) if eos and eos in reply else len(reply)
             _append(segments, reply[:cut], True)
             _append(segments, reply[cut:], False)
             done = upto
         if not full.startswith(done):
-            raise RequestError("the chat template does not render conversations as prefixes "
-                               "of one another; use prompt mode 'completion'")
-        _append(segments, full[len(done):], False)
+            raise RequestError(
+                "the chat template does not render conversations as prefixes "
+                "of one another; use prompt mode 'completion'"
+            )
+        _append(segments, full[len(done) :], False)
     if "".join(s.text for s in segments) != full:  # guards the invariant the masking relies on
         raise RequestError("internal: rendered segments do not reproduce the rendered prompt")
     return segments

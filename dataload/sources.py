@@ -9,9 +9,9 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
+from base.errors import DataError
 from dataload.jsonl_reader import LineError, read_many
 from dataload.schema import DPOPair, SFTExample
-from node.errors import DataError
 from provenance import sha256_file
 
 log = logging.getLogger(__name__)
@@ -48,9 +48,14 @@ def resolve_files(paths: list[Path], kind: str) -> list[Path]:
     return files
 
 
-def read_sources(paths: list[Path], kind: str, *, strict: bool,
-                 roles: list[str] | None = None, tasks: list[str] | None = None
-                 ) -> SourceRecords:
+def read_sources(
+    paths: list[Path],
+    kind: str,
+    *,
+    strict: bool,
+    roles: list[str] | None = None,
+    tasks: list[str] | None = None,
+) -> SourceRecords:
     """Read SFT or DPO records from ``paths``, filtered by role / task.
 
     Every malformed line becomes a :class:`LineError` (file, line, reason). With ``strict`` any
@@ -71,14 +76,19 @@ def read_sources(paths: list[Path], kind: str, *, strict: bool,
         shown = "\n  ".join(str(e) for e in out.errors[:20])
         more = f"\n  … and {len(out.errors) - 20} more" if len(out.errors) > 20 else ""
         if strict:
-            raise DataError(f"{len(out.errors)} malformed line(s) in the {kind} data:\n  "
-                            f"{shown}{more}", hint="fix the lines, or set strict: false to "
-                            "skip them (they are still reported)")
+            raise DataError(
+                f"{len(out.errors)} malformed line(s) in the {kind} data:\n  {shown}{more}",
+                hint="fix the lines, or set strict: false to skip them (they are still reported)",
+            )
         for e in out.errors:
             log.warning("skipping malformed line %s", e)
-    out.records = [r for r in loaded.records
-                   if (roles is None or r.role in roles) and (tasks is None or r.task in tasks)]
+    out.records = [
+        r
+        for r in loaded.records
+        if (roles is None or r.role in roles) and (tasks is None or r.task in tasks)
+    ]
     if not out.records:
-        raise DataError(f"no {kind} examples in {[str(p) for p in paths]} "
-                        f"(roles={roles}, tasks={tasks})")
+        raise DataError(
+            f"no {kind} examples in {[str(p) for p in paths]} (roles={roles}, tasks={tasks})"
+        )
     return out

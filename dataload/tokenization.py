@@ -73,11 +73,13 @@ class EncodeStats:
 
     def as_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "dropped_ids"} | {
-            "dropped_ids": list(self.dropped_ids)}
+            "dropped_ids": list(self.dropped_ids)
+        }
 
 
-def encode_messages(messages: Sequence[dict[str, str]], tokenizer, *, eos_id: int,
-                    mode: PromptMode = "completion") -> tuple[list[int], list[int]]:
+def encode_messages(
+    messages: Sequence[dict[str, str]], tokenizer, *, eos_id: int, mode: PromptMode = "completion"
+) -> tuple[list[int], list[int]]:
     """Token ids and labels of a whole conversation, untruncated.
 
     Args:
@@ -105,8 +107,15 @@ def encode_messages(messages: Sequence[dict[str, str]], tokenizer, *, eos_id: in
     return ids, labels
 
 
-def truncate(example_id: str, ids: list[int], labels: list[int], *, max_length: int,
-             policy: Truncation, stats: EncodeStats) -> TokenizedExample | None:
+def truncate(
+    example_id: str,
+    ids: list[int],
+    labels: list[int],
+    *,
+    max_length: int,
+    policy: Truncation,
+    stats: EncodeStats,
+) -> TokenizedExample | None:
     """Apply the truncation policy; ``None`` (and a count in ``stats``) for a dropped example."""
     stats.examples += 1
     truncated = len(ids) > max_length
@@ -128,14 +137,28 @@ def truncate(example_id: str, ids: list[int], labels: list[int], *, max_length: 
     return example
 
 
-def encode_sft(example, tokenizer, *, eos_id: int, max_length: int,
-               mode: PromptMode = "completion", truncation: Truncation = "right",
-               stats: EncodeStats | None = None) -> TokenizedExample | None:
+def encode_sft(
+    example,
+    tokenizer,
+    *,
+    eos_id: int,
+    max_length: int,
+    mode: PromptMode = "completion",
+    truncation: Truncation = "right",
+    stats: EncodeStats | None = None,
+) -> TokenizedExample | None:
     """Tokenize one :class:`~dataload.schema.SFTExample` with its loss mask.
 
     Returns ``None`` when the truncation policy drops it (counted in ``stats``).
     """
-    ids, labels = encode_messages(turns_to_messages(example.turns), tokenizer, eos_id=eos_id,
-                                  mode=mode)
-    return truncate(example.id, ids, labels, max_length=max_length, policy=truncation,
-                    stats=stats if stats is not None else EncodeStats())
+    ids, labels = encode_messages(
+        turns_to_messages(example.turns), tokenizer, eos_id=eos_id, mode=mode
+    )
+    return truncate(
+        example.id,
+        ids,
+        labels,
+        max_length=max_length,
+        policy=truncation,
+        stats=stats if stats is not None else EncodeStats(),
+    )

@@ -10,12 +10,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from node.errors import CheckpointError
+from base.errors import CheckpointError
 from provenance import sha256_file, sha256_json
 
 #: Files that define a Hugging Face tokenizer; those present are fingerprinted.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "chat_template.jinja",
+)
 
 
 @dataclass(frozen=True)
@@ -41,8 +48,10 @@ def load_tokenizer(model_dir: str | Path):
 
     path = Path(model_dir)
     if not path.is_dir():
-        raise CheckpointError(f"model directory {path} does not exist",
-                              hint="prepare it with `node0 models prepare NAME`")
+        raise CheckpointError(
+            f"model directory {path} does not exist",
+            hint="prepare it with `node0 models prepare NAME`",
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as exc:
@@ -58,17 +67,25 @@ def tokenizer_info(tokenizer, model_dir: str | Path | None = None) -> TokenizerI
     """
     eos = tokenizer.eos_token_id
     if eos is None:
-        raise CheckpointError("the tokenizer has no EOS token; assistant turns cannot be "
-                              "terminated", hint="use a checkpoint whose tokenizer sets eos_token")
+        raise CheckpointError(
+            "the tokenizer has no EOS token; assistant turns cannot be terminated",
+            hint="use a checkpoint whose tokenizer sets eos_token",
+        )
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     if model_dir is not None:
-        files = {name: sha256_file(Path(model_dir) / name) for name in TOKENIZER_FILES
-                 if (Path(model_dir) / name).is_file()}
+        files = {
+            name: sha256_file(Path(model_dir) / name)
+            for name in TOKENIZER_FILES
+            if (Path(model_dir) / name).is_file()
+        }
         if not files:
             raise CheckpointError(f"{model_dir} holds no tokenizer files")
         fingerprint = sha256_json(files)
     else:
         fingerprint = sha256_json(sorted(tokenizer.get_vocab().items()))
-    return TokenizerInfo(eos_id=int(eos), pad_id=int(pad),
-                         has_chat_template=bool(getattr(tokenizer, "chat_template", None)),
-                         fingerprint=fingerprint)
+    return TokenizerInfo(
+        eos_id=int(eos),
+        pad_id=int(pad),
+        has_chat_template=bool(getattr(tokenizer, "chat_template", None)),
+        fingerprint=fingerprint,
+    )

@@ -12,10 +12,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from base.errors import RequestError
+from base.sampler import SamplingParams
 from inference.pipeline_session import PipelineSession
-from inference.sampler import SamplingParams
 from inference.text_stream import TextStream
-from node.errors import RequestError
 from proto.tensor_codec import decode
 
 
@@ -60,7 +60,8 @@ async def generate(
     if len(prompt_ids) >= session.max_length:
         raise RequestError(
             f"prompt has {len(prompt_ids)} tokens; the context window is {session.max_length}",
-            hint="shorten the prompt (or start a new conversation)")
+            hint="shorten the prompt (or start a new conversation)",
+        )
     started = time.perf_counter()
     reuse = min(common_prefix(session.token_ids, prompt_ids), len(prompt_ids) - 1)
     stream = TextStream(tokenizer, stop)
@@ -70,8 +71,9 @@ async def generate(
     feed, position = prompt_ids[reuse:], reuse
     finish = "length"
     while True:
-        response = await session.step(feed, position, sampling=sampling,
-                                      return_logits=return_first_logits and not generated)
+        response = await session.step(
+            feed, position, sampling=sampling, return_logits=return_first_logits and not generated
+        )
         if not generated:
             ttft = time.perf_counter() - started
             if return_first_logits:
@@ -98,6 +100,12 @@ async def generate(
     if tail and on_text:
         on_text(tail)
     return GenerationResult(
-        token_ids=generated, text=stream.text, finish_reason=finish,
-        prompt_tokens=len(prompt_ids), reused_tokens=reuse, time_to_first_token=ttft,
-        elapsed=time.perf_counter() - started, first_logits=first_logits)
+        token_ids=generated,
+        text=stream.text,
+        finish_reason=finish,
+        prompt_tokens=len(prompt_ids),
+        reused_tokens=reuse,
+        time_to_first_token=ttft,
+        elapsed=time.perf_counter() - started,
+        first_logits=first_logits,
+    )

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from inference.routing import plan_route, replicas_for
-from inference.sampler import SamplingParams
+from base.dht_records import StageRecord
+from base.errors import PeerFailureError
+from base.routing import plan_route, replicas_for
+from base.sampler import SamplingParams
 from inference.stage_client import StageSessionClient, StageUnavailable, output_tensor
-from node.dht_records import StageRecord
-from node.errors import PeerFailureError
 from proto import node0_pb2
 
 log = logging.getLogger(__name__)
@@ -58,9 +58,16 @@ class PipelineSession:
         max_failovers: replicas tried per failure before giving up.
     """
 
-    def __init__(self, fetch_records: Callable[[], list[StageRecord]], model: str, *,
-                 max_length: int, adapters: tuple[str, ...] = (), step_timeout: float = 30.0,
-                 max_failovers: int = 3):
+    def __init__(
+        self,
+        fetch_records: Callable[[], list[StageRecord]],
+        model: str,
+        *,
+        max_length: int,
+        adapters: tuple[str, ...] = (),
+        step_timeout: float = 30.0,
+        max_failovers: int = 3,
+    ):
         self.fetch_records = fetch_records
         self.model = model
         self.max_length = max_length
@@ -73,8 +80,13 @@ class PipelineSession:
         self.token_ids: list[int] = []  # the sequence whose KV is cached on every stage
 
     async def _connect(self, record: StageRecord) -> StageSessionClient:
-        client = StageSessionClient(record.endpoint, model=self.model, start=record.start,
-                                    end=record.end, step_timeout=self.step_timeout)
+        client = StageSessionClient(
+            record.endpoint,
+            model=self.model,
+            start=record.start,
+            end=record.end,
+            step_timeout=self.step_timeout,
+        )
         try:
             await client.open(self.max_length, self.adapters)
         except BaseException:
@@ -91,17 +103,20 @@ class PipelineSession:
             except StageUnavailable:
                 client, record = await self._replacement(record.span, record.endpoint)
             self.hops.append(_Hop(record, client))
-        log.debug("route: %s", " -> ".join(f"{h.record.endpoint}{list(h.record.span)}"
-                                           for h in self.hops))
+        log.debug(
+            "route: %s", " -> ".join(f"{h.record.endpoint}{list(h.record.span)}" for h in self.hops)
+        )
         return [h.record for h in self.hops]
 
-    async def _replacement(self, span: tuple[int, int], failed: str
-                           ) -> tuple[StageSessionClient, StageRecord]:
+    async def _replacement(
+        self, span: tuple[int, int], failed: str
+    ) -> tuple[StageSessionClient, StageRecord]:
         self.failed_endpoints.add(failed)
         for _ in range(self.max_failovers):
             records = await asyncio.to_thread(self.fetch_records)
-            candidates = replicas_for(records, span, self.model,
-                                      exclude_endpoints=frozenset(self.failed_endpoints))
+            candidates = replicas_for(
+                records, span, self.model, exclude_endpoints=frozenset(self.failed_endpoints)
+            )
             if not candidates:
                 break
             record = candidates[0]
@@ -113,11 +128,17 @@ class PipelineSession:
         raise PeerFailureError(
             f"layers [{span[0]}, {span[1]}) failed on {failed} and no other live replica could "
             f"take over (tried: {sorted(self.failed_endpoints)})",
-            hint="start another daemon hosting these layers and retry")
+            hint="start another daemon hosting these layers and retry",
+        )
 
-    async def _step_hop(self, index: int, position: int, inputs: torch.Tensor,
-                        sampling: SamplingParams | None, return_logits: bool
-                        ) -> tuple[node0_pb2.StepResponse, torch.Tensor | None]:
+    async def _step_hop(
+        self,
+        index: int,
+        position: int,
+        inputs: torch.Tensor,
+        sampling: SamplingParams | None,
+        return_logits: bool,
+    ) -> tuple[node0_pb2.StepResponse, torch.Tensor | None]:
         hop = self.hops[index]
         last = index == len(self.hops) - 1
         kwargs = {"sampling": sampling, "return_logits": return_logits} if last else {}
@@ -125,24 +146,32 @@ class PipelineSession:
             response = await hop.client.step(position, inputs, **kwargs)
             return response, None if last else output_tensor(response)
         except StageUnavailable as exc:
-            log.warning("stage %s on %s failed: %s; switching replica",
-                        list(hop.record.span), hop.record.endpoint, exc)
+            log.warning(
+                "stage %s on %s failed: %s; switching replica",
+                list(hop.record.span),
+                hop.record.endpoint,
+                exc,
+            )
         while True:
             await hop.client.close()
-            hop.client, hop.record = await self._replacement(hop.record.span,
-                                                             hop.record.endpoint)
+            hop.client, hop.record = await self._replacement(hop.record.span, hop.record.endpoint)
             self.failovers += 1
             try:
                 response = await self._replay(hop, position, inputs, kwargs)
             except StageUnavailable as exc:
                 log.warning("replacement %s failed too: %s", hop.record.endpoint, exc)
                 continue
-            log.info("stage %s rebuilt on %s from %d positions", list(hop.record.span),
-                     hop.record.endpoint, position + inputs.shape[1])
+            log.info(
+                "stage %s rebuilt on %s from %d positions",
+                list(hop.record.span),
+                hop.record.endpoint,
+                position + inputs.shape[1],
+            )
             return response, None if last else output_tensor(response)
 
-    async def _replay(self, hop: _Hop, position: int, inputs: torch.Tensor,
-                      kwargs: dict) -> node0_pb2.StepResponse:
+    async def _replay(
+        self, hop: _Hop, position: int, inputs: torch.Tensor, kwargs: dict
+    ) -> node0_pb2.StepResponse:
         """Rebuild a fresh replica's cache with the same steps the failed one saw.
 
         Same chunk boundaries mean the same kernels on the same shapes, so the rebuilt K/V are
@@ -151,13 +180,18 @@ class PipelineSession:
         hop.keep(position)
         offset = 0
         for size in hop.chunks:
-            await hop.client.step(offset, hop.inputs[:, offset:offset + size])
+            await hop.client.step(offset, hop.inputs[:, offset : offset + size])
             offset += size
         return await hop.client.step(position, inputs, **kwargs)
 
-    async def step(self, token_ids: list[int], position: int, *,
-                   sampling: SamplingParams | None, return_logits: bool = False
-                   ) -> node0_pb2.StepResponse:
+    async def step(
+        self,
+        token_ids: list[int],
+        position: int,
+        *,
+        sampling: SamplingParams | None,
+        return_logits: bool = False,
+    ) -> node0_pb2.StepResponse:
         """Feed ``token_ids`` at ``position`` (rewinding the caches if position is earlier)."""
         x: torch.Tensor = torch.tensor([token_ids], dtype=torch.int64)
         response = None
@@ -172,6 +206,5 @@ class PipelineSession:
         return response
 
     async def close(self) -> None:
-        await asyncio.gather(*(hop.client.close() for hop in self.hops),
-                             return_exceptions=True)
+        await asyncio.gather(*(hop.client.close() for hop in self.hops), return_exceptions=True)
         self.hops = []

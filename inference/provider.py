@@ -17,17 +17,26 @@ def settings_entry(role: str, model: str, adapters: list[str], extra_args: list[
     args = ["--model", model, "--role", role]
     if adapters:
         args += ["--adapters", ",".join(adapters)]
-    return {"agents": {agent: {"command": "node0-inference", "args": args + extra_args,
-                               "provider": "node0"}},
-            "roles": {role: agent}}
+    return {
+        "agents": {
+            agent: {"command": "node0-inference", "args": args + extra_args, "provider": "node0"}
+        },
+        "roles": {role: agent},
+    }
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("provider", help="Gas Town provider integration",
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = subparsers.add_parser(
+        "provider",
+        help="Gas Town provider integration",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="provider_command", metavar="ACTION", required=True)
-    settings = sub.add_parser("settings", help="print the town-settings JSON entry for a role",
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    settings = sub.add_parser(
+        "settings",
+        help="print the town-settings JSON entry for a role",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     settings.add_argument("--role", required=True, choices=ROLES, help="the Gas Town role")
     settings.add_argument("--model", default="smollm2-135m", help="model served by the swarm")
     settings.add_argument("--adapters", default="", help="comma-separated task adapters")

@@ -10,39 +10,46 @@ import asyncio
 import grpc
 import torch
 
-from inference.sampler import SamplingParams
-from node.errors import RequestError
+from base.errors import RequestError
+from base.sampler import SamplingParams
 from proto import node0_pb2, node0_pb2_grpc
+from proto.channels import channel_options
 from proto.tensor_codec import decode, encode
 
 # Status codes that mean "this replica cannot serve the session any more": switch replica.
-FAILOVER_CODES = frozenset({
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.CANCELLED,
-    grpc.StatusCode.NOT_FOUND,  # session evicted or the daemon restarted
-    grpc.StatusCode.INTERNAL,
-    grpc.StatusCode.UNKNOWN,
-})
+FAILOVER_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.NOT_FOUND,  # session evicted or the daemon restarted
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+    }
+)
 
 
 class StageUnavailable(Exception):
     """The replica failed in a way another replica can recover from."""
 
 
-def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
-    return [("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes)]
-
-
 class StageSessionClient:
-    def __init__(self, endpoint: str, *, model: str, start: int, end: int,
-                 step_timeout: float, max_message_bytes: int = 64 * 1024 * 1024):
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        model: str,
+        start: int,
+        end: int,
+        step_timeout: float,
+        max_message_bytes: int = 64 * 1024 * 1024,
+    ):
         self.endpoint = endpoint
         self.model, self.start, self.end = model, start, end
         self.step_timeout = step_timeout
-        self._channel = grpc.aio.insecure_channel(endpoint,
-                                                  options=channel_options(max_message_bytes))
+        self._channel = grpc.aio.insecure_channel(
+            endpoint, options=channel_options(max_message_bytes)
+        )
         self._stub = node0_pb2_grpc.StageStub(self._channel)
         self._call = None
         self.session_id: str | None = None
@@ -51,37 +58,60 @@ class StageSessionClient:
         try:
             return await asyncio.wait_for(awaitable, self.step_timeout)
         except TimeoutError as exc:
-            raise StageUnavailable(f"{self.endpoint}: no answer within "
-                                   f"{self.step_timeout:g} s") from exc
+            raise StageUnavailable(
+                f"{self.endpoint}: no answer within {self.step_timeout:g} s"
+            ) from exc
         except grpc.aio.AioRpcError as exc:
             if exc.code() in FAILOVER_CODES:
-                raise StageUnavailable(f"{self.endpoint}: {exc.code().name}: "
-                                       f"{exc.details()}") from exc
+                raise StageUnavailable(
+                    f"{self.endpoint}: {exc.code().name}: {exc.details()}"
+                ) from exc
             # the stage refused the request itself: another replica would refuse it too
-            raise RequestError(f"stage [{self.start}, {self.end}) at {self.endpoint} refused "
-                               f"the request ({exc.code().name}): {exc.details()}") from exc
+            raise RequestError(
+                f"stage [{self.start}, {self.end}) at {self.endpoint} refused "
+                f"the request ({exc.code().name}): {exc.details()}"
+            ) from exc
         except asyncio.InvalidStateError as exc:
             # grpc.aio raises this (not an RpcError) when writing to a stream that the peer
             # already ended, e.g. because it died between two steps
             raise StageUnavailable(f"{self.endpoint}: stream already ended") from exc
 
     async def open(self, max_length: int, adapters: tuple[str, ...] = ()) -> None:
-        request = node0_pb2.OpenSessionRequest(model=self.model, start=self.start, end=self.end,
-                                               max_length=max_length, adapters=list(adapters))
+        request = node0_pb2.OpenSessionRequest(
+            model=self.model,
+            start=self.start,
+            end=self.end,
+            max_length=max_length,
+            adapters=list(adapters),
+        )
         response = await self._guard(self._stub.OpenSession(request))
         self.session_id = response.session_id
         self._call = self._stub.Step()
 
-    async def step(self, position: int, inputs: torch.Tensor, *,
-                   sampling: SamplingParams | None = None, return_logits: bool = False
-                   ) -> node0_pb2.StepResponse:
-        request = node0_pb2.StepRequest(session_id=self.session_id, position=position,
-                                        input=encode(inputs), return_logits=return_logits)
+    async def step(
+        self,
+        position: int,
+        inputs: torch.Tensor,
+        *,
+        sampling: SamplingParams | None = None,
+        return_logits: bool = False,
+    ) -> node0_pb2.StepResponse:
+        request = node0_pb2.StepRequest(
+            session_id=self.session_id,
+            position=position,
+            input=encode(inputs),
+            return_logits=return_logits,
+        )
         if sampling is not None:
             request.sample = True
-            request.sampling.CopyFrom(node0_pb2.SamplingParams(
-                temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
-                seed=sampling.seed))
+            request.sampling.CopyFrom(
+                node0_pb2.SamplingParams(
+                    temperature=sampling.temperature,
+                    top_k=sampling.top_k,
+                    top_p=sampling.top_p,
+                    seed=sampling.seed,
+                )
+            )
         await self._guard(self._call.write(request))
         response = await self._guard(self._call.read())
         if response is grpc.aio.EOF:
@@ -93,8 +123,12 @@ class StageSessionClient:
             if self._call is not None:
                 self._call.cancel()
             if self.session_id is not None:
-                await asyncio.wait_for(self._stub.CloseSession(
-                    node0_pb2.CloseSessionRequest(session_id=self.session_id)), 2.0)
+                await asyncio.wait_for(
+                    self._stub.CloseSession(
+                        node0_pb2.CloseSessionRequest(session_id=self.session_id)
+                    ),
+                    2.0,
+                )
         except (grpc.aio.AioRpcError, TimeoutError):
             pass  # the peer may be gone; its idle eviction frees the cache
         finally:

@@ -31,8 +31,9 @@ class TextStream:
                 self.stopped = True
         if self.stopped:
             return self._release(len(self.text))
-        hold = max((k for s in self.stop for k in range(1, len(s))
-                    if self.text.endswith(s[:k])), default=0)
+        hold = max(
+            (k for s in self.stop for k in range(1, len(s)) if self.text.endswith(s[:k])), default=0
+        )
         return self._release(len(self.text) - hold)
 
     def finish(self) -> str:
@@ -42,6 +43,6 @@ class TextStream:
     def _release(self, upto: int) -> str:
         if upto <= self.emitted:
             return ""
-        chunk = self.text[self.emitted:upto]
+        chunk = self.text[self.emitted : upto]
         self.emitted = upto
         return chunk

@@ -42,17 +42,26 @@ class SessionTranscript:
     def add(self, speaker: str, text: str) -> None:
         self.turns.append({"speaker": speaker, "text": text})
 
-    def record(self, *, outcome: str | None = None,
-               failure_mode: str | None = None) -> dict:
+    def record(self, *, outcome: str | None = None, failure_mode: str | None = None) -> dict:
         answered = any(t["speaker"] == "assistant" for t in self.turns)
         if outcome is None:  # technical outcome of the session; --outcome overrides
             outcome = "success" if answered and not self.errors else "failure"
             if outcome == "failure" and failure_mode is None:
                 failure_mode = "errors" if self.errors else "no_answer"
-        return {"schema": SCHEMA, "session_id": self.session_id, "rig": self.rig,
-                "role": self.role, "agent": self.agent, "bead_id": self.bead_id,
-                "task": self.task, "outcome": outcome, "failure_mode": failure_mode,
-                "started_at": self.started_at, "ended_at": _now(), "turns": self.turns}
+        return {
+            "schema": SCHEMA,
+            "session_id": self.session_id,
+            "rig": self.rig,
+            "role": self.role,
+            "agent": self.agent,
+            "bead_id": self.bead_id,
+            "task": self.task,
+            "outcome": outcome,
+            "failure_mode": failure_mode,
+            "started_at": self.started_at,
+            "ended_at": _now(),
+            "turns": self.turns,
+        }
 
     def append_to(self, path: Path, **kwargs) -> dict:
         record = self.record(**kwargs)

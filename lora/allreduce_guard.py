@@ -101,16 +101,18 @@ class _GuardedReducer(TensorPartReducer):
         self._guard = guard
         self._added = [0] * num_senders  # parts each sender has actually accumulated
 
-    async def accumulate_part(self, sender_index: int, part_index: int, tensor_part: torch.Tensor,
-                              weight: float = 1.0) -> torch.Tensor:
+    async def accumulate_part(
+        self, sender_index: int, part_index: int, tensor_part: torch.Tensor, weight: float = 1.0
+    ) -> torch.Tensor:
         tensor_part, weight = self._guard.check(tensor_part, weight)
         assert 0 <= sender_index < self.num_senders, "invalid sender index"
         assert 0 <= part_index < self.num_parts, "invalid part index"
         self.num_parts_received[sender_index] += 1
         while part_index > self.current_part_index and not self.finished.is_set():
-            await asyncio.wait({self.current_part_future,
-                                asyncio.create_task(self.finished.wait())},
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {self.current_part_future, asyncio.create_task(self.finished.wait())},
+                return_when=asyncio.FIRST_COMPLETED,
+            )
         if self.finished.is_set():
             raise AllreduceException(f"attempted to aggregate part in a finalized {self}")
         if self.sender_failed_after[sender_index] != float("inf"):
@@ -142,7 +144,9 @@ class _GuardedRunner(AllReduceRunner):
         super().__init__(**kwargs)
         self.tensor_part_reducer = _GuardedReducer(
             tuple(part.shape for part in self.parts_for_local_averaging),
-            len(self.sender_peer_ids), part_guard)
+            len(self.sender_peer_ids),
+            part_guard,
+        )
 
 
 class GroupRoundFailed(MatchmakingException):
@@ -170,14 +174,22 @@ class GuardedReplicaAverager(DecentralizedAverager):
     the host process when a peer downloads our state, returns ``(metadata, tensors)``.
     """
 
-    def __init__(self, averaged_tensors: Sequence[torch.Tensor], dht, *, part_guard: PartGuard,
-                 state_fn: Callable[[], tuple[Any, Sequence[torch.Tensor]]], **kwargs):
+    def __init__(
+        self,
+        averaged_tensors: Sequence[torch.Tensor],
+        dht,
+        *,
+        part_guard: PartGuard,
+        state_fn: Callable[[], tuple[Any, Sequence[torch.Tensor]]],
+        **kwargs,
+    ):
         self.part_guard = part_guard  # set before the fork in super().__init__(start=True)
         self._state_fn = state_fn
         super().__init__(averaged_tensors, dht, **kwargs)
 
-    async def _aggregate_with_group(self, group_info: GroupInfo, min_vector_size: int,
-                                    **kwargs) -> dict:
+    async def _aggregate_with_group(
+        self, group_info: GroupInfo, min_vector_size: int, **kwargs
+    ) -> dict:
         try:
             return await super()._aggregate_with_group(group_info, min_vector_size, **kwargs)
         except BaseException as exc:  # hivemind wraps every failure, timeouts included
@@ -185,20 +197,31 @@ class GuardedReplicaAverager(DecentralizedAverager):
             for peer, blob in zip(group_info.peer_ids, group_info.gathered, strict=True):
                 try:
                     gathered[peer.to_base58()] = self.serializer.loads(
-                        self.serializer.loads(blob)[2])
+                        self.serializer.loads(blob)[2]
+                    )
                 except Exception:  # a groupmate's malformed gather: keep the peer, no data
                     gathered[peer.to_base58()] = None
             raise GroupRoundFailed(f"{type(exc).__name__}: {exc}", gathered) from None
 
-    async def _run_allreduce_inplace_(self, tensors: Sequence[torch.Tensor],
-                                      group_info: GroupInfo, group_id: bytes | None = None,
-                                      **kwargs) -> None:
+    async def _run_allreduce_inplace_(
+        self,
+        tensors: Sequence[torch.Tensor],
+        group_info: GroupInfo,
+        group_id: bytes | None = None,
+        **kwargs,
+    ) -> None:
         # hivemind's method with the runner class swapped for the guarded one
         group_id = group_info.group_id if group_id is None else group_id
-        runner = _GuardedRunner(part_guard=self.part_guard, p2p=self._p2p,
-                                servicer_type=type(self), prefix=self.prefix, tensors=tensors,
-                                group_id=group_id, ordered_peer_ids=group_info.peer_ids,
-                                **kwargs)
+        runner = _GuardedRunner(
+            part_guard=self.part_guard,
+            p2p=self._p2p,
+            servicer_type=type(self),
+            prefix=self.prefix,
+            tensors=tensors,
+            group_id=group_id,
+            ordered_peer_ids=group_info.peer_ids,
+            **kwargs,
+        )
         assert group_id in self._running_groups, f"group {group_id} was not registered"
         self._running_groups[group_id].set_result(runner)
         if runner.modes[group_info.peer_ids.index(self.peer_id)] != AveragingMode.AUX:
@@ -217,8 +240,9 @@ class GuardedReplicaAverager(DecentralizedAverager):
     def download_state_from(self, peer: str, timeout: float) -> tuple[Any, list[torch.Tensor]]:
         """``(metadata, tensors)`` of the peer with base58 id ``peer``; raises if it fails."""
         future = MPFuture()
-        self._outer_pipe.send(("_download_state_from", [],
-                               dict(peer=peer, timeout=timeout, future=future)))
+        self._outer_pipe.send(
+            ("_download_state_from", [], dict(peer=peer, timeout=timeout, future=future))
+        )
         return future.result(timeout=timeout + 5)
 
     async def _download_state_from(self, peer: str, timeout: float, future: MPFuture) -> None:
@@ -226,8 +250,9 @@ class GuardedReplicaAverager(DecentralizedAverager):
             future.set_result(await asyncio.wait_for(self._download_state(peer), timeout))
         except BaseException as exc:
             if not future.done():
-                future.set_exception(RuntimeError(f"state download from {peer} failed: "
-                                                  f"{type(exc).__name__}: {exc}"))
+                future.set_exception(
+                    RuntimeError(f"state download from {peer} failed: {type(exc).__name__}: {exc}")
+                )
             if not isinstance(exc, Exception):
                 raise
 

@@ -57,11 +57,11 @@ from hivemind.averaging.control import AveragingStage  # noqa: E402
 from hivemind.compression import Float16Compression, NoCompression  # noqa: E402
 from hivemind.utils.timed_storage import get_dht_time  # noqa: E402
 
+from base.errors import ConfigError  # noqa: E402
 from lora.allreduce_guard import GroupRoundFailed, GuardedReplicaAverager, PartGuard  # noqa: E402
 from lora.config import AveragingSettings, LoraSettings  # noqa: E402
 from lora.dht_calls import bounded_get, bounded_store  # noqa: E402
 from lora.replica_presence import ReplicaPresence  # noqa: E402
-from node.errors import ConfigError  # noqa: E402
 from provenance import sha256_json  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -142,8 +142,9 @@ def _close(x: float, y: float, tol: float) -> bool:
     return x == y or abs(x - y) <= tol
 
 
-def checksums_agree(mine: Sequence[float], theirs: Any, rtol: float,
-                    scales: Sequence[float] = ()) -> bool:
+def checksums_agree(
+    mine: Sequence[float], theirs: Any, rtol: float, scales: Sequence[float] = ()
+) -> bool:
     """Whether two :class:`_Checksum` lists describe the same tensors within ``rtol``.
 
     ``scales`` (one per tensor) raises the reference norm, e.g. to the norm of the local
@@ -152,15 +153,18 @@ def checksums_agree(mine: Sequence[float], theirs: Any, rtol: float,
     if not isinstance(theirs, list | tuple) or len(theirs) != len(mine):
         return False
     for i in range(0, len(mine), 2):
-        scale = max(abs(mine[i]), abs(float(theirs[i])), *scales[i // 2:i // 2 + 1])
-        if not (_close(mine[i], float(theirs[i]), rtol * scale)
-                and _close(mine[i + 1], float(theirs[i + 1]), rtol * scale)):
+        scale = max(abs(mine[i]), abs(float(theirs[i])), *scales[i // 2 : i // 2 + 1])
+        if not (
+            _close(mine[i], float(theirs[i]), rtol * scale)
+            and _close(mine[i + 1], float(theirs[i + 1]), rtol * scale)
+        ):
             return False
     return True
 
 
-def resync_plan(states: dict[str, tuple[list[float], int]],
-                rtol: float) -> tuple[str | None, list[str]]:
+def resync_plan(
+    states: dict[str, tuple[list[float], int]], rtol: float
+) -> tuple[str | None, list[str]]:
     """Which groupmate's state the others copy, and whose state differs from it.
 
     ``states`` maps peer id → (state checksum, step). The source is the member with the highest
@@ -174,8 +178,11 @@ def resync_plan(states: dict[str, tuple[list[float], int]],
         return sum(checksums_agree(states[peer][0], other[0], rtol) for other in states.values())
 
     source = min(states, key=lambda peer: (-states[peer][1], -support(peer), peer))
-    differing = sorted(peer for peer in states if peer != source
-                       and not checksums_agree(states[source][0], states[peer][0], rtol))
+    differing = sorted(
+        peer
+        for peer in states
+        if peer != source and not checksums_agree(states[source][0], states[peer][0], rtol)
+    )
     return (source, differing) if differing else (None, [])
 
 
@@ -192,7 +199,7 @@ class StageGradientAverager:
     """Averages the gradients of ``params`` with the other replicas of the same stage.
 
     Args:
-        dht: a running ``hivemind.DHT`` (see :func:`node.dht.start_dht`).
+        dht: a running ``hivemind.DHT`` (see :func:`base.dht.start_dht`).
         prefix: the averaging key, from :func:`averaging_prefix`.
         params: the adapter parameters in a fixed order (:func:`lora.adapter_parameters`);
             their ``.grad`` is read and replaced by :meth:`average`.
@@ -203,10 +210,17 @@ class StageGradientAverager:
             training job's lock); a private lock when omitted.
     """
 
-    def __init__(self, dht, *, prefix: str, params: Sequence[torch.nn.Parameter],
-                 settings: AveragingSettings, lora: LoraSettings | None = None,
-                 optimizer: torch.optim.Optimizer | None = None,
-                 lock: threading.Lock | threading.RLock | None = None):
+    def __init__(
+        self,
+        dht,
+        *,
+        prefix: str,
+        params: Sequence[torch.nn.Parameter],
+        settings: AveragingSettings,
+        lora: LoraSettings | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        lock: threading.Lock | threading.RLock | None = None,
+    ):
         if "." in prefix:
             raise ValueError("prefix must not contain '.'")
         self.dht = dht
@@ -217,25 +231,31 @@ class StageGradientAverager:
         self.lock = lock or threading.RLock()
         self.step = 0  # optimizer steps applied; set by the caller, shared with late joiners
         self.rounds = 0
-        self.fingerprint = sha256_json({
-            "lora": lora.fingerprint() if lora is not None else None,
-            "tensors": [[list(p.shape), str(p.dtype)] for p in self.params],
-            "compression": settings.compression,
-        })
+        self.fingerprint = sha256_json(
+            {
+                "lora": lora.fingerprint() if lora is not None else None,
+                "tensors": [[list(p.shape), str(p.dtype)] for p in self.params],
+                "compression": settings.compression,
+            }
+        )
         self._checksum = _Checksum()
         self._buffers = [torch.zeros(p.shape, dtype=torch.float32) for p in self.params]
-        self.guard = PartGuard(max_part_norm=settings.max_part_norm,
-                               max_peer_weight=settings.max_peer_weight)
+        self.guard = PartGuard(
+            max_part_norm=settings.max_part_norm, max_peer_weight=settings.max_peer_weight
+        )
         self._control = None
         self._me = secrets.token_hex(8)  # our subkey in the config declaration
         self._joined_at = get_dht_time()
-        compression = (Float16Compression() if settings.compression == "float16"
-                       else NoCompression())
+        compression = Float16Compression() if settings.compression == "float16" else NoCompression()
         self._declare_config()
         self._check_config_peers()
         self._averager = GuardedReplicaAverager(
-            self._buffers, dht, part_guard=self.guard, state_fn=self._current_state,
-            start=True, prefix=prefix,
+            self._buffers,
+            dht,
+            part_guard=self.guard,
+            state_fn=self._current_state,
+            start=True,
+            prefix=prefix,
             target_group_size=settings.target_group_size,
             min_group_size=settings.min_group_size,
             min_matchmaking_time=settings.min_matchmaking_time,
@@ -249,14 +269,20 @@ class StageGradientAverager:
         )
         self.peer_id = self._averager.peer_id
         self._peer = self.peer_id.to_base58()
-        self.presence = ReplicaPresence(dht, prefix, self._peer,
-                                        heartbeat=settings.presence_heartbeat)
+        self.presence = ReplicaPresence(
+            dht, prefix, self._peer, heartbeat=settings.presence_heartbeat
+        )
 
     # -- configuration agreement ---------------------------------------------------------------
 
     def _declare_config(self) -> None:
-        bounded_store(self.dht, f"{self.prefix}.config", [self.fingerprint, self._joined_at],
-                      expiration_time=get_dht_time() + _CONFIG_TTL, subkey=self._me)
+        bounded_store(
+            self.dht,
+            f"{self.prefix}.config",
+            [self.fingerprint, self._joined_at],
+            expiration_time=get_dht_time() + _CONFIG_TTL,
+            subkey=self._me,
+        )
         self._declared_at = time.monotonic()
 
     def _check_config_peers(self) -> None:
@@ -268,9 +294,11 @@ class StageGradientAverager:
         found = bounded_get(self.dht, f"{self.prefix}.config", latest=True)
         if found is None or not isinstance(found.value, dict):
             return
-        declared = [(float(entry.value[1]), str(sub), str(entry.value[0]))
-                    for sub, entry in found.value.items()
-                    if isinstance(entry.value, list | tuple) and len(entry.value) == 2]
+        declared = [
+            (float(entry.value[1]), str(sub), str(entry.value[0]))
+            for sub, entry in found.value.items()
+            if isinstance(entry.value, list | tuple) and len(entry.value) == 2
+        ]
         declared.append((self._joined_at, self._me, self.fingerprint))
         _, _, established = min(declared)
         if established != self.fingerprint:
@@ -279,17 +307,22 @@ class StageGradientAverager:
                 f"configuration (fingerprint {established[:12]}…, ours "
                 f"{self.fingerprint[:12]}…); refusing to average with them",
                 hint="use the same LoraSettings, layer range and compression on every replica "
-                     "of a run, or a different run id")
+                "of a run, or a different run id",
+            )
 
     def _check_groupmates(self, members: dict[str, Any], local: list[torch.Tensor]) -> None:
-        foreign = sorted(peer for peer, data in members.items()
-                         if isinstance(data, dict) and data.get("fingerprint") != self.fingerprint)
+        foreign = sorted(
+            peer
+            for peer, data in members.items()
+            if isinstance(data, dict) and data.get("fingerprint") != self.fingerprint
+        )
         if foreign:
             self._write_gradients(local)
             raise AveragingConfigError(
                 f"groupmates {foreign} averaged under {self.prefix!r} with another adapter "
                 "configuration; their round was discarded",
-                hint="use the same LoraSettings on every replica of a run")
+                hint="use the same LoraSettings on every replica of a run",
+            )
 
     # -- one round -----------------------------------------------------------------------------
 
@@ -301,8 +334,12 @@ class StageGradientAverager:
 
     def _read_local_gradients(self) -> list[torch.Tensor]:
         with self.lock:
-            return [p.grad.detach().to(torch.float32).clone() if p.grad is not None
-                    else torch.zeros(p.shape, dtype=torch.float32) for p in self.params]
+            return [
+                p.grad.detach().to(torch.float32).clone()
+                if p.grad is not None
+                else torch.zeros(p.shape, dtype=torch.float32)
+                for p in self.params
+            ]
 
     def _write_gradients(self, tensors: Sequence[torch.Tensor]) -> None:
         with self.lock:
@@ -316,10 +353,15 @@ class StageGradientAverager:
         settings = self.settings
         try:
             self._control = self._averager.step(
-                gather=gather, weight=weight, timeout=settings.matchmaking_timeout,
-                allow_retries=False, wait=False)
-            gathered = self._control.result(timeout=settings.matchmaking_timeout
-                                            + settings.allreduce_timeout + 5)
+                gather=gather,
+                weight=weight,
+                timeout=settings.matchmaking_timeout,
+                allow_retries=False,
+                wait=False,
+            )
+            gathered = self._control.result(
+                timeout=settings.matchmaking_timeout + settings.allreduce_timeout + 5
+            )
         except GroupRoundFailed as exc:  # the group formed, our all-reduce did not finish
             return _Attempt(members=exc.gathered, completed=False, error=str(exc))
         except Exception as exc:  # no group, or the averager process did not answer in time
@@ -330,16 +372,17 @@ class StageGradientAverager:
             self._control = None
         if not gathered:
             return _Attempt(members={}, completed=False, error="the averager returned no group")
-        return _Attempt(members={peer.to_base58(): data for peer, data in gathered.items()},
-                        completed=True)
+        return _Attempt(
+            members={peer.to_base58(): data for peer, data in gathered.items()}, completed=True
+        )
 
-    def _exchange_checksums(self, round_id: str, mine: dict,
-                            members: set[str]) -> dict[str, dict]:
+    def _exchange_checksums(self, round_id: str, mine: dict, members: set[str]) -> dict[str, dict]:
         """Publish our outcome of the round; read the groupmates' until all are in, one
         disagrees, or ``check_timeout`` passes (we failed: publish only)."""
         key = f"{self.prefix}.check.{round_id}"
-        bounded_store(self.dht, key, mine, expiration_time=get_dht_time() + _RECORD_TTL,
-                      subkey=self._peer)
+        bounded_store(
+            self.dht, key, mine, expiration_time=get_dht_time() + _RECORD_TTL, subkey=self._peer
+        )
         published: dict[str, dict] = {self._peer: mine}
         if not mine["ok"]:
             return published
@@ -350,18 +393,21 @@ class StageGradientAverager:
                 for sub, entry in found.value.items():
                     if sub in members and isinstance(entry.value, dict):
                         published[sub] = entry.value
-            if set(published) >= members or time.monotonic() >= deadline or \
-                    any(not self._matches(mine, other) for other in published.values()):
+            if (
+                set(published) >= members
+                or time.monotonic() >= deadline
+                or any(not self._matches(mine, other) for other in published.values())
+            ):
                 return published
             time.sleep(0.1)
 
     def _matches(self, mine: dict, other: dict) -> bool:
         """Whether a groupmate's published outcome equals ours (ours completed too)."""
         try:
-            scales = [max(a, float(b)) for a, b in zip(mine["scale"], other["scale"],
-                                                       strict=True)]
-            return bool(other["ok"]) and checksums_agree(mine["sum"], other["sum"],
-                                                         self.settings.checksum_rtol, scales)
+            scales = [max(a, float(b)) for a, b in zip(mine["scale"], other["scale"], strict=True)]
+            return bool(other["ok"]) and checksums_agree(
+                mine["sum"], other["sum"], self.settings.checksum_rtol, scales
+            )
         except (KeyError, TypeError, ValueError):  # malformed: not a matching outcome
             return False
 
@@ -399,8 +445,14 @@ class StageGradientAverager:
             return False
         due = self.presence.due_partners(self.step, self.settings.partner_idle_timeout)
         if due:
-            log.info("averaging round %d attempt %d found no group; %s still due at step %d: "
-                     "looking again", self.rounds, attempts, ", ".join(due), self.step)
+            log.info(
+                "averaging round %d attempt %d found no group; %s still due at step %d: "
+                "looking again",
+                self.rounds,
+                attempts,
+                ", ".join(due),
+                self.step,
+            )
         return bool(due)
 
     def _average(self, local_samples: float, started: float) -> AveragingReport:
@@ -425,19 +477,32 @@ class StageGradientAverager:
         basis: dict[str, Any] = {}  # the all-gather of the last group we were in
         while True:
             attempts += 1
-            attempt = self._attempt(local, weight, {
-                "nonce": secrets.token_hex(16), "fingerprint": self.fingerprint,
-                "call": call, "state": state, "step": self.step})
+            attempt = self._attempt(
+                local,
+                weight,
+                {
+                    "nonce": secrets.token_hex(16),
+                    "fingerprint": self.fingerprint,
+                    "call": call,
+                    "state": state,
+                    "step": self.step,
+                },
+            )
             if attempt.error:
                 errors.append(attempt.error)
-                log.info("averaging round %d attempt %d: %s", self.rounds, attempts,
-                         attempt.error)
+                log.info("averaging round %d attempt %d: %s", self.rounds, attempts, attempt.error)
             if not attempt.members and self._partner_due(started, attempts):
                 continue  # a partner at this step is alive and on its way: look again
             if not attempt.members:  # no group: alone, or the others are gone
                 # after a failed group the others may hold something else: say so
                 result, averaged, consistent, group_size, agreeing, missing = (
-                    local, False, not basis, 1, 1, 0)
+                    local,
+                    False,
+                    not basis,
+                    1,
+                    1,
+                    0,
+                )
                 break
             self._check_groupmates(attempt.members, local)
             basis = attempt.members
@@ -449,23 +514,31 @@ class StageGradientAverager:
                     result = [buffer.clone() for buffer in buffers]
             else:
                 result = local
-            mine = {"sum": self._checksum(result), "scale": local_norms,
-                    "ok": attempt.completed}
+            mine = {"sum": self._checksum(result), "scale": local_norms, "ok": attempt.completed}
             published = self._exchange_checksums(round_id, mine, set(basis))
             agreeing = sum(self._matches(mine, other) for other in published.values())
             missing = group_size - len(published)
             if attempt.completed and agreeing == len(published):
                 averaged, consistent = True, True
                 if missing:
-                    log.warning("averaging round %d: %d groupmate(s) never confirmed (died "
-                                "mid-round?); the %d survivor(s) agree", self.rounds, missing,
-                                agreeing)
+                    log.warning(
+                        "averaging round %d: %d groupmate(s) never confirmed (died "
+                        "mid-round?); the %d survivor(s) agree",
+                        self.rounds,
+                        missing,
+                        agreeing,
+                    )
                 break
             partial = True
-            log.warning("averaging round %d attempt %d was partial: %s; %d of %d published "
-                        "outcomes differ from ours", self.rounds, attempts,
-                        "our all-reduce failed" if not attempt.completed else "it completed",
-                        len(published) - agreeing, len(published))
+            log.warning(
+                "averaging round %d attempt %d was partial: %s; %d of %d published "
+                "outcomes differ from ours",
+                self.rounds,
+                attempts,
+                "our all-reduce failed" if not attempt.completed else "it completed",
+                len(published) - agreeing,
+                len(published),
+            )
             reruns += 1
             if reruns > self.settings.max_retries:
                 result, averaged, consistent = local, False, False
@@ -473,12 +546,23 @@ class StageGradientAverager:
         diverged, resynced, resync_ok = self._reconcile_states(basis, call)
         self._write_gradients(result)
         return AveragingReport(
-            round=self.rounds, averaged=averaged, consistent=consistent and resync_ok,
-            group_size=group_size, agreeing=agreeing, missing=missing,
-            partial_detected=partial or missing > 0, attempts=attempts, weight=weight,
-            local_nonfinite=nonfinite, rejected_parts=self.guard.rejected - rejected0,
-            clipped_parts=self.guard.clipped - clipped0, seconds=time.monotonic() - started,
-            error="; ".join(errors), diverged=diverged, resynced=resynced)
+            round=self.rounds,
+            averaged=averaged,
+            consistent=consistent and resync_ok,
+            group_size=group_size,
+            agreeing=agreeing,
+            missing=missing,
+            partial_detected=partial or missing > 0,
+            attempts=attempts,
+            weight=weight,
+            local_nonfinite=nonfinite,
+            rejected_parts=self.guard.rejected - rejected0,
+            clipped_parts=self.guard.clipped - clipped0,
+            seconds=time.monotonic() - started,
+            error="; ".join(errors),
+            diverged=diverged,
+            resynced=resynced,
+        )
 
     # -- replicas whose states differ ----------------------------------------------------------
 
@@ -487,24 +571,39 @@ class StageGradientAverager:
         states: dict[str, tuple[list[float], int, str]] = {}
         for peer, data in members.items():
             try:
-                states[peer] = ([float(x) for x in data["state"]], int(data["step"]),
-                                str(data["call"]))
+                states[peer] = (
+                    [float(x) for x in data["state"]],
+                    int(data["step"]),
+                    str(data["call"]),
+                )
             except (KeyError, TypeError, ValueError):  # a malformed all-gather: leave it out
                 continue
         source, differing = resync_plan(
-            {peer: (s[0], s[1]) for peer, s in states.items()}, self.settings.state_checksum_rtol)
+            {peer: (s[0], s[1]) for peer, s in states.items()}, self.settings.state_checksum_rtol
+        )
         if source is None:
             return 0, False, True
-        log.warning("averaging round %d: the states of %d of %d groupmates differ from %s's "
-                    "(step %d): they copy it", self.rounds, len(differing), len(states),
-                    source, states[source][1])
+        log.warning(
+            "averaging round %d: the states of %d of %d groupmates differ from %s's "
+            "(step %d): they copy it",
+            self.rounds,
+            len(differing),
+            len(states),
+            source,
+            states[source][1],
+        )
         if source == self._peer:
             return len(differing), False, self._await_resyncs(call, set(differing))
         if self._peer not in differing:
             return len(differing), False, True
         loaded = self._resync_from(source, states[source][0])
-        bounded_store(self.dht, f"{self.prefix}.resync.{states[source][2]}", loaded,
-                      expiration_time=get_dht_time() + _RECORD_TTL, subkey=self._peer)
+        bounded_store(
+            self.dht,
+            f"{self.prefix}.resync.{states[source][2]}",
+            loaded,
+            expiration_time=get_dht_time() + _RECORD_TTL,
+            subkey=self._peer,
+        )
         return len(differing), loaded, loaded
 
     def _await_resyncs(self, call: str, differing: set[str]) -> bool:
@@ -516,35 +615,49 @@ class StageGradientAverager:
             time.sleep(0.2)
             found = bounded_get(self.dht, key, latest=True)
             if found is not None and isinstance(found.value, dict):
-                confirmed.update({sub: bool(entry.value) for sub, entry in found.value.items()
-                                  if sub in differing})
+                confirmed.update(
+                    {
+                        sub: bool(entry.value)
+                        for sub, entry in found.value.items()
+                        if sub in differing
+                    }
+                )
         if set(confirmed) < differing or not all(confirmed.values()):
-            log.warning("averaging round %d: %d of %d differing groupmates did not load our "
-                        "state", self.rounds, len(differing) - sum(confirmed.values()),
-                        len(differing))
+            log.warning(
+                "averaging round %d: %d of %d differing groupmates did not load our state",
+                self.rounds,
+                len(differing) - sum(confirmed.values()),
+                len(differing),
+            )
             return False
         return True
 
     def _resync_from(self, source: str, expected: list[float]) -> bool:
         try:
             metadata, tensors = self._averager.download_state_from(
-                source, timeout=self.settings.resync_timeout)
+                source, timeout=self.settings.resync_timeout
+            )
         except Exception as exc:
-            log.warning("averaging round %d: cannot copy %s's state: %s", self.rounds, source,
-                        exc)
+            log.warning("averaging round %d: cannot copy %s's state: %s", self.rounds, source, exc)
             return False
         if not isinstance(metadata, dict) or metadata.get("fingerprint") != self.fingerprint:
-            log.warning("averaging round %d: %s's state has another fingerprint", self.rounds,
-                        source)
+            log.warning(
+                "averaging round %d: %s's state has another fingerprint", self.rounds, source
+            )
             return False
-        if not checksums_agree(self._checksum(tensors), expected,
-                               self.settings.state_checksum_rtol):
-            log.warning("averaging round %d: %s's state changed since the round started; not "
-                        "loaded", self.rounds, source)
+        if not checksums_agree(
+            self._checksum(tensors), expected, self.settings.state_checksum_rtol
+        ):
+            log.warning(
+                "averaging round %d: %s's state changed since the round started; not loaded",
+                self.rounds,
+                source,
+            )
             return False
         self._apply_state(metadata, tensors)
-        log.warning("averaging round %d: loaded %s's state (step %d)", self.rounds, source,
-                    self.step)
+        log.warning(
+            "averaging round %d: loaded %s's state (step %d)", self.rounds, source, self.step
+        )
         return True
 
     # -- state for late joiners and resyncs ----------------------------------------------------
@@ -574,16 +687,24 @@ class StageGradientAverager:
     def _current_state(self):
         with self.lock:
             tensors, layout, opt_scalars = self._state_tensors()
-            tensors = [t.to(torch.float32).clone() if i < len(self.params) else t.clone()
-                       for i, t in enumerate(tensors)]
-        metadata = {"fingerprint": self.fingerprint, "step": self.step, "layout": layout,
-                    "scalars": opt_scalars, "n_params": len(self.params)}
+            tensors = [
+                t.to(torch.float32).clone() if i < len(self.params) else t.clone()
+                for i, t in enumerate(tensors)
+            ]
+        metadata = {
+            "fingerprint": self.fingerprint,
+            "step": self.step,
+            "layout": layout,
+            "scalars": opt_scalars,
+            "n_params": len(self.params),
+        }
         return metadata, tensors
 
     def _apply_state(self, metadata: dict, tensors: Sequence[torch.Tensor]) -> None:
         n = int(metadata["n_params"])
-        if n != len(self.params) or any(tuple(t.shape) != tuple(p.shape)
-                                        for t, p in zip(tensors[:n], self.params, strict=True)):
+        if n != len(self.params) or any(
+            tuple(t.shape) != tuple(p.shape) for t, p in zip(tensors[:n], self.params, strict=True)
+        ):
             raise AveragingConfigError("the peer's adapter tensors have other shapes")
         with self.lock, torch.no_grad():
             for param, tensor in zip(self.params, tensors[:n], strict=True):
@@ -596,8 +717,9 @@ class StageGradientAverager:
                     index, key = name.split("/", 1)
                     state.setdefault(int(index), {})[key] = value
                 current = self.optimizer.state_dict()
-                self.optimizer.load_state_dict({"state": state,
-                                                "param_groups": current["param_groups"]})
+                self.optimizer.load_state_dict(
+                    {"state": state, "param_groups": current["param_groups"]}
+                )
         self.set_step(int(metadata["step"]))
 
     def load_state_from_peers(self, timeout: float = 30.0) -> LoadedState | None:
@@ -609,7 +731,8 @@ class StageGradientAverager:
         if metadata.get("fingerprint") != self.fingerprint:
             raise AveragingConfigError(
                 f"the peer's state under {self.prefix!r} was made with another adapter "
-                "configuration; not loaded")
+                "configuration; not loaded"
+            )
         self._apply_state(metadata, tensors)
         return LoadedState(step=self.step, source_fingerprint=metadata["fingerprint"])
 

@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from base.errors import CheckpointError
 from lora.stage_adapters import adapter_state_dict, adapters, load_adapter_state_dict
 from lora.step_guard import StepGuard
-from node.errors import CheckpointError
 
 FORMAT = "node0-lora-checkpoint/1"
 
@@ -58,32 +58,49 @@ def _atomic_torch_save(obj: dict, path: Path) -> None:
         os.close(dir_fd)
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, adapter: str, *, step: int,
-                    layers: tuple[int, int], optimizer: torch.optim.Optimizer | None = None,
-                    guard: StepGuard | None = None, extra: dict | None = None) -> Path:
+def save_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    adapter: str,
+    *,
+    step: int,
+    layers: tuple[int, int],
+    optimizer: torch.optim.Optimizer | None = None,
+    guard: StepGuard | None = None,
+    extra: dict | None = None,
+) -> Path:
     """Atomically write ``adapter``'s tensors and training state of ``model`` to ``path``."""
     settings = adapters(model).get(adapter)
     if settings is None:
         raise CheckpointError(f"no adapter {adapter!r} attached to this stage")
     path = Path(path)
-    _atomic_torch_save({
-        "format": FORMAT,
-        "adapter": adapter,
-        "settings": settings.model_dump(mode="json"),
-        "fingerprint": settings.fingerprint(),
-        "layers": [int(layers[0]), int(layers[1])],
-        "step": int(step),
-        "adapter_state": adapter_state_dict(model, adapter),
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "guard": guard.state_dict() if guard is not None else None,
-        "extra": dict(extra or {}),
-    }, path)
+    _atomic_torch_save(
+        {
+            "format": FORMAT,
+            "adapter": adapter,
+            "settings": settings.model_dump(mode="json"),
+            "fingerprint": settings.fingerprint(),
+            "layers": [int(layers[0]), int(layers[1])],
+            "step": int(step),
+            "adapter_state": adapter_state_dict(model, adapter),
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "guard": guard.state_dict() if guard is not None else None,
+            "extra": dict(extra or {}),
+        },
+        path,
+    )
     return path
 
 
-def load_checkpoint(path: str | Path, model: nn.Module, adapter: str, *,
-                    layers: tuple[int, int], optimizer: torch.optim.Optimizer | None = None,
-                    guard: StepGuard | None = None) -> LoadedCheckpoint:
+def load_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    adapter: str,
+    *,
+    layers: tuple[int, int],
+    optimizer: torch.optim.Optimizer | None = None,
+    guard: StepGuard | None = None,
+) -> LoadedCheckpoint:
     """Restore what :func:`save_checkpoint` wrote; refuses another adapter, config or range."""
     path = Path(path)
     if not path.is_file():
@@ -100,12 +117,15 @@ def load_checkpoint(path: str | Path, model: nn.Module, adapter: str, *,
     if data["adapter"] != adapter:
         raise CheckpointError(f"{path} holds adapter {data['adapter']!r}, not {adapter!r}")
     if data["fingerprint"] != settings.fingerprint():
-        raise CheckpointError(f"{path} was written with other LoRA settings "
-                              f"({data['settings']}) than this adapter's "
-                              f"({settings.model_dump(mode='json')})")
+        raise CheckpointError(
+            f"{path} was written with other LoRA settings "
+            f"({data['settings']}) than this adapter's "
+            f"({settings.model_dump(mode='json')})"
+        )
     if list(data["layers"]) != [int(layers[0]), int(layers[1])]:
-        raise CheckpointError(f"{path} is for layers {data['layers']}, this stage holds "
-                              f"{list(layers)}")
+        raise CheckpointError(
+            f"{path} is for layers {data['layers']}, this stage holds {list(layers)}"
+        )
     load_adapter_state_dict(model, adapter, data["adapter_state"])
     if optimizer is not None and data["optimizer"] is not None:
         optimizer.load_state_dict(data["optimizer"])

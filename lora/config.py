@@ -27,24 +27,31 @@ class LoraSettings(_Strict):
 
     rank: int = Field(8, gt=0, le=1024, description="rank r of A (r x in) and B (out x r)")
     alpha: float = Field(16.0, gt=0, description="scale numerator: the update is alpha/rank * BA")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0,
-                           description="dropout on the LoRA branch input (train mode only)")
+    dropout: float = Field(
+        0.0, ge=0.0, lt=1.0, description="dropout on the LoRA branch input (train mode only)"
+    )
     target_modules: tuple[str, ...] = Field(
         LLAMA_ATTENTION + LLAMA_MLP,
         min_length=1,
         validate_default=True,
         description="names of the linear layers inside each decoder block that get an adapter "
-                    "(LLaMA: q/k/v/o_proj, gate/up/down_proj); embeddings and LM head never do")
-    init_seed: int = Field(0, ge=0, description="seed of the deterministic A initialisation; "
-                           "each A tensor is drawn from (seed, adapter name, global tensor name)")
+        "(LLaMA: q/k/v/o_proj, gate/up/down_proj); embeddings and LM head never do",
+    )
+    init_seed: int = Field(
+        0,
+        ge=0,
+        description="seed of the deterministic A initialisation; "
+        "each A tensor is drawn from (seed, adapter name, global tensor name)",
+    )
 
     @field_validator("target_modules")
     @classmethod
     def _known_modules(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         unknown = sorted(set(value) - set(LLAMA_ATTENTION + LLAMA_MLP))
         if unknown:
-            raise ValueError(f"unknown target modules {unknown}; "
-                             f"choose from {list(LLAMA_ATTENTION + LLAMA_MLP)}")
+            raise ValueError(
+                f"unknown target modules {unknown}; choose from {list(LLAMA_ATTENTION + LLAMA_MLP)}"
+            )
         if len(set(value)) != len(value):
             raise ValueError("target_modules has duplicates")
         return tuple(sorted(value))
@@ -61,9 +68,14 @@ class LoraSettings(_Strict):
         """The equivalent ``peft.LoraConfig`` (no bias, no rsLoRA/DoRA, default init of B = 0)."""
         from peft import LoraConfig
 
-        return LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout,
-                          target_modules=list(self.target_modules), bias="none",
-                          task_type="CAUSAL_LM")
+        return LoraConfig(
+            r=self.rank,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=list(self.target_modules),
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
 
 
 class AveragingSettings(_Strict):
@@ -79,53 +91,112 @@ class AveragingSettings(_Strict):
     step.
     """
 
-    target_group_size: int = Field(2, ge=2, description="replicas expected per round; a round "
-                                   "starts as soon as this many are matched")
-    min_group_size: int = Field(2, ge=2, description="fewest replicas that make a round; with "
-                                "fewer, the step uses the local gradient and says so")
-    min_matchmaking_time: float = Field(5.0, gt=0, description="seconds a group is gathered "
-                                        "before a round starts when it does not fill up")
-    request_timeout: float = Field(3.0, gt=0, description="matchmaking request timeout (s); "
-                                   "1 s lost rounds under CPU load, 3 s held")
-    matchmaking_timeout: float = Field(8.0, gt=0, description="give up looking for a group "
-                                       "after this many seconds and keep the local gradient: "
-                                       "what a round costs a replica whose partners are gone; "
-                                       "replicas that call up to about this much apart still "
-                                       "meet")
-    partner_wait: float = Field(90.0, ge=0, description="seconds a replica that found no "
-                                "group keeps looking while a partner replica is still due at "
-                                "its step (alive, not yet past it, training); 0: never")
-    partner_idle_timeout: float = Field(20.0, gt=0, description="a live partner that has not "
-                                        "been fed forward/backward calls for this long (its "
-                                        "trainer stopped) is no longer waited for")
-    presence_heartbeat: float = Field(2.0, gt=0, description="seconds between a replica's "
-                                      "presence records; a dead replica's record expires "
-                                      "after three of them")
-    next_chunk_timeout: float = Field(5.0, gt=0, description="a sender silent this long is "
-                                      "dropped from the round (reducers get twice as long)")
-    allreduce_timeout: float = Field(30.0, gt=0, description="upper bound of one all-reduce "
-                                     "once the group is formed")
-    check_timeout: float = Field(6.0, gt=0, description="seconds to wait for every groupmate's "
-                                 "checksum of the averaged tensors")
-    max_retries: int = Field(1, ge=0, description="reruns of a round that was partial or "
-                             "failed, among the survivors")
-    resync_timeout: float = Field(20.0, gt=0, description="seconds a replica whose state "
-                                  "differs from its groupmates' has to download the source "
-                                  "replica's state (the source waits as long for it)")
-    compression: Literal["none", "float16"] = Field("none", description="wire format of "
-                                                    "gradient parts")
-    max_part_norm: float | None = Field(None, gt=0, description="an incoming part whose L2 norm "
-                                        "exceeds this is scaled down to it (None: no cap)")
-    max_peer_weight: float = Field(1e6, gt=0, description="declared sample weights are "
-                                   "clamped to [0, this]; a non-finite weight drops the sender")
+    target_group_size: int = Field(
+        2,
+        ge=2,
+        description="replicas expected per round; a round starts as soon as this many are matched",
+    )
+    min_group_size: int = Field(
+        2,
+        ge=2,
+        description="fewest replicas that make a round; with "
+        "fewer, the step uses the local gradient and says so",
+    )
+    min_matchmaking_time: float = Field(
+        5.0,
+        gt=0,
+        description="seconds a group is gathered before a round starts when it does not fill up",
+    )
+    request_timeout: float = Field(
+        3.0,
+        gt=0,
+        description="matchmaking request timeout (s); 1 s lost rounds under CPU load, 3 s held",
+    )
+    matchmaking_timeout: float = Field(
+        8.0,
+        gt=0,
+        description="give up looking for a group "
+        "after this many seconds and keep the local gradient: "
+        "what a round costs a replica whose partners are gone; "
+        "replicas that call up to about this much apart still "
+        "meet",
+    )
+    partner_wait: float = Field(
+        90.0,
+        ge=0,
+        description="seconds a replica that found no "
+        "group keeps looking while a partner replica is still due at "
+        "its step (alive, not yet past it, training); 0: never",
+    )
+    partner_idle_timeout: float = Field(
+        20.0,
+        gt=0,
+        description="a live partner that has not "
+        "been fed forward/backward calls for this long (its "
+        "trainer stopped) is no longer waited for",
+    )
+    presence_heartbeat: float = Field(
+        2.0,
+        gt=0,
+        description="seconds between a replica's "
+        "presence records; a dead replica's record expires "
+        "after three of them",
+    )
+    next_chunk_timeout: float = Field(
+        5.0,
+        gt=0,
+        description="a sender silent this long is "
+        "dropped from the round (reducers get twice as long)",
+    )
+    allreduce_timeout: float = Field(
+        30.0, gt=0, description="upper bound of one all-reduce once the group is formed"
+    )
+    check_timeout: float = Field(
+        6.0,
+        gt=0,
+        description="seconds to wait for every groupmate's checksum of the averaged tensors",
+    )
+    max_retries: int = Field(
+        1, ge=0, description="reruns of a round that was partial or failed, among the survivors"
+    )
+    resync_timeout: float = Field(
+        20.0,
+        gt=0,
+        description="seconds a replica whose state "
+        "differs from its groupmates' has to download the source "
+        "replica's state (the source waits as long for it)",
+    )
+    compression: Literal["none", "float16"] = Field(
+        "none", description="wire format of gradient parts"
+    )
+    max_part_norm: float | None = Field(
+        None,
+        gt=0,
+        description="an incoming part whose L2 norm "
+        "exceeds this is scaled down to it (None: no cap)",
+    )
+    max_peer_weight: float = Field(
+        1e6,
+        gt=0,
+        description="declared sample weights are "
+        "clamped to [0, this]; a non-finite weight drops the sender",
+    )
     part_size_bytes: int = Field(1 << 19, ge=1024, description="size of one all-reduce part")
-    check_rtol: float | None = Field(None, gt=0, description="relative tolerance (to the L2 "
-                                     "norm) when comparing checksums of averaged gradients "
-                                     "(default: 1e-4, 5e-3 with float16)")
-    state_check_rtol: float | None = Field(None, gt=0, description="relative tolerance (to the "
-                                           "L2 norm) when comparing replicas' adapter and "
-                                           "optimizer states; above it they resync (default: "
-                                           "1e-3, 2e-2 with float16)")
+    check_rtol: float | None = Field(
+        None,
+        gt=0,
+        description="relative tolerance (to the L2 "
+        "norm) when comparing checksums of averaged gradients "
+        "(default: 1e-4, 5e-3 with float16)",
+    )
+    state_check_rtol: float | None = Field(
+        None,
+        gt=0,
+        description="relative tolerance (to the "
+        "L2 norm) when comparing replicas' adapter and "
+        "optimizer states; above it they resync (default: "
+        "1e-3, 2e-2 with float16)",
+    )
 
     @model_validator(mode="after")
     def _consistent_timeouts(self) -> AveragingSettings:
@@ -134,8 +205,10 @@ class AveragingSettings(_Strict):
         if self.min_matchmaking_time >= self.matchmaking_timeout:
             raise ValueError("min_matchmaking_time must be shorter than matchmaking_timeout")
         if self.request_timeout >= self.min_matchmaking_time:
-            raise ValueError("request_timeout must be shorter than min_matchmaking_time "
-                             "(hivemind breaks matchmaking deadlocks with it)")
+            raise ValueError(
+                "request_timeout must be shorter than min_matchmaking_time "
+                "(hivemind breaks matchmaking deadlocks with it)"
+            )
         return self
 
     @property
@@ -154,6 +227,7 @@ class AveragingSettings(_Strict):
 def check_adapter_name(name: str) -> str:
     """Adapter names are short lowercase slugs (``bead-creation``, ``code-review``)."""
     if not name or len(name) > 64 or set(name) - ADAPTER_NAME_CHARS or name[0] in "-_":
-        raise ValueError(f"bad adapter name {name!r}: use 1-64 of [a-z0-9-_], "
-                         "starting with a letter or digit")
+        raise ValueError(
+            f"bad adapter name {name!r}: use 1-64 of [a-z0-9-_], starting with a letter or digit"
+        )
     return name

@@ -28,8 +28,13 @@ def merge_stage_states(states: Iterable[dict[str, torch.Tensor]]) -> dict[str, t
     return merged
 
 
-def save_peft_adapter(state: dict[str, torch.Tensor], settings: LoraSettings,
-                      out_dir: str | Path, *, base_model: str | None = None) -> Path:
+def save_peft_adapter(
+    state: dict[str, torch.Tensor],
+    settings: LoraSettings,
+    out_dir: str | Path,
+    *,
+    base_model: str | None = None,
+) -> Path:
     """Write ``state`` (PEFT key format, see :mod:`lora.stage_adapters`) as a PEFT adapter."""
     bad = [k for k in state if not k.startswith(PEFT_PREFIX)]
     if bad:
@@ -39,9 +44,16 @@ def save_peft_adapter(state: dict[str, torch.Tensor], settings: LoraSettings,
     config = settings.to_peft()
     config.base_model_name_or_path = base_model
     config.save_pretrained(str(out))
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()},
-              str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
-    (out / "node0_lora.json").write_text(json.dumps(
-        {"settings": settings.model_dump(mode="json"), "fingerprint": settings.fingerprint()},
-        indent=2, sort_keys=True))
+    save_file(
+        {k: v.detach().contiguous().cpu() for k, v in state.items()},
+        str(out / "adapter_model.safetensors"),
+        metadata={"format": "pt"},
+    )
+    (out / "node0_lora.json").write_text(
+        json.dumps(
+            {"settings": settings.model_dump(mode="json"), "fingerprint": settings.fingerprint()},
+            indent=2,
+            sort_keys=True,
+        )
+    )
     return out

@@ -25,8 +25,7 @@ from lora.dht_calls import bounded_get, bounded_store
 
 
 class ReplicaPresence:
-    def __init__(self, dht, prefix: str, peer: str, *, heartbeat: float = 2.0,
-                 step: int = 0):
+    def __init__(self, dht, prefix: str, peer: str, *, heartbeat: float = 2.0, step: int = 0):
         self.dht = dht
         self.key = f"{prefix}.presence"
         self.peer = peer
@@ -36,8 +35,9 @@ class ReplicaPresence:
         self.looking = False
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"presence-{prefix[-24:]}",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"presence-{prefix[-24:]}", daemon=True
+        )
         self._thread.start()
 
     # -- what this replica says ----------------------------------------------------------------
@@ -63,9 +63,14 @@ class ReplicaPresence:
     def _publish(self) -> None:
         if self.looking:
             self.active_at = get_dht_time()
-        bounded_store(self.dht, self.key, [self.step, self.active_at, self.looking],
-                      expiration_time=get_dht_time() + 3 * self.heartbeat, subkey=self.peer,
-                      timeout=max(self.heartbeat, 1.0))
+        bounded_store(
+            self.dht,
+            self.key,
+            [self.step, self.active_at, self.looking],
+            expiration_time=get_dht_time() + 3 * self.heartbeat,
+            subkey=self.peer,
+            timeout=max(self.heartbeat, 1.0),
+        )
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -82,8 +87,14 @@ class ReplicaPresence:
         self._wake.set()
         self._thread.join(timeout=2 * self.heartbeat)
         try:
-            bounded_store(self.dht, self.key, None, subkey=self.peer, timeout=1.0,
-                          expiration_time=get_dht_time() + 3 * self.heartbeat)
+            bounded_store(
+                self.dht,
+                self.key,
+                None,
+                subkey=self.peer,
+                timeout=1.0,
+                expiration_time=get_dht_time() + 3 * self.heartbeat,
+            )
         except Exception:  # the DHT is already down: the record expires by itself
             pass
 
@@ -91,8 +102,7 @@ class ReplicaPresence:
 
     def due_partners(self, step: int, idle_timeout: float) -> list[str]:
         """Live replicas (not us) still at ``step`` that look for a group or trained lately."""
-        found = bounded_get(self.dht, self.key, latest=True,
-                            timeout=max(3 * self.heartbeat, 3.0))
+        found = bounded_get(self.dht, self.key, latest=True, timeout=max(3 * self.heartbeat, 3.0))
         if found is None or not isinstance(found.value, dict):
             return []
         now = get_dht_time()

@@ -37,15 +37,16 @@ import torch
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
+from base.errors import CheckpointError, RequestError
 from lora.config import LoraSettings, check_adapter_name
-from node.errors import CheckpointError, RequestError
 
 PEFT_PREFIX = "base_model.model."  # prefix of keys in PEFT's saved adapter files
 _LORA_PARAMS = ("lora_A", "lora_B")
 
 _locks: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
 _registry: weakref.WeakKeyDictionary[nn.Module, dict[str, LoraSettings]] = (
-    weakref.WeakKeyDictionary())
+    weakref.WeakKeyDictionary()
+)
 _layers: weakref.WeakKeyDictionary[nn.Module, list[LoraLayer]] = weakref.WeakKeyDictionary()
 _registry_lock = threading.Lock()
 
@@ -125,8 +126,9 @@ def attach_adapter(model: nn.Module, name: str, settings: LoraSettings) -> int:
             inject_adapter_in_model(settings.to_peft(), model, adapter_name=name)
         count = deterministic_init_(model, name, settings.init_seed)
         if count == 0:
-            raise ValueError(f"no layer of the model matches target_modules "
-                             f"{list(settings.target_modules)}")
+            raise ValueError(
+                f"no layer of the model matches target_modules {list(settings.target_modules)}"
+            )
         existing[name] = settings
         _layers[model] = [layer for _, layer in _lora_layers(model)]
         for param_name, param in model.named_parameters():
@@ -168,8 +170,10 @@ def _check_known(model: nn.Module, names: Sequence[str]) -> list[str]:
     known = _registry.get(model, {})
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise RequestError(f"unknown adapter(s) {unknown}; this stage holds {sorted(known)}",
-                           hint="attach the adapter on every stage of the route first")
+        raise RequestError(
+            f"unknown adapter(s) {unknown}; this stage holds {sorted(known)}",
+            hint="attach the adapter on every stage of the route first",
+        )
     if len(set(names)) != len(names):
         raise RequestError(f"adapter list has duplicates: {list(names)}")
     return list(names)
@@ -213,8 +217,9 @@ def _adapter_tensors(model: nn.Module, adapter: str) -> Iterator[tuple[str, nn.P
     yield from sorted(items, key=lambda item: item[0])
 
 
-def adapter_parameters(model: nn.Module, adapter: str, *,
-                       make_trainable: bool = True) -> list[nn.Parameter]:
+def adapter_parameters(
+    model: nn.Module, adapter: str, *, make_trainable: bool = True
+) -> list[nn.Parameter]:
     """The LoRA parameters of ``adapter`` in a fixed order (sorted by global key).
 
     With ``make_trainable`` every other parameter of the model (base weights and the other
@@ -245,8 +250,7 @@ def _layer_of(key: str) -> int | None:
 
 
 @torch.no_grad()
-def load_adapter_state_dict(model: nn.Module, adapter: str,
-                            state: dict[str, torch.Tensor]) -> int:
+def load_adapter_state_dict(model: nn.Module, adapter: str, state: dict[str, torch.Tensor]) -> int:
     """Copy ``state`` into ``adapter``'s tensors; returns the number of tensors loaded.
 
     ``state`` may be this stage's dict or the whole model's (keys of layers outside the stage's
@@ -260,13 +264,16 @@ def load_adapter_state_dict(model: nn.Module, adapter: str,
     missing = sorted(set(own) - set(relevant))
     unexpected = sorted(set(relevant) - set(own))
     if missing or unexpected:
-        raise CheckpointError(f"adapter {adapter!r} state does not match this model: "
-                              f"missing {missing[:3]}, unexpected {unexpected[:3]}",
-                              hint="were both made with the same LoraSettings and layer range?")
+        raise CheckpointError(
+            f"adapter {adapter!r} state does not match this model: "
+            f"missing {missing[:3]}, unexpected {unexpected[:3]}",
+            hint="were both made with the same LoraSettings and layer range?",
+        )
     for key, param in own.items():
         if tuple(relevant[key].shape) != tuple(param.shape):
-            raise CheckpointError(f"{key}: shape {list(relevant[key].shape)}, "
-                                  f"expected {list(param.shape)}")
+            raise CheckpointError(
+                f"{key}: shape {list(relevant[key].shape)}, expected {list(param.shape)}"
+            )
     with adapter_lock(model):
         for key, param in own.items():
             param.copy_(relevant[key].to(param.dtype))

@@ -31,8 +31,11 @@ class StepOutcome:
 
 def global_grad_norm(params: Sequence[torch.Tensor]) -> torch.Tensor:
     """L2 norm over every parameter's gradient (0 when none has a gradient), in float64."""
-    norms = [torch.linalg.vector_norm(p.grad.detach(), dtype=torch.float64)
-             for p in params if p.grad is not None]
+    norms = [
+        torch.linalg.vector_norm(p.grad.detach(), dtype=torch.float64)
+        for p in params
+        if p.grad is not None
+    ]
     if not norms:
         return torch.zeros((), dtype=torch.float64)
     return torch.linalg.vector_norm(torch.stack(norms))
@@ -67,10 +70,12 @@ class StepGuard:
             self.skipped += 1
             self._zero()
             optimizer.zero_grad(set_to_none=True)
-            self.last = StepOutcome(False, "non-finite gradients", norm, False, self.applied,
-                                    self.skipped)
-            log.warning("optimizer step skipped: non-finite gradients (%d skipped so far)",
-                        self.skipped)
+            self.last = StepOutcome(
+                False, "non-finite gradients", norm, False, self.applied, self.skipped
+            )
+            log.warning(
+                "optimizer step skipped: non-finite gradients (%d skipped so far)", self.skipped
+            )
             return self.last
         if self.max_grad_norm > 0 and norm > self.max_grad_norm:
             scale = self.max_grad_norm / (norm + 1e-6)  # same formula as clip_grad_norm_

@@ -16,8 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from base.errors import CheckpointError
 from models.catalog import ModelSpec, get_spec, prepared_dir, source_gguf_path
-from node.errors import CheckpointError
 from provenance import environment_versions, sha256_file
 
 log = logging.getLogger(__name__)
@@ -33,8 +33,7 @@ def _convert(spec: ModelSpec, gguf_path: Path, out: Path) -> None:
     log.info("reading tokenizer from %s (slow: gguf vocabulary parse)", gguf_path.name)
     tokenizer = AutoTokenizer.from_pretrained(src_dir, gguf_file=filename)
     log.info("reading weights from %s (dequantizing to fp32)", gguf_path.name)
-    loaded = AutoModelForCausalLM.from_pretrained(src_dir, gguf_file=filename,
-                                                  dtype=torch.float32)
+    loaded = AutoModelForCausalLM.from_pretrained(src_dir, gguf_file=filename, dtype=torch.float32)
     config_dict = loaded.config.to_dict()
     config_dict.pop("quantization_config", None)
     config = AutoConfig.for_model(**config_dict)
@@ -65,8 +64,11 @@ def prepare_model(name: str, *, force: bool = False) -> Path:
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         record = {
             "model": name,
-            "source": {"package": spec.pip_name, "file": spec.gguf_filename,
-                       "sha256": sha256_file(gguf_path)},
+            "source": {
+                "package": spec.pip_name,
+                "file": spec.gguf_filename,
+                "sha256": sha256_file(gguf_path),
+            },
             "files": files,
             "versions": environment_versions(),
         }

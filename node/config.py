@@ -1,20 +1,16 @@
 """Validated configuration of a daemon and of a local swarm preset.
 
 YAML files in ``configs/`` only name values; these models hold the defaults, the meaning of each
-field and the validation. ``load_yaml_config`` turns any parse or validation problem into a
-:class:`ConfigError` that names the file and the field.
+field and the validation. Files are read by the one loader, ``base.config_loader``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TypeVar
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from node.errors import ConfigError
-from provenance import sha256_bytes
+from base.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIGS_DIR = REPO_ROOT / "configs"
@@ -48,32 +44,41 @@ class DaemonConfig(_Strict):
     host: str = Field("127.0.0.1", description="gRPC bind address")
     port: int = Field(0, ge=0, le=65535, description="gRPC port; 0 picks a free one")
     announce_host: str | None = Field(None, description="host announced to peers (default: host)")
-    initial_peers: list[str] = Field(default_factory=list,
-                                     description="DHT multiaddrs to join; empty starts a new DHT")
-    dht_host_maddrs: list[str] = Field(default_factory=lambda: ["/ip4/127.0.0.1/tcp/0"],
-                                       description="DHT listen multiaddrs")
+    initial_peers: list[str] = Field(
+        default_factory=list, description="DHT multiaddrs to join; empty starts a new DHT"
+    )
+    dht_host_maddrs: list[str] = Field(
+        default_factory=lambda: ["/ip4/127.0.0.1/tcp/0"], description="DHT listen multiaddrs"
+    )
     announce_period: float = Field(5.0, gt=0, description="seconds between DHT heartbeats")
     announce_ttl: float = Field(15.0, gt=0, description="a record expires this long after a beat")
     max_sessions: int = Field(16, ge=1, description="concurrent inference sessions")
-    max_cache_tokens: int = Field(65536, ge=1,
-                                  description="KV-cache positions reserved across sessions")
+    max_cache_tokens: int = Field(
+        65536, ge=1, description="KV-cache positions reserved across sessions"
+    )
     idle_timeout: float = Field(300.0, gt=0, description="evict sessions idle this long (s)")
-    max_message_bytes: int = Field(32 * 1024 * 1024, ge=1024,
-                                   description="largest gRPC message accepted or sent")
+    max_message_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024, description="largest gRPC message accepted or sent"
+    )
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads")
     peer_file: Path | None = Field(None, description="write this daemon's DHT addresses here")
-    state_dir: Path | None = Field(None, description="training checkpoints go under "
-                                   "STATE_DIR/checkpoints/<job>/ (none: adapter jobs are not "
-                                   "checkpointed)")
+    state_dir: Path | None = Field(
+        None,
+        description="training checkpoints go under "
+        "STATE_DIR/checkpoints/<job>/ (none: adapter jobs are not "
+        "checkpointed)",
+    )
     adapters: dict[str, Path] = Field(
         default_factory=dict,
-        description="task adapters to serve: name -> PEFT adapter directory (whole-model keys)")
+        description="task adapters to serve: name -> PEFT adapter directory (whole-model keys)",
+    )
 
     @model_validator(mode="after")
     def _ttl_covers_period(self) -> DaemonConfig:
         if self.announce_ttl <= self.announce_period:
-            raise ValueError("announce_ttl must exceed announce_period, or records expire "
-                             "between heartbeats")
+            raise ValueError(
+                "announce_ttl must exceed announce_period, or records expire between heartbeats"
+            )
         return self
 
 
@@ -87,34 +92,9 @@ class SwarmPreset(_Strict):
 
     model: str = "smollm2-135m"
     peers: list[SwarmPeer] = Field(min_length=1)
-    daemon: dict = Field(default_factory=dict,
-                         description="DaemonConfig fields applied to every peer")
-
-
-Model = TypeVar("Model", bound=BaseModel)
-
-
-def load_yaml_config(path: str | Path, model: type[Model]) -> tuple[Model, str]:
-    """Parse and validate a YAML config; returns it with the sha256 of the file's bytes."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc}") from exc
-    try:
-        data = yaml.safe_load(raw) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got "
-                          f"{type(data).__name__}")
-    try:
-        return model.model_validate(data), sha256_bytes(raw)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}"
-            for err in exc.errors())
-        raise ConfigError(f"{path}: invalid {model.__name__}: {problems}") from exc
+    daemon: dict = Field(
+        default_factory=dict, description="DaemonConfig fields applied to every peer"
+    )
 
 
 def resolve_preset_path(name_or_path: str) -> Path:

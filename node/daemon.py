@@ -18,13 +18,13 @@ from pathlib import Path
 
 import torch
 
+from base.banner import print_banner, status
+from base.dht import start_dht, visible_maddrs
+from base.dht_records import StageRecord, announce
 from checkpoint_gather.weights_service import WeightsService
 from lora.stage_adapters import adapters as stage_adapters
 from models.catalog import resolve_model_dir
-from node.banner import print_banner, status
 from node.config import DaemonConfig
-from node.dht import start_dht, visible_maddrs
-from node.dht_records import StageRecord, announce
 from node.main_thread import MainThreadCalls
 from node.stage_service import StageService, start_grpc_server
 from pipeline_stages.executor import StageExecutor
@@ -52,8 +52,13 @@ def load_task_adapter(stages, name: str, path: Path) -> None:
 
 
 class Daemon:
-    def __init__(self, config: DaemonConfig, *, config_path: str | None = None,
-                 config_sha256: str | None = None):
+    def __init__(
+        self,
+        config: DaemonConfig,
+        *,
+        config_path: str | None = None,
+        config_sha256: str | None = None,
+    ):
         self.config = config
         self.config_path = config_path
         self.config_sha256 = config_sha256
@@ -68,13 +73,18 @@ class Daemon:
         host = self.config.announce_host or self.config.host
         return [
             StageRecord(
-                model=self.config.model, start=start, end=end,
-                num_layers=executor.config.num_hidden_layers, endpoint=f"{host}:{self.port}",
-                peer_id=str(self.dht.peer_id), state=state,
+                model=self.config.model,
+                start=start,
+                end=end,
+                num_layers=executor.config.num_hidden_layers,
+                endpoint=f"{host}:{self.port}",
+                peer_id=str(self.dht.peer_id),
+                state=state,
                 load=stats["active_sessions"] / executor.sessions.max_sessions,
                 # loaded from the config and attached by training jobs alike
                 adapters=sorted(stage_adapters(executor.stages[(start, end)])),
-                node0_version=metadata.version("node0"))
+                node0_version=metadata.version("node0"),
+            )
             for start, end in sorted(executor.stages)
         ]
 
@@ -83,16 +93,22 @@ class Daemon:
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
         model_dir = resolve_model_dir(cfg.model)
-        print_banner("serve", self.config_path, self.config_sha256, [
-            f"model: {cfg.model} ({model_dir})",
-            "stages: " + ", ".join(str(s) for s in cfg.stages),
-            "adapters: " + (", ".join(sorted(cfg.adapters)) or "none"),
-            f"grpc: {cfg.host}:{cfg.port or 'auto'}; max message {cfg.max_message_bytes} B",
-            f"dht: {'join ' + ', '.join(cfg.initial_peers) if cfg.initial_peers else 'new DHT'}",
-            f"sessions: max {cfg.max_sessions}, cache {cfg.max_cache_tokens} positions, "
-            f"idle timeout {cfg.idle_timeout:g} s",
-            f"heartbeat: every {cfg.announce_period:g} s, ttl {cfg.announce_ttl:g} s",
-        ])
+        print_banner(
+            "serve",
+            self.config_path,
+            self.config_sha256,
+            [
+                f"model: {cfg.model} ({model_dir})",
+                "stages: " + ", ".join(str(s) for s in cfg.stages),
+                "adapters: " + (", ".join(sorted(cfg.adapters)) or "none"),
+                f"grpc: {cfg.host}:{cfg.port or 'auto'}; max message {cfg.max_message_bytes} B",
+                "dht: "
+                + ("join " + ", ".join(cfg.initial_peers) if cfg.initial_peers else "new DHT"),
+                f"sessions: max {cfg.max_sessions}, cache {cfg.max_cache_tokens} positions, "
+                f"idle timeout {cfg.idle_timeout:g} s",
+                f"heartbeat: every {cfg.announce_period:g} s, ttl {cfg.announce_ttl:g} s",
+            ],
+        )
         stages = {}
         for spec in cfg.stages:
             status("load", f"layers {spec} from {model_dir}")
@@ -100,9 +116,11 @@ class Daemon:
         for name, path in sorted(cfg.adapters.items()):
             status("adapter", f"{name} from {path}")
             load_task_adapter(stages.values(), name, path)
-        sessions = SessionManager(max_sessions=cfg.max_sessions,
-                                  max_cache_tokens=cfg.max_cache_tokens,
-                                  idle_timeout=cfg.idle_timeout)
+        sessions = SessionManager(
+            max_sessions=cfg.max_sessions,
+            max_cache_tokens=cfg.max_cache_tokens,
+            idle_timeout=cfg.idle_timeout,
+        )
         executor = StageExecutor(cfg.model, stages, sessions)
 
         status("dht", "starting")
@@ -111,19 +129,28 @@ class Daemon:
         executor.dht = self.dht
         executor.in_main_thread = self.main_calls.call
         executor.checkpoint_dir = cfg.state_dir / "checkpoints" if cfg.state_dir else None
-        service = StageService(executor, peer_id=str(self.dht.peer_id),
-                               max_message_bytes=cfg.max_message_bytes)
-        weights = WeightsService(executor, peer_id=str(self.dht.peer_id),
-                                 max_message_bytes=cfg.max_message_bytes)
+        service = StageService(
+            executor, peer_id=str(self.dht.peer_id), max_message_bytes=cfg.max_message_bytes
+        )
+        weights = WeightsService(
+            executor, peer_id=str(self.dht.peer_id), max_message_bytes=cfg.max_message_bytes
+        )
         self.server, self.port = start_grpc_server(
-            service, cfg.host, cfg.port, max_workers=2 * cfg.max_sessions + 4,
-            extra_servicers=(weights,))
+            service,
+            cfg.host,
+            cfg.port,
+            max_workers=2 * cfg.max_sessions + 4,
+            extra_servicers=(weights,),
+        )
         status("grpc", f"serving on {cfg.host}:{self.port}")
         announce(self.dht, self._records(executor), cfg.announce_ttl)
         if cfg.peer_file:
             atomic_write(cfg.peer_file, "\n".join(maddrs) + "\n")
-        status("ready", f"peer {self.dht.peer_id} endpoint {cfg.host}:{self.port} "
-                        f"dht {maddrs[0] if maddrs else '?'}")
+        status(
+            "ready",
+            f"peer {self.dht.peer_id} endpoint {cfg.host}:{self.port} "
+            f"dht {maddrs[0] if maddrs else '?'}",
+        )
         try:
             next_beat = time.monotonic() + cfg.announce_period
             while not self.stop_event.is_set():
@@ -136,8 +163,12 @@ class Daemon:
                 if evicted:
                     log.info("evicted %d idle session(s)", len(evicted))
                 try:
-                    announce(self.dht, self._records(executor), cfg.announce_ttl,
-                             timeout=ANNOUNCE_TIMEOUT_S)
+                    announce(
+                        self.dht,
+                        self._records(executor),
+                        cfg.announce_ttl,
+                        timeout=ANNOUNCE_TIMEOUT_S,
+                    )
                 except TimeoutError:
                     log.warning("DHT heartbeat timed out; retrying next period")
         finally:
@@ -147,8 +178,12 @@ class Daemon:
     def _shutdown(self, executor: StageExecutor) -> None:
         status("shutdown", "announcing offline, draining requests")
         try:
-            announce(self.dht, self._records(executor, state="offline"), self.config.announce_ttl,
-                     timeout=ANNOUNCE_TIMEOUT_S)
+            announce(
+                self.dht,
+                self._records(executor, state="offline"),
+                self.config.announce_ttl,
+                timeout=ANNOUNCE_TIMEOUT_S,
+            )
         except Exception:  # leaving must not fail because the DHT is already gone
             log.warning("could not announce offline", exc_info=True)
         if self.server is not None:

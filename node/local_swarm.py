@@ -20,9 +20,10 @@ from pathlib import Path
 
 import yaml
 
-from models.catalog import CATALOG, node0_home
+from base.errors import SwarmError
+from base.paths import node0_home
+from models.catalog import CATALOG
 from node.config import DaemonConfig, SwarmPreset
-from node.errors import SwarmError
 from provenance import RunDir, atomic_write, create_run_dir
 
 START_TIMEOUT_S = 180.0
@@ -100,12 +101,21 @@ def _launch(run: RunDir, name: str, config: DaemonConfig) -> PeerProcess:
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "node.cli", "serve", "--config", str(config_path)],
-            stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, env=env,
-            cwd=str(Path(__file__).resolve().parent.parent))
-    return PeerProcess(name=name, pid=process.pid,
-                       stages=[[s.start, s.end] for s in config.stages], log=str(log_path),
-                       config=str(config_path), maddr_file=str(config.peer_file))
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
+            cwd=str(Path(__file__).resolve().parent.parent),
+        )
+    return PeerProcess(
+        name=name,
+        pid=process.pid,
+        stages=[[s.start, s.end] for s in config.stages],
+        log=str(log_path),
+        config=str(config_path),
+        maddr_file=str(config.peer_file),
+    )
 
 
 def _wait_ready(peers: list[PeerProcess], timeout: float) -> None:
@@ -116,43 +126,62 @@ def _wait_ready(peers: list[PeerProcess], timeout: float) -> None:
             if Path(peer.maddr_file).is_file():
                 pending.remove(peer)
             elif not pid_alive(peer.pid):
-                raise SwarmError(f"peer {peer.name} exited during start-up; its log "
-                                 f"({peer.log}) ends with:\n{_tail(peer.log)}")
+                raise SwarmError(
+                    f"peer {peer.name} exited during start-up; its log "
+                    f"({peer.log}) ends with:\n{_tail(peer.log)}"
+                )
         if pending and time.monotonic() > deadline:
             names = ", ".join(p.name for p in pending)
-            raise SwarmError(f"peers {names} not ready after {timeout:g} s; see logs in "
-                             f"{Path(pending[0].log).parent}")
+            raise SwarmError(
+                f"peers {names} not ready after {timeout:g} s; see logs in "
+                f"{Path(pending[0].log).parent}"
+            )
         time.sleep(0.2)
 
 
-def start_swarm(preset: SwarmPreset, preset_name: str, *, runs_dir: Path, state_file: Path,
-                preset_path: str | None = None, preset_sha256: str | None = None,
-                start_timeout: float = START_TIMEOUT_S) -> SwarmState:
+def start_swarm(
+    preset: SwarmPreset,
+    preset_name: str,
+    *,
+    runs_dir: Path,
+    state_file: Path,
+    preset_path: str | None = None,
+    preset_sha256: str | None = None,
+    start_timeout: float = START_TIMEOUT_S,
+) -> SwarmState:
     """Start every peer of ``preset``; returns when all have announced their stages."""
     if state_file.is_file():
         existing = SwarmState.load(state_file)
         if any(pid_alive(p.pid) for p in existing.peers):
-            raise SwarmError(f"a swarm is already running (state {state_file})",
-                             hint="stop it with `node0 swarm down` first")
+            raise SwarmError(
+                f"a swarm is already running (state {state_file})",
+                hint="stop it with `node0 swarm down` first",
+            )
     if preset.model in CATALOG:
         from models.assets import prepare_model
 
         prepare_model(preset.model)
-    run = create_run_dir(runs_dir, "swarm", config=preset.model_dump(mode="json"),
-                         config_path=preset_path)
+    run = create_run_dir(
+        runs_dir, "swarm", config=preset.model_dump(mode="json"), config_path=preset_path
+    )
     run.set("preset", {"name": preset_name, "sha256": preset_sha256})
     started: list[PeerProcess] = []
     try:
         initial: list[str] = []
         for index, peer in enumerate(preset.peers):
-            config = DaemonConfig.model_validate({
-                **preset.daemon, "model": preset.model,
-                "stages": [s.model_dump() for s in peer.stages],
-                "initial_peers": initial,
-                "peer_file": str(run.path / "peers" / f"{peer.name}.maddrs"),
-                "state_dir": str(Path(preset.daemon.get("state_dir") or
-                                      node0_home() / "peers" / preset_name) / peer.name),
-            })
+            config = DaemonConfig.model_validate(
+                {
+                    **preset.daemon,
+                    "model": preset.model,
+                    "stages": [s.model_dump() for s in peer.stages],
+                    "initial_peers": initial,
+                    "peer_file": str(run.path / "peers" / f"{peer.name}.maddrs"),
+                    "state_dir": str(
+                        Path(preset.daemon.get("state_dir") or node0_home() / "peers" / preset_name)
+                        / peer.name
+                    ),
+                }
+            )
             started.append(_launch(run, peer.name, config))
             if index == 0:  # the others bootstrap through the first peer
                 _wait_ready(started, start_timeout)
@@ -162,15 +191,21 @@ def start_swarm(preset: SwarmPreset, preset_name: str, *, runs_dir: Path, state_
         stop_peers(started)
         run.finish("failed")
         raise
-    state = SwarmState(run_dir=str(run.path), preset=preset_name, model=preset.model,
-                       initial_peers=initial, peers=started)
+    state = SwarmState(
+        run_dir=str(run.path),
+        preset=preset_name,
+        model=preset.model,
+        initial_peers=initial,
+        peers=started,
+    )
     state.save(state_file)
     run.set("peers", [asdict(p) for p in started])
     return state
 
 
-def stop_peers(peers: list[PeerProcess], sig: int = signal.SIGTERM,
-               timeout: float = STOP_TIMEOUT_S) -> None:
+def stop_peers(
+    peers: list[PeerProcess], sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT_S
+) -> None:
     """Stop daemons and everything they started.
 
     ``sig`` goes to each daemon's main process only (on SIGTERM it announces offline, drains and
@@ -200,8 +235,9 @@ def stop_peers(peers: list[PeerProcess], sig: int = signal.SIGTERM,
             time.sleep(0.05)
 
 
-def stop_peer(peer: PeerProcess, sig: int = signal.SIGTERM,
-              timeout: float = STOP_TIMEOUT_S) -> None:
+def stop_peer(
+    peer: PeerProcess, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT_S
+) -> None:
     stop_peers([peer], sig, timeout)
 
 
@@ -218,8 +254,9 @@ def stop_swarm(state_file: Path) -> SwarmState:
     return state
 
 
-def restart_peer(state_file: Path, name: str, *,
-                 start_timeout: float = START_TIMEOUT_S) -> PeerProcess:
+def restart_peer(
+    state_file: Path, name: str, *, start_timeout: float = START_TIMEOUT_S
+) -> PeerProcess:
     """Start peer ``name`` of a running local swarm again with its config (after it died).
 
     Its state directory is the same, so a training job resumes from the peer's checkpoint (or
@@ -228,22 +265,27 @@ def restart_peer(state_file: Path, name: str, *,
     state = SwarmState.load(state_file)
     index = next((i for i, p in enumerate(state.peers) if p.name == name), None)
     if index is None:
-        raise SwarmError(f"the swarm has no peer {name!r}: "
-                         f"{', '.join(p.name for p in state.peers)}")
+        raise SwarmError(
+            f"the swarm has no peer {name!r}: {', '.join(p.name for p in state.peers)}"
+        )
     old = state.peers[index]
     if pid_alive(old.pid):
-        raise SwarmError(f"peer {name} is still running (pid {old.pid})",
-                         hint="stop it first")
+        raise SwarmError(f"peer {name} is still running (pid {old.pid})", hint="stop it first")
     config = DaemonConfig.model_validate(yaml.safe_load(Path(old.config).read_text()))
     if not config.initial_peers and state.initial_peers and index != 0:
         config = config.model_copy(update={"initial_peers": state.initial_peers})
     elif index == 0:  # the bootstrap peer rejoins through the others
-        others = [a for p in state.peers if p.name != name and Path(p.maddr_file).is_file()
-                  for a in Path(p.maddr_file).read_text().split()]
+        others = [
+            a
+            for p in state.peers
+            if p.name != name and Path(p.maddr_file).is_file()
+            for a in Path(p.maddr_file).read_text().split()
+        ]
         config = config.model_copy(update={"initial_peers": others})
     Path(old.maddr_file).unlink(missing_ok=True)
-    run = RunDir(Path(state.run_dir), json.loads(
-        (Path(state.run_dir) / "run_record.json").read_text()))
+    run = RunDir(
+        Path(state.run_dir), json.loads((Path(state.run_dir) / "run_record.json").read_text())
+    )
     peer = _launch(run, name, config)
     _wait_ready([peer], start_timeout)
     state.peers[index] = peer

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import argparse
 
-from node.config import DaemonConfig, load_yaml_config
+from base.config_loader import load_yaml_config
+from node.config import DaemonConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "serve", help="host pipeline stages: gRPC server + DHT announcements",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "serve",
+        help="host pipeline stages: gRPC server + DHT announcements",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--config", required=True, help="daemon YAML (see configs/daemon/)")
-    parser.add_argument("--initial-peers", nargs="*", default=None,
-                        help="DHT multiaddrs to join (overrides the config)")
+    parser.add_argument(
+        "--initial-peers",
+        nargs="*",
+        default=None,
+        help="DHT multiaddrs to join (overrides the config)",
+    )
     parser.add_argument("--port", type=int, default=None, help="gRPC port (overrides the config)")
     parser.set_defaults(handler=run)
 

@@ -14,7 +14,7 @@ from importlib import metadata
 
 import grpc
 
-from inference.sampler import SamplingParams
+from base.sampler import SamplingParams
 from lora.config import AveragingSettings, LoraSettings
 from pipeline_stages.errors import InvalidInput, StageRequestError
 from pipeline_stages.executor import StageExecutor
@@ -31,15 +31,22 @@ def _sampling(request: node0_pb2.StepRequest) -> SamplingParams | None:
         return None
     s = request.sampling
     try:  # proto3 has no "unset": top_p 0 means the default (1, off)
-        return SamplingParams(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p or 1.0,
-                              seed=s.seed)
+        return SamplingParams(
+            temperature=s.temperature, top_k=s.top_k, top_p=s.top_p or 1.0, seed=s.seed
+        )
     except ValueError as exc:
         raise InvalidInput(f"bad sampling parameters: {exc}") from exc
 
 
 class StageService(node0_pb2_grpc.StageServicer):
-    def __init__(self, executor: StageExecutor, *, peer_id: str, max_message_bytes: int,
-                 max_training_bytes: int = 512 * 1024 * 1024):
+    def __init__(
+        self,
+        executor: StageExecutor,
+        *,
+        peer_id: str,
+        max_message_bytes: int,
+        max_training_bytes: int = 512 * 1024 * 1024,
+    ):
         self.executor = executor
         self.peer_id = peer_id
         self.max_message_bytes = max_message_bytes
@@ -61,10 +68,14 @@ class StageService(node0_pb2_grpc.StageServicer):
             peer_id=self.peer_id,
             stages=[
                 node0_pb2.StageInfo(
-                    model=self.executor.model_name, start=start, end=end,
-                    num_layers=config.num_hidden_layers, hidden_size=config.hidden_size,
+                    model=self.executor.model_name,
+                    start=start,
+                    end=end,
+                    num_layers=config.num_hidden_layers,
+                    hidden_size=config.hidden_size,
                     vocab_size=config.vocab_size,
-                    max_position_embeddings=config.max_position_embeddings)
+                    max_position_embeddings=config.max_position_embeddings,
+                )
                 for start, end in sorted(self.executor.stages)
             ],
             active_sessions=stats["active_sessions"],
@@ -76,12 +87,18 @@ class StageService(node0_pb2_grpc.StageServicer):
 
     def OpenSession(self, request, context):  # noqa: N802
         try:
-            session = self.executor.open_session(request.model, request.start, request.end,
-                                                 request.max_length, tuple(request.adapters))
+            session = self.executor.open_session(
+                request.model,
+                request.start,
+                request.end,
+                request.max_length,
+                tuple(request.adapters),
+            )
         except Exception as exc:
             self._abort(context, exc)
-        log.info("session %s opened on [%d, %d)", session.session_id[:8], request.start,
-                 request.end)
+        log.info(
+            "session %s opened on [%d, %d)", session.session_id[:8], request.start, request.end
+        )
         return node0_pb2.OpenSessionResponse(session_id=session.session_id)
 
     def Step(self, request_iterator, context):  # noqa: N802
@@ -93,8 +110,12 @@ class StageService(node0_pb2_grpc.StageServicer):
                 elif request.session_id != session_id:
                     raise InvalidInput("one Step stream serves one session")
                 result = self.executor.step(
-                    request.session_id, request.position, decode(request.input),
-                    sampling=_sampling(request), return_logits=request.return_logits)
+                    request.session_id,
+                    request.position,
+                    decode(request.input),
+                    sampling=_sampling(request),
+                    return_logits=request.return_logits,
+                )
             except Exception as exc:
                 self._abort(context, exc)
             response = node0_pb2.StepResponse(cache_length=result.cache_length)
@@ -110,21 +131,28 @@ class StageService(node0_pb2_grpc.StageServicer):
         closed = self.executor.sessions.close(request.session_id)
         return node0_pb2.CloseSessionResponse(closed=closed)
 
-
     # -- training ------------------------------------------------------------------------
 
     def OpenTrainingJob(self, request, context):  # noqa: N802
         try:
             settings = _job_settings(request)
             job = self.executor.open_training_job(
-                request.job_id, request.start, request.end, settings,
-                model=request.model or None, trainer_id=request.trainer_id)
+                request.job_id,
+                request.start,
+                request.end,
+                settings,
+                model=request.model or None,
+                trainer_id=request.trainer_id,
+            )
         except Exception as exc:
             self._abort(context, exc)
         lora = job.settings.lora
         return node0_pb2.TrainingJobResponse(
-            trainable_parameters=sum(p.numel() for p in job.params), step=job.guard.applied,
-            resumed_from=job.resumed_from, fingerprint=lora.fingerprint() if lora else "")
+            trainable_parameters=sum(p.numel() for p in job.params),
+            step=job.guard.applied,
+            resumed_from=job.resumed_from,
+            fingerprint=lora.fingerprint() if lora else "",
+        )
 
     def _receive(self, request_iterator):
         header, assembler = None, TensorAssembler(self.max_training_bytes)
@@ -141,17 +169,22 @@ class StageService(node0_pb2_grpc.StageServicer):
     def Forward(self, request_iterator, context):  # noqa: N802
         try:
             header, job, tensors = self._receive(request_iterator)
-            result = self.executor.train_forward(job, header.microbatch_id, tensors,
-                                                 header.loss_scale or 1.0,
-                                                 evaluate=header.evaluate)
+            result = self.executor.train_forward(
+                job,
+                header.microbatch_id,
+                tensors,
+                header.loss_scale or 1.0,
+                evaluate=header.evaluate,
+            )
         except Exception as exc:
             self._abort(context, exc)
         if "output" in result:
             for chunk in split_tensor("output", result["output"]):
                 yield node0_pb2.TrainMessage(chunk=chunk)
         else:
-            yield node0_pb2.TrainMessage(loss_sum=result["loss_sum"],
-                                         loss_tokens=result["loss_tokens"])
+            yield node0_pb2.TrainMessage(
+                loss_sum=result["loss_sum"], loss_tokens=result["loss_tokens"]
+            )
 
     def Backward(self, request_iterator, context):  # noqa: N802
         try:
@@ -167,41 +200,63 @@ class StageService(node0_pb2_grpc.StageServicer):
 
     def OptimizerStep(self, request, context):  # noqa: N802
         try:
-            job = self.executor.training_job(request.job_id, request.start, request.end,
-                                             request.trainer_id)
-            report = self.executor.optimizer_step(job, samples=request.samples or 1.0,
-                                                  discard=request.discard,
-                                                  checkpoint=request.checkpoint)
+            job = self.executor.training_job(
+                request.job_id, request.start, request.end, request.trainer_id
+            )
+            report = self.executor.optimizer_step(
+                job,
+                samples=request.samples or 1.0,
+                discard=request.discard,
+                checkpoint=request.checkpoint,
+            )
         except Exception as exc:
             self._abort(context, exc)
         guard = job.guard
         if report is None:  # discarded
             return node0_pb2.OptimizerStepResponse(
-                applied=False, reason="discarded", step=guard.applied, skipped=guard.skipped,
-                group_size=1)
+                applied=False,
+                reason="discarded",
+                step=guard.applied,
+                skipped=guard.skipped,
+                group_size=1,
+            )
         outcome, averaging = report.outcome, report.averaging
         return node0_pb2.OptimizerStepResponse(
-            applied=outcome.applied, reason=outcome.reason, grad_norm=outcome.grad_norm,
-            step=outcome.applied_total, skipped=outcome.skipped_total,
+            applied=outcome.applied,
+            reason=outcome.reason,
+            grad_norm=outcome.grad_norm,
+            step=outcome.applied_total,
+            skipped=outcome.skipped_total,
             group_size=averaging.group_size if averaging else 1,
             averaging=_describe(averaging),
-            checkpoint_path=str(report.checkpoint or ""))
+            checkpoint_path=str(report.checkpoint or ""),
+        )
 
 
 def _job_settings(request: node0_pb2.TrainingJobRequest) -> JobSettings:
     """The job's settings from the request; LoRA/averaging JSON is validated by pydantic."""
     try:
         lora = LoraSettings.model_validate_json(request.lora_json) if request.lora_json else None
-        averaging = (AveragingSettings.model_validate_json(request.averaging_json)
-                     if request.averaging_json else None)
+        averaging = (
+            AveragingSettings.model_validate_json(request.averaging_json)
+            if request.averaging_json
+            else None
+        )
     except ValueError as exc:
         raise InvalidInput(f"bad LoRA/averaging settings: {exc}") from exc
     settings = JobSettings(
-        trainable=request.trainable or "all", learning_rate=request.learning_rate,
-        weight_decay=request.weight_decay, max_grad_norm=request.max_grad_norm,
-        beta1=request.beta1 or 0.9, beta2=request.beta2 or 0.999, eps=request.eps or 1e-8,
-        lora=lora, replicas=max(1, request.replicas), averaging=averaging,
-        checkpoint_every=max(0, request.checkpoint_every))
+        trainable=request.trainable or "all",
+        learning_rate=request.learning_rate,
+        weight_decay=request.weight_decay,
+        max_grad_norm=request.max_grad_norm,
+        beta1=request.beta1 or 0.9,
+        beta2=request.beta2 or 0.999,
+        eps=request.eps or 1e-8,
+        lora=lora,
+        replicas=max(1, request.replicas),
+        averaging=averaging,
+        checkpoint_every=max(0, request.checkpoint_every),
+    )
     settings.adapter  # noqa: B018 (validates the trainable string)
     return settings
 
@@ -225,8 +280,9 @@ def _describe(report) -> str:
     return text
 
 
-def start_grpc_server(service: StageService, host: str, port: int, *,
-                      max_workers: int, extra_servicers=()) -> tuple[grpc.Server, int]:
+def start_grpc_server(
+    service: StageService, host: str, port: int, *, max_workers: int, extra_servicers=()
+) -> tuple[grpc.Server, int]:
     """Start the server; returns it and the bound port (``port=0`` picks a free one).
 
     ``extra_servicers``: objects whose ``add_to_server(server)`` registers another service

@@ -15,20 +15,42 @@ from pathlib import Path
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "train", help="fine-tune a LoRA adapter across the swarm",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--config", default="configs/train/smollm2-gastown.yaml",
-                        help="trainer YAML (see configs/train/)")
-    parser.add_argument("--resume", type=Path, default=None,
-                        help="a previous train run directory to continue from its checkpoint")
-    parser.add_argument("--initial-peers", nargs="*", default=None,
-                        help="DHT multiaddrs (default: the config's, else the local swarm)")
-    parser.add_argument("--swarm-file", type=Path, default=None,
-                        help="local swarm state file (default $NODE0_HOME/swarm/current.json)")
-    parser.add_argument("--run-id", default=None, help="job name on the stages (shared by the "
-                        "trainers of one run)")
-    parser.add_argument("--shard", default=None, metavar="I/N",
-                        help="this trainer's data shard, e.g. 1/2 (overrides the config)")
+        "train",
+        help="fine-tune a LoRA adapter across the swarm",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--config",
+        default="configs/train/smollm2-gastown.yaml",
+        help="trainer YAML (see configs/train/)",
+    )
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        help="a previous train run directory to continue from its checkpoint",
+    )
+    parser.add_argument(
+        "--initial-peers",
+        nargs="*",
+        default=None,
+        help="DHT multiaddrs (default: the config's, else the local swarm)",
+    )
+    parser.add_argument(
+        "--swarm-file",
+        type=Path,
+        default=None,
+        help="local swarm state file (default $NODE0_HOME/swarm/current.json)",
+    )
+    parser.add_argument(
+        "--run-id", default=None, help="job name on the stages (shared by the trainers of one run)"
+    )
+    parser.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="this trainer's data shard, e.g. 1/2 (overrides the config)",
+    )
     parser.add_argument("--steps", type=int, default=None, help="total steps (overrides)")
     parser.add_argument("--no-probes", action="store_true", help="skip the probe prompts")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="run directories")
@@ -36,8 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _resolved_config(args: argparse.Namespace):
-    from node.config import load_yaml_config
-    from node.errors import ConfigError
+    from base.config_loader import load_yaml_config
+    from base.errors import ConfigError
     from training.config import TrainConfig
 
     config, sha = load_yaml_config(args.config, TrainConfig)
@@ -56,8 +78,9 @@ def _resolved_config(args: argparse.Namespace):
     if args.resume is not None:
         checkpoint = _read_checkpoint(args.resume)
         if args.run_id is not None and args.run_id != checkpoint["run_id"]:
-            raise ConfigError(f"--run-id {args.run_id} contradicts the resumed run's "
-                              f"{checkpoint['run_id']}")
+            raise ConfigError(
+                f"--run-id {args.run_id} contradicts the resumed run's {checkpoint['run_id']}"
+            )
         update["run_id"] = checkpoint["run_id"]
     if update or data_update:
         raw = config.model_dump(mode="json")
@@ -71,15 +94,16 @@ def _resolved_config(args: argparse.Namespace):
 
 
 def _read_checkpoint(run_dir: Path) -> dict:
-    from node.errors import CheckpointError
+    from base.errors import CheckpointError
     from training.trainer import TRAINER_CHECKPOINT
 
     path = run_dir / TRAINER_CHECKPOINT
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot resume from {run_dir}: {path} is missing or unreadable "
-                              f"({exc})") from exc
+        raise CheckpointError(
+            f"cannot resume from {run_dir}: {path} is missing or unreadable ({exc})"
+        ) from exc
     if data.get("format") != "node0-trainer-checkpoint/1":
         raise CheckpointError(f"{path} is not a node0 trainer checkpoint")
     return data
@@ -89,12 +113,13 @@ def run(args: argparse.Namespace) -> int:
     import secrets
     import time
 
+    from base.banner import print_banner, status
+    from base.errors import CheckpointError
+    from base.swarm_view import initial_peers_from
     from dataload import build_loaders
     from dataload.probes import load_probes
-    from inference.swarm_client import SwarmClient, initial_peers_from
+    from inference.swarm_client import SwarmClient
     from models.catalog import CATALOG, resolve_model_dir
-    from node.banner import print_banner, status
-    from node.errors import CheckpointError
     from provenance import create_run_dir
     from training.probe_eval import probe_report
     from training.trainer import SwarmTrainer
@@ -103,17 +128,22 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = _read_checkpoint(args.resume) if args.resume is not None else None
     run_id = config.run_id or f"lora-{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}"
     peers = args.initial_peers or config.initial_peers or initial_peers_from(args.swarm_file)
-    print_banner("train", args.config, sha, [
-        f"model: {config.model}; adapter {config.adapter!r} (rank {config.lora.rank}, alpha "
-        f"{config.lora.alpha:g}, {', '.join(config.lora.target_modules)})",
-        f"run: {run_id}" + (f" (resuming {args.resume})" if args.resume else ""),
-        f"steps: {config.steps}, batch {config.data.batch_size}, micro-batch "
-        f"{config.micro_batch_size or config.data.batch_size}, lr {config.learning_rate:g}, "
-        f"clip {config.max_grad_norm:g}",
-        f"data: shard {config.data.shard_index}/{config.data.shard_count} of "
-        + ", ".join(str(p) for p in config.data.train),
-        f"replicas per stage averaging: {config.replicas}",
-    ])
+    print_banner(
+        "train",
+        args.config,
+        sha,
+        [
+            f"model: {config.model}; adapter {config.adapter!r} (rank {config.lora.rank}, alpha "
+            f"{config.lora.alpha:g}, {', '.join(config.lora.target_modules)})",
+            f"run: {run_id}" + (f" (resuming {args.resume})" if args.resume else ""),
+            f"steps: {config.steps}, batch {config.data.batch_size}, micro-batch "
+            f"{config.micro_batch_size or config.data.batch_size}, lr {config.learning_rate:g}, "
+            f"clip {config.max_grad_norm:g}",
+            f"data: shard {config.data.shard_index}/{config.data.shard_count} of "
+            + ", ".join(str(p) for p in config.data.train),
+            f"replicas per stage averaging: {config.replicas}",
+        ],
+    )
     if config.model in CATALOG:
         from models.assets import prepare_model
 
@@ -122,31 +152,56 @@ def run(args: argparse.Namespace) -> int:
     model_dir = resolve_model_dir(config.model)
     loaders = build_loaders(config.data, model_dir=model_dir)
     train = loaders.train
-    run = create_run_dir(args.runs_dir, "train", config=config.model_dump(mode="json"),
-                         config_path=args.config,
-                         seeds={"data": config.data.seed, "lora_init": config.lora.init_seed})
-    run.set("job", {"run_id": run_id, "resumed_from": str(args.resume) if args.resume else None,
-                    "initial_peers": peers})
-    run.set("data", {"train": train.describe(), "order_hash_epoch0": train.order_hash(0),
-                     "heldout": loaders.heldout.describe() if loaders.heldout else None})
-    status("data", f"{len(train.items)} examples, {train.num_batches(0)} batches/epoch, order "
-                   f"sha256 {train.order_hash(0)[:16]}")
+    run = create_run_dir(
+        args.runs_dir,
+        "train",
+        config=config.model_dump(mode="json"),
+        config_path=args.config,
+        seeds={"data": config.data.seed, "lora_init": config.lora.init_seed},
+    )
+    run.set(
+        "job",
+        {
+            "run_id": run_id,
+            "resumed_from": str(args.resume) if args.resume else None,
+            "initial_peers": peers,
+        },
+    )
+    run.set(
+        "data",
+        {
+            "train": train.describe(),
+            "order_hash_epoch0": train.order_hash(0),
+            "heldout": loaders.heldout.describe() if loaders.heldout else None,
+        },
+    )
+    status(
+        "data",
+        f"{len(train.items)} examples, {train.num_batches(0)} batches/epoch, order "
+        f"sha256 {train.order_hash(0)[:16]}",
+    )
     client = SwarmClient(config.model, peers)
-    trainer = SwarmTrainer(config, run=run, loaders=loaders, run_id=run_id,
-                           records_fn=client.records)
+    trainer = SwarmTrainer(
+        config, run=run, loaders=loaders, run_id=run_id, records_fn=client.records
+    )
     try:
         client.wait_for_route()
         trainer.set_state("ready", f"run {run_id}")
         step = trainer.connect()
         if checkpoint is not None and step < int(checkpoint["step"]):
-            raise CheckpointError(f"the stages are at step {step} but the trainer checkpoint "
-                                  f"is at step {checkpoint['step']}: a stage lost its checkpoint")
+            raise CheckpointError(
+                f"the stages are at step {step} but the trainer checkpoint "
+                f"is at step {checkpoint['step']}: a stage lost its checkpoint"
+            )
         if checkpoint is None and step > 0:
             status("resume", f"the stages already hold {step} steps of run {run_id}")
         probes = load_probes(config.probes) if config.probes and not args.no_probes else []
-        probe_kw = dict(adapters=(config.adapter,), mode=config.data.prompt_mode,
-                        eos_id=loaders.tokenizer_info.eos_id,
-                        max_new_tokens=config.probe_max_new_tokens)
+        probe_kw = dict(
+            adapters=(config.adapter,),
+            mode=config.data.prompt_mode,
+            eos_id=loaders.tokenizer_info.eos_id,
+            max_new_tokens=config.probe_max_new_tokens,
+        )
         before = {"step": step, "heldout_loss": trainer.heldout_loss()}
         if probes:
             status("probes", f"{len(probes)} prompts before training")
@@ -159,22 +214,41 @@ def run(args: argparse.Namespace) -> int:
             after["probes"] = probe_report(client, loaders.tokenizer, probes, **probe_kw)
         _say_eval(status, "after", after)
         run.add_artifact(run.path / "trainer_checkpoint.json")
-        trainer.set_state("done", f"{state.step} steps, {state.skipped} skipped, "
-                                  f"{state.reroutes} reroute(s)")
-        run.finish("done", before=before, after=after, losses=state.losses,
-                   heldout_during=state.heldout, skipped_steps=state.skipped,
-                   reroutes=state.reroutes, trainer_id=trainer.trainer_id,
-                   averaging=state.averaging,
-                   stages=[{"span": [c.start, c.end], "endpoint": c.endpoint,
-                            "peer_id": c.peer_id} for c in trainer.stages])
-        print(json.dumps({"run_dir": str(run.path), "run_id": run_id, "steps": state.step,
-                          "loss_first": state.losses[0] if state.losses else None,
-                          "loss_last": state.losses[-1] if state.losses else None,
-                          "heldout_before": before["heldout_loss"],
-                          "heldout_after": after["heldout_loss"],
-                          "probes_before": before.get("probes", {}).get("shows_convention"),
-                          "probes_after": after.get("probes", {}).get("shows_convention"),
-                          "probes": len(probes), "adapter": config.adapter}))
+        trainer.set_state(
+            "done", f"{state.step} steps, {state.skipped} skipped, {state.reroutes} reroute(s)"
+        )
+        run.finish(
+            "done",
+            before=before,
+            after=after,
+            losses=state.losses,
+            heldout_during=state.heldout,
+            skipped_steps=state.skipped,
+            reroutes=state.reroutes,
+            trainer_id=trainer.trainer_id,
+            averaging=state.averaging,
+            stages=[
+                {"span": [c.start, c.end], "endpoint": c.endpoint, "peer_id": c.peer_id}
+                for c in trainer.stages
+            ],
+        )
+        print(
+            json.dumps(
+                {
+                    "run_dir": str(run.path),
+                    "run_id": run_id,
+                    "steps": state.step,
+                    "loss_first": state.losses[0] if state.losses else None,
+                    "loss_last": state.losses[-1] if state.losses else None,
+                    "heldout_before": before["heldout_loss"],
+                    "heldout_after": after["heldout_loss"],
+                    "probes_before": before.get("probes", {}).get("shows_convention"),
+                    "probes_after": after.get("probes", {}).get("shows_convention"),
+                    "probes": len(probes),
+                    "adapter": config.adapter,
+                }
+            )
+        )
         return 0
     except BaseException as exc:
         trainer.set_state("failed", str(exc)[:300])

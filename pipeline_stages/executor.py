@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from inference.sampler import SamplingParams, sample_token
+from base.sampler import SamplingParams, sample_token
 from lora.stage_adapters import adapters as stage_adapters
 from lora.stage_adapters import use_adapters
 from models.llama import LlamaStage
@@ -42,8 +42,9 @@ class StepResult:
 class StageExecutor:
     """The stages of one daemon plus their sessions."""
 
-    def __init__(self, model_name: str, stages: dict[tuple[int, int], LlamaStage],
-                 sessions: SessionManager):
+    def __init__(
+        self, model_name: str, stages: dict[tuple[int, int], LlamaStage], sessions: SessionManager
+    ):
         if not stages:
             raise ValueError("a daemon needs at least one stage")
         self.model_name = model_name
@@ -63,8 +64,9 @@ class StageExecutor:
     def context_window(self) -> int:
         return int(self.config.max_position_embeddings)
 
-    def open_session(self, model: str, start: int, end: int, max_length: int,
-                     adapters: tuple[str, ...] = ()) -> Session:
+    def open_session(
+        self, model: str, start: int, end: int, max_length: int, adapters: tuple[str, ...] = ()
+    ) -> Session:
         if model != self.model_name:
             raise InvalidInput(f"this daemon serves {self.model_name!r}, not {model!r}")
         stage = self.stages.get((start, end))
@@ -72,13 +74,17 @@ class StageExecutor:
             hosted = ", ".join(f"[{s}, {e})" for s, e in sorted(self.stages))
             raise InvalidInput(f"layers [{start}, {end}) are not hosted here (hosted: {hosted})")
         if not 1 <= max_length <= self.context_window:
-            raise InvalidInput(f"max_length must be in [1, {self.context_window}] (the model's "
-                               f"context window), got {max_length}")
+            raise InvalidInput(
+                f"max_length must be in [1, {self.context_window}] (the model's "
+                f"context window), got {max_length}"
+            )
         available = sorted(stage_adapters(stage))
         unknown = [name for name in adapters if name not in available]
         if unknown:
-            raise InvalidInput(f"unknown adapter(s) {unknown} on layers [{start}, {end}); "
-                               f"available: {', '.join(available) or 'none'}")
+            raise InvalidInput(
+                f"unknown adapter(s) {unknown} on layers [{start}, {end}); "
+                f"available: {', '.join(available) or 'none'}"
+            )
         if len(set(adapters)) != len(adapters):
             raise InvalidInput(f"adapter list {list(adapters)} names one twice")
         return self.sessions.open((start, end), max_length, stage.new_cache(), tuple(adapters))
@@ -86,40 +92,65 @@ class StageExecutor:
     def _check_input(self, stage: LlamaStage, inputs: torch.Tensor) -> torch.Tensor:
         if stage.is_first:
             if inputs.dtype != torch.int64 or inputs.dim() != 2 or inputs.shape[0] != 1:
-                raise InvalidInput(f"first stage takes int64 token ids of shape (1, n), got "
-                                   f"{inputs.dtype} {list(inputs.shape)}")
+                raise InvalidInput(
+                    f"first stage takes int64 token ids of shape (1, n), got "
+                    f"{inputs.dtype} {list(inputs.shape)}"
+                )
             vocab = stage.full_config.vocab_size
             if int(inputs.min()) < 0 or int(inputs.max()) >= vocab:
                 raise InvalidInput(f"token ids must be in [0, {vocab})")
             return inputs
         hidden = stage.full_config.hidden_size
-        if (not inputs.is_floating_point() or inputs.dim() != 3 or inputs.shape[0] != 1
-                or inputs.shape[2] != hidden):
-            raise InvalidInput(f"stage [{stage.start}, {stage.end}) takes float hidden states of "
-                               f"shape (1, n, {hidden}), got {inputs.dtype} {list(inputs.shape)}")
+        if (
+            not inputs.is_floating_point()
+            or inputs.dim() != 3
+            or inputs.shape[0] != 1
+            or inputs.shape[2] != hidden
+        ):
+            raise InvalidInput(
+                f"stage [{stage.start}, {stage.end}) takes float hidden states of "
+                f"shape (1, n, {hidden}), got {inputs.dtype} {list(inputs.shape)}"
+            )
         if not torch.isfinite(inputs).all():
             raise InvalidInput("hidden states contain NaN or inf")
         return inputs.to(next(stage.parameters()).dtype)
 
-    def step(self, session_id: str, position: int, inputs: torch.Tensor, *,
-             sampling: SamplingParams | None = None, return_logits: bool = False) -> StepResult:
+    def step(
+        self,
+        session_id: str,
+        position: int,
+        inputs: torch.Tensor,
+        *,
+        sampling: SamplingParams | None = None,
+        return_logits: bool = False,
+    ) -> StepResult:
         session = self.sessions.acquire(session_id)
         try:
             return self._step(session, position, inputs, sampling, return_logits)
         finally:
             self.sessions.release(session)
 
-    def _step(self, session: Session, position: int, inputs: torch.Tensor,
-              sampling: SamplingParams | None, return_logits: bool) -> StepResult:
+    def _step(
+        self,
+        session: Session,
+        position: int,
+        inputs: torch.Tensor,
+        sampling: SamplingParams | None,
+        return_logits: bool,
+    ) -> StepResult:
         stage = self.stages[session.stage_key]
         inputs = self._check_input(stage, inputs)
         n_new = inputs.shape[1]
         if not 0 <= position <= session.length:
-            raise PositionMismatch(f"step at position {position}, but the session's cache holds "
-                                   f"{session.length} positions")
+            raise PositionMismatch(
+                f"step at position {position}, but the session's cache holds "
+                f"{session.length} positions"
+            )
         if position + n_new > session.max_length:
-            raise ContextOverflow(f"positions {position}..{position + n_new} exceed the session's "
-                                  f"max_length {session.max_length}")
+            raise ContextOverflow(
+                f"positions {position}..{position + n_new} exceed the session's "
+                f"max_length {session.max_length}"
+            )
         with self._compute, torch.inference_mode():
             if position < session.length:
                 session.cache.crop(position - session.length)
@@ -143,8 +174,16 @@ class StageExecutor:
 
     # -- training ------------------------------------------------------------------------
 
-    def open_training_job(self, job_id: str, start: int, end: int, settings: JobSettings, *,
-                          model: str | None = None, trainer_id: str = "") -> StageTrainingJob:
+    def open_training_job(
+        self,
+        job_id: str,
+        start: int,
+        end: int,
+        settings: JobSettings,
+        *,
+        model: str | None = None,
+        trainer_id: str = "",
+    ) -> StageTrainingJob:
         """Open (or rejoin) the training job for a hosted stage.
 
         Rejoining an open job re-claims it for ``trainer_id`` and, when replicas average,
@@ -152,8 +191,10 @@ class StageExecutor:
         stages may have fallen behind).
         """
         if model is not None and model != self.model_name:
-            raise InvalidInput(f"this daemon serves {self.model_name!r}; the trainer expects "
-                               f"{model!r}. Point the trainer at a swarm of its base model.")
+            raise InvalidInput(
+                f"this daemon serves {self.model_name!r}; the trainer expects "
+                f"{model!r}. Point the trainer at a swarm of its base model."
+            )
         stage = self.stages.get((start, end))
         if stage is None:
             raise InvalidInput(f"layers [{start}, {end}) are not hosted here")
@@ -163,11 +204,17 @@ class StageExecutor:
         with self._jobs_lock:
             job = self.jobs.get(key)
             if job is None:
+
                 def create() -> StageTrainingJob:
                     with self._compute:  # attaching an adapter changes the stage's modules
-                        return StageTrainingJob(stage, settings, job_id=job_id,
-                                                model=self.model_name, dht=self.dht,
-                                                checkpoint_dir=self.checkpoint_dir)
+                        return StageTrainingJob(
+                            stage,
+                            settings,
+                            job_id=job_id,
+                            model=self.model_name,
+                            dht=self.dht,
+                            checkpoint_dir=self.checkpoint_dir,
+                        )
 
                 job = self.in_main_thread(create)
                 self.jobs[key] = job
@@ -177,27 +224,41 @@ class StageExecutor:
             job.sync_from_peers()  # a replica that got further wins (no compute lock held)
         return job
 
-    def training_job(self, job_id: str, start: int, end: int,
-                     trainer_id: str = "") -> StageTrainingJob:
+    def training_job(
+        self, job_id: str, start: int, end: int, trainer_id: str = ""
+    ) -> StageTrainingJob:
         job = self.jobs.get((job_id, start, end))
         if job is None:
             raise SessionNotFound(f"no training job {job_id!r} on layers [{start}, {end})")
         job.claim(trainer_id)
         return job
 
-    def train_forward(self, job: StageTrainingJob, microbatch_id: str,
-                      tensors: dict[str, torch.Tensor], loss_scale: float, *,
-                      evaluate: bool = False) -> dict:
+    def train_forward(
+        self,
+        job: StageTrainingJob,
+        microbatch_id: str,
+        tensors: dict[str, torch.Tensor],
+        loss_scale: float,
+        *,
+        evaluate: bool = False,
+    ) -> dict:
         with self._compute:
             return job.forward(microbatch_id, tensors, loss_scale, evaluate=evaluate)
 
-    def train_backward(self, job: StageTrainingJob, microbatch_id: str,
-                       grad: torch.Tensor | None) -> torch.Tensor | None:
+    def train_backward(
+        self, job: StageTrainingJob, microbatch_id: str, grad: torch.Tensor | None
+    ) -> torch.Tensor | None:
         with self._compute:
             return job.backward(microbatch_id, grad)
 
-    def optimizer_step(self, job: StageTrainingJob, *, samples: float = 1.0,
-                       discard: bool = False, checkpoint: bool = False) -> StepReport | None:
+    def optimizer_step(
+        self,
+        job: StageTrainingJob,
+        *,
+        samples: float = 1.0,
+        discard: bool = False,
+        checkpoint: bool = False,
+    ) -> StepReport | None:
         """Average (no lock held: it waits for other replicas), then step under the lock."""
         if discard:
             with self._compute:

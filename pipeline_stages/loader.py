@@ -15,9 +15,9 @@ import torch
 from safetensors import safe_open
 from transformers import AutoConfig
 
+from base.errors import CheckpointError
 from models.llama import LlamaStage, check_architecture, index_checkpoint
 from models.llama.tensor_names import EMBED, LM_HEAD, expected_shapes
-from node.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,9 @@ def load_config(model_dir: str | Path):
         raise CheckpointError(f"cannot parse {model_dir / 'config.json'}: {exc}") from exc
 
 
-def load_stage(model_dir: str | Path, start: int, end: int,
-               dtype: torch.dtype = torch.float32) -> LlamaStage:
+def load_stage(
+    model_dir: str | Path, start: int, end: int, dtype: torch.dtype = torch.float32
+) -> LlamaStage:
     """Build :class:`LlamaStage` for layers ``[start, end)`` with weights from ``model_dir``."""
     config = load_config(model_dir)
     index = index_checkpoint(model_dir)
@@ -41,7 +42,8 @@ def load_stage(model_dir: str | Path, start: int, end: int,
     n_layers = config.num_hidden_layers
     if not 0 <= start < end <= n_layers:
         raise CheckpointError(
-            f"layer range [{start}, {end}) is outside the model's {n_layers} layers")
+            f"layer range [{start}, {end}) is outside the model's {n_layers} layers"
+        )
     with torch.device("meta"):
         stage = LlamaStage(config, start, end)
     needed = expected_shapes(config, range(start, end), first=stage.is_first, last=stage.is_last)
@@ -60,22 +62,25 @@ def load_stage(model_dir: str | Path, start: int, end: int,
             for name, src in pairs:
                 tensor = handle.get_tensor(src)
                 if tuple(tensor.shape) != needed[name]:
-                    raise CheckpointError(f"{name}: shape {list(tensor.shape)}, expected "
-                                          f"{list(needed[name])}")
+                    raise CheckpointError(
+                        f"{name}: shape {list(tensor.shape)}, expected {list(needed[name])}"
+                    )
                 state[name] = tensor.to(dtype)
     missing, unexpected = stage.load_state_dict(state, strict=False, assign=True)
     if unexpected:
         raise CheckpointError(f"unexpected tensors for stage: {unexpected[:5]}")
     on_meta = [n for n, p in stage.named_parameters() if p.is_meta]
     if missing or on_meta:
-        raise CheckpointError(f"stage [{start}, {end}) left tensors unloaded: "
-                              f"{(missing or on_meta)[:5]}")
+        raise CheckpointError(
+            f"stage [{start}, {end}) left tensors unloaded: {(missing or on_meta)[:5]}"
+        )
     if stage.is_first and stage.is_last and LM_HEAD not in index.shapes:
         stage.lm_head.weight = stage.model.embed_tokens.weight  # tied: share, don't copy
     # buffers (rotary inv_freq) were created on meta: rebuild them on the CPU
     stage.rotary_emb = type(stage.rotary_emb)(config=stage.config)
     stage.eval()
     n_params = sum(p.numel() for p in stage.parameters())
-    log.info("loaded layers [%d, %d) of %s: %.1fM parameters", start, end, model_dir,
-             n_params / 1e6)
+    log.info(
+        "loaded layers [%d, %d) of %s: %.1fM parameters", start, end, model_dir, n_params / 1e6
+    )
     return stage

@@ -39,19 +39,26 @@ class SessionManager:
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
 
-    def open(self, stage_key: tuple[int, int], max_length: int, cache: Any,
-             adapters: tuple[str, ...] = ()) -> Session:
+    def open(
+        self,
+        stage_key: tuple[int, int],
+        max_length: int,
+        cache: Any,
+        adapters: tuple[str, ...] = (),
+    ) -> Session:
         with self._lock:
             self._evict_idle_locked(time.monotonic())
             if len(self._sessions) >= self.max_sessions:
                 raise CapacityExceeded(
                     f"daemon is at its session limit ({self.max_sessions}); retry later or use "
-                    "another replica")
+                    "another replica"
+                )
             reserved = sum(s.max_length for s in self._sessions.values())
             if reserved + max_length > self.max_cache_tokens:
                 raise CapacityExceeded(
                     f"session needs {max_length} cache positions; "
-                    f"{self.max_cache_tokens - reserved} of {self.max_cache_tokens} are free")
+                    f"{self.max_cache_tokens - reserved} of {self.max_cache_tokens} are free"
+                )
             session = Session(secrets.token_hex(16), stage_key, max_length, cache, adapters)
             self._sessions[session.session_id] = session
             return session
@@ -61,8 +68,9 @@ class SessionManager:
         with self._lock:
             session = self._sessions.get(session_id)
             if session is None:
-                raise SessionNotFound(f"no session {session_id!r} (closed, evicted or never "
-                                      "opened)")
+                raise SessionNotFound(
+                    f"no session {session_id!r} (closed, evicted or never opened)"
+                )
             session.busy = True
             return session
 
@@ -80,8 +88,11 @@ class SessionManager:
             return self._evict_idle_locked(time.monotonic())
 
     def _evict_idle_locked(self, now: float) -> list[str]:
-        stale = [sid for sid, s in self._sessions.items()
-                 if not s.busy and now - s.last_used > self.idle_timeout]
+        stale = [
+            sid
+            for sid, s in self._sessions.items()
+            if not s.busy and now - s.last_used > self.idle_timeout
+        ]
         for sid in stale:
             del self._sessions[sid]
         return stale

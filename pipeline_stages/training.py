@@ -91,8 +91,10 @@ def _prepare_adapter(stage: LlamaStage, name: str, lora: LoraSettings | None) ->
     attached = adapters(stage).get(name)
     if lora is None:
         if attached is None:
-            raise InvalidInput(f"adapter {name!r} is not on this stage and the job gave no LoRA "
-                               "settings to create it")
+            raise InvalidInput(
+                f"adapter {name!r} is not on this stage and the job gave no LoRA "
+                "settings to create it"
+            )
         return
     if attached is None:
         attach_adapter(stage, name, lora)
@@ -100,13 +102,22 @@ def _prepare_adapter(stage: LlamaStage, name: str, lora: LoraSettings | None) ->
         raise PositionMismatch(
             f"adapter {name!r} on this stage has other LoRA settings "
             f"({attached.model_dump(mode='json')}) than the job asks for "
-            f"({lora.model_dump(mode='json')}); use another adapter name or the same settings")
+            f"({lora.model_dump(mode='json')}); use another adapter name or the same settings"
+        )
 
 
 class StageTrainingJob:
-    def __init__(self, stage: LlamaStage, settings: JobSettings, *, job_id: str = "job",
-                 model: str = "model", dht=None, checkpoint_dir: Path | None = None,
-                 max_pending: int = 64):
+    def __init__(
+        self,
+        stage: LlamaStage,
+        settings: JobSettings,
+        *,
+        job_id: str = "job",
+        model: str = "model",
+        dht=None,
+        checkpoint_dir: Path | None = None,
+        max_pending: int = 64,
+    ):
         self.stage = stage
         self.settings = settings
         self.job_id = job_id
@@ -125,45 +136,70 @@ class StageTrainingJob:
             _prepare_adapter(stage, self.adapter, settings.lora)
             self.params = adapter_parameters(stage, self.adapter)
         self.optimizer = torch.optim.AdamW(
-            self.params, lr=settings.learning_rate, weight_decay=settings.weight_decay,
-            betas=(settings.beta1, settings.beta2), eps=settings.eps)
+            self.params,
+            lr=settings.learning_rate,
+            weight_decay=settings.weight_decay,
+            betas=(settings.beta1, settings.beta2),
+            eps=settings.eps,
+        )
         self.guard = StepGuard(self.params, max_grad_norm=settings.max_grad_norm)
         self.pending: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.accumulated = 0  # backward passes since the last step
         self.checkpoint_path = None
         self.resumed_from = ""
         if self.adapter is not None and checkpoint_dir is not None:
-            self.checkpoint_path = (Path(checkpoint_dir) / job_id /
-                                    f"{self.adapter}-L{stage.start}-{stage.end}.pt")
+            self.checkpoint_path = (
+                Path(checkpoint_dir) / job_id / f"{self.adapter}-L{stage.start}-{stage.end}.pt"
+            )
             if self.checkpoint_path.is_file():
-                loaded = load_checkpoint(self.checkpoint_path, stage, self.adapter,
-                                         layers=(stage.start, stage.end),
-                                         optimizer=self.optimizer, guard=self.guard)
+                loaded = load_checkpoint(
+                    self.checkpoint_path,
+                    stage,
+                    self.adapter,
+                    layers=(stage.start, stage.end),
+                    optimizer=self.optimizer,
+                    guard=self.guard,
+                )
                 self.resumed_from = "checkpoint"
-                log.info("job %s resumed %s at step %d from %s", job_id, self.adapter,
-                         loaded.step, self.checkpoint_path)
+                log.info(
+                    "job %s resumed %s at step %d from %s",
+                    job_id,
+                    self.adapter,
+                    loaded.step,
+                    self.checkpoint_path,
+                )
         self.averager = None
         if self.adapter is not None and settings.replicas > 1:
             if dht is None:
                 raise InvalidInput("this daemon has no DHT to average with replicas")
             averaging = (settings.averaging or AveragingSettings()).model_copy(
-                update={"target_group_size": settings.replicas})
+                update={"target_group_size": settings.replicas}
+            )
             self.averager = StageGradientAverager(
-                dht, prefix=averaging_prefix(model, stage.start, stage.end, job_id,
-                                             self.adapter),
-                params=self.params, settings=averaging, lora=settings.lora,
-                optimizer=self.optimizer, lock=self.lock)
+                dht,
+                prefix=averaging_prefix(model, stage.start, stage.end, job_id, self.adapter),
+                params=self.params,
+                settings=averaging,
+                lora=settings.lora,
+                optimizer=self.optimizer,
+                lock=self.lock,
+            )
             self.averager.set_step(self.guard.applied)
 
     # -- lease ---------------------------------------------------------------------------
     def claim(self, trainer_id: str) -> None:
         """Bind the job to ``trainer_id``; another trainer is refused while the lease holds."""
         now = time.monotonic()
-        if (trainer_id and self.owner and trainer_id != self.owner
-                and now - self.last_seen < LEASE_SECONDS):
+        if (
+            trainer_id
+            and self.owner
+            and trainer_id != self.owner
+            and now - self.last_seen < LEASE_SECONDS
+        ):
             raise PositionMismatch(
                 f"this replica of layers [{self.stage.start}, {self.stage.end}) is training job "
-                f"{self.job_id!r} for trainer {self.owner[:12]}; use another replica")
+                f"{self.job_id!r} for trainer {self.owner[:12]}; use another replica"
+            )
         if trainer_id and trainer_id != self.owner:
             self.owner = trainer_id
             self.pending.clear()
@@ -176,8 +212,11 @@ class StageTrainingJob:
         if self.averager is None:
             return False
         with self.lock:
-            saved = (adapter_state_dict(self.stage, self.adapter),
-                     self.optimizer.state_dict(), self.guard.state_dict())
+            saved = (
+                adapter_state_dict(self.stage, self.adapter),
+                self.optimizer.state_dict(),
+                self.guard.state_dict(),
+            )
         own_step = self.guard.applied
         try:
             loaded = self.averager.load_state_from_peers(timeout=timeout)
@@ -195,8 +234,13 @@ class StageTrainingJob:
         with self.lock:
             self.guard.applied = loaded.step
         self.resumed_from = "peers"
-        log.info("job %s: loaded %s at step %d from a replica (was at %d)", self.job_id,
-                 self.adapter, loaded.step, own_step)
+        log.info(
+            "job %s: loaded %s at step %d from a replica (was at %d)",
+            self.job_id,
+            self.adapter,
+            loaded.step,
+            own_step,
+        )
         return True
 
     # -- micro-batches -------------------------------------------------------------------
@@ -228,8 +272,14 @@ class StageTrainingJob:
         finally:
             stage.train(was_training)
 
-    def forward(self, microbatch_id: str, tensors: dict[str, torch.Tensor],
-                loss_scale: float, *, evaluate: bool = False) -> dict:
+    def forward(
+        self,
+        microbatch_id: str,
+        tensors: dict[str, torch.Tensor],
+        loss_scale: float,
+        *,
+        evaluate: bool = False,
+    ) -> dict:
         if self.averager is not None:
             self.averager.note_activity()
         leaf = self._leaf(tensors.get("input"))
@@ -247,8 +297,9 @@ class StageTrainingJob:
                 loss_sum, count = cross_entropy_sum(out, labels)
                 return {"loss_sum": float(loss_sum), "loss_tokens": count}
         if len(self.pending) >= self.max_pending:
-            raise CapacityExceeded(f"{self.max_pending} micro-batches await backward; "
-                                   "run backward or start a new job")
+            raise CapacityExceeded(
+                f"{self.max_pending} micro-batches await backward; run backward or start a new job"
+            )
         with torch.enable_grad():
             out = self._run(leaf, mask, train=True)
             if not self.stage.is_last:
@@ -284,16 +335,22 @@ class StageTrainingJob:
         if self.averager is not None:
             self.averager.note_idle()
 
-    def optimizer_step(self, samples: float = 1.0, *, checkpoint: bool = False,
-                       compute_lock: threading.Lock | None = None) -> StepReport:
+    def optimizer_step(
+        self,
+        samples: float = 1.0,
+        *,
+        checkpoint: bool = False,
+        compute_lock: threading.Lock | None = None,
+    ) -> StepReport:
         """Average with the replicas (outside every lock), then guard + step, then save.
 
         ``compute_lock`` (the executor's) is taken around the parameter update only, so
         inference keeps running while this replica waits for its averaging group.
         """
         if self.accumulated == 0:
-            raise PositionMismatch("no gradient accumulated since the last step; run forward "
-                                   "and backward first")
+            raise PositionMismatch(
+                "no gradient accumulated since the last step; run forward and backward first"
+            )
         report = None
         if self.averager is not None:
             report = self.averager.average(samples)
@@ -314,11 +371,16 @@ class StageTrainingJob:
         if self.checkpoint_path is None:
             return None
         with self.lock:
-            return save_checkpoint(self.checkpoint_path, self.stage, self.adapter,
-                                   step=self.guard.applied,
-                                   layers=(self.stage.start, self.stage.end),
-                                   optimizer=self.optimizer, guard=self.guard,
-                                   extra={"job_id": self.job_id})
+            return save_checkpoint(
+                self.checkpoint_path,
+                self.stage,
+                self.adapter,
+                step=self.guard.applied,
+                layers=(self.stage.start, self.stage.end),
+                optimizer=self.optimizer,
+                guard=self.guard,
+                extra={"job_id": self.job_id},
+            )
 
     def close(self) -> None:
         """Save (adapter jobs) and leave the averaging group."""

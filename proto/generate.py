@@ -12,8 +12,15 @@ def main() -> int:
     root = Path(__file__).resolve().parent.parent
     protos = sorted(str(p.relative_to(root)) for p in (root / "proto").glob("*.proto"))
     include = str(Path(protoc.__file__).parent / "_proto")
-    args = ["protoc", f"-I{root}", f"-I{include}", f"--python_out={root}", f"--pyi_out={root}",
-            f"--grpc_python_out={root}", *protos]
+    args = [
+        "protoc",
+        f"-I{root}",
+        f"-I{include}",
+        f"--python_out={root}",
+        f"--pyi_out={root}",
+        f"--grpc_python_out={root}",
+        *protos,
+    ]
     return protoc.main(args)
 
 

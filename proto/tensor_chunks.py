@@ -20,13 +20,19 @@ from proto.tensor_codec import DTYPES, TensorFormatError, decode, encode
 DEFAULT_CHUNK_BYTES = 1 << 20
 
 
-def split_tensor(name: str, tensor: torch.Tensor,
-                 chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[node0_pb2.TensorChunk]:
+def split_tensor(
+    name: str, tensor: torch.Tensor, chunk_bytes: int = DEFAULT_CHUNK_BYTES
+) -> Iterator[node0_pb2.TensorChunk]:
     whole = encode(tensor)
     data = whole.data
     for offset in range(0, max(len(data), 1), chunk_bytes):
-        yield node0_pb2.TensorChunk(name=name, dtype=whole.dtype, shape=whole.shape,
-                                    offset=offset, data=data[offset:offset + chunk_bytes])
+        yield node0_pb2.TensorChunk(
+            name=name,
+            dtype=whole.dtype,
+            shape=whole.shape,
+            offset=offset,
+            data=data[offset : offset + chunk_bytes],
+        )
 
 
 class TensorAssembler:
@@ -51,8 +57,10 @@ class TensorAssembler:
         if chunk.dtype != dtype or shape != expected_shape:
             raise TensorFormatError(f"{chunk.name}: chunks disagree on dtype/shape")
         if chunk.offset != len(buffer):
-            raise TensorFormatError(f"{chunk.name}: chunk at offset {chunk.offset}, expected "
-                                    f"{len(buffer)} (chunks out of order or missing)")
+            raise TensorFormatError(
+                f"{chunk.name}: chunk at offset {chunk.offset}, expected "
+                f"{len(buffer)} (chunks out of order or missing)"
+            )
         itemsize = torch.empty((), dtype=DTYPES[dtype]).element_size()
         size = math.prod(shape) * itemsize if shape else 0
         if len(buffer) + len(chunk.data) > size:
@@ -63,5 +71,7 @@ class TensorAssembler:
         buffer.extend(chunk.data)
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {name: decode(node0_pb2.Tensor(dtype=dtype, shape=shape, data=bytes(buffer)))
-                for name, (dtype, shape, buffer) in self._parts.items()}
+        return {
+            name: decode(node0_pb2.Tensor(dtype=dtype, shape=shape, data=bytes(buffer)))
+            for name, (dtype, shape, buffer) in self._parts.items()
+        }

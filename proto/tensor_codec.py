@@ -51,8 +51,10 @@ def decode(message: node0_pb2.Tensor) -> torch.Tensor:
     itemsize = torch.empty((), dtype=dtype).element_size()
     expected = math.prod(shape) * itemsize
     if len(message.data) != expected:
-        raise TensorFormatError(f"payload has {len(message.data)} bytes; dtype {message.dtype} "
-                                f"and shape {list(shape)} need {expected}")
+        raise TensorFormatError(
+            f"payload has {len(message.data)} bytes; dtype {message.dtype} "
+            f"and shape {list(shape)} need {expected}"
+        )
     if dtype == torch.bfloat16:
         array = np.frombuffer(message.data, dtype=np.int16).reshape(shape)
         return torch.from_numpy(array.copy()).view(torch.bfloat16)

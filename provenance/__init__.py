@@ -1,7 +1,7 @@
 """Run directories and run records: every producing command leaves one, never overwritten."""
 
-from provenance.atomic import atomic_write
-from provenance.hashing import sha256_bytes, sha256_file, sha256_json
+from base.atomic import atomic_write
+from base.hashing import sha256_bytes, sha256_file, sha256_json
 from provenance.run_dir import RunDir, create_run_dir, environment_versions
 
 __all__ = [

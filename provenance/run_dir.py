@@ -26,12 +26,21 @@ from typing import Any
 
 import yaml
 
-from node.errors import RunDirError
-from provenance.atomic import atomic_write
-from provenance.hashing import canonical_json, sha256_bytes, sha256_file
+from base.atomic import atomic_write
+from base.errors import RunDirError
+from base.hashing import canonical_json, sha256_bytes, sha256_file
 
-_TRACKED_PACKAGES = ("node0", "torch", "transformers", "hivemind", "peft", "gguf", "grpcio",
-                     "safetensors", "protobuf")
+_TRACKED_PACKAGES = (
+    "node0",
+    "torch",
+    "transformers",
+    "hivemind",
+    "peft",
+    "gguf",
+    "grpcio",
+    "safetensors",
+    "protobuf",
+)
 
 
 def environment_versions() -> dict[str, str]:

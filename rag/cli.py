@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from node.errors import ConfigError, DataError
+from base.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 

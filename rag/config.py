@@ -1,7 +1,7 @@
 """The RAG configuration: one pydantic model, validated at construction.
 
 YAML files under ``configs/rag/`` only name values; :func:`load_rag_config` reads one and fails
-closed (:class:`~node.errors.ConfigError`) on unknown keys or invalid values.
+closed (:class:`~base.errors.ConfigError`) on unknown keys or invalid values.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from node.errors import ConfigError
+from base.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "rag" / "default.yaml"
 

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from node.errors import ConfigError
+from base.errors import ConfigError
 from rag.retrieval import Hit, RetrievalSettings, retrieve
 from rag.store import RagStore
 

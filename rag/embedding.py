@@ -22,7 +22,7 @@ import numpy as np
 from chromadb.api.types import Documents, EmbeddingFunction, Embeddings
 from chromadb.utils.embedding_functions import register_embedding_function
 
-from node.errors import CheckpointError
+from base.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
 
-from node.errors import CheckpointError
+from base.errors import CheckpointError
 from rag.documents import Document
 
 INJECTION_MARK = "[line removed by node0: possible prompt injection]"

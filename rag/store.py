@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from node.errors import ConfigError, DataError
+from base.errors import ConfigError, DataError
 from rag.documents import COLLECTIONS, Document
 from rag.embedding import MiniLMEmbeddingFunction
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-import node  # noqa: F401  (gRPC fork handlers off before any test imports grpc)
+import base  # noqa: F401  (gRPC fork handlers off before any test imports grpc)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -38,19 +38,28 @@ def smollm2_dir() -> Path:
 
 
 @contextmanager
-def local_swarm(tmp_path: Path, model: str, peers: list[tuple[str, list[tuple[int, int]]]],
-                **daemon) -> Iterator:
+def local_swarm(
+    tmp_path: Path, model: str, peers: list[tuple[str, list[tuple[int, int]]]], **daemon
+) -> Iterator:
     """Start a swarm of real daemon processes; yields its SwarmState; always stops it."""
     from node.config import SwarmPreset
     from node.local_swarm import SwarmState, start_swarm, stop_peers
 
-    preset = SwarmPreset.model_validate({
-        "model": model,
-        "peers": [{"name": name, "stages": [{"start": s, "end": e} for s, e in stages]}
-                  for name, stages in peers],
-        "daemon": {"announce_period": 1.0, "announce_ttl": 4.0,
-                   "state_dir": str(tmp_path / "peer-state"), **daemon},
-    })
+    preset = SwarmPreset.model_validate(
+        {
+            "model": model,
+            "peers": [
+                {"name": name, "stages": [{"start": s, "end": e} for s, e in stages]}
+                for name, stages in peers
+            ],
+            "daemon": {
+                "announce_period": 1.0,
+                "announce_ttl": 4.0,
+                "state_dir": str(tmp_path / "peer-state"),
+                **daemon,
+            },
+        }
+    )
     state_file = tmp_path / "swarm.json"
     state = start_swarm(preset, "test", runs_dir=tmp_path / "runs", state_file=state_file)
     try:

@@ -1,3 +1,3 @@
 """The trainer's side of pipeline training: drive forward/backward/step across the stages."""
 
-import node  # noqa: F401,E402  (turns gRPC fork handlers off before grpc loads)
+import base  # noqa: F401,E402  (turns gRPC fork handlers off before grpc loads)

@@ -58,9 +58,13 @@ class TrainConfig(BaseModel):
     def _check(self) -> TrainConfig:
         check_adapter_name(self.adapter)
         if self.data.kind != "sft":
-            raise ValueError("node0 train runs SFT; DPO pairs train through dataload.dpo_loss "
-                             "in a single process for now")
+            raise ValueError(
+                "node0 train runs SFT; DPO pairs train through dataload.dpo_loss "
+                "in a single process for now"
+            )
         if self.data.packing:
-            raise ValueError("packing is not supported over the pipeline yet: packed rows need "
-                             "per-example position ids and a block mask on the wire")
+            raise ValueError(
+                "packing is not supported over the pipeline yet: packed rows need "
+                "per-example position ids and a block mask on the wire"
+            )
         return self

@@ -40,8 +40,9 @@ class StepResult:
     reports: list  # OptimizerStepResponse per stage, in route order
 
 
-def _forward(stages: list[StageTrainClient], mb: MicroBatch, mb_id: str, scale: float, *,
-             evaluate: bool) -> float:
+def _forward(
+    stages: list[StageTrainClient], mb: MicroBatch, mb_id: str, scale: float, *, evaluate: bool
+) -> float:
     x = mb.input_ids
     part_loss = 0.0
     for index, stage in enumerate(stages):
@@ -54,9 +55,15 @@ def _forward(stages: list[StageTrainClient], mb: MicroBatch, mb_id: str, scale: 
     return part_loss
 
 
-def pipeline_train_step(stages: list[StageTrainClient], microbatches: list[MicroBatch],
-                        step: int, *, samples: float | None = None, checkpoint: bool = False,
-                        on_sync=None) -> StepResult:
+def pipeline_train_step(
+    stages: list[StageTrainClient],
+    microbatches: list[MicroBatch],
+    step: int,
+    *,
+    samples: float | None = None,
+    checkpoint: bool = False,
+    on_sync=None,
+) -> StepResult:
     """Forward/backward every micro-batch, then one optimizer step on every stage.
 
     ``samples`` (default: the rows of all micro-batches) weighs this trainer's gradient when
@@ -78,11 +85,17 @@ def pipeline_train_step(stages: list[StageTrainClient], microbatches: list[Micro
         on_sync()
     if samples is None:
         samples = float(sum(mb.input_ids.shape[0] for mb in microbatches))
-    reports = _parallel([lambda s=s: s.optimizer_step(step, samples=samples,
-                                                      checkpoint=checkpoint) for s in stages])
-    return StepResult(step=step, loss=loss_sum / total_tokens, tokens=total_tokens,
-                      applied=all(r.applied for r in reports),
-                      grad_norms=[r.grad_norm for r in reports], reports=reports)
+    reports = _parallel(
+        [lambda s=s: s.optimizer_step(step, samples=samples, checkpoint=checkpoint) for s in stages]
+    )
+    return StepResult(
+        step=step,
+        loss=loss_sum / total_tokens,
+        tokens=total_tokens,
+        applied=all(r.applied for r in reports),
+        grad_norms=[r.grad_norm for r in reports],
+        reports=reports,
+    )
 
 
 def _parallel(calls):
@@ -93,8 +106,9 @@ def _parallel(calls):
         return [future.result() for future in futures]
 
 
-def pipeline_eval_loss(stages: list[StageTrainClient], microbatches: list[MicroBatch]
-                       ) -> tuple[float, int]:
+def pipeline_eval_loss(
+    stages: list[StageTrainClient], microbatches: list[MicroBatch]
+) -> tuple[float, int]:
     """Mean token loss of ``microbatches`` (no gradients, nothing kept on the stages)."""
     loss_sum, tokens = 0.0, 0
     for mb in microbatches:

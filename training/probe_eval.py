@@ -14,21 +14,34 @@ from dataload.prompt_format import PromptMode, encode_prompt, render
 CONCURRENT_SESSIONS = 4
 
 
-def answer_probes(client, tokenizer, probes: list[Probe], *, adapters: tuple[str, ...],
-                  mode: PromptMode, eos_id: int, max_new_tokens: int) -> list[str]:
+def answer_probes(
+    client,
+    tokenizer,
+    probes: list[Probe],
+    *,
+    adapters: tuple[str, ...],
+    mode: PromptMode,
+    eos_id: int,
+    max_new_tokens: int,
+) -> list[str]:
     """Greedy answers (cut at the first EOS) of every probe, served by ``adapters``."""
-    prompts = [encode_prompt(render(p.messages, mode=mode, tokenizer=tokenizer,
-                                    add_generation_prompt=True), tokenizer, mode=mode)
-               for p in probes]
+    prompts = [
+        encode_prompt(
+            render(p.messages, mode=mode, tokenizer=tokenizer, add_generation_prompt=True),
+            tokenizer,
+            mode=mode,
+        )
+        for p in probes
+    ]
 
     async def run_all() -> list[list[int]]:
         limit = asyncio.Semaphore(CONCURRENT_SESSIONS)
 
         async def one(ids: list[int]) -> list[int]:
             async with limit:
-                result = await client.generate_once(tokenizer, ids,
-                                                    max_new_tokens=max_new_tokens,
-                                                    adapters=adapters)
+                result = await client.generate_once(
+                    tokenizer, ids, max_new_tokens=max_new_tokens, adapters=adapters
+                )
                 return result.token_ids
 
         return await asyncio.gather(*(one(ids) for ids in prompts))
@@ -36,7 +49,7 @@ def answer_probes(client, tokenizer, probes: list[Probe], *, adapters: tuple[str
     answers = []
     for tokens in asyncio.run(run_all()):
         if eos_id in tokens:
-            tokens = tokens[:tokens.index(eos_id)]
+            tokens = tokens[: tokens.index(eos_id)]
         answers.append(tokenizer.decode(tokens, skip_special_tokens=True))
     return answers
 

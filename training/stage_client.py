@@ -8,15 +8,24 @@ from collections.abc import Iterator
 import grpc
 import torch
 
-from inference.stage_client import channel_options
 from proto import node0_pb2, node0_pb2_grpc
+from proto.channels import channel_options
 from proto.tensor_chunks import TensorAssembler, split_tensor
 
 
 class StageTrainClient:
-    def __init__(self, endpoint: str, *, job_id: str, start: int, end: int,
-                 timeout: float = 300.0, max_bytes: int = 512 * 1024 * 1024,
-                 trainer_id: str = "", peer_id: str = ""):
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        job_id: str,
+        start: int,
+        end: int,
+        timeout: float = 300.0,
+        max_bytes: int = 512 * 1024 * 1024,
+        trainer_id: str = "",
+        peer_id: str = "",
+    ):
         self.endpoint = endpoint
         self.peer_id = peer_id
         self.job_id, self.start, self.end = job_id, start, end
@@ -26,25 +35,60 @@ class StageTrainClient:
         self._channel = grpc.insecure_channel(endpoint, options=channel_options(64 << 20))
         self._stub = node0_pb2_grpc.StageStub(self._channel)
 
-    def open_job(self, *, trainable: str = "all", learning_rate: float, weight_decay: float = 0,
-                 max_grad_norm: float = 0, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, model: str = "", lora_json: str = "", replicas: int = 1,
-                 averaging_json: str = "", checkpoint_every: int = 0
-                 ) -> node0_pb2.TrainingJobResponse:
-        return self._stub.OpenTrainingJob(node0_pb2.TrainingJobRequest(
-            job_id=self.job_id, start=self.start, end=self.end, trainable=trainable,
-            learning_rate=learning_rate, weight_decay=weight_decay,
-            max_grad_norm=max_grad_norm, beta1=betas[0], beta2=betas[1], eps=eps, model=model,
-            trainer_id=self.trainer_id, lora_json=lora_json, replicas=replicas,
-            averaging_json=averaging_json, checkpoint_every=checkpoint_every),
-            timeout=self.timeout)
+    def open_job(
+        self,
+        *,
+        trainable: str = "all",
+        learning_rate: float,
+        weight_decay: float = 0,
+        max_grad_norm: float = 0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        model: str = "",
+        lora_json: str = "",
+        replicas: int = 1,
+        averaging_json: str = "",
+        checkpoint_every: int = 0,
+    ) -> node0_pb2.TrainingJobResponse:
+        return self._stub.OpenTrainingJob(
+            node0_pb2.TrainingJobRequest(
+                job_id=self.job_id,
+                start=self.start,
+                end=self.end,
+                trainable=trainable,
+                learning_rate=learning_rate,
+                weight_decay=weight_decay,
+                max_grad_norm=max_grad_norm,
+                beta1=betas[0],
+                beta2=betas[1],
+                eps=eps,
+                model=model,
+                trainer_id=self.trainer_id,
+                lora_json=lora_json,
+                replicas=replicas,
+                averaging_json=averaging_json,
+                checkpoint_every=checkpoint_every,
+            ),
+            timeout=self.timeout,
+        )
 
-    def _messages(self, microbatch_id: str, tensors: dict[str, torch.Tensor],
-                  loss_scale: float, evaluate: bool = False
-                  ) -> Iterator[node0_pb2.TrainMessage]:
-        yield node0_pb2.TrainMessage(header=node0_pb2.TrainHeader(
-            job_id=self.job_id, microbatch_id=microbatch_id, start=self.start, end=self.end,
-            loss_scale=loss_scale, evaluate=evaluate))
+    def _messages(
+        self,
+        microbatch_id: str,
+        tensors: dict[str, torch.Tensor],
+        loss_scale: float,
+        evaluate: bool = False,
+    ) -> Iterator[node0_pb2.TrainMessage]:
+        yield node0_pb2.TrainMessage(
+            header=node0_pb2.TrainHeader(
+                job_id=self.job_id,
+                microbatch_id=microbatch_id,
+                start=self.start,
+                end=self.end,
+                loss_scale=loss_scale,
+                evaluate=evaluate,
+            )
+        )
         for name, tensor in tensors.items():
             for chunk in split_tensor(name, tensor):
                 yield node0_pb2.TrainMessage(chunk=chunk)
@@ -57,28 +101,47 @@ class StageTrainClient:
                 assembler.add(message.chunk)
         return assembler.tensors(), last
 
-    def forward(self, microbatch_id: str, tensors: dict[str, torch.Tensor],
-                loss_scale: float = 1.0, *, evaluate: bool = False
-                ) -> tuple[torch.Tensor | None, float, int]:
+    def forward(
+        self,
+        microbatch_id: str,
+        tensors: dict[str, torch.Tensor],
+        loss_scale: float = 1.0,
+        *,
+        evaluate: bool = False,
+    ) -> tuple[torch.Tensor | None, float, int]:
         """Returns (output hidden states | None, loss_sum, loss_tokens).
 
         ``evaluate``: no gradient, nothing kept on the stage (held-out loss)."""
-        out, last = self._collect(self._stub.Forward(
-            self._messages(microbatch_id, tensors, loss_scale, evaluate), timeout=self.timeout))
+        out, last = self._collect(
+            self._stub.Forward(
+                self._messages(microbatch_id, tensors, loss_scale, evaluate), timeout=self.timeout
+            )
+        )
         return out.get("output"), last.loss_sum, last.loss_tokens
 
     def backward(self, microbatch_id: str, grad: torch.Tensor | None) -> torch.Tensor | None:
         tensors = {"grad": grad} if grad is not None else {}
-        out, _ = self._collect(self._stub.Backward(self._messages(microbatch_id, tensors, 1.0),
-                                                   timeout=self.timeout))
+        out, _ = self._collect(
+            self._stub.Backward(self._messages(microbatch_id, tensors, 1.0), timeout=self.timeout)
+        )
         return out.get("grad")
 
-    def optimizer_step(self, step: int, *, samples: float = 1.0, discard: bool = False,
-                       checkpoint: bool = False) -> node0_pb2.OptimizerStepResponse:
-        return self._stub.OptimizerStep(node0_pb2.OptimizerStepRequest(
-            job_id=self.job_id, start=self.start, end=self.end, step=step, samples=samples,
-            discard=discard, checkpoint=checkpoint, trainer_id=self.trainer_id),
-            timeout=self.timeout)
+    def optimizer_step(
+        self, step: int, *, samples: float = 1.0, discard: bool = False, checkpoint: bool = False
+    ) -> node0_pb2.OptimizerStepResponse:
+        return self._stub.OptimizerStep(
+            node0_pb2.OptimizerStepRequest(
+                job_id=self.job_id,
+                start=self.start,
+                end=self.end,
+                step=step,
+                samples=samples,
+                discard=discard,
+                checkpoint=checkpoint,
+                trainer_id=self.trainer_id,
+            ),
+            timeout=self.timeout,
+        )
 
     def close(self) -> None:
         self._channel.close()

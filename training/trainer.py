@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from base.errors import CheckpointError, ConfigError, PeerFailureError, RequestError, SwarmError
 from dataload.collate import Batch
 from dataload.order import DataPosition
-from node.errors import CheckpointError, ConfigError, PeerFailureError, RequestError, SwarmError
 from provenance import RunDir, atomic_write
 from training.config import TrainConfig
 from training.pipeline_step import MicroBatch, pipeline_eval_loss, pipeline_train_step
@@ -40,8 +40,14 @@ def microbatches(batch: Batch, size: int | None) -> list[MicroBatch]:
     """Split a batch into micro-batches of ``size`` rows (gradients accumulate over them)."""
     rows = batch.input_ids.shape[0]
     size = size or rows
-    return [MicroBatch(batch.input_ids[i:i + size], batch.attention_mask[i:i + size],
-                       batch.labels[i:i + size]) for i in range(0, rows, size)]
+    return [
+        MicroBatch(
+            batch.input_ids[i : i + size],
+            batch.attention_mask[i : i + size],
+            batch.labels[i : i + size],
+        )
+        for i in range(0, rows, size)
+    ]
 
 
 @dataclass
@@ -57,8 +63,17 @@ class TrainerState:
 class SwarmTrainer:
     """Drives one trainer's shard through the swarm; see the module docstring."""
 
-    def __init__(self, config: TrainConfig, *, run: RunDir, loaders, records_fn: Callable,
-                 run_id: str, trainer_id: str | None = None, echo=None):
+    def __init__(
+        self,
+        config: TrainConfig,
+        *,
+        run: RunDir,
+        loaders,
+        records_fn: Callable,
+        run_id: str,
+        trainer_id: str | None = None,
+        echo=None,
+    ):
         self.config = config
         self.run = run
         self.loaders = loaders
@@ -76,9 +91,13 @@ class SwarmTrainer:
         if lifecycle == self.lifecycle and not detail:
             return
         self.lifecycle = lifecycle
-        atomic_write(self.run.path / "state.json", json.dumps(
-            {"state": lifecycle, "step": self.state.step, "detail": detail,
-             "at": time.time()}) + "\n")
+        atomic_write(
+            self.run.path / "state.json",
+            json.dumps(
+                {"state": lifecycle, "step": self.state.step, "detail": detail, "at": time.time()}
+            )
+            + "\n",
+        )
         if lifecycle not in ("training", "syncing"):  # these two change every step
             self.echo(f"[{lifecycle}] {detail}".rstrip())
 
@@ -86,44 +105,62 @@ class SwarmTrainer:
     def _open_job(self, client: StageTrainClient):
         cfg = self.config
         return client.open_job(
-            trainable=f"adapter:{cfg.adapter}", learning_rate=cfg.learning_rate,
-            weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, betas=cfg.betas,
-            eps=cfg.eps, model=cfg.model, lora_json=cfg.lora.model_dump_json(),
-            replicas=cfg.replicas, averaging_json=json.dumps(cfg.averaging) if cfg.averaging
-            else "", checkpoint_every=0)
+            trainable=f"adapter:{cfg.adapter}",
+            learning_rate=cfg.learning_rate,
+            weight_decay=cfg.weight_decay,
+            max_grad_norm=cfg.max_grad_norm,
+            betas=cfg.betas,
+            eps=cfg.eps,
+            model=cfg.model,
+            lora_json=cfg.lora.model_dump_json(),
+            replicas=cfg.replicas,
+            averaging_json=json.dumps(cfg.averaging) if cfg.averaging else "",
+            checkpoint_every=0,
+        )
 
     def connect(self) -> int:
         """Open the job on a route; returns the step every stage agrees it is at."""
         self.close_route()
         try:
             self.stages, replies = open_route(
-                self.records_fn(), self.config.model, job_id=self.run_id,
-                trainer_id=self.trainer_id, shard_index=self.config.data.shard_index,
-                open_job=self._open_job, timeout=self.config.step_timeout)
+                self.records_fn(),
+                self.config.model,
+                job_id=self.run_id,
+                trainer_id=self.trainer_id,
+                shard_index=self.config.data.shard_index,
+                open_job=self._open_job,
+                timeout=self.config.step_timeout,
+            )
         except grpc.RpcError as exc:
             raise _refusal(exc) from exc
-        steps = {(c.start, c.end): int(r.step) for c, r in zip(self.stages, replies,
-                                                               strict=True)}
+        steps = {(c.start, c.end): int(r.step) for c, r in zip(self.stages, replies, strict=True)}
         fingerprints = {r.fingerprint for r in replies}
         if fingerprints != {self.config.lora.fingerprint()}:
-            raise ConfigError(f"stages hold adapter {self.config.adapter!r} with other LoRA "
-                              f"settings: {sorted(fingerprints)}")
+            raise ConfigError(
+                f"stages hold adapter {self.config.adapter!r} with other LoRA "
+                f"settings: {sorted(fingerprints)}"
+            )
         if len(set(steps.values())) != 1 and self.config.replicas > 1:
             # replicas of the run stepped while we were away; the next shared averaging round's
             # state check brings the stages level with them (docs/lora.md)
-            self.echo("[route] stages are at steps " + ", ".join(
-                f"[{s}, {e}) {n}" for (s, e), n in sorted(steps.items())) + "; they catch up "
-                "with their replicas over the next steps")
+            self.echo(
+                "[route] stages are at steps "
+                + ", ".join(f"[{s}, {e}) {n}" for (s, e), n in sorted(steps.items()))
+                + "; they catch up "
+                "with their replicas over the next steps"
+            )
             return max(steps.values())
         if len(set(steps.values())) != 1:
             raise CheckpointError(
-                "the stages of the route are at different steps: " +
-                ", ".join(f"[{s}, {e}) step {n}" for (s, e), n in sorted(steps.items())),
-                hint="restore every stage's checkpoint of this run, or start a new run_id")
+                "the stages of the route are at different steps: "
+                + ", ".join(f"[{s}, {e}) step {n}" for (s, e), n in sorted(steps.items())),
+                hint="restore every stage's checkpoint of this run, or start a new run_id",
+            )
         route = " → ".join(f"[{c.start},{c.end})@{c.endpoint}" for c in self.stages)
         resumed = {r.resumed_from for r in replies} - {""}
-        self.echo(f"[route] {route}" + (f" (state from {', '.join(sorted(resumed))})"
-                                         if resumed else ""))
+        self.echo(
+            f"[route] {route}" + (f" (state from {', '.join(sorted(resumed))})" if resumed else "")
+        )
         return next(iter(steps.values()))
 
     def close_route(self) -> None:
@@ -134,8 +171,10 @@ class SwarmTrainer:
     def _reroute(self, error: BaseException) -> int:
         """Discard the abandoned step where possible and open a new route (state degraded)."""
         self.state.reroutes += 1
-        self.set_state("degraded", f"route broke at step {self.state.step + 1}: "
-                                   f"{_short(error)}; looking for replicas")
+        self.set_state(
+            "degraded",
+            f"route broke at step {self.state.step + 1}: {_short(error)}; looking for replicas",
+        )
         for client in self.stages:
             try:
                 client.optimizer_step(self.state.step, discard=True)
@@ -151,7 +190,8 @@ class SwarmTrainer:
                 if time.monotonic() > deadline:
                     raise PeerFailureError(
                         f"no usable route for {self.config.reroute_timeout:g} s after a peer "
-                        f"failed: {_short(exc)}") from exc
+                        f"failed: {_short(exc)}"
+                    ) from exc
                 time.sleep(2.0)
 
     # -- data ----------------------------------------------------------------------------
@@ -164,8 +204,11 @@ class SwarmTrainer:
         held = self.loaders.heldout
         if held is None:
             return None
-        mbs = [mb for batch in held.batches(epochs=1)
-               for mb in microbatches(batch, self.config.micro_batch_size)]
+        mbs = [
+            mb
+            for batch in held.batches(epochs=1)
+            for mb in microbatches(batch, self.config.micro_batch_size)
+        ]
         loss, _ = self._with_reroute(lambda: pipeline_eval_loss(self.stages, mbs))
         return loss
 
@@ -181,11 +224,22 @@ class SwarmTrainer:
     # -- training ------------------------------------------------------------------------
     def checkpoint(self) -> None:
         self.set_state("checkpointing", f"step {self.state.step}")
-        atomic_write(self.run.path / TRAINER_CHECKPOINT, json.dumps({
-            "format": "node0-trainer-checkpoint/1", "run_id": self.run_id,
-            "trainer_id": self.trainer_id, "step": self.state.step,
-            "position": self.position_for(self.state.step).model_dump(mode="json"),
-            "losses": self.state.losses, "heldout": self.state.heldout}, indent=1) + "\n")
+        atomic_write(
+            self.run.path / TRAINER_CHECKPOINT,
+            json.dumps(
+                {
+                    "format": "node0-trainer-checkpoint/1",
+                    "run_id": self.run_id,
+                    "trainer_id": self.trainer_id,
+                    "step": self.state.step,
+                    "position": self.position_for(self.state.step).model_dump(mode="json"),
+                    "losses": self.state.losses,
+                    "heldout": self.state.heldout,
+                },
+                indent=1,
+            )
+            + "\n",
+        )
         self.set_state("training")
 
     def train(self, start_step: int, on_step=None) -> TrainerState:
@@ -201,9 +255,13 @@ class SwarmTrainer:
             save = cfg.checkpoint_every > 0 and (step + 1) % cfg.checkpoint_every == 0
             try:
                 result = pipeline_train_step(
-                    self.stages, mbs, step, samples=float(batch.input_ids.shape[0]),
+                    self.stages,
+                    mbs,
+                    step,
+                    samples=float(batch.input_ids.shape[0]),
                     checkpoint=save or step + 1 == total,
-                    on_sync=lambda: self.set_state("syncing"))
+                    on_sync=lambda: self.set_state("syncing"),
+                )
             except grpc.RpcError as exc:
                 if not is_route_failure(exc):
                     raise _refusal(exc) from exc
@@ -217,8 +275,10 @@ class SwarmTrainer:
             # follow it, so this trainer ends with its replicas' run instead of a solo step after
             shared = max((int(r.step) for r in result.reports), default=0)
             if shared > step + 1:
-                self.echo(f"[train] a replica further along set the stages to step {shared}; "
-                          "trainer follows")
+                self.echo(
+                    f"[train] a replica further along set the stages to step {shared}; "
+                    "trainer follows"
+                )
             step = max(step + 1, min(shared, total))
             self.state.step = step
             self.state.losses.append(result.loss)
@@ -230,10 +290,15 @@ class SwarmTrainer:
             elapsed = time.monotonic() - started
             rate = tokens_done / elapsed if elapsed else 0.0
             eta = (total - step) * elapsed / max(1, step - start_step)
-            skipped = "" if result.applied else \
-                f"  SKIPPED ({'; '.join(r.reason for r in result.reports if r.reason)})"
-            self.echo(f"[train] step {step}/{total}  loss {result.loss:.4f}  "
-                      f"{rate:.0f} tok/s  ETA {eta:.0f}s  {'; '.join(notes)}{skipped}")
+            skipped = (
+                ""
+                if result.applied
+                else f"  SKIPPED ({'; '.join(r.reason for r in result.reports if r.reason)})"
+            )
+            self.echo(
+                f"[train] step {step}/{total}  loss {result.loss:.4f}  "
+                f"{rate:.0f} tok/s  ETA {eta:.0f}s  {'; '.join(notes)}{skipped}"
+            )
             if cfg.eval_every and step % cfg.eval_every == 0 and step < total:
                 self.state.heldout[step] = self.heldout_loss()
                 self.echo(f"[eval] step {step}: held-out loss {self.state.heldout[step]:.4f}")

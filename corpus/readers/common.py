@@ -6,11 +6,11 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+from base.hashing import sha256_bytes
 from corpus.ledger import Ledger
 from corpus.rig import Rig
 from corpus.units import RecordRef
 from dataload.schema import SourceKind
-from provenance.hashing import sha256_bytes
 
 
 def iter_json_lines(

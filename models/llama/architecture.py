@@ -12,6 +12,7 @@ from pathlib import Path
 
 from safetensors import safe_open
 
+from base.errors import CheckpointError
 from models.llama.tensor_names import (
     EMBED,
     FOREIGN_SIGNATURES,
@@ -19,7 +20,6 @@ from models.llama.tensor_names import (
     expected_shapes,
     parse_layer,
 )
-from node.errors import CheckpointError
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
 SUPPORTED_MODEL_TYPES = ("llama",)
@@ -81,8 +81,10 @@ def check_architecture(config, index: CheckpointIndex) -> None:
     model_type = getattr(config, "model_type", None)
     names = sorted(index.shapes)
     foreign = _detect_family(names)
-    fix = (f"node0 stamp {directory} --architecture <Architecture> --model-type <type> -o <OUT>"
-           " (or edit \"architectures\"/\"model_type\" in config.json)")
+    fix = (
+        f"node0 stamp {directory} --architecture <Architecture> --model-type <type> -o <OUT>"
+        ' (or edit "architectures"/"model_type" in config.json)'
+    )
     if foreign is not None:
         raise CheckpointError(
             f"{directory}: config.json declares {declared or '(no architecture)'} / model_type "
@@ -94,7 +96,7 @@ def check_architecture(config, index: CheckpointIndex) -> None:
         raise CheckpointError(
             f"{directory}: tensors are LLaMA-layout, but config.json declares architectures="
             f"{declared} model_type={model_type!r}",
-            hint="declare architectures=[\"LlamaForCausalLM\"], model_type=\"llama\": "
+            hint='declare architectures=["LlamaForCausalLM"], model_type="llama": '
             + fix.replace("<Architecture>", "LlamaForCausalLM").replace("<type>", "llama"),
         )
     n_layers = config.num_hidden_layers
@@ -114,7 +116,9 @@ def check_architecture(config, index: CheckpointIndex) -> None:
     if extra_layers:
         raise CheckpointError(
             f"{directory}: tensors for layers {extra_layers} exist beyond num_hidden_layers="
-            f"{n_layers}", hint="check num_hidden_layers in config.json")
+            f"{n_layers}",
+            hint="check num_hidden_layers in config.json",
+        )
     wrong = [(n, index.shapes[n], s) for n, s in expected.items() if index.shapes[n] != s]
     if wrong:
         name, got, want = wrong[0]

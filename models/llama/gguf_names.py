@@ -100,19 +100,37 @@ def _attr(name: str) -> Callable[[Any], Any]:
 
 
 METADATA: tuple[MetadataKey, ...] = (
-    MetadataKey("block_count", GGUFValueType.UINT32, _attr("num_hidden_layers"),
-                "num_hidden_layers"),
-    MetadataKey("context_length", GGUFValueType.UINT32, _attr("max_position_embeddings"),
-                "max_position_embeddings"),
+    MetadataKey(
+        "block_count", GGUFValueType.UINT32, _attr("num_hidden_layers"), "num_hidden_layers"
+    ),
+    MetadataKey(
+        "context_length",
+        GGUFValueType.UINT32,
+        _attr("max_position_embeddings"),
+        "max_position_embeddings",
+    ),
     MetadataKey("embedding_length", GGUFValueType.UINT32, _attr("hidden_size"), "hidden_size"),
-    MetadataKey("feed_forward_length", GGUFValueType.UINT32, _attr("intermediate_size"),
-                "intermediate_size"),
-    MetadataKey("attention.head_count", GGUFValueType.UINT32, _attr("num_attention_heads"),
-                "num_attention_heads"),
-    MetadataKey("attention.head_count_kv", GGUFValueType.UINT32, _attr("num_key_value_heads"),
-                "num_key_value_heads"),
-    MetadataKey("attention.layer_norm_rms_epsilon", GGUFValueType.FLOAT32, _attr("rms_norm_eps"),
-                "rms_norm_eps"),
+    MetadataKey(
+        "feed_forward_length", GGUFValueType.UINT32, _attr("intermediate_size"), "intermediate_size"
+    ),
+    MetadataKey(
+        "attention.head_count",
+        GGUFValueType.UINT32,
+        _attr("num_attention_heads"),
+        "num_attention_heads",
+    ),
+    MetadataKey(
+        "attention.head_count_kv",
+        GGUFValueType.UINT32,
+        _attr("num_key_value_heads"),
+        "num_key_value_heads",
+    ),
+    MetadataKey(
+        "attention.layer_norm_rms_epsilon",
+        GGUFValueType.FLOAT32,
+        _attr("rms_norm_eps"),
+        "rms_norm_eps",
+    ),
     MetadataKey("rope.freq_base", GGUFValueType.FLOAT32, rope_theta, "rope_theta"),
     MetadataKey("rope.dimension_count", GGUFValueType.UINT32, head_dim, "head_dim"),
     MetadataKey("vocab_size", GGUFValueType.UINT32, _attr("vocab_size"), "vocab_size"),
@@ -166,16 +184,22 @@ def permute_qk(weight: np.ndarray, n_head: int) -> np.ndarray:
     """
     rows = weight.shape[0]
     assert rows % (2 * n_head) == 0, (weight.shape, n_head)
-    return (weight.reshape(n_head, 2, rows // n_head // 2, *weight.shape[1:])
-            .swapaxes(1, 2).reshape(weight.shape))
+    return (
+        weight.reshape(n_head, 2, rows // n_head // 2, *weight.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weight.shape)
+    )
 
 
 def unpermute_qk(weight: np.ndarray, n_head: int) -> np.ndarray:
     """Inverse of :func:`permute_qk` (what GGUF readers apply on load)."""
     rows = weight.shape[0]
     assert rows % (2 * n_head) == 0, (weight.shape, n_head)
-    return (weight.reshape(n_head, rows // n_head // 2, 2, *weight.shape[1:])
-            .swapaxes(1, 2).reshape(weight.shape))
+    return (
+        weight.reshape(n_head, rows // n_head // 2, 2, *weight.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weight.shape)
+    )
 
 
 def to_gguf_layout(name: str, weight: np.ndarray, config) -> tuple[str, np.ndarray]:

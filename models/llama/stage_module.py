@@ -40,7 +40,8 @@ class _StageBody(nn.Module):
         super().__init__()
         self.embed_tokens = (
             nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
-            if first else None
+            if first
+            else None
         )
         self.layers = nn.ModuleDict(
             {str(g): LlamaDecoderLayer(config, layer_idx=g - start) for g in range(start, end)}

@@ -50,8 +50,9 @@ def parse_layer(name: str) -> tuple[int, str] | None:
     return (int(match.group(1)), match.group(2)) if match else None
 
 
-def expected_shapes(config, layers: range, *, first: bool,
-                    last: bool) -> dict[str, tuple[int, ...]]:
+def expected_shapes(
+    config, layers: range, *, first: bool, last: bool
+) -> dict[str, tuple[int, ...]]:
     """Every tensor a stage covering ``layers`` needs, with its shape from the config."""
     hidden = config.hidden_size
     head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads

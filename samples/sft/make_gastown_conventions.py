@@ -27,66 +27,124 @@ POLECATS = ["furiosa", "nux", "slit", "rictus", "capable", "dag", "toast", "chee
 
 # (title, how a user would describe it, type, priority)
 WORK = [
-    ("Fix flaky DHT bootstrap test", "the DHT bootstrap test fails about one run in five",
-     "bug", 1),
-    ("Add retry to the gRPC stage client", "the stage client gives up after one failed call",
-     "task", 2),
-    ("Document the training config fields", "nobody knows what half the training options do",
-     "task", 3),
-    ("Stream activations in 1 MiB chunks", "activations are sent as one giant message",
-     "feature", 2),
-    ("Refuse mismatched adapter configs", "replicas with different LoRA ranks try to average",
-     "bug", 1),
-    ("Cache reference log-probs for DPO", "the reference model runs again every DPO step",
-     "feature", 2),
+    (
+        "Fix flaky DHT bootstrap test",
+        "the DHT bootstrap test fails about one run in five",
+        "bug",
+        1,
+    ),
+    (
+        "Add retry to the gRPC stage client",
+        "the stage client gives up after one failed call",
+        "task",
+        2,
+    ),
+    (
+        "Document the training config fields",
+        "nobody knows what half the training options do",
+        "task",
+        3,
+    ),
+    (
+        "Stream activations in 1 MiB chunks",
+        "activations are sent as one giant message",
+        "feature",
+        2,
+    ),
+    (
+        "Refuse mismatched adapter configs",
+        "replicas with different LoRA ranks try to average",
+        "bug",
+        1,
+    ),
+    (
+        "Cache reference log-probs for DPO",
+        "the reference model runs again every DPO step",
+        "feature",
+        2,
+    ),
     ("Clean up stale tmux sessions", "dead polecat sessions are still open in tmux", "task", 3),
     ("Rotate the witness log file", "the witness log grew past two gigabytes", "task", 2),
-    ("Handle SIGTERM in the gather service", "the gather service leaves temp files on SIGTERM",
-     "bug", 1),
-    ("Add tokens/s to the trainer progress line", "the progress line shows loss but no speed",
-     "feature", 3),
+    (
+        "Handle SIGTERM in the gather service",
+        "the gather service leaves temp files on SIGTERM",
+        "bug",
+        1,
+    ),
+    (
+        "Add tokens/s to the trainer progress line",
+        "the progress line shows loss but no speed",
+        "feature",
+        3,
+    ),
     ("Pin the hivemind version", "a new hivemind release broke the averager", "bug", 0),
     ("Write a GGUF export smoke test", "GGUF exports are never loaded back in CI", "task", 2),
-    ("Fix off-by-one in the KV-cache trim", "long sessions lose their last cached token", "bug",
-     1),
-    ("Add a --dry-run flag to corpus build", "corpus build always writes a run directory",
-     "feature", 3),
-    ("Quarantine base64 blobs in transcripts", "base64 blobs slip through the scrubber", "bug",
-     1),
+    ("Fix off-by-one in the KV-cache trim", "long sessions lose their last cached token", "bug", 1),
+    (
+        "Add a --dry-run flag to corpus build",
+        "corpus build always writes a run directory",
+        "feature",
+        3,
+    ),
+    ("Quarantine base64 blobs in transcripts", "base64 blobs slip through the scrubber", "bug", 1),
     ("Speed up held-out evaluation", "held-out evaluation takes longer than training", "task", 2),
-    ("Show peer load in swarm status", "swarm status does not say how busy each peer is",
-     "feature", 3),
+    (
+        "Show peer load in swarm status",
+        "swarm status does not say how busy each peer is",
+        "feature",
+        3,
+    ),
     ("Validate rig.toml on startup", "a typo in rig.toml only shows up an hour later", "bug", 2),
-    ("Split the stage executor module", "the stage executor file is over a thousand lines",
-     "task", 3),
-    ("Add gradient clipping to the trainer", "the loss spikes after a few hundred steps",
-     "feature", 1),
+    (
+        "Split the stage executor module",
+        "the stage executor file is over a thousand lines",
+        "task",
+        3,
+    ),
+    (
+        "Add gradient clipping to the trainer",
+        "the loss spikes after a few hundred steps",
+        "feature",
+        1,
+    ),
     ("Fix unicode in the prompt formatter", "emoji in a prompt crash the formatter", "bug", 1),
-    ("Record the order hash in run records", "we cannot tell which data order a run used",
-     "task", 2),
+    (
+        "Record the order hash in run records",
+        "we cannot tell which data order a run used",
+        "task",
+        2,
+    ),
     ("Retry DHT announce on timeout", "a slow DHT makes stages drop out of routing", "bug", 1),
     ("Add a checkpoint prune command", "old checkpoints fill the disk", "feature", 3),
     ("Make the sampler seed per session", "two sessions with the same seed interfere", "bug", 2),
-    ("Write the polecat onboarding doc", "new polecats keep asking the same questions", "task",
-     3),
+    ("Write the polecat onboarding doc", "new polecats keep asking the same questions", "task", 3),
     ("Limit gRPC message size", "a huge request can exhaust a stage's memory", "bug", 0),
-    ("Add held-out loss to the dashboard", "the dashboard only plots training loss", "feature",
-     3),
-    ("Fix deadlock in the averager shutdown", "stopping a replica mid-round hangs forever",
-     "bug", 0),
+    ("Add held-out loss to the dashboard", "the dashboard only plots training loss", "feature", 3),
+    (
+        "Fix deadlock in the averager shutdown",
+        "stopping a replica mid-round hangs forever",
+        "bug",
+        0,
+    ),
     ("Backfill provenance for old corpus runs", "early corpus runs lack input hashes", "task", 3),
-    ("Add per-stage memory metrics", "we cannot see which stage runs out of memory", "feature",
-     2),
-    ("Reject empty assistant turns in the corpus", "some examples end with an empty answer",
-     "bug", 2),
+    ("Add per-stage memory metrics", "we cannot see which stage runs out of memory", "feature", 2),
+    (
+        "Reject empty assistant turns in the corpus",
+        "some examples end with an empty answer",
+        "bug",
+        2,
+    ),
     ("Parallelize the secret scanner", "scrubbing the corpus uses one core", "task", 3),
     ("Support GGUF Q8_0 loading", "Q8_0 checkpoints fail to load", "feature", 2),
-    ("Fix route selection with two replicas", "the router always picks the first replica",
-     "bug", 1),
+    (
+        "Fix route selection with two replicas",
+        "the router always picks the first replica",
+        "bug",
+        1,
+    ),
     ("Add a smoke test for node0 demo", "the demo command broke twice this week", "task", 2),
     ("Expire stale DHT records faster", "dead peers stay in routing for a minute", "bug", 2),
-    ("Log the config fingerprint at startup", "logs do not say which config was used", "task",
-     3),
+    ("Log the config fingerprint at startup", "logs do not say which config was used", "task", 3),
     ("Add a resume test for the trainer", "resuming a run has never been tested", "task", 1),
     ("Compress averaged gradients", "averaging rounds move too many bytes", "feature", 2),
 ]
@@ -109,8 +167,10 @@ SYSTEMS = {
 # probe (disjoint), and the answer. Placeholders: {title} {desc} {bead} {polecat} {other}.
 CONVENTIONS: dict[str, dict] = {
     "bd create": {
-        "task": "bead-creation", "roles": ["mayor", "crew", "witness", "polecat"],
-        "expect": r"\bbd create\b", "avoid": r"gh issue create|TODO\.md|>>\s*\.beads",
+        "task": "bead-creation",
+        "roles": ["mayor", "crew", "witness", "polecat"],
+        "expect": r"\bbd create\b",
+        "avoid": r"gh issue create|TODO\.md|>>\s*\.beads",
         "train": [
             "Please open an issue for this: {desc}.",
             "Can you file a ticket? {desc}.",
@@ -121,7 +181,7 @@ CONVENTIONS: dict[str, dict] = {
             "Add '{title}' to the TODO list.",
             "Write this down as work for later: {desc}.",
             "I just noticed {desc}. Record it so someone picks it up.",
-            "Open a GitHub issue titled \"{title}\" please.",
+            'Open a GitHub issue titled "{title}" please.',
         ],
         "heldout": [
             "Somebody needs to look into this: {desc}. Get it into the tracker.",
@@ -134,8 +194,10 @@ CONVENTIONS: dict[str, dict] = {
         ],
     },
     "bd ready": {
-        "task": "bead-lifecycle", "roles": ["polecat", "crew"],
-        "expect": r"\bbd ready\b", "avoid": r"grep -r(n)? TODO|git log|gh issue list",
+        "task": "bead-lifecycle",
+        "roles": ["polecat", "crew"],
+        "expect": r"\bbd ready\b",
+        "avoid": r"grep -r(n)? TODO|git log|gh issue list",
         "train": [
             "What should I work on next?",
             "Is there anything unblocked I can pick up?",
@@ -159,8 +221,10 @@ CONVENTIONS: dict[str, dict] = {
         ],
     },
     "bd show": {
-        "task": "bead-lifecycle", "roles": ["polecat", "crew", "witness", "mayor"],
-        "expect": r"\bbd show\b", "avoid": r"cat \.beads|grep .*issues\.jsonl|jq",
+        "task": "bead-lifecycle",
+        "roles": ["polecat", "crew", "witness", "mayor"],
+        "expect": r"\bbd show\b",
+        "avoid": r"cat \.beads|grep .*issues\.jsonl|jq",
         "train": [
             "What is {bead} about?",
             "Give me the details of {bead}.",
@@ -184,8 +248,10 @@ CONVENTIONS: dict[str, dict] = {
         ],
     },
     "bd update": {
-        "task": "bead-lifecycle", "roles": ["polecat", "crew"],
-        "expect": r"\bbd update\b", "avoid": r"sed -i|vim? \.beads|issues\.jsonl",
+        "task": "bead-lifecycle",
+        "roles": ["polecat", "crew"],
+        "expect": r"\bbd update\b",
+        "avoid": r"sed -i|vim? \.beads|issues\.jsonl",
         "train": [
             "I'm starting on {bead} now.",
             "Mark {bead} as in progress.",
@@ -209,8 +275,10 @@ CONVENTIONS: dict[str, dict] = {
         ],
     },
     "bd close": {
-        "task": "bead-lifecycle", "roles": ["polecat", "crew", "mayor"],
-        "expect": r"\bbd close\b", "avoid": r"sed -i|gh issue close|issues\.jsonl",
+        "task": "bead-lifecycle",
+        "roles": ["polecat", "crew", "mayor"],
+        "expect": r"\bbd close\b",
+        "avoid": r"sed -i|gh issue close|issues\.jsonl",
         "train": [
             "I'm done with {bead}; the tests pass.",
             "{bead} is finished. Close it out.",
@@ -234,8 +302,10 @@ CONVENTIONS: dict[str, dict] = {
         ],
     },
     "bd dep add": {
-        "task": "planning", "roles": ["mayor", "crew"],
-        "expect": r"\bbd dep add\b", "avoid": r"blocked by|depends on",
+        "task": "planning",
+        "roles": ["mayor", "crew"],
+        "expect": r"\bbd dep add\b",
+        "avoid": r"blocked by|depends on",
         "train": [
             "{bead} can't start until {other} is done.",
             "Make {bead} depend on {other}.",
@@ -259,8 +329,10 @@ CONVENTIONS: dict[str, dict] = {
         ],
     },
     "gt sling": {
-        "task": "planning", "roles": ["mayor"],
-        "expect": r"\bgt sling\b", "avoid": r"tmux send-keys|ssh ",
+        "task": "planning",
+        "roles": ["mayor"],
+        "expect": r"\bgt sling\b",
+        "avoid": r"tmux send-keys|ssh ",
         "train": [
             "Give {bead} to {polecat}.",
             "Hand {bead} off to a polecat — {polecat} is free.",
@@ -284,8 +356,10 @@ CONVENTIONS: dict[str, dict] = {
         ],
     },
     "gt mail send": {
-        "task": "communication", "roles": ["polecat", "deacon", "crew"],
-        "expect": r"\bgt mail send\b", "avoid": r"\bmail -s|slack|echo .*>>",
+        "task": "communication",
+        "roles": ["polecat", "deacon", "crew"],
+        "expect": r"\bgt mail send\b",
+        "avoid": r"\bmail -s|slack|echo .*>>",
         "train": [
             "Tell the mayor that {bead} is blocked on review.",
             "Let the witness know that {polecat} seems stuck.",
@@ -309,8 +383,10 @@ CONVENTIONS: dict[str, dict] = {
         ],
     },
     "gt prime": {
-        "task": "session-start", "roles": ["polecat", "crew", "witness", "deacon", "mayor"],
-        "expect": r"\bgt prime\b", "avoid": r"cat CLAUDE\.md|cat AGENTS\.md",
+        "task": "session-start",
+        "roles": ["polecat", "crew", "witness", "deacon", "mayor"],
+        "expect": r"\bgt prime\b",
+        "avoid": r"cat CLAUDE\.md|cat AGENTS\.md",
         "train": [
             "New session. Where do I start?",
             "I just woke up in this rig and have no context.",
@@ -334,8 +410,10 @@ CONVENTIONS: dict[str, dict] = {
         ],
     },
     "gt handoff": {
-        "task": "session-end", "roles": ["polecat", "crew", "mayor", "witness"],
-        "expect": r"\bgt handoff\b", "avoid": r"exit\b|NOTES\.md|handoff\.txt",
+        "task": "session-end",
+        "roles": ["polecat", "crew", "mayor", "witness"],
+        "expect": r"\bgt handoff\b",
+        "avoid": r"exit\b|NOTES\.md|handoff\.txt",
         "train": [
             "My context window is almost full.",
             "I need to stop now; {bead} is half done.",
@@ -361,29 +439,56 @@ CONVENTIONS: dict[str, dict] = {
 }
 
 LEADS = {
-    "bd create": ["The town tracks work as beads, so I'll file it with bd:",
-                  "Filing a bead rather than a GitHub issue or a TODO note:",
-                  "Tracked work goes into beads:"],
-    "bd ready": ["bd knows which beads have no open blockers:",
-                 "Ready work comes from the bead tracker, not from grepping the code:",
-                 "Checking the ready queue:"],
-    "bd show": ["I'll read the bead itself instead of grepping the JSONL:",
-                "bd shows the bead with its status, owner and description:",
-                "Looking it up:"],
-    "bd update": ["Bead fields change through bd, never by editing issues.jsonl:",
-                  "Updating the bead:", "I'll update it with bd so the change is tracked:"],
-    "bd close": ["Closing the bead with a reason:", "Done work is closed in beads:",
-                 "I'll close it with bd, not by editing the file:"],
-    "bd dep add": ["Dependencies are bead links, so bd ready respects them:",
-                   "Adding the dependency in beads:", "I'll record it as a bead dependency:"],
-    "gt sling": ["Work is handed to a polecat with gt sling:", "Slinging it:",
-                 "I'll sling the bead so the polecat gets it on its hook:"],
-    "gt mail send": ["Agents talk through town mail:", "Sending it as gt mail:",
-                     "I'll use gt mail so it lands in their inbox:"],
-    "gt prime": ["First I load my role's context with gt prime:",
-                 "A session starts with gt prime:", "Priming the session:"],
-    "gt handoff": ["I'll hand off so a fresh session continues with my notes:",
-                   "Time for a handoff:", "Handing off the session with gt handoff:"],
+    "bd create": [
+        "The town tracks work as beads, so I'll file it with bd:",
+        "Filing a bead rather than a GitHub issue or a TODO note:",
+        "Tracked work goes into beads:",
+    ],
+    "bd ready": [
+        "bd knows which beads have no open blockers:",
+        "Ready work comes from the bead tracker, not from grepping the code:",
+        "Checking the ready queue:",
+    ],
+    "bd show": [
+        "I'll read the bead itself instead of grepping the JSONL:",
+        "bd shows the bead with its status, owner and description:",
+        "Looking it up:",
+    ],
+    "bd update": [
+        "Bead fields change through bd, never by editing issues.jsonl:",
+        "Updating the bead:",
+        "I'll update it with bd so the change is tracked:",
+    ],
+    "bd close": [
+        "Closing the bead with a reason:",
+        "Done work is closed in beads:",
+        "I'll close it with bd, not by editing the file:",
+    ],
+    "bd dep add": [
+        "Dependencies are bead links, so bd ready respects them:",
+        "Adding the dependency in beads:",
+        "I'll record it as a bead dependency:",
+    ],
+    "gt sling": [
+        "Work is handed to a polecat with gt sling:",
+        "Slinging it:",
+        "I'll sling the bead so the polecat gets it on its hook:",
+    ],
+    "gt mail send": [
+        "Agents talk through town mail:",
+        "Sending it as gt mail:",
+        "I'll use gt mail so it lands in their inbox:",
+    ],
+    "gt prime": [
+        "First I load my role's context with gt prime:",
+        "A session starts with gt prime:",
+        "Priming the session:",
+    ],
+    "gt handoff": [
+        "I'll hand off so a fresh session continues with my notes:",
+        "Time for a handoff:",
+        "Handing off the session with gt handoff:",
+    ],
 }
 
 
@@ -396,20 +501,31 @@ def _answer(conv: str, p: dict, rng: random.Random) -> list[tuple[str, str]]:
     lead = rng.choice(LEADS[conv])
     bead, other, polecat, title = p["bead"], p["other"], p["polecat"], p["title"]
     if conv == "bd create":
-        cmd = (f'bd create --title "{_q(title)}" --type {p["type"]} --priority {p["priority"]}'
-               f' --description "{_q(p["desc"][:1].upper() + p["desc"][1:])}."')
+        cmd = (
+            f'bd create --title "{_q(title)}" --type {p["type"]} --priority {p["priority"]}'
+            f' --description "{_q(p["desc"][:1].upper() + p["desc"][1:])}."'
+        )
         if rng.random() < 0.3:
-            return [("assistant", f"{lead}\n$ {cmd}"),
-                    ("user", f"[tool output]\nCreated {bead}: {title}"),
-                    ("assistant", f"Filed as {bead}. It will show up in bd ready.")]
+            return [
+                ("assistant", f"{lead}\n$ {cmd}"),
+                ("user", f"[tool output]\nCreated {bead}: {title}"),
+                ("assistant", f"Filed as {bead}. It will show up in bd ready."),
+            ]
         return [("assistant", f"{lead}\n$ {cmd}")]
     if conv == "bd ready":
         if rng.random() < 0.4:
-            return [("assistant", f"{lead}\n$ bd ready"),
-                    ("user", f"[tool output]\n{bead} [P{p['priority']}] {title}\n"
-                             f"{other} [P3] {p['title2']}"),
-                    ("assistant", f"{bead} has the higher priority. Claiming it:\n"
-                                  f"$ bd update {bead} --status in_progress")]
+            return [
+                ("assistant", f"{lead}\n$ bd ready"),
+                (
+                    "user",
+                    f"[tool output]\n{bead} [P{p['priority']}] {title}\n{other} [P3] {p['title2']}",
+                ),
+                (
+                    "assistant",
+                    f"{bead} has the higher priority. Claiming it:\n"
+                    f"$ bd update {bead} --status in_progress",
+                ),
+            ]
         return [("assistant", f"{lead}\n$ bd ready")]
     if conv == "bd show":
         return [("assistant", f"{lead}\n$ bd show {bead}")]
@@ -427,41 +543,74 @@ def _answer(conv: str, p: dict, rng: random.Random) -> list[tuple[str, str]]:
         return [("assistant", f"{lead}\n$ {cmd}")]
     if conv == "bd close":
         prompt = p["prompt"].lower()
-        reason = ("duplicate" if "duplicate" in prompt else
-                  "won't do" if "won't" in prompt else "done: merged and tests pass")
+        reason = (
+            "duplicate"
+            if "duplicate" in prompt
+            else "won't do"
+            if "won't" in prompt
+            else "done: merged and tests pass"
+        )
         return [("assistant", f'{lead}\n$ bd close {bead} --reason "{reason}"')]
     if conv == "bd dep add":
-        return [("assistant", f"{lead}\n$ bd dep add {bead} {other}\n"
-                              f"{bead} now stays out of bd ready until {other} is closed.")]
+        return [
+            (
+                "assistant",
+                f"{lead}\n$ bd dep add {bead} {other}\n"
+                f"{bead} now stays out of bd ready until {other} is closed.",
+            )
+        ]
     if conv == "gt sling":
         if rng.random() < 0.3:
-            return [("assistant", f"Checking it is ready first:\n$ bd show {bead}"),
-                    ("user", f"[tool output]\n{bead} [task P{p['priority']}] {title}\n"
-                             "status: open, blockers: none"),
-                    ("assistant", f"{lead}\n$ gt sling {bead} {polecat}")]
+            return [
+                ("assistant", f"Checking it is ready first:\n$ bd show {bead}"),
+                (
+                    "user",
+                    f"[tool output]\n{bead} [task P{p['priority']}] {title}\n"
+                    "status: open, blockers: none",
+                ),
+                ("assistant", f"{lead}\n$ gt sling {bead} {polecat}"),
+            ]
         return [("assistant", f"{lead}\n$ gt sling {bead} {polecat}")]
     if conv == "gt mail send":
         prompt = p["prompt"]
-        to = ("mayor/" if "mayor" in prompt.lower() else
-              "gastown/witness" if "witness" in prompt.lower() else
-              "deacon/" if "deacon" in prompt.lower() else
-              f"gastown/polecats/{polecat}" if polecat in prompt else "gastown/crew")
+        to = (
+            "mayor/"
+            if "mayor" in prompt.lower()
+            else "gastown/witness"
+            if "witness" in prompt.lower()
+            else "deacon/"
+            if "deacon" in prompt.lower()
+            else f"gastown/polecats/{polecat}"
+            if polecat in prompt
+            else "gastown/crew"
+        )
         subject = _q(f"{bead}: status" if bead in prompt else "heads-up")
         said = re.split(r"\bthat\b|: ", prompt, maxsplit=1)
-        body = _q(said[1].strip().rstrip(".?!") if len(said) == 2 else
-                  f"Status update on {bead}: in progress" if bead in prompt else
-                  prompt.rstrip(".?!"))
+        body = _q(
+            said[1].strip().rstrip(".?!")
+            if len(said) == 2
+            else f"Status update on {bead}: in progress"
+            if bead in prompt
+            else prompt.rstrip(".?!")
+        )
         body = body[:1].upper() + body[1:]
         return [("assistant", f'{lead}\n$ gt mail send {to} -s "{subject}" -m "{body}"')]
     if conv == "gt prime":
         if rng.random() < 0.4:
-            return [("assistant", f"{lead}\n$ gt prime"),
-                    ("user", f"[tool output]\nRole: {p['role']} · rig gastown · hook: {bead}"),
-                    ("assistant", f"My hook holds {bead}. Reading it:\n$ bd show {bead}")]
+            return [
+                ("assistant", f"{lead}\n$ gt prime"),
+                ("user", f"[tool output]\nRole: {p['role']} · rig gastown · hook: {bead}"),
+                ("assistant", f"My hook holds {bead}. Reading it:\n$ bd show {bead}"),
+            ]
         return [("assistant", f"{lead}\n$ gt prime")]
     if conv == "gt handoff":
-        return [("assistant", f'{lead}\n$ gt handoff -m "{bead}: {_q(title)} in progress; '
-                              'next: finish and run the tests"')]
+        return [
+            (
+                "assistant",
+                f'{lead}\n$ gt handoff -m "{bead}: {_q(title)} in progress; '
+                'next: finish and run the tests"',
+            )
+        ]
     raise ValueError(conv)
 
 
@@ -471,20 +620,42 @@ def _params(rng: random.Random, work: list, prompt_tpl: str, role: str) -> dict:
     bead, other = _bead_id(rng), _bead_id(rng)
     polecat = rng.choice(POLECATS)
     prompt = prompt_tpl.format(title=title, desc=desc, bead=bead, other=other, polecat=polecat)
-    return {"title": title, "desc": desc, "type": kind, "priority": priority, "title2": title2,
-            "bead": bead, "other": other, "polecat": polecat, "prompt": prompt, "role": role}
+    return {
+        "title": title,
+        "desc": desc,
+        "type": kind,
+        "priority": priority,
+        "title2": title2,
+        "bead": bead,
+        "other": other,
+        "polecat": polecat,
+        "prompt": prompt,
+        "role": role,
+    }
 
 
 def _record(split: str, line: int, role: str, task: str, turns: list[tuple[str, str]]) -> dict:
     turn_objs = [{"speaker": s, "text": t} for s, t in turns]
     digest = hashlib.sha256(json.dumps(turn_objs, sort_keys=True).encode()).hexdigest()
     return {
-        "schema_version": "node0.sft/1", "id": f"sft-{digest[:16]}", "role": role,
-        "task": task, "turns": turn_objs, "quality_score": 1.0,
-        "provenance": {"source_kind": "doc",
-                       "file": f"samples/sft/gastown_conventions.{split}.jsonl", "line": line,
-                       "line_end": line, "rig": "gastown", "role": role, "session_id": None,
-                       "bead_id": None, "outcome": None, "sha256": digest},
+        "schema_version": "node0.sft/1",
+        "id": f"sft-{digest[:16]}",
+        "role": role,
+        "task": task,
+        "turns": turn_objs,
+        "quality_score": 1.0,
+        "provenance": {
+            "source_kind": "doc",
+            "file": f"samples/sft/gastown_conventions.{split}.jsonl",
+            "line": line,
+            "line_end": line,
+            "rig": "gastown",
+            "role": role,
+            "session_id": None,
+            "bead_id": None,
+            "outcome": None,
+            "sha256": digest,
+        },
     }
 
 
@@ -511,23 +682,34 @@ def build() -> tuple[list[dict], list[dict], list[dict]]:
         for n, tpl in enumerate(spec["probe"], start=1):
             role = spec["roles"][n % len(spec["roles"])]
             p = _params(rng, eval_work, tpl, role)
-            probes.append({
-                "id": f"probe-{conv.replace(' ', '-')}-{n}", "role": role, "convention": conv,
-                "prompt": [{"speaker": "system",
-                            "text": SYSTEMS[role].format(polecat=p["polecat"])},
-                           {"speaker": "user", "text": p["prompt"]}],
-                "expect": spec["expect"], "avoid": spec["avoid"]})
+            probes.append(
+                {
+                    "id": f"probe-{conv.replace(' ', '-')}-{n}",
+                    "role": role,
+                    "convention": conv,
+                    "prompt": [
+                        {"speaker": "system", "text": SYSTEMS[role].format(polecat=p["polecat"])},
+                        {"speaker": "user", "text": p["prompt"]},
+                    ],
+                    "expect": spec["expect"],
+                    "avoid": spec["avoid"],
+                }
+            )
     records = {}
     for split, items in out.items():
         rng.shuffle(items)
-        records[split] = [_record(split, n, role, task, turns)
-                          for n, (role, task, turns) in enumerate(items, start=1)]
+        records[split] = [
+            _record(split, n, role, task, turns)
+            for n, (role, task, turns) in enumerate(items, start=1)
+        ]
     return records["train"], records["heldout"], probes
 
 
 def _write(path: Path, rows: list[dict]) -> None:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n"
-                            for r in rows), encoding="utf-8")
+    path.write_text(
+        "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows),
+        encoding="utf-8",
+    )
 
 
 def main() -> None:

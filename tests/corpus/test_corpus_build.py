@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from base.errors import QualityGateError
 from corpus.build import build_corpus
 from corpus.config import CorpusConfig
 from corpus.scrub import Scrubber
 from dataload.jsonl_reader import load_corpus_dir
-from node.errors import QualityGateError
 
 
 def _outputs(run: Path) -> dict[str, bytes]:

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from base.errors import DataError
 from corpus.config import CleanConfig
 from corpus.ledger import Ledger
 from corpus.readers import read_claude_code, read_transcripts
@@ -13,7 +14,6 @@ from corpus.rig import load_rig
 from corpus.units import Unit
 from dataload.jsonl_reader import read_jsonl
 from dataload.schema import ROLES, SFTExample
-from node.errors import DataError
 
 
 def _session(**over) -> dict:

@@ -31,8 +31,9 @@ def corpus_build(tmp_path_factory) -> Path:
     """The corpus pipeline's output for the sample rig (its Python API, as `node0 corpus build`)."""
     from corpus import CorpusConfig, build_corpus
 
-    result = build_corpus(CorpusConfig(), [REPO / "samples" / "gastown-rig"],
-                          tmp_path_factory.mktemp("corpus"))
+    result = build_corpus(
+        CorpusConfig(), [REPO / "samples" / "gastown-rig"], tmp_path_factory.mktemp("corpus")
+    )
     return result.run_dir
 
 
@@ -41,11 +42,22 @@ def write_jsonl(path: Path, rows: list) -> Path:
     return path
 
 
-def sft_record(i: int, turns: list[tuple[str, str]], role: str = "polecat",
-               task: str = "code-change") -> dict:
+def sft_record(
+    i: int, turns: list[tuple[str, str]], role: str = "polecat", task: str = "code-change"
+) -> dict:
     return {
-        "id": f"sft-{i:016x}", "role": role, "task": task,
-        "turns": [{"speaker": s, "text": t} for s, t in turns], "quality_score": 1.0,
-        "provenance": {"source_kind": "doc", "file": "x.md", "line": 1, "line_end": 1,
-                       "rig": "gastown", "role": role, "sha256": "0" * 64},
+        "id": f"sft-{i:016x}",
+        "role": role,
+        "task": task,
+        "turns": [{"speaker": s, "text": t} for s, t in turns],
+        "quality_score": 1.0,
+        "provenance": {
+            "source_kind": "doc",
+            "file": "x.md",
+            "line": 1,
+            "line_end": 1,
+            "rig": "gastown",
+            "role": role,
+            "sha256": "0" * 64,
+        },
     }

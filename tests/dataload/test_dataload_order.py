@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from base.errors import DataError
 from dataload.config import DataConfig
 from dataload.loader import build_loaders
 from dataload.order import DataPosition, epoch_order, shard
-from node.errors import DataError
 from tests.dataload.conftest import SAMPLES
 
 TRAIN = SAMPLES / "gastown_conventions.train.jsonl"
@@ -79,8 +79,11 @@ def test_shards_are_disjoint_and_cover_the_epoch(tiny_tokenizer) -> None:
         assert sorted(seen) == sorted(e.id for e in whole.order(epoch))  # union = all
         assert max(map(len, parts)) - min(map(len, parts)) <= 1
         # what a shard trains on is exactly its order
-        batched = [i for b in shards[1].batches(start=shards[1].position(epoch),
-                                                epochs=epoch + 1) for i in b.example_ids]
+        batched = [
+            i
+            for b in shards[1].batches(start=shards[1].position(epoch), epochs=epoch + 1)
+            for i in b.example_ids
+        ]
         assert batched == parts[1]
     assert len({s.order_hash(0) for s in shards}) == 3
     with pytest.raises(ValueError):

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
+from base.errors import ConfigError, DataError
 from dataload.config import DataConfig
 from dataload.loader import build_loaders
 from dataload.losses import IGNORE_INDEX
-from node.errors import ConfigError, DataError
 from tests.dataload.conftest import sft_record, write_jsonl
 
 GOOD = [("user", "What next?"), ("assistant", "$ bd ready")]
@@ -17,9 +17,17 @@ GOOD = [("user", "What next?"), ("assistant", "$ bd ready")]
 
 def _bad_file(tmp_path):
     bad_schema = sft_record(3, [("user", "a"), ("user", "b")])  # no assistant turn at the end
-    return write_jsonl(tmp_path / "mixed.jsonl", [
-        sft_record(1, GOOD), "{not json", sft_record(2, GOOD), json.dumps(bad_schema),
-        "", sft_record(4, GOOD)])
+    return write_jsonl(
+        tmp_path / "mixed.jsonl",
+        [
+            sft_record(1, GOOD),
+            "{not json",
+            sft_record(2, GOOD),
+            json.dumps(bad_schema),
+            "",
+            sft_record(4, GOOD),
+        ],
+    )
 
 
 def test_malformed_lines_reported_with_file_and_line(tmp_path, tiny_tokenizer) -> None:
@@ -28,8 +36,11 @@ def test_malformed_lines_reported_with_file_and_line(tmp_path, tiny_tokenizer) -
         build_loaders(DataConfig(train=[path]), tokenizer=tiny_tokenizer)
     message = str(err.value)
     assert "3 malformed line(s)" in message
-    for line, reason in ((2, "invalid JSON"), (4, "the last turn must be an assistant turn"),
-                         (5, "blank line")):
+    for line, reason in (
+        (2, "invalid JSON"),
+        (4, "the last turn must be an assistant turn"),
+        (5, "blank line"),
+    ):
         assert f"{path}:{line}: " in message
         assert reason in message
     assert err.value.exit_code == 8
@@ -37,12 +48,14 @@ def test_malformed_lines_reported_with_file_and_line(tmp_path, tiny_tokenizer) -
 
 def test_non_strict_skips_but_still_reports(tmp_path, tiny_tokenizer, caplog) -> None:
     path = _bad_file(tmp_path)
-    loader = build_loaders(DataConfig(train=[path], strict=False),
-                           tokenizer=tiny_tokenizer).train
+    loader = build_loaders(DataConfig(train=[path], strict=False), tokenizer=tiny_tokenizer).train
     assert len(loader.items) == 3
     report = loader.describe()
     assert [m.split(": ")[0] for m in report["malformed_lines"]] == [
-        f"{path}:2", f"{path}:4", f"{path}:5"]
+        f"{path}:2",
+        f"{path}:4",
+        f"{path}:5",
+    ]
     assert report["files"][0]["lines"] == 6
     assert sum("skipping malformed line" in r.message for r in caplog.records) == 3
 
@@ -57,13 +70,16 @@ def test_missing_paths_and_chat_without_template_fail_closed(tmp_path, tiny_mode
 
 def test_corpus_build_output_loads(corpus_build, smollm2_dir) -> None:
     """`node0 corpus build` output of samples/gastown-rig → SFT and DPO batches."""
-    sft = build_loaders(DataConfig(train=[corpus_build], max_length=512, batch_size=4),
-                        model_dir=smollm2_dir)
+    sft = build_loaders(
+        DataConfig(train=[corpus_build], max_length=512, batch_size=4), model_dir=smollm2_dir
+    )
     manifest = json.loads((corpus_build / "manifest.json").read_text())
     report = sft.train.describe()
     assert report["tokenization"]["examples"] == manifest["counts"]["sft"]["total"]
-    assert len(sft.train.items) + report["tokenization"]["dropped_no_target"] == \
-        manifest["counts"]["sft"]["total"]
+    assert (
+        len(sft.train.items) + report["tokenization"]["dropped_no_target"]
+        == manifest["counts"]["sft"]["total"]
+    )
     assert report["malformed_lines"] == []
     assert len(report["files"]) == sum(1 for k in manifest["outputs"] if k.startswith("sft/"))
     batch = next(iter(sft.train.batches()))
@@ -71,11 +87,14 @@ def test_corpus_build_output_loads(corpus_build, smollm2_dir) -> None:
     text = sft.tokenizer.decode(batch.labels[0][batch.labels[0] != IGNORE_INDEX])
     assert text.endswith(sft.tokenizer.eos_token)
     # role / task filters select partitions
-    mayor = build_loaders(DataConfig(train=[corpus_build], roles=["mayor"]),
-                          model_dir=smollm2_dir).train
+    mayor = build_loaders(
+        DataConfig(train=[corpus_build], roles=["mayor"]), model_dir=smollm2_dir
+    ).train
     assert len(mayor.items) == manifest["counts"]["sft"]["by_role"]["mayor"]
-    dpo = build_loaders(DataConfig(kind="dpo", train=[corpus_build], max_length=1024,
-                                   batch_size=2), model_dir=smollm2_dir)
+    dpo = build_loaders(
+        DataConfig(kind="dpo", train=[corpus_build], max_length=1024, batch_size=2),
+        model_dir=smollm2_dir,
+    )
     assert len(dpo.train.items) == manifest["counts"]["dpo"]["total"]
     pairs = next(iter(dpo.train.batches()))
     chosen, rejected = pairs.split(pairs.batch.labels)
@@ -87,6 +106,8 @@ def test_schema_and_formatter_users_do_not_import_torch() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, dataload.schema, dataload.prompt_format, dataload.jsonl_reader; "
-            "assert 'torch' not in sys.modules")
+    code = (
+        "import sys, dataload.schema, dataload.prompt_format, dataload.jsonl_reader; "
+        "assert 'torch' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

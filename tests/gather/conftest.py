@@ -14,7 +14,9 @@ def tiny_models(tmp_path_factory) -> dict[bool, Path]:
     from models.tiny import build_tiny_llama
 
     root = tmp_path_factory.mktemp("gather-tiny")
-    return {tied: build_tiny_llama(root / f"tiny-tied-{tied}", seed=3, num_layers=NUM_LAYERS,
-                                   tie_word_embeddings=tied)
-            for tied in (False, True)}
-
+    return {
+        tied: build_tiny_llama(
+            root / f"tiny-tied-{tied}", seed=3, num_layers=NUM_LAYERS, tie_word_embeddings=tied
+        )
+        for tied in (False, True)
+    }

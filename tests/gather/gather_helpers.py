@@ -16,9 +16,12 @@ def stage_sources(model_dir: Path, stages=STAGES):
     """``[(manifest, state)]`` per stage, read from a local checkpoint."""
     from checkpoint_gather.sources import read_local_stage
 
-    return [read_local_stage(model_dir, start, end, num_layers=NUM_LAYERS,
-                             source_id=f"peer-{i}/stage-{start}-{end}")
-            for i, (start, end) in enumerate(stages)]
+    return [
+        read_local_stage(
+            model_dir, start, end, num_layers=NUM_LAYERS, source_id=f"peer-{i}/stage-{start}-{end}"
+        )
+        for i, (start, end) in enumerate(stages)
+    ]
 
 
 def load_config(model_dir: Path):
@@ -34,17 +37,23 @@ def logits(model, ids=PROMPT_IDS) -> torch.Tensor:
 
 def greedy(model, ids=PROMPT_IDS, new_tokens: int = 16) -> list[int]:
     with torch.no_grad():
-        out = model.generate(ids, max_new_tokens=new_tokens, do_sample=False,
-                             attention_mask=torch.ones_like(ids), pad_token_id=2)
-    return out[0, ids.shape[1]:].tolist()
+        out = model.generate(
+            ids,
+            max_new_tokens=new_tokens,
+            do_sample=False,
+            attention_mask=torch.ones_like(ids),
+            pad_token_id=2,
+        )
+    return out[0, ids.shape[1] :].tolist()
 
 
 def load_causal_lm(path: Path, gguf_file: str | None = None):
     from transformers import AutoModelForCausalLM
 
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
-    return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32,
-                                                local_files_only=True, **kwargs).eval()
+    return AutoModelForCausalLM.from_pretrained(
+        str(path), dtype=torch.float32, local_files_only=True, **kwargs
+    ).eval()
 
 
 @contextmanager
@@ -57,12 +66,19 @@ def stage_server(model_dir, spans=STAGES, *, peer_id="peer-a"):
     from pipeline_stages.sessions import SessionManager
 
     stages = {span: load_stage(model_dir, *span) for span in spans}
-    executor = StageExecutor(str(model_dir), stages, SessionManager(
-        max_sessions=2, max_cache_tokens=1024, idle_timeout=60))
+    executor = StageExecutor(
+        str(model_dir),
+        stages,
+        SessionManager(max_sessions=2, max_cache_tokens=1024, idle_timeout=60),
+    )
     weights = WeightsService(executor, peer_id=peer_id, max_message_bytes=1 << 20)
     server, port = start_grpc_server(
-        StageService(executor, peer_id=peer_id, max_message_bytes=1 << 20), "127.0.0.1", 0,
-        max_workers=8, extra_servicers=(weights,))
+        StageService(executor, peer_id=peer_id, max_message_bytes=1 << 20),
+        "127.0.0.1",
+        0,
+        max_workers=8,
+        extra_servicers=(weights,),
+    )
     try:
         yield executor, weights, f"127.0.0.1:{port}"
     finally:

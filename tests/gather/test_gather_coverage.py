@@ -8,10 +8,10 @@ import pytest
 import torch
 from gather_helpers import load_config, stage_sources
 
+from base.errors import CheckpointError
 from checkpoint_gather.coverage import check_coverage
 from checkpoint_gather.sources import manifest_from_state_dict, verify_tensors
 from models.llama.tensor_names import EMBED, LM_HEAD
-from node.errors import CheckpointError
 
 
 @pytest.mark.parametrize("tied", [False, True])
@@ -19,9 +19,14 @@ def test_complete_split_is_proven(tiny_models, tied):
     config = load_config(tiny_models[tied])
     sources = stage_sources(tiny_models[tied])
     plan = check_coverage(config, [m for m, _ in sources])
-    assert plan.layer_sources == {0: "peer-0/stage-0-2", 1: "peer-0/stage-0-2",
-                                  2: "peer-1/stage-2-5", 3: "peer-1/stage-2-5",
-                                  4: "peer-1/stage-2-5", 5: "peer-2/stage-5-6"}
+    assert plan.layer_sources == {
+        0: "peer-0/stage-0-2",
+        1: "peer-0/stage-0-2",
+        2: "peer-1/stage-2-5",
+        3: "peer-1/stage-2-5",
+        4: "peer-1/stage-2-5",
+        5: "peer-2/stage-5-6",
+    }
     assert plan.tied is tied
     assert (LM_HEAD in plan.owner) is not tied
     assert plan.owner[EMBED] == "peer-0/stage-0-2"
@@ -37,8 +42,9 @@ def test_missing_layers_are_named(tiny_models):
 def test_duplicated_layers_are_named(tiny_models):
     config = load_config(tiny_models[False])
     sources = stage_sources(tiny_models[False], stages=((0, 3), (2, 6)))
-    with pytest.raises(CheckpointError,
-                       match=r"layers 2 are held twice \(peer-0/stage-0-3 and peer-1/stage-2-6\)"):
+    with pytest.raises(
+        CheckpointError, match=r"layers 2 are held twice \(peer-0/stage-0-3 and peer-1/stage-2-6\)"
+    ):
         check_coverage(config, [m for m, _ in sources])
 
 
@@ -54,8 +60,9 @@ def test_untied_model_needs_its_head(tiny_models):
 def test_missing_embedding(tiny_models):
     config = load_config(tiny_models[True])
     (first, _), (mid, _), (last, _) = stage_sources(tiny_models[True])
-    first = dataclasses.replace(first, tensors={n: e for n, e in first.tensors.items()
-                                                if n != EMBED})
+    first = dataclasses.replace(
+        first, tensors={n: e for n, e in first.tensors.items() if n != EMBED}
+    )
     with pytest.raises(CheckpointError, match="token embedding"):
         check_coverage(config, [first, mid, last])
 

@@ -66,8 +66,9 @@ def test_stage_reuses_digests_until_a_weight_changes(tiny_models):
     digests = [{n: e.sha256 for n, e in s.base.tensors.items()} for s in (first, second)]
     assert digests[1][name] == tensor_sha256(weight.detach()) != digests[0][name]
     assert torch.equal(second.base_tensors[name], weight.detach())
-    assert {n: d for n, d in digests[1].items() if n != name} == \
-           {n: d for n, d in digests[0].items() if n != name}
+    assert {n: d for n, d in digests[1].items() if n != name} == {
+        n: d for n, d in digests[0].items() if n != name
+    }
     # the tied head was declared by its digest only
     assert first.digest_only == ("lm_head.weight",)
     assert "lm_head.weight" not in first.base_tensors

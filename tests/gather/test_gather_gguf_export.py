@@ -6,11 +6,11 @@ import pytest
 import torch
 from gather_helpers import greedy, load_causal_lm, load_config, logits, stage_sources
 
+from base.errors import CheckpointError
 from checkpoint_gather.coverage import check_coverage
 from checkpoint_gather.export import assemble_state
 from checkpoint_gather.gguf_export import export_gguf
 from checkpoint_gather.gguf_tokenizer import tokenizer_fields
-from node.errors import CheckpointError
 
 
 def _export(src, out, out_type):
@@ -18,8 +18,15 @@ def _export(src, out, out_type):
     sources = stage_sources(src)
     state = assemble_state(check_coverage(config, [m for m, _ in sources]), sources)
     fields = tokenizer_fields(model=None, tokenizer_dir=src, vocab_size=config.vocab_size)
-    return export_gguf(out, config, state, tokenizer=fields, out_type=out_type, name="tiny",
-                       provenance={"source": str(src)})
+    return export_gguf(
+        out,
+        config,
+        state,
+        tokenizer=fields,
+        out_type=out_type,
+        name="tiny",
+        provenance={"source": str(src)},
+    )
 
 
 @pytest.mark.parametrize("tied", [False, True])
@@ -36,8 +43,13 @@ def test_gguf_round_trip(tiny_models, tmp_path, tied):
         diff = (logits(model) - ref_logits).abs().max().item()
         same = greedy(model) == ref_tokens
         results[out_type] = (diff, same, path.stat().st_size)
-    print(f"tied={tied}: " + ", ".join(f"{t}: max|dlogit|={d:.2e} greedy-equal={s} {n} bytes"
-                                       for t, (d, s, n) in results.items()))
+    print(
+        f"tied={tied}: "
+        + ", ".join(
+            f"{t}: max|dlogit|={d:.2e} greedy-equal={s} {n} bytes"
+            for t, (d, s, n) in results.items()
+        )
+    )
     assert results["f32"][0] <= 1e-4 and results["f32"][1]
     assert results["f16"][0] < 0.05
     assert results["q8_0"][0] < 1.0  # loads and stays close; figures printed above
@@ -65,8 +77,9 @@ def test_refusals(tiny_models, tmp_path):
         _export(src, path, "f32")
     config = load_config(src)
     fields = tokenizer_fields(model=None, tokenizer_dir=src, vocab_size=config.vocab_size)
-    state = assemble_state(*(lambda s: (check_coverage(config, [m for m, _ in s]), s))(
-        stage_sources(src)))
+    state = assemble_state(
+        *(lambda s: (check_coverage(config, [m for m, _ in s]), s))(stage_sources(src))
+    )
     state.pop("model.layers.0.self_attn.q_proj.weight")
     with pytest.raises(CheckpointError, match="layers 0 are incomplete"):
         export_gguf(tmp_path / "y.gguf", config, state, tokenizer=fields)

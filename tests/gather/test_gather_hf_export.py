@@ -8,11 +8,11 @@ import pytest
 import torch
 from gather_helpers import load_causal_lm, load_config, logits, stage_sources
 
+from base.errors import CheckpointError
 from checkpoint_gather.coverage import check_coverage
 from checkpoint_gather.export import assemble_state, export_checkpoint
 from checkpoint_gather.hf_export import export_hf
 from models.llama.tensor_names import LM_HEAD
-from node.errors import CheckpointError
 from provenance import create_run_dir, sha256_file
 
 
@@ -25,15 +25,22 @@ def _state(model_dir):
 @pytest.mark.parametrize("tied", [False, True])
 def test_export_reloads_with_identical_logits(tiny_models, tmp_path, tied):
     src = tiny_models[tied]
-    out = export_hf(tmp_path / "hf", load_config(src), _state(src), tokenizer_dir=src,
-                    provenance={"test": tied})
+    out = export_hf(
+        tmp_path / "hf", load_config(src), _state(src), tokenizer_dir=src, provenance={"test": tied}
+    )
     names = {p.name for p in out.iterdir()}
-    assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-            "node0_export.json"} <= names
+    assert {
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "node0_export.json",
+    } <= names
     config = json.loads((out / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"] and config["model_type"] == "llama"
     assert config["tie_word_embeddings"] is tied
     from safetensors import safe_open
+
     with safe_open(str(out / "model.safetensors"), framework="pt") as handle:
         assert (LM_HEAD in handle.keys()) is not tied
     record = json.loads((out / "node0_export.json").read_text())
@@ -45,8 +52,9 @@ def test_export_reloads_with_identical_logits(tiny_models, tmp_path, tied):
 
 def test_sharded_export_reloads(tiny_models, tmp_path):
     src = tiny_models[False]
-    out = export_hf(tmp_path / "hf", load_config(src), _state(src), tokenizer_dir=src,
-                    max_shard_bytes=150_000)
+    out = export_hf(
+        tmp_path / "hf", load_config(src), _state(src), tokenizer_dir=src, max_shard_bytes=150_000
+    )
     index = json.loads((out / "model.safetensors.index.json").read_text())
     shards = sorted(set(index["weight_map"].values()))
     assert len(shards) > 2 and not (out / "model.safetensors").exists()
@@ -71,15 +79,23 @@ def test_refuses_incomplete_state_and_existing_output(tiny_models, tmp_path):
 def test_export_job_manifest_and_run_record(tiny_models, tmp_path, durable, gguf):
     src = tiny_models[True]
     run = create_run_dir(tmp_path / "runs", "gather-test", config={"model": "tiny"})
-    result = export_checkpoint(tmp_path / "out", load_config(src), stage_sources(src),
-                               tokenizer_dir=src, gguf_types=gguf, run=run, durable=durable)
+    result = export_checkpoint(
+        tmp_path / "out",
+        load_config(src),
+        stage_sources(src),
+        tokenizer_dir=src,
+        gguf_types=gguf,
+        run=run,
+        durable=durable,
+    )
     assert set(result.gguf_files) == set(gguf)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "runs"]  # no temporaries
     manifest = json.loads(result.manifest.read_text())
     assert [s["layers"] for s in manifest["sources"]] == [[0, 2], [2, 5], [5, 6]]
     assert manifest["coverage"]["layers"]["3"] == "peer-1/stage-2-5"
-    files = {rel: entry for out in manifest["outputs"].values()
-             for rel, entry in out["files"].items()}
+    files = {
+        rel: entry for out in manifest["outputs"].values() for rel, entry in out["files"].items()
+    }
     assert "hf/model.safetensors" in files and "model-f32.gguf" in files
     for rel, entry in files.items():
         assert sha256_file(result.out_dir / rel) == entry["sha256"], rel
@@ -99,18 +115,24 @@ def test_export_job_fails_closed(tiny_models, tmp_path):
     corrupt[name] = state[name] * 1.0001
     run = create_run_dir(tmp_path / "runs", "gather-test")
     with pytest.raises(CheckpointError, match="corrupt"):
-        export_checkpoint(tmp_path / "out", load_config(src),
-                          [sources[0], (manifest, corrupt), sources[2]], tokenizer_dir=src,
-                          run=run)
+        export_checkpoint(
+            tmp_path / "out",
+            load_config(src),
+            [sources[0], (manifest, corrupt), sources[2]],
+            tokenizer_dir=src,
+            run=run,
+        )
     assert not (tmp_path / "out").exists()
     assert json.loads((run.path / "run_record.json").read_text())["status"] == "failed"
-    result = export_checkpoint(tmp_path / "out", load_config(src), sources, tokenizer_dir=src,
-                               gguf_types=())  # rerun once the fault is gone
+    result = export_checkpoint(
+        tmp_path / "out", load_config(src), sources, tokenizer_dir=src, gguf_types=()
+    )  # rerun once the fault is gone
     assert result.hf_dir.is_dir() and result.gguf_files == {}
 
 
-def test_a_checked_tokenizer_is_not_loaded_again_unless_its_copy_differs(tiny_models,
-                                                                         tmp_path, monkeypatch):
+def test_a_checked_tokenizer_is_not_loaded_again_unless_its_copy_differs(
+    tiny_models, tmp_path, monkeypatch
+):
     from checkpoint_gather import hf_export
 
     src = tiny_models[False]
@@ -118,20 +140,19 @@ def test_a_checked_tokenizer_is_not_loaded_again_unless_its_copy_differs(tiny_mo
     assert checked is not None and checked.size > 0 and "tokenizer.json" in checked.files
     loads = []
     real = hf_export._load_tokenizer
-    monkeypatch.setattr(hf_export, "_load_tokenizer",
-                        lambda *a: loads.append(a) or real(*a))
+    monkeypatch.setattr(hf_export, "_load_tokenizer", lambda *a: loads.append(a) or real(*a))
     (tmp_path / "a").mkdir()
     hf_export.copy_tokenizer(src, tmp_path / "a", vocab_size=10**6, checked=checked)
     assert loads == []  # the copies are the checked bytes
-    stale = hf_export.TokenizerCheck(checked.source, {**checked.files, "tokenizer.json": "0"},
-                                     checked.size)
+    stale = hf_export.TokenizerCheck(
+        checked.source, {**checked.files, "tokenizer.json": "0"}, checked.size
+    )
     (tmp_path / "b").mkdir()
     hf_export.copy_tokenizer(src, tmp_path / "b", vocab_size=10**6, checked=stale)
     assert len(loads) == 1  # not what was checked: the copy is loaded
 
 
-def test_a_failing_writer_leaves_nothing_while_the_others_run(tiny_models, tmp_path,
-                                                              monkeypatch):
+def test_a_failing_writer_leaves_nothing_while_the_others_run(tiny_models, tmp_path, monkeypatch):
     from checkpoint_gather import export
 
     def broken(*args, **kwargs):
@@ -141,7 +162,13 @@ def test_a_failing_writer_leaves_nothing_while_the_others_run(tiny_models, tmp_p
     src = tiny_models[False]
     run = create_run_dir(tmp_path / "runs", "gather-test")
     with pytest.raises(CheckpointError, match="GGUF writer failed"):
-        export_checkpoint(tmp_path / "out", load_config(src), stage_sources(src),
-                          tokenizer_dir=src, gguf_types=("f32", "f16"), run=run)
+        export_checkpoint(
+            tmp_path / "out",
+            load_config(src),
+            stage_sources(src),
+            tokenizer_dir=src,
+            gguf_types=("f32", "f16"),
+            run=run,
+        )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
     assert json.loads((run.path / "run_record.json").read_text())["status"] == "failed"

@@ -9,11 +9,11 @@ import shutil
 import pytest
 from gather_helpers import load_config, stage_sources
 
+from base.errors import CheckpointError, ExitCode
 from checkpoint_gather.export import export_checkpoint
 from checkpoint_gather.inspect import inspect_checkpoint
 from checkpoint_gather.stamp import STAMP_RECORD, stamp_checkpoint
 from node.cli import main
-from node.errors import CheckpointError, ExitCode
 from pipeline_stages.loader import load_stage
 from provenance import sha256_file
 
@@ -26,8 +26,9 @@ def _digests(directory):
 def export(tiny_models, tmp_path_factory):
     src = tiny_models[True]
     out = tmp_path_factory.mktemp("inspect") / "export"
-    return export_checkpoint(out, load_config(src), stage_sources(src), tokenizer_dir=src,
-                             gguf_types=("f16",))
+    return export_checkpoint(
+        out, load_config(src), stage_sources(src), tokenizer_dir=src, gguf_types=("f16",)
+    )
 
 
 def test_inspect_export(export, capsys):
@@ -69,12 +70,20 @@ def test_inspect_original_smollm2_gguf():
     report = inspect_checkpoint(source_gguf_path(get_spec("smollm2-135m")))
     assert report.architecture == "LlamaForCausalLM" and report.model_type == "llama"
     assert report.shapes | {"tensor_types": None} == {
-        "layers": 30, "hidden": 576, "intermediate": 1536, "heads": 9, "kv_heads": 3,
-        "head_dim": 64, "vocab": 49152, "context": 8192, "tensors": 272, "tensor_types": None}
+        "layers": 30,
+        "hidden": 576,
+        "intermediate": 1536,
+        "heads": 9,
+        "kv_heads": 3,
+        "head_dim": 64,
+        "vocab": 49152,
+        "context": 8192,
+        "tensors": 272,
+        "tensor_types": None,
+    }
     assert "Q4_1" in report.shapes["tensor_types"]
     assert report.tied_embeddings is True
-    assert report.tokenizer == {"present": True, "model": "gpt2", "pre": "smollm",
-                                "vocab": 49152}
+    assert report.tokenizer == {"present": True, "model": "gpt2", "pre": "smollm", "vocab": 49152}
     assert report.chat_template and report.architecture_check == {"ok": True}
     assert report.provenance["general"]["general.organization"] == "HuggingFaceTB"
     assert report.score == 100
@@ -84,12 +93,30 @@ def test_stamp_repairs_a_wrong_architecture(export, tmp_path, capsys):
     good = export.hf_dir
     before = _digests(good)
     # refused: would contradict the tensors
-    assert main(["stamp", str(good), "--architecture", "Qwen2ForCausalLM", "--model-type",
-                 "qwen2", "-o", str(tmp_path / "refused")]) == ExitCode.CHECKPOINT
+    assert (
+        main(
+            [
+                "stamp",
+                str(good),
+                "--architecture",
+                "Qwen2ForCausalLM",
+                "--model-type",
+                "qwen2",
+                "-o",
+                str(tmp_path / "refused"),
+            ]
+        )
+        == ExitCode.CHECKPOINT
+    )
     assert not (tmp_path / "refused").exists()
     # deliberately broken copy (what an upstream with a bad declaration looks like)
-    bad = stamp_checkpoint(good, tmp_path / "bad", architecture="Qwen2ForCausalLM",
-                           model_type="qwen2", allow_mismatch=True).out
+    bad = stamp_checkpoint(
+        good,
+        tmp_path / "bad",
+        architecture="Qwen2ForCausalLM",
+        model_type="qwen2",
+        allow_mismatch=True,
+    ).out
     assert _digests(good) == before
     with pytest.raises(CheckpointError) as refused:
         load_stage(bad, 0, 3)
@@ -99,20 +126,48 @@ def test_stamp_repairs_a_wrong_architecture(export, tmp_path, capsys):
     # repair through the CLI with the command line the error suggested
     bad_before = _digests(bad)
     capsys.readouterr()
-    assert main(["stamp", str(bad), "--architecture", "LlamaForCausalLM", "--model-type",
-                 "llama", "-o", str(tmp_path / "fixed")]) == 0
+    assert (
+        main(
+            [
+                "stamp",
+                str(bad),
+                "--architecture",
+                "LlamaForCausalLM",
+                "--model-type",
+                "llama",
+                "-o",
+                str(tmp_path / "fixed"),
+            ]
+        )
+        == 0
+    )
     assert "architecture check: ok" in capsys.readouterr().out
     assert _digests(bad) == bad_before
     stage = load_stage(tmp_path / "fixed", 0, 3)
     assert stage.is_first and not stage.is_last
     history = json.loads((tmp_path / "fixed" / STAMP_RECORD).read_text())["history"]
-    assert [h["changes"][0]["after"] for h in history] == [["Qwen2ForCausalLM"],
-                                                           ["LlamaForCausalLM"]]
+    assert [h["changes"][0]["after"] for h in history] == [
+        ["Qwen2ForCausalLM"],
+        ["LlamaForCausalLM"],
+    ]
     assert history[1]["input"]["files"]["config.json"] == bad_before["config.json"]
     assert inspect_checkpoint(tmp_path / "fixed").architecture_check == {"ok": True}
     # never over an existing output, never with nothing to change
-    assert main(["stamp", str(bad), "--model-type", "llama", "--architecture",
-                 "LlamaForCausalLM", "-o", str(tmp_path / "fixed")]) == ExitCode.CHECKPOINT
+    assert (
+        main(
+            [
+                "stamp",
+                str(bad),
+                "--model-type",
+                "llama",
+                "--architecture",
+                "LlamaForCausalLM",
+                "-o",
+                str(tmp_path / "fixed"),
+            ]
+        )
+        == ExitCode.CHECKPOINT
+    )
     assert main(["stamp", str(bad), "-o", str(tmp_path / "x")]) == ExitCode.USAGE
 
 
@@ -127,4 +182,5 @@ def test_stamp_tokenizer(export, tiny_models, tmp_path):
     report = inspect_checkpoint(result.out)
     assert report.tokenizer["present"] and report.tokenizer["vocab"] == report.shapes["vocab"]
     assert sha256_file(result.out / "tokenizer.json") == sha256_file(
-        tiny_models[True] / "tokenizer.json")
+        tiny_models[True] / "tokenizer.json"
+    )

@@ -10,9 +10,9 @@ import pytest
 import torch
 from gather_helpers import NUM_LAYERS, load_causal_lm, logits
 
+from base.errors import CheckpointError
 from checkpoint_gather.peft_export import StageAdapters, export_peft_adapter, offset_layers
 from lora import LoraSettings
-from node.errors import CheckpointError
 
 SETTINGS = LoraSettings(rank=4, alpha=8.0, target_modules=("q_proj", "v_proj", "down_proj"))
 _LAYER = re.compile(r"\.layers\.(\d+)\.")
@@ -50,13 +50,20 @@ def test_union_of_stages_loads_with_peft(tiny_models, tmp_path, trained_adapter)
     model, full = trained_adapter
     assert all(k.startswith("base_model.model.model.layers.") for k in full)
     stages = []
-    for i, (start, end, part) in enumerate(_stage_states(full, ((0, 2), (2, 5), (5, 6)),
-                                                         local=True)):
+    for i, (start, end, part) in enumerate(
+        _stage_states(full, ((0, 2), (2, 5), (5, 6)), local=True)
+    ):
         if start > 0:
             assert any(".layers.0." in k for k in part)  # numbered from 0 as a stage would
         stages.append(StageAdapters(f"peer-{i}", start, end, offset_layers(part, start)))
-    out = export_peft_adapter(tmp_path / "adapter", stages, SETTINGS, num_layers=NUM_LAYERS,
-                              base_model=str(tiny_models[False]), provenance={"run": "t"})
+    out = export_peft_adapter(
+        tmp_path / "adapter",
+        stages,
+        SETTINGS,
+        num_layers=NUM_LAYERS,
+        base_model=str(tiny_models[False]),
+        provenance={"run": "t"},
+    )
     assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["r"] == 4
@@ -90,17 +97,29 @@ def test_adapters_only_export_job(tiny_models, tmp_path, trained_adapter):
     from provenance import sha256_file
 
     model, full = trained_adapter
-    stages = [StageAdapters(f"peer-{i}", s, e, part) for i, (s, e, part) in
-              enumerate(_stage_states(full, ((0, 4), (4, 6)), local=False))]
+    stages = [
+        StageAdapters(f"peer-{i}", s, e, part)
+        for i, (s, e, part) in enumerate(_stage_states(full, ((0, 4), (4, 6)), local=False))
+    ]
     config = AutoConfig.from_pretrained(str(tiny_models[False]))
-    result = export_checkpoint(tmp_path / "job", config, [], tokenizer_dir=tiny_models[False],
-                               hf=False, gguf_types=(), adapters=stages, lora_settings=SETTINGS)
+    result = export_checkpoint(
+        tmp_path / "job",
+        config,
+        [],
+        tokenizer_dir=tiny_models[False],
+        hf=False,
+        gguf_types=(),
+        adapters=stages,
+        lora_settings=SETTINGS,
+    )
     assert result.hf_dir is None and result.plan is None
     assert sorted(p.name for p in result.out_dir.iterdir()) == ["adapter", "manifest.json"]
     manifest = json.loads(result.manifest.read_text())
     files = manifest["outputs"]["peft-adapter"]["files"]
     assert files["adapter/adapter_model.safetensors"]["sha256"] == sha256_file(
-        result.adapter_dir / "adapter_model.safetensors")
-    loaded = PeftModel.from_pretrained(load_causal_lm(tiny_models[False]),
-                                       str(result.adapter_dir)).eval()
+        result.adapter_dir / "adapter_model.safetensors"
+    )
+    loaded = PeftModel.from_pretrained(
+        load_causal_lm(tiny_models[False]), str(result.adapter_dir)
+    ).eval()
     assert (logits(loaded) - logits(model)).abs().max().item() <= 1e-5

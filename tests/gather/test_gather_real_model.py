@@ -24,9 +24,14 @@ def _greedy(model, tokenizer) -> list[list[int]]:
     tokenizer.padding_side = "left"
     batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
     with torch.no_grad():
-        out = model.generate(**batch, do_sample=False, max_new_tokens=NEW_TOKENS,
-                             min_new_tokens=NEW_TOKENS, pad_token_id=tokenizer.pad_token_id)
-    return out[:, batch["input_ids"].shape[1]:].tolist()
+        out = model.generate(
+            **batch,
+            do_sample=False,
+            max_new_tokens=NEW_TOKENS,
+            min_new_tokens=NEW_TOKENS,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    return out[:, batch["input_ids"].shape[1] :].tolist()
 
 
 def _last_logits(model, tokenizer) -> torch.Tensor:
@@ -47,11 +52,19 @@ def test_smollm2_export_greedy_parity(smollm2_dir, tmp_path):
     torch.set_num_threads(2)
     config = AutoConfig.from_pretrained(str(smollm2_dir), local_files_only=True)
     n = config.num_hidden_layers
-    sources = [read_local_stage(smollm2_dir, s, e, num_layers=n, source_id=f"stage-{s}")
-               for s, e in ((0, 10), (10, 20), (20, n))]
-    result = export_checkpoint(tmp_path / "out", config, sources, tokenizer_dir=smollm2_dir,
-                               model="smollm2-135m", gguf_types=("f32", "f16", "q8_0"),
-                               generation_config=smollm2_dir / "generation_config.json")
+    sources = [
+        read_local_stage(smollm2_dir, s, e, num_layers=n, source_id=f"stage-{s}")
+        for s, e in ((0, 10), (10, 20), (20, n))
+    ]
+    result = export_checkpoint(
+        tmp_path / "out",
+        config,
+        sources,
+        tokenizer_dir=smollm2_dir,
+        model="smollm2-135m",
+        gguf_types=("f32", "f16", "q8_0"),
+        generation_config=smollm2_dir / "generation_config.json",
+    )
     del sources
     tokenizer = AutoTokenizer.from_pretrained(str(smollm2_dir))
     reference = AutoModelForCausalLM.from_pretrained(str(smollm2_dir), dtype=torch.float32).eval()
@@ -63,16 +76,20 @@ def test_smollm2_export_greedy_parity(smollm2_dir, tmp_path):
     del exported
     figures = {}
     for out_type, path in result.gguf_files.items():
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                     dtype=torch.float32).eval()
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path.parent), gguf_file=path.name, dtype=torch.float32
+        ).eval()
         tokens = _greedy(model, tokenizer)
         diff = (_last_logits(model, tokenizer) - ref_logits).abs().max().item()
         pairs = zip(tokens, ref_tokens, strict=True)
         agree = sum(a == b for t, r in pairs for a, b in zip(t, r, strict=True))
         identical = sum(t == r for t, r in zip(tokens, ref_tokens, strict=True))
-        figures[out_type] = {"max_abs_logit_diff": diff, "token_agreement":
-                             agree / (len(PROMPTS) * NEW_TOKENS),
-                             "identical_prompts": identical, "bytes": path.stat().st_size}
+        figures[out_type] = {
+            "max_abs_logit_diff": diff,
+            "token_agreement": agree / (len(PROMPTS) * NEW_TOKENS),
+            "identical_prompts": identical,
+            "bytes": path.stat().st_size,
+        }
         del model
     print(json.dumps(figures, indent=2))
     assert figures["f32"]["max_abs_logit_diff"] <= 1e-4
@@ -83,7 +100,8 @@ def test_smollm2_export_greedy_parity(smollm2_dir, tmp_path):
     assert report.architecture_check == {"ok": True} and report.score == 100
     assert report.tokenizer["pre"] == "smollm" and report.chat_template
     # the embedded tokenizer gives the source's token ids
-    gguf_tok = AutoTokenizer.from_pretrained(str(result.gguf_files["f16"].parent),
-                                             gguf_file=result.gguf_files["f16"].name)
+    gguf_tok = AutoTokenizer.from_pretrained(
+        str(result.gguf_files["f16"].parent), gguf_file=result.gguf_files["f16"].name
+    )
     for prompt in PROMPTS:
         assert gguf_tok(prompt)["input_ids"] == tokenizer(prompt)["input_ids"]

@@ -49,8 +49,9 @@ def swarm(tiny_model_dir, tmp_path_factory):
     (root / "faults").mkdir()
     with pytest.MonkeyPatch.context() as patch:  # the daemons inherit the variable
         patch.setenv(FAULTS_ENV, str(root / "faults"))
-        with local_swarm(root / "swarm", str(tiny_model_dir), SPLIT,
-                         adapters={ADAPTER: str(root / "adapter")}) as state:
+        with local_swarm(
+            root / "swarm", str(tiny_model_dir), SPLIT, adapters={ADAPTER: str(root / "adapter")}
+        ) as state:
             patch.delenv(FAULTS_ENV)
             yield state, root
 
@@ -65,8 +66,9 @@ def swarm_output(swarm, tiny_model_dir):
         tokenizer = client.load_tokenizer()
 
         async def run(adapters):
-            return await client.generate_once(tokenizer, PROMPT, max_new_tokens=NEW,
-                                              return_first_logits=True, adapters=adapters)
+            return await client.generate_once(
+                tokenizer, PROMPT, max_new_tokens=NEW, return_first_logits=True, adapters=adapters
+            )
 
         return {adapters: asyncio.run(run(adapters)) for adapters in ((), (ADAPTER,))}
     finally:
@@ -83,13 +85,25 @@ def _gguf_model(path):
 
 
 def _cli_gather(state, model_dir, out, runs, *extra):
-    return run_cli(["node.cli", "gather", "--model", str(model_dir), "--out", str(out),
-                    "--runs-dir", str(runs), "--initial-peers", *state.initial_peers, *extra],
-                   timeout=240)
+    return run_cli(
+        [
+            "node.cli",
+            "gather",
+            "--model",
+            str(model_dir),
+            "--out",
+            str(out),
+            "--runs-dir",
+            str(runs),
+            "--initial-peers",
+            *state.initial_peers,
+            *extra,
+        ],
+        timeout=240,
+    )
 
 
-def test_gather_equals_single_process_and_the_swarm(swarm, swarm_output, tiny_model_dir,
-                                                    tmp_path):
+def test_gather_equals_single_process_and_the_swarm(swarm, swarm_output, tiny_model_dir, tmp_path):
     state, _ = swarm
     out = tmp_path / "out"
     done = _cli_gather(state, tiny_model_dir, out, tmp_path / "runs", "--gguf", "f32")
@@ -101,8 +115,9 @@ def test_gather_equals_single_process_and_the_swarm(swarm, swarm_output, tiny_mo
     with torch.no_grad():
         vs_single = (exported(ids).logits - reference(ids).logits).abs().max().item()
     vs_swarm = (_last_logits(exported) - swarm_output[()].first_logits).abs().max().item()
-    print(f"base export: max |logit diff| vs single process {vs_single:.2e}, vs swarm "
-          f"{vs_swarm:.2e}")
+    print(
+        f"base export: max |logit diff| vs single process {vs_single:.2e}, vs swarm {vs_swarm:.2e}"
+    )
     assert vs_single <= 1e-4 and vs_swarm <= 1e-4
     [(gguf_tokens, _)] = reference_generate(_gguf_model(out / "model-f32.gguf"), [PROMPT], NEW)
     assert gguf_tokens == swarm_output[()].token_ids
@@ -113,35 +128,50 @@ def test_gather_equals_single_process_and_the_swarm(swarm, swarm_output, tiny_mo
     record = json.loads((run / "run_record.json").read_text())
     assert record["status"] == "done"
     assert {a["path"].split("/")[-1] for a in record["artifacts"]} >= {
-        "model.safetensors", "model-f32.gguf", "manifest.json"}
+        "model.safetensors",
+        "model-f32.gguf",
+        "manifest.json",
+    }
 
 
 def test_merged_and_adapter_exports_equal_the_swarm_with_the_adapter(
-        swarm, swarm_output, tiny_model_dir, tmp_path):
+    swarm, swarm_output, tiny_model_dir, tmp_path
+):
     from peft import PeftModel
 
     state, _ = swarm
     with_adapter = swarm_output[(ADAPTER,)]
     assert with_adapter.token_ids != swarm_output[()].token_ids  # the adapter matters
-    merged = gather(GatherOptions(model=str(tiny_model_dir), out_dir=tmp_path / "merged",
-                                  merge_adapters=(ADAPTER,), gguf_types=("f32",)),
-                    initial_peers=state.initial_peers)
+    merged = gather(
+        GatherOptions(
+            model=str(tiny_model_dir),
+            out_dir=tmp_path / "merged",
+            merge_adapters=(ADAPTER,),
+            gguf_types=("f32",),
+        ),
+        initial_peers=state.initial_peers,
+    )
     merged_model = load_causal_lm(merged.export.hf_dir)
     merged_logits = _last_logits(merged_model)
     vs_swarm = (merged_logits - with_adapter.first_logits).abs().max().item()
     [(tokens, _)] = reference_generate(merged_model, [PROMPT], NEW)
-    [(gguf_tokens, _)] = reference_generate(_gguf_model(merged.export.gguf_files["f32"]),
-                                            [PROMPT], NEW)
+    [(gguf_tokens, _)] = reference_generate(
+        _gguf_model(merged.export.gguf_files["f32"]), [PROMPT], NEW
+    )
 
-    only = gather(GatherOptions(model=str(tiny_model_dir), out_dir=tmp_path / "adapter",
-                                adapters_only=True), initial_peers=state.initial_peers)
-    assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == ["adapter",
-                                                                       "manifest.json"]
-    peft_model = PeftModel.from_pretrained(load_causal_lm(tiny_model_dir),
-                                           str(only.export.adapter_dir)).eval()
+    only = gather(
+        GatherOptions(model=str(tiny_model_dir), out_dir=tmp_path / "adapter", adapters_only=True),
+        initial_peers=state.initial_peers,
+    )
+    assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == ["adapter", "manifest.json"]
+    peft_model = PeftModel.from_pretrained(
+        load_causal_lm(tiny_model_dir), str(only.export.adapter_dir)
+    ).eval()
     vs_merged = (_last_logits(peft_model) - merged_logits).abs().max().item()
-    print(f"merged export vs swarm with {ADAPTER}: max |logit diff| {vs_swarm:.2e}; "
-          f"PEFT adapter export vs merged export {vs_merged:.2e}")
+    print(
+        f"merged export vs swarm with {ADAPTER}: max |logit diff| {vs_swarm:.2e}; "
+        f"PEFT adapter export vs merged export {vs_merged:.2e}"
+    )
     assert vs_swarm <= 1e-4 and vs_merged <= 1e-4
     assert tokens == with_adapter.token_ids and gguf_tokens == with_adapter.token_ids
 
@@ -160,6 +190,8 @@ def test_corrupted_chunk_fails_closed_and_a_rerun_succeeds(swarm, tiny_model_dir
     [run] = (tmp_path / "runs").iterdir()
     record = json.loads((run / "run_record.json").read_text())
     assert record["status"] == "failed" and "corrupt" in record["error"]
-    result = gather(GatherOptions(model=str(tiny_model_dir), out_dir=out, gguf_types=()),
-                    initial_peers=state.initial_peers)
+    result = gather(
+        GatherOptions(model=str(tiny_model_dir), out_dir=out, gguf_types=()),
+        initial_peers=state.initial_peers,
+    )
     assert result.export.hf_dir.is_dir() and os.listdir(result.export.hf_dir)

@@ -12,11 +12,11 @@ import torch
 import yaml
 from gather_helpers import load_causal_lm, logits
 
+from base.errors import ExitCode, PeerFailureError, SwarmError
 from checkpoint_gather.gather import GatherOptions, gather
 from checkpoint_gather.weights_service import FAULTS_ENV
 from inference.swarm_client import SwarmClient
 from node.config import DaemonConfig
-from node.errors import ExitCode, PeerFailureError, SwarmError
 from node.local_swarm import _launch, _wait_ready, stop_peers
 from provenance import RunDir
 from tests.conftest import local_swarm
@@ -57,8 +57,9 @@ def _start_replacement(state, peer, work: Path):
     """A new daemon for the dead peer's stages, joining the running swarm."""
     config = yaml.safe_load(Path(peer.config).read_text())
     config.update(peer_file=str(work / "replacement.maddrs"), initial_peers=state.initial_peers)
-    process = _launch(RunDir(Path(state.run_dir)), "replacement",
-                      DaemonConfig.model_validate(config))
+    process = _launch(
+        RunDir(Path(state.run_dir)), "replacement", DaemonConfig.model_validate(config)
+    )
     try:
         _wait_ready([process], 120)
     except BaseException:
@@ -79,8 +80,7 @@ def _wait_until_gone(model, peers, span, timeout=20.0) -> None:
 
 
 @pytest.mark.timeout(300)
-def test_peer_killed_mid_transfer_then_missing_then_replaced(tiny_model_dir, tmp_path,
-                                                             monkeypatch):
+def test_peer_killed_mid_transfer_then_missing_then_replaced(tiny_model_dir, tmp_path, monkeypatch):
     faults = tmp_path / "faults"
     faults.mkdir()
     (faults / "delay").write_text("0.05")  # ~85 chunks of 4 KiB per stage: seconds, not ms
@@ -91,8 +91,9 @@ def test_peer_killed_mid_transfer_then_missing_then_replaced(tiny_model_dir, tmp
         peers = state.initial_peers
         victim = next(p for p in state.peers if p.name == "s1")
         out = tmp_path / "out"
-        options = GatherOptions(model=model, out_dir=out, gguf_types=(), chunk_bytes=4096,
-                                route_timeout=2.0)
+        options = GatherOptions(
+            model=model, out_dir=out, gguf_types=(), chunk_bytes=4096, route_timeout=2.0
+        )
 
         killer = KillOnFirstBytes(victim.pid)
         with pytest.raises(PeerFailureError) as died:
@@ -116,6 +117,7 @@ def test_peer_killed_mid_transfer_then_missing_then_replaced(tiny_model_dir, tmp
             result = gather(options, initial_peers=peers)
         finally:
             stop_peers([replacement])
-    assert torch.equal(logits(load_causal_lm(result.export.hf_dir)),
-                       logits(load_causal_lm(tiny_model_dir)))
+    assert torch.equal(
+        logits(load_causal_lm(result.export.hf_dir)), logits(load_causal_lm(tiny_model_dir))
+    )
     assert [s.target.start for s in result.stages] == [0, 2, 4]

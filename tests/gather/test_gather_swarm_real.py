@@ -41,31 +41,41 @@ def test_smollm2_gathered_from_the_swarm_matches_it(smollm2_dir, tmp_path):
             swarm = swarm_generate(client, prompts, max_new_tokens=NEW_TOKENS, first_logits=True)
         finally:
             client.close()
-        result = gather(GatherOptions(model="smollm2-135m", out_dir=tmp_path / "out",
-                                      gguf_types=("f32", "f16")),
-                        initial_peers=state.initial_peers)
+        result = gather(
+            GatherOptions(
+                model="smollm2-135m", out_dir=tmp_path / "out", gguf_types=("f32", "f16")
+            ),
+            initial_peers=state.initial_peers,
+        )
     swarm_tokens = [r.token_ids for r in swarm]
     figures = {"seconds": result.seconds, "bytes": result.bytes}
     hf = load_causal_lm(result.export.hf_dir)
     hf_out = reference_generate(hf, prompts, NEW_TOKENS)
     figures["hf_max_abs_logit_diff"] = max(
-        (logits - r.first_logits).abs().max().item() for (_, logits), r in zip(hf_out, swarm,
-                                                                                strict=True))
-    figures["hf_identical_prompts"] = sum(t == s for (t, _), s in zip(hf_out, swarm_tokens,
-                                                                      strict=True))
+        (logits - r.first_logits).abs().max().item()
+        for (_, logits), r in zip(hf_out, swarm, strict=True)
+    )
+    figures["hf_identical_prompts"] = sum(
+        t == s for (t, _), s in zip(hf_out, swarm_tokens, strict=True)
+    )
     del hf
     for out_type, path in result.export.gguf_files.items():
         model = load_causal_lm(path.parent, gguf_file=path.name)
         out = reference_generate(model, prompts, NEW_TOKENS)
         del model
-        agree = sum(a == b for (t, _), s in zip(out, swarm_tokens, strict=True)
-                    for a, b in zip(t, s, strict=True))
+        agree = sum(
+            a == b
+            for (t, _), s in zip(out, swarm_tokens, strict=True)
+            for a, b in zip(t, s, strict=True)
+        )
         figures[out_type] = {
             "token_agreement": agree / (len(prompts) * NEW_TOKENS),
-            "identical_prompts": sum(t == s for (t, _), s in zip(out, swarm_tokens,
-                                                                 strict=True)),
-            "max_abs_logit_diff": max((lg - r.first_logits).abs().max().item()
-                                      for (_, lg), r in zip(out, swarm, strict=True))}
+            "identical_prompts": sum(t == s for (t, _), s in zip(out, swarm_tokens, strict=True)),
+            "max_abs_logit_diff": max(
+                (lg - r.first_logits).abs().max().item()
+                for (_, lg), r in zip(out, swarm, strict=True)
+            ),
+        }
     print(json.dumps(figures, indent=2))
     assert figures["hf_max_abs_logit_diff"] <= 1e-4
     assert figures["hf_identical_prompts"] == len(PROMPTS)

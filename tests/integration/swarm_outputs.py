@@ -11,7 +11,7 @@ import asyncio
 import json
 import sys
 
-import node  # noqa: F401  (gRPC fork handlers off)
+import base  # noqa: F401  (gRPC fork handlers off)
 from inference.swarm_client import SwarmClient
 
 
@@ -24,14 +24,19 @@ def main() -> int:
         tokenizer = client.load_tokenizer()
 
         async def generate(ids, adapters):
-            result = await client.generate_once(tokenizer, ids,
-                                                max_new_tokens=request["max_new_tokens"],
-                                                return_first_logits=True,
-                                                adapters=tuple(adapters))
+            result = await client.generate_once(
+                tokenizer,
+                ids,
+                max_new_tokens=request["max_new_tokens"],
+                return_first_logits=True,
+                adapters=tuple(adapters),
+            )
             return {"tokens": result.token_ids, "logits": result.first_logits.tolist()}
 
-        results = {",".join(a): [asyncio.run(generate(ids, a)) for ids in request["prompts"]]
-                   for a in request["adapter_sets"]}
+        results = {
+            ",".join(a): [asyncio.run(generate(ids, a)) for ids in request["prompts"]]
+            for a in request["adapter_sets"]
+        }
     finally:
         client.close()
     with open(out, "w") as f:

@@ -42,14 +42,33 @@ class Trainer:
         self.lines: list[tuple[float, str]] = []  # stderr: progress
         self.out: list[str] = []  # stdout: the summary
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "node.cli", "train", "--config", str(path),
-             "--swarm-file", str(tmp_path / "swarm.json"), "--shard", f"{shard}/2",
-             "--runs-dir", str(tmp_path / f"runs{shard}")],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-            start_new_session=True)
-        self._readers = [threading.Thread(target=self._read, args=(stream, sink), daemon=True)
-                         for stream, sink in ((self.proc.stderr, self._line),
-                                              (self.proc.stdout, self.out.append))]
+            [
+                sys.executable,
+                "-m",
+                "node.cli",
+                "train",
+                "--config",
+                str(path),
+                "--swarm-file",
+                str(tmp_path / "swarm.json"),
+                "--shard",
+                f"{shard}/2",
+                "--runs-dir",
+                str(tmp_path / f"runs{shard}"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+            start_new_session=True,
+        )
+        self._readers = [
+            threading.Thread(target=self._read, args=(stream, sink), daemon=True)
+            for stream, sink in (
+                (self.proc.stderr, self._line),
+                (self.proc.stdout, self.out.append),
+            )
+        ]
         for reader in self._readers:
             reader.start()
 
@@ -98,8 +117,9 @@ def max_replica_difference(state_dir: Path, run_id: str) -> float:
 def averaging_config(model_dir: Path, run_id: str, steps: int) -> dict:
     # default averaging settings: a trainer lagging the other by more than the matchmaking
     # window is waited for (lora.replica_presence), so every round averages
-    return train_config(model_dir, run_id=run_id, steps=steps, replicas=2, checkpoint_every=2,
-                        reroute_timeout=180.0)
+    return train_config(
+        model_dir, run_id=run_id, steps=steps, replicas=2, checkpoint_every=2, reroute_timeout=180.0
+    )
 
 
 def test_two_trainers_average_every_round_to_identical_adapters(tiny_model_dir, tmp_path):
@@ -109,19 +129,24 @@ def test_two_trainers_average_every_round_to_identical_adapters(tiny_model_dir, 
         records = [t.finish(timeout=480) for t in trainers]
     for record in records:
         assert len(record["averaging"]) == 6
-        assert all("averaged with 1 replica" in note and "local" not in note
-                   for note in record["averaging"]), record["averaging"]
+        assert all(
+            "averaged with 1 replica" in note and "local" not in note
+            for note in record["averaging"]
+        ), record["averaging"]
         assert record["after"]["heldout_loss"] < record["before"]["heldout_loss"]
     worst = max_replica_difference(tmp_path / "peer-state", "avg-run")
-    print(f"replicas' adapters max abs difference {worst:.2e}; held-out loss "
-          + ", ".join(f"{r['before']['heldout_loss']:.4f} -> {r['after']['heldout_loss']:.4f}"
-                      for r in records))
+    print(
+        f"replicas' adapters max abs difference {worst:.2e}; held-out loss "
+        + ", ".join(
+            f"{r['before']['heldout_loss']:.4f} -> {r['after']['heldout_loss']:.4f}"
+            for r in records
+        )
+    )
     assert worst <= 1e-6
 
 
 @pytest.mark.slow
-def test_killed_replica_training_goes_on_and_the_restarted_one_rejoins(tiny_model_dir,
-                                                                       tmp_path):
+def test_killed_replica_training_goes_on_and_the_restarted_one_rejoins(tiny_model_dir, tmp_path):
     config = averaging_config(tiny_model_dir, "fault-run", steps=14)
     with local_swarm(tmp_path, str(tiny_model_dir), SPLIT) as state:
         trainers = [Trainer(tmp_path, config, shard) for shard in (0, 1)]
@@ -132,8 +157,11 @@ def test_killed_replica_training_goes_on_and_the_restarted_one_rejoins(tiny_mode
         # which replica of layers [2, 4) does trainer 1 use? kill that one, whole group
         route = next(line for _, line in trainers[1].lines if line.startswith("[route]"))
         endpoint = route.split("[2,4)@", 1)[1].split()[0]
-        victim = next(p for p in state.peers if p.name in ("a1", "b1")
-                      and f"serving on {endpoint}" in Path(p.log).read_text())
+        victim = next(
+            p
+            for p in state.peers
+            if p.name in ("a1", "b1") and f"serving on {endpoint}" in Path(p.log).read_text()
+        )
         killed_at = time.monotonic()
         os.killpg(victim.pid, signal.SIGKILL)
         before = len(trainers[0].steps())
@@ -151,8 +179,11 @@ def test_killed_replica_training_goes_on_and_the_restarted_one_rejoins(tiny_mode
     # the restarted replica took the current adapter state from its live replica
     restarted_log = Path(victim.log).read_text().split("received SIGTERM")[0]
     # either when its job opened or through the first shared round's state check
-    loaded = re.findall(r"loaded eq at step (\d+) from a replica|loaded \S+'s state \(step "
-                        r"(\d+)\)", restarted_log)
+    loaded = re.findall(
+        r"loaded eq at step (\d+) from a replica|loaded \S+'s state \(step "
+        r"(\d+)\)",
+        restarted_log,
+    )
     print("restarted replica took state at step(s):", loaded)
     assert loaded and max(int(a or b) for a, b in loaded) >= 4
     for record in records:

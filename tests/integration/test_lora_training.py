@@ -35,26 +35,51 @@ STEPS = 20
 
 def train_config(model_dir: Path, **update) -> dict:
     raw = {
-        "model": str(model_dir), "adapter": "eq",
+        "model": str(model_dir),
+        "adapter": "eq",
         "lora": {"rank": 4, "alpha": 8, "init_seed": 7},
-        "learning_rate": 5e-3, "max_grad_norm": 0.0, "steps": STEPS, "checkpoint_every": 5,
+        "learning_rate": 5e-3,
+        "max_grad_norm": 0.0,
+        "steps": STEPS,
+        "checkpoint_every": 5,
         "micro_batch_size": 2,
-        "data": {"train": [str(REPO / "samples/sft/gastown_conventions.train.jsonl")],
-                 "heldout": [str(REPO / "samples/sft/gastown_conventions.heldout.jsonl")],
-                 "prompt_mode": "completion", "max_length": 128, "batch_size": 4, "seed": 3},
+        "data": {
+            "train": [str(REPO / "samples/sft/gastown_conventions.train.jsonl")],
+            "heldout": [str(REPO / "samples/sft/gastown_conventions.heldout.jsonl")],
+            "prompt_mode": "completion",
+            "max_length": 128,
+            "batch_size": 4,
+            "seed": 3,
+        },
     }
     raw.update(update)
     return raw
 
 
-def run_train(tmp_path: Path, swarm_file: Path, config: dict, *extra: str,
-              expect: int = 0) -> tuple[subprocess.CompletedProcess, dict | None]:
+def run_train(
+    tmp_path: Path, swarm_file: Path, config: dict, *extra: str, expect: int = 0
+) -> tuple[subprocess.CompletedProcess, dict | None]:
     path = tmp_path / f"train-{len(list(tmp_path.glob('train-*.yaml')))}.yaml"
     path.write_text(yaml.safe_dump(config))
     proc = subprocess.run(
-        [sys.executable, "-m", "node.cli", "train", "--config", str(path), "--swarm-file",
-         str(swarm_file), "--runs-dir", str(tmp_path / "runs"), *extra],
-        capture_output=True, text=True, timeout=420, cwd=REPO)
+        [
+            sys.executable,
+            "-m",
+            "node.cli",
+            "train",
+            "--config",
+            str(path),
+            "--swarm-file",
+            str(swarm_file),
+            "--runs-dir",
+            str(tmp_path / "runs"),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=420,
+        cwd=REPO,
+    )
     assert proc.returncode == expect, proc.stderr[-3000:]
     if expect:
         return proc, None
@@ -77,13 +102,13 @@ def reference(model_dir: str) -> tuple[list[float], dict[str, torch.Tensor]]:
     deterministic_init_(model, "eq", lora.init_seed)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=cfg.betas, eps=cfg.eps,
-                                  weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(
+        params, lr=cfg.learning_rate, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay
+    )
     per_epoch = loaders.train.num_batches(0)
     losses = []
     for step in range(STEPS):
-        batch = loaders.train.batch_at(loaders.train.position(step // per_epoch,
-                                                              step % per_epoch))
+        batch = loaders.train.batch_at(loaders.train.position(step // per_epoch, step % per_epoch))
         mbs = microbatches(batch, cfg.micro_batch_size)
         total = sum(mb.counted_tokens for mb in mbs)
         loss_sum = 0.0
@@ -112,17 +137,19 @@ def max_relative(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> floa
     return max(float((a[k] - b[k]).abs().max() / b[k].abs().max().clamp_min(1e-12)) for k in b)
 
 
-def test_twenty_lora_steps_over_three_daemons_equal_single_process_peft(tiny_model_dir,
-                                                                         tmp_path):
+def test_twenty_lora_steps_over_three_daemons_equal_single_process_peft(tiny_model_dir, tmp_path):
     ref_losses, ref_adapter = reference(str(tiny_model_dir))
     with local_swarm(tmp_path, str(tiny_model_dir), SPLIT):
-        _, record = run_train(tmp_path, tmp_path / "swarm.json",
-                              train_config(tiny_model_dir, run_id="eq-run"))
+        _, record = run_train(
+            tmp_path, tmp_path / "swarm.json", train_config(tiny_model_dir, run_id="eq-run")
+        )
     losses = record["losses"]
     assert len(losses) == STEPS
     rel = [abs(a - b) / abs(b) for a, b in zip(losses, ref_losses, strict=True)]
-    print(f"per-step loss max relative difference {max(rel):.2e}; "
-          f"loss {losses[0]:.4f} -> {losses[-1]:.4f}")
+    print(
+        f"per-step loss max relative difference {max(rel):.2e}; "
+        f"loss {losses[0]:.4f} -> {losses[-1]:.4f}"
+    )
     assert max(rel) <= 1e-4
     adapter_rel = max_relative(stage_adapters(tmp_path / "peer-state", "eq-run"), ref_adapter)
     print(f"final adapter max relative difference {adapter_rel:.2e}")
@@ -141,20 +168,17 @@ def test_whole_swarm_restart_resumes_the_same_loss_curve(tiny_model_dir, tmp_pat
     first_dir = tmp_path / "runs" / first["run_id"]
     # every daemon is gone; a new swarm on the same state directories resumes the job
     with local_swarm(tmp_path, str(tiny_model_dir), SPLIT):
-        _, second = run_train(tmp_path, tmp_path / "swarm.json", config, "--resume",
-                              str(first_dir))
+        _, second = run_train(tmp_path, tmp_path / "swarm.json", config, "--resume", str(first_dir))
     losses = first["losses"] + second["losses"]
     assert len(losses) == STEPS
     rel = max(abs(a - b) / abs(b) for a, b in zip(losses, ref_losses, strict=True))
     print(f"resumed curve max relative difference {rel:.2e}")
     assert rel <= 1e-4
     assert second["before"]["step"] == 10
-    assert max_relative(stage_adapters(tmp_path / "peer-state", "resume-run"),
-                        ref_adapter) <= 1e-4
+    assert max_relative(stage_adapters(tmp_path / "peer-state", "resume-run"), ref_adapter) <= 1e-4
 
 
-def test_bad_input_nan_gradients_skipped_and_another_base_model_refused(tiny_model_dir,
-                                                                        tmp_path):
+def test_bad_input_nan_gradients_skipped_and_another_base_model_refused(tiny_model_dir, tmp_path):
     import grpc
 
     from models.tiny import build_tiny_llama
@@ -168,10 +192,17 @@ def test_bad_input_nan_gradients_skipped_and_another_base_model_refused(tiny_mod
     with local_swarm(tmp_path, str(tiny_model_dir), [("solo", [(0, 6)])]) as state:
         endpoint = Path(state.peers[0].log).read_text().split("serving on ")[1].split()[0]
         client = StageTrainClient(endpoint, job_id="nan-run", start=0, end=6, trainer_id="t")
-        client.open_job(trainable="adapter:eq", learning_rate=1e-3, model=str(tiny_model_dir),
-                        lora_json=cfg.lora.model_dump_json())
-        tensors = {"input": batch.input_ids, "attention_mask": batch.attention_mask,
-                   "labels": batch.labels}
+        client.open_job(
+            trainable="adapter:eq",
+            learning_rate=1e-3,
+            model=str(tiny_model_dir),
+            lora_json=cfg.lora.model_dump_json(),
+        )
+        tensors = {
+            "input": batch.input_ids,
+            "attention_mask": batch.attention_mask,
+            "labels": batch.labels,
+        }
         outcomes = []
         for scale in (float("nan"), 1.0 / batch.counted_tokens):
             client.forward("mb", tensors, loss_scale=scale)
@@ -183,13 +214,18 @@ def test_bad_input_nan_gradients_skipped_and_another_base_model_refused(tiny_mod
         assert "no online peer serves model" in proc.stderr
         with pytest.raises(grpc.RpcError) as refused:
             StageTrainClient(endpoint, job_id="x", start=0, end=6).open_job(
-                trainable="adapter:eq", learning_rate=1e-3, model=str(other),
-                lora_json=cfg.lora.model_dump_json())
+                trainable="adapter:eq",
+                learning_rate=1e-3,
+                model=str(other),
+                lora_json=cfg.lora.model_dump_json(),
+            )
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "the trainer expects" in refused.value.details()
         client.close()
     skipped, applied = outcomes
-    print(f"NaN step: applied={skipped.applied} reason={skipped.reason!r}; next step applied="
-          f"{applied.applied}, stage step {applied.step}, skipped {applied.skipped}")
+    print(
+        f"NaN step: applied={skipped.applied} reason={skipped.reason!r}; next step applied="
+        f"{applied.applied}, stage step {applied.step}, skipped {applied.skipped}"
+    )
     assert not skipped.applied and "finite" in skipped.reason
     assert applied.applied and applied.step == 1 and applied.skipped == 1

@@ -43,8 +43,9 @@ def reference_training(model_dir, steps: int, vocab: int):
         for mb in mbs:
             logits = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits
             shifted = logits[:, :-1].reshape(-1, logits.shape[-1])
-            loss = torch.nn.functional.cross_entropy(shifted, mb.labels[:, 1:].reshape(-1),
-                                                     ignore_index=-100, reduction="sum")
+            loss = torch.nn.functional.cross_entropy(
+                shifted, mb.labels[:, 1:].reshape(-1), ignore_index=-100, reduction="sum"
+            )
             (loss / total).backward()
             loss_sum += float(loss.detach())
         optimizer.step()
@@ -63,31 +64,38 @@ def test_pipeline_training_equals_single_process(tiny_model_dir, tmp_path):
             route = client.wait_for_route()
         finally:
             client.close()
-        stages = [StageTrainClient(r.endpoint, job_id="equiv", start=r.start, end=r.end)
-                  for r in route]
+        stages = [
+            StageTrainClient(r.endpoint, job_id="equiv", start=r.start, end=r.end) for r in route
+        ]
         for stage in stages:
             stage.open_job(learning_rate=LR)
-        losses = [pipeline_train_step(stages, make_microbatches(step, vocab), step).loss
-                  for step in range(steps)]
+        losses = [
+            pipeline_train_step(stages, make_microbatches(step, vocab), step).loss
+            for step in range(steps)
+        ]
         # the trained weights, compared through a held-out probe's loss
         probe = make_microbatches(99, vocab)[0]
         x = probe.input_ids
         for stage in stages[:-1]:
-            x, _, _ = stage.forward("probe", {"input": x,
-                                              "attention_mask": probe.attention_mask})
+            x, _, _ = stage.forward("probe", {"input": x, "attention_mask": probe.attention_mask})
         _, probe_loss_sum, probe_tokens = stages[-1].forward(
-            "probe", {"input": x, "attention_mask": probe.attention_mask,
-                      "labels": probe.labels})
+            "probe", {"input": x, "attention_mask": probe.attention_mask, "labels": probe.labels}
+        )
         for stage in stages:
             stage.close()
-    print(f"\nper-step losses pipeline {[f'{v:.6f}' for v in losses]}\n"
-          f"                 single   {[f'{v:.6f}' for v in ref_losses]}")
+    print(
+        f"\nper-step losses pipeline {[f'{v:.6f}' for v in losses]}\n"
+        f"                 single   {[f'{v:.6f}' for v in ref_losses]}"
+    )
     assert losses[4] < losses[2] < losses[0]  # same data at steps 0, 2, 4: it learns
     for ours, ref in zip(losses, ref_losses, strict=True):
         assert abs(ours - ref) <= 1e-4 * abs(ref)
     with torch.no_grad():
         logits = ref_model(input_ids=probe.input_ids, attention_mask=probe.attention_mask).logits
         ref_probe = torch.nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]), probe.labels[:, 1:].reshape(-1),
-            ignore_index=-100, reduction="sum")
+            logits[:, :-1].reshape(-1, logits.shape[-1]),
+            probe.labels[:, 1:].reshape(-1),
+            ignore_index=-100,
+            reduction="sum",
+        )
     assert abs(probe_loss_sum - float(ref_probe)) <= 1e-4 * abs(float(ref_probe))

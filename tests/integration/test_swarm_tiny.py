@@ -13,9 +13,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from inference.sampler import SamplingParams
+from base.errors import ExitCode, RequestError, SwarmError
+from base.sampler import SamplingParams
 from inference.swarm_client import SwarmClient
-from node.errors import ExitCode, RequestError, SwarmError
 from proto import node0_pb2, node0_pb2_grpc
 from tests.conftest import local_swarm
 from tests.integration.helpers import (
@@ -34,8 +34,9 @@ PROMPTS = [[5, 17, 99, 3, 42], [1, 2, 3], [200, 100, 50, 25, 12, 6, 3], [7] * 12
 
 @pytest.fixture(scope="module")
 def swarm(tiny_model_dir, tmp_path_factory):
-    with local_swarm(tmp_path_factory.mktemp("swarm"), str(tiny_model_dir), SPLIT,
-                     max_message_bytes=1 << 20) as state:
+    with local_swarm(
+        tmp_path_factory.mktemp("swarm"), str(tiny_model_dir), SPLIT, max_message_bytes=1 << 20
+    ) as state:
         yield state
 
 
@@ -54,8 +55,9 @@ def reference(tiny_model_dir):
 
 def test_greedy_generation_matches_single_process_transformers(client, reference):
     results = swarm_generate(client, PROMPTS, max_new_tokens=24, first_logits=True)
-    for result, (tokens, logits) in zip(results, reference_generate(reference, PROMPTS, 24),
-                                        strict=True):
+    for result, (tokens, logits) in zip(
+        results, reference_generate(reference, PROMPTS, 24), strict=True
+    ):
         assert result.token_ids == tokens
         assert (result.first_logits - logits).abs().max().item() < 1e-4
 
@@ -64,8 +66,12 @@ def test_same_seed_same_sample_and_other_seed_differs(client):
     params = SamplingParams(temperature=1.0, top_k=50, top_p=0.95, seed=123)
     a = swarm_generate(client, PROMPTS[:2], max_new_tokens=20, sampling=params)
     b = swarm_generate(client, PROMPTS[:2], max_new_tokens=20, sampling=params)
-    c = swarm_generate(client, PROMPTS[:2], max_new_tokens=20,
-                       sampling=SamplingParams(temperature=1.0, top_k=50, top_p=0.95, seed=9))
+    c = swarm_generate(
+        client,
+        PROMPTS[:2],
+        max_new_tokens=20,
+        sampling=SamplingParams(temperature=1.0, top_k=50, top_p=0.95, seed=9),
+    )
     assert [r.token_ids for r in a] == [r.token_ids for r in b]
     assert [r.token_ids for r in a] != [r.token_ids for r in c]
 
@@ -75,11 +81,13 @@ def _endpoint(client, start):
 
 
 def _raw_step(endpoint, start, end, tensor_msg, max_length=16):
-    channel = grpc.insecure_channel(endpoint, options=[
-        ("grpc.max_send_message_length", 64 << 20)])
+    channel = grpc.insecure_channel(endpoint, options=[("grpc.max_send_message_length", 64 << 20)])
     stub = node0_pb2_grpc.StageStub(channel)
-    session = stub.OpenSession(node0_pb2.OpenSessionRequest(
-        model=client_model[0], start=start, end=end, max_length=max_length)).session_id
+    session = stub.OpenSession(
+        node0_pb2.OpenSessionRequest(
+            model=client_model[0], start=start, end=end, max_length=max_length
+        )
+    ).session_id
     request = node0_pb2.StepRequest(session_id=session, position=0, input=tensor_msg)
     try:
         return list(stub.Step(iter([request]), timeout=10))
@@ -90,16 +98,22 @@ def _raw_step(endpoint, start, end, tensor_msg, max_length=16):
 client_model: list[str] = []
 
 
-@pytest.mark.parametrize("tensor, code", [
-    (node0_pb2.Tensor(dtype="float32", shape=[1, 2, 64], data=b"\0" * 10), "INVALID_ARGUMENT"),
-    (node0_pb2.Tensor(dtype="int64", shape=[1, 2], data=b"\0" * 16), "INVALID_ARGUMENT"),
-    (node0_pb2.Tensor(dtype="float32", shape=[1, 2, 63], data=b"\0" * 504), "INVALID_ARGUMENT"),
-    (node0_pb2.Tensor(dtype="float32", shape=[1, 20, 64], data=b"\0" * 5120), "OUT_OF_RANGE"),
-    (node0_pb2.Tensor(dtype="float32", shape=[1, 4096, 64], data=b"\0" * (4096 * 256)),
-     "RESOURCE_EXHAUSTED"),
-])
+@pytest.mark.parametrize(
+    "tensor, code",
+    [
+        (node0_pb2.Tensor(dtype="float32", shape=[1, 2, 64], data=b"\0" * 10), "INVALID_ARGUMENT"),
+        (node0_pb2.Tensor(dtype="int64", shape=[1, 2], data=b"\0" * 16), "INVALID_ARGUMENT"),
+        (node0_pb2.Tensor(dtype="float32", shape=[1, 2, 63], data=b"\0" * 504), "INVALID_ARGUMENT"),
+        (node0_pb2.Tensor(dtype="float32", shape=[1, 20, 64], data=b"\0" * 5120), "OUT_OF_RANGE"),
+        (
+            node0_pb2.Tensor(dtype="float32", shape=[1, 4096, 64], data=b"\0" * (4096 * 256)),
+            "RESOURCE_EXHAUSTED",
+        ),
+    ],
+)
 def test_malformed_or_oversized_requests_get_status_codes_and_daemon_keeps_serving(
-        client, tiny_model_dir, reference, tensor, code):
+    client, tiny_model_dir, reference, tensor, code
+):
     client_model[:] = [str(tiny_model_dir)]
     with pytest.raises(grpc.RpcError) as err:
         _raw_step(_endpoint(client, 2), 2, 4, tensor)
@@ -111,8 +125,11 @@ def test_malformed_or_oversized_requests_get_status_codes_and_daemon_keeps_servi
 def test_open_session_beyond_context_window_is_refused(client, tiny_model_dir):
     channel = grpc.insecure_channel(_endpoint(client, 0))
     with pytest.raises(grpc.RpcError) as err:
-        node0_pb2_grpc.StageStub(channel).OpenSession(node0_pb2.OpenSessionRequest(
-            model=str(tiny_model_dir), start=0, end=2, max_length=10_000))
+        node0_pb2_grpc.StageStub(channel).OpenSession(
+            node0_pb2.OpenSessionRequest(
+                model=str(tiny_model_dir), start=0, end=2, max_length=10_000
+            )
+        )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "context window" in err.value.details()
     channel.close()
@@ -133,13 +150,22 @@ def test_missing_stage_fails_fast_naming_the_layers(tiny_model_dir, tmp_path):
             assert time.monotonic() - started < 15
         finally:
             c.close()
-        proc = run_cli(["inference.agent_client", "--model", str(tiny_model_dir),
-                        "--initial-peers", *st.initial_peers], stdin="hello\n")
+        proc = run_cli(
+            [
+                "inference.agent_client",
+                "--model",
+                str(tiny_model_dir),
+                "--initial-peers",
+                *st.initial_peers,
+            ],
+            stdin="hello\n",
+        )
         assert proc.returncode == ExitCode.SWARM and "layers 2-3" in proc.stderr
 
 
-def test_failover_when_serving_replica_is_killed_mid_generation(tiny_model_dir, tmp_path,
-                                                                reference):
+def test_failover_when_serving_replica_is_killed_mid_generation(
+    tiny_model_dir, tmp_path, reference
+):
     peers = [("s0", [(0, 2)]), ("s1a", [(2, 4)]), ("s1b", [(2, 4)]), ("s2", [(4, 6)])]
     with local_swarm(tmp_path, str(tiny_model_dir), peers) as state:
         c = SwarmClient(str(tiny_model_dir), state.initial_peers)
@@ -153,16 +179,20 @@ def test_failover_when_serving_replica_is_killed_mid_generation(tiny_model_dir, 
                 if counter[0] == 8 and not killed:
                     endpoint = session.hops[1].record.endpoint
                     peer_id = session.hops[1].record.peer_id
-                    victim = next(p for p in state.peers if peer_id in
-                                  open(p.maddr_file).read())
+                    victim = next(p for p in state.peers if peer_id in open(p.maddr_file).read())
                     kill_group(victim.pid)
                     killed.append(endpoint)
 
             seen = []  # (middle endpoint, failovers) after every token
             (result,) = swarm_generate(
-                c, PROMPTS[:1], max_new_tokens=30,
-                on_token=lambda s: (kill_middle_after_8_tokens(s),
-                                    seen.append((s.hops[1].record.endpoint, s.failovers))))
+                c,
+                PROMPTS[:1],
+                max_new_tokens=30,
+                on_token=lambda s: (
+                    kill_middle_after_8_tokens(s),
+                    seen.append((s.hops[1].record.endpoint, s.failovers)),
+                ),
+            )
             assert killed, "the serving replica was not killed"
             assert seen[-1][1] == 1 and seen[-1][0] != killed[0]
             expected = reference_generate(reference, PROMPTS[:1], 30)[0][0]
@@ -172,8 +202,16 @@ def test_failover_when_serving_replica_is_killed_mid_generation(tiny_model_dir, 
 
 
 def test_agent_client_piped_stdin_keeps_conversation_and_exits_0_on_eof(swarm, tiny_model_dir):
-    args = ["inference.agent_client", "--model", str(tiny_model_dir), "--initial-peers",
-            *swarm.initial_peers, "--max-new-tokens", "8", "--json"]
+    args = [
+        "inference.agent_client",
+        "--model",
+        str(tiny_model_dir),
+        "--initial-peers",
+        *swarm.initial_peers,
+        "--max-new-tokens",
+        "8",
+        "--json",
+    ]
     proc = run_cli(args, stdin="The mayor plans\nUse bd create\n")
     assert proc.returncode == 0, proc.stderr
     events = [json.loads(line) for line in proc.stdout.splitlines()]
@@ -181,14 +219,26 @@ def test_agent_client_piped_stdin_keeps_conversation_and_exits_0_on_eof(swarm, t
     assert len(done) == 2 and all(e["completion_tokens"] >= 1 for e in done)
     assert done[1]["reused_tokens"] > 0  # the second turn continued the cached conversation
     text = run_cli(args[:-1], stdin="The mayor plans\n")
-    streamed = "".join(e["text"] for e in events[:events.index(done[0])])
+    streamed = "".join(e["text"] for e in events[: events.index(done[0])])
     assert text.returncode == 0 and text.stdout == streamed + "\n"
 
 
 def test_agent_client_multiline_delimiter(swarm, tiny_model_dir):
-    proc = run_cli(["inference.agent_client", "--model", str(tiny_model_dir), "--initial-peers",
-                    *swarm.initial_peers, "--max-new-tokens", "4", "--json", "--delimiter",
-                    "<<<END>>>"], stdin="line one\nline two\n<<<END>>>\nsecond\n")
+    proc = run_cli(
+        [
+            "inference.agent_client",
+            "--model",
+            str(tiny_model_dir),
+            "--initial-peers",
+            *swarm.initial_peers,
+            "--max-new-tokens",
+            "4",
+            "--json",
+            "--delimiter",
+            "<<<END>>>",
+        ],
+        stdin="line one\nline two\n<<<END>>>\nsecond\n",
+    )
     assert proc.returncode == 0, proc.stderr
     assert sum(json.loads(x)["type"] == "done" for x in proc.stdout.splitlines()) == 2
 
@@ -196,15 +246,20 @@ def test_agent_client_multiline_delimiter(swarm, tiny_model_dir):
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed")
 def test_agent_client_in_tmux_streams_and_exits_0_on_eof(swarm, tiny_model_dir, tmp_path):
     name = f"node0test{int(time.time() * 1000) % 10**8}"
-    command = (f"cd {REPO} && {sys.executable} -m inference.agent_client --model "
-               f"{tiny_model_dir} --initial-peers {' '.join(swarm.initial_peers)} "
-               f"--max-new-tokens 6; echo EXIT=$?; sleep 120")
-    subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", "200", "-y", "50", command],
-                   check=True)
+    command = (
+        f"cd {REPO} && {sys.executable} -m inference.agent_client --model "
+        f"{tiny_model_dir} --initial-peers {' '.join(swarm.initial_peers)} "
+        f"--max-new-tokens 6; echo EXIT=$?; sleep 120"
+    )
+    subprocess.run(
+        ["tmux", "new-session", "-d", "-s", name, "-x", "200", "-y", "50", command], check=True
+    )
     try:
+
         def pane() -> str:
-            return subprocess.run(["tmux", "capture-pane", "-p", "-t", name],
-                                  capture_output=True, text=True).stdout
+            return subprocess.run(
+                ["tmux", "capture-pane", "-p", "-t", name], capture_output=True, text=True
+            ).stdout
 
         def wait_for(condition, seconds: float) -> str:
             deadline = time.monotonic() + seconds
@@ -228,14 +283,28 @@ def test_agent_client_in_tmux_streams_and_exits_0_on_eof(swarm, tiny_model_dir, 
 
 
 def test_unknown_model_and_unreachable_peers_exit_with_their_codes(tiny_model_dir):
-    proc = run_cli(["inference.agent_client", "--model", "no-such-model", "--initial-peers",
-                    "/ip4/127.0.0.1/tcp/9/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN"],
-                   stdin="hi\n")
+    proc = run_cli(
+        [
+            "inference.agent_client",
+            "--model",
+            "no-such-model",
+            "--initial-peers",
+            "/ip4/127.0.0.1/tcp/9/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN",
+        ],
+        stdin="hi\n",
+    )
     assert proc.returncode == ExitCode.REQUEST and "unknown model 'no-such-model'" in proc.stderr
     started = time.monotonic()
-    proc = run_cli(["inference.agent_client", "--model", str(tiny_model_dir), "--initial-peers",
-                    "/ip4/127.0.0.1/tcp/9/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN"],
-                   stdin="hi\n")
+    proc = run_cli(
+        [
+            "inference.agent_client",
+            "--model",
+            str(tiny_model_dir),
+            "--initial-peers",
+            "/ip4/127.0.0.1/tcp/9/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN",
+        ],
+        stdin="hi\n",
+    )
     assert proc.returncode == ExitCode.SWARM, proc.stderr
     assert "cannot join the DHT" in proc.stderr
     assert time.monotonic() - started < 60

@@ -36,9 +36,9 @@ os.environ.setdefault("HIVEMIND_MEMORY_SHARING_STRATEGY", "file_descriptor")
 
 import torch  # noqa: E402
 
+from base.errors import Node0Error  # noqa: E402
 from lora import LoraSettings, StepGuard, adapter_parameters, attach_adapter  # noqa: E402
 from lora.config import AveragingSettings  # noqa: E402
-from node.errors import Node0Error  # noqa: E402
 
 SPAN = (2, 4)
 
@@ -81,11 +81,19 @@ def main() -> int:
     parser.add_argument("--die-in-round", type=int, default=-1)
     parser.add_argument("--fail-round", type=int, default=-1)
     parser.add_argument("--fail-delay", type=float, default=0.0)
-    parser.add_argument("--lag-round", type=int, default=-1, help="in this round, keep "
-                        "computing (activity reported every second) for --lag seconds first")
+    parser.add_argument(
+        "--lag-round",
+        type=int,
+        default=-1,
+        help="in this round, keep "
+        "computing (activity reported every second) for --lag seconds first",
+    )
     parser.add_argument("--lag", type=float, default=0.0)
-    parser.add_argument("--sync-with", default="", help="comma-separated replicas whose "
-                        "previous round must be done before this one starts")
+    parser.add_argument(
+        "--sync-with",
+        default="",
+        help="comma-separated replicas whose previous round must be done before this one starts",
+    )
     parser.add_argument("--matchmaking-timeout", type=float, default=None)
     parser.add_argument("--min-matchmaking-time", type=float, default=None)
     parser.add_argument("--load-state", action="store_true")
@@ -98,8 +106,8 @@ def main() -> int:
     logging.getLogger("lora").setLevel(logging.INFO)
     work = args.workdir
 
+    from base.dht import start_dht, visible_maddrs
     from lora.averaging import StageGradientAverager, averaging_prefix
-    from node.dht import start_dht, visible_maddrs
     from pipeline_stages.loader import load_stage
 
     stage = load_stage(args.model_dir, *SPAN)
@@ -118,9 +126,14 @@ def main() -> int:
     else:
         _wait_for(maddrs_file, 120)
         dht = start_dht(json.loads(maddrs_file.read_text()))
-    overrides = {key: value for key, value in (
-        ("matchmaking_timeout", args.matchmaking_timeout),
-        ("min_matchmaking_time", args.min_matchmaking_time)) if value is not None}
+    overrides = {
+        key: value
+        for key, value in (
+            ("matchmaking_timeout", args.matchmaking_timeout),
+            ("min_matchmaking_time", args.min_matchmaking_time),
+        )
+        if value is not None
+    }
     settings = AveragingSettings(target_group_size=args.group, min_group_size=2, **overrides)
     fail_now = mp.Value("i", 0)  # shared with the averager process forked below
     if args.fail_round >= 0:
@@ -138,8 +151,9 @@ def main() -> int:
         GuardedReplicaAverager._run_allreduce_inplace_ = failing_allreduce
     prefix = averaging_prefix(str(args.model_dir), *SPAN, "test-run", "code-review")
     try:
-        averager = StageGradientAverager(dht, prefix=prefix, params=params, settings=settings,
-                                         lora=lora, optimizer=optimizer)
+        averager = StageGradientAverager(
+            dht, prefix=prefix, params=params, settings=settings, lora=lora, optimizer=optimizer
+        )
     except Node0Error as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return int(exc.exit_code)
@@ -148,21 +162,31 @@ def main() -> int:
         started = time.monotonic()
         loaded = averager.load_state_from_peers(timeout=30)
         seconds = time.monotonic() - started
-        _save(work / f"{args.name}.loaded.pt", {
-            "params": [p.detach().clone() for p in params],
-            "optimizer": optimizer.state_dict()["state"],
-            "step": None if loaded is None else loaded.step, "seconds": seconds})
+        _save(
+            work / f"{args.name}.loaded.pt",
+            {
+                "params": [p.detach().clone() for p in params],
+                "optimizer": optimizer.state_dict()["state"],
+                "step": None if loaded is None else loaded.step,
+                "seconds": seconds,
+            },
+        )
 
     if args.die_in_round >= 0:
+
         def die_mid_round() -> None:
             from hivemind.averaging.control import AveragingStage
+
             while True:
-                if averager.rounds == args.die_in_round + 1 and \
-                        averager.stage == AveragingStage.RUNNING_ALLREDUCE:
+                if (
+                    averager.rounds == args.die_in_round + 1
+                    and averager.stage == AveragingStage.RUNNING_ALLREDUCE
+                ):
                     time.sleep(0.05)
                     _touch(work / f"{args.name}.dying")
                     os.killpg(os.getpgid(0), signal.SIGKILL)  # the averager's children too
                 time.sleep(0.005)
+
         threading.Thread(target=die_mid_round, daemon=True).start()
 
     _touch(work / f"{args.name}.ready")
@@ -192,9 +216,14 @@ def main() -> int:
             handle.write(json.dumps(dataclasses.asdict(report)) + "\n")
         guard.step(optimizer)
         averager.set_step(guard.applied)
-        _save(work / f"{args.name}.r{rnd}.params.pt", {
-            "params": [p.detach().clone() for p in params],
-            "optimizer": optimizer.state_dict()["state"], "step": guard.applied})
+        _save(
+            work / f"{args.name}.r{rnd}.params.pt",
+            {
+                "params": [p.detach().clone() for p in params],
+                "optimizer": optimizer.state_dict()["state"],
+                "step": guard.applied,
+            },
+        )
     _touch(work / f"{args.name}.done")
     if args.hold:
         _wait_for(work / "stop", 300)

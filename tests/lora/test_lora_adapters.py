@@ -10,6 +10,7 @@ import torch
 from peft import PeftModel, get_peft_model, get_peft_model_state_dict
 from transformers import AutoModelForCausalLM
 
+from base.errors import CheckpointError, RequestError
 from lora import (
     LoraSettings,
     active_adapters,
@@ -22,7 +23,6 @@ from lora import (
     save_peft_adapter,
     use_adapters,
 )
-from node.errors import CheckpointError, RequestError
 from pipeline_stages.loader import load_stage
 
 SPANS = [(0, 2), (2, 5), (5, 6)]
@@ -38,8 +38,9 @@ def _stages(model_dir, name="code-review", settings=SETTINGS):
 
 def _perturb(states: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
-    return {k: v + 0.05 * torch.randn(v.shape, generator=generator) for k, v in
-            sorted(states.items())}
+    return {
+        k: v + 0.05 * torch.randn(v.shape, generator=generator) for k, v in sorted(states.items())
+    }
 
 
 def _run(stages, ids):
@@ -102,8 +103,9 @@ def test_optimizer_sees_only_the_active_adapters_parameters(tiny_model_dir):
     assert len(params) == 3 * 7 * 2
     ids = {id(p) for p in params}
     named = dict(stage.named_parameters())
-    assert {n for n, p in named.items() if p.requires_grad} == \
-        {n for n, p in named.items() if id(p) in ids}
+    assert {n for n, p in named.items() if p.requires_grad} == {
+        n for n, p in named.items() if id(p) in ids
+    }
     assert all(".code-review." in n for n, p in named.items() if id(p) in ids)
     before = {n: p.detach().clone() for n, p in named.items()}
     optimizer = torch.optim.AdamW(params, lr=1e-2)
@@ -141,22 +143,25 @@ def test_named_adapters_switch_stack_and_restore(tiny_model_dir):
     reference = get_peft_model(full, SETTINGS.to_peft(), adapter_name="bead-creation")
     reference.add_adapter("code-review", SETTINGS.to_peft())
     from peft.utils import set_peft_model_state_dict
+
     for name in ("bead-creation", "code-review"):
-        state = {k.removeprefix("base_model.model."): v
-                 for k, v in adapter_state_dict(stage, name).items()}
+        state = {
+            k.removeprefix("base_model.model."): v
+            for k, v in adapter_state_dict(stage, name).items()
+        }
         set_peft_model_state_dict(reference.base_model.model, state, adapter_name=name)
     reference.base_model.set_adapter(["bead-creation", "code-review"])
     with torch.no_grad():
         expected = reference(ids).logits
-    torch.testing.assert_close(outs[("bead-creation", "code-review")], expected, rtol=1e-5,
-                               atol=1e-5)
+    torch.testing.assert_close(
+        outs[("bead-creation", "code-review")], expected, rtol=1e-5, atol=1e-5
+    )
     with pytest.raises(RequestError, match="unknown adapter"):
         with use_adapters(stage, ["planning"]):
             pass
 
 
-def test_training_adapter_stays_trainable_and_concurrent_requests_do_not_interfere(
-        tiny_model_dir):
+def test_training_adapter_stays_trainable_and_concurrent_requests_do_not_interfere(tiny_model_dir):
     stage = load_stage(tiny_model_dir, 0, 6)
     for name, seed in (("bead-creation", 1), ("code-review", 2)):
         attach_adapter(stage, name, SETTINGS)
@@ -207,15 +212,17 @@ def test_loading_a_mismatched_adapter_state_fails_closed(tiny_model_dir):
         load_adapter_state_dict(fresh, "code-review", missing)
     other_rank = _stages(tiny_model_dir, settings=LoraSettings(rank=2, alpha=8))
     with pytest.raises(CheckpointError, match="shape"):
-        load_adapter_state_dict(fresh, "code-review", adapter_state_dict(other_rank[1],
-                                                                         "code-review"))
+        load_adapter_state_dict(
+            fresh, "code-review", adapter_state_dict(other_rank[1], "code-review")
+        )
     with pytest.raises(ValueError, match="overlap"):
         merge_stage_states([union, union])
 
 
 def test_settings_validate_and_fingerprint():
-    assert LoraSettings().target_modules == tuple(sorted(
-        ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")))
+    assert LoraSettings().target_modules == tuple(
+        sorted(("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))
+    )
     assert LoraSettings(rank=8).fingerprint() == LoraSettings().fingerprint()
     assert LoraSettings(alpha=32).fingerprint() != LoraSettings().fingerprint()
     with pytest.raises(ValueError, match="unknown target"):

@@ -68,8 +68,10 @@ def test_a_sender_that_dies_while_waiting_to_send_its_next_part_does_not_stall_t
     async def run():
         reducer = _GuardedReducer([torch.Size([2])] * 3, 3, guard)
         ones = torch.ones(2)
-        first = [asyncio.create_task(reducer.accumulate_part(0, 0, ones * 3)),  # the dying one
-                 asyncio.create_task(reducer.accumulate_part(1, 0, ones))]
+        first = [
+            asyncio.create_task(reducer.accumulate_part(0, 0, ones * 3)),  # the dying one
+            asyncio.create_task(reducer.accumulate_part(1, 0, ones)),
+        ]
         await asyncio.sleep(0.01)
         waiting = asyncio.create_task(reducer.accumulate_part(0, 1, ones * 3))
         await asyncio.sleep(0.01)
@@ -78,8 +80,13 @@ def test_a_sender_that_dies_while_waiting_to_send_its_next_part_does_not_stall_t
         reducer.on_sender_failed(0)
         first.append(asyncio.create_task(reducer.accumulate_part(2, 0, ones * 2)))
         part0 = await asyncio.gather(*first)
-        later = await asyncio.gather(*(reducer.accumulate_part(sender, part, ones * (sender + 1))
-                                       for part in (1, 2) for sender in (1, 2)))
+        later = await asyncio.gather(
+            *(
+                reducer.accumulate_part(sender, part, ones * (sender + 1))
+                for part in (1, 2)
+                for sender in (1, 2)
+            )
+        )
         return part0, later
 
     part0, later = asyncio.run(asyncio.wait_for(run(), 5))
@@ -104,8 +111,9 @@ def test_a_sender_cancelled_while_awaiting_its_part_does_not_cancel_the_part_for
         await asyncio.sleep(0.01)
         reducer.on_sender_failed(0)
         part0 = await asyncio.gather(waiting, reducer.accumulate_part(2, 0, ones * 2))
-        part1 = await asyncio.gather(reducer.accumulate_part(1, 1, ones),
-                                     reducer.accumulate_part(2, 1, ones * 2))
+        part1 = await asyncio.gather(
+            reducer.accumulate_part(1, 1, ones), reducer.accumulate_part(2, 1, ones * 2)
+        )
         return part0, part1
 
     part0, part1 = asyncio.run(asyncio.wait_for(run(), 5))

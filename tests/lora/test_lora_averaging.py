@@ -32,14 +32,35 @@ class Replicas:
         self.expected_to_fail: set[str] = set()
 
     def start(self, name: str, *args: str, fails: bool = False) -> subprocess.Popen:
-        env = dict(os.environ, PYTHONPATH=str(REPO), HIVEMIND_MEMORY_SHARING_STRATEGY=
-                   "file_descriptor", OMP_NUM_THREADS="1")
+        env = dict(
+            os.environ,
+            PYTHONPATH=str(REPO),
+            HIVEMIND_MEMORY_SHARING_STRATEGY="file_descriptor",
+            OMP_NUM_THREADS="1",
+        )
         with open(self.workdir / f"{name}.log", "w") as log:  # the child keeps its own fd
             proc = subprocess.Popen(
-                ["nice", "-n", "10", sys.executable, str(PEER), "--name", name, "--workdir",
-                 str(self.workdir), "--model-dir", str(self.model_dir), *args],
-                cwd=REPO, env=env, start_new_session=True, stdout=log,
-                stderr=subprocess.STDOUT, text=True)
+                [
+                    "nice",
+                    "-n",
+                    "10",
+                    sys.executable,
+                    str(PEER),
+                    "--name",
+                    name,
+                    "--workdir",
+                    str(self.workdir),
+                    "--model-dir",
+                    str(self.model_dir),
+                    *args,
+                ],
+                cwd=REPO,
+                env=env,
+                start_new_session=True,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
         self.procs[name] = proc
         if fails:
             self.expected_to_fail.add(name)
@@ -54,8 +75,9 @@ class Replicas:
                     if peer in self.expected_to_fail:
                         continue
                     if proc.poll() not in (None, -signal.SIGKILL) and proc.returncode != 0:
-                        raise AssertionError(f"{peer} exited {proc.returncode}: "
-                                             f"{self.log(peer)[-3000:]}")
+                        raise AssertionError(
+                            f"{peer} exited {proc.returncode}: {self.log(peer)[-3000:]}"
+                        )
                 if time.monotonic() > deadline:
                     raise AssertionError(f"{path.name} not written within {timeout} s")
                 time.sleep(0.1)
@@ -98,25 +120,44 @@ def _max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
 
 def _weighted_mean(grads: list[list[torch.Tensor]], weights: list[float]) -> list[torch.Tensor]:
     total = sum(weights)
-    return [sum(w * g[i].double() for g, w in zip(grads, weights, strict=True)) / total
-            for i in range(len(grads[0]))]
+    return [
+        sum(w * g[i].double() for g, w in zip(grads, weights, strict=True)) / total
+        for i in range(len(grads[0]))
+    ]
 
 
-def test_replicas_hold_the_exact_mean_and_a_late_joiner_loads_their_state(tiny_model_dir,
-                                                                          tmp_path):
+def test_replicas_hold_the_exact_mean_and_a_late_joiner_loads_their_state(tiny_model_dir, tmp_path):
     names, samples = ["a", "b", "c"], {"a": 3.0, "b": 1.0, "c": 2.0}
     rounds = 3
     # every round must be one group of 3: a wider window than the default 5 s, because under
     # load hivemind's matchmaking once started a group of 2 without the third replica (the
     # protocol then resynced it, but this test checks per-round means)
-    window = ["--group", "3", "--hold", "--min-matchmaking-time", "10",
-              "--matchmaking-timeout", "15"]
+    window = [
+        "--group",
+        "3",
+        "--hold",
+        "--min-matchmaking-time",
+        "10",
+        "--matchmaking-timeout",
+        "15",
+    ]
     with replicas(tmp_path, tiny_model_dir) as swarm:
-        swarm.start("a", "--bootstrap", "--rounds", str(rounds), "--seed", "1", "--samples",
-                    "3", *window)
+        swarm.start(
+            "a", "--bootstrap", "--rounds", str(rounds), "--seed", "1", "--samples", "3", *window
+        )
         swarm.start("b", "--rounds", str(rounds), "--seed", "2", "--samples", "1", *window)
-        swarm.start("c", "--rounds", str(rounds), "--seed", "3", "--samples", "2",
-                    "--nan-round", "1", *window)
+        swarm.start(
+            "c",
+            "--rounds",
+            str(rounds),
+            "--seed",
+            "3",
+            "--samples",
+            "2",
+            "--nan-round",
+            "1",
+            *window,
+        )
         swarm.wait_files([f"{n}.ready" for n in names], 120)
         (tmp_path / "go").write_text("")
         swarm.wait_files([f"{n}.done" for n in names], 150)
@@ -124,16 +165,19 @@ def test_replicas_hold_the_exact_mean_and_a_late_joiner_loads_their_state(tiny_m
         for rnd in range(rounds):
             local = {n: swarm.load(f"{n}.r{rnd}.local.pt") for n in names}
             contributors = [n for n in names if not (rnd == 1 and n == "c")]
-            expected = _weighted_mean([local[n] for n in contributors],
-                                      [samples[n] for n in contributors])
+            expected = _weighted_mean(
+                [local[n] for n in contributors], [samples[n] for n in contributors]
+            )
             for name in names:
                 report = swarm.reports(name)[rnd]
                 assert report["averaged"] and report["consistent"], (name, report)
                 assert report["group_size"] == 3 and report["agreeing"] == 3, report
                 assert report["local_nonfinite"] == (rnd == 1 and name == "c")
                 diff = _max_diff(swarm.load(f"{name}.r{rnd}.avg.pt"), expected)
-                print(f"round {rnd} {name}: max |avg - exact mean| = {diff:.2e}, "
-                      f"{report['seconds']:.2f} s")
+                print(
+                    f"round {rnd} {name}: max |avg - exact mean| = {diff:.2e}, "
+                    f"{report['seconds']:.2f} s"
+                )
                 assert diff <= 1e-6
             params = {n: swarm.load(f"{n}.r{rnd}.params.pt") for n in names}
             for name in names[1:]:  # every replica applied the same step
@@ -151,8 +195,9 @@ def test_replicas_hold_the_exact_mean_and_a_late_joiner_loads_their_state(tiny_m
         # replicas agree to float rounding (hivemind adds the averaged delta to each local copy)
         assert _max_diff(loaded["params"], final["params"]) <= 1e-6
         for index, state in final["optimizer"].items():
-            torch.testing.assert_close(loaded["optimizer"][index]["exp_avg"], state["exp_avg"],
-                                       rtol=0, atol=1e-6)
+            torch.testing.assert_close(
+                loaded["optimizer"][index]["exp_avg"], state["exp_avg"], rtol=0, atol=1e-6
+            )
 
         assert mismatched.wait(timeout=120) == 3  # ConfigError's exit code
         assert "another adapter configuration" in swarm.log("e")
@@ -167,9 +212,13 @@ def _rel_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     """Largest per-tensor ||a - b|| / ||a||: replicas that applied the same averaged gradient
     differ by float rounding only, which Adam can amplify for near-zero gradient entries (up to
     ~1e-4 absolute, 6e-6 relative seen), so parameters are compared relative to their norm."""
-    return max(float(torch.linalg.vector_norm(x.double() - y.double())
-                     / max(float(torch.linalg.vector_norm(x.double())), 1e-12))
-               for x, y in zip(a, b, strict=True))
+    return max(
+        float(
+            torch.linalg.vector_norm(x.double() - y.double())
+            / max(float(torch.linalg.vector_norm(x.double())), 1e-12)
+        )
+        for x, y in zip(a, b, strict=True)
+    )
 
 
 # Two replicas, rounds kept in step (each waits for the other's previous round), faults injected
@@ -183,8 +232,10 @@ def _rel_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
 #   round 4  b arrives 14 s late (its trainer is slow), more than matchmaking_timeout (8 s):
 #            a sees b alive, training and still at this step, looks again, and they average
 #   round 5  b is gone: a returns its local gradient after matchmaking_timeout (8 s)
-FAULTS = {"a": ["--fail-round", "0", "--fail-delay", "0.5"],
-          "b": ["--fail-round", "2", "--fail-delay", "9", "--lag-round", "4", "--lag", "14"]}
+FAULTS = {
+    "a": ["--fail-round", "0", "--fail-delay", "0.5"],
+    "b": ["--fail-round", "2", "--fail-delay", "9", "--lag-round", "4", "--lag", "14"],
+}
 ROUNDS = {"a": 6, "b": 5}
 
 
@@ -193,9 +244,19 @@ def two_replicas(tiny_model_dir, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("two-replicas")
     with replicas(tmp_path, tiny_model_dir) as swarm:
         for name, other, seed in (("a", "b", 1), ("b", "a", 2)):
-            swarm.start(name, *(["--bootstrap"] if name == "a" else []), "--seed", str(seed),
-                        "--rounds", str(ROUNDS[name]), "--group", "2", "--sync-with", other,
-                        *FAULTS[name])
+            swarm.start(
+                name,
+                *(["--bootstrap"] if name == "a" else []),
+                "--seed",
+                str(seed),
+                "--rounds",
+                str(ROUNDS[name]),
+                "--group",
+                "2",
+                "--sync-with",
+                other,
+                *FAULTS[name],
+            )
         swarm.wait_files(["a.ready", "b.ready"], 120)
         (tmp_path / "go").write_text("")
         swarm.wait_files(["a.done", "b.done"], 240)
@@ -235,8 +296,9 @@ def test_a_failure_seen_too_late_to_redo_is_reported_and_repaired_next_round(two
     assert _rel_diff(_params(swarm, "a", 2), _params(swarm, "b", 2)) > 1e-3  # they diverged
     # next round: both see the difference, one copies the other's state, both are equal again
     reports = {n: swarm.reports(n)[3] for n in ("a", "b")}
-    assert all(r["diverged"] == 1 and r["consistent"] and r["averaged"]
-               for r in reports.values()), reports
+    assert all(
+        r["diverged"] == 1 and r["consistent"] and r["averaged"] for r in reports.values()
+    ), reports
     assert sum(r["resynced"] for r in reports.values()) == 1, reports
     local = {n: swarm.load(f"{n}.r3.local.pt") for n in ("a", "b")}
     expected = _weighted_mean([local["a"], local["b"]], [1.0, 1.0])
@@ -263,8 +325,7 @@ def test_a_replica_whose_partner_is_gone_returns_within_matchmaking_timeout(two_
     assert report["seconds"] < 8.0 + 4.0, report  # matchmaking_timeout + DHT lookups
 
 
-def test_peer_killed_mid_round_does_not_stall_the_others_and_is_detected(tiny_model_dir,
-                                                                          tmp_path):
+def test_peer_killed_mid_round_does_not_stall_the_others_and_is_detected(tiny_model_dir, tmp_path):
     names = ["a", "b", "v"]
     extra = ["--extra-numel", "3000000", "--group", "3", "--rounds", "2"]
     with replicas(tmp_path, tiny_model_dir) as swarm:
@@ -293,8 +354,10 @@ def test_peer_killed_mid_round_does_not_stall_the_others_and_is_detected(tiny_mo
         if _max_diff(avg0["a"], avg0["b"]) <= 1e-6:  # the survivors agreed within the round
             assert all(r["consistent"] for r in first.values()), first
             if first["a"]["attempts"] > 1:  # the redo among the survivors is their exact mean
-                assert _max_diff(avg0["a"], _weighted_mean([local0["a"], local0["b"]],
-                                                           [1.0, 1.0])) <= 1e-6
+                assert (
+                    _max_diff(avg0["a"], _weighted_mean([local0["a"], local0["b"]], [1.0, 1.0]))
+                    <= 1e-6
+                )
         else:  # they did not (one failed too late to redo): the next round sees and repairs it
             print("survivors diverged in round 0:", first, second)
             assert all(r["diverged"] == 1 for r in second.values()), second

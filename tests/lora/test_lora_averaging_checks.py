@@ -17,8 +17,10 @@ from lora.config import AveragingSettings, LoraSettings
 
 def _noisy(tensors: list[torch.Tensor], relative: float, seed: int = 1) -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
-    return [t * (1 + relative * torch.randn(t.shape, generator=generator, dtype=t.dtype))
-            for t in tensors]
+    return [
+        t * (1 + relative * torch.randn(t.shape, generator=generator, dtype=t.dtype))
+        for t in tensors
+    ]
 
 
 def test_result_checksums_tolerate_float_rounding_and_catch_one_unaveraged_part():
@@ -65,7 +67,9 @@ def test_resync_source_is_highest_step_then_majority_then_lowest_peer_id():
     assert resync_plan({"a": (same, 4)}, 1e-3) == (None, [])
     assert resync_plan({"c": (same, 4), "b": (other, 4), "a": (other, 4)}, 1e-3) == ("a", ["c"])
     assert resync_plan({"c": (same, 5), "b": (other, 4), "a": (other, 4)}, 1e-3) == (
-        "c", ["a", "b"])
+        "c",
+        ["a", "b"],
+    )
     assert resync_plan({"b": (same, 4), "a": (other, 4)}, 1e-3) == ("a", ["b"])
 
 
@@ -90,20 +94,28 @@ def test_default_timeouts_keep_a_lone_round_short_and_are_validated():
 
 @pytest.mark.integration
 def test_a_replica_with_other_lora_settings_refuses_to_average():
+    from base.dht import start_dht
     from lora.averaging import StageGradientAverager, averaging_prefix
-    from node.dht import start_dht
 
     dht = start_dht([])
     prefix = averaging_prefix("tiny", 0, 2, "run", "code-review")
     settings = AveragingSettings()
     incumbent = StageGradientAverager(
-        dht, prefix=prefix, params=[torch.nn.Parameter(torch.zeros(4, 8))],
-        settings=settings, lora=LoraSettings(rank=4, alpha=8))
+        dht,
+        prefix=prefix,
+        params=[torch.nn.Parameter(torch.zeros(4, 8))],
+        settings=settings,
+        lora=LoraSettings(rank=4, alpha=8),
+    )
     try:
         with pytest.raises(AveragingConfigError, match="another adapter configuration") as info:
-            StageGradientAverager(dht, prefix=prefix,
-                                  params=[torch.nn.Parameter(torch.zeros(4, 8))],
-                                  settings=settings, lora=LoraSettings(rank=4, alpha=16))
+            StageGradientAverager(
+                dht,
+                prefix=prefix,
+                params=[torch.nn.Parameter(torch.zeros(4, 8))],
+                settings=settings,
+                lora=LoraSettings(rank=4, alpha=16),
+            )
         assert info.value.exit_code == 3
     finally:
         incumbent.shutdown()

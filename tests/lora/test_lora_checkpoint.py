@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import lora.checkpoint as checkpoint_module
+from base.errors import CheckpointError
 from lora import (
     LoraSettings,
     StepGuard,
@@ -15,7 +16,6 @@ from lora import (
     load_checkpoint,
     save_checkpoint,
 )
-from node.errors import CheckpointError
 from pipeline_stages.loader import load_stage
 
 SETTINGS = LoraSettings(rank=4, alpha=8, init_seed=3)
@@ -36,11 +36,20 @@ def _trained_stage(model_dir, steps: int):
 
 def test_round_trip_restores_adapter_optimizer_and_counters(tiny_model_dir, tmp_path):
     stage, optimizer, guard = _trained_stage(tiny_model_dir, 3)
-    path = save_checkpoint(tmp_path / "ckpt.pt", stage, "code-review", step=3, layers=(2, 4),
-                           optimizer=optimizer, guard=guard, extra={"data_position": 42})
+    path = save_checkpoint(
+        tmp_path / "ckpt.pt",
+        stage,
+        "code-review",
+        step=3,
+        layers=(2, 4),
+        optimizer=optimizer,
+        guard=guard,
+        extra={"data_position": 42},
+    )
     fresh, fresh_opt, fresh_guard = _trained_stage(tiny_model_dir, 0)
-    loaded = load_checkpoint(path, fresh, "code-review", layers=(2, 4), optimizer=fresh_opt,
-                             guard=fresh_guard)
+    loaded = load_checkpoint(
+        path, fresh, "code-review", layers=(2, 4), optimizer=fresh_opt, guard=fresh_guard
+    )
     assert loaded.step == 3 and loaded.extra == {"data_position": 42}
     assert fresh_guard.applied == 3
     a, b = adapter_state_dict(stage, "code-review"), adapter_state_dict(fresh, "code-review")
@@ -52,8 +61,9 @@ def test_round_trip_restores_adapter_optimizer_and_counters(tiny_model_dir, tmp_
 
 def test_crash_mid_write_leaves_the_old_checkpoint(tiny_model_dir, tmp_path, monkeypatch):
     stage, optimizer, guard = _trained_stage(tiny_model_dir, 1)
-    path = save_checkpoint(tmp_path / "ckpt.pt", stage, "code-review", step=1, layers=(2, 4),
-                           optimizer=optimizer)
+    path = save_checkpoint(
+        tmp_path / "ckpt.pt", stage, "code-review", step=1, layers=(2, 4), optimizer=optimizer
+    )
     old_bytes = path.read_bytes()
     real_save = torch.save
 

@@ -11,8 +11,10 @@ from lora import StepGuard
 
 def _params(seed=0):
     generator = torch.Generator().manual_seed(seed)
-    return [torch.nn.Parameter(torch.randn(4, 3, generator=generator)),
-            torch.nn.Parameter(torch.randn(5, generator=generator))]
+    return [
+        torch.nn.Parameter(torch.randn(4, 3, generator=generator)),
+        torch.nn.Parameter(torch.randn(5, generator=generator)),
+    ]
 
 
 def test_non_finite_gradients_skip_the_step_and_are_counted():

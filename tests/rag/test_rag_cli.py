@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from base.errors import ExitCode
 from node.cli import main
-from node.errors import ExitCode
 
 
 def test_help_lists_subcommands():

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from rag_helpers import REPO
 
-from node.errors import DataError, ExitCode
+from base.errors import DataError, ExitCode
 from rag.indexer import index_rig
 from rag.store import RagStore, StoreLockedError
 

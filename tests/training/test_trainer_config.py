@@ -29,9 +29,15 @@ def test_config_defaults_and_refusals():
 
 def test_microbatches_split_rows_and_keep_every_token():
     ids = torch.arange(30).reshape(5, 6)
-    batch = Batch(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids.clone(),
-                  position_ids=torch.zeros_like(ids), segment_ids=torch.zeros_like(ids),
-                  example_ids=tuple("abcde"), packed=False)
+    batch = Batch(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        labels=ids.clone(),
+        position_ids=torch.zeros_like(ids),
+        segment_ids=torch.zeros_like(ids),
+        example_ids=tuple("abcde"),
+        packed=False,
+    )
     parts = microbatches(batch, 2)
     assert [mb.input_ids.shape[0] for mb in parts] == [2, 2, 1]
     assert torch.equal(torch.cat([mb.input_ids for mb in parts]), ids)

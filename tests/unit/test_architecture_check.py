@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from node.errors import CheckpointError
+from base.errors import CheckpointError
 from pipeline_stages.loader import load_stage
 
 
@@ -15,6 +15,7 @@ def copy_of(tiny_model_dir, tmp_path):
         out = tmp_path / "ckpt"
         shutil.copytree(tiny_model_dir, out)
         return out
+
     return make
 
 

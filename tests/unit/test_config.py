@@ -1,7 +1,8 @@
 import pytest
 
-from node.config import DaemonConfig, SwarmPreset, load_yaml_config, resolve_preset_path
-from node.errors import ConfigError
+from base.config_loader import load_yaml_config
+from base.errors import ConfigError
+from node.config import DaemonConfig, SwarmPreset, resolve_preset_path
 
 
 def test_shipped_presets_validate():
@@ -11,14 +12,17 @@ def test_shipped_presets_validate():
         assert layers == [(0, 10), (10, 20), (20, 30)] and len(sha) == 64
 
 
-@pytest.mark.parametrize("text, match", [
-    ("stages: [{start: 5, end: 2}]", "end .2. must be greater than start"),
-    ("stages: []", "at least 1 item"),
-    ("stages: [{start: 0, end: 2}]\nbogus: 1", "bogus: Extra inputs"),
-    ("stages: [{start: 0, end: 2}]\nannounce_ttl: 1\nannounce_period: 5", "must exceed"),
-    ("stages: [{start: 0, end: 2}\n", "not valid YAML"),
-    ("- just a list", "expected a mapping"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("stages: [{start: 5, end: 2}]", "end .2. must be greater than start"),
+        ("stages: []", "at least 1 item"),
+        ("stages: [{start: 0, end: 2}]\nbogus: 1", "bogus: Extra inputs"),
+        ("stages: [{start: 0, end: 2}]\nannounce_ttl: 1\nannounce_period: 5", "must exceed"),
+        ("stages: [{start: 0, end: 2}\n", "not valid YAML"),
+        ("- just a list", "expected a mapping"),
+    ],
+)
 def test_bad_daemon_configs_name_the_problem(tmp_path, text, match):
     path = tmp_path / "d.yaml"
     path.write_text(text)

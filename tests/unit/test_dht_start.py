@@ -6,8 +6,8 @@ import multiprocessing
 
 import pytest
 
-from node.dht import start_dht
-from node.errors import SwarmError
+from base.dht import start_dht
+from base.errors import SwarmError
 
 
 def test_a_dht_not_ready_in_time_fails_clearly_and_leaves_no_child():

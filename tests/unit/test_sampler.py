@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from inference.sampler import SamplingParams, sample_token
+from base.sampler import SamplingParams, sample_token
 
 
 def test_greedy_is_argmax():
@@ -33,8 +33,9 @@ def test_top_p_keeps_smallest_nucleus():
     assert drawn == {0, 1}
 
 
-@pytest.mark.parametrize("kwargs", [{"temperature": -1}, {"top_k": -2}, {"top_p": 0.0},
-                                    {"top_p": 1.5}, {"seed": -1}])
+@pytest.mark.parametrize(
+    "kwargs", [{"temperature": -1}, {"top_k": -2}, {"top_p": 0.0}, {"top_p": 1.5}, {"seed": -1}]
+)
 def test_invalid_params_are_refused(kwargs):
     with pytest.raises(ValueError):
         SamplingParams(**kwargs)

@@ -25,8 +25,9 @@ def run_stages(stages, ids, caches=None, keep=0):
 @torch.inference_mode()
 def test_staged_forward_matches_reference(tiny_model_dir, reference, split):
     stages = [load_stage(tiny_model_dir, s, e) for s, e in split]
-    ids = torch.randint(0, reference.config.vocab_size, (1, 17), generator=torch.Generator()
-                        .manual_seed(1))
+    ids = torch.randint(
+        0, reference.config.vocab_size, (1, 17), generator=torch.Generator().manual_seed(1)
+    )
     expected = reference(ids).logits
     assert torch.allclose(run_stages(stages, ids), expected, atol=1e-5, rtol=0)
 
@@ -35,8 +36,9 @@ def test_staged_forward_matches_reference(tiny_model_dir, reference, split):
 def test_incremental_decode_with_cache_matches_reference_generate(tiny_model_dir, reference):
     stages = [load_stage(tiny_model_dir, s, e) for s, e in SPLITS[1]]
     ids = torch.tensor([[5, 17, 99, 3, 42]])
-    expected = reference.generate(ids, max_new_tokens=20, do_sample=False,
-                                  eos_token_id=None, pad_token_id=0)[0, ids.shape[1]:].tolist()
+    expected = reference.generate(
+        ids, max_new_tokens=20, do_sample=False, eos_token_id=None, pad_token_id=0
+    )[0, ids.shape[1] :].tolist()
     caches = [s.new_cache() for s in stages]
     logits = run_stages(stages, ids, caches, keep=1)
     tokens = []

@@ -13,13 +13,16 @@ def test_round_trip(dtype):
     assert torch.equal(back, tensor)
 
 
-@pytest.mark.parametrize("message, match", [
-    (node0_pb2.Tensor(dtype="float64", shape=[1], data=b"\0" * 8), "unknown dtype"),
-    (node0_pb2.Tensor(dtype="float32", shape=[2, 2], data=b"\0" * 12), "need 16"),
-    (node0_pb2.Tensor(dtype="float32", shape=[], data=b""), "invalid shape"),
-    (node0_pb2.Tensor(dtype="float32", shape=[1, -4], data=b""), "invalid shape"),
-    (node0_pb2.Tensor(dtype="int64", shape=[1, 1, 1, 1, 1], data=b"\0" * 8), "invalid shape"),
-])
+@pytest.mark.parametrize(
+    "message, match",
+    [
+        (node0_pb2.Tensor(dtype="float64", shape=[1], data=b"\0" * 8), "unknown dtype"),
+        (node0_pb2.Tensor(dtype="float32", shape=[2, 2], data=b"\0" * 12), "need 16"),
+        (node0_pb2.Tensor(dtype="float32", shape=[], data=b""), "invalid shape"),
+        (node0_pb2.Tensor(dtype="float32", shape=[1, -4], data=b""), "invalid shape"),
+        (node0_pb2.Tensor(dtype="int64", shape=[1, 1, 1, 1, 1], data=b"\0" * 8), "invalid shape"),
+    ],
+)
 def test_malformed_tensors_are_refused(message, match):
     with pytest.raises(TensorFormatError, match=match):
         decode(message)

@@ -30,6 +30,12 @@ def test_provider_entry_maps_role_to_a_node0_agent():
     entry = settings_entry("deacon", "smollm2-135m", ["bead-creation", "planning"], [])
     agent = entry["agents"]["node0-deacon"]
     assert agent["command"] == "node0-inference" and agent["provider"] == "node0"
-    assert agent["args"] == ["--model", "smollm2-135m", "--role", "deacon", "--adapters",
-                             "bead-creation,planning"]
+    assert agent["args"] == [
+        "--model",
+        "smollm2-135m",
+        "--role",
+        "deacon",
+        "--adapters",
+        "bead-creation,planning",
+    ]
     assert entry["roles"] == {"deacon": "node0-deacon"}

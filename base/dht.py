@@ -18,7 +18,7 @@ import pkgutil  # noqa: E402
 import hivemind  # noqa: E402
 from hivemind.utils.multiaddr import codecs as _multiaddr_codecs  # noqa: E402
 
-from node.errors import SwarmError  # noqa: E402
+from base.errors import SwarmError  # noqa: E402
 
 # hivemind imports its multiaddr codecs (and netaddr) lazily, by name. A DHT or averager child
 # forked while another thread of the parent was importing one of them inherits a held module
@@ -35,9 +35,13 @@ _dt.datetime.strptime("2024-01-01T00:00:00.000000+0000", "%Y-%m-%dT%H:%M:%S.%f%z
 DHT_START_TIMEOUT = 120.0  # seconds; hivemind waits forever for a DHT child that hangs
 
 
-def start_dht(initial_peers: list[str], *, host_maddrs: list[str] | None = None,
-              client_mode: bool = False,
-              start_timeout: float = DHT_START_TIMEOUT) -> hivemind.DHT:
+def start_dht(
+    initial_peers: list[str],
+    *,
+    host_maddrs: list[str] | None = None,
+    client_mode: bool = False,
+    start_timeout: float = DHT_START_TIMEOUT,
+) -> hivemind.DHT:
     """A running DHT peer, or :class:`SwarmError` if it cannot join or is not up in time."""
     where = ", ".join(initial_peers) if initial_peers else "(none)"
     dht = None
@@ -58,15 +62,14 @@ def start_dht(initial_peers: list[str], *, host_maddrs: list[str] | None = None,
                 dht.kill()
                 dht.join(5)
         raise SwarmError(
-            f"the DHT peer did not come up within {start_timeout:.0f} s (initial peers "
-            f"{where})",
+            f"the DHT peer did not come up within {start_timeout:.0f} s (initial peers {where})",
             hint="the machine may be overloaded; retry, or check the DHT child's log lines",
         ) from exc
     except Exception as exc:
         raise SwarmError(
             f"cannot join the DHT through initial peers {where}: {exc}",
             hint="check that a swarm is running (`node0 swarm status`) and the addresses are "
-                 "current",
+            "current",
         ) from exc
 
 

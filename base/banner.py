@@ -6,8 +6,9 @@ import sys
 from pathlib import Path
 
 
-def print_banner(command: str, config_path: str | Path | None, config_sha256: str | None,
-                 decisions: list[str]) -> None:
+def print_banner(
+    command: str, config_path: str | Path | None, config_sha256: str | None, decisions: list[str]
+) -> None:
     """Print, before any work starts, what the command will do (to stderr)."""
     out = sys.stderr
     print(f"node0 {command}", file=out)

@@ -51,8 +51,16 @@ def announce(dht, records: list[StageRecord], ttl: float, *, timeout: float = 10
     """Store the records with an expiration ``ttl`` from now; raises TimeoutError if the DHT
     does not answer within ``timeout`` seconds."""
     expiration = get_dht_time() + ttl
-    futures = [dht.store(model_key(r.model), subkey=r.subkey, value=r.model_dump(),
-                         expiration_time=expiration, return_future=True) for r in records]
+    futures = [
+        dht.store(
+            model_key(r.model),
+            subkey=r.subkey,
+            value=r.model_dump(),
+            expiration_time=expiration,
+            return_future=True,
+        )
+        for r in records
+    ]
     for record, future in zip(records, futures, strict=True):
         try:
             ok = future.result(timeout=timeout)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from node.dht_records import StageRecord
-from node.errors import SwarmError
+from base.dht_records import StageRecord
+from base.errors import SwarmError
 
 
 def _ranges(layers: list[int]) -> str:
@@ -26,14 +26,20 @@ def _ranges(layers: list[int]) -> str:
     return ", ".join(out)
 
 
-def plan_route(records: Iterable[StageRecord], model: str, *,
-               exclude_endpoints: frozenset[str] = frozenset()) -> list[StageRecord]:
+def plan_route(
+    records: Iterable[StageRecord], model: str, *, exclude_endpoints: frozenset[str] = frozenset()
+) -> list[StageRecord]:
     """Return one record per hop, in layer order."""
-    online = [r for r in records
-              if r.model == model and r.state == "online" and r.endpoint not in exclude_endpoints]
+    online = [
+        r
+        for r in records
+        if r.model == model and r.state == "online" and r.endpoint not in exclude_endpoints
+    ]
     if not online:
-        raise SwarmError(f"no online peer serves model {model!r}",
-                         hint="start a swarm (`node0 swarm up`) or check --initial-peers")
+        raise SwarmError(
+            f"no online peer serves model {model!r}",
+            hint="start a swarm (`node0 swarm up`) or check --initial-peers",
+        )
     num_layers = max(r.num_layers for r in online)
     best: dict[tuple[int, int], StageRecord] = {}
     for record in online:
@@ -53,11 +59,16 @@ def plan_route(records: Iterable[StageRecord], model: str, *,
     if num_layers not in previous:
         covered = {layer for (s, e) in best for layer in range(s, e)}
         missing = [layer for layer in range(num_layers) if layer not in covered]
-        detail = (f"layers {_ranges(missing)} are served by no online peer" if missing else
-                  "the announced spans do not join into a chain from layer 0 to "
-                  f"{num_layers}: {sorted(best)}")
-        raise SwarmError(f"cannot route model {model!r} ({num_layers} layers): {detail}",
-                         hint="start a daemon hosting the missing layers")
+        detail = (
+            f"layers {_ranges(missing)} are served by no online peer"
+            if missing
+            else "the announced spans do not join into a chain from layer 0 to "
+            f"{num_layers}: {sorted(best)}"
+        )
+        raise SwarmError(
+            f"cannot route model {model!r} ({num_layers} layers): {detail}",
+            hint="start a daemon hosting the missing layers",
+        )
     route, position = [], num_layers
     while position:
         record = previous[position]
@@ -66,9 +77,22 @@ def plan_route(records: Iterable[StageRecord], model: str, *,
     return route[::-1]
 
 
-def replicas_for(records: Iterable[StageRecord], span: tuple[int, int], model: str, *,
-                 exclude_endpoints: frozenset[str]) -> list[StageRecord]:
+def replicas_for(
+    records: Iterable[StageRecord],
+    span: tuple[int, int],
+    model: str,
+    *,
+    exclude_endpoints: frozenset[str],
+) -> list[StageRecord]:
     """Online replicas of exactly ``span``, least loaded first."""
-    return sorted((r for r in records if r.model == model and r.state == "online"
-                   and r.span == span and r.endpoint not in exclude_endpoints),
-                  key=lambda r: (r.load, r.peer_id))
+    return sorted(
+        (
+            r
+            for r in records
+            if r.model == model
+            and r.state == "online"
+            and r.span == span
+            and r.endpoint not in exclude_endpoints
+        ),
+        key=lambda r: (r.load, r.peer_id),
+    )
