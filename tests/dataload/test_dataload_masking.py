@@ -9,7 +9,7 @@ from dataload.prompt_format import encode_prompt, render, render_segments
 from dataload.schema import SFTExample
 from dataload.tokenization import EncodeStats, encode_messages, encode_sft
 from dataload.tokenizer import tokenizer_info
-from tests.dataload.conftest import sft_record
+from tests.fixtures import sft_record
 
 MULTI = [
     ("system", "You are a polecat."),

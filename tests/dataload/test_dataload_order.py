@@ -8,7 +8,7 @@ from base.errors import DataError
 from dataload.config import DataConfig
 from dataload.loader import build_loaders
 from dataload.order import DataPosition, epoch_order, shard
-from tests.dataload.conftest import SAMPLES
+from tests.fixtures import SAMPLES
 
 TRAIN = SAMPLES / "gastown_conventions.train.jsonl"
 

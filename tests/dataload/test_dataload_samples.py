@@ -9,7 +9,7 @@ import runpy
 from dataload.config import DataConfig
 from dataload.loader import build_loaders
 from dataload.probes import load_probes, score_probes
-from tests.dataload.conftest import SAMPLES
+from tests.fixtures import SAMPLES
 
 TRAIN = SAMPLES / "gastown_conventions.train.jsonl"
 HELDOUT = SAMPLES / "gastown_conventions.heldout.jsonl"

@@ -10,7 +10,7 @@ from base.errors import ConfigError, DataError
 from dataload.config import DataConfig
 from dataload.loader import build_loaders
 from dataload.losses import IGNORE_INDEX
-from tests.dataload.conftest import sft_record, write_jsonl
+from tests.fixtures import sft_record, write_jsonl
 
 GOOD = [("user", "What next?"), ("assistant", "$ bd ready")]
 

@@ -1,6 +1,6 @@
 """Gradient averaging between real replica processes (hivemind DHT + averager on 127.0.0.1).
 
-Each replica is ``tests/lora/averaging_peer.py`` in its own process group; every group is
+Each replica is ``tests/programs/averaging_peer.py`` in its own process group; every group is
 SIGKILLed in ``finally`` (hivemind's DHT/averager children and p2pd survive a kill of the main
 PID alone).
 """
@@ -22,7 +22,7 @@ import torch
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-PEER = Path(__file__).with_name("averaging_peer.py")
+PEER = REPO / "tests" / "programs" / "averaging_peer.py"
 
 
 class Replicas:

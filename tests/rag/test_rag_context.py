@@ -13,7 +13,6 @@ import random
 from pathlib import Path
 
 import pytest
-from rag_helpers import write_beads
 
 from rag.context import (
     BEGIN_MARKER,
@@ -26,6 +25,7 @@ from rag.context import (
 from rag.indexer import index_rig
 from rag.retrieval import Hit, RetrievalSettings, retrieve
 from rag.store import RagStore
+from tests.fixtures import write_beads
 
 
 def words(text: str) -> int:

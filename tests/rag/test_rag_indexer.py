@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from rag_helpers import SAMPLE_RIG, make_small_rig
 
 from rag.indexer import index_rig
 from rag.store import RagStore
+from tests.fixtures import SAMPLE_RIG, make_small_rig
 
 
 def _embeddings(store: RagStore, collection: str) -> dict[str, np.ndarray]:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from rag_helpers import SAMPLE_RIG
-
 from rag.documents import COLLECTIONS
 from rag.sanitize import INJECTION_MARK, Sanitizer, sanitize_documents, sanitizer_fingerprint
 from rag.sources import read_rig
+from tests.fixtures import SAMPLE_RIG
 
 # fragments of fake secrets and personal data planted in samples/gastown-rig (README.md)
 PLANTED = [

@@ -6,10 +6,9 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from rag_helpers import SAMPLE_RIG, make_small_rig
-
 from rag.roles import role_from_path
 from rag.sources import chunk_words, markdown_sections, read_rig, read_rig_name
+from tests.fixtures import SAMPLE_RIG, make_small_rig
 
 
 def _problems(read) -> list[str]:

@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from rag_helpers import REPO
 
 from base.errors import DataError, ExitCode
 from rag.indexer import index_rig
 from rag.store import RagStore, StoreLockedError
+from tests.fixtures import REPO
 
 NODE0 = str(Path(sys.executable).with_name("node0"))
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}

@@ -1,0 +1,505 @@
+"""The one module of shared test fixtures and helpers (registered by ``tests/conftest.py``).
+
+Swarms are started with the same code as ``node0 swarm up`` (node.local_swarm), on loopback with
+free ports, each daemon in its own process group; the fixture always stops them (SIGTERM, then
+SIGKILL of the whole group). Tests import helpers from here, never from another test module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import base as _base  # noqa: F401  (gRPC fork handlers off before any test imports grpc)
+from base.sampler import SamplingParams
+from inference.generation import GenerationResult
+from inference.swarm_client import SwarmClient
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# --- Environment, tiny and real models, local swarms of real daemons ---------------------------
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HIVEMIND_MEMORY_SHARING_STRATEGY", "file_descriptor")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from models.tiny import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama", seed=0)
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    from models.assets import prepare_model
+
+    return prepare_model("smollm2-135m")
+
+
+@contextmanager
+def local_swarm(
+    tmp_path: Path, model: str, peers: list[tuple[str, list[tuple[int, int]]]], **daemon
+) -> Iterator:
+    """Start a swarm of real daemon processes; yields its SwarmState; always stops it."""
+    from node.config import SwarmPreset
+    from node.local_swarm import SwarmState, start_swarm, stop_peers
+
+    preset = SwarmPreset.model_validate(
+        {
+            "model": model,
+            "peers": [
+                {"name": name, "stages": [{"start": s, "end": e} for s, e in stages]}
+                for name, stages in peers
+            ],
+            "daemon": {
+                "announce_period": 1.0,
+                "announce_ttl": 4.0,
+                "state_dir": str(tmp_path / "peer-state"),
+                **daemon,
+            },
+        }
+    )
+    state_file = tmp_path / "swarm.json"
+    state = start_swarm(preset, "test", runs_dir=tmp_path / "runs", state_file=state_file)
+    try:
+        yield state
+    finally:
+        stop_peers(SwarmState.load(state_file).peers if state_file.exists() else state.peers)
+
+
+# --- Generation through a real swarm, references, CLI runs -------------------------------------
+
+GREEDY = SamplingParams()
+
+
+def swarm_generate(
+    client: SwarmClient,
+    prompts_ids: list[list[int]],
+    *,
+    max_new_tokens: int,
+    sampling: SamplingParams = GREEDY,
+    first_logits: bool = False,
+    on_token=None,
+    max_length: int | None = None,
+) -> list[GenerationResult]:
+    """Generate for each prompt in a fresh pipeline session (greedy by default, no EOS stop)."""
+    tokenizer = client.load_tokenizer()
+
+    async def run() -> list[GenerationResult]:
+        return [
+            await client.generate_once(
+                tokenizer,
+                ids,
+                max_new_tokens=max_new_tokens,
+                sampling=sampling,
+                max_length=max_length,
+                return_first_logits=first_logits,
+                on_session_token=on_token,
+                step_timeout=20.0,
+            )
+            for ids in prompts_ids
+        ]
+
+    return asyncio.run(run())
+
+
+@torch.inference_mode()
+def reference_generate(model, prompts_ids: list[list[int]], max_new_tokens: int):
+    """transformers generate(do_sample=False) in one process, EOS disabled; + first logits."""
+    out = []
+    for ids in prompts_ids:
+        x = torch.tensor([ids])
+        tokens = model.generate(
+            x,
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+        logits = model(x).logits[0, -1]
+        out.append((tokens[0, len(ids) :].tolist(), logits))
+    return out
+
+
+def run_cli(args: list[str], *, stdin: str = "", timeout: float = 120, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def kill_group(pid: int) -> None:
+    """Crash a daemon the way a dead machine would: SIGKILL its whole process group."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+# --- Data loading: samples and SFT records -----------------------------------------------------
+
+SAMPLES = REPO / "samples" / "sft"
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_dir):
+    from dataload.tokenizer import load_tokenizer
+
+    return load_tokenizer(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_dir):
+    import torch
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def corpus_build(tmp_path_factory) -> Path:
+    """The corpus pipeline's output for the sample rig (its Python API, as `node0 corpus build`)."""
+    from corpus import CorpusConfig, build_corpus
+
+    result = build_corpus(
+        CorpusConfig(), [REPO / "samples" / "gastown-rig"], tmp_path_factory.mktemp("corpus")
+    )
+    return result.run_dir
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def sft_record(
+    i: int, turns: list[tuple[str, str]], role: str = "polecat", task: str = "code-change"
+) -> dict:
+    return {
+        "id": f"sft-{i:016x}",
+        "role": role,
+        "task": task,
+        "turns": [{"speaker": s, "text": t} for s, t in turns],
+        "quality_score": 1.0,
+        "provenance": {
+            "source_kind": "doc",
+            "file": "x.md",
+            "line": 1,
+            "line_end": 1,
+            "rig": "gastown",
+            "role": role,
+            "sha256": "0" * 64,
+        },
+    }
+
+
+# --- Checkpoint gather: stage sources, logits, stage servers -----------------------------------
+
+NUM_LAYERS = 6
+STAGES = ((0, 2), (2, 5), (5, 6))
+PROMPT_IDS = torch.tensor([[1, 5, 9, 33, 100, 7, 8, 200, 31]])
+
+
+def stage_sources(model_dir: Path, stages=STAGES):
+    """``[(manifest, state)]`` per stage, read from a local checkpoint."""
+    from checkpoint_gather.sources import read_local_stage
+
+    return [
+        read_local_stage(
+            model_dir, start, end, num_layers=NUM_LAYERS, source_id=f"peer-{i}/stage-{start}-{end}"
+        )
+        for i, (start, end) in enumerate(stages)
+    ]
+
+
+def load_config(model_dir: Path):
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
+
+
+def logits(model, ids=PROMPT_IDS) -> torch.Tensor:
+    with torch.no_grad():
+        return model(ids).logits
+
+
+def greedy(model, ids=PROMPT_IDS, new_tokens: int = 16) -> list[int]:
+    with torch.no_grad():
+        out = model.generate(
+            ids,
+            max_new_tokens=new_tokens,
+            do_sample=False,
+            attention_mask=torch.ones_like(ids),
+            pad_token_id=2,
+        )
+    return out[0, ids.shape[1] :].tolist()
+
+
+def load_causal_lm(path: Path, gguf_file: str | None = None):
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    return AutoModelForCausalLM.from_pretrained(
+        str(path), dtype=torch.float32, local_files_only=True, **kwargs
+    ).eval()
+
+
+@contextmanager
+def stage_server(model_dir, spans=STAGES, *, peer_id="peer-a"):
+    """One in-process daemon (executor + Stage + StageWeights services) on a free port."""
+    from checkpoint_gather.weights_service import WeightsService
+    from node.stage_service import StageService, start_grpc_server
+    from pipeline_stages.executor import StageExecutor
+    from pipeline_stages.loader import load_stage
+    from pipeline_stages.sessions import SessionManager
+
+    stages = {span: load_stage(model_dir, *span) for span in spans}
+    executor = StageExecutor(
+        str(model_dir),
+        stages,
+        SessionManager(max_sessions=2, max_cache_tokens=1024, idle_timeout=60),
+    )
+    weights = WeightsService(executor, peer_id=peer_id, max_message_bytes=1 << 20)
+    server, port = start_grpc_server(
+        StageService(executor, peer_id=peer_id, max_message_bytes=1 << 20),
+        "127.0.0.1",
+        0,
+        max_workers=8,
+        extra_servicers=(weights,),
+    )
+    try:
+        yield executor, weights, f"127.0.0.1:{port}"
+    finally:
+        server.stop(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[bool, Path]:
+    """``{tied: checkpoint dir}`` for an untied and a tied tiny LLaMA."""
+    from models.tiny import build_tiny_llama
+
+    root = tmp_path_factory.mktemp("gather-tiny")
+    return {
+        tied: build_tiny_llama(
+            root / f"tiny-tied-{tied}", seed=3, num_layers=NUM_LAYERS, tie_word_embeddings=tied
+        )
+        for tied in (False, True)
+    }
+
+
+# --- Corpus ------------------------------------------------------------------------------------
+
+SAMPLE_RIG = REPO / "samples" / "gastown-rig"
+
+
+@pytest.fixture(scope="session")
+def sample_rig() -> Path:
+    return SAMPLE_RIG
+
+
+@pytest.fixture(scope="session")
+def scrubber():
+    from corpus.scrub import Scrubber
+
+    return Scrubber()
+
+
+# --- RAG: small rigs, the indexed sample rig ---------------------------------------------------
+
+SAMPLE_RIG = REPO / "samples" / "gastown-rig"
+
+
+def write_beads(root: Path, beads: list[dict]) -> None:
+    path = root / ".beads" / "issues.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(b) + "\n" for b in beads))
+
+
+SMALL_BEADS = [
+    {
+        "id": "tr-a1",
+        "title": "Retry gt mail send on transient errors",
+        "status": "open",
+        "priority": 1,
+        "issue_type": "bug",
+        "updated_at": "2025-03-01T10:00:00Z",
+        "description": "Sending mail fails when the router restarts.",
+    },
+    {
+        "id": "tr-b2",
+        "title": "Witness nudges polecats idle for ten minutes",
+        "status": "closed",
+        "priority": 2,
+        "issue_type": "feature",
+        "updated_at": "2025-03-02T10:00:00Z",
+        "description": "Patrol checks last activity.",
+        "assignee": "testrig/witness",
+    },
+    {
+        "id": "tr-c3",
+        "title": "Deacon compacts issues.jsonl monthly",
+        "status": "open",
+        "priority": 3,
+        "issue_type": "chore",
+        "updated_at": "2025-03-03T10:00:00Z",
+        "description": "Housekeeping.",
+    },
+]
+
+
+def make_small_rig(root: Path, rig: str | None = None) -> Path:
+    """A rig with 3 beads, two convention files, a formula and a session transcript."""
+    root.mkdir(parents=True, exist_ok=True)
+    write_beads(root, SMALL_BEADS)
+    (root / "CLAUDE.md").write_text(
+        "# Conventions\n\n## Git\nNever push to main; submit with gt done.\n\n"
+        "## Mail\nReport blockers to the witness with gt mail send.\n"
+    )
+    (root / "polecats").mkdir()
+    (root / "polecats" / "CLAUDE.md").write_text(
+        "# Polecat\nWork one slung bead at a time, run go test, then gt done.\n"
+    )
+    formulas = root / ".beads" / "formulas"
+    formulas.mkdir(parents=True)
+    (formulas / "mol-witness-patrol.formula.toml").write_text(
+        'formula = "mol-witness-patrol"\ndescription = "Survey, nudge, escalate."\n'
+        '[[steps]]\nid = "survey"\ntitle = "Survey polecats"\ndescription = "gt polecat list"\n'
+    )
+    (root / "transcripts").mkdir()
+    record = {
+        "schema": "gastown.transcript/1",
+        "session_id": "ses-1",
+        "rig": rig or root.name,
+        "role": "polecat",
+        "bead_id": "tr-a1",
+        "outcome": "success",
+        "ended_at": "2025-03-01T12:00:00Z",
+        "turns": [
+            {"speaker": "user", "text": "Your hook has tr-a1."},
+            {"speaker": "assistant", "text": "Added retry with backoff; tests pass."},
+        ],
+    }
+    (root / "transcripts" / "day1.jsonl").write_text(json.dumps(record) + "\n")
+    return root
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture
+def small_rig(tmp_path: Path) -> Path:
+    return make_small_rig(tmp_path / "testrig")
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    from rag.embedding import MiniLMEmbeddingFunction
+
+    return MiniLMEmbeddingFunction()
+
+
+@pytest.fixture(scope="session")
+def sample_store_dir(tmp_path_factory: pytest.TempPathFactory, embedder) -> Path:
+    """The sample rig indexed once per test session (a copy, so the original is never touched)."""
+    from rag.indexer import index_rig
+    from rag.store import RagStore
+
+    if not SAMPLE_RIG.is_dir():
+        pytest.fail(f"sample rig missing at {SAMPLE_RIG}")
+    base = tmp_path_factory.mktemp("sample")
+    rig = shutil.copytree(SAMPLE_RIG, base / "gastown-rig")
+    store_dir = base / "store"
+    with RagStore(store_dir, embedder=embedder, writable=True) as store:
+        index_rig(store, rig, rig="gastown")
+    return store_dir
+
+
+@pytest.fixture
+def sample_store(sample_store_dir: Path, embedder):
+    from rag.store import RagStore
+
+    with RagStore(sample_store_dir, embedder=embedder) as store:
+        yield store
+
+
+# --- Training over a swarm ------------------------------------------------------------
+SPLIT = [("s0", [(0, 2)]), ("s1", [(2, 4)]), ("s2", [(4, 6)])]
+STEPS = 20
+
+
+def train_config(model_dir: Path, **update) -> dict:
+    raw = {
+        "model": str(model_dir),
+        "adapter": "eq",
+        "lora": {"rank": 4, "alpha": 8, "init_seed": 7},
+        "learning_rate": 5e-3,
+        "max_grad_norm": 0.0,
+        "steps": STEPS,
+        "checkpoint_every": 5,
+        "micro_batch_size": 2,
+        "data": {
+            "train": [str(REPO / "samples/sft/gastown_conventions.train.jsonl")],
+            "heldout": [str(REPO / "samples/sft/gastown_conventions.heldout.jsonl")],
+            "prompt_mode": "completion",
+            "max_length": 128,
+            "batch_size": 4,
+            "seed": 3,
+        },
+    }
+    raw.update(update)
+    return raw
+
+
+def run_train(
+    tmp_path: Path, swarm_file: Path, config: dict, *extra: str, expect: int = 0
+) -> tuple[subprocess.CompletedProcess, dict | None]:
+    path = tmp_path / f"train-{len(list(tmp_path.glob('train-*.yaml')))}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "node.cli",
+            "train",
+            "--config",
+            str(path),
+            "--swarm-file",
+            str(swarm_file),
+            "--runs-dir",
+            str(tmp_path / "runs"),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=420,
+        cwd=REPO,
+    )
+    assert proc.returncode == expect, proc.stderr[-3000:]
+    if expect:
+        return proc, None
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    record = json.loads((Path(summary["run_dir"]) / "run_record.json").read_text())
+    return proc, record
