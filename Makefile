@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.node0-installed
 
-.PHONY: demo test test-slow lint proto clean-venv
+.PHONY: demo test test-slow test-gpu test-wan lint proto clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -23,9 +23,16 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow
 
+test-gpu: $(STAMP)
+	$(PY) -m pytest -m gpu
+
+test-wan: $(STAMP)
+	$(PY) -m pytest -m wan
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 proto: $(STAMP)
 	$(PY) -m proto.generate
