@@ -6,8 +6,9 @@ validation problem becomes a :class:`ConfigError` that names the file and the fi
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -18,8 +19,21 @@ from base.hashing import sha256_bytes
 Model = TypeVar("Model", bound=BaseModel)
 
 
-def load_yaml_config(path: str | Path, model: type[Model]) -> tuple[Model, str]:
-    """Parse and validate a YAML config; returns it with the sha256 of the file's bytes."""
+def load_yaml_config(
+    path: str | Path, model: type[Model], *, overrides: Mapping[str, Any] | None = None
+) -> tuple[Model, str]:
+    """Parse and validate a YAML config; returns it with the sha256 of the file's bytes.
+
+    Args:
+        path: the YAML file; its top level must be a mapping (an empty file is ``{}``).
+        model: the pydantic model that validates it.
+        overrides: top-level keys set over the file's before validation (e.g. CLI options);
+            the sha256 stays the file's.
+
+    Raises:
+        ConfigError: the file cannot be read, is not YAML or not a mapping, or fails
+            validation (each problem named by its field path).
+    """
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -31,6 +45,7 @@ def load_yaml_config(path: str | Path, model: type[Model]) -> tuple[Model, str]:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    data.update(overrides or {})
     try:
         return model.model_validate(data), sha256_bytes(raw)
     except ValidationError as exc:

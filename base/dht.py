@@ -12,8 +12,12 @@ import os
 os.environ.setdefault("HIVEMIND_MEMORY_SHARING_STRATEGY", "file_descriptor")
 
 import datetime as _dt  # noqa: E402
+import faulthandler  # noqa: E402
 import importlib  # noqa: E402
 import pkgutil  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
 
 import hivemind  # noqa: E402
 from hivemind.utils.multiaddr import codecs as _multiaddr_codecs  # noqa: E402
@@ -32,7 +36,36 @@ for _codec in pkgutil.iter_modules(_multiaddr_codecs.__path__):
 _dt.datetime.strptime("2024-01-01T00:00:00.000000+0000", "%Y-%m-%dT%H:%M:%S.%f%z")
 
 
-DHT_START_TIMEOUT = 120.0  # seconds; hivemind waits forever for a DHT child that hangs
+DHT_START_TIMEOUT = 120.0  # seconds per attempt; hivemind waits forever for a DHT child that hangs
+DHT_START_ATTEMPTS = 2  # a child forked at an unlucky moment is replaced once by a fresh fork
+
+
+def _arm_stack_dump_in_child() -> None:
+    """In every forked child: SIGUSR1 prints all its threads' stacks to stderr.
+
+    hivemind's DHT is a fork-started process, and a fork taken while another thread of the parent
+    holds a lock hangs the child in ways no log line shows. When a child is not up in time,
+    :func:`start_dht` asks it for its stacks before it is killed, so the hang leaves its cause.
+    """
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+
+
+os.register_at_fork(after_in_child=_arm_stack_dump_in_child)
+
+
+def _stop_hung_child(dht: hivemind.DHT) -> None:
+    if not dht.is_alive():
+        return
+    try:
+        os.kill(dht.pid, signal.SIGUSR1)
+        time.sleep(0.5)  # let it write its stacks
+    except (OSError, TypeError):
+        pass
+    dht.terminate()  # SIGTERM lets the child stop its p2pd
+    dht.join(5)
+    if dht.is_alive():
+        dht.kill()
+        dht.join(5)
 
 
 def start_dht(
@@ -41,36 +74,50 @@ def start_dht(
     host_maddrs: list[str] | None = None,
     client_mode: bool = False,
     start_timeout: float = DHT_START_TIMEOUT,
+    attempts: int = DHT_START_ATTEMPTS,
 ) -> hivemind.DHT:
-    """A running DHT peer, or :class:`SwarmError` if it cannot join or is not up in time."""
+    """A running DHT peer, or :class:`SwarmError` if it cannot join or is not up in time.
+
+    A child that is not ready within ``start_timeout`` prints its stacks, is killed and is
+    replaced by a fresh one, up to ``attempts`` children in all. A refused bootstrap is not
+    retried: it is an answer, not a hang.
+    """
     where = ", ".join(initial_peers) if initial_peers else "(none)"
-    dht = None
-    try:
-        dht = hivemind.DHT(
-            initial_peers=list(initial_peers),
-            host_maddrs=host_maddrs or ["/ip4/127.0.0.1/tcp/0"],
-            client_mode=client_mode,
-            start=False,
-        )
-        dht.run_in_background(await_ready=True, timeout=start_timeout)
-        return dht
-    except TimeoutError as exc:
-        if dht is not None and dht.is_alive():  # SIGTERM lets the child stop its p2pd
-            dht.terminate()
-            dht.join(5)
-            if dht.is_alive():
-                dht.kill()
-                dht.join(5)
-        raise SwarmError(
-            f"the DHT peer did not come up within {start_timeout:.0f} s (initial peers {where})",
-            hint="the machine may be overloaded; retry, or check the DHT child's log lines",
-        ) from exc
-    except Exception as exc:
-        raise SwarmError(
-            f"cannot join the DHT through initial peers {where}: {exc}",
-            hint="check that a swarm is running (`node0 swarm status`) and the addresses are "
-            "current",
-        ) from exc
+    for attempt in range(1, attempts + 1):
+        dht = None
+        try:
+            dht = hivemind.DHT(
+                initial_peers=list(initial_peers),
+                host_maddrs=host_maddrs or ["/ip4/127.0.0.1/tcp/0"],
+                client_mode=client_mode,
+                start=False,
+            )
+            dht.run_in_background(await_ready=True, timeout=start_timeout)
+            return dht
+        except TimeoutError as exc:
+            if dht is not None:
+                _stop_hung_child(dht)
+            if attempt < attempts:
+                print(
+                    f"node0: DHT child not up within {start_timeout:.0f} s "
+                    f"(attempt {attempt}/{attempts}); starting a fresh one",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                continue
+            raise SwarmError(
+                f"the DHT peer did not come up within {start_timeout:.0f} s, {attempts} "
+                f"attempt(s) (initial peers {where})",
+                hint="the machine may be overloaded; retry, or read the DHT child's stacks "
+                "printed above",
+            ) from exc
+        except Exception as exc:
+            raise SwarmError(
+                f"cannot join the DHT through initial peers {where}: {exc}",
+                hint="check that a swarm is running (`node0 swarm status`) and the addresses "
+                "are current",
+            ) from exc
+    raise AssertionError("unreachable")  # the loop returns or raises
 
 
 def visible_maddrs(dht: hivemind.DHT) -> list[str]:

@@ -3,7 +3,9 @@
 Batch 1, greedy, ``--new-tokens`` new tokens per prompt (EOS ignored so every run has the same
 length). Measures time-to-first-token and tokens/s (new tokens / wall time of the whole
 generation, prompt included) for both, interleaved prompt by prompt so background noise hits
-both alike. The last line of output is JSON with the ratio swarm/single.
+both alike. The swarm side is the conversation engine's stateless ``complete`` (a fresh session
+per prompt, as an HTTP request gets; tokenization is not timed). The last line of output is
+JSON with the ratio swarm/single.
 
     python -m bench.inference [--new-tokens 128] [--prompts 4] [--preset smollm2-3stage]
 """
@@ -61,8 +63,12 @@ def _single_process(model, ids: list[int], new_tokens: int) -> tuple[float, floa
     return ttft, new_tokens / elapsed
 
 
-def swarm_once(client, tokenizer, ids: list[int], new_tokens: int) -> tuple[float, float]:
-    result = asyncio.run(client.generate_once(tokenizer, ids, max_new_tokens=new_tokens))
+def swarm_once(engine, messages: list[dict], new_tokens: int) -> tuple[float, float]:
+    """One answer through the conversation engine (a fresh session, as an HTTP request gets)."""
+    from inference.conversation import GenerationSettings
+
+    settings = GenerationSettings(max_new_tokens=new_tokens, ignore_eos=True)
+    result = asyncio.run(engine.complete(messages, settings))
     assert len(result.token_ids) == new_tokens
     return result.time_to_first_token, new_tokens / result.elapsed
 
@@ -82,26 +88,18 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from base.config_loader import load_yaml_config
-    from dataload.prompt_format import encode_prompt, render
+    from inference.conversation import ConversationEngine
     from inference.swarm_client import SwarmClient
     from models.assets import prepare_model
     from node.config import SwarmPreset, resolve_preset_path
     from node.local_swarm import start_swarm, stop_swarm
 
     model_dir = prepare_model("smollm2-135m")
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    prompts = [
-        encode_prompt(
-            render([{"role": "user", "content": q}], mode="chat", tokenizer=tokenizer),
-            tokenizer,
-            mode="chat",
-        )
-        for q in QUESTIONS[: args.prompts]
-    ]
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    conversations = [[{"role": "user", "content": q}] for q in QUESTIONS[: args.prompts]]
 
     preset, _ = load_yaml_config(resolve_preset_path(args.preset), SwarmPreset)
     if args.stage_threads:
@@ -113,13 +111,16 @@ def main() -> None:
     state = start_swarm(preset, args.preset, runs_dir=work / "runs", state_file=state_file)
     client = SwarmClient(preset.model, state.initial_peers)
     try:
-        client.wait_for_route()
-        swarm_once(client, tokenizer, prompts[0], 8)  # warm-up both paths
+        engine = ConversationEngine.connect(client)  # the catalog's prompt format (chat)
+        prompts = [
+            engine.prepare(m, max_new_tokens=args.new_tokens).prompt_ids for m in conversations
+        ]
+        swarm_once(engine, conversations[0], 8)  # warm-up both paths
         single_process(model, prompts[0], 8)
         swarm, single = [], []
-        for ids in prompts:
+        for messages, ids in zip(conversations, prompts, strict=True):
             single.append(single_process(model, ids, args.new_tokens))
-            swarm.append(swarm_once(client, tokenizer, ids, args.new_tokens))
+            swarm.append(swarm_once(engine, messages, args.new_tokens))
             print(
                 f"prompt {len(ids):3d} tokens: swarm ttft {swarm[-1][0] * 1000:6.1f} ms "
                 f"{swarm[-1][1]:5.2f} tok/s | single ttft {single[-1][0] * 1000:6.1f} ms "

@@ -17,13 +17,13 @@ BENCHMARKS.md::
 prompt vs the plain prompt through the swarm. It indexes the shipped sample rig
 (``samples/gastown-rig``, a copy) into a fresh store, starts the default 3-stage local swarm of
 SmolLM2-135M (``--preset``), and for each of several agent turns (different roles and prompts)
-runs, interleaved and ``--repeats`` times, the first turn of an agent session the way
-``node0-inference`` does it (chat template of the catalog entry, a fresh ``SwarmClient`` session
-opened with the model's context window, ``inference.generation.generate``, greedy):
+runs, interleaved and ``--repeats`` times, the first turn of an agent session on the
+conversation engine ``node0-inference`` runs on (``ConversationEngine.connect``: chat template
+of the catalog entry, the model's context window; a fresh conversation per turn, greedy):
 
 - plain: ``--rag off``, the turn as the user message;
-- rag: ``--rag STORE --rig gastown --role ROLE``, the user message from ``assemble_prompt`` with
-  the config's default budget.
+- rag: ``--rag STORE --rig gastown --role ROLE``, the user message from the engine's
+  ``augment`` (``rag.assemble_prompt``) with the config's default budget.
 
 TTFT is ``generate``'s own (first step sent -> first token back), i.e. what ``node0-inference
 --json`` reports as ``time_to_first_token_s``; retrieval + block assembly happen before it and
@@ -243,25 +243,23 @@ def _index_sample_rig(config, workdir: Path) -> tuple[Path, str, dict]:
     return store_dir, rig, facts
 
 
-async def _first_token(
-    client, tokenizer, ids: list[int], *, window: int, new_tokens: int, step_timeout: float
-) -> tuple[float, float]:
-    """(session open s, TTFT s) of one turn in a fresh session, as ``node0-inference`` runs it."""
-    from base.sampler import SamplingParams
-    from inference.generation import generate
+async def _first_token(engine, content: str, *, new_tokens: int) -> tuple[float, float, list[int]]:
+    """(session open s, TTFT s, prompt ids) of a first turn in a fresh conversation, as
+    ``node0-inference`` runs it (its context already assembled into ``content``)."""
+    from inference.conversation import GenerationSettings
 
-    session = client.session(max_length=window, step_timeout=step_timeout)
+    conversation = engine.conversation()
     t0 = time.perf_counter()
-    await session.open()
+    await conversation.open()
     opened = time.perf_counter() - t0
     try:
-        result = await generate(
-            session, tokenizer, ids, max_new_tokens=new_tokens, sampling=SamplingParams()
+        result = await conversation.respond(
+            [{"role": "user", "content": content}], GenerationSettings(max_new_tokens=new_tokens)
         )
     finally:
-        await session.close()
-    assert result.reused_tokens == 0 and result.prompt_tokens == len(ids)
-    return opened, result.time_to_first_token
+        await conversation.close()
+    assert result.reused_tokens == 0
+    return opened, result.time_to_first_token, result.prompt_ids
 
 
 class _SingleProcess:
@@ -301,16 +299,13 @@ def run_swarm_ttft(
     """Swarm TTFT of RAG-assembled vs plain first turns; see the module docstring."""
     import asyncio
 
-    from transformers import AutoConfig
-
     from base.config_loader import load_yaml_config
-    from dataload.prompt_format import encode_prompt, render
+    from inference.conversation import ConversationEngine
+    from inference.rag_context import ContextScope, RagContext
     from inference.swarm_client import SwarmClient
-    from models.catalog import CATALOG
     from node.config import SwarmPreset, resolve_preset_path
     from node.local_swarm import start_swarm, stop_swarm
     from rag.config import load_rag_config
-    from rag.context import assemble_prompt
     from rag.retrieval import RetrievalSettings, retrieve
     from rag.store import RagStore
 
@@ -318,8 +313,6 @@ def run_swarm_ttft(
     settings = RetrievalSettings.from_config(config)
     store_dir, rig, index_facts = _index_sample_rig(config, workdir)
     preset, _ = load_yaml_config(resolve_preset_path(preset_name), SwarmPreset)
-    spec = CATALOG.get(preset.model)
-    mode = spec.prompt_format if spec else "completion"
     loads = [os.getloadavg()[0]]
 
     state_file = workdir / "swarm.json"
@@ -329,46 +322,35 @@ def run_swarm_ttft(
     try:
         swarm_start_s = time.perf_counter() - t0
         client = SwarmClient(preset.model, state.initial_peers)
-        client.wait_for_route()
-        tokenizer = client.load_tokenizer()
-        window = int(AutoConfig.from_pretrained(client.model_dir).max_position_embeddings)
         single = _SingleProcess(client.model_dir) if reference else None
 
-        def count_tokens(text: str) -> int:
-            return len(tokenizer(text, add_special_tokens=False).input_ids)
-
-        def encode(content: str) -> list[int]:
-            messages = [{"role": "user", "content": content}]
-            return encode_prompt(
-                render(messages, mode=mode, tokenizer=tokenizer), tokenizer, mode=mode
-            )
-
-        def measure(ids: list[int]) -> tuple[float, float]:
-            kw = {"window": window, "new_tokens": new_tokens, "step_timeout": step_timeout}
-            return asyncio.run(_first_token(client, tokenizer, ids, **kw))
-
         with RagStore.open(config, path=store_dir) as store:
+            # the catalog's prompt format, the model's context window: node0-inference's engine
+            engine = ConversationEngine.connect(
+                client, step_timeout=step_timeout, rag=RagContext(store, config)
+            )
+            mode = engine.prompt_format
+
+            def encode(content: str) -> list[int]:
+                return engine.encode([{"role": "user", "content": content}])
+
+            def measure(content: str, ids: list[int]) -> tuple[float, float]:
+                opened, ttft, sent = asyncio.run(
+                    _first_token(engine, content, new_tokens=new_tokens)
+                )
+                assert sent == ids
+                return opened, ttft
 
             def assemble(role: str, prompt: str):
-                return assemble_prompt(
-                    prompt,
-                    store=store,
-                    rig=rig,
-                    role=role,
-                    budget_tokens=config.budget_tokens,
-                    count_tokens=count_tokens,
-                    query=prompt,
-                    settings=settings,
-                    min_entry_tokens=config.min_entry_tokens,
-                )
+                return engine.augment(prompt, ContextScope(rig=rig, role=role))
 
             # warm-up: embedding model, tokenizer, every stage's first short and long prefill
             role, prompt = AGENT_TURNS[0]
             retrieve(store, prompt, rig=rig, role=role, settings=settings)
-            for ids in (encode(prompt), encode(assemble(role, prompt).text)):
-                measure(ids)
+            for content in (prompt, assemble(role, prompt).text):
+                measure(content, encode(content))
                 if single:
-                    single.ttft(ids)
+                    single.ttft(encode(content))
 
             rows = []
             for rep in range(repeats):
@@ -387,11 +369,11 @@ def run_swarm_ttft(
                     rag_encode_s = time.perf_counter() - t0
                     # alternate which variant goes first, so drift in the load hits both alike
                     if (rep + i) % 2 == 0:
-                        plain_open, plain_ttft = measure(plain_ids)
-                        rag_open, rag_ttft = measure(rag_ids)
+                        plain_open, plain_ttft = measure(prompt, plain_ids)
+                        rag_open, rag_ttft = measure(assembled.text, rag_ids)
                     else:
-                        rag_open, rag_ttft = measure(rag_ids)
-                        plain_open, plain_ttft = measure(plain_ids)
+                        rag_open, rag_ttft = measure(assembled.text, rag_ids)
+                        plain_open, plain_ttft = measure(prompt, plain_ids)
                     loads.append(os.getloadavg()[0])
                     block = assembled.context
                     row = {

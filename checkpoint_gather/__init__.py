@@ -9,7 +9,6 @@ Submodules import torch/transformers; import what you need from them directly, e
 import base  # noqa: F401,E402  (turns gRPC fork handlers off before grpc loads)
 
 __all__ = [
-    "atomic",
     "coverage",
     "export",
     "gather",

@@ -5,8 +5,8 @@ check runs before a single byte is pulled, and again on what actually arrived.
 
 * every decoder layer ``0 … n-1`` is held by exactly one source (a missing or a duplicated layer
   fails, naming the layers and the sources);
-* every tensor the architecture needs is present with the shape the config implies and the
-  expected dtype, and nothing else is;
+* every tensor the model's family (looked up from the config) needs is present with the shape
+  the config implies and the expected dtype, and nothing else is;
 * embeddings, final norm and LM head are present; with tied embeddings the LM head is not a
   tensor of its own — a last stage that carries a copy must carry exactly the embedding matrix
   (same sha256), and the copy is dropped.
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from base.errors import CheckpointError
 from checkpoint_gather.sources import SourceManifest
-from models.llama.tensor_names import EMBED, FINAL_NORM, LM_HEAD, expected_shapes, parse_layer
+from models import EMBED, FINAL_NORM, LM_HEAD, family_of, parse_layer
 
 TensorSpec = tuple[tuple[int, ...], str]  # (shape, dtype name)
 
@@ -112,9 +112,10 @@ def check_tensors(
     entry is tolerated here (the caller must prove it equals the embedding); the names to drop
     are returned.
     """
+    family = family_of(config)
     n_layers = config.num_hidden_layers
     tied = bool(getattr(config, "tie_word_embeddings", False))
-    expected = expected_shapes(config, range(n_layers), first=True, last=True)
+    expected = family.expected_shapes(config, range(n_layers), first=True, last=True)
     dropped: list[str] = []
     if tied:
         expected.pop(LM_HEAD)
@@ -142,7 +143,8 @@ def check_tensors(
     unexpected = sorted(set(tensors) - set(expected) - set(dropped))
     if unexpected:
         raise CheckpointError(
-            f"{len(unexpected)} tensors are not part of a {n_layers}-layer LLaMA: {unexpected[:5]}"
+            f"{len(unexpected)} tensors are not part of a {n_layers}-layer "
+            f"{family.display_name}: {unexpected[:5]}"
         )
     for name, want in expected.items():
         shape, got_dtype = tensors[name]

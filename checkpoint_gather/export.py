@@ -30,16 +30,16 @@ from typing import Any
 
 import torch
 
+from base.atomic import atomic_dir
 from base.errors import Node0Error
-from checkpoint_gather.atomic import atomic_dir
 from checkpoint_gather.coverage import CoveragePlan, check_coverage
 from checkpoint_gather.gguf_export import export_gguf
 from checkpoint_gather.gguf_tokenizer import Fields, tokenizer_fields
 from checkpoint_gather.hf_export import (
     DEFAULT_MAX_SHARD_BYTES,
     TokenizerCheck,
+    export_config,
     export_hf,
-    llama_config,
 )
 from checkpoint_gather.manifest import build_manifest, record_outputs, write_manifest
 from checkpoint_gather.peft_export import StageAdapters, export_peft_adapter
@@ -159,10 +159,10 @@ def export_checkpoint(
             check_tokenizer`): the HF export does not load its byte-identical copy again.
         durable: fsync every output file and directory before the rename and the parent
             after it (survives an OS crash or power loss); without it the output is still
-            atomic for any failure of this process (:mod:`checkpoint_gather.atomic`).
+            atomic for any failure of this process (:mod:`base.atomic`).
     """
     out_dir = Path(out_dir)
-    config = llama_config(config)
+    config = export_config(config)
     base_needed = hf or bool(gguf_types)
     try:
         if not base_needed and not adapters:

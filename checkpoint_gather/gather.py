@@ -33,10 +33,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from base.dht_records import StageRecord
-from base.errors import CheckpointError, PeerFailureError, RequestError
+from base.errors import CheckpointError, PeerFailureError, RequestError, SwarmError
+from base.refusals import reason_of
 from checkpoint_gather.coverage import check_coverage, check_layer_coverage
 from checkpoint_gather.export import ExportResult, export_checkpoint
-from checkpoint_gather.hf_export import DEFAULT_MAX_SHARD_BYTES, llama_config
+from checkpoint_gather.hf_export import DEFAULT_MAX_SHARD_BYTES, export_config
 from checkpoint_gather.merge import merge_adapters
 from checkpoint_gather.peft_export import StageAdapters
 from checkpoint_gather.sources import SourceManifest, TensorEntry, tensor_sha256
@@ -243,8 +244,11 @@ class _Puller:
                 self._active[(plan.start, plan.end)] = pull
             try:
                 return pull.run()
-            except RequestError as exc:  # e.g. this replica lacks the adapter: try the next
-                refusals.append(str(exc))
+            except (RequestError, SwarmError) as exc:
+                reason = reason_of(exc)
+                if reason is None or not reason.elsewhere:  # every replica would refuse it
+                    raise
+                refusals.append(exc)  # e.g. this replica lacks the adapter: try the next
                 continue
             except PeerFailureError as exc:
                 with self._lock:
@@ -257,9 +261,9 @@ class _Puller:
                 if task is not None:  # the next replica starts a bar of its own
                     self.progress.update(task, visible=False)
         tried = len(plan.replicas)
-        if refusals and not failures:
-            raise RequestError("; ".join(refusals))
-        failures += refusals
+        if refusals and not failures:  # the first refusal's family, and reason (reason_of)
+            raise type(refusals[0])("; ".join(map(str, refusals))) from refusals[0]
+        failures += map(str, refusals)
         raise PeerFailureError(
             f"layers [{plan.start}, {plan.end}) could not be pulled from any of its {tried} "
             f"replica(s): " + "; ".join(failures),
@@ -412,7 +416,9 @@ def gather_stages(
     Raises:
         PeerFailureError: a stage could not be pulled from any of its replicas.
         CheckpointError: corrupt or contradictory data, coverage, or the output exists.
-        RequestError: every replica of a stage refused (e.g. it lacks the adapter).
+        RequestError: a stage refused the pull (wrong model), or every replica of it did
+            (unknown adapter); ``base.refusals.reason_of`` gives the stage's reason.
+        SwarmError: no replica of a stage hosts the layers it announced.
     """
     with _recorded(run):
         return _gather_stages(
@@ -455,7 +461,7 @@ def _gather_stages(
             raise CheckpointError(
                 "stages disagree on the model config; they serve different models under one name"
             )
-        config = llama_config(json.loads(headers[0][1].config_json))
+        config = export_config(json.loads(headers[0][1].config_json))
         manifests = [_header_manifest(pull, header) for pull, header in headers]
         if options.adapters_only:
             check_layer_coverage(config.num_hidden_layers, manifests)
@@ -515,7 +521,7 @@ def _export(
         seconds["pull"],
     )
     started = time.monotonic()
-    config = llama_config(_check_configs(stages))
+    config = export_config(_check_configs(stages))
     settings = {name: _adapter_settings(stages, name) for name in wanted}
     provenance = {
         "gathered_from": "swarm",

@@ -5,13 +5,14 @@ everything verified before the file is opened:
 
 1. tensors checked against the config (same check as the Hugging Face export); with tied
    embeddings no ``output.weight`` is written (readers then use ``token_embd``);
-2. names and layouts mapped through :mod:`models.llama.gguf_names` (Q/K rows permuted like
-   llama.cpp's converter, shapes asserted unchanged);
-3. metadata: ``general.*``, the required ``llama.*`` keys, ``general.file_type``, every
+2. names and layouts mapped through the family's GGUF layout (:mod:`models.gguf_layout`; the
+   family comes from the config: LLaMA's Q/K rows are permuted like llama.cpp's converter,
+   Qwen2's are not), shapes asserted unchanged;
+3. metadata: ``general.*``, the required ``<arch>.*`` keys, ``general.file_type``, every
    ``tokenizer.*`` field (:mod:`checkpoint_gather.gguf_tokenizer`) and ``node0.provenance``;
 4. written to a temporary sibling and renamed.
 
-Norm weights (1-D) stay f32 in every type, as llama.cpp's converter does.
+Norm weights and biases (1-D) stay f32 in every type, as llama.cpp's converter does.
 """
 
 from __future__ import annotations
@@ -27,15 +28,14 @@ import torch
 from gguf import GGML_QUANT_VERSION, GGMLQuantizationType, GGUFWriter, LlamaFileType
 from gguf.quants import quantize
 
+from base.atomic import atomic_file, flush_early
 from base.errors import CheckpointError
-from checkpoint_gather.atomic import atomic_file, flush_early
 from checkpoint_gather.coverage import check_tensors
 from checkpoint_gather.gguf_tokenizer import Fields, add_fields
-from checkpoint_gather.hf_export import llama_config
+from checkpoint_gather.hf_export import export_config
 from checkpoint_gather.manifest import file_sha256
 from checkpoint_gather.sources import dtype_name
-from models.llama import gguf_names
-from models.llama.tensor_names import EMBED, FINAL_NORM, LAYER_TENSORS, LM_HEAD, layer_tensor_name
+from models import EMBED, LM_HEAD, family_of
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +48,10 @@ GGUF_TYPES: dict[str, tuple[GGMLQuantizationType, LlamaFileType]] = {
 }
 
 
-def _tensor_order(num_layers: int, tied: bool) -> list[str]:
-    names = [EMBED]
-    for layer in range(num_layers):
-        names += [layer_tensor_name(layer, suffix) for suffix in LAYER_TENSORS]
-    names.append(FINAL_NORM)
-    if not tied:
-        names.append(LM_HEAD)
-    return names
+def _tensor_order(family, config, tied: bool) -> list[str]:
+    """Embedding, each layer's tensors, final norm, then the LM head unless tied."""
+    names = family.expected_shapes(config, range(config.num_hidden_layers), first=True, last=True)
+    return [name for name in names if not (tied and name == LM_HEAD)]
 
 
 def _encode(array: np.ndarray, qtype: GGMLQuantizationType, name: str):
@@ -86,7 +82,7 @@ def export_gguf(
     digest: bool = False,
     durable: bool = True,
 ) -> Path:
-    """Write ``state`` (fp32, HF LLaMA names) as a llama.cpp GGUF file.
+    """Write ``state`` (fp32, HF names) as a llama.cpp GGUF file of the config's family.
 
     Args:
         out: the output file; must not exist.
@@ -100,12 +96,13 @@ def export_gguf(
         provenance: stored as JSON under ``node0.provenance``.
         digest: hash the written file while its writeback to the disk runs (the digest is
             remembered, :func:`checkpoint_gather.manifest.file_sha256`, for the manifest).
-        durable: fsync the file before it is published (:mod:`checkpoint_gather.atomic`).
+        durable: fsync the file before it is published (:mod:`base.atomic`).
     """
     if out_type not in GGUF_TYPES:
         raise CheckpointError(f"unknown GGUF type {out_type!r}; choose one of {list(GGUF_TYPES)}")
     qtype, file_type = GGUF_TYPES[out_type]
-    config = llama_config(config)
+    family = family_of(config)
+    config = export_config(config)
     specs = {n: (tuple(t.shape), dtype_name(t.dtype)) for n, t in state.items()}
     dropped = check_tensors(config, specs)
     if LM_HEAD in dropped and not torch.equal(state[LM_HEAD], state[EMBED]):
@@ -114,7 +111,7 @@ def export_gguf(
             "embedding; refusing to drop it"
         )
     try:
-        metadata = gguf_names.metadata_fields(config)
+        metadata = family.gguf.metadata_fields(config)
     except ValueError as exc:
         raise CheckpointError(f"this config cannot be written as a llama.cpp GGUF: {exc}") from exc
     n_tokens = len(tokenizer["tokenizer.ggml.tokens"]["value"])
@@ -125,7 +122,7 @@ def export_gguf(
     tied = bool(config.tie_word_embeddings)
     out = Path(out)
     with atomic_file(out, durable=durable) as tmp:
-        writer = GGUFWriter(str(tmp), gguf_names.ARCH)
+        writer = GGUFWriter(str(tmp), family.gguf.arch)
         writer.add_type("model")
         if name:
             writer.add_name(name)
@@ -136,9 +133,9 @@ def export_gguf(
             writer.add_quantization_version(GGML_QUANT_VERSION)
         add_fields(writer, tokenizer)
         writer.add_string(PROVENANCE_KEY, json.dumps(dict(provenance or {}), sort_keys=True))
-        for hf_name in _tensor_order(config.num_hidden_layers, tied):
+        for hf_name in _tensor_order(family, config, tied):
             array = state[hf_name].detach().to(torch.float32).contiguous().numpy()
-            gguf_name, array = gguf_names.to_gguf_layout(hf_name, array, config)
+            gguf_name, array = family.gguf.to_gguf_layout(hf_name, array, config)
             data, raw_dtype = _encode(array, qtype, hf_name)
             writer.add_tensor(gguf_name, data, raw_dtype=raw_dtype)
         writer.write_header_to_file()
@@ -150,6 +147,11 @@ def export_gguf(
         if digest:
             file_sha256(tmp)  # same inode and mtime after the rename: the digest stays valid
     log.info(
-        "wrote GGUF %s (%s, %d layers, tied=%s)", out, out_type, config.num_hidden_layers, tied
+        "wrote GGUF %s (%s %s, %d layers, tied=%s)",
+        out,
+        family.gguf.arch,
+        out_type,
+        config.num_hidden_layers,
+        tied,
     )
     return out

@@ -7,7 +7,9 @@ Two origins, one result (``{key: {"type", "sub_type", "value"}}``):
   gguf-py ~10 s, so the fields are read once and cached as JSON next to the prepared model
   (``$NODE0_HOME/models/<name>/gguf_tokenizer.json``), keyed by the source file's sha256;
 * any other model: built from its Hugging Face byte-level BPE tokenizer (gpt2-style: tokens in
-  id order, token types, merges, special token ids, chat template).
+  id order, token types, merges, special token ids, chat template). ``tokenizer.ggml.pre`` names
+  how the text is split before the merges (:func:`pre_tokenizer_name`): ``gpt2`` for ByteLevel's
+  own regex, ``qwen2`` for Qwen2's; llama.cpp and transformers' GGUF reader both split by it.
 """
 
 from __future__ import annotations
@@ -74,6 +76,44 @@ def _is_byte_level(tokenizer_json: dict[str, Any]) -> bool:
     return '"ByteLevel"' in text
 
 
+def _split_regexes() -> dict[str, str]:
+    """``tokenizer.ggml.pre`` name -> the split regex a ``tokenizer.json`` holds for it."""
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX as QWEN2
+
+    return {"qwen2": QWEN2}
+
+
+def _walk(pre_tokenizer: dict[str, Any] | None):
+    if not pre_tokenizer:
+        return
+    yield pre_tokenizer
+    for child in pre_tokenizer.get("pretokenizers") or ():
+        yield from _walk(child)
+
+
+def pre_tokenizer_name(tokenizer_json: dict[str, Any]) -> str:
+    """The ``tokenizer.ggml.pre`` of a byte-level BPE ``tokenizer.json``.
+
+    Raises:
+        CheckpointError: it splits text by a regex llama.cpp would not know by this file.
+    """
+    steps = list(_walk(tokenizer_json.get("pre_tokenizer")))
+    splits = [s["pattern"].get("Regex") for s in steps if s.get("type") == "Split"]
+    if not splits:
+        if any(s.get("type") == "ByteLevel" and s.get("use_regex", True) for s in steps):
+            return "gpt2"
+    elif len(splits) == 1:
+        for name, regex in _split_regexes().items():
+            if splits[0] == regex:
+                return name
+    raise CheckpointError(
+        "the tokenizer splits text in a way the GGUF export cannot name "
+        f"({[s.get('type') for s in steps]}, split {splits[:1]}); llama.cpp would tokenize "
+        "differently",
+        hint="export Hugging Face only (--gguf none), or convert the HF export with llama.cpp",
+    )
+
+
 def hf_tokenizer_fields(tokenizer_dir: str | Path, *, vocab_size: int) -> Fields:
     """gpt2-style GGUF tokenizer fields built from a Hugging Face byte-level BPE tokenizer.
 
@@ -112,7 +152,11 @@ def hf_tokenizer_fields(tokenizer_dir: str | Path, *, vocab_size: int) -> Fields
             types.append(int(TokenType.NORMAL))
     fields: Fields = {
         "tokenizer.ggml.model": {"type": "STRING", "sub_type": None, "value": "gpt2"},
-        "tokenizer.ggml.pre": {"type": "STRING", "sub_type": None, "value": "gpt2"},
+        "tokenizer.ggml.pre": {
+            "type": "STRING",
+            "sub_type": None,
+            "value": pre_tokenizer_name(data),
+        },
         "tokenizer.ggml.tokens": {"type": "ARRAY", "sub_type": "STRING", "value": tokens},
         "tokenizer.ggml.token_type": {"type": "ARRAY", "sub_type": "INT32", "value": types},
         "tokenizer.ggml.merges": {"type": "ARRAY", "sub_type": "STRING", "value": _merges(data)},

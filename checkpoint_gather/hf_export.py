@@ -6,7 +6,7 @@ Steps, in this order (each one's output is the next one's input):
    a tied LM head must equal the embedding and is not written;
 2. in a temporary sibling of the output: the weights as ``model.safetensors`` or shards +
    ``model.safetensors.index.json`` above ``max_shard_bytes`` (when durable, their writeback
-   to the disk starts at once, :func:`checkpoint_gather.atomic.flush_early`), ``config.json``,
+   to the disk starts at once, :func:`base.atomic.flush_early`), ``config.json``,
    ``generation_config.json``, tokenizer files (copied byte for byte, then loaded once to prove
    they work), and ``node0_export.json`` (provenance, tensor and file digests);
 3. re-read what was written: safetensors headers against the config (the same architecture check
@@ -27,12 +27,12 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from base.atomic import atomic_dir, flush_early
 from base.errors import CheckpointError
-from checkpoint_gather.atomic import atomic_dir, flush_early
 from checkpoint_gather.coverage import check_tensors
 from checkpoint_gather.manifest import file_sha256
 from checkpoint_gather.sources import dtype_name, tensor_sha256
-from models.llama.tensor_names import EMBED, LM_HEAD
+from models import EMBED, LM_HEAD, check_architecture, family_of, index_checkpoint
 from provenance import sha256_file, sha256_json
 
 log = logging.getLogger(__name__)
@@ -54,18 +54,10 @@ TOKENIZER_FILES = (
 _TOKENIZER_CORE = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
 
-def llama_config(config):
-    """A clean ``LlamaConfig`` (architectures/model_type set, no quantization) from a config
-    object or dict."""
-    from transformers import LlamaConfig
-
-    data = dict(config) if isinstance(config, Mapping) else config.to_dict()
-    data.pop("quantization_config", None)
-    data.pop("transformers_version", None)
-    data["architectures"] = ["LlamaForCausalLM"]
-    data["model_type"] = "llama"
-    data["dtype"] = "float32"
-    return LlamaConfig(**data)
+def export_config(config):
+    """A clean config of the model's family (its architectures/model_type set, fp32, no
+    quantization) from a config object or dict; the family comes from the config."""
+    return family_of(config).export_config(config)
 
 
 def tokenizer_files(directory: str | Path) -> list[Path]:
@@ -169,8 +161,6 @@ def _write_weights(state: Mapping[str, torch.Tensor], out: Path, max_shard_bytes
 def _verify_written(directory: Path) -> None:
     from transformers import AutoConfig
 
-    from models.llama.architecture import check_architecture, index_checkpoint
-
     config = AutoConfig.from_pretrained(str(directory), local_files_only=True)
     check_architecture(config, index_checkpoint(directory))
 
@@ -188,11 +178,12 @@ def export_hf(
     durable: bool = True,
     tokenizer_check: TokenizerCheck | None = None,
 ) -> Path:
-    """Write ``state`` (fp32, HF LLaMA names, global layer indices) as a Hugging Face directory.
+    """Write ``state`` (fp32, HF names, global layer indices) as a Hugging Face directory.
 
     Args:
         out: the output directory; must not exist.
-        config: the model's config (``PretrainedConfig`` or dict).
+        config: the model's config (``PretrainedConfig`` or dict); its family (from
+            ``model_type`` / ``architectures``) decides the tensors and the config class written.
         state: every tensor of the model; with tied embeddings an ``lm_head.weight`` equal to the
             embedding is accepted and not written.
         tokenizer_dir: directory with the tokenizer files to ship.
@@ -201,13 +192,13 @@ def export_hf(
         max_shard_bytes: above this total size the weights are sharded with an index.
         tensor_digests: the tensors' sha256 if the caller already verified them (recorded in
             ``node0_export.json`` instead of hashing every tensor again).
-        durable: fsync the result before it is published (:mod:`checkpoint_gather.atomic`).
+        durable: fsync the result before it is published (:mod:`base.atomic`).
         tokenizer_check: ``tokenizer_dir`` already loaded (:func:`check_tokenizer`).
 
     Returns:
         ``out``.
     """
-    config = llama_config(config)
+    config = export_config(config)
     specs = {n: (tuple(t.shape), dtype_name(t.dtype)) for n, t in state.items()}
     dropped = check_tensors(config, specs)
     if LM_HEAD in dropped and not torch.equal(state[LM_HEAD], state[EMBED]):

@@ -16,8 +16,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from base.errors import CheckpointError
-from models.llama import gguf_names
-from models.llama.tensor_names import LM_HEAD, expected_shapes
+from models import LM_HEAD, check_architecture, families, family_for_gguf, index_checkpoint
 
 PROVENANCE_FILES = ("node0_asset.json", "node0_export.json", "node0_stamp.json", "manifest.json")
 
@@ -26,7 +25,7 @@ PENALTIES: dict[str, int] = {
     "architecture": 40,  # declared architecture contradicts the tensors (will not load)
     "tokenizer": 20,  # no tokenizer shipped
     "tokenizer_vocab": 10,  # tokenizer does not fit the model's vocabulary
-    "metadata": 10,  # required llama.* GGUF keys absent
+    "metadata": 10,  # required <arch>.* GGUF keys absent
     "generation_config": 10,  # no generation_config.json
     "provenance": 10,  # no record of where it came from
     "chat_template": 5,  # no chat template (instruct models need it)
@@ -147,8 +146,6 @@ def _has_chat_template(path: Path) -> bool:
 def _inspect_hf(path: Path) -> InspectReport:
     from transformers import AutoConfig
 
-    from models.llama.architecture import check_architecture, index_checkpoint
-
     config_file = path / "config.json"
     if not config_file.is_file():
         raise CheckpointError(f"{path} has no config.json")
@@ -219,10 +216,11 @@ def _inspect_gguf(path: Path) -> InspectReport:
     report = InspectReport(path=str(path), format="gguf")
     arch = _field_value(reader, "general.architecture")
     report.model_type = arch
-    report.architecture = "LlamaForCausalLM" if arch == gguf_names.ARCH else arch
+    family = family_for_gguf(arch)
+    report.architecture = family.architecture if family else arch
     cfg: dict[str, Any] = {}
     absent = []
-    for meta in gguf_names.METADATA:
+    for meta in family.gguf.metadata if family else ():
         value = _field_value(reader, f"{arch}.{meta.key}")
         if value is None:
             absent.append(f"{arch}.{meta.key}")
@@ -256,9 +254,14 @@ def _inspect_gguf(path: Path) -> InspectReport:
         report.provenance[PROVENANCE_KEY] = json.loads(_field_value(reader, PROVENANCE_KEY))
     elif "general.name" in general or "general.organization" in general:
         report.provenance["general"] = general
-    report.architecture_check = _check_gguf(arch, cfg, tensors, report.tied_embeddings)
+    report.architecture_check = _check_gguf(family, arch, cfg, tensors, report.tied_embeddings)
     if not report.architecture_check["ok"]:
-        report.find("architecture", "tensors or metadata contradict a llama.cpp LLaMA")
+        report.find(
+            "architecture",
+            f"tensors or metadata contradict a llama.cpp {family.display_name}"
+            if family
+            else f"no supported family has GGUF architecture {arch!r}",
+        )
     if absent:
         report.find("metadata", f"required metadata absent: {absent}")
     _common_findings(report)
@@ -277,23 +280,28 @@ def _inspect_gguf(path: Path) -> InspectReport:
 
 
 def _check_gguf(
-    arch: str | None, cfg: dict[str, Any], tensors: dict[str, tuple], tied: bool
+    family, arch: str | None, cfg: dict[str, Any], tensors: dict[str, tuple], tied: bool
 ) -> dict[str, Any]:
-    """The GGUF counterpart of the safetensors architecture check."""
-    if arch != gguf_names.ARCH:
+    """The GGUF counterpart of the safetensors architecture check (``family`` from
+    ``general.architecture``; None when no registered family writes it)."""
+    if family is None:
+        known = ", ".join(repr(f.gguf.arch) for f in families())
         return {
             "ok": False,
-            "message": f"general.architecture is {arch!r}; node0 reads {gguf_names.ARCH!r} only",
+            "message": f"general.architecture is {arch!r}; node0 reads {known} only",
         }
     unknown = []
     hf_shapes = {}
     for name, (shape, _) in tensors.items():
         try:
-            hf_shapes[gguf_names.gguf_to_hf_name(name)] = shape
+            hf_shapes[family.gguf.gguf_to_hf_name(name)] = shape
         except KeyError:
             unknown.append(name)
     if unknown:
-        return {"ok": False, "message": f"tensors that are not LLaMA's: {unknown[:5]}"}
+        return {
+            "ok": False,
+            "message": f"tensors that are not {family.display_name}'s: {unknown[:5]}",
+        }
     needed = {
         "num_hidden_layers",
         "hidden_size",
@@ -304,7 +312,9 @@ def _check_gguf(
     if not needed <= set(cfg):
         return {"ok": False, "message": f"metadata lacks {sorted(needed - set(cfg))}"}
     config = SimpleNamespace(**{"num_key_value_heads": cfg["num_attention_heads"], **cfg})
-    expected = expected_shapes(config, range(cfg["num_hidden_layers"]), first=True, last=True)
+    expected = family.expected_shapes(
+        config, range(cfg["num_hidden_layers"]), first=True, last=True
+    )
     if tied:
         expected.pop(LM_HEAD)
     missing = sorted(set(expected) - set(hf_shapes))

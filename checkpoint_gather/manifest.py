@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from checkpoint_gather.atomic import atomic_file
+from base.atomic import atomic_file
 from checkpoint_gather.coverage import CoveragePlan
 from checkpoint_gather.sources import SourceManifest
 from provenance import RunDir, sha256_file, sha256_json

@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
+from base.atomic import atomic_dir
 from base.errors import CheckpointError
-from checkpoint_gather.atomic import atomic_dir
 from checkpoint_gather.coverage import check_layer_coverage
 from checkpoint_gather.sources import manifest_from_state_dict
 from lora import LoraSettings, merge_stage_states, save_peft_adapter

@@ -19,7 +19,7 @@ import torch
 from safetensors import safe_open
 
 from base.errors import CheckpointError
-from models.llama.tensor_names import EMBED, FINAL_NORM, LM_HEAD, parse_layer
+from models import EMBED, FINAL_NORM, LM_HEAD, index_checkpoint, parse_layer
 
 
 def tensor_sha256(tensor: torch.Tensor) -> str:
@@ -151,8 +151,6 @@ def read_local_stage(
 ) -> tuple[SourceManifest, dict[str, torch.Tensor]]:
     """Read layers ``[start, end)`` (plus embeddings / norm / head at the ends) of a local HF
     checkpoint as one source, the way a stage holds them: fp32 tensors under global names."""
-    from models.llama.architecture import index_checkpoint
-
     index = index_checkpoint(model_dir)
     names = stage_tensor_names(index.shapes, start, end, first=start == 0, last=end == num_layers)
     state: dict[str, torch.Tensor] = {}

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from base.atomic import atomic_dir
 from base.errors import CheckpointError, Node0Error
-from checkpoint_gather.atomic import atomic_dir
 from checkpoint_gather.hf_export import copy_tokenizer, tokenizer_files
 from provenance import environment_versions, sha256_file
 
@@ -44,7 +44,7 @@ def _check(directory: Path, shown_as: Path) -> dict[str, Any]:
     """The stage loader's architecture check on ``directory``, messages naming ``shown_as``."""
     from transformers import AutoConfig
 
-    from models.llama.architecture import check_architecture, index_checkpoint
+    from models import check_architecture, index_checkpoint
 
     try:
         config = AutoConfig.from_pretrained(str(directory), local_files_only=True)
@@ -83,7 +83,7 @@ def stamp_checkpoint(
     if out == src or src in out.parents:
         raise CheckpointError(f"the output {out} must lie outside the input {src}")
     before = _file_digests(src)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, durable=True) as tmp:
         for item in sorted(src.iterdir()):
             if item.is_dir():
                 shutil.copytree(item, tmp / item.name)

@@ -18,7 +18,10 @@ Failures are sorted by who can fix them:
   another replica of the same stage may succeed;
 * :class:`~base.errors.CheckpointError` — the data is wrong (a digest mismatch, a chunk that
   contradicts the header): never retried silently;
-* :class:`~base.errors.RequestError` — the stage refused the request (unknown adapter, model).
+* a refusal — the stage refused the request: the error of its
+  :class:`~base.refusals.Reason`'s family, raised from the call's error so that
+  :func:`~base.refusals.reason_of` reads the reason back (``unknown_adapter`` and
+  ``span_not_hosted`` say another replica may have it; ``wrong_model`` does not).
 """
 
 from __future__ import annotations
@@ -36,24 +39,14 @@ import grpc.experimental
 import numpy as np
 import torch
 
-from base.errors import CheckpointError, PeerFailureError, RequestError
+from base.errors import CheckpointError, PeerFailureError
+from base.refusals import call_failure
 from checkpoint_gather.sources import SourceManifest, TensorEntry
 from lora.config import LoraSettings
-from models.llama.tensor_names import LM_HEAD
+from models import LM_HEAD
 from proto import node0_weights_pb2, node0_weights_pb2_grpc
 from proto.tensor_codec import DTYPES, MAX_DIMS
 
-# Status codes that mean "this peer cannot deliver": another replica may.
-PEER_FAILURE_CODES = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.CANCELLED,
-        grpc.StatusCode.INTERNAL,
-        grpc.StatusCode.UNKNOWN,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-    }
-)
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
@@ -191,16 +184,13 @@ class StagePull:
             channel.close()
 
     def _translate(self, exc: grpc.RpcError) -> Exception:
-        code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
-        details = exc.details() if hasattr(exc, "details") else str(exc)
         got = f"after {self.received} of {self.total or '?'} bytes"
         if self._cancel_reason is not None:
             return PeerFailureError(f"{self._where()}: {self._cancel_reason} ({got})")
-        if code in PEER_FAILURE_CODES:
-            return PeerFailureError(
-                f"{self._where()} failed mid-transfer {got}: {code.name}: {details}"
-            )
-        return RequestError(f"{self._where()} refused the pull ({code.name}): {details}")
+        failure = call_failure(exc)
+        if failure.family is PeerFailureError:
+            return PeerFailureError(f"{self._where()} failed mid-transfer {got}: {failure}")
+        return failure.family(f"{self._where()} refused the pull ({failure})")
 
     def _check_header(self, header) -> dict[str, _Receiving]:
         t = self.target

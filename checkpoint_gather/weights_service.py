@@ -35,13 +35,18 @@ from pathlib import Path
 import grpc
 import torch
 
-from base.errors import RequestError
 from checkpoint_gather.digest_cache import DigestCache, TensorState
 from checkpoint_gather.sources import dtype_name, tensor_sha256
 from lora.stage_adapters import adapter_lock, adapter_state_dict
 from lora.stage_adapters import adapters as stage_adapters
-from models.llama.tensor_names import LM_HEAD, expected_shapes
-from pipeline_stages.errors import InvalidInput, SessionNotFound, StageRequestError
+from models import LM_HEAD, expected_shapes
+from pipeline_stages.errors import (
+    InvalidInput,
+    SpanNotHosted,
+    UnknownAdapter,
+    WrongModel,
+    abort_call,
+)
 from pipeline_stages.executor import StageExecutor
 from proto import node0_pb2, node0_weights_pb2, node0_weights_pb2_grpc
 from proto.tensor_chunks import DEFAULT_CHUNK_BYTES
@@ -154,7 +159,7 @@ def snapshot_stage(
         held = stage_adapters(stage)
         unknown = [name for name in adapters if name not in held]
         if unknown:
-            raise SessionNotFound(
+            raise UnknownAdapter(
                 f"unknown adapter(s) {unknown} on layers [{stage.start}, "
                 f"{stage.end}); held: {', '.join(sorted(held)) or 'none'}"
             )
@@ -246,13 +251,13 @@ class WeightsService(node0_weights_pb2_grpc.StageWeightsServicer):
 
     def _stage(self, request):
         if request.model != self.executor.model_name:
-            raise InvalidInput(
+            raise WrongModel(
                 f"this daemon serves {self.executor.model_name!r}, not {request.model!r}"
             )
         stage = self.executor.stages.get((request.start, request.end))
         if stage is None:
             hosted = ", ".join(f"[{s}, {e})" for s, e in sorted(self.executor.stages))
-            raise SessionNotFound(
+            raise SpanNotHosted(
                 f"layers [{request.start}, {request.end}) are not hosted here (hosted: {hosted})"
             )
         if not request.base and not request.adapters:
@@ -306,12 +311,8 @@ class WeightsService(node0_weights_pb2_grpc.StageWeightsServicer):
             )
             hash_snapshot(snapshot, self.digests)
             header = self._header(request, stage, snapshot)
-        except (StageRequestError, RequestError) as exc:
-            status = getattr(exc, "status", "NOT_FOUND")
-            context.abort(getattr(grpc.StatusCode, status), str(exc))
         except Exception as exc:
-            log.exception("PullWeights failed")
-            context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc}")
+            abort_call(context, exc, "PullWeights")
         chunk_bytes = self._chunk_bytes(request.chunk_bytes)
         log.info(
             "PullWeights: layers [%d, %d), base %s, adapters %s: %d tensors, %d bytes to %s",

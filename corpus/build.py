@@ -31,10 +31,10 @@ from corpus.partition import partition_path
 from corpus.quality import QualityChecker
 from corpus.readers import read_beads, read_claude_code, read_docs, read_formulas, read_transcripts
 from corpus.recency import apply_recency
-from corpus.rig import Rig, load_rig
 from corpus.scrub import Scrubber
 from corpus.units import Unit
 from dataload.schema import DPOPair, SFTExample
+from gastown.rig import Rig, load_rig
 from provenance import RunDir, create_run_dir, sha256_file, sha256_json
 
 log = logging.getLogger(__name__)

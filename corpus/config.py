@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from base.errors import ConfigError
-from dataload.schema import ROLES
+from base.config_loader import load_yaml_config
+from gastown.roles import ROLES
 
 
 class _Section(BaseModel):
@@ -105,9 +104,10 @@ class CorpusConfig(_Section):
     target_rig: str | None = None
     """Rig whose corpus is built (default: the first rig); others contribute only if opted in."""
     roles: list[str] = list(ROLES)
-    """Known agent roles; a transcript with another role is quarantined."""
+    """Agent roles this build trains (default: every Gas Town role, ``gastown.roles.ROLES``); a
+    transcript with another role is quarantined."""
     default_bead_role: str = "mayor"
-    """Role for beads whose ``created_by`` names no known role."""
+    """Role for beads whose ``created_by`` names no role in ``roles``."""
     claude_code_unknown_outcome: Literal["sft", "reject"] = "sft"
     """Claude Code logs carry no outcome: use them as SFT examples, or reject them."""
     sources: SourcesConfig = SourcesConfig()
@@ -115,6 +115,21 @@ class CorpusConfig(_Section):
     clean: CleanConfig = CleanConfig()
     quality: QualityConfig = QualityConfig()
     gates: GateConfig = GateConfig()
+
+    @field_validator("roles")
+    @classmethod
+    def _known_roles(cls, roles: list[str]) -> list[str]:
+        unknown = sorted(set(roles) - set(ROLES))
+        if unknown:
+            raise ValueError(f"not Gas Town roles: {unknown}; the roles are {list(ROLES)}")
+        return roles
+
+    @field_validator("default_bead_role")
+    @classmethod
+    def _known_role(cls, role: str) -> str:
+        if role not in ROLES:
+            raise ValueError(f"{role!r} is not a Gas Town role; the roles are {list(ROLES)}")
+        return role
 
 
 def load_config(path: str | Path | None) -> CorpusConfig:
@@ -125,17 +140,4 @@ def load_config(path: str | Path | None) -> CorpusConfig:
     """
     if path is None:
         return CorpusConfig()
-    p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except OSError as exc:
-        raise ConfigError(f"cannot read corpus config {p}: {exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"corpus config {p} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"corpus config {p} must be a mapping, got {type(data).__name__}")
-    try:
-        return CorpusConfig.model_validate(data)
-    except ValidationError as exc:
-        lines = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
-        raise ConfigError(f"invalid corpus config {p}:\n  " + "\n  ".join(lines)) from exc
+    return load_yaml_config(path, CorpusConfig)[0]

@@ -15,6 +15,7 @@ from corpus.ledger import Ledger
 from corpus.partition import infer_task, slug
 from corpus.readers.docs import sections
 from corpus.units import RecordRef, Unit
+from gastown.roles import SINGLE_AGENT_ROLES
 
 
 @dataclass
@@ -77,7 +78,7 @@ def _system(role: str, rig: str) -> str:
         "an agent"
         if role == "all"
         else f"the {role}"
-        if role in ("mayor", "witness", "deacon", "boot")
+        if role in SINGLE_AGENT_ROLES
         else f"a {role}"
     )
     return (

@@ -13,7 +13,7 @@ _EXPORTS = {
     "dataload.collate": ["Batch", "pack_batch", "pack_rows", "pad_batch"],
     "dataload.config": ["DataConfig"],
     "dataload.dpo": ["DPOBatch", "DPOLoader", "TokenizedPair", "collate_dpo", "encode_dpo"],
-    "dataload.loader": ["Loaders", "OrderedLoader", "SFTLoader", "build_loader", "build_loaders"],
+    "dataload.loader": ["Loaders", "SFTLoader", "build_loader", "build_loaders"],
     "dataload.losses": [
         "IGNORE_INDEX",
         "counted_tokens",
@@ -25,6 +25,7 @@ _EXPORTS = {
         "token_logprobs",
     ],
     "dataload.order": ["DataPosition", "epoch_order", "order_hash", "shard"],
+    "dataload.ordered_loader": ["OrderedLoader"],
     "dataload.probes": ["Probe", "load_probes", "score_probes"],
     "dataload.tokenization": ["EncodeStats", "TokenizedExample", "encode_messages", "encode_sft"],
     "dataload.tokenizer": ["TokenizerInfo", "load_tokenizer", "tokenizer_info"],

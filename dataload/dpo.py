@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import torch
 
 from dataload.collate import Batch, pad_batch
-from dataload.loader import OrderedLoader
 from dataload.order import DataPosition
+from dataload.ordered_loader import OrderedLoader
 from dataload.prompt_format import PromptMode, turns_to_messages
 from dataload.tokenization import (
     EncodeStats,

@@ -16,11 +16,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from gastown.roles import ROLES as GASTOWN_ROLES
+
 SFT_SCHEMA = "node0.sft/1"
 DPO_SCHEMA = "node0.dpo/1"
 
-#: Agent roles of Gas Town; ``all`` marks role-agnostic knowledge (e.g. a rig-wide CLAUDE.md).
-ROLES: tuple[str, ...] = ("mayor", "polecat", "witness", "deacon", "boot", "crew", "all")
+#: Role partitions of a dataset: the Gas Town roles (``gastown.roles.ROLES``) and the pseudo-role
+#: ``all``, which marks role-agnostic knowledge (e.g. a rig-wide CLAUDE.md).
+ROLES: tuple[str, ...] = (*GASTOWN_ROLES, "all")
 
 SourceKind = Literal["transcript", "claude_code", "bead", "doc", "formula"]
 Speaker = Literal["system", "user", "assistant"]

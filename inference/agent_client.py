@@ -11,6 +11,9 @@ Turn protocol (also in the README):
 - A failed turn (prompt too long, a stage lost with no replica) is reported on stderr (or as a
   JSON error) and the session goes on; failures before the first prompt exit with the error
   family's code.
+
+This module is only the front end (flags, the stdin/stdout protocol); the turns run on the
+conversation engine, :mod:`inference.conversation`.
 """
 
 from __future__ import annotations
@@ -24,9 +27,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
-
-from base.errors import ExitCode, Node0Error, RequestError
+from base.errors import ExitCode, Node0Error
+from gastown.roles import ROLES
 
 log = logging.getLogger("node0-inference")
 
@@ -76,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--role",
         default="crew",
-        choices=["mayor", "polecat", "witness", "deacon", "boot", "crew"],
+        choices=ROLES,
         help="Gas Town role: filters retrieved context, tags the transcript",
     )
     p.add_argument(
@@ -182,159 +184,80 @@ class Output:
 def _transcript_path(args: argparse.Namespace) -> Path | None:
     if args.transcript is not None:
         return None if str(args.transcript) == "off" else args.transcript
-    from base.paths import node0_home
+    from inference.conversation import default_transcript_path
 
-    return node0_home() / "transcripts" / f"{args.rig}.jsonl"
-
-
-def _open_rag(args: argparse.Namespace):
-    """The RAG store and config for ``--rag PATH`` (None, None with ``--rag off``)."""
-    if args.rag == "off":
-        return None, None
-    from rag import RagStore, load_rag_config
-
-    if not Path(args.rag).is_dir():
-        raise RequestError(
-            f"RAG store {args.rag} does not exist",
-            hint="build it with `node0 rag index --rig RIG --store PATH`",
-        )
-    config = load_rag_config()
-    return RagStore.open(config, path=Path(args.rag)), config
-
-
-def _fit_window(messages: list[dict[str, str]], fits) -> list[dict[str, str]]:
-    """Drop the oldest exchanges (never the system message) until the prompt fits."""
-    system = [m for m in messages[:1] if m["role"] == "system"]
-    rest = messages[len(system) :]
-    while len(rest) > 1 and not fits(system + rest):
-        rest = rest[2:] if len(rest) > 2 else rest[1:]
-    return system + rest
+    return default_transcript_path(args.rig)
 
 
 async def run_session(args: argparse.Namespace) -> int:
-    from base.sampler import SamplingParams
+    """The session: settings from the flags, one conversation, prompts from stdin."""
     from base.swarm_view import initial_peers_from
-    from dataload.prompt_format import encode_prompt, render
-    from inference.generation import generate
+    from inference.conversation import ConversationEngine, GenerationSettings
+    from inference.rag_context import ContextScope, RagContext
     from inference.swarm_client import SwarmClient
     from inference.transcript import SessionTranscript
-    from models.catalog import CATALOG
 
-    try:
-        sampling = SamplingParams(
-            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed
-        )
-    except ValueError as exc:
-        raise RequestError(str(exc)) from exc
+    settings = GenerationSettings.create(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        stop=args.stop,
+    )
     adapters = tuple(a.strip() for a in args.adapters.split(",") if a.strip())
-    store, rag_config = _open_rag(args)
-    peers = args.initial_peers or initial_peers_from(args.swarm_file)
-    client = SwarmClient(args.model, peers)
-    out = Output(args.json)
+    scope = ContextScope(
+        rig=args.rig if args.rig != "local" else None,
+        role=args.role,
+        budget_tokens=args.rag_budget or None,
+    )
     transcript = SessionTranscript(
         rig=args.rig, role=args.role, agent=args.agent, bead_id=args.bead, task=args.task
     )
-    session = None
+    rag = None if args.rag == "off" else RagContext.open(args.rag)
+    client = conversation = None
     try:
-        tokenizer = client.load_tokenizer()
-        spec = CATALOG.get(args.model)
-        mode = args.prompt_format or (spec.prompt_format if spec else "completion")
-        client.wait_for_route()  # fail fast, naming missing layers, before reading stdin
-        window = _context_window(client)
-        max_length = min(args.max_length or window, window)
-        eos = _eos_ids(client, tokenizer)
-        session = client.session(
-            max_length=max_length, adapters=adapters, step_timeout=args.step_timeout
+        peers = args.initial_peers or initial_peers_from(args.swarm_file)
+        client = SwarmClient(args.model, peers)
+        engine = ConversationEngine.connect(
+            client,
+            prompt_format=args.prompt_format,
+            max_length=args.max_length,
+            step_timeout=args.step_timeout,
+            rag=rag,
         )
-        await session.open()
-
-        def count_tokens(text: str) -> int:
-            return len(tokenizer(text, add_special_tokens=False).input_ids)
-
-        def encode(msgs: list[dict[str, str]]) -> list[int]:
-            return encode_prompt(render(msgs, mode=mode, tokenizer=tokenizer), tokenizer, mode=mode)
-
-        messages: list[dict[str, str]] = []
-        if args.system:
-            messages.append({"role": "system", "content": args.system})
-            transcript.add("system", args.system)
-        if sys.stdin.isatty():
-            print("> ", end="", file=sys.stderr, flush=True)
-        for prompt in read_prompts(sys.stdin, args.delimiter):
-            transcript.add("user", prompt)
-            try:
-                content = prompt
-                if store is not None:
-                    from rag import RetrievalSettings, assemble_prompt
-
-                    content = assemble_prompt(
-                        prompt,
-                        store=store,
-                        rig=args.rig if args.rig != "local" else None,
-                        role=args.role,
-                        count_tokens=count_tokens,
-                        query=prompt,
-                        budget_tokens=args.rag_budget or rag_config.budget_tokens,
-                        settings=RetrievalSettings.from_config(rag_config),
-                        min_entry_tokens=rag_config.min_entry_tokens,
-                    ).text
-                turn = _fit_window(
-                    [*messages, {"role": "user", "content": content}],
-                    lambda m: len(encode(m)) + args.max_new_tokens < max_length,
-                )
-                result = await generate(
-                    session,
-                    tokenizer,
-                    encode(turn),
-                    max_new_tokens=args.max_new_tokens,
-                    sampling=sampling,
-                    stop=tuple(args.stop),
-                    eos_token_ids=eos,
-                    on_text=out.text,
-                )
-            except Node0Error as exc:
-                transcript.errors += 1
-                out.error(exc, int(exc.exit_code))
-            except grpc.aio.AioRpcError as exc:
-                transcript.errors += 1
-                out.error(
-                    RequestError(f"{exc.code().name}: {exc.details()}"), int(ExitCode.REQUEST)
-                )
-            else:
-                out.done(result)
-                transcript.add("assistant", result.text)
-                messages = [*turn, {"role": "assistant", "content": result.text}]
-            if sys.stdin.isatty():
-                print("> ", end="", file=sys.stderr, flush=True)
+        conversation = engine.conversation(
+            system=args.system, adapters=adapters, scope=scope, transcript=transcript
+        )
+        await conversation.open()  # fail fast (stages, adapters) before reading stdin
+        await _converse(conversation, settings, Output(args.json), args.delimiter)
     finally:
-        if session is not None:
-            await session.close()
-        client.close()
-        if store is not None:
-            store.close()
+        if conversation is not None:
+            await conversation.close()
+        if client is not None:
+            client.close()
+        if rag is not None:
+            rag.close()
         path = _transcript_path(args)
-        if path is not None and len(transcript.turns) > (1 if args.system else 0):
-            transcript.append_to(path, outcome=args.outcome)
-            log.info("transcript appended to %s", path)
+        if conversation is not None and path is not None:
+            if conversation.save_transcript(path, outcome=args.outcome) is not None:
+                log.info("transcript appended to %s", path)
     return 0
 
 
-def _context_window(client) -> int:
-    from transformers import AutoConfig
-
-    return int(AutoConfig.from_pretrained(client.model_dir).max_position_embeddings)
-
-
-def _eos_ids(client, tokenizer) -> frozenset[int]:
-    from transformers import GenerationConfig
-
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    try:
-        eos = GenerationConfig.from_pretrained(client.model_dir).eos_token_id
-        ids |= set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    except OSError:
-        pass
-    return frozenset(ids)
+async def _converse(conversation, settings, out: Output, delimiter: str | None) -> None:
+    """One turn per prompt on stdin; a failed turn is reported and the session goes on."""
+    if sys.stdin.isatty():
+        print("> ", end="", file=sys.stderr, flush=True)
+    for prompt in read_prompts(sys.stdin, delimiter):
+        try:
+            result = await conversation.send(prompt, settings, on_text=out.text)
+        except Node0Error as exc:
+            out.error(exc, int(exc.exit_code))
+        else:
+            out.done(result)
+        if sys.stdin.isatty():
+            print("> ", end="", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,9 @@ The session holds one stage session per hop of its route and, per hop, the input
 so far (token ids for the first hop, hidden states for the others; a few KB per token). When a
 hop fails (peer died, timed out, session evicted) the session opens the same span on another
 replica, replays that hop's inputs to rebuild its KV-cache, and carries on: the tokens that come
-out are the ones the failed replica would have produced.
+out are the ones the failed replica would have produced. A replica that refuses for a reason
+another replica may not have (full, lacks the adapter: ``StageUnavailable``) is replaced the
+same way; when none can take over, the error is the family of the first failure's reason.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from base.dht_records import StageRecord
-from base.errors import PeerFailureError
+from base.errors import PeerFailureError, SwarmError
 from base.routing import plan_route, replicas_for
 from base.sampler import SamplingParams
 from inference.stage_client import StageSessionClient, StageUnavailable, output_tensor
@@ -100,8 +102,8 @@ class PipelineSession:
         for record in route:
             try:
                 client = await self._connect(record)
-            except StageUnavailable:
-                client, record = await self._replacement(record.span, record.endpoint)
+            except StageUnavailable as exc:
+                client, record = await self._replacement(record.span, record.endpoint, exc)
             self.hops.append(_Hop(record, client))
         log.debug(
             "route: %s", " -> ".join(f"{h.record.endpoint}{list(h.record.span)}" for h in self.hops)
@@ -109,7 +111,7 @@ class PipelineSession:
         return [h.record for h in self.hops]
 
     async def _replacement(
-        self, span: tuple[int, int], failed: str
+        self, span: tuple[int, int], failed: str, cause: StageUnavailable
     ) -> tuple[StageSessionClient, StageRecord]:
         self.failed_endpoints.add(failed)
         for _ in range(self.max_failovers):
@@ -125,11 +127,15 @@ class PipelineSession:
             except StageUnavailable as exc:
                 log.warning("replica %s failed to open: %s", record.endpoint, exc)
                 self.failed_endpoints.add(record.endpoint)
-        raise PeerFailureError(
-            f"layers [{span[0]}, {span[1]}) failed on {failed} and no other live replica could "
-            f"take over (tried: {sorted(self.failed_endpoints)})",
-            hint="start another daemon hosting these layers and retry",
-        )
+        hints = {
+            PeerFailureError: "start another daemon hosting these layers and retry",
+            SwarmError: "retry later, or start another daemon hosting these layers",
+        }
+        raise cause.family(
+            f"layers [{span[0]}, {span[1]}): {cause}; no other live replica could take over "
+            f"(tried: {sorted(self.failed_endpoints)})",
+            hint=hints.get(cause.family),
+        ) from cause
 
     async def _step_hop(
         self,
@@ -152,14 +158,18 @@ class PipelineSession:
                 hop.record.endpoint,
                 exc,
             )
+            cause = exc
         while True:
             await hop.client.close()
-            hop.client, hop.record = await self._replacement(hop.record.span, hop.record.endpoint)
+            hop.client, hop.record = await self._replacement(
+                hop.record.span, hop.record.endpoint, cause
+            )
             self.failovers += 1
             try:
                 response = await self._replay(hop, position, inputs, kwargs)
             except StageUnavailable as exc:
                 log.warning("replacement %s failed too: %s", hop.record.endpoint, exc)
+                cause = exc
                 continue
             log.info(
                 "stage %s rebuilt on %s from %d positions",

@@ -1,6 +1,10 @@
 """A client for one stage session: OpenSession, a bidirectional Step stream, CloseSession.
 
-Uses grpc.aio so each step can be bounded by a timeout without a thread per stream.
+Uses grpc.aio so each step can be bounded by a timeout without a thread per stream. A failed
+call is sorted by its :class:`base.refusals.Reason` (or, without one, its status): one that
+another replica may serve (the peer died or timed out, evicted the session, is full, lacks the
+adapter) is :class:`StageUnavailable`, so the session fails over; any other is the error of the
+reason's family (a prompt past the context window: ``RequestError``).
 """
 
 from __future__ import annotations
@@ -10,27 +14,23 @@ import asyncio
 import grpc
 import torch
 
-from base.errors import RequestError
+from base.errors import Node0Error, PeerFailureError
+from base.refusals import call_failure
 from base.sampler import SamplingParams
 from proto import node0_pb2, node0_pb2_grpc
 from proto.channels import channel_options
 from proto.tensor_codec import decode, encode
 
-# Status codes that mean "this replica cannot serve the session any more": switch replica.
-FAILOVER_CODES = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.CANCELLED,
-        grpc.StatusCode.NOT_FOUND,  # session evicted or the daemon restarted
-        grpc.StatusCode.INTERNAL,
-        grpc.StatusCode.UNKNOWN,
-    }
-)
-
 
 class StageUnavailable(Exception):
-    """The replica failed in a way another replica can recover from."""
+    """The replica failed in a way another replica can recover from.
+
+    ``family``: the error to raise when no other replica can (a peer failure, or the family of
+    the reason every replica gave, e.g. ``SwarmError`` when all are full)."""
+
+    def __init__(self, message: str, family: type[Node0Error] = PeerFailureError):
+        super().__init__(message)
+        self.family = family
 
 
 class StageSessionClient:
@@ -62,14 +62,13 @@ class StageSessionClient:
                 f"{self.endpoint}: no answer within {self.step_timeout:g} s"
             ) from exc
         except grpc.aio.AioRpcError as exc:
-            if exc.code() in FAILOVER_CODES:
-                raise StageUnavailable(
-                    f"{self.endpoint}: {exc.code().name}: {exc.details()}"
-                ) from exc
+            failure = call_failure(exc)
+            if failure.elsewhere:
+                raise StageUnavailable(f"{self.endpoint}: {failure}", failure.family) from exc
             # the stage refused the request itself: another replica would refuse it too
-            raise RequestError(
+            raise failure.family(
                 f"stage [{self.start}, {self.end}) at {self.endpoint} refused "
-                f"the request ({exc.code().name}): {exc.details()}"
+                f"the request ({failure})"
             ) from exc
         except asyncio.InvalidStateError as exc:
             # grpc.aio raises this (not an RpcError) when writing to a stream that the peer

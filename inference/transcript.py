@@ -15,8 +15,8 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROLES = ("mayor", "polecat", "witness", "deacon", "boot", "crew")
-SCHEMA = "gastown.transcript/1"
+from gastown.roles import ROLES
+from gastown.transcripts import SCHEMA
 
 
 def _now() -> str:

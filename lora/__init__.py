@@ -1,7 +1,7 @@
 """Per-stage LoRA adapters, the optimizer-step guard, replica gradient averaging, checkpoints."""
 
 from lora.checkpoint import LoadedCheckpoint, load_checkpoint, save_checkpoint
-from lora.config import AveragingSettings, LoraSettings
+from lora.config import AveragingSettings, LoraSettings, OptimizerSettings
 from lora.peft_export import merge_stage_states, save_peft_adapter
 from lora.stage_adapters import (
     active_adapters,
@@ -21,6 +21,7 @@ __all__ = [
     "AveragingSettings",
     "LoadedCheckpoint",
     "LoraSettings",
+    "OptimizerSettings",
     "StepGuard",
     "StepOutcome",
     "active_adapters",

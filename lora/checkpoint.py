@@ -1,8 +1,8 @@
 """Atomic checkpoints of one stage's adapter: tensors, optimizer state, step counters.
 
-One file per (stage, adapter), written to a temporary name in the same directory, flushed and
-fsynced, then renamed over the old one (``os.replace`` is atomic on POSIX): a crash at any point
-leaves either the old checkpoint or the new one, never a torn file. The file is a
+One file per (stage, adapter), written through :func:`base.atomic.atomic_file` (a temporary name
+in the same directory, fsynced, then renamed over the old one): a crash at any point leaves
+either the old checkpoint or the new one, never a torn file. The file is a
 ``torch.save`` dict readable with ``weights_only=True``:
 
 ``format``            ``"node0-lora-checkpoint/1"``
@@ -18,14 +18,13 @@ leaves either the old checkpoint or the new one, never a torn file. The file is 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from base.atomic import atomic_file
 from base.errors import CheckpointError
 from lora.stage_adapters import adapter_state_dict, adapters, load_adapter_state_dict
 from lora.step_guard import StepGuard
@@ -37,25 +36,6 @@ FORMAT = "node0-lora-checkpoint/1"
 class LoadedCheckpoint:
     step: int
     extra: dict = field(default_factory=dict)
-
-
-def _atomic_torch_save(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
 
 
 def save_checkpoint(
@@ -74,21 +54,20 @@ def save_checkpoint(
     if settings is None:
         raise CheckpointError(f"no adapter {adapter!r} attached to this stage")
     path = Path(path)
-    _atomic_torch_save(
-        {
-            "format": FORMAT,
-            "adapter": adapter,
-            "settings": settings.model_dump(mode="json"),
-            "fingerprint": settings.fingerprint(),
-            "layers": [int(layers[0]), int(layers[1])],
-            "step": int(step),
-            "adapter_state": adapter_state_dict(model, adapter),
-            "optimizer": optimizer.state_dict() if optimizer is not None else None,
-            "guard": guard.state_dict() if guard is not None else None,
-            "extra": dict(extra or {}),
-        },
-        path,
-    )
+    state = {
+        "format": FORMAT,
+        "adapter": adapter,
+        "settings": settings.model_dump(mode="json"),
+        "fingerprint": settings.fingerprint(),
+        "layers": [int(layers[0]), int(layers[1])],
+        "step": int(step),
+        "adapter_state": adapter_state_dict(model, adapter),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "guard": guard.state_dict() if guard is not None else None,
+        "extra": dict(extra or {}),
+    }
+    with atomic_file(path, overwrite=True, durable=True) as tmp, open(tmp, "wb") as handle:
+        torch.save(state, handle)
     return path
 
 

@@ -1,8 +1,12 @@
-"""Validated settings of LoRA adapters and of gradient averaging between stage replicas.
+"""Validated settings of LoRA adapters, of a stage's optimizer and of gradient averaging
+between stage replicas.
 
-Both are pydantic models (frozen, unknown fields refused). ``LoraSettings.fingerprint`` is the
-sha256 of everything that changes an adapter's tensors or their meaning; replicas whose
-fingerprints differ refuse to average (see :mod:`lora.averaging`).
+All are pydantic models (frozen, unknown fields refused), and each is the one definition of its
+defaults: the trainer's config (``training.config.TrainConfig``) and the stage's training job
+(``pipeline_stages.training.JobSettings``) both use them, and they cross the wire as their JSON
+(``TrainingJobRequest.lora_json`` / ``optimizer_json`` / ``averaging_json``).
+``LoraSettings.fingerprint`` is the sha256 of everything that changes an adapter's tensors or
+their meaning; replicas whose fingerprints differ refuse to average (see :mod:`lora.averaging`).
 """
 
 from __future__ import annotations
@@ -76,6 +80,33 @@ class LoraSettings(_Strict):
             bias="none",
             task_type="CAUSAL_LM",
         )
+
+
+class OptimizerSettings(_Strict):
+    """AdamW over a stage's trainable parameters, and the clip of their gradient norm.
+
+    The defaults are what ``node0 train`` uses when its config names no value.
+    """
+
+    learning_rate: float = Field(1e-3, gt=0, description="AdamW learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW (decoupled) weight decay")
+    betas: tuple[float, float] = Field(
+        (0.9, 0.999), description="AdamW coefficients of the gradient's running averages"
+    )
+    eps: float = Field(1e-8, gt=0, description="AdamW term added to the denominator")
+    max_grad_norm: float = Field(
+        1.0,
+        ge=0,
+        description="clip the L2 norm of each stage's adapter gradient to this (0: off); "
+        "per stage, not over the whole model (docs/training.md)",
+    )
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= beta < 1.0 for beta in value):
+            raise ValueError(f"betas must be in [0, 1), got {list(value)}")
+        return value
 
 
 class AveragingSettings(_Strict):
@@ -210,6 +241,13 @@ class AveragingSettings(_Strict):
                 "(hivemind breaks matchmaking deadlocks with it)"
             )
         return self
+
+    def for_replicas(self, replicas: int) -> AveragingSettings:
+        """These settings for a job of ``replicas`` replicas per stage (the group size it
+        targets), validated again; raises ``ValueError`` if they contradict it."""
+        return AveragingSettings.model_validate(
+            {**self.model_dump(), "target_group_size": replicas}
+        )
 
     @property
     def checksum_rtol(self) -> float:

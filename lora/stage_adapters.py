@@ -1,6 +1,6 @@
 """Named PEFT LoRA adapters on a pipeline stage's own layers.
 
-A :class:`~models.llama.LlamaStage` keeps its modules under their global names
+A stage (:class:`~models.stage_module.DecoderStage`) keeps its modules under their global names
 (``model.layers.<global index>.self_attn.q_proj``), so ``peft.inject_adapter_in_model`` on the
 stage gives adapter tensors whose names equal the full model's. Adapter state dicts here use the
 key format of PEFT's saved adapters (``base_model.model.model.layers.12.self_attn.q_proj.
@@ -109,7 +109,7 @@ def deterministic_init_(model: nn.Module, adapter: str, seed: int) -> int:
 def attach_adapter(model: nn.Module, name: str, settings: LoraSettings) -> int:
     """Add LoRA adapter ``name`` to every targeted linear layer of ``model`` (in place).
 
-    Works on a :class:`LlamaStage` (its own layers only) or a whole ``LlamaForCausalLM``. The
+    Works on a :class:`DecoderStage` (its own layers only) or a whole ``LlamaForCausalLM``. The
     base weights are frozen; the active adapter set is left as it was (a model's first adapter
     becomes active). Returns the number of adapted layers.
     """

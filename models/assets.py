@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from base.atomic import atomic_dir
 from base.errors import CheckpointError
 from models.catalog import ModelSpec, get_spec, prepared_dir, source_gguf_path
 from provenance import environment_versions, sha256_file
@@ -57,29 +55,25 @@ def prepare_model(name: str, *, force: bool = False) -> Path:
     if (target / ASSET_RECORD).is_file() and not force:
         return target
     gguf_path = source_gguf_path(spec)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".hf-", dir=target.parent))
     try:
-        _convert(spec, gguf_path, tmp)
-        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-        record = {
-            "model": name,
-            "source": {
-                "package": spec.pip_name,
-                "file": spec.gguf_filename,
-                "sha256": sha256_file(gguf_path),
-            },
-            "files": files,
-            "versions": environment_versions(),
-        }
-        (tmp / ASSET_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        # force: the old directory is replaced only once the new one is complete
+        with atomic_dir(target, overwrite=True) as tmp:
+            _convert(spec, gguf_path, tmp)
+            files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+            record = {
+                "model": name,
+                "source": {
+                    "package": spec.pip_name,
+                    "file": spec.gguf_filename,
+                    "sha256": sha256_file(gguf_path),
+                },
+                "files": files,
+                "versions": environment_versions(),
+            }
+            (tmp / ASSET_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    except CheckpointError:
+        raise
     except Exception as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, CheckpointError):
-            raise
         raise CheckpointError(f"converting {gguf_path} failed: {exc}") from exc
     log.info("prepared %s at %s", name, target)
     return target

@@ -1,7 +1,8 @@
 """``node0 demo``: the main job on the embedded defaults.
 
 Prepares SmolLM2-135M-Instruct from its wheel and starts the default 3-stage local swarm, then:
-checks the swarm's greedy answer against single-process transformers; fine-tunes the
+checks the swarm's greedy answers in a two-turn conversation (the conversation engine, as
+``node0-inference`` runs it) against single-process transformers; fine-tunes the
 ``gastown`` LoRA adapter on the shipped sample set across the swarm (``node0 train``, with
 progress and the before/after probe figures); gathers the fine-tuned model from the swarm into
 a merged Hugging Face directory, a GGUF file and a PEFT adapter (``node0 gather``); indexes the
@@ -52,39 +53,42 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
-def _check_parity(model_dir: Path, initial_peers: list[str], max_new_tokens: int) -> bool:
-    """Greedy answer to the first prompt: swarm vs transformers in this process."""
+def _check_parity(model: str, initial_peers: list[str], max_new_tokens: int) -> bool:
+    """Greedy answers of a conversation (DEMO_PROMPTS, one turn each) through the swarm vs
+    single-process transformers on the same prompt ids, token for token."""
     import asyncio
 
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    from dataload.prompt_format import encode_prompt, render
+    from inference.conversation import ConversationEngine, GenerationSettings
     from inference.swarm_client import SwarmClient
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    ids = encode_prompt(
-        render([{"role": "user", "content": DEMO_PROMPTS[0]}], mode="chat", tokenizer=tokenizer),
-        tokenizer,
-        mode="chat",
-    )
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    with torch.inference_mode():
-        reference = model.generate(
-            torch.tensor([ids]),
-            max_new_tokens=max_new_tokens,
-            min_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=None,
-            pad_token_id=0,
-        )[0, len(ids) :].tolist()
-    client = SwarmClient("smollm2-135m", initial_peers)
-
+    settings = GenerationSettings(max_new_tokens=max_new_tokens)
+    client = SwarmClient(model, initial_peers)
     try:
-        result = asyncio.run(client.generate_once(tokenizer, ids, max_new_tokens=max_new_tokens))
-        return result.token_ids == reference
+        engine = ConversationEngine.connect(client)
+
+        async def conversation():
+            async with engine.conversation() as session:
+                return [await session.send(prompt, settings) for prompt in DEMO_PROMPTS]
+
+        turns = asyncio.run(conversation())
     finally:
         client.close()
+    reference = AutoModelForCausalLM.from_pretrained(client.model_dir, dtype=torch.float32).eval()
+    for turn in turns:
+        with torch.inference_mode():
+            expected = reference.generate(
+                torch.tensor([turn.prompt_ids]),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=sorted(engine.eos_token_ids) or None,
+                pad_token_id=0,
+            )[0, turn.prompt_tokens :].tolist()
+        if turn.token_ids != expected:
+            return False
+    return True
 
 
 def run(args: argparse.Namespace) -> int:
@@ -108,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
                 f"peer {p.name}: layers " + ", ".join(str(s) for s in p.stages)
                 for p in preset.peers
             ),
-            f"check: greedy answer vs single-process transformers ({args.max_new_tokens} tokens)",
+            f"check: greedy answers to {len(DEMO_PROMPTS)} turns vs single-process transformers "
+            f"(up to {args.max_new_tokens} tokens each)",
             *(
                 []
                 if args.skip_train
@@ -134,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         config_path=str(path),
     )
     status("prepare", f"{preset.model} (converted once, then cached)")
-    model_dir = prepare_model(preset.model)
+    prepare_model(preset.model)
     state_file = run_dir.path / "swarm.json"
     status("swarm", "starting daemons (each in its own process group)")
     state = start_swarm(
@@ -148,8 +153,8 @@ def run(args: argparse.Namespace) -> int:
     results: dict = {}
     try:
         print_status(state_file)
-        status("check", "greedy answer: swarm vs single-process transformers")
-        same = _check_parity(model_dir, state.initial_peers, args.max_new_tokens)
+        status("check", "greedy answers: swarm vs single-process transformers")
+        same = _check_parity(preset.model, state.initial_peers, args.max_new_tokens)
         print(f"  identical token for token: {'yes' if same else 'NO'}")
         run_dir.set("parity_with_transformers", same)
         adapters = ""

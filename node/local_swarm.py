@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from base.config_loader import load_yaml_config
 from base.errors import SwarmError
 from base.paths import node0_home
 from models.catalog import CATALOG
@@ -271,7 +272,7 @@ def restart_peer(
     old = state.peers[index]
     if pid_alive(old.pid):
         raise SwarmError(f"peer {name} is still running (pid {old.pid})", hint="stop it first")
-    config = DaemonConfig.model_validate(yaml.safe_load(Path(old.config).read_text()))
+    config, _ = load_yaml_config(old.config, DaemonConfig)
     if not config.initial_peers and state.initial_peers and index != 0:
         config = config.model_copy(update={"initial_peers": state.initial_peers})
     elif index == 0:  # the bootstrap peer rejoins through the others

@@ -1,9 +1,10 @@
 """The gRPC service of a daemon: Info, OpenSession, Step (bidirectional stream), CloseSession.
 
-Handlers validate every message (tensor dtype/shape/bytes, positions, limits) and answer a bad
-request with a precise status code — INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION,
-OUT_OF_RANGE, RESOURCE_EXHAUSTED — so one bad client never disturbs the daemon. Messages larger
-than ``max_message_bytes`` are refused by gRPC itself with RESOURCE_EXHAUSTED.
+Handlers validate every message (tensor dtype/shape/bytes, positions, limits) and refuse a bad
+request through :func:`pipeline_stages.errors.abort_call`: a status code and, in the trailing
+metadata, the machine-readable :class:`base.refusals.Reason` clients branch on — so one bad
+client never disturbs the daemon. Messages larger than ``max_message_bytes`` are refused by
+gRPC itself with RESOURCE_EXHAUSTED (no reason).
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ from importlib import metadata
 import grpc
 
 from base.sampler import SamplingParams
-from lora.config import AveragingSettings, LoraSettings
-from pipeline_stages.errors import InvalidInput, StageRequestError
+from lora.config import AveragingSettings, LoraSettings, OptimizerSettings
+from pipeline_stages.errors import BadJobSettings, InvalidInput, abort_call
 from pipeline_stages.executor import StageExecutor
 from pipeline_stages.training import JobSettings
 from proto import node0_pb2, node0_pb2_grpc
 from proto.tensor_chunks import TensorAssembler, split_tensor
-from proto.tensor_codec import TensorFormatError, decode, encode
+from proto.tensor_codec import decode, encode
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +52,6 @@ class StageService(node0_pb2_grpc.StageServicer):
         self.peer_id = peer_id
         self.max_message_bytes = max_message_bytes
         self.max_training_bytes = max_training_bytes
-
-    def _abort(self, context: grpc.ServicerContext, exc: Exception) -> None:
-        if isinstance(exc, StageRequestError):
-            context.abort(getattr(grpc.StatusCode, exc.status), str(exc))
-        if isinstance(exc, TensorFormatError):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed tensor: {exc}")
-        log.exception("internal error")
-        context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc}")
 
     def Info(self, request, context):  # noqa: N802 (gRPC method name)
         config = self.executor.config
@@ -95,7 +88,7 @@ class StageService(node0_pb2_grpc.StageServicer):
                 tuple(request.adapters),
             )
         except Exception as exc:
-            self._abort(context, exc)
+            abort_call(context, exc, "OpenSession")
         log.info(
             "session %s opened on [%d, %d)", session.session_id[:8], request.start, request.end
         )
@@ -117,7 +110,7 @@ class StageService(node0_pb2_grpc.StageServicer):
                     return_logits=request.return_logits,
                 )
             except Exception as exc:
-                self._abort(context, exc)
+                abort_call(context, exc, "Step")
             response = node0_pb2.StepResponse(cache_length=result.cache_length)
             if result.output is not None:
                 response.output.CopyFrom(encode(result.output))
@@ -145,7 +138,7 @@ class StageService(node0_pb2_grpc.StageServicer):
                 trainer_id=request.trainer_id,
             )
         except Exception as exc:
-            self._abort(context, exc)
+            abort_call(context, exc, "OpenTrainingJob")
         lora = job.settings.lora
         return node0_pb2.TrainingJobResponse(
             trainable_parameters=sum(p.numel() for p in job.params),
@@ -177,7 +170,7 @@ class StageService(node0_pb2_grpc.StageServicer):
                 evaluate=header.evaluate,
             )
         except Exception as exc:
-            self._abort(context, exc)
+            abort_call(context, exc, "Forward")
         if "output" in result:
             for chunk in split_tensor("output", result["output"]):
                 yield node0_pb2.TrainMessage(chunk=chunk)
@@ -191,7 +184,7 @@ class StageService(node0_pb2_grpc.StageServicer):
             header, job, tensors = self._receive(request_iterator)
             grad = self.executor.train_backward(job, header.microbatch_id, tensors.get("grad"))
         except Exception as exc:
-            self._abort(context, exc)
+            abort_call(context, exc, "Backward")
         if grad is None:
             yield node0_pb2.TrainMessage()
             return
@@ -210,7 +203,7 @@ class StageService(node0_pb2_grpc.StageServicer):
                 checkpoint=request.checkpoint,
             )
         except Exception as exc:
-            self._abort(context, exc)
+            abort_call(context, exc, "OptimizerStep")
         guard = job.guard
         if report is None:  # discarded
             return node0_pb2.OptimizerStepResponse(
@@ -234,24 +227,17 @@ class StageService(node0_pb2_grpc.StageServicer):
 
 
 def _job_settings(request: node0_pb2.TrainingJobRequest) -> JobSettings:
-    """The job's settings from the request; LoRA/averaging JSON is validated by pydantic."""
+    """The job's settings from the request: the settings models' JSON, validated by pydantic
+    (an empty field: that model's defaults, defined once in :mod:`lora.config`)."""
     try:
         lora = LoraSettings.model_validate_json(request.lora_json) if request.lora_json else None
-        averaging = (
-            AveragingSettings.model_validate_json(request.averaging_json)
-            if request.averaging_json
-            else None
-        )
+        optimizer = OptimizerSettings.model_validate_json(request.optimizer_json or "{}")
+        averaging = AveragingSettings.model_validate_json(request.averaging_json or "{}")
     except ValueError as exc:
-        raise InvalidInput(f"bad LoRA/averaging settings: {exc}") from exc
+        raise BadJobSettings(f"bad LoRA/optimizer/averaging settings: {exc}") from exc
     settings = JobSettings(
         trainable=request.trainable or "all",
-        learning_rate=request.learning_rate,
-        weight_decay=request.weight_decay,
-        max_grad_norm=request.max_grad_norm,
-        beta1=request.beta1 or 0.9,
-        beta2=request.beta2 or 0.999,
-        eps=request.eps or 1e-8,
+        optimizer=optimizer,
         lora=lora,
         replicas=max(1, request.replicas),
         averaging=averaging,

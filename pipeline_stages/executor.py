@@ -18,12 +18,17 @@ import torch
 from base.sampler import SamplingParams, sample_token
 from lora.stage_adapters import adapters as stage_adapters
 from lora.stage_adapters import use_adapters
-from models.llama import LlamaStage
+from models.stage_module import DecoderStage
 from pipeline_stages.errors import (
     ContextOverflow,
     InvalidInput,
-    PositionMismatch,
-    SessionNotFound,
+    JobNotFound,
+    JobSettingsConflict,
+    PositionAhead,
+    PromptTooLong,
+    SpanNotHosted,
+    UnknownAdapter,
+    WrongModel,
 )
 from pipeline_stages.sessions import Session, SessionManager
 from pipeline_stages.training import JobSettings, StageTrainingJob, StepReport
@@ -43,7 +48,7 @@ class StageExecutor:
     """The stages of one daemon plus their sessions."""
 
     def __init__(
-        self, model_name: str, stages: dict[tuple[int, int], LlamaStage], sessions: SessionManager
+        self, model_name: str, stages: dict[tuple[int, int], DecoderStage], sessions: SessionManager
     ):
         if not stages:
             raise ValueError("a daemon needs at least one stage")
@@ -68,20 +73,20 @@ class StageExecutor:
         self, model: str, start: int, end: int, max_length: int, adapters: tuple[str, ...] = ()
     ) -> Session:
         if model != self.model_name:
-            raise InvalidInput(f"this daemon serves {self.model_name!r}, not {model!r}")
+            raise WrongModel(f"this daemon serves {self.model_name!r}, not {model!r}")
         stage = self.stages.get((start, end))
         if stage is None:
             hosted = ", ".join(f"[{s}, {e})" for s, e in sorted(self.stages))
-            raise InvalidInput(f"layers [{start}, {end}) are not hosted here (hosted: {hosted})")
+            raise SpanNotHosted(f"layers [{start}, {end}) are not hosted here (hosted: {hosted})")
         if not 1 <= max_length <= self.context_window:
-            raise InvalidInput(
+            raise (PromptTooLong if max_length > 0 else InvalidInput)(
                 f"max_length must be in [1, {self.context_window}] (the model's "
                 f"context window), got {max_length}"
             )
         available = sorted(stage_adapters(stage))
         unknown = [name for name in adapters if name not in available]
         if unknown:
-            raise InvalidInput(
+            raise UnknownAdapter(
                 f"unknown adapter(s) {unknown} on layers [{start}, {end}); "
                 f"available: {', '.join(available) or 'none'}"
             )
@@ -89,7 +94,7 @@ class StageExecutor:
             raise InvalidInput(f"adapter list {list(adapters)} names one twice")
         return self.sessions.open((start, end), max_length, stage.new_cache(), tuple(adapters))
 
-    def _check_input(self, stage: LlamaStage, inputs: torch.Tensor) -> torch.Tensor:
+    def _check_input(self, stage: DecoderStage, inputs: torch.Tensor) -> torch.Tensor:
         if stage.is_first:
             if inputs.dtype != torch.int64 or inputs.dim() != 2 or inputs.shape[0] != 1:
                 raise InvalidInput(
@@ -142,7 +147,7 @@ class StageExecutor:
         inputs = self._check_input(stage, inputs)
         n_new = inputs.shape[1]
         if not 0 <= position <= session.length:
-            raise PositionMismatch(
+            raise PositionAhead(
                 f"step at position {position}, but the session's cache holds "
                 f"{session.length} positions"
             )
@@ -191,13 +196,13 @@ class StageExecutor:
         stages may have fallen behind).
         """
         if model is not None and model != self.model_name:
-            raise InvalidInput(
+            raise WrongModel(
                 f"this daemon serves {self.model_name!r}; the trainer expects "
                 f"{model!r}. Point the trainer at a swarm of its base model."
             )
         stage = self.stages.get((start, end))
         if stage is None:
-            raise InvalidInput(f"layers [{start}, {end}) are not hosted here")
+            raise SpanNotHosted(f"layers [{start}, {end}) are not hosted here")
         if not job_id:
             raise InvalidInput("job_id must not be empty")
         key = (job_id, start, end)
@@ -219,7 +224,7 @@ class StageExecutor:
                 job = self.in_main_thread(create)
                 self.jobs[key] = job
             elif job.settings != settings:
-                raise InvalidInput(f"job {job_id!r} is open with other settings")
+                raise JobSettingsConflict(f"job {job_id!r} is open with other settings")
             job.claim(trainer_id)
             job.sync_from_peers()  # a replica that got further wins (no compute lock held)
         return job
@@ -229,7 +234,7 @@ class StageExecutor:
     ) -> StageTrainingJob:
         job = self.jobs.get((job_id, start, end))
         if job is None:
-            raise SessionNotFound(f"no training job {job_id!r} on layers [{start}, {end})")
+            raise JobNotFound(f"no training job {job_id!r} on layers [{start}, {end})")
         job.claim(trainer_id)
         return job
 

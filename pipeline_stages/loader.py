@@ -1,5 +1,7 @@
-"""Load one stage of a LLaMA checkpoint: only the tensors of its layer range.
+"""Load one stage of a checkpoint: only the tensors of its layer range.
 
+The family comes from the checkpoint's config through the registry
+(:func:`models.check_architecture`, which also proves the declaration matches the tensors).
 The module is built on the ``meta`` device (no memory), then each needed tensor is read from the
 safetensors file(s) and assigned; nothing else of the checkpoint is ever materialised. A tensor
 that is required but absent (or any module left on ``meta``) fails the load — there is no random
@@ -16,8 +18,8 @@ from safetensors import safe_open
 from transformers import AutoConfig
 
 from base.errors import CheckpointError
-from models.llama import LlamaStage, check_architecture, index_checkpoint
-from models.llama.tensor_names import EMBED, LM_HEAD, expected_shapes
+from models import EMBED, LM_HEAD, check_architecture, index_checkpoint
+from models.stage_module import DecoderStage
 
 log = logging.getLogger(__name__)
 
@@ -34,19 +36,21 @@ def load_config(model_dir: str | Path):
 
 def load_stage(
     model_dir: str | Path, start: int, end: int, dtype: torch.dtype = torch.float32
-) -> LlamaStage:
-    """Build :class:`LlamaStage` for layers ``[start, end)`` with weights from ``model_dir``."""
+) -> DecoderStage:
+    """Build the family's stage for layers ``[start, end)`` with weights from ``model_dir``."""
     config = load_config(model_dir)
     index = index_checkpoint(model_dir)
-    check_architecture(config, index)
+    family = check_architecture(config, index)
     n_layers = config.num_hidden_layers
     if not 0 <= start < end <= n_layers:
         raise CheckpointError(
             f"layer range [{start}, {end}) is outside the model's {n_layers} layers"
         )
     with torch.device("meta"):
-        stage = LlamaStage(config, start, end)
-    needed = expected_shapes(config, range(start, end), first=stage.is_first, last=stage.is_last)
+        stage = family.build_stage(config, start, end)
+    needed = family.expected_shapes(
+        config, range(start, end), first=stage.is_first, last=stage.is_last
+    )
     sources = dict.fromkeys(needed)
     if stage.is_last and LM_HEAD not in index.shapes:
         if not config.tie_word_embeddings:
@@ -81,6 +85,11 @@ def load_stage(
     stage.eval()
     n_params = sum(p.numel() for p in stage.parameters())
     log.info(
-        "loaded layers [%d, %d) of %s: %.1fM parameters", start, end, model_dir, n_params / 1e6
+        "loaded layers [%d, %d) of %s (%s): %.1fM parameters",
+        start,
+        end,
+        model_dir,
+        family.display_name,
+        n_params / 1e6,
     )
     return stage

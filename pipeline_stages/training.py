@@ -18,15 +18,20 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from dataload.losses import cross_entropy_sum
-from lora.averaging import AveragingReport, StageGradientAverager, averaging_prefix
+from lora.averaging import (
+    AveragingConfigError,
+    AveragingReport,
+    StageGradientAverager,
+    averaging_prefix,
+)
 from lora.checkpoint import load_checkpoint, save_checkpoint
-from lora.config import AveragingSettings, LoraSettings, check_adapter_name
+from lora.config import AveragingSettings, LoraSettings, OptimizerSettings, check_adapter_name
 from lora.stage_adapters import (
     adapter_parameters,
     adapter_state_dict,
@@ -36,12 +41,17 @@ from lora.stage_adapters import (
     use_adapters,
 )
 from lora.step_guard import StepGuard, StepOutcome
-from models.llama import LlamaStage
+from models.stage_module import DecoderStage
 from pipeline_stages.errors import (
-    CapacityExceeded,
+    AdapterConflict,
+    BadJobSettings,
     InvalidInput,
-    PositionMismatch,
-    SessionNotFound,
+    LeaseBusy,
+    MicrobatchNotFound,
+    NoAveraging,
+    NothingToStep,
+    ReplicaConfigMismatch,
+    TooManyPending,
 )
 
 log = logging.getLogger(__name__)
@@ -52,16 +62,13 @@ LEASE_SECONDS = 60.0
 
 @dataclass(frozen=True)
 class JobSettings:
+    """What a training job on a stage was opened with (``OpenTrainingJob``)."""
+
     trainable: str = "all"
-    learning_rate: float = 1e-4
-    weight_decay: float = 0.0
-    max_grad_norm: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
+    optimizer: OptimizerSettings = field(default_factory=OptimizerSettings)
     lora: LoraSettings | None = None
     replicas: int = 1
-    averaging: AveragingSettings | None = None
+    averaging: AveragingSettings = field(default_factory=AveragingSettings)
     checkpoint_every: int = 0
 
     @property
@@ -71,7 +78,7 @@ class JobSettings:
             return None
         if self.trainable.startswith("adapter:"):
             return self.trainable.split(":", 1)[1]
-        raise InvalidInput(f"trainable={self.trainable!r}: expected 'all' or 'adapter:<name>'")
+        raise BadJobSettings(f"trainable={self.trainable!r}: expected 'all' or 'adapter:<name>'")
 
 
 @dataclass(frozen=True)
@@ -83,15 +90,15 @@ class StepReport:
     checkpoint: Path | None
 
 
-def _prepare_adapter(stage: LlamaStage, name: str, lora: LoraSettings | None) -> None:
+def _prepare_adapter(stage: DecoderStage, name: str, lora: LoraSettings | None) -> None:
     try:
         check_adapter_name(name)
     except ValueError as exc:
-        raise InvalidInput(str(exc)) from exc
+        raise BadJobSettings(str(exc)) from exc
     attached = adapters(stage).get(name)
     if lora is None:
         if attached is None:
-            raise InvalidInput(
+            raise BadJobSettings(
                 f"adapter {name!r} is not on this stage and the job gave no LoRA "
                 "settings to create it"
             )
@@ -99,7 +106,7 @@ def _prepare_adapter(stage: LlamaStage, name: str, lora: LoraSettings | None) ->
     if attached is None:
         attach_adapter(stage, name, lora)
     elif attached.fingerprint() != lora.fingerprint():
-        raise PositionMismatch(
+        raise AdapterConflict(
             f"adapter {name!r} on this stage has other LoRA settings "
             f"({attached.model_dump(mode='json')}) than the job asks for "
             f"({lora.model_dump(mode='json')}); use another adapter name or the same settings"
@@ -109,7 +116,7 @@ def _prepare_adapter(stage: LlamaStage, name: str, lora: LoraSettings | None) ->
 class StageTrainingJob:
     def __init__(
         self,
-        stage: LlamaStage,
+        stage: DecoderStage,
         settings: JobSettings,
         *,
         job_id: str = "job",
@@ -135,14 +142,15 @@ class StageTrainingJob:
         else:
             _prepare_adapter(stage, self.adapter, settings.lora)
             self.params = adapter_parameters(stage, self.adapter)
+        optimizer = settings.optimizer
         self.optimizer = torch.optim.AdamW(
             self.params,
-            lr=settings.learning_rate,
-            weight_decay=settings.weight_decay,
-            betas=(settings.beta1, settings.beta2),
-            eps=settings.eps,
+            lr=optimizer.learning_rate,
+            weight_decay=optimizer.weight_decay,
+            betas=optimizer.betas,
+            eps=optimizer.eps,
         )
-        self.guard = StepGuard(self.params, max_grad_norm=settings.max_grad_norm)
+        self.guard = StepGuard(self.params, max_grad_norm=optimizer.max_grad_norm)
         self.pending: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.accumulated = 0  # backward passes since the last step
         self.checkpoint_path = None
@@ -171,19 +179,25 @@ class StageTrainingJob:
         self.averager = None
         if self.adapter is not None and settings.replicas > 1:
             if dht is None:
-                raise InvalidInput("this daemon has no DHT to average with replicas")
-            averaging = (settings.averaging or AveragingSettings()).model_copy(
-                update={"target_group_size": settings.replicas}
-            )
-            self.averager = StageGradientAverager(
-                dht,
-                prefix=averaging_prefix(model, stage.start, stage.end, job_id, self.adapter),
-                params=self.params,
-                settings=averaging,
-                lora=settings.lora,
-                optimizer=self.optimizer,
-                lock=self.lock,
-            )
+                raise NoAveraging("this daemon has no DHT to average with replicas")
+            try:
+                averaging = settings.averaging.for_replicas(settings.replicas)
+            except ValueError as exc:
+                raise BadJobSettings(
+                    f"averaging settings for {settings.replicas} replicas: {exc}"
+                ) from exc
+            try:
+                self.averager = StageGradientAverager(
+                    dht,
+                    prefix=averaging_prefix(model, stage.start, stage.end, job_id, self.adapter),
+                    params=self.params,
+                    settings=averaging,
+                    lora=settings.lora,
+                    optimizer=self.optimizer,
+                    lock=self.lock,
+                )
+            except AveragingConfigError as exc:
+                raise ReplicaConfigMismatch(str(exc)) from exc
             self.averager.set_step(self.guard.applied)
 
     # -- lease ---------------------------------------------------------------------------
@@ -196,7 +210,7 @@ class StageTrainingJob:
             and trainer_id != self.owner
             and now - self.last_seen < LEASE_SECONDS
         ):
-            raise PositionMismatch(
+            raise LeaseBusy(
                 f"this replica of layers [{self.stage.start}, {self.stage.end}) is training job "
                 f"{self.job_id!r} for trainer {self.owner[:12]}; use another replica"
             )
@@ -297,7 +311,7 @@ class StageTrainingJob:
                 loss_sum, count = cross_entropy_sum(out, labels)
                 return {"loss_sum": float(loss_sum), "loss_tokens": count}
         if len(self.pending) >= self.max_pending:
-            raise CapacityExceeded(
+            raise TooManyPending(
                 f"{self.max_pending} micro-batches await backward; run backward or start a new job"
             )
         with torch.enable_grad():
@@ -314,7 +328,7 @@ class StageTrainingJob:
             self.averager.note_activity()
         entry = self.pending.pop(microbatch_id, None)
         if entry is None:
-            raise SessionNotFound(f"no pending forward for micro-batch {microbatch_id!r}")
+            raise MicrobatchNotFound(f"no pending forward for micro-batch {microbatch_id!r}")
         leaf, out = entry
         if self.stage.is_last:
             out.backward()
@@ -348,12 +362,15 @@ class StageTrainingJob:
         inference keeps running while this replica waits for its averaging group.
         """
         if self.accumulated == 0:
-            raise PositionMismatch(
+            raise NothingToStep(
                 "no gradient accumulated since the last step; run forward and backward first"
             )
         report = None
         if self.averager is not None:
-            report = self.averager.average(samples)
+            try:
+                report = self.averager.average(samples)
+            except AveragingConfigError as exc:
+                raise ReplicaConfigMismatch(str(exc)) from exc
             if report.resynced:  # the round replaced our state with the source replica's
                 with self.lock:
                     self.guard.applied = self.averager.step

@@ -173,40 +173,30 @@ class TrainMessage(_message.Message):
     def __init__(self, header: _Optional[_Union[TrainHeader, _Mapping]] = ..., chunk: _Optional[_Union[TensorChunk, _Mapping]] = ..., loss_sum: _Optional[float] = ..., loss_tokens: _Optional[int] = ...) -> None: ...
 
 class TrainingJobRequest(_message.Message):
-    __slots__ = ("job_id", "start", "end", "trainable", "learning_rate", "weight_decay", "max_grad_norm", "beta1", "beta2", "eps", "model", "trainer_id", "lora_json", "replicas", "averaging_json", "checkpoint_every")
+    __slots__ = ("job_id", "start", "end", "trainable", "model", "trainer_id", "lora_json", "replicas", "averaging_json", "checkpoint_every", "optimizer_json")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
     TRAINABLE_FIELD_NUMBER: _ClassVar[int]
-    LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
-    WEIGHT_DECAY_FIELD_NUMBER: _ClassVar[int]
-    MAX_GRAD_NORM_FIELD_NUMBER: _ClassVar[int]
-    BETA1_FIELD_NUMBER: _ClassVar[int]
-    BETA2_FIELD_NUMBER: _ClassVar[int]
-    EPS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TRAINER_ID_FIELD_NUMBER: _ClassVar[int]
     LORA_JSON_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     AVERAGING_JSON_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_EVERY_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZER_JSON_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     start: int
     end: int
     trainable: str
-    learning_rate: float
-    weight_decay: float
-    max_grad_norm: float
-    beta1: float
-    beta2: float
-    eps: float
     model: str
     trainer_id: str
     lora_json: str
     replicas: int
     averaging_json: str
     checkpoint_every: int
-    def __init__(self, job_id: _Optional[str] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., trainable: _Optional[str] = ..., learning_rate: _Optional[float] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., beta1: _Optional[float] = ..., beta2: _Optional[float] = ..., eps: _Optional[float] = ..., model: _Optional[str] = ..., trainer_id: _Optional[str] = ..., lora_json: _Optional[str] = ..., replicas: _Optional[int] = ..., averaging_json: _Optional[str] = ..., checkpoint_every: _Optional[int] = ...) -> None: ...
+    optimizer_json: str
+    def __init__(self, job_id: _Optional[str] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., trainable: _Optional[str] = ..., model: _Optional[str] = ..., trainer_id: _Optional[str] = ..., lora_json: _Optional[str] = ..., replicas: _Optional[int] = ..., averaging_json: _Optional[str] = ..., checkpoint_every: _Optional[int] = ..., optimizer_json: _Optional[str] = ...) -> None: ...
 
 class TrainingJobResponse(_message.Message):
     __slots__ = ("trainable_parameters", "step", "resumed_from", "fingerprint")

@@ -9,10 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from base.errors import ConfigError
+from base.config_loader import load_yaml_config
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "rag" / "default.yaml"
 
@@ -117,17 +116,6 @@ def load_rag_config(path: str | Path | None = None, **overrides: Any) -> RagConf
     Raises:
         ConfigError: the file is missing, not a mapping, or fails validation.
     """
-    path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except OSError as exc:
-        raise ConfigError(f"cannot read RAG config {path}: {exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"RAG config {path} is not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"RAG config {path} must be a mapping, got {type(raw).__name__}")
-    raw.update({key: value for key, value in overrides.items() if value is not None})
-    try:
-        return RagConfig(**raw)
-    except ValidationError as exc:
-        raise ConfigError(f"invalid RAG config {path}:\n{exc}") from exc
+    path = path if path is not None else DEFAULT_CONFIG_PATH
+    given = {key: value for key, value in overrides.items() if value is not None}
+    return load_yaml_config(path, RagConfig, overrides=given)[0]

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from gastown import Problem, parse_timestamp
 
 COLLECTIONS: tuple[str, ...] = ("beads", "configs", "formulas", "sessions")
 
@@ -22,23 +23,17 @@ COLLECTIONS: tuple[str, ...] = ("beads", "configs", "formulas", "sessions")
 # format differs is re-embedded on the next index run.
 DOC_FORMAT_VERSION = 1
 
-
-def parse_timestamp(value: Any) -> float | None:
-    """Seconds since the epoch for an ISO 8601 string (naive = UTC) or a number; else None."""
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, int | float):
-        return float(value)
-    if not isinstance(value, str) or not value.strip():
-        return None
-    text = value.strip().replace("Z", "+00:00")
-    try:
-        stamp = _dt.datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=_dt.UTC)
-    return stamp.timestamp()
+__all__ = [
+    "COLLECTIONS",
+    "DOC_FORMAT_VERSION",
+    "Document",
+    "ReadProblem",
+    "RigRead",
+    "SourceUnit",
+    "doc_id",
+    "iso_utc",
+    "parse_timestamp",
+]
 
 
 def iso_utc(ts: float | None) -> str:
@@ -126,6 +121,11 @@ class ReadProblem:
         where = f"{self.source}:{self.line}" if self.line is not None else self.source
         return f"{where}: {self.reason}"
 
+    @classmethod
+    def of(cls, problem: Problem) -> ReadProblem:
+        """The report line of a problem a :mod:`gastown` reader met."""
+        return cls(problem.file, None if problem.whole_file else problem.line, problem.message)
+
 
 @dataclass
 class RigRead:
@@ -143,20 +143,3 @@ class RigRead:
 def doc_id(rig: str, collection: str, key: str, chunk: int | None = None) -> str:
     """The stable document id ``<rig>/<collection>/<unit key>[#<chunk>]``."""
     return f"{rig}/{collection}/{key}" + (f"#{chunk}" if chunk is not None else "")
-
-
-def read_lines(path: Path, rel: str, out: RigRead) -> Iterator[tuple[int, str]]:
-    """(line number, text) of a file's non-empty UTF-8 lines; other lines become problems."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        out.problems.append(ReadProblem(rel, None, f"unreadable: {exc}"))
-        return
-    for lineno, bline in enumerate(raw.splitlines(), start=1):
-        try:
-            line = bline.decode("utf-8")
-        except UnicodeDecodeError:
-            out.problems.append(ReadProblem(rel, lineno, "not UTF-8"))
-            continue
-        if line.strip():
-            yield lineno, line

@@ -1,27 +1,15 @@
-"""Gas Town roles, and how a path tells which role a document belongs to."""
+"""Gas Town roles as RAG stores them: the role list is :mod:`gastown.roles`; ``""`` means every
+role (a document that names no role is retrieved for all of them)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-# directory name -> Gas Town role (a document under such a directory belongs to that role)
-ROLE_DIRS: dict[str, str] = {
-    "mayor": "mayor",
-    "polecats": "polecat",
-    "polecat": "polecat",
-    "witness": "witness",
-    "deacon": "deacon",
-    "refinery": "refinery",
-    "crew": "crew",
-    "boot": "boot",
-}
-ROLES: frozenset[str] = frozenset(ROLE_DIRS.values())
+from gastown.roles import ROLE_DIRS, ROLES
+from gastown.roles import role_from_path as _role_from_path
 
 
 def role_from_path(rel: str, *, is_dir: bool = False) -> str:
     """The role a file (or directory) belongs to: its nearest role directory; ``""`` for all."""
-    parts = Path(rel).parts if is_dir else Path(rel).parts[:-1]
-    for part in reversed(parts):
-        if part in ROLE_DIRS:
-            return ROLE_DIRS[part]
-    return ""
+    return _role_from_path(rel, is_dir=is_dir) or ""
+
+
+__all__ = ["ROLES", "ROLE_DIRS", "role_from_path"]

@@ -1,38 +1,32 @@
-"""Session transcript readers: one summary document per session.
+"""Sessions as RAG documents: one summary document per session id.
 
-Two formats are read:
-
-- ``gastown.transcript/1``: one session per line, ``{"session_id", "rig", "role", "agent",
-  "bead_id", "task", "outcome", "failure_mode", "started_at", "ended_at", "turns":
-  [{"speaker", "text"}]}`` (docs/corpus.md);
-- Claude Code logs: one event per line, ``{"sessionId", "type": "user"|"assistant", "cwd",
-  "timestamp", "message": {"role", "content": str | [blocks]}}``; ``summary`` events give the
-  session a title, other bookkeeping events (``file-history-snapshot``, ...) carry no text.
-
-A session that names another rig is skipped, a repeated session id is reported (an identical
-repeat is dropped, otherwise the later session wins), and so is every unreadable line.
+The files are read by :mod:`gastown`: transcript records (``gastown.transcript/1``, one session
+a line, :mod:`gastown.transcripts`) and Claude Code logs (one session a file,
+:mod:`gastown.claude_code`); which of the two a JSONL file holds is judged from its first
+record (:func:`gastown.layout.jsonl_format`). What RAG adds: a session that names another rig
+is skipped, a repeated session id keeps its newest version (an identical repeat is reported
+as such), and a session with no text is skipped — each reported, like every line the readers
+could not use.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from provenance import sha256_bytes
-from rag.documents import (
-    Document,
-    ReadProblem,
-    RigRead,
-    SourceUnit,
-    doc_id,
-    parse_timestamp,
-    read_lines,
+from gastown import (
+    Block,
+    ClaudeSession,
+    Problem,
+    Transcript,
+    jsonl_format,
+    newest,
+    read_claude_log,
+    read_transcripts,
 )
-from rag.roles import ROLE_DIRS, role_from_path
-
-_CLAUDE_META_TYPES = frozenset({"summary", "file-history-snapshot", "system"})
+from provenance import sha256_bytes
+from rag.documents import Document, ReadProblem, RigRead, SourceUnit, doc_id
 
 
 @dataclass
@@ -40,32 +34,22 @@ class _Session:
     key: str
     source: str
     line: int
+    version: tuple
+    sha256: str
+    time: float | None
     meta: dict[str, Any] = field(default_factory=dict)
     turns: list[tuple[str, str]] = field(default_factory=list)  # (speaker, text)
-    stamps: list[float] = field(default_factory=list)
-    raw: list[str] = field(default_factory=list)
 
 
-def _block_text(block: Any) -> str:
+def _block_text(block: Block) -> str:
     """Text of one Claude Code content block (text, tool call, tool result)."""
-    if isinstance(block, str):
-        return block
-    if not isinstance(block, dict):
-        return ""
-    kind = block.get("type")
-    if kind == "text":
-        return str(block.get("text") or "")
-    if kind == "tool_use":
-        args = block.get("input") if isinstance(block.get("input"), dict) else {}
-        if "command" in args:
-            return f"$ {args['command']}"
-        target = args.get("file_path") or args.get("path") or ""
-        return f"[{block.get('name', 'tool')} {target}]".replace(" ]", "]")
-    if kind == "tool_result":
-        content = block.get("content")
-        if isinstance(content, list):
-            return " ".join(_block_text(b) for b in content)
-        return str(content or "")
+    if block.kind in ("text", "tool_result"):
+        return block.text
+    if block.kind == "tool_use":
+        if "command" in block.input:
+            return f"$ {block.input['command']}"
+        target = block.input.get("file_path") or block.input.get("path") or ""
+        return f"[{block.tool or 'tool'} {target}]".replace(" ]", "]")
     return ""  # thinking, images: not part of the summary
 
 
@@ -91,129 +75,111 @@ def session_summary(
     return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
 
 
-def _session_from_record(
-    rec: dict[str, Any], rel: str, lineno: int, line: str, out: RigRead
-) -> _Session | None:
-    turns = rec.get("turns")
-    if not isinstance(turns, list):
-        out.problems.append(ReadProblem(rel, lineno, "transcript without a turns list"))
-        return None
-    session = _Session(str(rec["session_id"]), rel, lineno, raw=[line])
-    role = rec.get("role")
-    session.meta = {
-        "role": ROLE_DIRS.get(role, role) if isinstance(role, str) else "",
-        **{k: rec.get(k) for k in ("agent", "bead_id", "task", "outcome", "failure_mode", "rig")},
-    }
-    for turn in turns:
-        if isinstance(turn, dict) and isinstance(turn.get("text"), str):
-            session.turns.append((str(turn.get("speaker") or "?"), turn["text"]))
-    stamp = parse_timestamp(rec.get("ended_at")) or parse_timestamp(rec.get("started_at"))
-    if stamp is not None:
-        session.stamps.append(stamp)
-    return session
+def _from_transcript(t: Transcript) -> _Session:
+    return _Session(
+        key=t.session_id,
+        source=t.file,
+        line=t.line,
+        version=t.version,
+        sha256=t.sha256,
+        time=t.time,
+        meta={
+            "role": t.role,
+            "agent": t.agent,
+            "bead_id": t.bead_id,
+            "task": t.task,
+            "outcome": t.outcome,
+            "failure_mode": t.failure_mode,
+            "rig": t.rig,
+        },
+        turns=[(turn.speaker, turn.text) for turn in t.turns],
+    )
+
+
+def _from_claude_log(s: ClaudeSession) -> _Session:
+    turns = []
+    for event in s.turns:
+        speaker = "tool" if any(b.kind == "tool_result" for b in event.blocks) else event.type
+        text = " ".join(t for t in (_block_text(b).strip() for b in event.blocks) if t)
+        if text:
+            turns.append((speaker, text))
+    return _Session(
+        key=s.session_id,
+        source=s.file,
+        line=1,
+        version=s.version,
+        sha256=sha256_bytes(b"\n".join(e.raw for e in s.events)),
+        time=s.time,
+        meta={"title": s.title, "role": s.role or ""},
+        turns=turns,
+    )
+
+
+def _report(problems: list[Problem], out: RigRead) -> None:
+    out.problems.extend(ReadProblem.of(p) for p in problems if p.reason != "blank_line")
 
 
 def read_sessions(paths: list[Path], root: Path, rig: str, limit: int, out: RigRead) -> None:
-    sessions: dict[str, _Session] = {}
+    """Add one ``sessions`` unit per session id found in ``paths`` (JSONL files under ``root``)."""
+    found: list[_Session] = []
     for path in paths:
         rel = path.relative_to(root).as_posix()
-        for lineno, line in read_lines(path, rel, out):
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                out.problems.append(ReadProblem(rel, lineno, f"not JSON: {exc.msg}"))
-                continue
-            if not isinstance(rec, dict):
-                out.problems.append(ReadProblem(rel, lineno, "not a JSON object"))
-            elif rec.get("session_id"):
-                _add_record(rec, rel, lineno, line, rig, sessions, out)
-            elif rec.get("type") in _CLAUDE_META_TYPES or rec.get("sessionId"):
-                _add_claude_event(rec, rel, line, sessions)
-            else:
-                out.problems.append(
-                    ReadProblem(rel, lineno, "neither a transcript record nor a Claude Code event")
-                )
-    for key, session in sorted(sessions.items()):
+        kind = jsonl_format(root, rel)
+        if kind == "transcript":
+            got = read_transcripts(root, rel)
+            _report(got.problems, out)
+            for t in got.transcripts:
+                if t.rig != rig:
+                    out.problems.append(
+                        ReadProblem(
+                            rel,
+                            t.line,
+                            f"session {t.session_id} belongs to rig {t.rig!r}, not {rig!r}",
+                        )
+                    )
+                else:
+                    found.append(_from_transcript(t))
+        elif kind == "claude_code":
+            log = read_claude_log(root, rel, rig=rig)
+            _report(log.problems, out)
+            if log.session is not None:
+                found.append(_from_claude_log(log.session))
+        else:
+            out.problems.append(
+                ReadProblem(rel, None, "neither transcript records nor a Claude Code log")
+            )
+    chosen = newest(found, key=lambda s: s.key, content=lambda s: s.sha256)
+    for lost in chosen.superseded:
+        first, then = sorted((lost.old, lost.winner), key=lambda s: (s.source, s.line))
+        out.problems.append(
+            ReadProblem(
+                then.source,
+                then.line,
+                f"session {lost.old.key} repeats {first.source}:{first.line}"
+                + (
+                    ""
+                    if lost.identical
+                    else f"; the newer one, {lost.winner.source}:{lost.winner.line}, is used"
+                ),
+            )
+        )
+    for key, session in chosen.winners.items():
         if not any(text.strip() for speaker, text in session.turns if speaker != "system"):
             out.problems.append(
                 ReadProblem(session.source, session.line, f"session {key} has no turns with text")
             )
             continue
-        role = session.meta.get("role") or ""
-        sha = sha256_bytes("\n".join(session.raw).encode())
         doc = Document(
             id=doc_id(rig, "sessions", key),
             collection="sessions",
             text=session_summary(key, session.meta, session.turns, limit),
             unit=key,
             source=session.source,
-            source_sha256=sha,
+            source_sha256=session.sha256,
             rig=rig,
-            role=role,
+            role=session.meta.get("role") or "",
             bead_id=str(session.meta.get("bead_id") or ""),
-            updated_ts=max(session.stamps) if session.stamps else None,
+            updated_ts=session.time,
             title=str(session.meta.get("title") or f"session {key}"),
         )
-        out.units.append(SourceUnit("sessions", key, sha, [doc]))
-
-
-def _add_record(
-    rec: dict[str, Any],
-    rel: str,
-    lineno: int,
-    line: str,
-    rig: str,
-    sessions: dict[str, _Session],
-    out: RigRead,
-) -> None:
-    own_rig = rec.get("rig")
-    if own_rig and own_rig != rig:
-        out.problems.append(
-            ReadProblem(
-                rel, lineno, f"session {rec['session_id']} belongs to rig {own_rig!r}, not {rig!r}"
-            )
-        )
-        return
-    session = _session_from_record(rec, rel, lineno, line, out)
-    if session is None:
-        return
-    previous = sessions.get(session.key)
-    if previous is not None:
-        same = previous.raw == session.raw
-        out.problems.append(
-            ReadProblem(
-                rel,
-                lineno,
-                f"session {session.key} repeats {previous.source}:{previous.line}"
-                + ("" if same else "; the later one is used"),
-            )
-        )
-        if same or max(previous.stamps, default=0.0) > max(session.stamps, default=0.0):
-            return
-    sessions[session.key] = session
-
-
-def _add_claude_event(
-    rec: dict[str, Any], rel: str, line: str, sessions: dict[str, _Session]
-) -> None:
-    key = str(rec.get("sessionId") or Path(rel).stem)
-    session = sessions.setdefault(key, _Session(key, rel, 1))
-    session.raw.append(line)
-    if rec.get("type") == "summary" and isinstance(rec.get("summary"), str):
-        session.meta["title"] = rec["summary"]
-    if not session.meta.get("role") and isinstance(rec.get("cwd"), str):
-        session.meta["role"] = role_from_path(rec["cwd"], is_dir=True)
-    stamp = parse_timestamp(rec.get("timestamp"))
-    if stamp is not None:
-        session.stamps.append(stamp)
-    message = rec.get("message")
-    if not isinstance(message, dict):
-        return
-    content = message.get("content")
-    blocks = content if isinstance(content, list) else [content]
-    speaker = str(message.get("role") or rec.get("type") or "?")
-    if any(isinstance(b, dict) and b.get("type") == "tool_result" for b in blocks):
-        speaker = "tool"
-    text = " ".join(t for t in (_block_text(b).strip() for b in blocks) if t)
-    if text:
-        session.turns.append((speaker, text))
+        out.units.append(SourceUnit("sessions", key, session.sha256, [doc]))

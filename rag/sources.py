@@ -1,17 +1,20 @@
 """Readers that turn a rig directory into source units (see :mod:`rag.documents`).
 
-What is read, relative to the rig root:
+The files are parsed by :mod:`gastown` (one reader per Gas Town artifact, shared with the
+corpus pipeline); this module decides what becomes a document. Relative to the rig root:
 
-- ``.beads/issues.jsonl`` -> ``beads``: one unit and one document per bead (one JSON object a
-  line); its sha256 is that of the bead's canonical JSON, so editing one bead changes one unit.
-- ``CLAUDE.md``, ``AGENTS.md`` and settings JSON files anywhere -> ``configs``: one unit per file,
-  chunked at markdown headings.
-- ``*.formula.toml`` anywhere -> ``formulas``: one unit per file, rendered as text and chunked.
-- session transcripts (JSONL files of turns) -> ``sessions``: one unit and one summary document
-  per session id.
+- ``.beads/issues.jsonl`` -> ``beads``: one unit and one document per bead id, its newest
+  version (:func:`gastown.beads.newest_beads`); its sha256 is that of the bead's canonical
+  JSON, so editing one bead changes one unit; its role is its assignee's.
+- ``CLAUDE.md``, ``AGENTS.md`` and settings files (``rig.toml``, ``settings*.json``) anywhere
+  -> ``configs``: one unit per file, chunked at markdown headings.
+- ``*.formula.toml`` anywhere -> ``formulas``: one unit per formula name, its highest
+  ``version`` (an ``archive/`` copy competes like any other file), rendered and chunked.
+- session transcripts and Claude Code logs (other JSONL files) -> ``sessions``
+  (:mod:`rag.sessions`).
 
 Readers are tolerant but never silent: a line or file they cannot use becomes a
-:class:`~rag.documents.ReadProblem` in the returned report.
+:class:`~rag.documents.ReadProblem` in the returned report (blank lines excepted).
 """
 
 from __future__ import annotations
@@ -21,30 +24,38 @@ import logging
 import re
 import tomllib
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from provenance import sha256_bytes, sha256_json
-from rag.documents import (
-    Document,
-    ReadProblem,
-    RigRead,
-    SourceUnit,
-    doc_id,
-    parse_timestamp,
-    read_lines,
+from base.errors import Node0Error
+from gastown import (
+    BEADS_FILE,
+    DOC_NAMES,
+    FORMULA_SUFFIX,
+    HISTORY_DIR,
+    RIG_SETTINGS,
+    Bead,
+    Formula,
+    Problem,
+    Step,
+    newest_beads,
+    newest_formulas,
+    read_beads,
+    read_document,
+    read_formula,
 )
-from rag.roles import ROLE_DIRS, role_from_path
+from gastown.rig import load_rig
+from provenance import sha256_bytes
+from rag.documents import Document, ReadProblem, RigRead, SourceUnit, doc_id
+from rag.roles import role_from_path
 from rag.sessions import read_sessions
 
 logger = logging.getLogger(__name__)
 
-BEADS_FILE = Path(".beads") / "issues.jsonl"
-CONFIG_NAMES = frozenset({"CLAUDE.md", "AGENTS.md"})
-# superseded versions (history/, archive/) are not current state; VCS and tool dirs are noise
-SKIP_DIRS = frozenset({".git", "node_modules", "__pycache__", ".venv", "history", "archive"})
-RIG_SETTINGS = "rig.toml"
+# superseded versions (history/ documents, archive/ configs) are not current state; VCS and tool
+# directories are noise. Formulas are the exception: every copy is read, the highest version wins.
+NOISE_DIRS = frozenset({".git", "node_modules", "__pycache__", ".venv"})
+SKIP_DIRS = NOISE_DIRS | {HISTORY_DIR, "archive"}
 
 
 def read_rig(
@@ -60,16 +71,27 @@ def read_rig(
     """
     root = Path(root)
     out = RigRead(rig=rig, root=root)
-    files = sorted(_walk(root))
+    files = sorted(_walk(root, NOISE_DIRS))
+    current = {p for p in files if SKIP_DIRS.isdisjoint(p.relative_to(root).parts)}
     _read_beads(root, rig, out)
+    formulas: list[Formula] = []
     for path in files:
         rel = path.relative_to(root).as_posix()
-        if path.name in CONFIG_NAMES or _is_settings(path):
-            _read_config(path, rel, rig, chunk_words, out)
-        elif path.name.endswith(".formula.toml"):
-            _read_formula(path, rel, rig, chunk_words, out)
+        if path.name.endswith(FORMULA_SUFFIX):
+            got = read_formula(root, rel, rig=rig)
+            if isinstance(got, Problem):
+                out.problems.append(ReadProblem.of(got))
+            else:
+                formulas.append(got)
+        elif path in current and (path.name in DOC_NAMES or _is_settings(path)):
+            _read_config(root, path, rel, rig, chunk_words, out)
+    _add_formulas(root, formulas, rig, chunk_words, out)
     read_sessions(
-        [p for p in files if _is_transcript(root, p)], root, rig, session_summary_chars, out
+        [p for p in files if p in current and _is_transcript(root, p)],
+        root,
+        rig,
+        session_summary_chars,
+        out,
     )
     return out
 
@@ -77,10 +99,10 @@ def read_rig(
 # -- walking ---------------------------------------------------------------------------------
 
 
-def _walk(root: Path) -> Iterator[Path]:
+def _walk(root: Path, skip: frozenset[str]) -> Iterator[Path]:
     for path in root.rglob("*"):
         rel_parts = path.relative_to(root).parts
-        if any(part in SKIP_DIRS for part in rel_parts):
+        if any(part in skip for part in rel_parts):
             continue
         if path.is_file():
             yield path
@@ -95,54 +117,39 @@ def _is_settings(path: Path) -> bool:
 
 
 def _is_transcript(root: Path, path: Path) -> bool:
-    if path.suffix != ".jsonl" or path.relative_to(root) == BEADS_FILE:
-        return False
-    return ".beads" not in path.relative_to(root).parts
+    rel = path.relative_to(root)
+    return path.suffix == ".jsonl" and rel.as_posix() != BEADS_FILE and ".beads" not in rel.parts
 
 
 # -- beads -----------------------------------------------------------------------------------
 
 
-def _role_of_assignee(assignee: Any) -> str:
-    if not isinstance(assignee, str):
-        return ""
-    for part in reversed(re.split(r"[/:]", assignee)):
-        if part in ROLE_DIRS:
-            return ROLE_DIRS[part]
-    return ""
+def _dependency_ids(bead: Bead) -> list[str]:
+    return [
+        f"{dep.depends_on_id} ({dep.type})" if dep.type else dep.depends_on_id
+        for dep in bead.dependencies
+    ]
 
 
-def _dependency_ids(deps: Any) -> list[str]:
-    out = []
-    for dep in deps if isinstance(deps, list) else []:
-        if isinstance(dep, str):
-            out.append(dep)
-        elif isinstance(dep, dict):
-            target = dep.get("depends_on_id") or dep.get("id") or dep.get("target")
-            kind = dep.get("type")
-            if target:
-                out.append(f"{target} ({kind})" if kind else str(target))
-    return out
-
-
-def bead_text(bead: dict[str, Any]) -> str:
+def bead_text(bead: Bead) -> str:
     """The document text of one bead: header line, fields, then its free text."""
-    lines = [f"Bead {bead.get('id')}: {bead.get('title', '').strip()}"]
+    fields = bead.fields
+    lines = [f"Bead {bead.id}: {bead.title.strip()}"]
     facts = []
     for key in ("status", "priority", "issue_type", "assignee"):
-        value = bead.get(key)
+        value = fields.get(key)
         if value not in (None, ""):
             facts.append(f"{key.replace('issue_', '')}: {'P' if key == 'priority' else ''}{value}")
     if facts:
         lines.append(" | ".join(facts))
-    deps = _dependency_ids(bead.get("dependencies"))
+    deps = _dependency_ids(bead)
     if deps:
         lines.append("depends on: " + ", ".join(deps))
-    labels = bead.get("labels")
+    labels = fields.get("labels")
     if isinstance(labels, list) and labels:
         lines.append("labels: " + ", ".join(str(label) for label in labels))
     for key in ("description", "design", "acceptance_criteria", "notes", "close_reason"):
-        value = bead.get(key)
+        value = fields.get(key)
         if isinstance(value, str) and value.strip():
             lines.append("" if key == "description" else f"{key.replace('_', ' ')}:")
             lines.append(value.strip())
@@ -150,75 +157,48 @@ def bead_text(bead: dict[str, Any]) -> str:
 
 
 def _read_beads(root: Path, rig: str, out: RigRead) -> None:
-    path = root / BEADS_FILE
-    if not path.is_file():
+    if not (root / BEADS_FILE).is_file():
         return
-    rel = BEADS_FILE.as_posix()
-    beads: dict[str, tuple[int, dict[str, Any]]] = {}
-    for lineno, line in read_lines(path, rel, out):
-        try:
-            bead = json.loads(line)
-        except json.JSONDecodeError as exc:
-            out.problems.append(ReadProblem(rel, lineno, f"not JSON: {exc.msg}"))
-            continue
-        if not isinstance(bead, dict) or not _nonempty(bead.get("id")):
-            out.problems.append(ReadProblem(rel, lineno, "not a bead object with a string id"))
-            continue
-        if not _nonempty(bead.get("title")):
-            out.problems.append(ReadProblem(rel, lineno, f"bead {bead['id']} has no title"))
-            continue
-        previous = beads.get(bead["id"])
-        if previous is not None:
-            newer = _bead_time(bead) >= _bead_time(previous[1])
-            same = previous[1] == bead
-            out.problems.append(
-                ReadProblem(
-                    rel,
-                    lineno,
-                    f"bead {bead['id']} repeats line {previous[0]}"
-                    + (
-                        ""
-                        if same
-                        else f"; the {'newer' if newer else 'older'} version on line "
-                        f"{lineno if newer else previous[0]} is used"
-                    ),
-                )
+    got = read_beads(root, BEADS_FILE, rig=rig)
+    out.problems.extend(ReadProblem.of(p) for p in got.problems if p.reason != "blank_line")
+    chosen = newest_beads(got.beads)
+    for lost in chosen.superseded:
+        first, then = sorted((lost.old.line, lost.winner.line))
+        out.problems.append(
+            ReadProblem(
+                BEADS_FILE,
+                then,
+                f"bead {lost.old.id} repeats line {first}"
+                + (
+                    ""
+                    if lost.identical
+                    else f"; the newer version on line {lost.winner.line} is used"
+                ),
             )
-            if not newer or same:
-                continue
-        beads[bead["id"]] = (lineno, bead)
-    for bead_id, (_, bead) in sorted(beads.items()):
-        key = bead_id
-        sha = sha256_json(bead)
+        )
+    for bead_id, bead in chosen.winners.items():
+        sha = bead.canonical_sha256
         doc = Document(
-            id=doc_id(rig, "beads", key),
+            id=doc_id(rig, "beads", bead_id),
             collection="beads",
             text=bead_text(bead),
-            unit=key,
-            source=rel,
+            unit=bead_id,
+            source=BEADS_FILE,
             source_sha256=sha,
             rig=rig,
-            role=_role_of_assignee(bead.get("assignee")),
+            role=bead.assignee_role or "",
             bead_id=bead_id,
-            updated_ts=parse_timestamp(bead.get("updated_at"))
-            or parse_timestamp(bead.get("created_at")),
-            title=str(bead.get("title", "")),
+            updated_ts=bead.updated_ts,
+            title=bead.title,
         )
-        out.units.append(SourceUnit("beads", key, sha, [doc]))
-
-
-def _nonempty(value: Any) -> bool:
-    return isinstance(value, str) and bool(value.strip())
-
-
-def _bead_time(bead: dict[str, Any]) -> float:
-    return parse_timestamp(bead.get("updated_at")) or parse_timestamp(bead.get("created_at")) or 0.0
+        out.units.append(SourceUnit("beads", bead_id, sha, [doc]))
 
 
 # -- configs and formulas --------------------------------------------------------------------
 
 
 def _read_text(path: Path, rel: str, out: RigRead) -> tuple[str, str] | None:
+    """A settings file's text and sha256 (settings are not a Gas Town document format)."""
     try:
         raw = path.read_bytes()
         return raw.decode("utf-8"), sha256_bytes(raw)
@@ -289,6 +269,8 @@ def _file_unit(
     chunks: list[str],
     updated_ts: float | None,
     title: str,
+    *,
+    role: str | None = None,
 ) -> SourceUnit:
     unit = SourceUnit(collection, rel, sha)
     for i, body in enumerate(chunks):
@@ -301,7 +283,7 @@ def _file_unit(
                 source=rel,
                 source_sha256=sha,
                 rig=rig,
-                role=role_from_path(rel),
+                role=role_from_path(rel) if role is None else role,
                 updated_ts=updated_ts,
                 title=title,
             )
@@ -316,11 +298,18 @@ def _mtime(path: Path) -> float | None:
         return None
 
 
-def _read_config(path: Path, rel: str, rig: str, limit: int, out: RigRead) -> None:
-    got = _read_text(path, rel, out)
-    if got is None:
-        return
-    text, sha = got
+def _read_config(root: Path, path: Path, rel: str, rig: str, limit: int, out: RigRead) -> None:
+    if path.name in DOC_NAMES:
+        doc = read_document(root, rel, rig=rig)
+        if isinstance(doc, Problem):
+            out.problems.append(ReadProblem.of(doc))
+            return
+        text, sha = doc.text, doc.sha256
+    else:
+        got = _read_text(path, rel, out)
+        if got is None:
+            return
+        text, sha = got
     chunks: list[str] = []
     if path.suffix == ".md":
         for heading, body in markdown_sections(text):
@@ -393,50 +382,60 @@ def _chunkread_lines(lines: list[str], limit: int) -> list[str]:
     return chunks
 
 
-def _read_formula(path: Path, rel: str, rig: str, limit: int, out: RigRead) -> None:
-    got = _read_text(path, rel, out)
-    if got is None:
-        return
-    text, sha = got
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        out.problems.append(ReadProblem(rel, None, f"not TOML: {exc}"))
-        return
-    name = str(data.get("formula") or data.get("name") or path.name.removesuffix(".formula.toml"))
-    header = f"Formula {name} [{rel}]"
-    if isinstance(data.get("description"), str):
-        header += "\n" + " ".join(data["description"].split())
+def _add_formulas(root: Path, formulas: list[Formula], rig: str, limit: int, out: RigRead) -> None:
+    """One unit per formula name: its newest version; the older copies are reported."""
+    chosen = newest_formulas(formulas)
+    for lost in chosen.superseded:
+        old, win = lost.old, lost.winner
+        out.problems.append(
+            ReadProblem(
+                old.file,
+                None,
+                f"formula {old.name} version {old.version_number} is superseded by version "
+                f"{win.version_number} in {win.file}",
+            )
+        )
+    for formula in sorted(chosen.winners.values(), key=lambda f: f.file):
+        out.units.append(_formula_unit(root, formula, rig, limit))
+
+
+def _formula_unit(root: Path, formula: Formula, rig: str, limit: int) -> SourceUnit:
+    rel = formula.file
+    header = f"Formula {formula.name} [{rel}]\n" + " ".join(formula.description.split())
     lines = []
-    for key, value in data.items():
+    for key, value in formula.data.items():
         if key in ("formula", "name", "description"):
             continue
         if key == "steps" and isinstance(value, list):
-            lines.extend(_step_line(step) for step in value if isinstance(step, dict))
+            lines.extend(_step_line(step) for step in formula.steps)
         else:
             lines.extend(render_structure({key: value}))
     chunks = _chunkread_lines(lines, limit) or [""]
-    role = next((ROLE_DIRS[t] for t in re.split(r"[-_.]", name) if t in ROLE_DIRS), "")
-    unit = _file_unit("formulas", rel, rig, sha, header, chunks, _mtime(path), name)
-    for i, doc in enumerate(unit.documents):
-        unit.documents[i] = replace(doc, role=role or doc.role)
-    out.units.append(unit)
+    return _file_unit(
+        "formulas",
+        rel,
+        rig,
+        formula.sha256,
+        header.strip(),
+        chunks,
+        _mtime(root / rel),
+        formula.name,
+        role=formula.role or "",
+    )
 
 
-def _step_line(step: dict[str, Any]) -> str:
-    line = f"step {step.get('id', '?')}: {_scalar(step.get('title', ''))}"
-    if step.get("description"):
-        line += f" - {_scalar(step['description'])}"
-    if step.get("needs"):
-        line += f" (after {', '.join(map(str, step['needs']))})"
+def _step_line(step: Step) -> str:
+    line = f"step {step.id}: {_scalar(step.title)}"
+    if step.description:
+        line += f" - {_scalar(step.description)}"
+    if step.needs:
+        line += f" (after {', '.join(step.needs)})"
     return line
 
 
 def read_rig_name(root: str | Path) -> str | None:
-    """The rig's name from its ``rig.toml`` (``[rig] name``), None if absent or unreadable."""
-    path = Path(root) / RIG_SETTINGS
+    """The rig's declared name (``[rig] name`` of rig.toml), None if absent or unreadable."""
     try:
-        name = tomllib.loads(path.read_text()).get("rig", {}).get("name")
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, AttributeError):
+        return load_rig(root).declared_name
+    except Node0Error:
         return None
-    return name if isinstance(name, str) and name else None

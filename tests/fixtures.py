@@ -45,6 +45,14 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_qwen2_dir(tmp_path_factory) -> Path:
+    """A tiny random Qwen2 (6 layers, q/k/v biases), the twin of ``tiny_model_dir``."""
+    from models.tiny import build_tiny_qwen2
+
+    return build_tiny_qwen2(tmp_path_factory.mktemp("tiny-qwen2") / "tiny-qwen2", seed=0)
+
+
+@pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     from models.assets import prepare_model
 
@@ -385,7 +393,7 @@ def make_small_rig(root: Path, rig: str | None = None) -> Path:
     formulas = root / ".beads" / "formulas"
     formulas.mkdir(parents=True)
     (formulas / "mol-witness-patrol.formula.toml").write_text(
-        'formula = "mol-witness-patrol"\ndescription = "Survey, nudge, escalate."\n'
+        'formula = "mol-witness-patrol"\nversion = 1\ndescription = "Survey, nudge, escalate."\n'
         '[[steps]]\nid = "survey"\ntitle = "Survey polecats"\ndescription = "gt polecat list"\n'
     )
     (root / "transcripts").mkdir()
@@ -503,3 +511,57 @@ def run_train(
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     record = json.loads((Path(summary["run_dir"]) / "run_record.json").read_text())
     return proc, record
+
+
+def peft_train_reference(model_dir: Path, config: dict) -> tuple[list[float], dict]:
+    """Single-process PEFT on the whole model with ``config``'s data order, seed and
+    hyperparameters: per-step losses and the final adapter (PEFT file keys)."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from dataload import build_loaders
+    from dataload.losses import cross_entropy_sum
+    from lora.stage_adapters import adapter_state_dict, deterministic_init_
+    from training.config import TrainConfig
+    from training.trainer import microbatches
+
+    cfg = TrainConfig.model_validate(config)
+    loaders = build_loaders(cfg.data, model_dir=model_dir)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = get_peft_model(base, cfg.lora.to_peft(), adapter_name=cfg.adapter)
+    deterministic_init_(model, cfg.adapter, cfg.lora.init_seed)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        params, lr=cfg.learning_rate, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay
+    )
+    per_epoch = loaders.train.num_batches(0)
+    losses = []
+    for step in range(cfg.steps):
+        batch = loaders.train.batch_at(loaders.train.position(step // per_epoch, step % per_epoch))
+        mbs = microbatches(batch, cfg.micro_batch_size)
+        total = sum(mb.counted_tokens for mb in mbs)
+        loss_sum = 0.0
+        for mb in mbs:
+            logits = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits
+            part, _ = cross_entropy_sum(logits, mb.labels)
+            (part / total).backward()
+            loss_sum += float(part.detach())
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss_sum / total)
+    return losses, adapter_state_dict(model, cfg.adapter)
+
+
+def stage_adapter_union(state_dir: Path, run_id: str, adapter: str = "eq") -> dict:
+    """The union of the adapter checkpoints every stage of ``run_id`` wrote under ``state_dir``."""
+    union = {}
+    for path in sorted(state_dir.glob(f"*/checkpoints/{run_id}/{adapter}-L*.pt")):
+        union.update(torch.load(path, weights_only=True)["adapter_state"])
+    return union
+
+
+def max_relative(a: dict, b: dict) -> float:
+    """Largest per-tensor max |a - b| / max |b| over two state dicts with the same keys."""
+    assert sorted(a) == sorted(b)
+    return max(float((a[k] - b[k]).abs().max() / b[k].abs().max().clamp_min(1e-12)) for k in b)

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from dataload.config import DataConfig
-from lora.config import LoraSettings, check_adapter_name
+from lora.config import AveragingSettings, LoraSettings, OptimizerSettings, check_adapter_name
 
 
-class TrainConfig(BaseModel):
-    """One trainer of a LoRA fine-tuning run over the swarm."""
+class TrainConfig(OptimizerSettings):
+    """One trainer of a LoRA fine-tuning run over the swarm.
+
+    The optimizer fields (``learning_rate``, ``weight_decay``, ``betas``, ``eps``,
+    ``max_grad_norm``) and their defaults are :class:`lora.config.OptimizerSettings`'s, the
+    model the stages build their optimizer from, inherited so that a YAML file names them at
+    its top level; :attr:`optimizer` is that part, as sent to the stages.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -25,12 +31,6 @@ class TrainConfig(BaseModel):
     adapter: str = "gastown"
     """The LoRA adapter trained on every stage (a slug); inference requests it by name."""
     lora: LoraSettings = Field(default_factory=LoraSettings)
-    learning_rate: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = Field(1e-8, gt=0)
-    max_grad_norm: float = Field(1.0, ge=0)
-    """Clip the global gradient norm of each stage's adapter (0: off)."""
     steps: int = Field(20, ge=1)
     """Optimizer steps in total (a resumed run continues to this number)."""
     micro_batch_size: int | None = Field(None, ge=1)
@@ -38,8 +38,9 @@ class TrainConfig(BaseModel):
     accumulate into one step (None: the whole batch at once)."""
     replicas: int = Field(1, ge=1)
     """Replicas of each stage that average their gradients every step (one per trainer)."""
-    averaging: dict = Field(default_factory=dict)
-    """Overrides of :class:`lora.config.AveragingSettings` (timeouts, compression)."""
+    averaging: AveragingSettings = Field(default_factory=AveragingSettings)
+    """How the replicas of a stage average (timeouts, compression), validated here before
+    anything is sent; ``target_group_size`` is set by ``replicas``."""
     checkpoint_every: int = Field(10, ge=0)
     """Stages save adapter + optimizer, and the trainer its data position, every N steps
     (0: only at the end)."""
@@ -54,9 +55,32 @@ class TrainConfig(BaseModel):
     """Deadline of one RPC to a stage (an optimizer step may wait for averaging)."""
     data: DataConfig
 
+    @property
+    def optimizer(self) -> OptimizerSettings:
+        """The optimizer settings every stage of the route builds its AdamW from."""
+        return OptimizerSettings.model_validate(
+            self.model_dump(include=set(OptimizerSettings.model_fields))
+        )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _group_size_from_replicas(cls, data):
+        """Averaging groups are as large as ``replicas``: say so before ``averaging`` validates
+        (its ``min_group_size`` may then be up to ``replicas``)."""
+        if isinstance(data, dict) and isinstance(data.get("averaging"), dict):
+            replicas = data.get("replicas", 1)
+            if isinstance(replicas, int) and replicas > 1:
+                data = {**data, "averaging": {"target_group_size": replicas, **data["averaging"]}}
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         check_adapter_name(self.adapter)
+        if self.replicas > 1 and self.averaging.target_group_size != self.replicas:
+            raise ValueError(
+                f"averaging.target_group_size {self.averaging.target_group_size} contradicts "
+                f"replicas {self.replicas}: groups are as large as replicas (leave it out)"
+            )
         if self.data.kind != "sft":
             raise ValueError(
                 "node0 train runs SFT; DPO pairs train through dataload.dpo_loss "

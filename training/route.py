@@ -2,8 +2,11 @@
 
 Spans come from :func:`base.routing.plan_route` (fewest hops over what is online). Among
 the replicas of a span, trainer ``shard_index`` prefers the ``shard_index``-th by peer id, so
-two trainers of one run land on different replicas; a replica leased to another trainer
-refuses (FAILED_PRECONDITION) and the next one is tried.
+two trainers of one run land on different replicas. A replica that cannot take the job but
+another might (its lease belongs to another trainer, it is unreachable, it lost the span: a
+failure whose :class:`base.refusals.Reason` is ``elsewhere``) is skipped for the next one; any
+other refusal is the job's fault and fails the run with its family's error (an adapter with
+other LoRA settings: a ``ConfigError``).
 """
 
 from __future__ import annotations
@@ -15,26 +18,22 @@ import grpc
 
 from base.dht_records import StageRecord
 from base.errors import SwarmError
+from base.refusals import call_failure
 from base.routing import plan_route, replicas_for
 from training.stage_client import StageTrainClient
 
 log = logging.getLogger(__name__)
 
-REROUTE_CODES = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.CANCELLED,
-        grpc.StatusCode.NOT_FOUND,
-        grpc.StatusCode.ABORTED,
-    }
-)
-"""Errors that mean "this replica is gone or lost the job": the trainer reroutes and redoes
-the step. Any other status is the request's fault and fails the run."""
-
 
 def is_route_failure(exc: BaseException) -> bool:
-    return isinstance(exc, grpc.RpcError) and exc.code() in REROUTE_CODES
+    """The call failed in a way another replica can recover from: reroute and redo the step."""
+    return isinstance(exc, grpc.RpcError) and call_failure(exc).elsewhere
+
+
+def refusal_error(exc: grpc.RpcError, what: str) -> Exception:
+    """A failed stage call as the node0 error of its reason's family (raised ``from exc``)."""
+    failure = call_failure(exc)
+    return failure.family(f"{what} ({failure})")
 
 
 def open_route(
@@ -47,7 +46,12 @@ def open_route(
     open_job: Callable[[StageTrainClient], object],
     timeout: float,
 ) -> tuple[list[StageTrainClient], list[object]]:
-    """Open a training job on one replica of every span; returns clients and open replies."""
+    """Open a training job on one replica of every span; returns clients and open replies.
+
+    Raises:
+        SwarmError: no replica of some span takes the job (each one's refusal named).
+        ConfigError, RequestError: a stage refused the job itself (its reason's family).
+    """
     spans = [r.span for r in plan_route(records, model)]
     clients, replies = [], []
     try:
@@ -60,7 +64,7 @@ def open_route(
                 raise SwarmError(f"no online replica serves layers [{span[0]}, {span[1]})")
             first = shard_index % len(candidates)
             ordered = candidates[first:] + candidates[:first]
-            refusals = []
+            refusals, last = [], None
             for record in ordered:
                 client = StageTrainClient(
                     record.endpoint,
@@ -75,20 +79,20 @@ def open_route(
                     replies.append(open_job(client))
                 except grpc.RpcError as exc:
                     client.close()
-                    if (
-                        exc.code() in REROUTE_CODES
-                        or exc.code() == grpc.StatusCode.FAILED_PRECONDITION
-                    ):
-                        refusals.append(f"{record.endpoint}: {exc.details()}")
-                        continue
-                    raise
+                    failure = call_failure(exc)
+                    if not failure.elsewhere:
+                        where = f"stage [{span[0]}, {span[1]}) at {record.endpoint}"
+                        raise refusal_error(exc, f"{where} refused the job") from exc
+                    refusals.append(f"{record.endpoint}: {failure}")
+                    last = exc
+                    continue
                 clients.append(client)
                 break
             else:
                 raise SwarmError(
                     f"no replica of layers [{span[0]}, {span[1]}) takes the job: "
                     + "; ".join(refusals)
-                )
+                ) from last
     except BaseException:
         for client in clients:
             client.close()

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import grpc
 import torch
 
+from lora.config import AveragingSettings, LoraSettings, OptimizerSettings
 from proto import node0_pb2, node0_pb2_grpc
 from proto.channels import channel_options
 from proto.tensor_chunks import TensorAssembler, split_tensor
@@ -39,34 +40,27 @@ class StageTrainClient:
         self,
         *,
         trainable: str = "all",
-        learning_rate: float,
-        weight_decay: float = 0,
-        max_grad_norm: float = 0,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
+        optimizer: OptimizerSettings | None = None,
         model: str = "",
-        lora_json: str = "",
+        lora: LoraSettings | None = None,
         replicas: int = 1,
-        averaging_json: str = "",
+        averaging: AveragingSettings | None = None,
         checkpoint_every: int = 0,
     ) -> node0_pb2.TrainingJobResponse:
+        """Open (or rejoin) the job; ``None`` settings: the defaults of their model (the stage
+        creates no adapter without ``lora``)."""
         return self._stub.OpenTrainingJob(
             node0_pb2.TrainingJobRequest(
                 job_id=self.job_id,
                 start=self.start,
                 end=self.end,
                 trainable=trainable,
-                learning_rate=learning_rate,
-                weight_decay=weight_decay,
-                max_grad_norm=max_grad_norm,
-                beta1=betas[0],
-                beta2=betas[1],
-                eps=eps,
+                optimizer_json=(optimizer or OptimizerSettings()).model_dump_json(),
                 model=model,
                 trainer_id=self.trainer_id,
-                lora_json=lora_json,
+                lora_json=lora.model_dump_json() if lora is not None else "",
                 replicas=replicas,
-                averaging_json=averaging_json,
+                averaging_json=(averaging or AveragingSettings()).model_dump_json(),
                 checkpoint_every=checkpoint_every,
             ),
             timeout=self.timeout,

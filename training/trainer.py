@@ -21,13 +21,14 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from base.errors import CheckpointError, ConfigError, PeerFailureError, RequestError, SwarmError
+from base.errors import CheckpointError, ConfigError, Node0Error, PeerFailureError, SwarmError
+from base.refusals import call_failure
 from dataload.collate import Batch
 from dataload.order import DataPosition
 from provenance import RunDir, atomic_write
 from training.config import TrainConfig
 from training.pipeline_step import MicroBatch, pipeline_eval_loss, pipeline_train_step
-from training.route import is_route_failure, open_route
+from training.route import is_route_failure, open_route, refusal_error
 from training.stage_client import StageTrainClient
 
 log = logging.getLogger(__name__)
@@ -106,33 +107,26 @@ class SwarmTrainer:
         cfg = self.config
         return client.open_job(
             trainable=f"adapter:{cfg.adapter}",
-            learning_rate=cfg.learning_rate,
-            weight_decay=cfg.weight_decay,
-            max_grad_norm=cfg.max_grad_norm,
-            betas=cfg.betas,
-            eps=cfg.eps,
+            optimizer=cfg.optimizer,
             model=cfg.model,
-            lora_json=cfg.lora.model_dump_json(),
+            lora=cfg.lora,
             replicas=cfg.replicas,
-            averaging_json=json.dumps(cfg.averaging) if cfg.averaging else "",
+            averaging=cfg.averaging,
             checkpoint_every=0,
         )
 
     def connect(self) -> int:
         """Open the job on a route; returns the step every stage agrees it is at."""
         self.close_route()
-        try:
-            self.stages, replies = open_route(
-                self.records_fn(),
-                self.config.model,
-                job_id=self.run_id,
-                trainer_id=self.trainer_id,
-                shard_index=self.config.data.shard_index,
-                open_job=self._open_job,
-                timeout=self.config.step_timeout,
-            )
-        except grpc.RpcError as exc:
-            raise _refusal(exc) from exc
+        self.stages, replies = open_route(
+            self.records_fn(),
+            self.config.model,
+            job_id=self.run_id,
+            trainer_id=self.trainer_id,
+            shard_index=self.config.data.shard_index,
+            open_job=self._open_job,
+            timeout=self.config.step_timeout,
+        )
         steps = {(c.start, c.end): int(r.step) for c, r in zip(self.stages, replies, strict=True)}
         fingerprints = {r.fingerprint for r in replies}
         if fingerprints != {self.config.lora.fingerprint()}:
@@ -186,7 +180,7 @@ class SwarmTrainer:
                 step = self.connect()
                 self.set_state("training", f"rerouted; continuing from step {step}")
                 return step
-            except (SwarmError, grpc.RpcError) as exc:
+            except SwarmError as exc:  # no replica takes the job yet: retry
                 if time.monotonic() > deadline:
                     raise PeerFailureError(
                         f"no usable route for {self.config.reroute_timeout:g} s after a peer "
@@ -311,17 +305,10 @@ class SwarmTrainer:
 
 def _short(exc: BaseException) -> str:
     if isinstance(exc, grpc.RpcError):
-        return f"{exc.code().name}: {exc.details()}"
+        return str(call_failure(exc))
     return str(exc)
 
 
-def _refusal(exc: grpc.RpcError) -> Exception:
-    """A stage's refusal as the node0 error of its family (exit codes per family)."""
-    details = exc.details() or ""
-    if "serves" in details and "trainer expects" in details:
-        return ConfigError(f"a stage refused the job: {details}")
-    if "LoRA settings" in details or "adapter" in details:
-        return ConfigError(f"a stage refused the job: {details}")
-    if is_route_failure(exc):
-        return PeerFailureError(f"a stage failed: {_short(exc)}")
-    return RequestError(f"a stage refused the request: {_short(exc)}")
+def _refusal(exc: grpc.RpcError) -> Node0Error:
+    """A stage's refusal mid-run as the error of its reason's family (exit code per family)."""
+    return refusal_error(exc, "a stage refused the request")

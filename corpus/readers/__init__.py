@@ -1,5 +1,6 @@
-"""Readers, one per source kind. Each registers every record it reads in the ledger and
-quarantines malformed ones with file, line and reason."""
+"""The corpus side of each Gas Town reader (:mod:`gastown` parses the files). Each registers
+every record it reads in the ledger, turns records into units, and quarantines malformed ones
+with file, line and the reader's reason."""
 
 from corpus.readers.beads import read_beads
 from corpus.readers.claude_code import read_claude_code

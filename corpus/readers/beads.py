@@ -1,25 +1,25 @@
-"""Beads from bd's JSONL export (``.beads/issues.jsonl``): one issue per line.
+"""Beads (``.beads/issues.jsonl``), read by :mod:`gastown.beads`: one unit per bead version.
 
-Required: ``id``, ``title``, ``status``, ``issue_type``, ``priority`` (0–4), ``updated_at``.
-The same id may appear more than once (an append-only export); recency decides later.
+Every version becomes a unit; recency keeps the newest later (same order as
+:attr:`gastown.beads.Bead.version`). A bead example teaches *creating* a bead, so its role is
+the role of the agent that wrote it (``created_by``); a bead whose author names no role (or
+a role this build does not train) gets ``default_role``.
 """
 
 from __future__ import annotations
 
 from corpus.ledger import Ledger
-from corpus.readers.common import iter_json_lines, require_str, sha
-from corpus.rig import Rig
+from corpus.readers.common import record, register_problem
 from corpus.units import Unit
+from gastown import read_beads as read_bead_export
+from gastown import role_from_address
+from gastown.rig import Rig
 
 
 def bead_role(created_by: object, roles: list[str], default: str) -> str:
     """``gastown/mayor`` → ``mayor``; ``gastown/polecats/nux`` → ``polecat``; else ``default``."""
-    if isinstance(created_by, str):
-        for part in reversed(created_by.split("/")):
-            name = part[:-1] if part.endswith("s") and part[:-1] in roles else part
-            if name in roles:
-                return name
-    return default
+    role = role_from_address(created_by)
+    return role if role in roles else default
 
 
 def read_beads(
@@ -27,34 +27,24 @@ def read_beads(
 ) -> list[Unit]:
     units: list[Unit] = []
     for rel in files:
-        for ref, raw, obj in iter_json_lines(rig, rel, "bead", ledger):
-            missing = require_str(obj, "id", "title", "status", "issue_type", "updated_at")
-            if missing:
-                ledger.mark([ref], "quarantined", "missing_field", missing)
-                continue
-            prio = obj.get("priority")
-            if not isinstance(prio, int) or isinstance(prio, bool) or not 0 <= prio <= 4:
-                ledger.mark([ref], "quarantined", "bad_field", f"priority={prio!r:.20}")
-                continue
-            deps = obj.get("dependencies") or []
-            if not isinstance(deps, list) or not all(
-                isinstance(d, dict) and isinstance(d.get("depends_on_id"), str) for d in deps
-            ):
-                ledger.mark([ref], "quarantined", "bad_field", "dependencies")
-                continue
+        got = read_bead_export(rig.root, rel, rig=rig.name)
+        for problem in got.problems:
+            register_problem(rig, problem, "bead", ledger)
+        for bead in got.beads:
+            ref = record(rig, rel, bead.line, bead.line, "bead", ledger)
             units.append(
                 Unit(
                     kind="bead",
                     rig=rig.name,
                     refs=[ref],
-                    role=bead_role(obj.get("created_by"), roles, default_role),
-                    artifact=f"bead:{obj['id']}",
-                    version=(obj["updated_at"], rel, ref.line),
+                    role=bead_role(bead.created_by, roles, default_role),
+                    artifact=f"bead:{bead.id}",
+                    version=bead.version,
                     turns=[],
-                    sha256=sha(raw),
-                    bead_id=obj["id"],
+                    sha256=bead.sha256,
+                    bead_id=bead.id,
                     task="bead-creation",
-                    extra={"bead": obj},
+                    extra={"bead": bead.fields},
                 )
             )
     return units

@@ -1,79 +1,46 @@
-"""Claude Code session logs (``~/.claude/projects/*/<session>.jsonl``): one event per line.
+"""Claude Code session logs, read by :mod:`gastown.claude_code`: one unit per log file.
 
-Events of type ``user`` / ``assistant`` become turns: text blocks as text, ``tool_use`` as
-``$ <command>`` for Bash and ``[<Tool>] <input JSON>`` otherwise, ``tool_result`` as a user
-turn prefixed ``[tool output]``. Thinking blocks are not training text (the line still counts
-as used). Other event types (``summary``, ``file-history-snapshot``, …) are rejected as
-carrying no training content. The agent role comes from the session's working directory
-(``…/polecats/<name>``, ``…/crew/<name>``, ``…/witness``, ``…/mayor``, ``…/deacon``,
-``…/boot``); the bead id from the first user message; the outcome is unknown.
+Turn events become turns: text blocks as text, ``tool_use`` as ``$ <command>`` for Bash and
+``[<Tool>] <input JSON>`` otherwise, ``tool_result`` as a user turn prefixed
+``[tool output]``. Thinking and image blocks are not training text (the line still counts as
+used). Other event types (``summary``, ``file-history-snapshot``, …) are rejected as carrying
+no training content. The role is the session's (its first working directory, see
+:mod:`gastown.roles`); a session whose directory names no role is quarantined. The bead id
+comes from the first user message; the outcome is unknown.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from typing import Any
 
+from base.hashing import sha256_bytes
 from corpus.ledger import Ledger
-from corpus.readers.common import iter_json_lines, sha
+from corpus.readers.common import record, register_problem
 from corpus.readers.transcripts import to_turns
-from corpus.rig import Rig
 from corpus.units import RecordRef, Unit
+from gastown import ROLE_DIRS, Block, read_claude_log, role_from_path
+from gastown.rig import Rig
 
-_ROLE_DIRS = {
-    "polecats": "polecat",
-    "crew": "crew",
-    "witness": "witness",
-    "mayor": "mayor",
-    "deacon": "deacon",
-    "boot": "boot",
-}
+_NO_ROLE = f"cwd has no {'/'.join(d for d in ROLE_DIRS if d != 'polecat')} component"
 
 
 def role_from_cwd(cwd: str) -> str | None:
-    parts = [p for p in re.split(r"[/\\]", cwd) if p]
-    for part in reversed(parts):
-        if part in _ROLE_DIRS:
-            return _ROLE_DIRS[part]
-    return None
+    """The role of a session's working directory (nearest role directory), None if none."""
+    return role_from_path(cwd, is_dir=True)
 
 
-def _blocks(content: Any, speaker: str) -> list[tuple[str, str]] | None:
-    """Turns from a message's content; None if the content has an unknown shape."""
-    if isinstance(content, str):
-        return [(speaker, content)]
-    if not isinstance(content, list):
-        return None
-    out: list[tuple[str, str]] = []
-    for block in content:
-        if not isinstance(block, dict):
-            return None
-        kind = block.get("type")
-        if kind == "text" and isinstance(block.get("text"), str):
-            out.append((speaker, block["text"]))
-        elif kind == "tool_use":
-            inp = block.get("input") or {}
-            if block.get("name") == "Bash" and isinstance(inp.get("command"), str):
-                out.append(("assistant", f"$ {inp['command']}"))
-            else:
-                out.append(
-                    (
-                        "assistant",
-                        f"[{block.get('name')}] "
-                        + json.dumps(inp, sort_keys=True, ensure_ascii=False),
-                    )
-                )
-        elif kind == "tool_result":
-            res = block.get("content")
-            if isinstance(res, list):
-                res = "\n".join(b.get("text", "") for b in res if isinstance(b, dict))
-            out.append(("tool", str(res if res is not None else "")))
-        elif kind in ("thinking", "redacted_thinking", "image"):
-            continue
-        else:
-            return None
-    return out
+def _turn(speaker: str, block: Block) -> tuple[str, str] | None:
+    if block.kind == "text":
+        return (speaker, block.text)
+    if block.kind == "tool_use":
+        if block.tool == "Bash" and isinstance(block.input.get("command"), str):
+            return ("assistant", f"$ {block.input['command']}")
+        args = json.dumps(block.input, sort_keys=True, ensure_ascii=False)
+        return ("assistant", f"[{block.tool}] {args}")
+    if block.kind == "tool_result":
+        return ("tool", block.text)
+    return None  # thinking, images
 
 
 def read_claude_code(
@@ -86,40 +53,30 @@ def read_claude_code(
         else None
     )
     for rel in files:
+        got = read_claude_log(rig.root, rel, rig=rig.name)
+        for problem in got.problems:
+            register_problem(rig, problem, "claude_code", ledger)
+        session = got.session
+        if session is None:
+            continue
         used: list[RecordRef] = []
-        raw_used: list[bytes] = []
         turns: list[tuple[str, str]] = []
-        session_id = cwd = None
-        for ref, raw, obj in iter_json_lines(rig, rel, "claude_code", ledger):
-            kind = obj.get("type")
-            if kind not in ("user", "assistant"):
-                ledger.mark([ref], "rejected", "no_training_content", f"type={kind!r:.40}")
+        for event in session.events:
+            ref = record(rig, rel, event.line, event.line, "claude_code", ledger)
+            if not event.is_turn:
+                ledger.mark([ref], "rejected", "no_training_content", f"type={event.type!r:.40}")
                 continue
-            msg = obj.get("message")
-            got = _blocks(msg.get("content") if isinstance(msg, dict) else None, kind)
-            if got is None:
-                ledger.mark([ref], "quarantined", "bad_field", "message.content")
-                continue
-            session_id = session_id or obj.get("sessionId")
-            cwd = cwd or obj.get("cwd")
-            turns.extend(got)
+            turns.extend(t for b in event.blocks if (t := _turn(event.type, b)) is not None)
             used.append(ref)
-            raw_used.append(raw)
         if not used:
             continue
-        merged = to_turns(turns)
-        role = role_from_cwd(cwd or "")
-        if role is None:
-            ledger.mark(
-                used,
-                "quarantined",
-                "unknown_role",
-                "cwd has no polecats/crew/witness/mayor/deacon/boot component",
-            )
+        if session.role is None:
+            ledger.mark(used, "quarantined", "unknown_role", _NO_ROLE)
             continue
         if unknown_outcome == "reject":
             ledger.mark(used, "rejected", "unknown_outcome", "claude_code_unknown_outcome=reject")
             continue
+        merged = to_turns(turns)
         first_user = next((t for s, t in merged if s == "user"), "")
         bead = bead_re.search(first_user) if bead_re else None
         units.append(
@@ -127,12 +84,12 @@ def read_claude_code(
                 kind="claude_code",
                 rig=rig.name,
                 refs=used,
-                role=role,
-                artifact=f"session:{session_id or rel}",
-                version=("", rel, 0),
+                role=session.role,
+                artifact=f"session:{session.session_id}",
+                version=session.version,
                 turns=merged,
-                sha256=sha(b"\n".join(raw_used)),
-                session_id=session_id,
+                sha256=sha256_bytes(b"\n".join(e.raw for e in session.turns)),
+                session_id=session.session_id,
                 bead_id=bead.group() if bead else None,
                 outcome="unknown",
             )

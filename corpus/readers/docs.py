@@ -1,9 +1,10 @@
-"""Convention documents (CLAUDE.md, AGENTS.md) and their older versions.
+"""Convention documents (CLAUDE.md, AGENTS.md) and their older versions, read by
+:mod:`gastown.documents`.
 
 A document's current version is the file itself; older versions live in
 ``<history_dir>/<doc path>/<UTC stamp>.md`` (e.g. ``history/CLAUDE.md/20260210T090000Z.md``).
-Each file is one record. The role comes from the document's directory (``polecats/`` →
-polecat, ``crew/`` → crew, …); a rig-level document is ``all``.
+Each file is one record. The role is the document's (its nearest role directory:
+``polecats/`` → polecat, …); a rig-level document is ``all``.
 """
 
 from __future__ import annotations
@@ -11,40 +12,26 @@ from __future__ import annotations
 import re
 
 from corpus.ledger import Ledger
-from corpus.readers.claude_code import role_from_cwd
-from corpus.readers.common import sha
-from corpus.rig import Rig
-from corpus.units import RecordRef, Unit
-
-_STAMP = re.compile(r"^\d{8}T\d{6}Z$")
+from corpus.readers.common import record, register_problem
+from corpus.units import Unit
+from gastown import ConventionDoc, Problem, read_document
+from gastown.rig import Rig
 
 
-def _unit(rig: Rig, rel: str, doc_path: str, version: tuple, ledger: Ledger) -> Unit | None:
-    data = (rig.root / rel).read_bytes()
-    n_lines = max(1, data.count(b"\n") + (0 if data.endswith(b"\n") else 1))
-    ref = RecordRef(rig.name, rel, 1, n_lines, "doc")
-    ledger.read(ref)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        ledger.mark([ref], "quarantined", "invalid_utf8", f"byte {exc.start}")
-        return None
-    if not text.strip():
-        ledger.mark([ref], "rejected", "empty_file")
-        return None
-    role = role_from_cwd("/".join(doc_path.split("/")[:-1])) or "all"
+def _unit(rig: Rig, doc: ConventionDoc, ledger: Ledger) -> Unit:
+    ref = record(rig, doc.file, 1, doc.n_lines, "doc", ledger)
     return Unit(
         kind="doc",
         rig=rig.name,
         refs=[ref],
-        role=role,
-        artifact=f"doc:{doc_path}",
-        version=version,
+        role=doc.role or "all",
+        artifact=f"doc:{doc.doc_path}",
+        version=doc.version,
         turns=[],
-        sha256=sha(data),
+        sha256=doc.sha256,
         task="conventions",
-        content=text,
-        extra={"doc_path": doc_path},
+        content=doc.text,
+        extra={"doc_path": doc.doc_path},
     )
 
 
@@ -53,28 +40,14 @@ def read_docs(
 ) -> list[Unit]:
     units: list[Unit] = []
     prefix = history_dir.rstrip("/") + "/"
-    for rel in current:
-        if rel.startswith(prefix):
-            continue  # listed below as a history version
-        u = _unit(rig, rel, rel, ("~current", rel), ledger)  # "~" sorts after any stamp
-        if u:
-            units.append(u)
-    for rel in history:
-        doc_path, _, name = rel[len(prefix) :].rpartition("/")
-        stamp = name.rsplit(".", 1)[0]
-        if not doc_path or not _STAMP.match(stamp):
-            ref = RecordRef(rig.name, rel, 1, 1, "doc")
-            ledger.read(ref)
-            ledger.mark(
-                [ref],
-                "quarantined",
-                "bad_history_name",
-                "expected <history_dir>/<doc path>/<YYYYMMDDTHHMMSSZ>.md",
-            )
-            continue
-        u = _unit(rig, rel, doc_path, (stamp, rel), ledger)
-        if u:
-            units.append(u)
+    # a current-name file under the history dir is listed again below as a history version
+    files = [rel for rel in current if not rel.startswith(prefix)] + history
+    for rel in files:
+        got = read_document(rig.root, rel, rig=rig.name, history_dir=history_dir)
+        if isinstance(got, Problem):
+            register_problem(rig, got, "doc", ledger)
+        else:
+            units.append(_unit(rig, got, ledger))
     return units
 
 

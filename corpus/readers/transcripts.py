@@ -1,21 +1,17 @@
-"""Session transcripts in the ``gastown.transcript/1`` format: one session per JSONL line.
+"""Session transcripts (``gastown.transcript/1``), read by :mod:`gastown.transcripts`.
 
-Required: ``schema``, ``session_id``, ``rig``, ``role``, ``outcome`` (success/failure),
-``turns`` (list of {speaker: system|user|assistant|tool, text}). Optional: ``bead_id``,
-``task``, ``failure_mode``, ``agent``, ``started_at``, ``ended_at``. Tool output becomes a
-user turn prefixed ``[tool output]``. See docs/corpus.md.
+The format and its required fields are the reader's (see docs/corpus.md). Here a session
+becomes a unit: tool output becomes a user turn prefixed ``[tool output]``, consecutive turns
+of one speaker are merged, and a role outside the build's ``roles`` is quarantined.
 """
 
 from __future__ import annotations
 
 from corpus.ledger import Ledger
-from corpus.readers.common import iter_json_lines, require_str, sha
-from corpus.rig import Rig
+from corpus.readers.common import record, register_problem
 from corpus.units import Unit
-
-SCHEMA = "gastown.transcript/1"
-_SPEAKERS = {"system", "user", "assistant", "tool"}
-_OUTCOMES = {"success", "failure"}
+from gastown import read_transcripts as read_transcript_file
+from gastown.rig import Rig
 
 
 def to_turns(raw_turns: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -34,53 +30,30 @@ def to_turns(raw_turns: list[tuple[str, str]]) -> list[tuple[str, str]]:
 def read_transcripts(rig: Rig, files: list[str], ledger: Ledger, roles: list[str]) -> list[Unit]:
     units: list[Unit] = []
     for rel in files:
-        for ref, raw, obj in iter_json_lines(rig, rel, "transcript", ledger):
-            if obj.get("schema") != SCHEMA:
-                ledger.mark([ref], "quarantined", "unknown_schema", repr(obj.get("schema"))[:40])
-                continue
-            missing = require_str(obj, "session_id", "rig", "role", "outcome")
-            if missing:
-                ledger.mark([ref], "quarantined", "missing_field", missing)
-                continue
-            if obj["role"] not in roles:
-                ledger.mark([ref], "quarantined", "unknown_role", obj["role"][:40])
-                continue
-            if obj["outcome"] not in _OUTCOMES:
-                ledger.mark([ref], "quarantined", "bad_field", f"outcome={obj['outcome']!r:.40}")
-                continue
-            raw_turns = obj.get("turns")
-            if not isinstance(raw_turns, list) or not raw_turns:
-                ledger.mark([ref], "quarantined", "missing_field", "turns")
-                continue
-            bad = next(
-                (
-                    i
-                    for i, t in enumerate(raw_turns)
-                    if not isinstance(t, dict)
-                    or t.get("speaker") not in _SPEAKERS
-                    or not isinstance(t.get("text"), str)
-                ),
-                None,
-            )
-            if bad is not None:
-                ledger.mark([ref], "quarantined", "bad_field", f"turns[{bad}]")
+        got = read_transcript_file(rig.root, rel)
+        for problem in got.problems:
+            register_problem(rig, problem, "transcript", ledger)
+        for t in got.transcripts:
+            ref = record(rig, rel, t.line, t.line, "transcript", ledger)
+            if t.role not in roles:
+                ledger.mark([ref], "quarantined", "unknown_role", t.role)
                 continue
             units.append(
                 Unit(
                     kind="transcript",
-                    rig=obj["rig"],
+                    rig=t.rig,
                     refs=[ref],
-                    role=obj["role"],
-                    artifact=f"session:{obj['session_id']}",
-                    version=(str(obj.get("ended_at") or ""), rel, ref.line),
-                    turns=to_turns([(t["speaker"], t["text"]) for t in raw_turns]),
-                    sha256=sha(raw),
-                    task=obj.get("task") or None,
-                    session_id=obj["session_id"],
-                    bead_id=obj.get("bead_id") or None,
-                    outcome=obj["outcome"],
-                    failure_mode=obj.get("failure_mode") or None,
-                    content="\n".join(f"{t['speaker']}: {t['text']}" for t in raw_turns),
+                    role=t.role,
+                    artifact=f"session:{t.session_id}",
+                    version=t.version,
+                    turns=to_turns([(turn.speaker, turn.text) for turn in t.turns]),
+                    sha256=t.sha256,
+                    task=t.task,
+                    session_id=t.session_id,
+                    bead_id=t.bead_id,
+                    outcome=t.outcome,
+                    failure_mode=t.failure_mode,
+                    content="\n".join(f"{turn.speaker}: {turn.text}" for turn in t.turns),
                 )
             )
     return units

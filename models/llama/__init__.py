@@ -1,6 +1,9 @@
-"""Everything LLaMA-specific: tensor names, the architecture check, the stage module."""
+"""The LLaMA family: per-layer tensors, GGUF layout, stage module; registered on import."""
 
-from models.llama.architecture import CheckpointIndex, check_architecture, index_checkpoint
+from models.llama.family import LLAMA
 from models.llama.stage_module import LlamaStage
+from models.registry import register_family
 
-__all__ = ["CheckpointIndex", "LlamaStage", "check_architecture", "index_checkpoint"]
+register_family(LLAMA)
+
+__all__ = ["LLAMA", "LlamaStage"]

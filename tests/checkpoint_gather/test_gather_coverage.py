@@ -10,7 +10,7 @@ import torch
 from base.errors import CheckpointError
 from checkpoint_gather.coverage import check_coverage
 from checkpoint_gather.sources import manifest_from_state_dict, verify_tensors
-from models.llama.tensor_names import EMBED, LM_HEAD
+from models import EMBED, LM_HEAD
 from tests.fixtures import load_config, stage_sources
 
 

@@ -11,7 +11,7 @@ from base.errors import CheckpointError
 from checkpoint_gather.coverage import check_coverage
 from checkpoint_gather.export import assemble_state, export_checkpoint
 from checkpoint_gather.hf_export import export_hf
-from models.llama.tensor_names import LM_HEAD
+from models import LM_HEAD
 from provenance import create_run_dir, sha256_file
 from tests.fixtures import load_causal_lm, load_config, logits, stage_sources
 

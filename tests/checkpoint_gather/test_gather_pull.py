@@ -277,14 +277,13 @@ class _Silent(node0_weights_pb2_grpc.StageWeightsServicer):
 def test_a_silent_peer_counts_as_failed(tiny_models, tmp_path):
     model_dir, out = tiny_models[False], tmp_path / "out"
     with _serve(_Silent()) as endpoint:
-        started = time.monotonic()
-        with pytest.raises(PeerFailureError, match="no data for 0.5 s"):
+        # the idle watchdog (a small configured bound) ended the pull, saying what had arrived
+        with pytest.raises(PeerFailureError, match=r"no data for 0.5 s \(after 0 of"):
             gather_stages(
                 options(model_dir, out, idle_timeout=0.5),
                 plans_for(endpoint, [(0, 6)]),
                 tokenizer_dir=model_dir,
             )
-        assert time.monotonic() - started < 10
     assert not out.exists()
 
 

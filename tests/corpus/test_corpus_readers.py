@@ -10,10 +10,10 @@ from corpus.ledger import Ledger
 from corpus.readers import read_claude_code, read_transcripts
 from corpus.readers.claude_code import role_from_cwd
 from corpus.recency import apply_recency, find_reversion
-from corpus.rig import load_rig
 from corpus.units import Unit
 from dataload.jsonl_reader import read_jsonl
 from dataload.schema import ROLES, SFTExample
+from gastown.rig import load_rig
 
 
 def _session(**over) -> dict:

@@ -14,6 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from base.errors import ExitCode, RequestError, SwarmError
+from base.refusals import Reason, reason_of
 from base.sampler import SamplingParams
 from inference.swarm_client import SwarmClient
 from proto import node0_pb2, node0_pb2_grpc
@@ -130,8 +131,7 @@ def test_open_session_beyond_context_window_is_refused(client, tiny_model_dir):
                 model=str(tiny_model_dir), start=0, end=2, max_length=10_000
             )
         )
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "context window" in err.value.details()
+    assert reason_of(err.value) is Reason.PROMPT_TOO_LONG
     channel.close()
 
 
@@ -144,10 +144,9 @@ def test_missing_stage_fails_fast_naming_the_layers(tiny_model_dir, tmp_path):
     with local_swarm(tmp_path, str(tiny_model_dir), [("a", [(0, 2)]), ("c", [(4, 6)])]) as st:
         c = SwarmClient(str(tiny_model_dir), st.initial_peers)
         try:
-            started = time.monotonic()
+            # bounded by ROUTE_WAIT_S (tests/base/test_swarm_view.py checks the bound)
             with pytest.raises(SwarmError, match="layers 2-3 are served by no online peer"):
                 c.wait_for_route()
-            assert time.monotonic() - started < 15
         finally:
             c.close()
         proc = run_cli(
@@ -294,7 +293,6 @@ def test_unknown_model_and_unreachable_peers_exit_with_their_codes(tiny_model_di
         stdin="hi\n",
     )
     assert proc.returncode == ExitCode.REQUEST and "unknown model 'no-such-model'" in proc.stderr
-    started = time.monotonic()
     proc = run_cli(
         [
             "inference.agent_client",
@@ -306,8 +304,8 @@ def test_unknown_model_and_unreachable_peers_exit_with_their_codes(tiny_model_di
         stdin="hi\n",
     )
     assert proc.returncode == ExitCode.SWARM, proc.stderr
+    # the refused connection itself, not the DHT start timeout ("did not come up within")
     assert "cannot join the DHT" in proc.stderr
-    assert time.monotonic() - started < 60
 
 
 def test_daemon_refuses_checkpoint_with_contradicting_architecture(tiny_model_dir, tmp_path):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 import torch
@@ -190,15 +189,12 @@ def test_training_adapter_stays_trainable_and_concurrent_requests_do_not_interfe
         thread.join()
     assert errors == []
     assert all(p.requires_grad for p in params)
-    # switch cost: entering and leaving use_adapters, without the forward
-    n = 200
-    started = time.perf_counter()
-    for i in range(n):
+    # a switch only selects adapters (why it is cheap): no weight is merged in or changed
+    before = {name: t.clone() for name, t in stage.state_dict().items()}
+    for i in range(4):
         with use_adapters(stage, [("bead-creation", "code-review")[i % 2]]):
-            pass
-    per_switch_ms = (time.perf_counter() - started) / n * 1e3
-    print(f"adapter switch (enter+exit, 42 LoRA layers): {per_switch_ms:.3f} ms")
-    assert per_switch_ms < 20
+            assert all(torch.equal(t, before[name]) for name, t in stage.state_dict().items())
+    assert all(torch.equal(t, before[name]) for name, t in stage.state_dict().items())
 
 
 def test_loading_a_mismatched_adapter_state_fails_closed(tiny_model_dir):

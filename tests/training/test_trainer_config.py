@@ -6,8 +6,15 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from base.config_loader import load_yaml_config
+from base.errors import ConfigError, ExitCode
 from dataload.collate import Batch
+from lora.config import AveragingSettings, OptimizerSettings
 from node.main_thread import MainThreadCalls
+from node.stage_service import _job_settings
+from pipeline_stages.training import JobSettings
+from proto import node0_pb2
+from tests.fixtures import run_cli
 from training.config import TrainConfig
 from training.trainer import microbatches
 
@@ -25,6 +32,61 @@ def test_config_defaults_and_refusals():
         TrainConfig.model_validate({"data": DATA, "adapter": "Not A Slug"})
     with pytest.raises(ValidationError):
         TrainConfig.model_validate({"data": DATA, "unknown_field": 1})
+
+
+def test_trainer_and_stage_share_one_definition_of_the_defaults():
+    """One model holds the optimizer defaults (and one the averaging defaults): the trainer's
+    config, a stage job opened without settings, and an empty request all get the same."""
+    cfg = TrainConfig.model_validate({"data": DATA})
+    assert cfg.optimizer == OptimizerSettings() == JobSettings().optimizer
+    assert _job_settings(node0_pb2.TrainingJobRequest()).optimizer == OptimizerSettings()
+    assert cfg.averaging == AveragingSettings() == JobSettings().averaging
+    assert _job_settings(node0_pb2.TrainingJobRequest()).averaging == AveragingSettings()
+    for name, field in OptimizerSettings.model_fields.items():
+        assert TrainConfig.model_fields[name].default == field.default, name
+    # the values node0 train has always used (training/config.py before the merge)
+    assert cfg.optimizer.model_dump() == {
+        "learning_rate": 1e-3,
+        "weight_decay": 0.0,
+        "betas": (0.9, 0.999),
+        "eps": 1e-8,
+        "max_grad_norm": 1.0,
+    }
+    overrides = TrainConfig.model_validate(
+        {"data": DATA, "learning_rate": 2e-3, "betas": [0.8, 0.9]}
+    )
+    assert overrides.optimizer == OptimizerSettings(learning_rate=2e-3, betas=(0.8, 0.9))
+
+
+def test_averaging_settings_validate_in_the_trainer(tmp_path):
+    """A typo under ``averaging:`` is a local config error (exit 3): nothing starts."""
+    path = tmp_path / "train.yaml"
+    path.write_text(
+        "data: {train: [samples/sft/gastown_conventions.train.jsonl]}\n"
+        "averaging: {matchmaking_timout: 3}\n"
+    )
+    with pytest.raises(ConfigError, match="averaging.matchmaking_timout") as info:
+        load_yaml_config(path, TrainConfig)
+    assert info.value.exit_code == ExitCode.CONFIG
+    runs = tmp_path / "runs"
+    proc = run_cli(
+        ["node.cli", "train", "--config", str(path), "--runs-dir", str(runs)], timeout=120
+    )
+    assert proc.returncode == ExitCode.CONFIG == 3, proc.stderr
+    assert not runs.exists()  # failed before a run, a DHT peer or a stage call
+
+    replicas = TrainConfig.model_validate(
+        {"data": DATA, "replicas": 3, "averaging": {"min_group_size": 3}}
+    )
+    assert replicas.averaging.target_group_size == 3  # groups are as large as replicas
+    with pytest.raises(ValidationError, match="min_group_size must not exceed"):
+        TrainConfig.model_validate(
+            {"data": DATA, "replicas": 2, "averaging": {"min_group_size": 3}}
+        )
+    with pytest.raises(ValidationError, match="contradicts replicas"):
+        TrainConfig.model_validate(
+            {"data": DATA, "replicas": 2, "averaging": {"target_group_size": 3}}
+        )
 
 
 def test_microbatches_split_rows_and_keep_every_token():

@@ -7,6 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from inference.swarm_client import SwarmClient
+from lora.config import OptimizerSettings
 from tests.fixtures import local_swarm
 from training.pipeline_step import MicroBatch, pipeline_train_step
 from training.stage_client import StageTrainClient
@@ -68,7 +69,7 @@ def test_pipeline_training_equals_single_process(tiny_model_dir, tmp_path):
             StageTrainClient(r.endpoint, job_id="equiv", start=r.start, end=r.end) for r in route
         ]
         for stage in stages:
-            stage.open_job(learning_rate=LR)
+            stage.open_job(optimizer=OptimizerSettings(learning_rate=LR, max_grad_norm=0.0))
         losses = [
             pipeline_train_step(stages, make_microbatches(step, vocab), step).loss
             for step in range(steps)

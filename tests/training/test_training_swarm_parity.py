@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from base.refusals import Reason, reason_of
 from dataload import build_loaders
 from dataload.losses import cross_entropy_sum
 from lora.config import LoraSettings
@@ -130,12 +131,7 @@ def test_bad_input_nan_gradients_skipped_and_another_base_model_refused(tiny_mod
     with local_swarm(tmp_path, str(tiny_model_dir), [("solo", [(0, 6)])]) as state:
         endpoint = Path(state.peers[0].log).read_text().split("serving on ")[1].split()[0]
         client = StageTrainClient(endpoint, job_id="nan-run", start=0, end=6, trainer_id="t")
-        client.open_job(
-            trainable="adapter:eq",
-            learning_rate=1e-3,
-            model=str(tiny_model_dir),
-            lora_json=cfg.lora.model_dump_json(),
-        )
+        client.open_job(trainable="adapter:eq", model=str(tiny_model_dir), lora=cfg.lora)
         tensors = {
             "input": batch.input_ids,
             "attention_mask": batch.attention_mask,
@@ -152,13 +148,9 @@ def test_bad_input_nan_gradients_skipped_and_another_base_model_refused(tiny_mod
         assert "no online peer serves model" in proc.stderr
         with pytest.raises(grpc.RpcError) as refused:
             StageTrainClient(endpoint, job_id="x", start=0, end=6).open_job(
-                trainable="adapter:eq",
-                learning_rate=1e-3,
-                model=str(other),
-                lora_json=cfg.lora.model_dump_json(),
+                trainable="adapter:eq", model=str(other), lora=cfg.lora
             )
-        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "the trainer expects" in refused.value.details()
+        assert reason_of(refused.value) is Reason.WRONG_MODEL
         client.close()
     skipped, applied = outcomes
     print(

@@ -16,6 +16,7 @@ Prints recall and FPR overall and per kind, and every miss and false positive.
 from __future__ import annotations
 
 import json
+import runpy
 from collections import defaultdict
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import pytest
 from corpus import Scrubber
 
 DATA = Path(__file__).with_name("heldout_secrets.jsonl")
+GENERATOR = Path(__file__).with_name("gen_heldout_secrets.py")
 WINDOW = 16
 MIN_RECALL = 0.99
 MAX_FPR = 0.02
@@ -111,9 +113,14 @@ def result() -> dict:
     return r
 
 
-def test_heldout_set_is_large_and_balanced(result: dict) -> None:
-    assert result["n_secret"] + result["n_clean"] >= 400
-    assert result["n_secret"] >= 150 and result["n_clean"] >= 150
+def test_heldout_set_is_its_generators_output_large_and_balanced() -> None:
+    """The committed set is exactly what ``gen_heldout_secrets.py`` writes (no hand edits to
+    make the scrubber pass), and it is big enough on both sides for the rates above."""
+    records = runpy.run_path(str(GENERATOR), run_name="heldout_generator")["OUT"]
+    written = "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records)
+    assert written == DATA.read_text(encoding="utf-8")
+    secret = sum(rec["label"] == "secret" for rec in records)
+    assert len(records) >= 400 and secret >= 150 and len(records) - secret >= 150
 
 
 def test_heldout_recall(result: dict) -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from base.errors import ConfigError, DataError
+from gastown.layout import RIG_SETTINGS
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,7 @@ class Rig:
     root: Path
     bead_prefix: str
     share_across_rigs: bool
+    declared_name: str | None = None  # ``[rig] name`` as written; None when rig.toml has none
 
     def files(
         self, patterns: list[str], exclude: list[str], *, under: str | None = None
@@ -49,7 +51,7 @@ def load_rig(path: str | Path) -> Rig:
     if not root.is_dir():
         raise DataError(f"rig directory {root} does not exist")
     settings: dict = {}
-    toml_path = root / "rig.toml"
+    toml_path = root / RIG_SETTINGS
     if toml_path.is_file():
         try:
             settings = tomllib.loads(toml_path.read_text(encoding="utf-8"))
@@ -60,9 +62,11 @@ def load_rig(path: str | Path) -> Rig:
     share = corpus.get("share_across_rigs", False)
     if not isinstance(share, bool):
         raise ConfigError(f"{toml_path}: corpus.share_across_rigs must be true or false")
-    name = rig.get("name") or root.resolve().name
+    declared = rig.get("name")
+    declared = declared if isinstance(declared, str) and declared else None
     return Rig(
-        name=str(name),
+        name=declared or root.resolve().name,
+        declared_name=declared,
         root=root,
         bead_prefix=str(rig.get("bead_prefix", "")),
         share_across_rigs=share,

@@ -1,0 +1,127 @@
+"""A pipeline stage of a decoder-only model: a contiguous range of decoder blocks.
+
+Built from transformers' own blocks of the family (``decoder_layer_class``, ``norm_class``,
+``rotary_class``, which a family's subclass names) and ``create_causal_mask``, so the arithmetic
+is exactly the reference's. Modules sit under their global names (``model.layers.<global
+index>``) so the state dict, the PEFT adapter keys and a gathered checkpoint share one naming
+scheme; the first stage also owns the token embedding, the last the final norm and the LM head.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import ClassVar
+
+import torch
+from torch import nn
+from transformers import PretrainedConfig
+from transformers.cache_utils import DynamicCache
+from transformers.masking_utils import create_causal_mask
+
+ATTN_IMPLEMENTATION = "sdpa"  # what transformers picks for these ...ForCausalLM on CPU
+
+
+def stage_config(config: PretrainedConfig, start: int, end: int) -> PretrainedConfig:
+    """The full config narrowed to ``end - start`` layers (local cache indices 0..n-1)."""
+    local = copy.deepcopy(config)
+    local.num_hidden_layers = end - start
+    if getattr(local, "layer_types", None):
+        local.layer_types = list(config.layer_types[start:end])
+    local._attn_implementation = ATTN_IMPLEMENTATION
+    return local
+
+
+class _StageBody(nn.Module):
+    def __init__(
+        self, stage_cls: type[DecoderStage], config, start: int, end: int, first: bool, last: bool
+    ):
+        super().__init__()
+        self.embed_tokens = (
+            nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+            if first
+            else None
+        )
+        self.layers = nn.ModuleDict(
+            {
+                str(g): stage_cls.decoder_layer_class(config, layer_idx=g - start)
+                for g in range(start, end)
+            }
+        )
+        self.norm = (
+            stage_cls.norm_class(config.hidden_size, eps=config.rms_norm_eps) if last else None
+        )
+
+
+class DecoderStage(nn.Module):
+    """Layers ``[start, end)`` of a decoder-only model; a family subclass names the blocks.
+
+    ``forward`` takes token ids on the first stage and hidden states elsewhere; the last stage
+    returns logits, every other stage the hidden states after its last block.
+    """
+
+    decoder_layer_class: ClassVar[type[nn.Module]]
+    norm_class: ClassVar[type[nn.Module]]
+    rotary_class: ClassVar[type[nn.Module]]
+
+    def __init__(self, config: PretrainedConfig, start: int, end: int):
+        super().__init__()
+        if not 0 <= start < end <= config.num_hidden_layers:
+            raise ValueError(f"bad layer range [{start}, {end}) for {config.num_hidden_layers}")
+        self.full_config = config
+        self.config = stage_config(config, start, end)
+        self.start, self.end = start, end
+        self.is_first = start == 0
+        self.is_last = end == config.num_hidden_layers
+        self.model = _StageBody(type(self), self.config, start, end, self.is_first, self.is_last)
+        self.rotary_emb = self.rotary_class(config=self.config)
+        self.lm_head = (
+            nn.Linear(config.hidden_size, config.vocab_size, bias=False) if self.is_last else None
+        )
+
+    def new_cache(self) -> DynamicCache:
+        return DynamicCache(config=self.config)
+
+    def forward(
+        self,
+        inputs: torch.Tensor,
+        *,
+        cache: DynamicCache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        logits_to_keep: int = 0,
+    ) -> torch.Tensor:
+        """Run the stage.
+
+        Args:
+            inputs: token ids ``(batch, seq)`` on the first stage, else hidden states
+                ``(batch, seq, hidden)``.
+            cache: the session's KV-cache; positions continue from its length.
+            attention_mask: optional 2D padding mask ``(batch, past + seq)``.
+            logits_to_keep: on the last stage, compute logits for only the last N positions
+                (0 = all).
+        """
+        hidden = self.model.embed_tokens(inputs) if self.is_first else inputs
+        past = cache.get_seq_length() if cache is not None else 0
+        position_ids = (torch.arange(hidden.shape[1], device=hidden.device) + past).unsqueeze(0)
+        mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=hidden,
+            attention_mask=attention_mask,
+            past_key_values=cache,
+            position_ids=position_ids,
+        )
+        position_embeddings = self.rotary_emb(hidden, position_ids=position_ids)
+        for layer in self.model.layers.values():
+            hidden = layer(
+                hidden,
+                attention_mask=mask,
+                position_ids=position_ids,
+                past_key_values=cache,
+                use_cache=cache is not None,
+                position_embeddings=position_embeddings,
+            )
+        if not self.is_last:
+            return hidden  # (batch, seq, hidden)
+        hidden = self.model.norm(hidden)
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:, :]
+        return self.lm_head(hidden)  # (batch, seq_kept, vocab)
