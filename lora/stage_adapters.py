@@ -147,6 +147,11 @@ def _cached_layers(model: nn.Module) -> list[LoraLayer]:
     return cached if cached is not None else [layer for _, layer in _lora_layers(model)]
 
 
+def lora_layers(model: nn.Module) -> list[LoraLayer]:
+    """Every LoRA layer of ``model`` (cached once adapters are attached)."""
+    return _cached_layers(model)
+
+
 def _active_set(model: nn.Module) -> list[str]:
     for layer in _cached_layers(model):
         return [] if layer.disable_adapters else list(layer.active_adapters)

@@ -18,7 +18,11 @@ from transformers import PretrainedConfig
 from transformers.cache_utils import DynamicCache
 from transformers.masking_utils import create_causal_mask
 
-ATTN_IMPLEMENTATION = "sdpa"  # what transformers picks for these ...ForCausalLM on CPU
+from models.ragged_batch import ATTENTION, RaggedBatch, SessionKV
+
+# transformers' SDPA (what it picks for these ...ForCausalLM on CPU), registered under node0's
+# name so that a call carrying a RaggedBatch attends per session (see models.ragged_batch)
+ATTN_IMPLEMENTATION = ATTENTION
 
 
 def stage_config(config: PretrainedConfig, start: int, end: int) -> PretrainedConfig:
@@ -80,6 +84,41 @@ class DecoderStage(nn.Module):
 
     def new_cache(self) -> DynamicCache:
         return DynamicCache(config=self.config)
+
+    def new_session_kv(self, max_length: int) -> SessionKV:
+        """An empty KV-cache for one inference session of up to ``max_length`` positions."""
+        return SessionKV(self.end - self.start, max_length)
+
+    def forward_batch(self, inputs: torch.Tensor, batch: RaggedBatch) -> torch.Tensor:
+        """One step of several sessions: their new positions laid end to end.
+
+        Args:
+            inputs: ``(1, total_tokens)`` token ids on the first stage, else hidden states
+                ``(1, total_tokens, hidden)``, segment after segment as ``batch`` orders them.
+            batch: the segments; each session's cache is extended (commit with
+                ``batch.commit()`` once every stage module of the step has run).
+
+        Returns:
+            hidden states ``(1, total_tokens, hidden)``, or on the last stage the logits of each
+            segment's last position, ``(segments, vocab)``.
+        """
+        if inputs.shape[1] != batch.total_tokens:
+            raise ValueError(f"{inputs.shape[1]} tokens for a batch of {batch.total_tokens}")
+        hidden = self.model.embed_tokens(inputs) if self.is_first else inputs
+        position_ids = batch.position_ids(hidden.device)
+        position_embeddings = self.rotary_emb(hidden, position_ids=position_ids)
+        for layer in self.model.layers.values():
+            hidden = layer(
+                hidden,
+                attention_mask=None,
+                position_ids=position_ids,
+                position_embeddings=position_embeddings,
+                ragged_batch=batch,
+            )
+        if not self.is_last:
+            return hidden
+        last = hidden[0, batch.last_token_indices()]  # (segments, hidden)
+        return self.lm_head(self.model.norm(last))
 
     def forward(
         self,

@@ -57,6 +57,19 @@ class DaemonConfig(_Strict):
         65536, ge=1, description="KV-cache positions reserved across sessions"
     )
     idle_timeout: float = Field(300.0, gt=0, description="evict sessions idle this long (s)")
+    max_batch_tokens: int = Field(
+        256,
+        ge=1,
+        description="batch token budget: decode tokens plus prompt chunks one forward computes",
+    )
+    prefill_chunk: int = Field(
+        128, ge=1, description="most positions of one prompt a batch computes (chunked prefill)"
+    )
+    training_every: int = Field(
+        4,
+        ge=1,
+        description="a waiting training call runs after at most this many inference batches",
+    )
     max_message_bytes: int = Field(
         32 * 1024 * 1024, ge=1024, description="largest gRPC message accepted or sent"
     )
@@ -72,6 +85,15 @@ class DaemonConfig(_Strict):
         default_factory=dict,
         description="task adapters to serve: name -> PEFT adapter directory (whole-model keys)",
     )
+
+    @model_validator(mode="after")
+    def _chunk_fits_budget(self) -> DaemonConfig:
+        if self.prefill_chunk > self.max_batch_tokens:
+            raise ValueError(
+                f"prefill_chunk ({self.prefill_chunk}) must not exceed max_batch_tokens "
+                f"({self.max_batch_tokens})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _ttl_covers_period(self) -> DaemonConfig:

@@ -69,7 +69,7 @@ class Daemon:
         self.port: int | None = None
 
     def _records(self, executor: StageExecutor, state: str = "online") -> list[StageRecord]:
-        stats = executor.sessions.stats()
+        stats = executor.stats()
         host = self.config.announce_host or self.config.host
         return [
             StageRecord(
@@ -81,6 +81,10 @@ class Daemon:
                 peer_id=str(self.dht.peer_id),
                 state=state,
                 load=stats["active_sessions"] / executor.sessions.max_sessions,
+                batch_size=round(stats["batch_size"], 2),
+                queue_depth=stats["queue_depth"],
+                step_ms=round(stats["step_ms"], 2),
+                tokens_per_s=round(stats["tokens_per_s"], 1),
                 # loaded from the config and attached by training jobs alike
                 adapters=sorted(stage_adapters(executor.stages[(start, end)])),
                 node0_version=metadata.version("node0"),
@@ -106,6 +110,8 @@ class Daemon:
                 + ("join " + ", ".join(cfg.initial_peers) if cfg.initial_peers else "new DHT"),
                 f"sessions: max {cfg.max_sessions}, cache {cfg.max_cache_tokens} positions, "
                 f"idle timeout {cfg.idle_timeout:g} s",
+                f"batching: {cfg.max_batch_tokens} tokens per batch, prefill chunk "
+                f"{cfg.prefill_chunk}, training after {cfg.training_every} inference batches",
                 f"heartbeat: every {cfg.announce_period:g} s, ttl {cfg.announce_ttl:g} s",
             ],
         )
@@ -121,7 +127,14 @@ class Daemon:
             max_cache_tokens=cfg.max_cache_tokens,
             idle_timeout=cfg.idle_timeout,
         )
-        executor = StageExecutor(cfg.model, stages, sessions)
+        executor = StageExecutor(
+            cfg.model,
+            stages,
+            sessions,
+            max_batch_tokens=cfg.max_batch_tokens,
+            prefill_chunk=cfg.prefill_chunk,
+            training_every=cfg.training_every,
+        )
 
         status("dht", "starting")
         self.dht = start_dht(cfg.initial_peers, host_maddrs=cfg.dht_host_maddrs)
@@ -188,7 +201,7 @@ class Daemon:
             log.warning("could not announce offline", exc_info=True)
         if self.server is not None:
             self.server.stop(grace=SHUTDOWN_GRACE_S).wait()
-        executor.close_jobs()  # checkpoint adapters being trained
+        executor.close()  # stop the scheduler; checkpoint adapters being trained
         if self.dht is not None:
             self.dht.shutdown()
         status("shutdown", "done")

@@ -55,7 +55,7 @@ class StageService(node0_pb2_grpc.StageServicer):
 
     def Info(self, request, context):  # noqa: N802 (gRPC method name)
         config = self.executor.config
-        stats = self.executor.sessions.stats()
+        stats = self.executor.stats()
         return node0_pb2.InfoResponse(
             node0_version=metadata.version("node0"),
             peer_id=self.peer_id,
@@ -76,6 +76,10 @@ class StageService(node0_pb2_grpc.StageServicer):
             reserved_cache_tokens=stats["reserved_cache_tokens"],
             max_cache_tokens=self.executor.sessions.max_cache_tokens,
             max_message_bytes=self.max_message_bytes,
+            batch_size=stats["batch_size"],
+            queue_depth=stats["queue_depth"],
+            step_ms=stats["step_ms"],
+            tokens_per_s=stats["tokens_per_s"],
         )
 
     def OpenSession(self, request, context):  # noqa: N802

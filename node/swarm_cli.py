@@ -96,7 +96,10 @@ def print_status(state_file: Path) -> int:
     finally:
         client.close()
     print(f"swarm {state.preset} (model {state.model}), run dir {state.run_dir}")
-    print(f"{'peer':<10} {'pid':>8} {'alive':<6} {'layers':<10} {'endpoint':<22} {'state':<8} load")
+    print(
+        f"{'peer':<10} {'pid':>8} {'alive':<6} {'layers':<10} {'endpoint':<22} {'state':<8} "
+        f"{'load':>5} {'batch':>6} {'queue':>5} {'step_ms':>8} {'tok/s':>7}"
+    )
     for peer in state.peers:
         alive = pid_alive(peer.pid)
         peer_id = peer_id_of(peer)
@@ -107,7 +110,13 @@ def print_status(state_file: Path) -> int:
             print(
                 f"{peer.name:<10} {peer.pid:>8} {str(alive).lower():<6} "
                 f"{f'[{start}, {end})':<10} {rec.endpoint if rec else '-':<22} "
-                f"{rec.state if rec else 'absent':<8} {f'{rec.load:.2f}' if rec else '-'}"
+                f"{rec.state if rec else 'absent':<8} "
+                + (
+                    f"{rec.load:>5.2f} {rec.batch_size:>6.2f} {rec.queue_depth:>5d} "
+                    f"{rec.step_ms:>8.1f} {rec.tokens_per_s:>7.1f}"
+                    if rec
+                    else f"{'-':>5} {'-':>6} {'-':>5} {'-':>8} {'-':>7}"
+                )
             )
     try:
         route = plan_route(records, state.model)

@@ -1,9 +1,12 @@
-"""Run inference steps for the stages a daemon hosts.
+"""Run inference steps and training calls for the stages a daemon hosts.
 
 One step extends a session's KV-cache with the new positions and returns the stage output. A
 step may also rewind: a ``position`` below the cache length first crops the cache to it (the
 client does this when a conversation's re-tokenized history diverges from what is cached).
-Compute is serialised by one lock: torch already uses every core for a single step.
+Steps are validated on the caller's thread, then computed by the step scheduler
+(:mod:`pipeline_stages.scheduler`) batched with every other session's pending step, each session
+with its own cache and its own adapter set (:mod:`lora.mixed_batch`). Inference batches and
+training calls take turns through the compute gate (:mod:`pipeline_stages.compute_gate`).
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ from pathlib import Path
 import torch
 
 from base.sampler import SamplingParams, sample_token
+from lora.mixed_batch import batch_adapters
 from lora.stage_adapters import adapters as stage_adapters
-from lora.stage_adapters import use_adapters
+from models.ragged_batch import RaggedBatch, Segment
 from models.stage_module import DecoderStage
+from pipeline_stages.compute_gate import ComputeGate
 from pipeline_stages.errors import (
     ContextOverflow,
     InvalidInput,
@@ -26,10 +31,12 @@ from pipeline_stages.errors import (
     JobSettingsConflict,
     PositionAhead,
     PromptTooLong,
+    SessionNotFound,
     SpanNotHosted,
     UnknownAdapter,
     WrongModel,
 )
+from pipeline_stages.scheduler import PendingStep, Share, StepScheduler
 from pipeline_stages.sessions import Session, SessionManager
 from pipeline_stages.training import JobSettings, StageTrainingJob, StepReport
 
@@ -48,14 +55,24 @@ class StageExecutor:
     """The stages of one daemon plus their sessions."""
 
     def __init__(
-        self, model_name: str, stages: dict[tuple[int, int], DecoderStage], sessions: SessionManager
+        self,
+        model_name: str,
+        stages: dict[tuple[int, int], DecoderStage],
+        sessions: SessionManager,
+        *,
+        max_batch_tokens: int = 256,
+        prefill_chunk: int = 128,
+        training_every: int = 4,
     ):
         if not stages:
             raise ValueError("a daemon needs at least one stage")
         self.model_name = model_name
         self.stages = stages
         self.sessions = sessions
-        self._compute = threading.Lock()
+        self.gate = ComputeGate(training_every=training_every)
+        self.scheduler = StepScheduler(
+            self._run_batch, max_batch_tokens=max_batch_tokens, prefill_chunk=prefill_chunk
+        )
         self.jobs: dict[tuple[str, int, int], StageTrainingJob] = {}
         self._jobs_lock = threading.Lock()
         self.dht = None  # set by the daemon once its DHT runs (replica averaging)
@@ -92,7 +109,9 @@ class StageExecutor:
             )
         if len(set(adapters)) != len(adapters):
             raise InvalidInput(f"adapter list {list(adapters)} names one twice")
-        return self.sessions.open((start, end), max_length, stage.new_cache(), tuple(adapters))
+        return self.sessions.open(
+            (start, end), max_length, stage.new_session_kv(max_length), tuple(adapters)
+        )
 
     def _check_input(self, stage: DecoderStage, inputs: torch.Tensor) -> torch.Tensor:
         if stage.is_first:
@@ -129,53 +148,94 @@ class StageExecutor:
         sampling: SamplingParams | None = None,
         return_logits: bool = False,
     ) -> StepResult:
+        """Validate a step here, compute it in the scheduler's next batches, return its result."""
         session = self.sessions.acquire(session_id)
         try:
-            return self._step(session, position, inputs, sampling, return_logits)
+            stage = self.stages[session.stage_key]
+            inputs = self._check_input(stage, inputs)
+            n_new = inputs.shape[1]
+            if n_new < 1:
+                raise InvalidInput("a step brings at least one new position")
+            if not 0 <= position <= session.length:
+                raise PositionAhead(
+                    f"step at position {position}, but the session's cache holds "
+                    f"{session.length} positions"
+                )
+            if position + n_new > session.max_length:
+                raise ContextOverflow(
+                    f"positions {position}..{position + n_new} exceed the session's "
+                    f"max_length {session.max_length}"
+                )
+            pending = PendingStep(session, position, inputs, sampling, return_logits)
+            return self.scheduler.submit(pending).result()
         finally:
             self.sessions.release(session)
 
-    def _step(
-        self,
-        session: Session,
-        position: int,
-        inputs: torch.Tensor,
-        sampling: SamplingParams | None,
-        return_logits: bool,
-    ) -> StepResult:
-        stage = self.stages[session.stage_key]
-        inputs = self._check_input(stage, inputs)
-        n_new = inputs.shape[1]
-        if not 0 <= position <= session.length:
-            raise PositionAhead(
-                f"step at position {position}, but the session's cache holds "
-                f"{session.length} positions"
-            )
-        if position + n_new > session.max_length:
-            raise ContextOverflow(
-                f"positions {position}..{position + n_new} exceed the session's "
-                f"max_length {session.max_length}"
-            )
-        with self._compute, torch.inference_mode():
-            if position < session.length:
-                session.cache.crop(position - session.length)
-                session.length = position
-            try:
-                if stage_adapters(stage):  # always choose the set: none means the base model
-                    with use_adapters(stage, session.adapters):
-                        out = stage(inputs, cache=session.cache, logits_to_keep=1)
-                else:
-                    out = stage(inputs, cache=session.cache, logits_to_keep=1)
-            except Exception:
-                # the cache may now be half-extended: drop the session rather than serve from it
-                self.sessions.close(session.session_id)
-                raise
-            session.length += n_new
-        if not stage.is_last:
-            return StepResult(out, None, None, session.length)
-        logits = out[0, -1]
-        token = sample_token(logits, sampling, session.length) if sampling is not None else None
-        return StepResult(None, token, logits if return_logits else None, session.length)
+    def _run_batch(self, stage_key: tuple[int, int], shares: list[Share]) -> None:
+        """One forward of ``shares`` on a stage (the scheduler thread; see the scheduler)."""
+        stage = self.stages[stage_key]
+        live = []
+        for share in shares:
+            step = share.step
+            if not self.sessions.is_open(step.session.session_id):  # closed while it waited
+                step.future.set_exception(
+                    SessionNotFound(f"session {step.session.session_id!r} closed mid-step")
+                )
+                continue
+            if step.fed == 0 and step.position < step.session.length:
+                step.session.cache.crop(step.position)
+            live.append(share)
+        if not live:
+            return
+        finishes = [share.finishes for share in live]
+        batch = RaggedBatch([Segment(share.step.session.cache, share.tokens) for share in live])
+        inputs = torch.cat([share.inputs for share in live], dim=1)
+        try:
+            with self.gate.inference(), torch.inference_mode():
+                with batch_adapters(
+                    stage, [s.step.session.adapters for s in live], [s.tokens for s in live]
+                ):
+                    out = stage.forward_batch(inputs, batch)
+        except Exception:
+            # the caches may now be half-written: drop the sessions rather than serve from them
+            for share in live:
+                self.sessions.close(share.step.session.session_id)
+            raise
+        batch.commit()
+        for row, (share, offset, done) in enumerate(
+            zip(live, batch.offsets, finishes, strict=True)
+        ):
+            step = share.step
+            step.fed += share.tokens
+            if not stage.is_last:
+                step.outputs.append(out[:, offset : offset + share.tokens])
+            if not done:
+                continue
+            if stage.is_last:
+                logits = out[row]
+                token = (
+                    sample_token(logits, step.sampling, step.session.length)
+                    if step.sampling is not None
+                    else None
+                )
+                result = StepResult(
+                    None, token, logits if step.return_logits else None, step.session.length
+                )
+            else:
+                output = (
+                    torch.cat(step.outputs, dim=1) if len(step.outputs) > 1 else step.outputs[0]
+                )
+                result = StepResult(output, None, None, step.session.length)
+            step.future.set_result(result)
+
+    def stats(self) -> dict[str, float]:
+        """Sessions, cache reservations and the scheduler's recent batch figures."""
+        return {**self.sessions.stats(), **self.scheduler.stats()}
+
+    def close(self) -> None:
+        """Stop the scheduler (daemon shutdown; pending steps fail) and the training jobs."""
+        self.scheduler.stop()
+        self.close_jobs()
 
     # -- training ------------------------------------------------------------------------
 
@@ -211,7 +271,7 @@ class StageExecutor:
             if job is None:
 
                 def create() -> StageTrainingJob:
-                    with self._compute:  # attaching an adapter changes the stage's modules
+                    with self.gate.training():  # attaching an adapter changes the stage's modules
                         return StageTrainingJob(
                             stage,
                             settings,
@@ -247,13 +307,13 @@ class StageExecutor:
         *,
         evaluate: bool = False,
     ) -> dict:
-        with self._compute:
+        with self.gate.training():
             return job.forward(microbatch_id, tensors, loss_scale, evaluate=evaluate)
 
     def train_backward(
         self, job: StageTrainingJob, microbatch_id: str, grad: torch.Tensor | None
     ) -> torch.Tensor | None:
-        with self._compute:
+        with self.gate.training():
             return job.backward(microbatch_id, grad)
 
     def optimizer_step(
@@ -264,12 +324,12 @@ class StageExecutor:
         discard: bool = False,
         checkpoint: bool = False,
     ) -> StepReport | None:
-        """Average (no lock held: it waits for other replicas), then step under the lock."""
+        """Average (no gate held: it waits for other replicas), then step in a training turn."""
         if discard:
-            with self._compute:
+            with self.gate.training():
                 job.discard()
             return None
-        return job.optimizer_step(samples, checkpoint=checkpoint, compute_lock=self._compute)
+        return job.optimizer_step(samples, checkpoint=checkpoint, compute_lock=self.gate.training())
 
     def close_jobs(self) -> None:
         """Checkpoint every adapter job and leave the averaging groups (daemon shutdown)."""

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline_stages.errors import CapacityExceeded, SessionNotFound
+from pipeline_stages.errors import CapacityExceeded, InvalidInput, SessionNotFound
 
 
 @dataclass
@@ -22,11 +22,15 @@ class Session:
     session_id: str
     stage_key: tuple[int, int]  # (start, end) of the stage serving it
     max_length: int
-    cache: Any  # transformers DynamicCache
+    cache: Any  # models.ragged_batch.SessionKV (None in unit tests of the registry)
     adapters: tuple[str, ...] = ()
-    length: int = 0
     last_used: float = field(default_factory=time.monotonic)
     busy: bool = False  # a step is running; never evict
+
+    @property
+    def length(self) -> int:
+        """Positions held in the session's cache."""
+        return self.cache.length if self.cache is not None else 0
 
 
 class SessionManager:
@@ -71,8 +75,17 @@ class SessionManager:
                 raise SessionNotFound(
                     f"no session {session_id!r} (closed, evicted or never opened)"
                 )
+            if session.busy:
+                raise InvalidInput(
+                    f"session {session_id!r} already has a step running; a session's steps "
+                    "come one after another"
+                )
             session.busy = True
             return session
+
+    def is_open(self, session_id: str) -> bool:
+        with self._lock:
+            return session_id in self._sessions
 
     def release(self, session: Session) -> None:
         with self._lock:

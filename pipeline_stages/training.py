@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -354,12 +355,13 @@ class StageTrainingJob:
         samples: float = 1.0,
         *,
         checkpoint: bool = False,
-        compute_lock: threading.Lock | None = None,
+        compute_lock: AbstractContextManager | None = None,
     ) -> StepReport:
         """Average with the replicas (outside every lock), then guard + step, then save.
 
-        ``compute_lock`` (the executor's) is taken around the parameter update only, so
-        inference keeps running while this replica waits for its averaging group.
+        ``compute_lock`` (the executor's compute gate, as a training turn) is taken around the
+        parameter update only, so inference keeps running while this replica waits for its
+        averaging group.
         """
         if self.accumulated == 0:
             raise NothingToStep(
@@ -374,7 +376,7 @@ class StageTrainingJob:
             if report.resynced:  # the round replaced our state with the source replica's
                 with self.lock:
                     self.guard.applied = self.averager.step
-        with compute_lock or threading.Lock(), self.lock:
+        with compute_lock or nullcontext(), self.lock:
             outcome = self.guard.step(self.optimizer)
         self.accumulated = 0
         if self.averager is not None:

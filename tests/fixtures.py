@@ -302,6 +302,7 @@ def stage_server(model_dir, spans=STAGES, *, peer_id="peer-a"):
         yield executor, weights, f"127.0.0.1:{port}"
     finally:
         server.stop(0)
+        executor.close()
 
 
 @pytest.fixture(scope="session")

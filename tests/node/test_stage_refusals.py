@@ -112,7 +112,8 @@ def test_an_unexpected_failure_is_internal_and_the_daemon_keeps_serving(daemon, 
         raise RuntimeError("a bug")
 
     with session(daemon) as sid:
-        monkeypatch.setattr(daemon.executor, "_step", broken)
+        for stage in daemon.executor.stages.values():  # a forward that fails in the scheduler
+            monkeypatch.setattr(stage, "forward_batch", broken)
         assert refused(step, daemon, sid, 0, TOKENS) is Reason.INTERNAL
         monkeypatch.undo()
     with session(daemon) as sid:

@@ -1,0 +1,177 @@
+"""The daemon's step scheduler: every open session's pending step in one batched forward.
+
+gRPC handler threads :meth:`StepScheduler.submit` a session's step and wait for its future. One
+scheduler thread loops: it takes the pending steps oldest first, gives each a share of the
+batch token budget — a decode step one token, a prompt the next chunk of at most
+``prefill_chunk`` tokens — and runs them as one forward per hosted stage (a ragged batch, see
+:mod:`models.ragged_batch`). A long prompt is fed chunk by chunk over several iterations, each
+shared with the other sessions' decode tokens, so it delays them by one chunk's compute instead
+of the whole prompt's. The oldest step always gets its share first, so none starves; a step
+whose chunks are all done resolves its future with the stage output.
+
+A batch of one is the same path: there is no other way a daemon runs an inference step.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import torch
+
+from base.sampler import SamplingParams
+from pipeline_stages.sessions import Session
+
+log = logging.getLogger(__name__)
+
+STATS_WINDOW_S = 30.0  # batches this recent make the reported figures
+
+
+@dataclass
+class PendingStep:
+    """One session's step: ``inputs`` at ``position``, possibly fed over several batches."""
+
+    session: Session
+    position: int
+    inputs: torch.Tensor  # (1, n) token ids or (1, n, hidden)
+    sampling: SamplingParams | None = None
+    return_logits: bool = False
+    future: Future = field(default_factory=Future)
+    enqueued: float = field(default_factory=time.monotonic)
+    fed: int = 0  # positions already computed
+    outputs: list[torch.Tensor] = field(default_factory=list)  # per chunk (non-last stages)
+
+    @property
+    def tokens(self) -> int:
+        return self.inputs.shape[1]
+
+    @property
+    def remaining(self) -> int:
+        return self.tokens - self.fed
+
+
+@dataclass(frozen=True)
+class Share:
+    """The part of a pending step one batch computes: ``tokens`` positions from ``step.fed``."""
+
+    step: PendingStep
+    tokens: int
+
+    @property
+    def inputs(self) -> torch.Tensor:
+        return self.step.inputs[:, self.step.fed : self.step.fed + self.tokens]
+
+    @property
+    def finishes(self) -> bool:
+        return self.tokens == self.step.remaining
+
+
+RunBatch = Callable[[tuple[int, int], list[Share]], None]
+
+
+def plan_batch(pending: list[PendingStep], budget: int, chunk: int) -> list[Share]:
+    """Shares for the next batch: oldest step first, each at most ``chunk`` positions, all of
+    them at most ``budget``. The oldest always gets a full share (``chunk <= budget``)."""
+    shares, used = [], 0
+    for step in sorted(pending, key=lambda s: s.enqueued):
+        room = budget - used
+        if room <= 0:
+            break
+        take = min(step.remaining, chunk, room)
+        shares.append(Share(step, take))
+        used += take
+    return shares
+
+
+class StepScheduler:
+    """Batches the pending steps of a daemon's sessions (see the module docstring).
+
+    Args:
+        run_batch: computes a list of shares on one stage (the executor's batched forward);
+            it advances each share's step and resolves the futures of finished ones.
+        max_batch_tokens: the batch token budget (decode tokens plus prefill chunks).
+        prefill_chunk: the most positions of one prompt a batch computes.
+    """
+
+    def __init__(self, run_batch: RunBatch, *, max_batch_tokens: int, prefill_chunk: int):
+        if not 1 <= prefill_chunk <= max_batch_tokens:
+            raise ValueError("need 1 <= prefill_chunk <= max_batch_tokens")
+        self.run_batch = run_batch
+        self.max_batch_tokens = max_batch_tokens
+        self.prefill_chunk = prefill_chunk
+        self._pending: list[PendingStep] = []
+        self._cond = threading.Condition()
+        self._stopped = False
+        self._recent: deque[tuple[float, int, int, float]] = deque()  # (end, rows, tokens, s)
+        self._thread = threading.Thread(target=self._loop, name="step-scheduler", daemon=True)
+        self._thread.start()
+
+    def submit(self, step: PendingStep) -> Future:
+        with self._cond:
+            if self._stopped:
+                raise RuntimeError("the step scheduler is stopped")
+            self._pending.append(step)
+            self._cond.notify()
+        return step.future
+
+    def queue_depth(self) -> int:
+        with self._cond:
+            return len(self._pending)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            pending, self._pending = self._pending, []
+            self._cond.notify_all()
+        for step in pending:
+            step.future.set_exception(RuntimeError("the daemon is shutting down"))
+        self._thread.join(10)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._pending or self._stopped)
+                if self._stopped:
+                    return
+                shares = plan_batch(self._pending, self.max_batch_tokens, self.prefill_chunk)
+            started = time.monotonic()
+            by_stage: dict[tuple[int, int], list[Share]] = {}
+            for share in shares:
+                by_stage.setdefault(share.step.session.stage_key, []).append(share)
+            for stage_key, group in by_stage.items():
+                try:
+                    self.run_batch(stage_key, group)
+                except BaseException as exc:  # run_batch fails every share it could not finish
+                    log.exception("batch on %s failed", stage_key)
+                    for share in group:
+                        if not share.step.future.done():
+                            share.step.future.set_exception(exc)
+            ended = time.monotonic()
+            with self._cond:
+                self._pending = [s for s in self._pending if not s.future.done()]
+                self._recent.append(
+                    (ended, len(shares), sum(s.tokens for s in shares), ended - started)
+                )
+                while self._recent and self._recent[0][0] < ended - STATS_WINDOW_S:
+                    self._recent.popleft()
+
+    def stats(self) -> dict[str, float]:
+        """Recent figures: mean batch rows, queue depth, mean batch time, tokens/s computed."""
+        with self._cond:
+            now = time.monotonic()
+            recent = [r for r in self._recent if r[0] >= now - STATS_WINDOW_S]
+            depth = len(self._pending)
+        if not recent:
+            return {"batch_size": 0.0, "queue_depth": depth, "step_ms": 0.0, "tokens_per_s": 0.0}
+        span = max(now - min(r[0] - r[3] for r in recent), 1e-9)
+        return {
+            "batch_size": sum(r[1] for r in recent) / len(recent),
+            "queue_depth": depth,
+            "step_ms": 1000 * sum(r[3] for r in recent) / len(recent),
+            "tokens_per_s": sum(r[2] for r in recent) / span,
+        }
