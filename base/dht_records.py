@@ -31,9 +31,10 @@ class StageRecord(BaseModel):
     peer_id: str
     state: Literal["online", "offline"] = "online"
     load: float = 0.0  # active sessions / max sessions
-    # the step scheduler over its last 30 s: mean sessions per batch, steps waiting now, mean
-    # batch compute time, positions computed per second
+    # the step scheduler over its last 30 s: mean and peak sessions per batch, steps waiting
+    # now, mean batch compute time, positions computed per second
     batch_size: float = 0.0
+    peak_batch_size: int = 0
     queue_depth: int = 0
     step_ms: float = 0.0
     tokens_per_s: float = 0.0

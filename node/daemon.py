@@ -82,6 +82,7 @@ class Daemon:
                 state=state,
                 load=stats["active_sessions"] / executor.sessions.max_sessions,
                 batch_size=round(stats["batch_size"], 2),
+                peak_batch_size=stats["peak_batch_size"],
                 queue_depth=stats["queue_depth"],
                 step_ms=round(stats["step_ms"], 2),
                 tokens_per_s=round(stats["tokens_per_s"], 1),

@@ -77,6 +77,7 @@ class StageService(node0_pb2_grpc.StageServicer):
             max_cache_tokens=self.executor.sessions.max_cache_tokens,
             max_message_bytes=self.max_message_bytes,
             batch_size=stats["batch_size"],
+            peak_batch_size=stats["peak_batch_size"],
             queue_depth=stats["queue_depth"],
             step_ms=stats["step_ms"],
             tokens_per_s=stats["tokens_per_s"],

@@ -98,7 +98,7 @@ def print_status(state_file: Path) -> int:
     print(f"swarm {state.preset} (model {state.model}), run dir {state.run_dir}")
     print(
         f"{'peer':<10} {'pid':>8} {'alive':<6} {'layers':<10} {'endpoint':<22} {'state':<8} "
-        f"{'load':>5} {'batch':>6} {'queue':>5} {'step_ms':>8} {'tok/s':>7}"
+        f"{'load':>5} {'batch':>6} {'peak':>4} {'queue':>5} {'step_ms':>8} {'tok/s':>7}"
     )
     for peer in state.peers:
         alive = pid_alive(peer.pid)
@@ -112,10 +112,11 @@ def print_status(state_file: Path) -> int:
                 f"{f'[{start}, {end})':<10} {rec.endpoint if rec else '-':<22} "
                 f"{rec.state if rec else 'absent':<8} "
                 + (
-                    f"{rec.load:>5.2f} {rec.batch_size:>6.2f} {rec.queue_depth:>5d} "
+                    f"{rec.load:>5.2f} {rec.batch_size:>6.2f} {rec.peak_batch_size:>4d} "
+                    f"{rec.queue_depth:>5d} "
                     f"{rec.step_ms:>8.1f} {rec.tokens_per_s:>7.1f}"
                     if rec
-                    else f"{'-':>5} {'-':>6} {'-':>5} {'-':>8} {'-':>7}"
+                    else f"{'-':>5} {'-':>6} {'-':>4} {'-':>5} {'-':>8} {'-':>7}"
                 )
             )
     try:

@@ -161,16 +161,24 @@ class StepScheduler:
                     self._recent.popleft()
 
     def stats(self) -> dict[str, float]:
-        """Recent figures: mean batch rows, queue depth, mean batch time, tokens/s computed."""
+        """Recent figures: mean and peak sessions per batch, queue depth, mean batch time,
+        positions computed per second."""
         with self._cond:
             now = time.monotonic()
             recent = [r for r in self._recent if r[0] >= now - STATS_WINDOW_S]
             depth = len(self._pending)
         if not recent:
-            return {"batch_size": 0.0, "queue_depth": depth, "step_ms": 0.0, "tokens_per_s": 0.0}
+            return {
+                "batch_size": 0.0,
+                "peak_batch_size": 0,
+                "queue_depth": depth,
+                "step_ms": 0.0,
+                "tokens_per_s": 0.0,
+            }
         span = max(now - min(r[0] - r[3] for r in recent), 1e-9)
         return {
             "batch_size": sum(r[1] for r in recent) / len(recent),
+            "peak_batch_size": max(r[1] for r in recent),
             "queue_depth": depth,
             "step_ms": 1000 * sum(r[3] for r in recent) / len(recent),
             "tokens_per_s": sum(r[2] for r in recent) / span,

@@ -51,7 +51,7 @@ class StageInfo(_message.Message):
     def __init__(self, model: _Optional[str] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., num_layers: _Optional[int] = ..., hidden_size: _Optional[int] = ..., vocab_size: _Optional[int] = ..., max_position_embeddings: _Optional[int] = ...) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("node0_version", "peer_id", "stages", "active_sessions", "max_sessions", "reserved_cache_tokens", "max_cache_tokens", "max_message_bytes", "batch_size", "queue_depth", "step_ms", "tokens_per_s")
+    __slots__ = ("node0_version", "peer_id", "stages", "active_sessions", "max_sessions", "reserved_cache_tokens", "max_cache_tokens", "max_message_bytes", "batch_size", "queue_depth", "step_ms", "tokens_per_s", "peak_batch_size")
     NODE0_VERSION_FIELD_NUMBER: _ClassVar[int]
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
     STAGES_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +64,7 @@ class InfoResponse(_message.Message):
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
     STEP_MS_FIELD_NUMBER: _ClassVar[int]
     TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    PEAK_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     node0_version: str
     peer_id: str
     stages: _containers.RepeatedCompositeFieldContainer[StageInfo]
@@ -76,7 +77,8 @@ class InfoResponse(_message.Message):
     queue_depth: int
     step_ms: float
     tokens_per_s: float
-    def __init__(self, node0_version: _Optional[str] = ..., peer_id: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[StageInfo, _Mapping]]] = ..., active_sessions: _Optional[int] = ..., max_sessions: _Optional[int] = ..., reserved_cache_tokens: _Optional[int] = ..., max_cache_tokens: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., batch_size: _Optional[float] = ..., queue_depth: _Optional[int] = ..., step_ms: _Optional[float] = ..., tokens_per_s: _Optional[float] = ...) -> None: ...
+    peak_batch_size: int
+    def __init__(self, node0_version: _Optional[str] = ..., peer_id: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[StageInfo, _Mapping]]] = ..., active_sessions: _Optional[int] = ..., max_sessions: _Optional[int] = ..., reserved_cache_tokens: _Optional[int] = ..., max_cache_tokens: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., batch_size: _Optional[float] = ..., queue_depth: _Optional[int] = ..., step_ms: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., peak_batch_size: _Optional[int] = ...) -> None: ...
 
 class OpenSessionRequest(_message.Message):
     __slots__ = ("model", "start", "end", "max_length", "adapters")

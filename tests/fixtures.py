@@ -126,6 +126,26 @@ def swarm_generate(
     return asyncio.run(run())
 
 
+def make_adapter(model_dir, name: str, seed: int, out, *, scale: float = 0.6) -> None:
+    """A PEFT adapter on disk that changes the model: lora_B drawn at ``scale``, not zero."""
+    from peft import get_peft_model, get_peft_model_state_dict
+    from transformers import AutoModelForCausalLM
+
+    from lora import LoraSettings, deterministic_init_, save_peft_adapter
+
+    settings = LoraSettings(rank=4, alpha=8.0, init_seed=seed)
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(model_dir), settings.to_peft(), adapter_name=name
+    )
+    deterministic_init_(model, name, seed)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # a trained-looking adapter: B far from its zero init
+        for param_name, param in model.named_parameters():
+            if "lora_B" in param_name:
+                param.copy_(torch.randn(param.shape, generator=generator) * scale)
+    save_peft_adapter(get_peft_model_state_dict(model, adapter_name=name), settings, out)
+
+
 @torch.inference_mode()
 def reference_generate(model, prompts_ids: list[list[int]], max_new_tokens: int):
     """transformers generate(do_sample=False) in one process, EOS disabled; + first logits."""

@@ -6,33 +6,18 @@ import asyncio
 
 import pytest
 import torch
-from peft import PeftModel, get_peft_model, get_peft_model_state_dict
+from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from base.errors import RequestError
 from inference.swarm_client import SwarmClient
-from lora import LoraSettings, deterministic_init_, save_peft_adapter
-from tests.fixtures import local_swarm
+from tests.fixtures import local_swarm, make_adapter
 
 pytestmark = pytest.mark.integration
 
 SPLIT = [("s0", [(0, 2)]), ("s1", [(2, 4)]), ("s2", [(4, 6)])]
 PROMPT = [5, 17, 99, 3, 42, 8]
 NEW = 16
-
-
-def make_adapter(model_dir, name: str, seed: int, out) -> None:
-    settings = LoraSettings(rank=4, alpha=8.0, init_seed=seed)
-    model = get_peft_model(
-        AutoModelForCausalLM.from_pretrained(model_dir), settings.to_peft(), adapter_name=name
-    )
-    deterministic_init_(model, name, seed)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():  # a trained-looking adapter: B far from its zero init
-        for param_name, param in model.named_parameters():
-            if "lora_B" in param_name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.6)
-    save_peft_adapter(get_peft_model_state_dict(model, adapter_name=name), settings, out)
 
 
 @torch.inference_mode()
