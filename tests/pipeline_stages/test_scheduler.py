@@ -1,0 +1,119 @@
+"""The step scheduler's plan (oldest first, chunked prompts, the token budget) and the compute
+gate's order (inference first, training between batches)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import torch
+
+from pipeline_stages.compute_gate import ComputeGate
+from pipeline_stages.scheduler import PendingStep, StepScheduler, plan_batch
+from pipeline_stages.sessions import Session
+
+
+def pending(tokens: int, enqueued: float, name: str = "s") -> PendingStep:
+    session = Session(name, (0, 1), 4096, cache=None)
+    return PendingStep(session, 0, torch.zeros(1, tokens, dtype=torch.int64), enqueued=enqueued)
+
+
+def test_a_long_prompt_takes_one_chunk_and_the_decodes_share_the_rest():
+    prompt = pending(1000, enqueued=0.0)
+    decodes = [pending(1, enqueued=1.0 + i) for i in range(7)]
+    shares = plan_batch([*decodes, prompt], budget=256, chunk=128)
+    assert [s.tokens for s in shares] == [128] + [1] * 7
+    assert shares[0].step is prompt
+
+
+def test_the_budget_caps_a_batch_and_the_oldest_always_gets_its_share():
+    steps = [pending(100, enqueued=float(i)) for i in range(4)]
+    shares = plan_batch(steps, budget=256, chunk=128)
+    assert [s.tokens for s in shares] == [100, 100, 56]  # the third gets what is left
+    assert [s.step for s in shares] == steps[:3]
+
+
+def test_a_prompt_is_fed_over_several_batches_and_its_outputs_join():
+    seen = []
+
+    def run_batch(stage_key, shares):
+        for share in shares:
+            seen.append(share.tokens)
+            step = share.step
+            step.outputs.append(share.inputs.clone())
+            step.fed += share.tokens
+            if step.remaining == 0:
+                step.future.set_result(torch.cat(step.outputs, dim=1))
+
+    scheduler = StepScheduler(run_batch, max_batch_tokens=8, prefill_chunk=4)
+    try:
+        step = pending(10, enqueued=time.monotonic())
+        step.inputs = torch.arange(10).unsqueeze(0)
+        assert torch.equal(scheduler.submit(step).result(timeout=10), step.inputs)
+        assert seen == [4, 4, 2]
+        assert scheduler.stats()["peak_batch_size"] == 1
+    finally:
+        scheduler.stop()
+
+
+def test_a_failing_batch_fails_its_steps_and_the_scheduler_keeps_going():
+    calls = []
+
+    def run_batch(stage_key, shares):
+        calls.append(len(shares))
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        for share in shares:
+            share.step.future.set_result("ok")
+
+    scheduler = StepScheduler(run_batch, max_batch_tokens=8, prefill_chunk=4)
+    try:
+        first = scheduler.submit(pending(1, enqueued=time.monotonic()))
+        try:
+            first.result(timeout=10)
+            raise AssertionError("the failed batch resolved")
+        except RuntimeError as exc:
+            assert str(exc) == "boom"
+        assert scheduler.submit(pending(1, enqueued=time.monotonic())).result(timeout=10) == "ok"
+    finally:
+        scheduler.stop()
+
+
+def test_training_waits_for_inference_but_runs_after_training_every_batches():
+    gate = ComputeGate(training_every=2)
+    order = []
+    release = threading.Event()
+    inference_ready = threading.Event()
+
+    def inference_loop():
+        for i in range(5):
+            with gate.inference():
+                order.append(f"i{i}")
+                if i == 0:
+                    inference_ready.set()
+                    release.wait(5)
+
+    def training_call():
+        inference_ready.wait(5)
+        with gate.training():
+            order.append("t")
+
+    threads = [threading.Thread(target=inference_loop), threading.Thread(target=training_call)]
+    for t in threads:
+        t.start()
+    inference_ready.wait(5)
+    time.sleep(0.2)  # training is now waiting behind batch i0
+    release.set()
+    for t in threads:
+        t.join(10)
+    # batches i0 and i1 run first (inference keeps going); then training gets its turn
+    assert order.index("t") == 2, order
+    assert sorted(order) == ["i0", "i1", "i2", "i3", "i4", "t"]
+
+
+def test_an_idle_gate_lets_training_straight_in():
+    gate = ComputeGate()
+    with gate.training():
+        pass
+    with gate.inference():
+        pass
