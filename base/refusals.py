@@ -24,6 +24,7 @@ import grpc
 from base.errors import ConfigError, Node0Error, PeerFailureError, RequestError, SwarmError
 
 METADATA_KEY = "node0-reason"
+RETRY_AFTER_KEY = "node0-retry-after-s"  # on a refusal for a full daemon: when to try again
 
 
 class Reason(StrEnum):
@@ -128,9 +129,15 @@ TRANSPORT_FAILURES = frozenset(
 any other reason-less status is gRPC refusing the request itself (e.g. a message too large)."""
 
 
-def abort(context: grpc.ServicerContext, reason: Reason, message: str) -> NoReturn:
-    """End the call with ``reason``'s status, ``message``, and the reason in the trailers."""
-    context.set_trailing_metadata(((METADATA_KEY, reason.value),))
+def abort(
+    context: grpc.ServicerContext, reason: Reason, message: str, *, retry_after: float | None = None
+) -> NoReturn:
+    """End the call with ``reason``'s status, ``message``, and the reason in the trailers
+    (with ``retry_after``: also when, in seconds, the same call may succeed)."""
+    trailers = [(METADATA_KEY, reason.value)]
+    if retry_after is not None:
+        trailers.append((RETRY_AFTER_KEY, f"{retry_after:.3f}"))
+    context.set_trailing_metadata(tuple(trailers))
     context.abort(reason.status, message)
     raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
 
@@ -165,6 +172,24 @@ def reason_of(exc: BaseException | None) -> Reason | None:
         if key == METADATA_KEY:
             try:
                 return Reason(value)
+            except ValueError:
+                return None
+    return None
+
+
+def retry_after_of(exc: BaseException | None) -> float | None:
+    """Seconds after which the refused call may succeed, when the daemon said so."""
+    error = _rpc_error(exc)
+    if error is None:
+        return None
+    try:
+        trailers = error.trailing_metadata() or ()
+    except Exception:
+        return None
+    for key, value in trailers:
+        if key == RETRY_AFTER_KEY:
+            try:
+                return float(value)
             except ValueError:
                 return None
     return None

@@ -21,6 +21,10 @@ class StageRequestError(Exception):
 
     reason: Reason = Reason.INVALID_REQUEST
 
+    def __init__(self, message: str, *, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after  # seconds after which the same call may succeed
+
     @property
     def status(self) -> str:
         """The name of the ``grpc.StatusCode`` the refusal travels with."""
@@ -116,7 +120,7 @@ class MicrobatchNotFound(StageRequestError):
 def abort_call(context, exc: BaseException, what: str = "call") -> NoReturn:
     """Refuse the call for ``exc``: its own reason, a malformed tensor, or (logged) internal."""
     if isinstance(exc, StageRequestError):
-        abort(context, exc.reason, str(exc))
+        abort(context, exc.reason, str(exc), retry_after=exc.retry_after)
     if isinstance(exc, TensorFormatError):
         abort(context, Reason.INVALID_REQUEST, f"malformed tensor: {exc}")
     log.exception("%s failed", what)

@@ -53,15 +53,20 @@ class SessionManager:
         with self._lock:
             self._evict_idle_locked(time.monotonic())
             if len(self._sessions) >= self.max_sessions:
+                retry = self._next_eviction_locked(time.monotonic())
                 raise CapacityExceeded(
-                    f"daemon is at its session limit ({self.max_sessions}); retry later or use "
-                    "another replica"
+                    f"daemon is at its session limit ({self.max_sessions}); retry in "
+                    f"{retry:.0f} s or use another replica",
+                    retry_after=retry,
                 )
             reserved = sum(s.max_length for s in self._sessions.values())
             if reserved + max_length > self.max_cache_tokens:
+                retry = self._next_eviction_locked(time.monotonic())
                 raise CapacityExceeded(
                     f"session needs {max_length} cache positions; "
-                    f"{self.max_cache_tokens - reserved} of {self.max_cache_tokens} are free"
+                    f"{self.max_cache_tokens - reserved} of {self.max_cache_tokens} are free; "
+                    f"retry in {retry:.0f} s or use another replica",
+                    retry_after=retry,
                 )
             session = Session(secrets.token_hex(16), stage_key, max_length, cache, adapters)
             self._sessions[session.session_id] = session
@@ -95,6 +100,13 @@ class SessionManager:
     def close(self, session_id: str) -> bool:
         with self._lock:
             return self._sessions.pop(session_id, None) is not None
+
+    def _next_eviction_locked(self, now: float) -> float:
+        """Seconds until the next idle session is evicted (its room frees up); at least 1."""
+        idle = [
+            self.idle_timeout - (now - s.last_used) for s in self._sessions.values() if not s.busy
+        ]
+        return max(1.0, min(idle, default=self.idle_timeout))
 
     def evict_idle(self) -> list[str]:
         with self._lock:

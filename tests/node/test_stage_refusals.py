@@ -11,7 +11,7 @@ import grpc
 import pytest
 import torch
 
-from base.refusals import Reason, reason_of
+from base.refusals import Reason, reason_of, retry_after_of
 from lora.averaging import AveragingConfigError
 from lora.config import LoraSettings, OptimizerSettings
 from proto import node0_pb2, node0_pb2_grpc
@@ -89,9 +89,13 @@ def test_open_session_refusals(daemon, update, reason):
     assert refused(daemon.stub.OpenSession, open_request(daemon, **update)) is reason
 
 
-def test_a_full_daemon_refuses_sessions_for_capacity(daemon):
+def test_a_full_daemon_refuses_sessions_for_capacity_with_a_retry_hint(daemon):
     with session(daemon), session(daemon):  # the fixture's daemon holds two
         assert refused(daemon.stub.OpenSession, open_request(daemon)) is Reason.SESSION_CAPACITY
+        with pytest.raises(grpc.RpcError) as info:
+            daemon.stub.OpenSession(open_request(daemon))
+        assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert 1.0 <= retry_after_of(info.value) <= 60.0  # the idle timeout of the fixture
     with session(daemon):  # and serves again once they closed
         pass
 
