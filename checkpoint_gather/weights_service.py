@@ -1,8 +1,8 @@
 """The stage side of ``node0 gather``: the ``StageWeights.PullWeights`` stream.
 
 A request names one hosted stage, whether to send its base weights, and which adapters. The
-stage snapshots those tensors while holding the executor's compute lock and the stage's adapter
-lock — every forward, backward and optimizer step holds the compute lock, so the snapshot never
+stage snapshots those tensors during a turn of the executor's compute gate, holding the stage's
+adapter lock — every forward, backward and optimizer step takes a turn, so the snapshot never
 sees half an optimizer step — then releases the locks, computes each tensor's sha256
 (:func:`checkpoint_gather.sources.tensor_sha256`) and streams
 
@@ -155,7 +155,7 @@ def snapshot_stage(
         and stage.is_last
         and bool(getattr(stage.full_config, "tie_word_embeddings", False))
     )
-    with executor._compute, adapter_lock(stage):  # noqa: SLF001 (the executor's one lock)
+    with executor.gate.training(), adapter_lock(stage):  # a turn of the compute gate
         held = stage_adapters(stage)
         unknown = [name for name in adapters if name not in held]
         if unknown:

@@ -98,8 +98,8 @@ def test_corrupted_chunk_fails_closed_and_a_rerun_succeeds(tiny_models, tmp_path
     assert result.export.hf_dir.is_dir()
 
 
-def test_snapshot_waits_for_the_compute_lock(tiny_models):
-    """While a step holds the compute lock the stage sends nothing; the snapshot taken after
+def test_snapshot_waits_for_the_compute_gate(tiny_models):
+    """While a step holds the compute gate the stage sends nothing; the snapshot taken after
     it carries the step's result."""
     model_dir = tiny_models[False]
     with stage_server(model_dir, spans=[(0, 2)]) as (executor, _, endpoint):
@@ -107,12 +107,12 @@ def test_snapshot_waits_for_the_compute_lock(tiny_models):
         result = {}
         thread = threading.Thread(target=lambda: result.update(stage=pull.run()))
         weight = executor.stages[(0, 2)].model.layers["1"].mlp.up_proj.weight
-        with executor._compute:  # noqa: SLF001 (standing in for an optimizer step)
+        with executor.gate.training():  # standing in for an optimizer step
             thread.start()
             time.sleep(0.5)
-            assert pull.total == 0  # no header yet: the stage waits for the lock
+            assert pull.total == 0  # no header yet: the stage waits for its turn
             with torch.no_grad():
-                weight.add_(1.0)  # the step completes before the lock is released
+                weight.add_(1.0)  # the step completes before the turn ends
         thread.join(10)
     pulled = result["stage"].base_tensors["model.layers.1.mlp.up_proj.weight"]
     assert torch.equal(pulled, weight.detach())
