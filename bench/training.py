@@ -2,7 +2,9 @@
 
 Part 1, throughput. Starts the default 3-stage swarm (one replica per stage, one torch thread
 per daemon), opens a LoRA training job on it as ``node0 train`` does, and runs optimizer steps
-with :func:`training.pipeline_step.pipeline_train_step`. The reference is transformers +
+with :func:`training.pipeline_step.pipeline_train_step`: each batch split into micro-batches of
+``--micro-batch-size`` rows that flow through the stages as ``--schedule`` says (both default
+to the trainer config's). The reference is transformers +
 ``peft.get_peft_model`` on the whole model in this process, with the same adapter init, data,
 batch, sequence length, loss scaling and AdamW (what ``tests/integration/test_lora_training.py``
 proves equal to the swarm); it clips the whole adapter's gradient norm where each stage clips
@@ -11,9 +13,12 @@ order), interleaved step by step so background load hits both alike; the referen
 the faster of the ``--single-threads`` counts in the warm-up step. tokens/s = non-pad tokens
 of the timed steps / their wall time.
 
-Where the time goes: the client times every Forward/Backward/OptimizerStep RPC per hop; the
-reference times the same layer ranges inside its own forward and backward (hooks at the
-stage boundaries), so hop time − compute ≈ RPC + serialisation per hop.
+Where the time goes: the client times every Forward/Backward/OptimizerStep RPC per hop (summed
+over a step's micro-batches); the reference times the same layer ranges inside its own forward
+and backward (hooks at the stage boundaries), so hop time − compute ≈ RPC + serialisation per
+hop (plus, when stages overlap, their competition for the cores). ``bubble``: per stage, the
+share of a step's wall time with no call of the step running on it (median over the timed
+steps; the step result's :attr:`~training.pipeline_step.StepResult.bubble`).
 
 Part 2, averaging. Two processes, each a :class:`lora.averaging.StageGradientAverager` over a
 DHT on loopback, average random gradients with the real adapter shapes of one SmolLM2 stage
@@ -24,6 +29,7 @@ timed rounds (a file barrier lines the peers up).
 Last line of output: JSON with the figures and ratios.
 
     python -m bench.training [--steps 3] [--warmup 1] [--rounds 3] [--single-threads 1,2]
+        [--schedule 1f1b|gpipe|sequential] [--micro-batch-size N]
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ from pathlib import Path
 os.environ.setdefault("HIVEMIND_MEMORY_SHARING_STRATEGY", "file_descriptor")
 
 import torch  # noqa: E402
+
+from training.schedule import DEFAULT_SCHEDULE, SCHEDULES  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 AVERAGING_SPAN = (10, 20)
@@ -72,6 +80,12 @@ class TimedStage:
 
     def optimizer_step(self, *args, **kwargs):
         return self._timed("optimizer", self.client.optimizer_step, *args, **kwargs)
+
+    def step_totals(self) -> dict[str, float]:
+        """Seconds per kind of call since the last time, summed (one step's calls)."""
+        totals = {kind: sum(values) for kind, values in self.times.items()}
+        self.times.clear()
+        return totals
 
 
 class Reference:
@@ -161,8 +175,10 @@ def measure_training(args, cfg, model_dir: Path, work: Path) -> dict:
     from inference.swarm_client import SwarmClient
     from node.config import SwarmPreset, resolve_preset_path
     from node.local_swarm import start_swarm, stop_swarm
-    from training.pipeline_step import MicroBatch, pipeline_train_step
+    from training.config import TrainConfig
+    from training.pipeline_step import pipeline_train_step
     from training.route import open_route
+    from training.trainer import microbatches
 
     data = cfg.data
     if args.batch_size or args.max_length:
@@ -172,6 +188,16 @@ def measure_training(args, cfg, model_dir: Path, work: Path) -> dict:
                 "max_length": args.max_length or data.max_length,
             }
         )
+    # the trainer's validation of the pipeline settings (schedule, micro-batch vs batch)
+    cfg = TrainConfig.model_validate(
+        {
+            **cfg.model_dump(),
+            "data": data.model_dump(),
+            "schedule": args.schedule or cfg.schedule,
+            "micro_batch_size": args.micro_batch_size or cfg.micro_batch_size,
+        }
+    )
+    micro_batch_size = cfg.micro_batch_size or data.batch_size
     loaders = build_loaders(data, model_dir=model_dir)
     train = loaders.train
     count = args.warmup + args.steps
@@ -214,12 +240,16 @@ def measure_training(args, cfg, model_dir: Path, work: Path) -> dict:
         )
         stages = [TimedStage(c) for c in clients]
 
+        bubbles, hop_steps = [], []
+
         def swarm_step(step: int, batch) -> float:
-            mb = MicroBatch(batch.input_ids, batch.attention_mask, batch.labels)
+            mbs = microbatches(batch, micro_batch_size)
             started = time.perf_counter()
-            result = pipeline_train_step(stages, [mb], step)
+            result = pipeline_train_step(stages, mbs, step, schedule=cfg.schedule)
             elapsed = time.perf_counter() - started
             assert result.applied, result.reports
+            bubbles.append(result.bubble)
+            hop_steps.append([stage.step_totals() for stage in stages])
             return elapsed
 
         # warm-up: the swarm, and the reference at every thread count (it keeps the fastest)
@@ -235,8 +265,8 @@ def measure_training(args, cfg, model_dir: Path, work: Path) -> dict:
         threads = min(
             args.single_threads, key=lambda t: sum(warm[f"single_{t}t"]) if args.warmup else t
         )
-        for stage in stages:
-            stage.times.clear()
+        bubbles.clear()
+        hop_steps.clear()
 
         rows, splits = [], []
         for i in range(args.warmup, count):
@@ -268,14 +298,15 @@ def measure_training(args, cfg, model_dir: Path, work: Path) -> dict:
     def ms(values: list[float]) -> float:
         return round(statistics.median(values) * 1000, 1)
 
-    hops = {kind: [ms(s.times[kind]) for s in stages] for kind in ("forward", "backward")}
+    hops = {
+        kind: [ms([totals[k][kind] for totals in hop_steps]) for k in range(len(stages))]
+        for kind in ("forward", "backward")
+    }
     compute = {
         kind: [ms([sp[kind][k] for sp in splits]) for k in range(len(spans))]
         for kind in ("forward", "backward")
     }
-    optimizer_rpc = ms(
-        [max(ts) for ts in zip(*(s.times["optimizer"] for s in stages), strict=True)]
-    )
+    optimizer_rpc = ms([max(t["optimizer"] for t in totals) for totals in hop_steps])
     per_step_hops = sum(hops["forward"]) + sum(hops["backward"]) + optimizer_rpc
     per_step_compute = (
         sum(compute["forward"])
@@ -289,6 +320,9 @@ def measure_training(args, cfg, model_dir: Path, work: Path) -> dict:
         "steps": args.steps,
         "warmup": args.warmup,
         "stages": len(spans),
+        "schedule": cfg.schedule,
+        "micro_batch_size": micro_batch_size,
+        "microbatches_per_step": -(-data.batch_size // micro_batch_size),
         "stage_threads": preset.daemon.get("torch_threads", "default"),
         "single_threads": threads,
         "warmup_s": {k: [round(x, 2) for x in v] for k, v in warm.items()},
@@ -298,6 +332,8 @@ def measure_training(args, cfg, model_dir: Path, work: Path) -> dict:
         "swarm_tokens_per_s": round(swarm_tps, 2),
         "single_tokens_per_s": round(single_tps, 2),
         "ratio_tokens_per_s": round(swarm_tps / single_tps, 3),
+        # per stage: idle share of the step's wall time (median over the timed steps)
+        "bubble": [round(statistics.median(b[k] for b in bubbles), 3) for k in range(len(spans))],
         "hop_rpc_ms": {**hops, "optimizer": optimizer_rpc},
         "stage_compute_ms": {
             **compute,
@@ -508,6 +544,19 @@ def main() -> int:
     )
     parser.add_argument(
         "--max-length", type=int, default=None, help="max tokens per row (default: the config's)"
+    )
+    parser.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        default=None,
+        help="pipeline schedule of the swarm steps (default: the config's; "
+        f"TrainConfig's default is {DEFAULT_SCHEDULE})",
+    )
+    parser.add_argument(
+        "--micro-batch-size",
+        type=int,
+        default=None,
+        help="rows per micro-batch (default: the config's, else the whole batch)",
     )
     parser.add_argument(
         "--single-threads",

@@ -56,7 +56,9 @@ class StageSessionClient:
 
     async def _guard(self, awaitable):
         try:
-            return await asyncio.wait_for(awaitable, self.step_timeout)
+            # a deadline on this task, not wait_for's extra task per call
+            async with asyncio.timeout(self.step_timeout):
+                return await awaitable
         except TimeoutError as exc:
             raise StageUnavailable(
                 f"{self.endpoint}: no answer within {self.step_timeout:g} s"
@@ -96,11 +98,9 @@ class StageSessionClient:
         return_logits: bool = False,
     ) -> node0_pb2.StepResponse:
         request = node0_pb2.StepRequest(
-            session_id=self.session_id,
-            position=position,
-            input=encode(inputs),
-            return_logits=return_logits,
+            session_id=self.session_id, position=position, return_logits=return_logits
         )
+        encode(inputs, into=request.input)
         if sampling is not None:
             request.sample = True
             request.sampling.CopyFrom(
@@ -111,11 +111,15 @@ class StageSessionClient:
                     seed=sampling.seed,
                 )
             )
-        await self._guard(self._call.write(request))
-        response = await self._guard(self._call.read())
+        response = await self._guard(self._exchange(request))
         if response is grpc.aio.EOF:
             raise StageUnavailable(f"{self.endpoint}: stream ended")
         return response
+
+    async def _exchange(self, request: node0_pb2.StepRequest) -> node0_pb2.StepResponse:
+        """One step on the stream: write the request, read its answer (one deadline for both)."""
+        await self._call.write(request)
+        return await self._call.read()
 
     async def close(self) -> None:
         try:

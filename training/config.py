@@ -8,6 +8,7 @@ from pydantic import ConfigDict, Field, model_validator
 
 from dataload.config import DataConfig
 from lora.config import AveragingSettings, LoraSettings, OptimizerSettings, check_adapter_name
+from training.schedule import DEFAULT_SCHEDULE, Schedule
 
 
 class TrainConfig(OptimizerSettings):
@@ -35,7 +36,15 @@ class TrainConfig(OptimizerSettings):
     """Optimizer steps in total (a resumed run continues to this number)."""
     micro_batch_size: int | None = Field(None, ge=1)
     """Rows per forward/backward; a batch is split into micro-batches whose gradients
-    accumulate into one step (None: the whole batch at once)."""
+    accumulate into one step (None: the whole batch at once). Several micro-batches per step
+    let the stages work at the same time (:attr:`schedule`); at most ``data.batch_size``."""
+    schedule: Schedule = DEFAULT_SCHEDULE
+    """How a step's micro-batches flow through the stages (``training.schedule``): ``1f1b``
+    (after a warm-up each stage alternates one forward and one backward; a stage holds at most
+    as many micro-batches as stages from it to the end), ``gpipe`` (all forwards, then all
+    backwards; every stage holds all micro-batches of the step, at most 64) or
+    ``sequential`` (one micro-batch through every stage and back before the next: one
+    stage works at a time). The gradients are the same under each."""
     replicas: int = Field(1, ge=1)
     """Replicas of each stage that average their gradients every step (one per trainer)."""
     averaging: AveragingSettings = Field(default_factory=AveragingSettings)
@@ -85,6 +94,12 @@ class TrainConfig(OptimizerSettings):
             raise ValueError(
                 "node0 train runs SFT; DPO pairs train through dataload.dpo_loss "
                 "in a single process for now"
+            )
+        if self.micro_batch_size is not None and self.micro_batch_size > self.data.batch_size:
+            raise ValueError(
+                f"micro_batch_size {self.micro_batch_size} is larger than data.batch_size "
+                f"{self.data.batch_size}: a micro-batch is part of a step's batch (leave it "
+                "out for the whole batch at once)"
             )
         if self.data.packing:
             raise ValueError(

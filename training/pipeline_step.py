@@ -2,20 +2,32 @@
 
 For each micro-batch: forward through the stages in order (token ids → hidden states → the last
 stage computes the summed token loss from labels, so logits never cross the wire), then
-backward in reverse order (each stage returns the gradient of its input). The loss of a step is
-normalised by the number of labelled tokens in the whole step, so gradient accumulation over
-micro-batches gives exactly the gradient of the step's mean token loss — the same as one
-big batch in a single process.
+backward in reverse order (each stage returns the gradient of its input). The micro-batches
+flow through the stages as a pipeline schedule says (:mod:`training.schedule`: ``1f1b``,
+``gpipe`` or ``sequential``), so stage k can run micro-batch i+1 while stage k+1 runs
+micro-batch i. The loss of a step is normalised by the number of labelled tokens in the whole
+step, so gradient accumulation over micro-batches gives exactly the gradient of the step's
+mean token loss — the same as one big batch in a single process, under any schedule.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
 
+from training.schedule import (
+    DEFAULT_SCHEDULE,
+    FORWARD,
+    Op,
+    Schedule,
+    ScheduleRun,
+    run_schedule,
+    stage_orders,
+)
 from training.stage_client import StageTrainClient
 
 
@@ -38,21 +50,49 @@ class StepResult:
     applied: bool
     grad_norms: list[float]
     reports: list  # OptimizerStepResponse per stage, in route order
+    busy_s: list[float]  # per stage: seconds its calls took this step (trainer side)
+    wall_s: float  # the step's wall time, forwards to the last optimizer step
+
+    @property
+    def bubble(self) -> list[float]:
+        """Per stage, in route order: the share of the step's wall time it had no call."""
+        return [max(0.0, 1.0 - busy / self.wall_s) if self.wall_s else 0.0 for busy in self.busy_s]
 
 
-def _forward(
-    stages: list[StageTrainClient], mb: MicroBatch, mb_id: str, scale: float, *, evaluate: bool
-) -> float:
-    x = mb.input_ids
-    part_loss = 0.0
-    for index, stage in enumerate(stages):
-        tensors = {"input": x, "attention_mask": mb.attention_mask}
-        if index == len(stages) - 1:
-            tensors["labels"] = mb.labels
-        output, part_loss, _ = stage.forward(mb_id, tensors, loss_scale=scale, evaluate=evaluate)
-        if output is not None:
-            x = output
-    return part_loss
+def _pipeline(
+    stages: list[StageTrainClient],
+    microbatches: list[MicroBatch],
+    orders: list[list[Op]],
+    scale: float,
+    *,
+    evaluate: bool,
+) -> ScheduleRun:
+    """Run the forwards (and, unless ``evaluate``, the backwards) of every micro-batch in
+    ``orders`` (:func:`training.schedule.stage_orders`)."""
+    ids = [uuid.uuid4().hex for _ in microbatches]
+    last = len(stages) - 1
+
+    def call(k: int, op: Op, arg):
+        mb, mb_id = microbatches[op.microbatch], ids[op.microbatch]
+        if op.kind == FORWARD:
+            tensors = {
+                "input": mb.input_ids if k == 0 else arg,
+                "attention_mask": mb.attention_mask,
+            }
+            if k == last:
+                tensors["labels"] = mb.labels
+            output, loss_sum, _ = stages[k].forward(
+                mb_id, tensors, loss_scale=scale, evaluate=evaluate
+            )
+            return loss_sum if k == last else output
+        return stages[k].backward(mb_id, arg)
+
+    return run_schedule(orders, call)
+
+
+def _loss_sum(run: ScheduleRun, stages: int, microbatches: int) -> float:
+    # summed in micro-batch order: the same float under every schedule
+    return sum(run.outputs[(FORWARD, stages - 1, i)] for i in range(microbatches))
 
 
 def pipeline_train_step(
@@ -60,34 +100,35 @@ def pipeline_train_step(
     microbatches: list[MicroBatch],
     step: int,
     *,
+    schedule: Schedule = DEFAULT_SCHEDULE,
     samples: float | None = None,
     checkpoint: bool = False,
     on_sync=None,
 ) -> StepResult:
-    """Forward/backward every micro-batch, then one optimizer step on every stage.
+    """Forward/backward every micro-batch as ``schedule`` says, then one optimizer step on
+    every stage.
 
     ``samples`` (default: the rows of all micro-batches) weighs this trainer's gradient when
     the stages average with their replicas. ``on_sync`` is called before the optimizer steps
-    (the trainer shows "syncing": replicas may be averaging).
+    (the trainer shows "syncing": replicas may be averaging). A failed call raises once no
+    call of the step runs any more; the stages then hold the step's partial gradients (the
+    caller discards them).
     """
     total_tokens = sum(mb.counted_tokens for mb in microbatches)
     if total_tokens == 0:
         raise ValueError("a step needs at least one labelled token")
-    scale = 1.0 / total_tokens
-    loss_sum = 0.0
-    for mb in microbatches:
-        mb_id = uuid.uuid4().hex
-        loss_sum += _forward(stages, mb, mb_id, scale, evaluate=False)
-        grad = None
-        for stage in reversed(stages):
-            grad = stage.backward(mb_id, grad)
+    started = time.perf_counter()
+    orders = stage_orders(schedule, len(stages), len(microbatches))
+    run = _pipeline(stages, microbatches, orders, 1.0 / total_tokens, evaluate=False)
+    loss_sum = _loss_sum(run, len(stages), len(microbatches))
     if on_sync is not None:
         on_sync()
     if samples is None:
         samples = float(sum(mb.input_ids.shape[0] for mb in microbatches))
-    reports = _parallel(
+    timed = _parallel(
         [lambda s=s: s.optimizer_step(step, samples=samples, checkpoint=checkpoint) for s in stages]
     )
+    reports = [report for report, _ in timed]
     return StepResult(
         step=step,
         loss=loss_sum / total_tokens,
@@ -95,23 +136,34 @@ def pipeline_train_step(
         applied=all(r.applied for r in reports),
         grad_norms=[r.grad_norm for r in reports],
         reports=reports,
+        busy_s=[busy + seconds for busy, (_, seconds) in zip(run.busy_s, timed, strict=True)],
+        wall_s=time.perf_counter() - started,
     )
 
 
-def _parallel(calls):
+def _parallel(calls) -> list[tuple[object, float]]:
     """Run the stages' optimizer steps concurrently: each may wait for its averaging group,
-    and the waits overlap instead of adding up."""
+    and the waits overlap instead of adding up. Returns (result, seconds) per call."""
+
+    def timed(call):
+        started = time.perf_counter()
+        return call(), time.perf_counter() - started
+
     with ThreadPoolExecutor(max_workers=len(calls)) as pool:
-        futures = [pool.submit(call) for call in calls]
+        futures = [pool.submit(timed, call) for call in calls]
         return [future.result() for future in futures]
 
 
 def pipeline_eval_loss(
-    stages: list[StageTrainClient], microbatches: list[MicroBatch]
+    stages: list[StageTrainClient],
+    microbatches: list[MicroBatch],
 ) -> tuple[float, int]:
-    """Mean token loss of ``microbatches`` (no gradients, nothing kept on the stages)."""
-    loss_sum, tokens = 0.0, 0
-    for mb in microbatches:
-        loss_sum += _forward(stages, mb, uuid.uuid4().hex, 1.0, evaluate=True)
-        tokens += mb.counted_tokens
+    """Mean token loss of ``microbatches`` (no gradients, nothing kept on the stages); the
+    forwards flow through the stages as a pipeline."""
+    if not microbatches:
+        return float("nan"), 0
+    tokens = sum(mb.counted_tokens for mb in microbatches)
+    orders = stage_orders("gpipe", len(stages), len(microbatches), backward=False)
+    run = _pipeline(stages, microbatches, orders, 1.0, evaluate=True)
+    loss_sum = _loss_sum(run, len(stages), len(microbatches))
     return (loss_sum / tokens if tokens else float("nan")), tokens

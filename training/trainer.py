@@ -59,6 +59,22 @@ class TrainerState:
     skipped: int = 0
     reroutes: int = 0
     averaging: list[str] = field(default_factory=list)
+    bubbles: list[list[float]] = field(default_factory=list)
+    """Per step: each stage's idle share of the step's wall time (route order)."""
+
+    def pipeline_metrics(self, config: TrainConfig) -> dict:
+        """The pipeline's figures for the run record: schedule, micro-batches, bubbles."""
+        stages = len(self.bubbles[0]) if self.bubbles else 0
+        mean = [
+            round(sum(step[k] for step in self.bubbles) / len(self.bubbles), 4)
+            for k in range(stages)
+        ]
+        return {
+            "schedule": config.schedule,
+            "micro_batch_size": config.micro_batch_size or config.data.batch_size,
+            "bubble_mean": mean,
+            "bubble": self.bubbles,
+        }
 
 
 class SwarmTrainer:
@@ -252,6 +268,7 @@ class SwarmTrainer:
                     self.stages,
                     mbs,
                     step,
+                    schedule=cfg.schedule,
                     samples=float(batch.input_ids.shape[0]),
                     checkpoint=save or step + 1 == total,
                     on_sync=lambda: self.set_state("syncing"),
@@ -280,6 +297,9 @@ class SwarmTrainer:
                 self.state.skipped += 1
             notes = sorted({r.averaging for r in result.reports})
             self.state.averaging.append("; ".join(notes))
+            bubble = result.bubble
+            self.state.bubbles.append([round(b, 4) for b in bubble])
+            self.run.set("pipeline", self.state.pipeline_metrics(cfg))
             tokens_done += int(batch.attention_mask.sum())  # tokens processed, not padding
             elapsed = time.monotonic() - started
             rate = tokens_done / elapsed if elapsed else 0.0
@@ -291,7 +311,8 @@ class SwarmTrainer:
             )
             self.echo(
                 f"[train] step {step}/{total}  loss {result.loss:.4f}  "
-                f"{rate:.0f} tok/s  ETA {eta:.0f}s  {'; '.join(notes)}{skipped}"
+                f"{rate:.0f} tok/s  ETA {eta:.0f}s  bubble "
+                f"{'/'.join(f'{b:.0%}' for b in bubble)}  {'; '.join(notes)}{skipped}"
             )
             if cfg.eval_every and step % cfg.eval_every == 0 and step < total:
                 self.state.heldout[step] = self.heldout_loss()

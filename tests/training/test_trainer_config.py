@@ -89,6 +89,21 @@ def test_averaging_settings_validate_in_the_trainer(tmp_path):
         )
 
 
+def test_pipeline_schedule_and_micro_batch_size_are_validated():
+    cfg = TrainConfig.model_validate({"data": DATA})
+    assert cfg.schedule == "1f1b" and cfg.micro_batch_size is None
+    for name in ("1f1b", "gpipe", "sequential"):
+        assert TrainConfig.model_validate({"data": DATA, "schedule": name}).schedule == name
+    with pytest.raises(ValidationError, match="'1f1b', 'gpipe' or 'sequential'"):
+        TrainConfig.model_validate({"data": DATA, "schedule": "pipedream"})
+    with pytest.raises(ValidationError, match="greater than or equal to 1"):
+        TrainConfig.model_validate({"data": DATA, "micro_batch_size": 0})
+    with pytest.raises(
+        ValidationError, match="micro_batch_size 9 is larger than data.batch_size 8"
+    ):
+        TrainConfig.model_validate({"data": {**DATA, "batch_size": 8}, "micro_batch_size": 9})
+
+
 def test_microbatches_split_rows_and_keep_every_token():
     ids = torch.arange(30).reshape(5, 6)
     batch = Batch(
