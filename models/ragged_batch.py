@@ -82,9 +82,6 @@ class SessionKV:
         buffer = self._keys[layer]
         return 0 if buffer is None else buffer.shape[2]
 
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self._keys + self._values if t is not None)
-
 
 @dataclass(frozen=True)
 class Segment:

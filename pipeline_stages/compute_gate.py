@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 
 class ComputeGate:
@@ -22,50 +22,37 @@ class ComputeGate:
         self.training_every = training_every
         self._cond = threading.Condition()
         self._busy = False
-        self._inference_waiting = 0
-        self._training_waiting = 0
+        self._waiting = {False: 0, True: 0}  # calls waiting, by "is training"
         self._streak = 0  # inference batches since training last ran
 
     @contextmanager
-    def inference(self) -> Iterator[None]:
+    def _turn(self, training: bool) -> Iterator[None]:
+        """Wait until this kind of call may compute, compute, then wake the other waiters."""
         with self._cond:
-            self._inference_waiting += 1
+            self._waiting[training] += 1
             try:
-                self._cond.wait_for(
-                    lambda: (
-                        not self._busy
-                        and not (self._training_waiting and self._streak >= self.training_every)
-                    )
-                )
+                self._cond.wait_for(lambda: not self._busy and self._may_run(training))
             finally:
-                self._inference_waiting -= 1
+                self._waiting[training] -= 1
             self._busy = True
         try:
             yield
         finally:
             with self._cond:
                 self._busy = False
-                self._streak += 1
+                self._streak = 0 if training else self._streak + 1
                 self._cond.notify_all()
 
-    @contextmanager
-    def training(self) -> Iterator[None]:
-        with self._cond:
-            self._training_waiting += 1
-            try:
-                self._cond.wait_for(
-                    lambda: (
-                        not self._busy
-                        and (not self._inference_waiting or self._streak >= self.training_every)
-                    )
-                )
-            finally:
-                self._training_waiting -= 1
-            self._busy = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._busy = False
-                self._streak = 0
-                self._cond.notify_all()
+    def _may_run(self, training: bool) -> bool:
+        training_due = self._streak >= self.training_every
+        if training:
+            return not self._waiting[False] or training_due
+        return not (self._waiting[True] and training_due)
+
+    def inference(self) -> AbstractContextManager[None]:
+        """An inference batch's turn (first, unless training is due)."""
+        return self._turn(training=False)
+
+    def training(self) -> AbstractContextManager[None]:
+        """A training call's turn (when no inference waits, or training is due)."""
+        return self._turn(training=True)

@@ -146,6 +146,20 @@ def make_adapter(model_dir, name: str, seed: int, out, *, scale: float = 0.6) ->
     save_peft_adapter(get_peft_model_state_dict(model, adapter_name=name), settings, out)
 
 
+def chat_prompt_ids(tokenizer, questions: list[str]) -> list[list[int]]:
+    """Token ids of one-user-turn chat prompts, as the conversation engine formats them."""
+    from dataload.prompt_format import encode_prompt, render
+
+    return [
+        encode_prompt(
+            render([{"role": "user", "content": q}], mode="chat", tokenizer=tokenizer),
+            tokenizer,
+            mode="chat",
+        )
+        for q in questions
+    ]
+
+
 @torch.inference_mode()
 def reference_generate(model, prompts_ids: list[list[int]], max_new_tokens: int):
     """transformers generate(do_sample=False) in one process, EOS disabled; + first logits."""

@@ -20,10 +20,9 @@ from peft import PeftModel
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from base.errors import RequestError
-from dataload.prompt_format import encode_prompt, render
 from inference.swarm_client import SwarmClient
 from node.local_swarm import peer_id_of
-from tests.fixtures import kill_group, local_swarm, make_adapter
+from tests.fixtures import chat_prompt_ids, kill_group, local_swarm, make_adapter
 
 pytestmark = pytest.mark.integration
 
@@ -61,14 +60,7 @@ def tokenizer(smollm2_dir):
 def prompts(tokenizer):
     questions = list(QUESTIONS)
     questions[2] = LONG_CONTEXT + "\n\n" + questions[2]
-    return [
-        encode_prompt(
-            render([{"role": "user", "content": q}], mode="chat", tokenizer=tokenizer),
-            tokenizer,
-            mode="chat",
-        )
-        for q in questions
-    ]
+    return chat_prompt_ids(tokenizer, questions)
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,14 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from base.sampler import SamplingParams
-from dataload.prompt_format import encode_prompt, render
 from inference.swarm_client import SwarmClient
-from tests.fixtures import kill_group, local_swarm, reference_generate, swarm_generate
+from tests.fixtures import (
+    chat_prompt_ids,
+    kill_group,
+    local_swarm,
+    reference_generate,
+    swarm_generate,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -39,14 +44,7 @@ def tokenizer(smollm2_dir):
 
 @pytest.fixture(scope="module")
 def prompts(tokenizer):
-    return [
-        encode_prompt(
-            render([{"role": "user", "content": q}], mode="chat", tokenizer=tokenizer),
-            tokenizer,
-            mode="chat",
-        )
-        for q in QUESTIONS
-    ]
+    return chat_prompt_ids(tokenizer, QUESTIONS)
 
 
 @pytest.fixture(scope="module")
