@@ -13,6 +13,7 @@ os.environ.setdefault("HIVEMIND_MEMORY_SHARING_STRATEGY", "file_descriptor")
 
 import datetime as _dt  # noqa: E402
 import faulthandler  # noqa: E402
+import gc  # noqa: E402
 import importlib  # noqa: E402
 import pkgutil  # noqa: E402
 import signal  # noqa: E402
@@ -40,17 +41,24 @@ DHT_START_TIMEOUT = 120.0  # seconds per attempt; hivemind waits forever for a D
 DHT_START_ATTEMPTS = 2  # a child forked at an unlucky moment is replaced once by a fresh fork
 
 
-def _arm_stack_dump_in_child() -> None:
-    """In every forked child: SIGUSR1 prints all its threads' stacks to stderr.
+def _after_fork_in_child() -> None:
+    """In every forked child: never collect the parent's garbage; SIGUSR1 prints all stacks.
 
-    hivemind's DHT is a fork-started process, and a fork taken while another thread of the parent
-    holds a lock hangs the child in ways no log line shows. When a child is not up in time,
-    :func:`start_dht` asks it for its stacks before it is killed, so the hang leaves its cause.
+    hivemind's DHT and averager are fork-started processes. A child that garbage-collects the
+    cycles it inherited runs the parent's finalizers, and a C-level one (a gRPC or torch object)
+    can block forever on a mutex that another thread of the parent held at fork time: a CI run
+    saw a DHT child hang in "Garbage-collecting" twice in a row. ``gc.freeze`` moves everything
+    inherited into the permanent generation, so the child only ever collects its own objects.
+
+    A fork taken while another thread of the parent holds a lock hangs the child in ways no log
+    line shows. When a child is not up in time, :func:`start_dht` asks it for its stacks before it
+    is killed, so the hang leaves its cause.
     """
+    gc.freeze()
     faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 
-os.register_at_fork(after_in_child=_arm_stack_dump_in_child)
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _stop_hung_child(dht: hivemind.DHT) -> None:
@@ -85,6 +93,7 @@ def start_dht(
     where = ", ".join(initial_peers) if initial_peers else "(none)"
     for attempt in range(1, attempts + 1):
         dht = None
+        gc.collect()  # the parent's finalizers run here, where their threads and locks live
         try:
             dht = hivemind.DHT(
                 initial_peers=list(initial_peers),
