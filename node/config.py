@@ -65,6 +65,13 @@ class DaemonConfig(_Strict):
     prefill_chunk: int = Field(
         128, ge=1, description="most positions of one prompt a batch computes (chunked prefill)"
     )
+    batch_linger_ms: float = Field(
+        40.0,
+        ge=0,
+        description="the longest a batch waits for the sessions due to step within it, so "
+        "sessions stepping at the same rhythm batch together; 0 starts every batch on the "
+        "first arrival",
+    )
     training_every: int = Field(
         4,
         ge=1,

@@ -112,7 +112,8 @@ class Daemon:
                 f"sessions: max {cfg.max_sessions}, cache {cfg.max_cache_tokens} positions, "
                 f"idle timeout {cfg.idle_timeout:g} s",
                 f"batching: {cfg.max_batch_tokens} tokens per batch, prefill chunk "
-                f"{cfg.prefill_chunk}, training after {cfg.training_every} inference batches",
+                f"{cfg.prefill_chunk}, convoy linger {cfg.batch_linger_ms:g} ms, training "
+                f"after {cfg.training_every} inference batches",
                 f"heartbeat: every {cfg.announce_period:g} s, ttl {cfg.announce_ttl:g} s",
             ],
         )
@@ -135,6 +136,7 @@ class Daemon:
             max_batch_tokens=cfg.max_batch_tokens,
             prefill_chunk=cfg.prefill_chunk,
             training_every=cfg.training_every,
+            batch_linger_ms=cfg.batch_linger_ms,
         )
 
         status("dht", "starting")

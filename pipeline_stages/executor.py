@@ -63,6 +63,7 @@ class StageExecutor:
         max_batch_tokens: int = 256,
         prefill_chunk: int = 128,
         training_every: int = 4,
+        batch_linger_ms: float = 40.0,
     ):
         if not stages:
             raise ValueError("a daemon needs at least one stage")
@@ -71,7 +72,11 @@ class StageExecutor:
         self.sessions = sessions
         self.gate = ComputeGate(training_every=training_every)
         self.scheduler = StepScheduler(
-            self._run_batch, max_batch_tokens=max_batch_tokens, prefill_chunk=prefill_chunk
+            self._run_batch,
+            max_batch_tokens=max_batch_tokens,
+            prefill_chunk=prefill_chunk,
+            linger_s=batch_linger_ms / 1000,
+            is_open=sessions.is_open,
         )
         self.jobs: dict[tuple[str, int, int], StageTrainingJob] = {}
         self._jobs_lock = threading.Lock()

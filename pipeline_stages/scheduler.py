@@ -10,6 +10,19 @@ of the whole prompt's. The oldest step always gets its share first, so none star
 whose chunks are all done resolves its future with the stage output.
 
 A batch of one is the same path: there is no other way a daemon runs an inference step.
+
+Convoys. A decode step costs a stage about the same for one session as for several (the
+weights are read once per batch), so the scheduler keeps sessions that step at the same rhythm
+together. Every session steps at a period (its last two arrivals here); one that is not pending
+now is *due* at its last arrival plus that period. Before it starts a batch the scheduler waits
+for the sessions due before ``linger_s`` from now (a session long overdue, more than half a
+period, is not waited for: its turn ended or its client paused). Two groups of sessions out of
+phase by less than ``linger_s`` so merge into one convoy, the first to arrive waiting once for
+the other; a convoy's own members, whose steps arrive a few milliseconds apart (one gRPC handler
+each, behind the interpreter lock the batch holds), no longer split at every stage. A lone
+session never waits. ``linger_s`` trades a session's latency (at most one linger per batch) for
+batch size: stages that share cores gain the most (each batch they split costs them a weight
+read), stages on their own hardware keep several convoys in flight with a short one.
 """
 
 from __future__ import annotations
@@ -74,6 +87,36 @@ class Share:
 RunBatch = Callable[[tuple[int, int], list[Share]], None]
 
 
+class Arrivals:
+    """When each session's steps arrive here, and when its next one is due."""
+
+    def __init__(self):
+        self._seen: dict[str, tuple[float, float | None]] = {}  # id -> (last arrival, period)
+
+    def arrived(self, session_id: str, at: float) -> None:
+        last = self._seen.get(session_id)
+        self._seen[session_id] = (at, at - last[0] if last else None)
+
+    def due_before(
+        self, deadline: float, now: float, pending_ids: set[str], is_open: Callable[[str], bool]
+    ) -> tuple[list[str], float]:
+        """Open sessions, not pending, whose next step is due by ``deadline`` and not overdue
+        by more than half a period at ``now``; and the moment the last of them stops being
+        waited for (``now`` when there are none)."""
+        due, give_up = [], now
+        for sid, (last, period) in list(self._seen.items()):
+            if sid in pending_ids or period is None:
+                continue
+            if not is_open(sid):
+                del self._seen[sid]
+                continue
+            expected = last + period
+            if expected <= deadline and now <= expected + period / 2:
+                due.append(sid)
+                give_up = max(give_up, expected + period / 2)
+        return due, give_up
+
+
 def plan_batch(pending: list[PendingStep], budget: int, chunk: int) -> list[Share]:
     """Shares for the next batch: oldest step first, each at most ``chunk`` positions, all of
     them at most ``budget``. The oldest always gets a full share (``chunk <= budget``)."""
@@ -96,14 +139,29 @@ class StepScheduler:
             it advances each share's step and resolves the futures of finished ones.
         max_batch_tokens: the batch token budget (decode tokens plus prefill chunks).
         prefill_chunk: the most positions of one prompt a batch computes.
+        linger_s: the longest a batch waits for sessions due to step (see the module docstring).
+        is_open: whether a session is still open (a closed one is not waited for).
     """
 
-    def __init__(self, run_batch: RunBatch, *, max_batch_tokens: int, prefill_chunk: int):
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        *,
+        max_batch_tokens: int,
+        prefill_chunk: int,
+        linger_s: float = 0.0,
+        is_open: Callable[[str], bool] = lambda session_id: True,
+    ):
         if not 1 <= prefill_chunk <= max_batch_tokens:
             raise ValueError("need 1 <= prefill_chunk <= max_batch_tokens")
+        if linger_s < 0:
+            raise ValueError("linger_s must not be negative")
         self.run_batch = run_batch
         self.max_batch_tokens = max_batch_tokens
         self.prefill_chunk = prefill_chunk
+        self.linger_s = linger_s
+        self.is_open = is_open
+        self._arrivals = Arrivals()
         self._pending: list[PendingStep] = []
         self._cond = threading.Condition()
         self._stopped = False
@@ -116,6 +174,7 @@ class StepScheduler:
             if self._stopped:
                 raise RuntimeError("the step scheduler is stopped")
             self._pending.append(step)
+            self._arrivals.arrived(step.session.session_id, step.enqueued)
             self._cond.notify()
         return step.future
 
@@ -136,6 +195,7 @@ class StepScheduler:
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: self._pending or self._stopped)
+                self._linger_for_convoy()
                 if self._stopped:
                     return
                 shares = plan_batch(self._pending, self.max_batch_tokens, self.prefill_chunk)
@@ -159,6 +219,20 @@ class StepScheduler:
                 )
                 while self._recent and self._recent[0][0] < ended - STATS_WINDOW_S:
                     self._recent.popleft()
+
+    def _linger_for_convoy(self) -> None:
+        """Wait (the condition held) for the sessions due within ``linger_s`` of the moment this
+        thread is free to batch (see the module docstring)."""
+        if self.linger_s <= 0:
+            return
+        deadline = time.monotonic() + self.linger_s
+        while not self._stopped:
+            now = time.monotonic()
+            pending_ids = {s.session.session_id for s in self._pending}
+            due, give_up = self._arrivals.due_before(deadline, now, pending_ids, self.is_open)
+            if not due or now >= deadline:
+                return
+            self._cond.wait(min(deadline, give_up) - now)  # an arrival or a give-up wakes it
 
     def stats(self) -> dict[str, float]:
         """Recent figures: mean and peak sessions per batch, queue depth, mean batch time,

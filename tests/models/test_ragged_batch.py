@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from models.ragged_batch import RaggedBatch, Segment, _segment_mask
+from models.ragged_batch import RaggedBatch, Segment, _segment_mask, gemm_rows
 from pipeline_stages.loader import load_stage
 
 SPLIT = [(0, 2), (2, 4), (4, 6)]
@@ -105,3 +105,21 @@ def test_segment_masks_are_causal_from_the_cached_past():
     ]
     window = _segment_mask(2, 1, 2, torch.device("cpu"))[0, 0]
     assert window.tolist() == [[False, True, True]]
+
+
+def test_a_batch_of_several_rows_is_padded_to_a_multiple_of_four():
+    assert [gemm_rows(n) for n in range(1, 10)] == [1, 4, 4, 4, 8, 8, 8, 8, 12]
+
+
+def test_the_lm_head_of_a_few_rows_is_the_linear_product_and_follows_the_weight(model_dir):
+    stage = load_stage(model_dir, *SPLIT[-1])
+    generator = torch.Generator().manual_seed(7)
+    hidden = stage.full_config.hidden_size
+    with torch.inference_mode():
+        for m in (1, 2, 3, 8, 9, 12):  # one row, W @ x^T, nn.Linear
+            rows = torch.randn(m, hidden, generator=generator)
+            assert torch.allclose(stage._head(rows), stage.lm_head(rows), atol=1e-5), m
+    rows = torch.randn(1, hidden, generator=generator)
+    with torch.no_grad():
+        stage.lm_head.weight.mul_(2)  # an in-place change (a loaded or merged weight)
+        assert torch.allclose(stage._head(rows), stage.lm_head(rows), atol=1e-5)

@@ -6,10 +6,11 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
 import torch
 
 from pipeline_stages.compute_gate import ComputeGate
-from pipeline_stages.scheduler import PendingStep, StepScheduler, plan_batch
+from pipeline_stages.scheduler import Arrivals, PendingStep, StepScheduler, plan_batch
 from pipeline_stages.sessions import Session
 
 
@@ -117,3 +118,47 @@ def test_an_idle_gate_lets_training_straight_in():
         pass
     with gate.inference():
         pass
+
+
+def test_a_session_is_due_one_period_after_its_last_step_until_half_a_period_late():
+    arrivals = Arrivals()
+    arrivals.arrived("a", 0.0)
+    arrivals.arrived("a", 0.1)  # period 0.1: due at 0.2, waited for until 0.25
+    arrivals.arrived("new", 0.15)  # no period yet: never waited for
+    open_ids = {"a", "new"}.__contains__
+    due, give_up = arrivals.due_before(0.25, 0.15, set(), open_ids)
+    assert due == ["a"] and give_up == pytest.approx(0.25)
+    assert arrivals.due_before(0.19, 0.15, set(), open_ids)[0] == []  # not due yet
+    assert arrivals.due_before(0.35, 0.30, set(), open_ids)[0] == []  # long overdue
+    assert arrivals.due_before(0.25, 0.15, {"a"}, open_ids)[0] == []  # pending already
+    assert arrivals.due_before(0.25, 0.15, set(), lambda sid: False)[0] == []  # closed
+    assert arrivals.due_before(0.25, 0.15, set(), open_ids)[0] == []  # and forgotten
+
+
+def test_a_batch_waits_for_a_session_due_within_the_linger_and_a_lone_one_does_not():
+    batches = []
+
+    def run_batch(stage_key, shares):
+        batches.append(sorted(share.step.session.session_id for share in shares))
+        for share in shares:
+            share.step.future.set_result("ok")
+
+    scheduler = StepScheduler(run_batch, max_batch_tokens=8, prefill_chunk=4, linger_s=30.0)
+    try:
+        # "b" alone steps every 0.3 s: nobody else is due, so each step runs at once (a wrong
+        # wait would last the 30 s linger and trip the timeout)
+        for _ in range(3):
+            scheduler.submit(pending(1, time.monotonic(), "b")).result(timeout=10)
+            time.sleep(0.3)
+        # b is due 0.3 s after its last step: a step of "a" now waits for it
+        first = scheduler.submit(pending(1, time.monotonic(), "a"))
+        time.sleep(0.1)
+        assert not first.done()
+        second = scheduler.submit(pending(1, time.monotonic(), "b"))
+        assert first.result(timeout=10) == second.result(timeout=10) == "ok"
+        assert batches == [["b"]] * 3 + [["a", "b"]]
+        # b then stops stepping: a waits for it at most until it is half a period late
+        scheduler.submit(pending(1, time.monotonic(), "a")).result(timeout=10)
+        assert batches[-1] == ["a"]
+    finally:
+        scheduler.stop()
