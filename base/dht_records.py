@@ -40,6 +40,9 @@ class StageRecord(BaseModel):
     tokens_per_s: float = 0.0
     adapters: list[str] = []
     node0_version: str = ""
+    dtype: str = "float32"  # of its weights, KV-cache and the activations it sends
+    device: str = "cpu"
+    accepts: list[str] = ["float32"]  # activation dtypes it takes (converted to its own)
 
     @property
     def subkey(self) -> str:

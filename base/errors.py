@@ -23,6 +23,7 @@ class ExitCode(IntEnum):
     DATA = 8  # malformed input data (corpus, dataset) beyond what quarantine absorbs
     QUALITY_GATE = 9  # a quality / eval gate refused the result
     RUN_DIR = 10  # a run directory already exists or cannot be written
+    DEVICE = 11  # the device asked for is absent, too small, or cannot run the dtype asked for
     INTERRUPTED = 130  # SIGINT
 
 
@@ -70,3 +71,7 @@ class QualityGateError(Node0Error):
 
 class RunDirError(Node0Error):
     exit_code = ExitCode.RUN_DIR
+
+
+class DeviceError(Node0Error):
+    exit_code = ExitCode.DEVICE

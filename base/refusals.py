@@ -61,6 +61,8 @@ class Reason(StrEnum):
     """The replica trains this job for another trainer (its lease holds)."""
     SPAN_NOT_HOSTED = "span_not_hosted"
     """The daemon does not host the layer range asked for (a stale route)."""
+    DTYPE_MISMATCH = "dtype_mismatch"
+    """Activations in a dtype the stage converts only with a loss it was not told is safe."""
     SESSION_CAPACITY = "session_capacity"
     """The daemon is at its session or cache-token limit."""
     NO_AVERAGING = "no_averaging"
@@ -114,6 +116,7 @@ REFUSALS: dict[Reason, Refusal] = {
     Reason.REPLICA_CONFIG_MISMATCH: Refusal(_S.FAILED_PRECONDITION, ConfigError),
     Reason.LEASE_BUSY: Refusal(_S.FAILED_PRECONDITION, SwarmError, elsewhere=True),
     Reason.SPAN_NOT_HOSTED: Refusal(_S.NOT_FOUND, SwarmError, elsewhere=True),
+    Reason.DTYPE_MISMATCH: Refusal(_S.FAILED_PRECONDITION, SwarmError, elsewhere=True),
     Reason.SESSION_CAPACITY: Refusal(_S.RESOURCE_EXHAUSTED, SwarmError, elsewhere=True),
     Reason.NO_AVERAGING: Refusal(_S.FAILED_PRECONDITION, SwarmError, elsewhere=True),
     Reason.SESSION_NOT_FOUND: Refusal(_S.NOT_FOUND, PeerFailureError, elsewhere=True),

@@ -103,21 +103,32 @@ class PipelineSession:
             try:
                 client = await self._connect(record)
             except StageUnavailable as exc:
-                client, record = await self._replacement(record.span, record.endpoint, exc)
+                client, record = await self._replacement(record, exc, self._sent_to(len(self.hops)))
             self.hops.append(_Hop(record, client))
         log.debug(
             "route: %s", " -> ".join(f"{h.record.endpoint}{list(h.record.span)}" for h in self.hops)
         )
         return [h.record for h in self.hops]
 
+    def _sent_to(self, index: int) -> str | None:
+        """The activation dtype hop ``index`` receives (None: token ids, the first hop)."""
+        return self.hops[index - 1].record.dtype if index > 0 else None
+
     async def _replacement(
-        self, span: tuple[int, int], failed: str, cause: StageUnavailable
+        self, failed: StageRecord, cause: StageUnavailable, takes: str | None
     ) -> tuple[StageSessionClient, StageRecord]:
-        self.failed_endpoints.add(failed)
+        """A live replica of ``failed``'s span that sends its dtype and takes ``takes``."""
+        span = failed.span
+        self.failed_endpoints.add(failed.endpoint)
         for _ in range(self.max_failovers):
             records = await asyncio.to_thread(self.fetch_records)
             candidates = replicas_for(
-                records, span, self.model, exclude_endpoints=frozenset(self.failed_endpoints)
+                records,
+                span,
+                self.model,
+                exclude_endpoints=frozenset(self.failed_endpoints),
+                like=failed,
+                takes=takes,
             )
             if not candidates:
                 break
@@ -162,7 +173,7 @@ class PipelineSession:
         while True:
             await hop.client.close()
             hop.client, hop.record = await self._replacement(
-                hop.record.span, hop.record.endpoint, cause
+                hop.record, cause, self._sent_to(index)
             )
             self.failovers += 1
             try:

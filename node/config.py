@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from base.errors import ConfigError
+from base.precision import DEVICE_PATTERN, DType
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIGS_DIR = REPO_ROOT / "configs"
@@ -81,6 +82,21 @@ class DaemonConfig(_Strict):
         32 * 1024 * 1024, ge=1024, description="largest gRPC message accepted or sent"
     )
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads")
+    device: str = Field(
+        "cpu",
+        pattern=DEVICE_PATTERN,
+        description="where the stage weights and KV-caches live: cpu, cuda or cuda:N (never "
+        "a silent fallback: a missing device is exit code 11)",
+    )
+    dtype: DType = Field(
+        "float32",
+        description="stage weights, KV-cache and the activations this daemon sends",
+    )
+    accept_input_dtypes: list[DType] = Field(
+        default_factory=list,
+        description="activation dtypes this stage converts although the conversion is lossy "
+        "(its own dtype, and bfloat16/float16 into float32, are always taken)",
+    )
     peer_file: Path | None = Field(None, description="write this daemon's DHT addresses here")
     state_dir: Path | None = Field(
         None,

@@ -21,6 +21,7 @@ import torch
 from base.banner import print_banner, status
 from base.dht import start_dht, visible_maddrs
 from base.dht_records import StageRecord, announce
+from base.precision import accepted_inputs, check_fits, resolve_device, torch_dtype
 from checkpoint_gather.weights_service import WeightsService
 from lora.stage_adapters import adapters as stage_adapters
 from models.catalog import resolve_model_dir
@@ -28,7 +29,7 @@ from node.config import DaemonConfig
 from node.main_thread import MainThreadCalls
 from node.stage_service import StageService, start_grpc_server
 from pipeline_stages.executor import StageExecutor
-from pipeline_stages.loader import load_stage
+from pipeline_stages.loader import load_stage, stage_bytes
 from pipeline_stages.sessions import SessionManager
 from provenance import atomic_write
 
@@ -89,6 +90,9 @@ class Daemon:
                 # loaded from the config and attached by training jobs alike
                 adapters=sorted(stage_adapters(executor.stages[(start, end)])),
                 node0_version=metadata.version("node0"),
+                dtype=self.config.dtype,
+                device=str(executor.device),
+                accepts=executor.accepts,
             )
             for start, end in sorted(executor.stages)
         ]
@@ -98,12 +102,21 @@ class Daemon:
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
         model_dir = resolve_model_dir(cfg.model)
+        device = resolve_device(cfg.device, cfg.dtype)  # fails closed before anything loads
+        dtype = torch_dtype(cfg.dtype)
+        weight_bytes = {
+            (s.start, s.end): stage_bytes(model_dir, s.start, s.end, dtype) for s in cfg.stages
+        }
+        check_fits(device, sum(weight_bytes.values()), f"the weights of {len(cfg.stages)} stage(s)")
         print_banner(
             "serve",
             self.config_path,
             self.config_sha256,
             [
                 f"model: {cfg.model} ({model_dir})",
+                f"precision: {cfg.dtype} on {device}; stage weights "
+                f"{sum(weight_bytes.values()) / 2**20:.1f} MiB; takes activations in "
+                + ", ".join(accepted_inputs(cfg.dtype, cfg.accept_input_dtypes)),
                 "stages: " + ", ".join(str(s) for s in cfg.stages),
                 "adapters: " + (", ".join(sorted(cfg.adapters)) or "none"),
                 f"grpc: {cfg.host}:{cfg.port or 'auto'}; max message {cfg.max_message_bytes} B",
@@ -120,7 +133,9 @@ class Daemon:
         stages = {}
         for spec in cfg.stages:
             status("load", f"layers {spec} from {model_dir}")
-            stages[(spec.start, spec.end)] = load_stage(model_dir, spec.start, spec.end)
+            stages[(spec.start, spec.end)] = load_stage(
+                model_dir, spec.start, spec.end, dtype=dtype, device=device
+            )
         for name, path in sorted(cfg.adapters.items()):
             status("adapter", f"{name} from {path}")
             load_task_adapter(stages.values(), name, path)
@@ -137,6 +152,7 @@ class Daemon:
             prefill_chunk=cfg.prefill_chunk,
             training_every=cfg.training_every,
             batch_linger_ms=cfg.batch_linger_ms,
+            accept_input_dtypes=tuple(cfg.accept_input_dtypes),
         )
 
         status("dht", "starting")

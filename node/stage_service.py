@@ -15,6 +15,7 @@ from importlib import metadata
 
 import grpc
 
+from base.precision import dtype_name
 from base.sampler import SamplingParams
 from lora.config import AveragingSettings, LoraSettings, OptimizerSettings
 from pipeline_stages.errors import BadJobSettings, InvalidInput, abort_call
@@ -68,6 +69,9 @@ class StageService(node0_pb2_grpc.StageServicer):
                     hidden_size=config.hidden_size,
                     vocab_size=config.vocab_size,
                     max_position_embeddings=config.max_position_embeddings,
+                    dtype=dtype_name(self.executor.dtype),
+                    device=str(self.executor.device),
+                    accepts=self.executor.accepts,
                 )
                 for start, end in sorted(self.executor.stages)
             ],

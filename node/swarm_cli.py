@@ -98,7 +98,8 @@ def print_status(state_file: Path) -> int:
     print(f"swarm {state.preset} (model {state.model}), run dir {state.run_dir}")
     print(
         f"{'peer':<10} {'pid':>8} {'alive':<6} {'layers':<10} {'endpoint':<22} {'state':<8} "
-        f"{'load':>5} {'batch':>6} {'peak':>4} {'queue':>5} {'step_ms':>8} {'tok/s':>7}"
+        f"{'load':>5} {'batch':>6} {'peak':>4} {'queue':>5} {'step_ms':>8} {'tok/s':>7} "
+        f"{'dtype':<9} {'device':<7}"
     )
     for peer in state.peers:
         alive = pid_alive(peer.pid)
@@ -114,9 +115,9 @@ def print_status(state_file: Path) -> int:
                 + (
                     f"{rec.load:>5.2f} {rec.batch_size:>6.2f} {rec.peak_batch_size:>4d} "
                     f"{rec.queue_depth:>5d} "
-                    f"{rec.step_ms:>8.1f} {rec.tokens_per_s:>7.1f}"
+                    f"{rec.step_ms:>8.1f} {rec.tokens_per_s:>7.1f} {rec.dtype:<9} {rec.device:<7}"
                     if rec
-                    else f"{'-':>5} {'-':>6} {'-':>4} {'-':>5} {'-':>8} {'-':>7}"
+                    else f"{'-':>5} {'-':>6} {'-':>4} {'-':>5} {'-':>8} {'-':>7} {'-':<9} {'-':<7}"
                 )
             )
     try:

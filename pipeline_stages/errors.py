@@ -39,6 +39,10 @@ class WrongModel(StageRequestError):
     reason = Reason.WRONG_MODEL
 
 
+class DTypeMismatch(StageRequestError):
+    reason = Reason.DTYPE_MISMATCH
+
+
 class UnknownAdapter(StageRequestError):
     reason = Reason.UNKNOWN_ADAPTER
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from base.precision import DTYPES, accepted_inputs, dtype_name
 from base.sampler import SamplingParams, sample_token
 from lora.mixed_batch import batch_adapters
 from lora.stage_adapters import adapters as stage_adapters
@@ -26,6 +27,7 @@ from models.stage_module import DecoderStage
 from pipeline_stages.compute_gate import ComputeGate
 from pipeline_stages.errors import (
     ContextOverflow,
+    DTypeMismatch,
     InvalidInput,
     JobNotFound,
     JobSettingsConflict,
@@ -64,6 +66,7 @@ class StageExecutor:
         prefill_chunk: int = 128,
         training_every: int = 4,
         batch_linger_ms: float = 40.0,
+        accept_input_dtypes: tuple[str, ...] = (),
     ):
         if not stages:
             raise ValueError("a daemon needs at least one stage")
@@ -86,6 +89,9 @@ class StageExecutor:
         # thread (hivemind's averager installs a signal handler; see node.main_thread)
         any_stage = next(iter(stages.values()))
         self.config = any_stage.full_config
+        weight = next(any_stage.parameters())
+        self.dtype, self.device = weight.dtype, weight.device
+        self.accepts = accepted_inputs(dtype_name(self.dtype), accept_input_dtypes)
 
     @property
     def context_window(self) -> int:
@@ -128,7 +134,7 @@ class StageExecutor:
             vocab = stage.full_config.vocab_size
             if int(inputs.min()) < 0 or int(inputs.max()) >= vocab:
                 raise InvalidInput(f"token ids must be in [0, {vocab})")
-            return inputs
+            return inputs.to(self.device)
         hidden = stage.full_config.hidden_size
         if (
             not inputs.is_floating_point()
@@ -140,9 +146,16 @@ class StageExecutor:
                 f"stage [{stage.start}, {stage.end}) takes float hidden states of "
                 f"shape (1, n, {hidden}), got {inputs.dtype} {list(inputs.shape)}"
             )
+        sent = dtype_name(inputs.dtype) if inputs.dtype in DTYPES.values() else str(inputs.dtype)
+        if sent not in self.accepts:
+            raise DTypeMismatch(
+                f"stage [{stage.start}, {stage.end}) computes in {dtype_name(self.dtype)} and "
+                f"takes activations in {', '.join(self.accepts)}, not {sent} (a lossy "
+                "conversion; a daemon declares it safe with accept_input_dtypes)"
+            )
         if not torch.isfinite(inputs).all():
             raise InvalidInput("hidden states contain NaN or inf")
-        return inputs.to(next(stage.parameters()).dtype)
+        return inputs.to(device=self.device, dtype=self.dtype)
 
     def step(
         self,
@@ -217,7 +230,7 @@ class StageExecutor:
             if not done:
                 continue
             if stage.is_last:
-                logits = out[row]
+                logits = out[row].float().cpu()  # sampled and sent in float32, as generate does
                 token = (
                     sample_token(logits, step.sampling, step.session.length)
                     if step.sampling is not None

@@ -11,6 +11,7 @@ initialisation to fall back to.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -34,10 +35,25 @@ def load_config(model_dir: str | Path):
         raise CheckpointError(f"cannot parse {model_dir / 'config.json'}: {exc}") from exc
 
 
+def stage_bytes(model_dir: str | Path, start: int, end: int, dtype: torch.dtype) -> int:
+    """Bytes the weights of layers ``[start, end)`` take in ``dtype`` (read from the shapes the
+    checkpoint declares; nothing is loaded)."""
+    config = load_config(model_dir)
+    family = check_architecture(config, index_checkpoint(model_dir))
+    last = end == config.num_hidden_layers
+    shapes = family.expected_shapes(config, range(start, end), first=start == 0, last=last)
+    return sum(math.prod(shape) for shape in shapes.values()) * dtype.itemsize
+
+
 def load_stage(
-    model_dir: str | Path, start: int, end: int, dtype: torch.dtype = torch.float32
+    model_dir: str | Path,
+    start: int,
+    end: int,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
 ) -> DecoderStage:
-    """Build the family's stage for layers ``[start, end)`` with weights from ``model_dir``."""
+    """Build the family's stage for layers ``[start, end)`` with weights from ``model_dir``,
+    in ``dtype`` on ``device`` (checked by :func:`base.precision.resolve_device` first)."""
     config = load_config(model_dir)
     index = index_checkpoint(model_dir)
     family = check_architecture(config, index)
@@ -69,7 +85,7 @@ def load_stage(
                     raise CheckpointError(
                         f"{name}: shape {list(tensor.shape)}, expected {list(needed[name])}"
                     )
-                state[name] = tensor.to(dtype)
+                state[name] = tensor.to(device=device, dtype=dtype)
     missing, unexpected = stage.load_state_dict(state, strict=False, assign=True)
     if unexpected:
         raise CheckpointError(f"unexpected tensors for stage: {unexpected[:5]}")
@@ -80,8 +96,8 @@ def load_stage(
         )
     if stage.is_first and stage.is_last and LM_HEAD not in index.shapes:
         stage.lm_head.weight = stage.model.embed_tokens.weight  # tied: share, don't copy
-    # buffers (rotary inv_freq) were created on meta: rebuild them on the CPU
-    stage.rotary_emb = type(stage.rotary_emb)(config=stage.config)
+    # buffers (rotary inv_freq) were created on meta: rebuild them (float32) on the device
+    stage.rotary_emb = type(stage.rotary_emb)(config=stage.config).to(device)
     stage.eval()
     n_params = sum(p.numel() for p in stage.parameters())
     log.info(

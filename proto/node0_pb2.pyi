@@ -33,7 +33,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StageInfo(_message.Message):
-    __slots__ = ("model", "start", "end", "num_layers", "hidden_size", "vocab_size", "max_position_embeddings")
+    __slots__ = ("model", "start", "end", "num_layers", "hidden_size", "vocab_size", "max_position_embeddings", "dtype", "device", "accepts")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +41,9 @@ class StageInfo(_message.Message):
     HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_POSITION_EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTS_FIELD_NUMBER: _ClassVar[int]
     model: str
     start: int
     end: int
@@ -48,7 +51,10 @@ class StageInfo(_message.Message):
     hidden_size: int
     vocab_size: int
     max_position_embeddings: int
-    def __init__(self, model: _Optional[str] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., num_layers: _Optional[int] = ..., hidden_size: _Optional[int] = ..., vocab_size: _Optional[int] = ..., max_position_embeddings: _Optional[int] = ...) -> None: ...
+    dtype: str
+    device: str
+    accepts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[str] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., num_layers: _Optional[int] = ..., hidden_size: _Optional[int] = ..., vocab_size: _Optional[int] = ..., max_position_embeddings: _Optional[int] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., accepts: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class InfoResponse(_message.Message):
     __slots__ = ("node0_version", "peer_id", "stages", "active_sessions", "max_sessions", "reserved_cache_tokens", "max_cache_tokens", "max_message_bytes", "batch_size", "queue_depth", "step_ms", "tokens_per_s", "peak_batch_size")

@@ -310,15 +310,16 @@ def load_causal_lm(path: Path, gguf_file: str | None = None):
 
 
 @contextmanager
-def stage_server(model_dir, spans=STAGES, *, peer_id="peer-a"):
-    """One in-process daemon (executor + Stage + StageWeights services) on a free port."""
+def stage_server(model_dir, spans=STAGES, *, peer_id="peer-a", dtype=None):
+    """One in-process daemon (executor + Stage + StageWeights services) on a free port
+    (stages in ``dtype``, default float32)."""
     from checkpoint_gather.weights_service import WeightsService
     from node.stage_service import StageService, start_grpc_server
     from pipeline_stages.executor import StageExecutor
     from pipeline_stages.loader import load_stage
     from pipeline_stages.sessions import SessionManager
 
-    stages = {span: load_stage(model_dir, *span) for span in spans}
+    stages = {span: load_stage(model_dir, *span, dtype=dtype or torch.float32) for span in spans}
     executor = StageExecutor(
         str(model_dir),
         stages,

@@ -52,12 +52,20 @@ def open_route(
         SwarmError: no replica of some span takes the job (each one's refusal named).
         ConfigError, RequestError: a stage refused the job itself (its reason's family).
     """
-    spans = [r.span for r in plan_route(records, model)]
+    route = plan_route(records, model)
     clients, replies = [], []
     try:
-        for span in spans:
+        for k, hop in enumerate(route):
+            span = hop.span
             candidates = sorted(
-                replicas_for(records, span, model, exclude_endpoints=frozenset()),
+                replicas_for(
+                    records,
+                    span,
+                    model,
+                    exclude_endpoints=frozenset(),
+                    like=hop,  # same dtype as the planned hop, so the next one takes it
+                    takes=route[k - 1].dtype if k else None,
+                ),
                 key=lambda r: r.peer_id,
             )
             if not candidates:

@@ -237,3 +237,26 @@ def test_replicas_with_another_adapter_configuration_refuse_the_step(daemon):
         assert refused(client.optimizer_step, 0) is Reason.REPLICA_CONFIG_MISMATCH
     finally:
         client.close()
+
+
+def test_a_bfloat16_stage_takes_bfloat16_and_refuses_lossy_conversions(tiny_models):
+    with stage_server(tiny_models[False], dtype=torch.bfloat16) as (executor, _, endpoint):
+        channel = grpc.insecure_channel(endpoint)
+        try:
+            stub = node0_pb2_grpc.StageStub(channel)
+            info = stub.Info(node0_pb2.InfoRequest())
+            assert {(s.dtype, s.device, tuple(s.accepts)) for s in info.stages} == {
+                ("bfloat16", "cpu", ("bfloat16",))
+            }
+            bf16 = SimpleNamespace(stub=stub, model=str(tiny_models[False]))
+            hidden = executor.config.hidden_size
+            request = open_request(bf16, start=2, end=5)
+            sid = stub.OpenSession(request).session_id
+            for dtype in (torch.float16, torch.float32):
+                sent = encode(torch.randn(1, 3, hidden).to(dtype))
+                assert refused(step, bf16, sid, 0, sent) is Reason.DTYPE_MISMATCH
+            good = encode(torch.randn(1, 3, hidden).to(torch.bfloat16))
+            (answer,) = list(step(bf16, sid, 0, good))
+            assert answer.cache_length == 3
+        finally:
+            channel.close()
