@@ -6,9 +6,7 @@ from base.precision import accepted_inputs
 from base.routing import plan_route, replicas_for
 
 
-def rec(
-    start, end, endpoint, load=0.0, state="online", num_layers=30, model="m", dtype="float32"
-):
+def rec(start, end, endpoint, load=0.0, state="online", num_layers=30, model="m", dtype="float32"):
     return StageRecord(
         model=model,
         start=start,
