@@ -32,6 +32,7 @@ inherited from this process and echoed in the result. A line per N, then the pre
 last line is JSON::
 
     python -m bench.concurrency [--sizes 1,2,4,8,16] [--new-tokens 128] [--stage-threads N]
+                                [--dtype float32|bfloat16]
     python -m bench.concurrency --quick      # smoke run: sizes 1,2,8, 16 tokens
 """
 
@@ -352,6 +353,12 @@ def main() -> None:
     )
     parser.add_argument("--preset", default="smollm2-3stage", help="local swarm preset")
     parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16", "float16"),
+        help="stage dtype of the swarm and of the reference model",
+    )
+    parser.add_argument(
         "--prefill-tokens",
         type=int,
         default=1000,
@@ -390,11 +397,11 @@ def main() -> None:
     hf_logging.set_verbosity_error()  # generate's notes on the checkpoint's sampling defaults
     torch.set_num_threads(1)
     model = AutoModelForCausalLM.from_pretrained(
-        prepare_model("smollm2-135m"), dtype=torch.float32
+        prepare_model("smollm2-135m"), dtype=getattr(torch, args.dtype)
     ).eval()
 
     preset, _ = load_yaml_config(resolve_preset_path(args.preset), SwarmPreset)
-    daemon = dict(preset.daemon)
+    daemon = dict(preset.daemon, dtype=args.dtype)
     if args.stage_threads:
         daemon["torch_threads"] = args.stage_threads
     # every batch's sessions at once, plus one being closed as the next opens
@@ -458,6 +465,7 @@ def main() -> None:
         "new_tokens": args.new_tokens,
         "sizes": sizes,
         "stages": len(preset.peers),
+        "dtype": args.dtype,
         "stage_threads": preset.daemon.get("torch_threads", "default"),
         "load_average": load_average,
         "load_average_end": [round(x, 2) for x in os.getloadavg()],

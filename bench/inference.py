@@ -1,13 +1,16 @@
-"""Inference benchmark: 3-stage local swarm vs single-process transformers, same run.
+"""Inference benchmark: 3-stage local swarm vs single-process transformers, same run, per dtype.
 
 Batch 1, greedy, ``--new-tokens`` new tokens per prompt (EOS ignored so every run has the same
 length). Measures time-to-first-token and tokens/s (new tokens / wall time of the whole
 generation, prompt included) for both, interleaved prompt by prompt so background noise hits
 both alike. The swarm side is the conversation engine's stateless ``complete`` (a fresh session
-per prompt, as an HTTP request gets; tokenization is not timed). The last line of output is
-JSON with the ratio swarm/single.
+per prompt, as an HTTP request gets; tokenization is not timed). Each ``--dtype`` gets its own
+swarm (daemons with ``dtype:`` set) and the reference model loaded in the same dtype; the peak
+RSS of every stage process is read from ``/proc`` before the swarm stops, beside the bytes its
+weights take in that dtype. A line per prompt; the last line is JSON with ``ratio`` (swarm /
+single in the same dtype, per dtype) and ``bf16_over_fp32`` (swarm bfloat16 / swarm float32).
 
-    python -m bench.inference [--new-tokens 128] [--prompts 4] [--preset smollm2-3stage]
+    python -m bench.inference [--dtype float32,bfloat16] [--new-tokens 128] [--prompts 4]
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -73,39 +77,33 @@ def swarm_once(engine, messages: list[dict], new_tokens: int) -> tuple[float, fl
     return result.time_to_first_token, new_tokens / result.elapsed
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--prompts", type=int, default=4)
-    parser.add_argument("--preset", default="smollm2-3stage")
-    parser.add_argument(
-        "--stage-threads",
-        type=int,
-        default=None,
-        help="torch threads per stage daemon (default: the preset's)",
-    )
-    args = parser.parse_args()
+def rss_mib(pid: int, field: str = "VmHWM") -> float | None:
+    """A process's peak (``VmHWM``) or current (``VmRSS``) resident set, MiB; None once it
+    is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None
 
+
+def run_dtype(args, dtype_name: str, conversations, preset) -> dict:
+    """One swarm in ``dtype_name`` against the reference in the same dtype."""
     from transformers import AutoModelForCausalLM
 
-    from base.config_loader import load_yaml_config
+    from base.precision import torch_dtype
     from inference.conversation import ConversationEngine
     from inference.swarm_client import SwarmClient
     from models.assets import prepare_model
-    from node.config import SwarmPreset, resolve_preset_path
     from node.local_swarm import start_swarm, stop_swarm
+    from pipeline_stages.loader import stage_bytes
 
+    dtype = torch_dtype(dtype_name)
     model_dir = prepare_model("smollm2-135m")
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    conversations = [[{"role": "user", "content": q}] for q in QUESTIONS[: args.prompts]]
-
-    preset, _ = load_yaml_config(resolve_preset_path(args.preset), SwarmPreset)
-    if args.stage_threads:
-        preset = preset.model_copy(
-            update={"daemon": {**preset.daemon, "torch_threads": args.stage_threads}}
-        )
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
+    preset = preset.model_copy(update={"daemon": {**preset.daemon, "dtype": dtype_name}})
     work = Path(tempfile.mkdtemp(prefix="node0-bench-"))
     state_file = work / "swarm.json"
     state = start_swarm(preset, args.preset, runs_dir=work / "runs", state_file=state_file)
@@ -122,32 +120,107 @@ def main() -> None:
             single.append(single_process(model, ids, args.new_tokens))
             swarm.append(swarm_once(engine, messages, args.new_tokens))
             print(
-                f"prompt {len(ids):3d} tokens: swarm ttft {swarm[-1][0] * 1000:6.1f} ms "
-                f"{swarm[-1][1]:5.2f} tok/s | single ttft {single[-1][0] * 1000:6.1f} ms "
-                f"{single[-1][1]:5.2f} tok/s ({single[-1][2]} threads)",
+                f"{dtype_name:>8} prompt {len(ids):3d} tokens: swarm ttft "
+                f"{swarm[-1][0] * 1000:6.1f} ms {swarm[-1][1]:5.2f} tok/s | single ttft "
+                f"{single[-1][0] * 1000:6.1f} ms {single[-1][1]:5.2f} tok/s "
+                f"({single[-1][2]} threads)",
                 flush=True,
             )
+        rss = {peer.name: rss_mib(peer.pid) for peer in state.peers}
+        rss_now = {peer.name: rss_mib(peer.pid, "VmRSS") for peer in state.peers}
     finally:
         client.close()
         stop_swarm(state_file)
+    weights = {
+        peer.name: round(
+            sum(stage_bytes(model_dir, s.start, s.end, dtype) for s in peer.stages) / 2**20, 1
+        )
+        for peer in preset.peers
+    }
 
     def median(rows, i):
         return statistics.median(r[i] for r in rows)
 
     result = {
-        "new_tokens": args.new_tokens,
-        "prompts": len(prompts),
-        "stages": len(preset.peers),
-        "stage_threads": preset.daemon.get("torch_threads", "default"),
         "single_threads": [r[2] for r in single],
         "swarm_tokens_per_s": round(median(swarm, 1), 3),
         "single_tokens_per_s": round(median(single, 1), 3),
         "swarm_ttft_ms": round(median(swarm, 0) * 1000, 1),
         "single_ttft_ms": round(median(single, 0) * 1000, 1),
+        "stage_peak_rss_mib": rss,
+        "stage_rss_after_mib": rss_now,
+        "stage_weights_mib": weights,
     }
-    result["ratio_tokens_per_s"] = round(
-        result["swarm_tokens_per_s"] / result["single_tokens_per_s"], 3
+    result["ratio"] = round(result["swarm_tokens_per_s"] / result["single_tokens_per_s"], 3)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--prompts", type=int, default=4)
+    parser.add_argument("--preset", default="smollm2-3stage")
+    parser.add_argument(
+        "--dtype",
+        default="float32,bfloat16",
+        help="comma-separated stage dtypes to measure (float32, bfloat16, float16)",
+    )
+    parser.add_argument(
+        "--stage-threads",
+        type=int,
+        default=None,
+        help="torch threads per stage daemon (default: the preset's)",
+    )
+    args = parser.parse_args()
+    dtypes = [d.strip() for d in args.dtype.split(",") if d.strip()]
+    if not dtypes or any(d not in ("float32", "bfloat16", "float16") for d in dtypes):
+        parser.error("--dtype takes float32, bfloat16 and/or float16")
+
+    from base.config_loader import load_yaml_config
+    from node.config import SwarmPreset, resolve_preset_path
+
+    load_average = [round(x, 2) for x in os.getloadavg()]
+    conversations = [[{"role": "user", "content": q}] for q in QUESTIONS[: args.prompts]]
+    preset, _ = load_yaml_config(resolve_preset_path(args.preset), SwarmPreset)
+    if args.stage_threads:
+        preset = preset.model_copy(
+            update={"daemon": {**preset.daemon, "torch_threads": args.stage_threads}}
+        )
+    per_dtype = {d: run_dtype(args, d, conversations, preset) for d in dtypes}
+    result = {
+        "new_tokens": args.new_tokens,
+        "prompts": len(conversations),
+        "stages": len(preset.peers),
+        "stage_threads": preset.daemon.get("torch_threads", "default"),
+        "load_average": load_average,
+        "load_average_end": [round(x, 2) for x in os.getloadavg()],
+        "ratio": {d: r["ratio"] for d, r in per_dtype.items()},
+        "per_dtype": per_dtype,
+    }
+    if "float32" in per_dtype:
+        result["ratio_tokens_per_s"] = per_dtype["float32"]["ratio"]  # the float32 figure
+    if {"float32", "bfloat16"} <= per_dtype.keys():
+        fp32, bf16 = per_dtype["float32"], per_dtype["bfloat16"]
+        result["bf16_over_fp32"] = round(bf16["swarm_tokens_per_s"] / fp32["swarm_tokens_per_s"], 3)
+        result["single_bf16_over_fp32"] = round(
+            bf16["single_tokens_per_s"] / fp32["single_tokens_per_s"], 3
+        )
+        result["stage_rss_bf16_over_fp32"] = {
+            name: round(bf16["stage_peak_rss_mib"][name] / fp32["stage_peak_rss_mib"][name], 3)
+            for name in fp32["stage_peak_rss_mib"]
+            if bf16["stage_peak_rss_mib"].get(name) and fp32["stage_peak_rss_mib"][name]
+        }
+        # how much of the weights' saving (half their float32 bytes) the peak RSS shows
+        result["stage_rss_saving_over_weight_saving"] = {
+            name: round(
+                (fp32["stage_peak_rss_mib"][name] - bf16["stage_peak_rss_mib"][name])
+                / (fp32["stage_weights_mib"][name] - bf16["stage_weights_mib"][name]),
+                3,
+            )
+            for name in result["stage_rss_bf16_over_fp32"]
+        }
     print(json.dumps(result))
 
 

@@ -30,17 +30,19 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 ATTENTION = "node0_ragged"
 _MIN_CAPACITY = 64  # positions a session's cache starts with; it doubles as it fills
-# MKL's sgemm computes a (m, k) x (k, n) product with m not a multiple of 4 as if each row past
-# the last multiple of 4 were its own matrix-vector product. Measured on this machine, one thread,
-# a (m, 576) x (576, 1536) projection: m=1 98 us, 2 199, 3 295, 4 218, 5 289, 7 325, 8 255 us;
-# the (m, 576) x (576, 49152) LM head: m=1 10.4 ms, 2 23.6, 3 34.7, 4 17.7, 8 24.6 ms. A batch
-# of more than one row is padded to a multiple of this many rows (the padding rows are dropped).
+# MKL's sgemm (float32 on the CPU) computes a (m, k) x (k, n) product with m not a multiple of 4
+# as if each row past the last multiple of 4 were its own matrix-vector product. Measured on this
+# machine, one thread, a (m, 576) x (576, 1536) projection: m=1 98 us, 2 199, 3 295, 4 218, 5 289,
+# 7 325, 8 255 us; the (m, 576) x (576, 49152) LM head: m=1 10.4 ms, 2 23.6, 3 34.7, 4 17.7, 8
+# 24.6 ms. So a float32 batch of more than one row is padded to a multiple of this many rows (the
+# padding rows are dropped). bfloat16 goes through oneDNN, whose cost grows smoothly with m (the
+# same projection: m=1 99 us, 2 105, 3 108, 4 118, 8 160), and is not padded.
 GEMM_ROW_MULTIPLE = 4
 
 
-def gemm_rows(rows: int) -> int:
+def gemm_rows(rows: int, dtype: torch.dtype = torch.float32) -> int:
     """The row count a batched product of ``rows`` rows runs with (see GEMM_ROW_MULTIPLE)."""
-    if rows <= 1:
+    if rows <= 1 or dtype != torch.float32:
         return rows
     return -(-rows // GEMM_ROW_MULTIPLE) * GEMM_ROW_MULTIPLE
 

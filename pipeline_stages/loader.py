@@ -10,6 +10,7 @@ initialisation to fall back to.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 from pathlib import Path
@@ -33,6 +34,39 @@ def load_config(model_dir: str | Path):
         return AutoConfig.from_pretrained(model_dir, local_files_only=True)
     except Exception as exc:
         raise CheckpointError(f"cannot parse {model_dir / 'config.json'}: {exc}") from exc
+
+
+_STORED = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+_CONVERT_CHUNK_BYTES = 8 << 20  # a conversion reads this much of the stored tensor at a time
+
+
+def _read(handle, src: str, name: str, shape: tuple[int, ...], dtype, device) -> torch.Tensor:
+    """One tensor in ``dtype`` on ``device``. A conversion (a float32 checkpoint served in
+    bfloat16) goes a few MiB of rows at a time, so loading never holds a second full copy of
+    the tensor in the stored dtype beside the converted one."""
+    tensor_slice = handle.get_slice(src)
+    if tuple(tensor_slice.get_shape()) != shape:
+        raise CheckpointError(
+            f"{name}: shape {list(tensor_slice.get_shape())}, expected {list(shape)}"
+        )
+    stored = _STORED.get(tensor_slice.get_dtype())
+    if stored is None or stored == dtype or len(shape) == 0:
+        return handle.get_tensor(src).to(device=device, dtype=dtype)
+    out = torch.empty(shape, dtype=dtype, device=device)
+    row_bytes = max(1, math.prod(shape[1:]) * stored.itemsize)
+    rows = max(1, _CONVERT_CHUNK_BYTES // row_bytes)
+    for first in range(0, shape[0], rows):
+        out[first : first + rows] = tensor_slice[first : first + rows].to(device=device)
+    return out
+
+
+def _return_freed_memory() -> None:
+    """Hand the heap's freed pages back to the OS (glibc keeps them after the temporaries of a
+    load are freed, and the process's resident set would not shrink)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim this way
+        pass
 
 
 def stage_bytes(model_dir: str | Path, start: int, end: int, dtype: torch.dtype) -> int:
@@ -78,14 +112,12 @@ def load_stage(
         src = sources[name] or name
         by_file.setdefault(index.files[src], []).append((name, src))
     for path, pairs in by_file.items():
-        with safe_open(str(path), framework="pt") as handle:
-            for name, src in pairs:
-                tensor = handle.get_tensor(src)
-                if tuple(tensor.shape) != needed[name]:
-                    raise CheckpointError(
-                        f"{name}: shape {list(tensor.shape)}, expected {list(needed[name])}"
-                    )
-                state[name] = tensor.to(device=device, dtype=dtype)
+        for name, src in pairs:
+            # a handle per tensor: the file pages a conversion reads are mapped into this
+            # process until the handle closes, and would all count at once in its peak RSS
+            with safe_open(str(path), framework="pt") as handle:
+                state[name] = _read(handle, src, name, needed[name], dtype, device)
+    _return_freed_memory()
     missing, unexpected = stage.load_state_dict(state, strict=False, assign=True)
     if unexpected:
         raise CheckpointError(f"unexpected tensors for stage: {unexpected[:5]}")
