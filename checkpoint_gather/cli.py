@@ -6,7 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-GGUF_TYPES = ("f32", "f16", "q8_0")
+GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")  # checkpoint_gather.gguf_export.GGUF_TYPES
+DTYPES = ("float32", "bfloat16", "float16")  # base.precision.DTYPES
 
 
 def _gguf_types(value: str) -> tuple[str, ...]:
@@ -69,7 +70,15 @@ def _register_gather(subparsers: argparse._SubParsersAction) -> None:
         type=_gguf_types,
         default="f32",
         metavar="TYPES",
-        help="GGUF files to write: comma-separated of f32, f16, q8_0, or none",
+        help="GGUF files to write: comma-separated of f32, f16, bf16, q8_0, or none",
+    )
+    gather.add_argument(
+        "--dtype",
+        choices=("auto", *DTYPES),
+        default="auto",
+        help="dtype of the Hugging Face weights; auto: the dtype the stages hold when they "
+        "all hold one (a bf16 swarm's exact bytes), else float32. A value the dtype cannot "
+        "hold is refused, never written as an infinity",
     )
     gather.add_argument(
         "--no-hf", dest="hf", action="store_false", help="skip the Hugging Face directory"
@@ -233,6 +242,7 @@ def run_gather(args: argparse.Namespace) -> int:
         adapters_only=args.adapters_only,
         adapter=args.adapter,
         hf=args.hf,
+        dtype=None if args.dtype == "auto" else args.dtype,
         gguf_types=args.gguf,
         tokenizer_dir=args.tokenizer,
         chunk_bytes=args.chunk_bytes,
@@ -241,10 +251,11 @@ def run_gather(args: argparse.Namespace) -> int:
         durable=args.durable,
     )
     peers = args.initial_peers or initial_peers_from()
+    hf_output = [f"Hugging Face ({args.dtype})"] if args.hf else []
     outputs = (
         ["PEFT adapter " + (args.adapter or "(the one held)")]
         if args.adapters_only
-        else (["Hugging Face"] if args.hf else []) + [f"GGUF {t}" for t in args.gguf]
+        else hf_output + [f"GGUF {t}" for t in args.gguf]
     )
     print_banner(
         "gather",
@@ -268,6 +279,7 @@ def run_gather(args: argparse.Namespace) -> int:
             "adapters_only": args.adapters_only,
             "adapter": args.adapter,
             "hf": args.hf,
+            "dtype": args.dtype,
             "gguf": list(args.gguf),
             "chunk_bytes": args.chunk_bytes,
             "durable": args.durable,
@@ -284,8 +296,8 @@ def run_gather(args: argparse.Namespace) -> int:
     )
     if export.hf_dir is not None:
         print(
-            f"  Hugging Face: {export.hf_dir}\n    load: AutoModelForCausalLM."
-            f"from_pretrained({str(export.hf_dir)!r})"
+            f"  Hugging Face: {export.hf_dir} ({export.dtype})\n    load: AutoModelForCausalLM."
+            f"from_pretrained({str(export.hf_dir)!r}, dtype=torch.{export.dtype})"
         )
     for out_type, path in export.gguf_files.items():
         print(

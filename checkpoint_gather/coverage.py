@@ -6,7 +6,9 @@ check runs before a single byte is pulled, and again on what actually arrived.
 * every decoder layer ``0 … n-1`` is held by exactly one source (a missing or a duplicated layer
   fails, naming the layers and the sources);
 * every tensor the model's family (looked up from the config) needs is present with the shape
-  the config implies and the expected dtype, and nothing else is;
+  the config implies and a floating dtype an export writes (float32, bfloat16, float16; the
+  stages' dtypes may differ, :mod:`checkpoint_gather.dtypes` chooses what is written), and
+  nothing else is;
 * embeddings, final norm and LM head are present; with tied embeddings the LM head is not a
   tensor of its own — a last stage that carries a copy must carry exactly the embedding matrix
   (same sha256), and the copy is dropped.
@@ -14,10 +16,11 @@ check runs before a single byte is pulled, and again on what actually arrived.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from base.errors import CheckpointError
+from checkpoint_gather.dtypes import EXPORT_DTYPES
 from checkpoint_gather.sources import SourceManifest
 from models import EMBED, FINAL_NORM, LM_HEAD, family_of, parse_layer
 
@@ -104,9 +107,10 @@ def check_layer_coverage(num_layers: int, manifests: Sequence[SourceManifest]) -
 
 
 def check_tensors(
-    config, tensors: Mapping[str, TensorSpec], *, dtype: str = "float32"
+    config, tensors: Mapping[str, TensorSpec], *, dtypes: Collection[str] = EXPORT_DTYPES
 ) -> list[str]:
-    """Every tensor the architecture needs, with the right shape and dtype, and nothing else.
+    """Every tensor the architecture needs, with the right shape and one of ``dtypes``, and
+    nothing else.
 
     ``tensors`` maps HF names to ``(shape, dtype)``. With tied embeddings an ``lm_head.weight``
     entry is tolerated here (the caller must prove it equals the embedding); the names to drop
@@ -150,8 +154,12 @@ def check_tensors(
         shape, got_dtype = tensors[name]
         if tuple(shape) != tuple(want):
             raise CheckpointError(f"{name}: shape {list(shape)}, the config implies {list(want)}")
-        if got_dtype != dtype:
-            raise CheckpointError(f"{name}: dtype {got_dtype}, expected {dtype}")
+        if got_dtype not in dtypes:
+            raise CheckpointError(
+                f"{name}: dtype {got_dtype}, expected one of {', '.join(dtypes)}",
+                hint="node0 exports floating-point weights only; a stage holding "
+                "other (e.g. quantized) weights cannot be gathered",
+            )
     for name in dropped:
         if tuple(tensors[name][0]) != tuple(expected[EMBED]):
             raise CheckpointError(
@@ -162,7 +170,7 @@ def check_tensors(
 
 
 def check_coverage(
-    config, manifests: Sequence[SourceManifest], *, dtype: str = "float32"
+    config, manifests: Sequence[SourceManifest], *, dtypes: Collection[str] = EXPORT_DTYPES
 ) -> CoveragePlan:
     """Prove the sources make exactly one model of ``config``; return who provides what."""
     layer_sources = check_layer_coverage(config.num_hidden_layers, manifests)
@@ -176,7 +184,7 @@ def check_coverage(
                 )
             owner[name] = manifest.source_id
             specs[name] = (entry.shape, entry.dtype)
-    dropped = check_tensors(config, specs, dtype=dtype)
+    dropped = check_tensors(config, specs, dtypes=dtypes)
     if LM_HEAD in dropped:
         head = _entry(manifests, owner, LM_HEAD)
         embed = _entry(manifests, owner, EMBED)

@@ -7,9 +7,11 @@ next —
 1. coverage proof over the manifests (:func:`checkpoint_gather.coverage.check_coverage`);
 2. every received tensor checked against its source's declared shape/dtype/sha256;
 3. the state dict assembled by the coverage plan (a tied head copy dropped);
-4. in a temporary sibling of ``out_dir``: ``hf/`` (Hugging Face), ``<name>-<type>.gguf`` per
+4. the Hugging Face export's dtype chosen (:mod:`checkpoint_gather.dtypes`: asked, or the one
+   the sources hold, float32 if they disagree);
+5. in a temporary sibling of ``out_dir``: ``hf/`` (Hugging Face), ``<name>-<type>.gguf`` per
    requested type, ``adapter/`` (PEFT), ``manifest.json``; then one rename publishes the lot;
-5. the run record lists sources and every output file with sha256.
+6. the run record lists sources, the dtype and every output file with sha256.
 
 With ``adapters`` the per-stage LoRA adapters are written too, as one PEFT adapter (``adapter/``),
 inside the same atomic output; an adapters-only job needs no base sources.
@@ -33,6 +35,7 @@ import torch
 from base.atomic import atomic_dir
 from base.errors import Node0Error
 from checkpoint_gather.coverage import CoveragePlan, check_coverage
+from checkpoint_gather.dtypes import ExportDType, held_dtypes, resolve_export_dtype
 from checkpoint_gather.gguf_export import export_gguf
 from checkpoint_gather.gguf_tokenizer import Fields, tokenizer_fields
 from checkpoint_gather.hf_export import (
@@ -60,6 +63,7 @@ class ExportResult:
     adapter_dir: Path | None
     manifest: Path
     plan: CoveragePlan | None  # None for an adapters-only job
+    dtype: str | None = None  # the Hugging Face weights' dtype (None: no hf/)
 
 
 class _Once:
@@ -130,6 +134,7 @@ def export_checkpoint(
     gguf_tokenizer: Callable[[], Fields] | None = None,
     tokenizer_check: TokenizerCheck | None = None,
     durable: bool = False,
+    dtype: str | ExportDType | None = None,
 ) -> ExportResult:
     """Verify ``sources`` and write the requested formats into ``out_dir`` atomically.
 
@@ -141,7 +146,7 @@ def export_checkpoint(
         model: catalog name; its source GGUF's tokenizer fields are embedded in GGUF outputs.
         generation_config: for the HF export (default: derived from the config).
         hf: write the Hugging Face directory.
-        gguf_types: GGUF files to write (``f32``, ``f16``, ``q8_0``).
+        gguf_types: GGUF files to write (``f32``, ``f16``, ``bf16``, ``q8_0``).
         max_shard_bytes: HF shard size limit.
         adapters: per-stage LoRA adapters to write as one PEFT adapter (``adapter/``);
             with ``hf=False`` and no ``gguf_types`` the job is adapters-only and ``sources``
@@ -160,6 +165,15 @@ def export_checkpoint(
         durable: fsync every output file and directory before the rename and the parent
             after it (survives an OS crash or power loss); without it the output is still
             atomic for any failure of this process (:mod:`base.atomic`).
+        dtype: the Hugging Face export's dtype: a name (``float32``, ``bfloat16``,
+            ``float16``), None (the sources' dtype if they all agree, else float32), or the
+            choice already made (``node0 gather`` makes it over the stages' dtypes before a
+            merge). GGUF files are written in their own types.
+
+    Raises:
+        CheckpointError: coverage, a tensor against its source, a value the asked dtype or a
+            GGUF type cannot hold, or the output exists.
+        ConfigError: ``dtype`` is not a dtype name.
     """
     out_dir = Path(out_dir)
     config = export_config(config)
@@ -170,6 +184,8 @@ def export_checkpoint(
         if adapters and lora_settings is None:
             raise Node0Error("exporting adapters needs their LoRA settings")
         manifests = [manifest for manifest, _ in sources]
+        if not isinstance(dtype, ExportDType):
+            dtype = resolve_export_dtype(dtype, held_dtypes(manifests))
         plan = state = None
         if base_needed:
             plan = check_coverage(config, manifests)
@@ -209,6 +225,7 @@ def export_checkpoint(
                     tensor_digests=digests,
                     durable=durable,
                     tokenizer_check=tokenizer_check,
+                    dtype=dtype.name,
                 )
             fields = gguf_tokenizer or _Once(
                 functools.partial(
@@ -248,10 +265,12 @@ def export_checkpoint(
                 sources=manifests,
                 plan=plan,
                 outputs=outputs,
-                extra={"provenance": record},
+                extra={"provenance": record, **({"dtype": dtype.to_json()} if hf else {})},
             )
             write_manifest(tmp, manifest, durable=durable)
         if run is not None:
+            if hf:
+                run.set("dtype", dtype.to_json())
             record_outputs(run, out_dir, manifest)
             run.finish("done", output_dir=str(out_dir))
     except BaseException as exc:
@@ -266,4 +285,5 @@ def export_checkpoint(
         adapter_dir=rel.get("peft-adapter"),
         manifest=out_dir / "manifest.json",
         plan=plan,
+        dtype=dtype.name if hf else None,
     )

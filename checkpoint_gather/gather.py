@@ -11,9 +11,10 @@ Steps, each gating the next:
    next replica of its span; with none left the job fails (exit 7). As soon as every header is
    in, coverage is proven over the declared manifests — before the bulk of the bytes arrives;
 3. **merge** (``--merge-adapters``): the named adapters folded into the base weights
-   (:mod:`checkpoint_gather.merge`);
+   (:mod:`checkpoint_gather.merge`; in float32, so the export rounds a merged weight once);
 4. **export**: :func:`checkpoint_gather.export.export_checkpoint` proves coverage again over what
-   arrived, verifies every tensor, writes HF / GGUF / PEFT into a temporary directory, renames it
+   arrived, verifies every tensor, writes HF (in ``--dtype``; by default the dtype the stages
+   hold, :mod:`checkpoint_gather.dtypes`) / GGUF / PEFT into a temporary directory, renames it
    into place and completes the run record.
 
 Nothing is written to ``out_dir`` unless every step succeeded.
@@ -34,13 +35,15 @@ from pathlib import Path
 
 from base.dht_records import StageRecord
 from base.errors import CheckpointError, PeerFailureError, RequestError, SwarmError
+from base.precision import torch_dtype
 from base.refusals import reason_of
 from checkpoint_gather.coverage import check_coverage, check_layer_coverage
+from checkpoint_gather.dtypes import held_dtypes, resolve_export_dtype
 from checkpoint_gather.export import ExportResult, export_checkpoint
 from checkpoint_gather.hf_export import DEFAULT_MAX_SHARD_BYTES, export_config
 from checkpoint_gather.merge import merge_adapters
 from checkpoint_gather.peft_export import StageAdapters
-from checkpoint_gather.sources import SourceManifest, TensorEntry, tensor_sha256
+from checkpoint_gather.sources import SourceManifest, TensorEntry, dtype_name, tensor_sha256
 from checkpoint_gather.tokenizer_prep import TokenizerPrep
 from checkpoint_gather.weights_client import PulledStage, PullTarget, StagePull
 from models.catalog import CATALOG
@@ -60,7 +63,9 @@ class GatherOptions:
         adapters_only: write only a PEFT adapter (``adapter``), no base weights.
         adapter: with ``adapters_only``, the adapter; None = the one adapter the stages hold.
         hf: write the Hugging Face directory.
-        gguf_types: GGUF files to write (``f32``, ``f16``, ``q8_0``).
+        dtype: the Hugging Face weights' dtype (``float32``, ``bfloat16``, ``float16``);
+            None: the dtype the stages hold if they all hold one, else float32.
+        gguf_types: GGUF files to write (``f32``, ``f16``, ``bf16``, ``q8_0``).
         tokenizer_dir: tokenizer files to ship; None = the model's local directory.
         chunk_bytes: bytes per streamed chunk (0 = the stage's default, 1 MiB).
         idle_timeout: a stream silent this long (seconds) counts as a failed peer.
@@ -76,6 +81,7 @@ class GatherOptions:
     adapters_only: bool = False
     adapter: str | None = None
     hf: bool = True
+    dtype: str | None = None
     gguf_types: tuple[str, ...] = ("f32",)
     tokenizer_dir: Path | None = None
     chunk_bytes: int = 0
@@ -93,6 +99,13 @@ class GatherOptions:
             raise RequestError("nothing to write: no Hugging Face and no GGUF output asked")
         if len(set(self.merge_adapters)) != len(self.merge_adapters):
             raise RequestError(f"--merge-adapters names one twice: {list(self.merge_adapters)}")
+        if self.dtype is not None:
+            torch_dtype(self.dtype)  # ConfigError for a name that is no dtype
+            if self.adapters_only or not self.hf:
+                raise RequestError(
+                    "--dtype sets the Hugging Face weights' dtype, and this gather writes none "
+                    "(an adapter keeps its own dtype; GGUF types are chosen with --gguf)"
+                )
 
 
 @dataclass(frozen=True)
@@ -342,9 +355,10 @@ def _merged_source(stage: PulledStage, adapters: Sequence[str], settings: dict):
         stage.base_tensors, [(settings[a], stage.adapters[a]) for a in adapters]
     )
     entries = dict(declared.tensors)
-    for name in changed:
+    for name in changed:  # merged in float32 (merge_adapters)
+        tensor = stage.base_tensors[name]
         entries[name] = TensorEntry(
-            entries[name].shape, entries[name].dtype, tensor_sha256(stage.base_tensors[name])
+            entries[name].shape, dtype_name(tensor.dtype), tensor_sha256(tensor)
         )
     extra = {
         **declared.extra,
@@ -523,6 +537,9 @@ def _export(
     started = time.monotonic()
     config = export_config(_check_configs(stages))
     settings = {name: _adapter_settings(stages, name) for name in wanted}
+    # chosen over what the stages hold, before a merge turns merged weights into float32
+    held = held_dtypes(s.base for s in stages if s.base is not None)
+    dtype = resolve_export_dtype(options.dtype, held)
     provenance = {
         "gathered_from": "swarm",
         "swarm_model": options.model,
@@ -582,6 +599,7 @@ def _export(
             gguf_tokenizer=functools.partial(prep.gguf_fields, config.vocab_size),
             tokenizer_check=prep.hf_check() if options.hf else None,
             max_shard_bytes=options.max_shard_bytes,
+            dtype=dtype,
             **common,
         )
     seconds["export"] = time.monotonic() - started

@@ -1,4 +1,4 @@
-"""Write a GGUF file (f32, f16 or q8_0) that llama.cpp and transformers' GGUF loader read.
+"""Write a GGUF file (f32, f16, bf16 or q8_0) that llama.cpp and transformers' GGUF loader read.
 
 The steps follow gguf-py's own writer states (header -> key/values -> tensor infos -> data), with
 everything verified before the file is opened:
@@ -12,7 +12,11 @@ everything verified before the file is opened:
    ``tokenizer.*`` field (:mod:`checkpoint_gather.gguf_tokenizer`) and ``node0.provenance``;
 4. written to a temporary sibling and renamed.
 
-Norm weights and biases (1-D) stay f32 in every type, as llama.cpp's converter does.
+Norm weights and biases (1-D) stay f32 in every type, as llama.cpp's converter does. The 2-D
+weights are encoded by gguf-py's own ``gguf.quants.quantize`` from their float32 values (exact
+for float32, bfloat16 and float16 tensors alike): a bfloat16 stage's weights written as ``bf16``
+keep their bytes. A weight with a finite value beyond what its type holds (65504 for ``f16``,
+whose scales ``q8_0`` also stores) is refused, named, rather than written as an infinity.
 """
 
 from __future__ import annotations
@@ -25,12 +29,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from gguf import GGML_QUANT_VERSION, GGMLQuantizationType, GGUFWriter, LlamaFileType
+from gguf import (
+    GGML_QUANT_SIZES,
+    GGML_QUANT_VERSION,
+    GGMLQuantizationType,
+    GGUFWriter,
+    LlamaFileType,
+)
 from gguf.quants import quantize
 
 from base.atomic import atomic_file, flush_early
 from base.errors import CheckpointError
 from checkpoint_gather.coverage import check_tensors
+from checkpoint_gather.dtypes import check_range
 from checkpoint_gather.gguf_tokenizer import Fields, add_fields
 from checkpoint_gather.hf_export import export_config
 from checkpoint_gather.manifest import file_sha256
@@ -44,8 +55,17 @@ PROVENANCE_KEY = "node0.provenance"
 GGUF_TYPES: dict[str, tuple[GGMLQuantizationType, LlamaFileType]] = {
     "f32": (GGMLQuantizationType.F32, LlamaFileType.ALL_F32),
     "f16": (GGMLQuantizationType.F16, LlamaFileType.MOSTLY_F16),
+    "bf16": (GGMLQuantizationType.BF16, LlamaFileType.MOSTLY_BF16),
     "q8_0": (GGMLQuantizationType.Q8_0, LlamaFileType.MOSTLY_Q8_0),
 }
+_F16_MAX = float(np.finfo(np.float16).max)
+# GGML type -> the largest magnitude it holds (q8_0: 127 x its block's float16 scale)
+_LIMITS: dict[GGMLQuantizationType, float] = {
+    GGMLQuantizationType.F16: _F16_MAX,
+    GGMLQuantizationType.BF16: torch.finfo(torch.bfloat16).max,
+    GGMLQuantizationType.Q8_0: 127 * _F16_MAX,
+}
+_UNQUANTIZED = (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16)
 
 
 def _tensor_order(family, config, tied: bool) -> list[str]:
@@ -55,19 +75,26 @@ def _tensor_order(family, config, tied: bool) -> list[str]:
 
 
 def _encode(array: np.ndarray, qtype: GGMLQuantizationType, name: str):
-    """``(data, raw_dtype)`` for ``GGUFWriter.add_tensor``."""
+    """``(data, raw_dtype)`` for ``GGUFWriter.add_tensor``: a float32 ``array`` as ``qtype``
+    (1-D: float32), refused if ``qtype`` cannot hold it."""
+    array = np.ascontiguousarray(array, dtype=np.float32)
     if array.ndim == 1 or qtype == GGMLQuantizationType.F32:
-        return np.ascontiguousarray(array, dtype=np.float32), None
-    if qtype == GGMLQuantizationType.F16:
-        return np.ascontiguousarray(array.astype(np.float16)), None
-    block = 32
+        return array, None
+    block, _ = GGML_QUANT_SIZES[qtype]
     if array.shape[-1] % block:
         raise CheckpointError(
             f"{name}: rows of {array.shape[-1]} values cannot be stored as "
             f"{qtype.name} (blocks of {block})",
-            hint="export f16 instead",
+            hint="export f16 or bf16 instead",
         )
-    return quantize(np.ascontiguousarray(array, dtype=np.float32), qtype), qtype
+    check_range(
+        name,
+        torch.from_numpy(array),
+        f"GGUF {qtype.name}",
+        _LIMITS[qtype],
+        hint="export f32 or bf16 instead",
+    )
+    return quantize(array, qtype), qtype
 
 
 def export_gguf(
@@ -82,7 +109,8 @@ def export_gguf(
     digest: bool = False,
     durable: bool = True,
 ) -> Path:
-    """Write ``state`` (fp32, HF names) as a llama.cpp GGUF file of the config's family.
+    """Write ``state`` (HF names; float32, bfloat16 or float16) as a llama.cpp GGUF file of the
+    config's family.
 
     Args:
         out: the output file; must not exist.
@@ -91,12 +119,16 @@ def export_gguf(
             accepted and not written).
         tokenizer: ``tokenizer.*`` fields, from :func:`checkpoint_gather.gguf_tokenizer.
             tokenizer_fields`.
-        out_type: ``f32``, ``f16`` or ``q8_0``.
+        out_type: ``f32``, ``f16``, ``bf16`` or ``q8_0``.
         name: ``general.name``.
         provenance: stored as JSON under ``node0.provenance``.
         digest: hash the written file while its writeback to the disk runs (the digest is
             remembered, :func:`checkpoint_gather.manifest.file_sha256`, for the manifest).
         durable: fsync the file before it is published (:mod:`base.atomic`).
+
+    Raises:
+        CheckpointError: an unknown type, tensors that do not make the config's model, or a
+            weight ``out_type`` cannot hold (named; nothing is written).
     """
     if out_type not in GGUF_TYPES:
         raise CheckpointError(f"unknown GGUF type {out_type!r}; choose one of {list(GGUF_TYPES)}")
@@ -129,7 +161,7 @@ def export_gguf(
         for key, (value, vtype) in metadata.items():
             writer.add_key_value(key, value, vtype)
         writer.add_file_type(int(file_type))
-        if qtype not in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
+        if qtype not in _UNQUANTIZED:
             writer.add_quantization_version(GGML_QUANT_VERSION)
         add_fields(writer, tokenizer)
         writer.add_string(PROVENANCE_KEY, json.dumps(dict(provenance or {}), sort_keys=True))

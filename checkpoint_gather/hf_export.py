@@ -4,9 +4,12 @@ Steps, in this order (each one's output is the next one's input):
 
 1. verify the tensors against the config (:func:`checkpoint_gather.coverage.check_tensors`);
    a tied LM head must equal the embedding and is not written;
-2. in a temporary sibling of the output: the weights as ``model.safetensors`` or shards +
+2. in a temporary sibling of the output: the weights in the export's dtype
+   (:mod:`checkpoint_gather.dtypes`: a tensor already in it is written byte for byte, any other
+   converted once, one shard at a time) as ``model.safetensors`` or shards +
    ``model.safetensors.index.json`` above ``max_shard_bytes`` (when durable, their writeback
-   to the disk starts at once, :func:`base.atomic.flush_early`), ``config.json``,
+   to the disk starts at once, :func:`base.atomic.flush_early`), ``config.json`` (its
+   ``dtype`` the one written),
    ``generation_config.json``, tokenizer files (copied byte for byte, then loaded once to prove
    they work), and ``node0_export.json`` (provenance, tensor and file digests);
 3. re-read what was written: safetensors headers against the config (the same architecture check
@@ -29,7 +32,9 @@ from safetensors.torch import save_file
 
 from base.atomic import atomic_dir, flush_early
 from base.errors import CheckpointError
+from base.precision import torch_dtype
 from checkpoint_gather.coverage import check_tensors
+from checkpoint_gather.dtypes import resolve_export_dtype, to_export_dtype
 from checkpoint_gather.manifest import file_sha256
 from checkpoint_gather.sources import dtype_name, tensor_sha256
 from models import EMBED, LM_HEAD, check_architecture, family_of, index_checkpoint
@@ -54,10 +59,13 @@ TOKENIZER_FILES = (
 _TOKENIZER_CORE = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
 
-def export_config(config):
-    """A clean config of the model's family (its architectures/model_type set, fp32, no
-    quantization) from a config object or dict; the family comes from the config."""
-    return family_of(config).export_config(config)
+def export_config(config, dtype: str = "float32"):
+    """A clean config of the model's family (its architectures/model_type set, ``dtype`` —
+    the dtype of the weights written with it —, no quantization) from a config object or dict;
+    the family comes from the config."""
+    config = family_of(config).export_config(config)
+    config.dtype = torch_dtype(dtype)
+    return config
 
 
 def tokenizer_files(directory: str | Path) -> list[Path]:
@@ -138,24 +146,36 @@ def _generation_config(generation_config, config):
     return GenerationConfig(**dict(generation_config))
 
 
-def _write_weights(state: Mapping[str, torch.Tensor], out: Path, max_shard_bytes: int) -> list[str]:
+def _write_weights(
+    state: Mapping[str, torch.Tensor],
+    out: Path,
+    max_shard_bytes: int,
+    dtype: torch.dtype,
+    known_digests: Mapping[str, str],
+) -> tuple[list[str], dict[str, str]]:
+    """Write ``state`` in ``dtype``; the shard files and the sha256 of every tensor written
+    (``known_digests`` for those written as they are, computed for the converted ones)."""
     from huggingface_hub import split_torch_state_dict_into_shards
 
-    split = split_torch_state_dict_into_shards(dict(state), max_shard_size=max_shard_bytes)
+    # shards sized by the tensors as written (on meta: no memory)
+    layout = {n: torch.empty(t.shape, dtype=dtype, device="meta") for n, t in state.items()}
+    split = split_torch_state_dict_into_shards(layout, max_shard_size=max_shard_bytes)
+    digests: dict[str, str] = {}
     for file_name, names in split.filename_to_tensors.items():
-        save_file(
-            {n: state[n].detach().contiguous() for n in names},
-            str(out / file_name),
-            metadata={"format": "pt"},
-        )
+        shard = {n: to_export_dtype(n, state[n].detach(), dtype).contiguous() for n in names}
+        for n, tensor in shard.items():
+            same = tensor.dtype == state[n].dtype
+            digests[n] = (known_digests.get(n) if same else None) or tensor_sha256(tensor)
+        save_file(shard, str(out / file_name), metadata={"format": "pt"})
+        del shard  # one converted shard in memory at a time
     if split.is_sharded:
-        total = sum(t.numel() * t.element_size() for t in state.values())
+        total = sum(t.numel() * dtype.itemsize for t in state.values())
         index = {
             "metadata": {"total_size": total},
             "weight_map": dict(sorted(split.tensor_to_filename.items())),
         }
         (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-    return sorted(split.filename_to_tensors)
+    return sorted(split.filename_to_tensors), digests
 
 
 def _verify_written(directory: Path) -> None:
@@ -177,8 +197,9 @@ def export_hf(
     tensor_digests: Mapping[str, str] | None = None,
     durable: bool = True,
     tokenizer_check: TokenizerCheck | None = None,
+    dtype: str | None = None,
 ) -> Path:
-    """Write ``state`` (fp32, HF names, global layer indices) as a Hugging Face directory.
+    """Write ``state`` (HF names, global layer indices) as a Hugging Face directory in one dtype.
 
     Args:
         out: the output directory; must not exist.
@@ -194,11 +215,20 @@ def export_hf(
             ``node0_export.json`` instead of hashing every tensor again).
         durable: fsync the result before it is published (:mod:`base.atomic`).
         tokenizer_check: ``tokenizer_dir`` already loaded (:func:`check_tokenizer`).
+        dtype: the dtype written (``float32``, ``bfloat16``, ``float16``); None: the one
+            ``state`` is in if all its tensors agree, else float32 (:mod:`checkpoint_gather.
+            dtypes`).
 
     Returns:
         ``out``.
+
+    Raises:
+        CheckpointError: the tensors do not make the config's model, or a value does not fit
+            ``dtype`` (named; nothing is written).
     """
-    config = export_config(config)
+    held = sorted({dtype_name(t.dtype) for t in state.values()})
+    dtype = resolve_export_dtype(dtype, held).name
+    config = export_config(config, dtype)
     specs = {n: (tuple(t.shape), dtype_name(t.dtype)) for n, t in state.items()}
     dropped = check_tensors(config, specs)
     if LM_HEAD in dropped and not torch.equal(state[LM_HEAD], state[EMBED]):
@@ -210,7 +240,9 @@ def export_hf(
     generation = _generation_config(generation_config, config)
     out = Path(out)
     with atomic_dir(out, durable=durable) as tmp:
-        shards = _write_weights(weights, tmp, max_shard_bytes)
+        shards, digests = _write_weights(
+            weights, tmp, max_shard_bytes, torch_dtype(dtype), tensor_digests or {}
+        )
         for shard in shards if durable else ():  # writeback runs while the rest is written
             flush_early(tmp / shard)
         config.save_pretrained(str(tmp))
@@ -222,10 +254,8 @@ def export_hf(
             "format": "huggingface",
             "config_sha256": sha256_json(config.to_dict()),
             "tied_word_embeddings": bool(config.tie_word_embeddings),
-            "tensors": {
-                n: (tensor_digests or {}).get(n) or tensor_sha256(t)
-                for n, t in sorted(weights.items())
-            },
+            "dtype": dtype,
+            "tensors": dict(sorted(digests.items())),
             "tokenizer": {"source": str(tokenizer_dir), "files": copied},
             "weight_files": shards,
             "provenance": dict(provenance or {}),
@@ -234,9 +264,10 @@ def export_hf(
         (tmp / EXPORT_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         _verify_written(tmp)
     log.info(
-        "wrote Hugging Face checkpoint %s (%d tensors, %d weight file(s))",
+        "wrote Hugging Face checkpoint %s (%d tensors in %s, %d weight file(s))",
         out,
         len(weights),
+        dtype,
         len(shards),
     )
     return out

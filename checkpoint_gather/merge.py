@@ -7,7 +7,9 @@ set, with ``A_i`` ``(r, in)``, ``B_i`` ``(out, r)`` and scale ``s_i = alpha_i / 
 
 which is exactly what a stage computes with those adapters active and stacked
 (``W x + sum_i s_i B_i A_i x``), up to float rounding. Adapters are added in the order given
-(PEFT merges its active adapters one after another in the same way).
+(PEFT merges its active adapters one after another in the same way). The sum is kept in float32:
+a bfloat16 or float16 base weight becomes a float32 merged one, so the export rounds it into its
+dtype once, not once per adapter.
 """
 
 from __future__ import annotations
@@ -53,7 +55,9 @@ def merge_adapters(
     """Add every adapter's update to the matching weights of ``base`` **in place**.
 
     ``base`` is one stage's (or the whole model's) weights under Hugging Face names; each
-    adapter is ``(settings, state)`` holding the same layers. Returns the names changed.
+    adapter is ``(settings, state)`` holding the same layers. A float32 weight is updated in
+    place; a weight in another dtype is replaced in ``base`` by its float32 sum. Returns the
+    names changed.
     """
     changed: set[str] = set()
     for settings, state in adapters:
@@ -65,6 +69,8 @@ def merge_adapters(
                 raise CheckpointError(
                     f"{name}: weight {list(weight.shape)}, adapter update {list(delta.shape)}"
                 )
-            weight.add_(delta.to(weight.dtype))
+            if weight.dtype != torch.float32:
+                weight = base[name] = weight.float()
+            weight.add_(delta)
             changed.add(name)
     return sorted(changed)

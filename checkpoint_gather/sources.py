@@ -148,9 +148,12 @@ def read_local_stage(
     *,
     num_layers: int,
     source_id: str | None = None,
+    dtype: torch.dtype | None = torch.float32,
 ) -> tuple[SourceManifest, dict[str, torch.Tensor]]:
     """Read layers ``[start, end)`` (plus embeddings / norm / head at the ends) of a local HF
-    checkpoint as one source, the way a stage holds them: fp32 tensors under global names."""
+    checkpoint as one source, the way a stage holds them: tensors under global names in
+    ``dtype`` (a stage's dtype, converted once from the file's, as the stage loader does), or in
+    the file's own dtypes with ``dtype=None``."""
     index = index_checkpoint(model_dir)
     names = stage_tensor_names(index.shapes, start, end, first=start == 0, last=end == num_layers)
     state: dict[str, torch.Tensor] = {}
@@ -160,7 +163,8 @@ def read_local_stage(
     for path, file_names in by_file.items():
         with safe_open(str(path), framework="pt") as handle:
             for name in file_names:
-                state[name] = handle.get_tensor(name).to(torch.float32)
+                tensor = handle.get_tensor(name)
+                state[name] = tensor if dtype is None else tensor.to(dtype)
     manifest = manifest_from_state_dict(
         source_id or f"{Path(model_dir).name}[{start}:{end})", start, end, state, peer="local"
     )

@@ -15,10 +15,12 @@ in-place change invalidates them): frozen base weights are hashed once per daemo
 pull. With ``tied_head_digest_only`` a tied model's last stage declares its LM head (a copy of
 the embedding) with its digest and sends no bytes of it.
 
-Snapshotting costs one copy of the sent tensors for the length of the stream; serving inference
-is blocked only while they are copied. Base weights go under their Hugging Face names (a
-LoRA-wrapped linear's ``base_layer`` is folded back into its plain name), adapter tensors under
-PEFT's saved-adapter keys with global layer indices (:func:`lora.adapter_state_dict`).
+Snapshotting costs one copy of the sent tensors (in host memory, also for a CUDA stage) for the
+length of the stream; serving inference is blocked only while they are copied. Tensors go in the
+dtype the stage holds them in (a bfloat16 stage's exact bytes). Base weights go under their
+Hugging Face names (a LoRA-wrapped linear's ``base_layer`` is folded back into its plain name),
+adapter tensors under PEFT's saved-adapter keys with global layer indices
+(:func:`lora.adapter_state_dict`).
 """
 
 from __future__ import annotations
@@ -169,10 +171,10 @@ def snapshot_stage(
                 state = TensorState.of(param)
                 sha = digests.lookup(param, state) if digests is not None else None
                 digest_only = tied_head and key == LM_HEAD
-                copy = (
+                copy = (  # in host memory: a CUDA stage's tensors are streamed from there
                     None
                     if digest_only and sha
-                    else param.detach().clone(memory_format=torch.contiguous_format)
+                    else param.detach().to("cpu", copy=True, memory_format=torch.contiguous_format)
                 )
                 out.append(
                     SnapshotTensor(
@@ -190,7 +192,9 @@ def snapshot_stage(
                 )
         for adapter in adapters:
             out += [
-                SnapshotTensor(wire_name(adapter, key), adapter, key, t, t.dtype, tuple(t.shape))
+                SnapshotTensor(
+                    wire_name(adapter, key), adapter, key, t.to("cpu"), t.dtype, tuple(t.shape)
+                )
                 for key, t in sorted(adapter_state_dict(stage, adapter).items())
             ]
     return out

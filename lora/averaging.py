@@ -34,6 +34,9 @@ Protocol of one round (one optimizer step), run by every replica of a stage:
 
 A replica that joins late calls :meth:`StageGradientAverager.load_state_from_peers`: it
 downloads the adapter tensors, optimizer state and step from the most advanced replica.
+
+Whatever the stage's device and dtype, gradients are averaged and states shared in float32 on
+the host (adapters are float32 on every stage: :func:`lora.stage_adapters.attach_adapter`).
 """
 
 from __future__ import annotations
@@ -131,7 +134,7 @@ class _Checksum:
     def __call__(self, tensors: Sequence[torch.Tensor]) -> list[float]:
         out = []
         for tensor in tensors:
-            flat = tensor.detach().reshape(-1).to(torch.float64)
+            flat = tensor.detach().reshape(-1).to("cpu", torch.float64)
             out += [float(torch.linalg.vector_norm(flat)), float(flat @ self._probe(flat.numel()))]
         return out
 
@@ -335,7 +338,7 @@ class StageGradientAverager:
     def _read_local_gradients(self) -> list[torch.Tensor]:
         with self.lock:
             return [
-                p.grad.detach().to(torch.float32).clone()
+                p.grad.detach().to("cpu", torch.float32).clone()
                 if p.grad is not None
                 else torch.zeros(p.shape, dtype=torch.float32)
                 for p in self.params
@@ -344,7 +347,7 @@ class StageGradientAverager:
     def _write_gradients(self, tensors: Sequence[torch.Tensor]) -> None:
         with self.lock:
             for param, tensor in zip(self.params, tensors, strict=True):
-                param.grad = tensor.to(param.dtype).clone()
+                param.grad = tensor.to(param.device, param.dtype).clone()
 
     def _attempt(self, local: list[torch.Tensor], weight: float, gather: dict) -> _Attempt:
         with self._averager.get_tensors() as buffers:
@@ -687,8 +690,8 @@ class StageGradientAverager:
     def _current_state(self):
         with self.lock:
             tensors, layout, opt_scalars = self._state_tensors()
-            tensors = [
-                t.to(torch.float32).clone() if i < len(self.params) else t.clone()
+            tensors = [  # on the host: hivemind sends CPU tensors
+                t.to("cpu", torch.float32).clone() if i < len(self.params) else t.cpu().clone()
                 for i, t in enumerate(tensors)
             ]
         metadata = {

@@ -14,6 +14,10 @@ either the old checkpoint or the new one, never a torn file. The file is a
 ``optimizer``         ``optimizer.state_dict()`` (or None)
 ``guard``             :class:`StepGuard` counters (or None)
 ``extra``             caller's small JSON-able metadata (e.g. data position)
+
+Tensors are written from the host (a CUDA stage's checkpoint loads on a CPU-only machine) and
+in the dtype they train in: adapters and optimizer state are float32 on every stage, whatever
+the dtype of its frozen base.
 """
 
 from __future__ import annotations
@@ -36,6 +40,17 @@ FORMAT = "node0-lora-checkpoint/1"
 class LoadedCheckpoint:
     step: int
     extra: dict = field(default_factory=dict)
+
+
+def _on_host(value):
+    """``value`` with every tensor in it copied to the CPU (dicts and lists walked)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _on_host(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_on_host(v) for v in value)
+    return value
 
 
 def save_checkpoint(
@@ -61,8 +76,8 @@ def save_checkpoint(
         "fingerprint": settings.fingerprint(),
         "layers": [int(layers[0]), int(layers[1])],
         "step": int(step),
-        "adapter_state": adapter_state_dict(model, adapter),
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "adapter_state": _on_host(adapter_state_dict(model, adapter)),
+        "optimizer": _on_host(optimizer.state_dict()) if optimizer is not None else None,
         "guard": guard.state_dict() if guard is not None else None,
         "extra": dict(extra or {}),
     }

@@ -15,6 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from base.precision import DType
 from provenance import sha256_json
 
 LLAMA_ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -82,8 +83,12 @@ class LoraSettings(_Strict):
         )
 
 
+LossScaling = Literal["auto", "dynamic", "none"]
+
+
 class OptimizerSettings(_Strict):
-    """AdamW over a stage's trainable parameters, and the clip of their gradient norm.
+    """AdamW over a stage's trainable parameters, the clip of their gradient norm, and the
+    precision contract of the job (``dtype``, ``loss_scaling``; docs/lora.md, mixed precision).
 
     The defaults are what ``node0 train`` uses when its config names no value.
     """
@@ -100,6 +105,29 @@ class OptimizerSettings(_Strict):
         description="clip the L2 norm of each stage's adapter gradient to this (0: off); "
         "per stage, not over the whole model (docs/training.md)",
     )
+    dtype: DType | None = Field(
+        None,
+        description="the dtype every stage of the job computes in (its frozen base, and the "
+        "activations and gradients it sends); a stage of another dtype refuses the job. None: "
+        "each stage's own, as the route was planned. Adapters and optimizer state are float32 "
+        "whatever this is",
+    )
+    loss_scaling: LossScaling = Field(
+        "auto",
+        description="dynamic: the loss is multiplied by the trainer's loss scale and the "
+        "gradients divided by it before the step (float16 gradients underflow without it); "
+        "none: neither (bfloat16 has float32's exponent range); auto: dynamic if a stage of "
+        "the route computes in float16. A float16 stage refuses 'none'",
+    )
+
+    @model_validator(mode="after")
+    def _float16_needs_scaling(self) -> OptimizerSettings:
+        if self.dtype == "float16" and self.loss_scaling == "none":
+            raise ValueError(
+                "dtype float16 with loss_scaling none: float16 gradients underflow without "
+                "loss scaling (use auto or dynamic, or bfloat16)"
+            )
+        return self
 
     @field_validator("betas")
     @classmethod

@@ -41,6 +41,7 @@ def _delta_hook(groups: list[tuple[tuple[str, ...], torch.Tensor]]):
     def hook(layer: LoraLayer, args: tuple, output: torch.Tensor) -> torch.Tensor:
         x = args[0]
         for names, index in groups:
+            index = index.to(x.device)
             rows = x.index_select(1, index)
             for name in names:
                 if name not in layer.lora_A:

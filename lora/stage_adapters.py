@@ -100,7 +100,10 @@ def deterministic_init_(model: nn.Module, adapter: str, seed: int) -> int:
         weight_a = layer.lora_A[adapter].weight  # (rank, in_features)
         key = f"{_global_name(name)}.lora_A.weight"
         generator = torch.Generator().manual_seed(_seed_for(seed, adapter, key))
-        nn.init.kaiming_uniform_(weight_a, a=math.sqrt(5), generator=generator)
+        # drawn in float32 on the CPU, so the values are the same whatever device holds A
+        drawn = torch.empty(weight_a.shape, dtype=torch.float32)
+        nn.init.kaiming_uniform_(drawn, a=math.sqrt(5), generator=generator)
+        weight_a.copy_(drawn)
         layer.lora_B[adapter].weight.zero_()
         count += 1
     return count
@@ -111,9 +114,13 @@ def attach_adapter(model: nn.Module, name: str, settings: LoraSettings) -> int:
 
     Works on a :class:`DecoderStage` (its own layers only) or a whole ``LlamaForCausalLM``. The
     base weights are frozen; the active adapter set is left as it was (a model's first adapter
-    becomes active). Returns the number of adapted layers.
+    becomes active). The adapter lives on the base's device in float32 whatever the base's
+    dtype, as ``get_peft_model(..., autocast_adapter_dtype=True)`` keeps it: PEFT casts a
+    layer's input to the adapter's dtype and the sum back to the base's. Returns the number of
+    adapted layers.
     """
     from peft import inject_adapter_in_model
+    from peft.tuners.tuners_utils import cast_adapter_dtype
 
     check_adapter_name(name)
     with adapter_lock(model):
@@ -124,6 +131,8 @@ def attach_adapter(model: nn.Module, name: str, settings: LoraSettings) -> int:
         with warnings.catch_warnings():  # a second adapter is intended here
             warnings.filterwarnings("ignore", message="Already found a `peft_config`")
             inject_adapter_in_model(settings.to_peft(), model, adapter_name=name)
+        # inject_adapter_in_model makes the adapter in the base's dtype: float32 before the init
+        cast_adapter_dtype(model, adapter_name=name, autocast_adapter_dtype=True)
         count = deterministic_init_(model, name, settings.init_seed)
         if count == 0:
             raise ValueError(

@@ -188,6 +188,9 @@ def run(args: argparse.Namespace) -> int:
         client.wait_for_route()
         trainer.set_state("ready", f"run {run_id}")
         step = trainer.connect()
+        saved_scale = (checkpoint or {}).get("loss_scaler")
+        if saved_scale and trainer.scaler is not None:  # a resumed float16 run keeps its scale
+            trainer.scaler.load_state_dict(saved_scale)
         if checkpoint is not None and step < int(checkpoint["step"]):
             raise CheckpointError(
                 f"the stages are at step {step} but the trainer checkpoint "

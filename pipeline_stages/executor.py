@@ -293,6 +293,7 @@ class StageExecutor:
                         return StageTrainingJob(
                             stage,
                             settings,
+                            accept_input_dtypes=tuple(self.accepts),
                             job_id=job_id,
                             model=self.model_name,
                             dht=self.dht,

@@ -11,6 +11,14 @@ gradients with the other replicas of the stage (hivemind, when the job expects r
 goes through :class:`lora.StepGuard`: a step whose gradients are not finite is skipped and
 counted, never fatal. Adapter jobs checkpoint atomically and resume from their checkpoint or,
 when a replica is ahead, from its peers.
+
+Mixed precision (docs/lora.md): the frozen base computes in the stage's dtype, adapters and
+their optimizer state stay float32 (PEFT's ``autocast_adapter_dtype``), the loss is computed in
+float32 from the logits, and activations and their gradients cross the wire in the dtype they
+were computed in. With dynamic loss scaling (float16) every micro-batch carries the trainer's
+loss scale (``grad_scale``): the last stage multiplies its loss by it, and the parameter
+gradients are divided by it before the step. A job whose precision contradicts the stage (another
+dtype, float16 without loss scaling, full fine-tuning of a half-precision base) is refused.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from base.precision import DTYPES, accepted_inputs, dtype_name
 from dataload.losses import cross_entropy_sum
 from lora.averaging import (
     AveragingConfigError,
@@ -41,11 +50,12 @@ from lora.stage_adapters import (
     load_adapter_state_dict,
     use_adapters,
 )
-from lora.step_guard import StepGuard, StepOutcome
+from lora.step_guard import StepGuard, StepOutcome, global_grad_norm
 from models.stage_module import DecoderStage
 from pipeline_stages.errors import (
     AdapterConflict,
     BadJobSettings,
+    DTypeMismatch,
     InvalidInput,
     LeaseBusy,
     MicrobatchNotFound,
@@ -91,6 +101,36 @@ class StepReport:
     checkpoint: Path | None
 
 
+def _base_dtype(stage: DecoderStage) -> tuple[torch.dtype, torch.device]:
+    """The dtype and device of the stage's own weights (not of its float32 adapters)."""
+    for name, param in stage.named_parameters():
+        if "lora_" not in name:
+            return param.dtype, param.device
+    raise ValueError("a stage without weights")
+
+
+def _dynamic_scaling(settings: JobSettings, stage_dtype: str) -> bool:
+    """Whether the job scales its loss, after refusing what contradicts the stage's dtype."""
+    optimizer = settings.optimizer
+    if optimizer.dtype is not None and optimizer.dtype != stage_dtype:
+        raise DTypeMismatch(
+            f"the job trains on a {optimizer.dtype} base; this stage computes in {stage_dtype}"
+        )
+    if stage_dtype == "float16" and optimizer.loss_scaling == "none":
+        raise BadJobSettings(
+            "this stage computes in float16, whose gradients underflow without loss scaling; "
+            "the job asks for loss_scaling none (use auto or dynamic)"
+        )
+    if settings.trainable == "all" and stage_dtype != "float32":
+        raise BadJobSettings(
+            f"full fine-tuning of a {stage_dtype} stage would keep the weights and their "
+            "optimizer state in that dtype; train an adapter (float32) or host it in float32"
+        )
+    if optimizer.loss_scaling == "auto":
+        return stage_dtype == "float16"
+    return optimizer.loss_scaling == "dynamic"
+
+
 def _prepare_adapter(stage: DecoderStage, name: str, lora: LoraSettings | None) -> None:
     try:
         check_adapter_name(name)
@@ -125,12 +165,17 @@ class StageTrainingJob:
         dht=None,
         checkpoint_dir: Path | None = None,
         max_pending: int = 64,
+        accept_input_dtypes: tuple[str, ...] = (),
     ):
         self.stage = stage
         self.settings = settings
         self.job_id = job_id
         self.max_pending = max_pending
         self.adapter = settings.adapter
+        self.dtype, self.device = _base_dtype(stage)
+        self.scaled = _dynamic_scaling(settings, dtype_name(self.dtype))
+        self.accepts = accepted_inputs(dtype_name(self.dtype), accept_input_dtypes)
+        self.grad_scale: float | None = None  # the loss scale of the step being accumulated
         self.lock = threading.RLock()  # parameters and optimizer state (not the all-reduce)
         self.owner = ""
         self.last_seen = 0.0
@@ -269,23 +314,54 @@ class StageTrainingJob:
             vocab = stage.full_config.vocab_size
             if inputs.numel() and (int(inputs.min()) < 0 or int(inputs.max()) >= vocab):
                 raise InvalidInput(f"token ids must be in [0, {vocab})")
-            return inputs
+            return inputs.to(self.device)
         hidden = stage.full_config.hidden_size
         if not inputs.is_floating_point() or inputs.dim() != 3 or inputs.shape[2] != hidden:
             raise InvalidInput(f"stage takes float hidden states (batch, seq, {hidden})")
-        return inputs.float().requires_grad_(True)
+        sent = dtype_name(inputs.dtype) if inputs.dtype in DTYPES.values() else str(inputs.dtype)
+        if sent not in self.accepts:
+            raise DTypeMismatch(
+                f"stage [{stage.start}, {stage.end}) computes in {dtype_name(self.dtype)} and "
+                f"takes activations in {', '.join(self.accepts)}, not {sent}"
+            )
+        # the leaf keeps the dtype it arrived in, so its gradient goes back in the sender's dtype
+        return inputs.requires_grad_(True)
 
     def _run(self, leaf: torch.Tensor, mask: torch.Tensor | None, train: bool) -> torch.Tensor:
         stage = self.stage
+        inputs = leaf if stage.is_first else leaf.to(device=self.device, dtype=self.dtype)
+        if mask is not None:
+            mask = mask.to(self.device)
         was_training = stage.training
         stage.train(train)
         try:
             if self.adapter is None:
-                return stage(leaf, attention_mask=mask)
+                return stage(inputs, attention_mask=mask)
             with use_adapters(stage, [self.adapter]):
-                return stage(leaf, attention_mask=mask)
+                return stage(inputs, attention_mask=mask)
         finally:
             stage.train(was_training)
+
+    def _take_grad_scale(self, tensor: torch.Tensor | None) -> float:
+        """The step's loss scale from a micro-batch (1 without loss scaling); one per step."""
+        if not self.scaled:
+            if tensor is not None:
+                raise InvalidInput("'grad_scale' sent to a job without loss scaling")
+            return 1.0
+        if tensor is None:
+            raise InvalidInput("dynamic loss scaling: every forward needs a 'grad_scale'")
+        if tensor.dtype != torch.float32 or tuple(tensor.shape) != (1,):
+            raise InvalidInput("'grad_scale' is one float32 value, shape (1,)")
+        scale = float(tensor[0])
+        if not (scale > 0 and torch.isfinite(tensor).all()):
+            raise InvalidInput(f"'grad_scale' must be positive and finite, got {scale}")
+        if self.grad_scale is not None and scale != self.grad_scale:
+            raise InvalidInput(
+                f"grad_scale {scale:g} differs from {self.grad_scale:g} of this step's "
+                "earlier micro-batches: one loss scale per step"
+            )
+        self.grad_scale = scale
+        return scale
 
     def forward(
         self,
@@ -304,24 +380,31 @@ class StageTrainingJob:
         labels = tensors.get("labels")
         if self.stage.is_last and (labels is None or tuple(labels.shape) != tuple(leaf.shape[:2])):
             raise InvalidInput("last stage needs 'labels' of shape (batch, seq)")
+        if labels is not None:
+            labels = labels.to(self.device)
         if evaluate:
             with torch.no_grad():
                 out = self._run(leaf.detach(), mask, train=False)
                 if not self.stage.is_last:
-                    return {"output": out}
+                    return {"output": out.cpu()}
                 loss_sum, count = cross_entropy_sum(out, labels)
                 return {"loss_sum": float(loss_sum), "loss_tokens": count}
         if len(self.pending) >= self.max_pending:
             raise TooManyPending(
                 f"{self.max_pending} micro-batches await backward; run backward or start a new job"
             )
+        grad_scale = self._take_grad_scale(tensors.get("grad_scale"))
         with torch.enable_grad():
             out = self._run(leaf, mask, train=True)
             if not self.stage.is_last:
                 self.pending[microbatch_id] = (leaf, out)
-                return {"output": out.detach()}
-            loss_sum, count = cross_entropy_sum(out, labels)  # the canonical loss
-            self.pending[microbatch_id] = (leaf, loss_sum * loss_scale)
+                return {"output": out.detach().cpu()}  # in the stage's dtype
+            # the canonical loss, in float32 from the logits (cross_entropy_sum upcasts them)
+            loss_sum, count = cross_entropy_sum(out, labels)
+            scaled = loss_sum * loss_scale
+            if self.scaled:
+                scaled = scaled * grad_scale
+            self.pending[microbatch_id] = (leaf, scaled)
             return {"loss_sum": float(loss_sum.detach()), "loss_tokens": count}
 
     def backward(self, microbatch_id: str, grad: torch.Tensor | None) -> torch.Tensor | None:
@@ -336,9 +419,17 @@ class StageTrainingJob:
         else:
             if grad is None or tuple(grad.shape) != tuple(out.shape):
                 raise InvalidInput(f"backward needs 'grad' of shape {list(out.shape)}")
-            out.backward(grad.to(out.dtype))
+            if not grad.is_floating_point():
+                raise InvalidInput(f"'grad' must be a float tensor, got {grad.dtype}")
+            out.backward(grad.to(device=out.device, dtype=out.dtype))
         self.accumulated += 1
-        return None if self.stage.is_first else leaf.grad
+        if self.stage.is_first:
+            return None
+        sent = leaf.grad
+        if self.scaled and not torch.isfinite(global_grad_norm(self.params)):
+            # an overflow here must reach the first stage, which decides the step for all
+            sent = torch.full_like(sent, float("nan"))
+        return sent
 
     # -- steps ---------------------------------------------------------------------------
     def discard(self) -> None:
@@ -347,8 +438,19 @@ class StageTrainingJob:
         for param in self.params:
             param.grad = None
         self.accumulated = 0
+        self.grad_scale = None
         if self.averager is not None:
             self.averager.note_idle()
+
+    def _unscale(self) -> None:
+        """Divide the accumulated gradients by the step's loss scale (exact for a power of two)."""
+        scale, self.grad_scale = self.grad_scale, None
+        if scale is None or scale == 1.0:
+            return
+        with self.lock:
+            for param in self.params:
+                if param.grad is not None:
+                    param.grad.mul_(1.0 / scale)
 
     def optimizer_step(
         self,
@@ -367,6 +469,7 @@ class StageTrainingJob:
             raise NothingToStep(
                 "no gradient accumulated since the last step; run forward and backward first"
             )
+        self._unscale()  # replicas average true gradients, whatever their trainers' scales
         report = None
         if self.averager is not None:
             try:

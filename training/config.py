@@ -17,7 +17,11 @@ class TrainConfig(OptimizerSettings):
     The optimizer fields (``learning_rate``, ``weight_decay``, ``betas``, ``eps``,
     ``max_grad_norm``) and their defaults are :class:`lora.config.OptimizerSettings`'s, the
     model the stages build their optimizer from, inherited so that a YAML file names them at
-    its top level; :attr:`optimizer` is that part, as sent to the stages.
+    its top level; :attr:`optimizer` is that part, as sent to the stages. So are ``dtype``
+    (the stage dtype the run trains on, one of :data:`base.precision.DTYPES`; None: the route's)
+    and ``loss_scaling`` (``auto``: dynamic when a stage of the route computes in float16).
+    The trainer itself computes nothing in a dtype: the last stage holds the LM head and the
+    loss, so there is no trainer-side ``device``.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -62,6 +66,12 @@ class TrainConfig(OptimizerSettings):
     """How long a trainer whose route broke waits for a usable replica (state: degraded)."""
     step_timeout: float = Field(600.0, gt=0)
     """Deadline of one RPC to a stage (an optimizer step may wait for averaging)."""
+    initial_loss_scale: float = Field(2.0**16, gt=0, allow_inf_nan=False)
+    """With dynamic loss scaling: the first loss scale (``torch.amp.GradScaler``'s default);
+    an overflow halves it (the step is skipped on every stage)."""
+    loss_scale_growth_interval: int = Field(2000, ge=1)
+    """With dynamic loss scaling: steps in a row without an overflow after which the loss
+    scale doubles."""
     data: DataConfig
 
     @property

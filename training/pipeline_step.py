@@ -8,6 +8,12 @@ flow through the stages as a pipeline schedule says (:mod:`training.schedule`: `
 micro-batch i. The loss of a step is normalised by the number of labelled tokens in the whole
 step, so gradient accumulation over micro-batches gives exactly the gradient of the step's
 mean token loss — the same as one big batch in a single process, under any schedule.
+
+With dynamic loss scaling (float16 stages, :mod:`training.loss_scaler`) every forward also
+carries the step's loss scale as the ``grad_scale`` tensor, and the optimizer steps go first
+stage first: the first stage sees every overflow of the step (a stage that overflowed sends a
+non-finite gradient upstream), so when it skips, the other stages discard the step instead of
+applying it — the stages skip together and stay equal.
 """
 
 from __future__ import annotations
@@ -66,11 +72,15 @@ def _pipeline(
     scale: float,
     *,
     evaluate: bool,
+    grad_scale: float | None = None,
 ) -> ScheduleRun:
     """Run the forwards (and, unless ``evaluate``, the backwards) of every micro-batch in
     ``orders`` (:func:`training.schedule.stage_orders`)."""
     ids = [uuid.uuid4().hex for _ in microbatches]
     last = len(stages) - 1
+    extra = {}
+    if grad_scale is not None:
+        extra["grad_scale"] = torch.tensor([grad_scale], dtype=torch.float32)
 
     def call(k: int, op: Op, arg):
         mb, mb_id = microbatches[op.microbatch], ids[op.microbatch]
@@ -78,6 +88,7 @@ def _pipeline(
             tensors = {
                 "input": mb.input_ids if k == 0 else arg,
                 "attention_mask": mb.attention_mask,
+                **extra,
             }
             if k == last:
                 tensors["labels"] = mb.labels
@@ -104,9 +115,14 @@ def pipeline_train_step(
     samples: float | None = None,
     checkpoint: bool = False,
     on_sync=None,
+    grad_scale: float | None = None,
 ) -> StepResult:
     """Forward/backward every micro-batch as ``schedule`` says, then one optimizer step on
     every stage.
+
+    ``grad_scale``: the loss scale of a job with dynamic loss scaling (None: none); the
+    stages then step as the module docstring says, and ``StepResult.applied`` is False when
+    the step overflowed.
 
     ``samples`` (default: the rows of all micro-batches) weighs this trainer's gradient when
     the stages average with their replicas. ``on_sync`` is called before the optimizer steps
@@ -119,15 +135,24 @@ def pipeline_train_step(
         raise ValueError("a step needs at least one labelled token")
     started = time.perf_counter()
     orders = stage_orders(schedule, len(stages), len(microbatches))
-    run = _pipeline(stages, microbatches, orders, 1.0 / total_tokens, evaluate=False)
+    run = _pipeline(
+        stages, microbatches, orders, 1.0 / total_tokens, evaluate=False, grad_scale=grad_scale
+    )
     loss_sum = _loss_sum(run, len(stages), len(microbatches))
     if on_sync is not None:
         on_sync()
     if samples is None:
         samples = float(sum(mb.input_ids.shape[0] for mb in microbatches))
-    timed = _parallel(
-        [lambda s=s: s.optimizer_step(step, samples=samples, checkpoint=checkpoint) for s in stages]
-    )
+
+    def optimizer_step(stage: StageTrainClient, discard: bool = False):
+        return stage.optimizer_step(step, samples=samples, checkpoint=checkpoint, discard=discard)
+
+    if grad_scale is None:
+        timed = _parallel([lambda s=s: optimizer_step(s) for s in stages])
+    else:  # the first stage decides whether the step overflowed; the others follow it
+        timed = _parallel([lambda: optimizer_step(stages[0])])
+        discard = not timed[0][0].applied
+        timed += _parallel([lambda s=s: optimizer_step(s, discard) for s in stages[1:]])
     reports = [report for report, _ in timed]
     return StepResult(
         step=step,
@@ -149,6 +174,8 @@ def _parallel(calls) -> list[tuple[object, float]]:
         started = time.perf_counter()
         return call(), time.perf_counter() - started
 
+    if not calls:
+        return []
     with ThreadPoolExecutor(max_workers=len(calls)) as pool:
         futures = [pool.submit(timed, call) for call in calls]
         return [future.result() for future in futures]

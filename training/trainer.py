@@ -7,6 +7,11 @@ Lifecycle (``state.json`` in the run directory, and one status line per change):
 The data position is a function of the step (``epoch = step // batches``, ``batch = step %
 batches``), so stages, which count their steps, and the trainer, which saves its position
 with every checkpoint, can always be reconciled on resume.
+
+Precision: the trainer plans its route over the stages of its ``dtype`` (all, when None), and
+when a stage of the route computes in float16 (``loss_scaling: auto``) it owns the route's
+dynamic loss scale (:mod:`training.loss_scaler`), sent with every micro-batch and saved with
+the trainer checkpoint. It computes nothing itself: the last stage holds the head and the loss.
 """
 
 from __future__ import annotations
@@ -23,10 +28,13 @@ import grpc
 
 from base.errors import CheckpointError, ConfigError, Node0Error, PeerFailureError, SwarmError
 from base.refusals import call_failure
+from base.routing import plan_route
 from dataload.collate import Batch
 from dataload.order import DataPosition
+from lora.config import OptimizerSettings
 from provenance import RunDir, atomic_write
 from training.config import TrainConfig
+from training.loss_scaler import DynamicLossScaler
 from training.pipeline_step import MicroBatch, pipeline_eval_loss, pipeline_train_step
 from training.route import is_route_failure, open_route, refusal_error
 from training.stage_client import StageTrainClient
@@ -61,6 +69,8 @@ class TrainerState:
     averaging: list[str] = field(default_factory=list)
     bubbles: list[list[float]] = field(default_factory=list)
     """Per step: each stage's idle share of the step's wall time (route order)."""
+    loss_scales: list[float] = field(default_factory=list)
+    """Per step, with dynamic loss scaling: the loss scale the step ran with."""
 
     def pipeline_metrics(self, config: TrainConfig) -> dict:
         """The pipeline's figures for the run record: schedule, micro-batches, bubbles."""
@@ -101,6 +111,9 @@ class SwarmTrainer:
         self.lifecycle = ""
         self.stages: list[StageTrainClient] = []
         self.echo = echo or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.optimizer: OptimizerSettings = config.optimizer  # as sent (:meth:`_plan_precision`)
+        self.scaler: DynamicLossScaler | None = None
+        self.precision: dict = {}
 
     # -- lifecycle -----------------------------------------------------------------------
     def set_state(self, lifecycle: str, detail: str = "") -> None:
@@ -123,7 +136,7 @@ class SwarmTrainer:
         cfg = self.config
         return client.open_job(
             trainable=f"adapter:{cfg.adapter}",
-            optimizer=cfg.optimizer,
+            optimizer=self.optimizer,
             model=cfg.model,
             lora=cfg.lora,
             replicas=cfg.replicas,
@@ -131,11 +144,45 @@ class SwarmTrainer:
             checkpoint_every=0,
         )
 
+    def _plan_precision(self, records: list) -> list:
+        """The records the route is planned over (those of the trainer's dtype), and the job's
+        loss scaling for the route they give; raises SwarmError when they give none."""
+        cfg = self.config
+        if cfg.dtype is not None:
+            held = sorted({r.dtype for r in records})
+            records = [r for r in records if r.dtype == cfg.dtype]
+            try:
+                route = plan_route(records, cfg.model)
+            except SwarmError as exc:
+                raise SwarmError(
+                    f"no route of {cfg.dtype} stages (the trainer's dtype; the swarm's stages "
+                    f"compute in {', '.join(held) or 'nothing'}): {exc}"
+                ) from exc
+        else:
+            route = plan_route(records, cfg.model)
+        dtypes = [hop.dtype for hop in route]
+        scaling, self.optimizer = cfg.loss_scaling, cfg.optimizer
+        if scaling == "auto" and "float16" in dtypes:
+            # said explicitly: a float32 stage of a mixed route would resolve auto to none
+            scaling = "dynamic"
+            self.optimizer = cfg.optimizer.model_copy(update={"loss_scaling": scaling})
+        elif scaling == "auto":
+            scaling = "none"
+        if scaling == "dynamic" and self.scaler is None:
+            self.scaler = DynamicLossScaler(
+                cfg.initial_loss_scale, growth_interval=cfg.loss_scale_growth_interval
+            )
+        elif scaling != "dynamic":
+            self.scaler = None
+        self.precision = {"stage_dtypes": dtypes, "loss_scaling": scaling}
+        return records
+
     def connect(self) -> int:
         """Open the job on a route; returns the step every stage agrees it is at."""
         self.close_route()
+        records = self._plan_precision(self.records_fn())
         self.stages, replies = open_route(
-            self.records_fn(),
+            records,
             self.config.model,
             job_id=self.run_id,
             trainer_id=self.trainer_id,
@@ -166,10 +213,18 @@ class SwarmTrainer:
                 + ", ".join(f"[{s}, {e}) step {n}" for (s, e), n in sorted(steps.items())),
                 hint="restore every stage's checkpoint of this run, or start a new run_id",
             )
-        route = " → ".join(f"[{c.start},{c.end})@{c.endpoint}" for c in self.stages)
+        route = " → ".join(
+            f"[{c.start},{c.end})@{c.endpoint} {dtype}"
+            for c, dtype in zip(self.stages, self.precision["stage_dtypes"], strict=True)
+        )
         resumed = {r.resumed_from for r in replies} - {""}
+        scaling = (
+            f"; dynamic loss scaling from {self.scaler.scale:g}" if self.scaler is not None else ""
+        )
         self.echo(
-            f"[route] {route}" + (f" (state from {', '.join(sorted(resumed))})" if resumed else "")
+            f"[route] {route}"
+            + (f" (state from {', '.join(sorted(resumed))})" if resumed else "")
+            + scaling
         )
         return next(iter(steps.values()))
 
@@ -245,6 +300,7 @@ class SwarmTrainer:
                     "position": self.position_for(self.state.step).model_dump(mode="json"),
                     "losses": self.state.losses,
                     "heldout": self.state.heldout,
+                    "loss_scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 },
                 indent=1,
             )
@@ -263,6 +319,7 @@ class SwarmTrainer:
             batch = self.loaders.train.batch_at(self.position_for(step))
             mbs = microbatches(batch, cfg.micro_batch_size)
             save = cfg.checkpoint_every > 0 and (step + 1) % cfg.checkpoint_every == 0
+            grad_scale = self.scaler.scale if self.scaler is not None else None
             try:
                 result = pipeline_train_step(
                     self.stages,
@@ -272,6 +329,7 @@ class SwarmTrainer:
                     samples=float(batch.input_ids.shape[0]),
                     checkpoint=save or step + 1 == total,
                     on_sync=lambda: self.set_state("syncing"),
+                    grad_scale=grad_scale,
                 )
             except grpc.RpcError as exc:
                 if not is_route_failure(exc):
@@ -295,6 +353,17 @@ class SwarmTrainer:
             self.state.losses.append(result.loss)
             if not result.applied:
                 self.state.skipped += 1
+            if self.scaler is not None:
+                self.state.loss_scales.append(grad_scale)
+                self.scaler.update(found_inf=not result.applied)  # only overflows skip a step
+                self.run.set(
+                    "precision",
+                    {
+                        **self.precision,
+                        "loss_scale": self.state.loss_scales,
+                        "overflows": self.scaler.overflows,
+                    },
+                )
             notes = sorted({r.averaging for r in result.reports})
             self.state.averaging.append("; ".join(notes))
             bubble = result.bubble
@@ -309,10 +378,11 @@ class SwarmTrainer:
                 if result.applied
                 else f"  SKIPPED ({'; '.join(r.reason for r in result.reports if r.reason)})"
             )
+            scale = f"  loss scale {grad_scale:g}" if grad_scale is not None else ""
             self.echo(
                 f"[train] step {step}/{total}  loss {result.loss:.4f}  "
                 f"{rate:.0f} tok/s  ETA {eta:.0f}s  bubble "
-                f"{'/'.join(f'{b:.0%}' for b in bubble)}  {'; '.join(notes)}{skipped}"
+                f"{'/'.join(f'{b:.0%}' for b in bubble)}  {'; '.join(notes)}{skipped}{scale}"
             )
             if cfg.eval_every and step % cfg.eval_every == 0 and step < total:
                 self.state.heldout[step] = self.heldout_loss()

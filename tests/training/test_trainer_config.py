@@ -51,6 +51,8 @@ def test_trainer_and_stage_share_one_definition_of_the_defaults():
         "betas": (0.9, 0.999),
         "eps": 1e-8,
         "max_grad_norm": 1.0,
+        "dtype": None,  # the route's (mixed precision: docs/lora.md)
+        "loss_scaling": "auto",
     }
     overrides = TrainConfig.model_validate(
         {"data": DATA, "learning_rate": 2e-3, "betas": [0.8, 0.9]}
