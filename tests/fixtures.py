@@ -549,9 +549,12 @@ def run_train(
     return proc, record
 
 
-def peft_train_reference(model_dir: Path, config: dict) -> tuple[list[float], dict]:
-    """Single-process PEFT on the whole model with ``config``'s data order, seed and
-    hyperparameters: per-step losses and the final adapter (PEFT file keys)."""
+def peft_train_reference(
+    model_dir: Path, config: dict, *, dtype: torch.dtype = torch.float32
+) -> tuple[list[float], dict]:
+    """Single-process PEFT on the whole model (base loaded in ``dtype``; PEFT keeps the adapters
+    in float32) with ``config``'s data order, seed and hyperparameters: per-step losses and the
+    final adapter (PEFT file keys)."""
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -563,7 +566,7 @@ def peft_train_reference(model_dir: Path, config: dict) -> tuple[list[float], di
 
     cfg = TrainConfig.model_validate(config)
     loaders = build_loaders(cfg.data, model_dir=model_dir)
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
     model = get_peft_model(base, cfg.lora.to_peft(), adapter_name=cfg.adapter)
     deterministic_init_(model, cfg.adapter, cfg.lora.init_seed)
     model.train()

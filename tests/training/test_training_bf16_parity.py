@@ -26,9 +26,14 @@ import torch
 
 from dataload import build_loaders
 from dataload.losses import cross_entropy_sum
-from lora.config import LoraSettings
-from lora.stage_adapters import adapter_state_dict, deterministic_init_
-from tests.fixtures import SPLIT, STEPS, local_swarm, run_train, train_config
+from tests.fixtures import (
+    SPLIT,
+    STEPS,
+    local_swarm,
+    peft_train_reference,
+    run_train,
+    train_config,
+)
 from training.config import TrainConfig
 from training.trainer import microbatches
 
@@ -57,39 +62,13 @@ def first_loss_on_float32_base(model_dir: str) -> float:
 
 @cache
 def bf16_reference(model_dir: str) -> tuple[list[float], dict[str, torch.Tensor]]:
-    """Single-process PEFT on the bfloat16 base: per-step losses and the final adapter."""
-    from peft import get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    cfg = TrainConfig.model_validate(train_config(Path(model_dir)))
-    loaders = build_loaders(cfg.data, model_dir=model_dir)
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16)
-    lora: LoraSettings = cfg.lora
-    model = get_peft_model(base, lora.to_peft(), adapter_name="eq", autocast_adapter_dtype=True)
-    deterministic_init_(model, "eq", lora.init_seed)
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    assert {p.dtype for p in params} == {torch.float32}
-    optimizer = torch.optim.AdamW(
-        params, lr=cfg.learning_rate, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay
+    """Single-process PEFT on the bfloat16 base (float32 adapters): per-step losses and the
+    final adapter."""
+    losses, adapter = peft_train_reference(
+        Path(model_dir), train_config(Path(model_dir)), dtype=torch.bfloat16
     )
-    per_epoch = loaders.train.num_batches(0)
-    losses = []
-    for step in range(STEPS):
-        batch = loaders.train.batch_at(loaders.train.position(step // per_epoch, step % per_epoch))
-        mbs = microbatches(batch, cfg.micro_batch_size)
-        total = sum(mb.counted_tokens for mb in mbs)
-        loss_sum = 0.0
-        for mb in mbs:
-            logits = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits
-            assert logits.dtype == torch.bfloat16
-            part, _ = cross_entropy_sum(logits, mb.labels)  # float32
-            (part / total).backward()
-            loss_sum += float(part.detach())
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss_sum / total)
-    return losses, adapter_state_dict(model, "eq")
+    assert {t.dtype for t in adapter.values()} == {torch.float32}
+    return losses, adapter
 
 
 def max_relative(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
