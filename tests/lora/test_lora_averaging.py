@@ -345,8 +345,10 @@ def test_peer_killed_mid_round_does_not_stall_the_others_and_is_detected(tiny_mo
         first = {n: swarm.reports(n)[0] for n in ("a", "b")}
         for name, report in first.items():
             print(f"{name} round 0 after the kill: {report}")
-            # the round ended without the dead peer: its last attempt's group left it out
-            assert report["group_size"] <= 2, report
+            # the round ended without the dead peer (its last attempt's group left it out), or,
+            # when v died too late in the round for a redo (seen once in CI under load: group 3,
+            # one attempt), the survivor saw it come back partial
+            assert report["group_size"] <= 2 or report["partial_detected"], report
         # v had a group when it died: its groupmates saw the round fail or come back partial (a
         # survivor that was not in v's group, e.g. under load, found no group in time)
         assert any(r["partial_detected"] for r in first.values()), first
