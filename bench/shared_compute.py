@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from bench.concurrency import QUESTIONS, _timed_client_class, swarm_batch
+from bench.training import open_bench_job
 
 
 def main() -> None:
@@ -49,7 +50,6 @@ def main() -> None:
     from node.local_swarm import start_swarm, stop_swarm
     from training.config import TrainConfig
     from training.pipeline_step import pipeline_train_step
-    from training.route import open_route
     from training.trainer import microbatches
 
     cfg, _ = load_yaml_config(args.config, TrainConfig)
@@ -73,22 +73,7 @@ def main() -> None:
     client = _timed_client_class()(preset.model, state.initial_peers)
     try:
         client.wait_for_route()
-        stages, _ = open_route(
-            client.records(),
-            cfg.model,
-            job_id=f"bench-shared-{os.getpid()}",
-            trainer_id="bench",
-            shard_index=0,
-            timeout=cfg.step_timeout,
-            open_job=lambda c: c.open_job(
-                trainable=f"adapter:{cfg.adapter}",
-                optimizer=cfg.optimizer,
-                model=cfg.model,
-                lora=cfg.lora,
-                replicas=1,
-                checkpoint_every=0,
-            ),
-        )
+        stages = open_bench_job(client.records(), cfg, f"bench-shared-{os.getpid()}")
         steps_done = [0]
 
         def train_step() -> float:

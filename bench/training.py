@@ -169,6 +169,30 @@ def non_pad_tokens(batch) -> int:
 # -- part 1: throughput --------------------------------------------------------------------------
 
 
+def open_bench_job(records, cfg, job_id: str) -> list:
+    """The config's adapter job on one replica of every span (one replica, no checkpoints), as
+    ``node0 train`` opens it; returns a training client per stage."""
+    from training.route import open_route
+
+    clients, _ = open_route(
+        records,
+        cfg.model,
+        job_id=job_id,
+        trainer_id="bench",
+        shard_index=0,
+        timeout=cfg.step_timeout,
+        open_job=lambda c: c.open_job(
+            trainable=f"adapter:{cfg.adapter}",
+            optimizer=cfg.optimizer,
+            model=cfg.model,
+            lora=cfg.lora,
+            replicas=1,
+            checkpoint_every=0,
+        ),
+    )
+    return clients
+
+
 def measure_training(args, cfg, model_dir: Path, work: Path) -> dict:
     from base.config_loader import load_yaml_config
     from dataload import build_loaders
@@ -177,7 +201,6 @@ def measure_training(args, cfg, model_dir: Path, work: Path) -> dict:
     from node.local_swarm import start_swarm, stop_swarm
     from training.config import TrainConfig
     from training.pipeline_step import pipeline_train_step
-    from training.route import open_route
     from training.trainer import microbatches
 
     data = cfg.data
@@ -222,22 +245,7 @@ def measure_training(args, cfg, model_dir: Path, work: Path) -> dict:
     stages: list[TimedStage] = []
     try:
         client.wait_for_route()
-        clients, _ = open_route(
-            client.records(),
-            cfg.model,
-            job_id=f"bench-{os.getpid()}",
-            trainer_id="bench",
-            shard_index=0,
-            timeout=cfg.step_timeout,
-            open_job=lambda c: c.open_job(
-                trainable=f"adapter:{cfg.adapter}",
-                optimizer=cfg.optimizer,
-                model=cfg.model,
-                lora=cfg.lora,
-                replicas=1,
-                checkpoint_every=0,
-            ),
-        )
+        clients = open_bench_job(client.records(), cfg, f"bench-{os.getpid()}")
         stages = [TimedStage(c) for c in clients]
 
         bubbles, hop_steps = [], []
