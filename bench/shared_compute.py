@@ -6,8 +6,9 @@ steps of the shipped train config (its micro-batches and schedule, as ``node0 tr
 them, :func:`training.pipeline_step.pipeline_train_step`) on the same daemons. Three phases, in
 one run: inference alone, training alone (``--steps`` steps), and both at once (training steps
 back to back in a thread for as long as the inference batch runs). Each daemon's compute gate
-runs inference batches first and a waiting training call after at most ``training_every``
-inference batches, so inference should barely notice training while training still progresses.
+runs inference batches first and training pieces (one decoder block or LM-head chunk of a
+micro-batch) in between, within ``training_share`` of the compute time while sessions wait, so
+inference pays a bounded price and training still progresses.
 
 The last line is JSON: the inference figures alone and with training (tokens/s, ITL p50/p95),
 their ratios, and the training step time alone and while serving.
@@ -39,7 +40,22 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="training steps measured alone")
     parser.add_argument("--config", default="configs/train/smollm2-gastown.yaml")
     parser.add_argument("--preset", default="smollm2-3stage")
+    parser.add_argument(
+        "--daemon",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a daemon setting of the preset (YAML value), e.g. training_share=0.1",
+    )
     args = parser.parse_args()
+    import yaml
+
+    overrides = {}
+    for item in args.daemon:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--daemon {item!r}: expected KEY=VALUE")
+        overrides[key] = yaml.safe_load(value)
     load_average = [round(x, 2) for x in os.getloadavg()]
 
     from base.config_loader import load_yaml_config
@@ -64,6 +80,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="node0-bench-"))
     daemon = {
         **preset.daemon,
+        **overrides,
         "state_dir": str(work / "peer-state"),
         "max_sessions": max(16, args.sessions + 2),
     }
@@ -125,7 +142,7 @@ def main() -> None:
         "new_tokens": args.new_tokens,
         "micro_batch_size": cfg.micro_batch_size,
         "schedule": cfg.schedule,
-        "training_every": preset.daemon.get("training_every", 4),
+        "daemon_overrides": overrides,
         "load_average": load_average,
         "load_average_end": [round(x, 2) for x in os.getloadavg()],
         "inference_alone": alone,

@@ -47,6 +47,33 @@ def counted_tokens(labels: torch.Tensor) -> int:
     return int((labels[:, 1:] != IGNORE_INDEX).sum())
 
 
+def next_token_targets(labels: torch.Tensor) -> torch.Tensor:
+    """The label each position's logit predicts: ``labels`` shifted left, the last not counted.
+
+    ``targets[:, t] = labels[:, t + 1]``, so a slice of positions ``[a, b)`` of the logits and
+    the same slice of the targets make a self-contained piece of the loss.
+    """
+    if labels.dim() != 2:
+        raise ValueError(f"labels {tuple(labels.shape)} must be (batch, seq)")
+    ignored = labels.new_full((labels.shape[0], 1), IGNORE_INDEX)
+    return torch.cat([labels[:, 1:], ignored], dim=1)
+
+
+def target_cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy of ``logits`` ``(batch, n, vocab)`` against aligned ``targets``."""
+    if logits.dim() != 3 or targets.shape != logits.shape[:2]:
+        raise ValueError(
+            f"logits {tuple(logits.shape)} must be (batch, n, vocab) over targets "
+            f"{tuple(targets.shape)} (batch, n)"
+        )
+    return F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]),
+        targets.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+
+
 def cross_entropy_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Summed next-token cross-entropy over counted positions, and their number.
 
@@ -54,13 +81,7 @@ def cross_entropy_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch
     mean loss of one big batch (gradient accumulation without bias towards short micro-batches).
     """
     shifted_logits, shifted_labels = _shifted(logits, labels)
-    total = F.cross_entropy(
-        shifted_logits.reshape(-1, shifted_logits.shape[-1]),
-        shifted_labels.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
-    )
-    return total, int((shifted_labels != IGNORE_INDEX).sum())
+    return target_cross_entropy_sum(shifted_logits, shifted_labels), counted_tokens(labels)
 
 
 def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

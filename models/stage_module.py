@@ -10,6 +10,7 @@ scheme; the first stage also owns the token embedding, the last the final norm a
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -33,6 +34,16 @@ def stage_config(config: PretrainedConfig, start: int, end: int) -> PretrainedCo
         local.layer_types = list(config.layer_types[start:end])
     local._attn_implementation = ATTN_IMPLEMENTATION
     return local
+
+
+@dataclass(frozen=True)
+class BlockInputs:
+    """What every decoder block of one forward shares: mask, positions, rotary, cache."""
+
+    mask: torch.Tensor | None
+    position_ids: torch.Tensor
+    position_embeddings: tuple[torch.Tensor, torch.Tensor]
+    cache: DynamicCache | None
 
 
 class _StageBody(nn.Module):
@@ -162,6 +173,52 @@ class DecoderStage(nn.Module):
             self._head_t = cached
         return cached[1]
 
+    def begin(
+        self,
+        inputs: torch.Tensor,
+        *,
+        cache: DynamicCache | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, BlockInputs]:
+        """The stage's entry: embed (first stage), then what every block of this forward shares.
+
+        ``forward`` is ``begin``, then :meth:`run_block` for each of :attr:`blocks`, then (last
+        stage) :meth:`logits`; a training micro-batch runs them as separate compute turns.
+        """
+        hidden = self.model.embed_tokens(inputs) if self.is_first else inputs
+        past = cache.get_seq_length() if cache is not None else 0
+        position_ids = (torch.arange(hidden.shape[1], device=hidden.device) + past).unsqueeze(0)
+        mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=hidden,
+            attention_mask=attention_mask,
+            past_key_values=cache,
+            position_ids=position_ids,
+        )
+        position_embeddings = self.rotary_emb(hidden, position_ids=position_ids)
+        return hidden, BlockInputs(mask, position_ids, position_embeddings, cache)
+
+    @property
+    def blocks(self) -> list[nn.Module]:
+        """The decoder blocks in order."""
+        return list(self.model.layers.values())
+
+    def run_block(
+        self, block: nn.Module, hidden: torch.Tensor, shared: BlockInputs
+    ) -> torch.Tensor:
+        return block(
+            hidden,
+            attention_mask=shared.mask,
+            position_ids=shared.position_ids,
+            past_key_values=shared.cache,
+            use_cache=shared.cache is not None,
+            position_embeddings=shared.position_embeddings,
+        )
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Last stage: the final norm and the LM head, per position (row-independent)."""
+        return self.lm_head(self.model.norm(hidden))
+
     def forward(
         self,
         inputs: torch.Tensor,
@@ -180,29 +237,11 @@ class DecoderStage(nn.Module):
             logits_to_keep: on the last stage, compute logits for only the last N positions
                 (0 = all).
         """
-        hidden = self.model.embed_tokens(inputs) if self.is_first else inputs
-        past = cache.get_seq_length() if cache is not None else 0
-        position_ids = (torch.arange(hidden.shape[1], device=hidden.device) + past).unsqueeze(0)
-        mask = create_causal_mask(
-            config=self.config,
-            inputs_embeds=hidden,
-            attention_mask=attention_mask,
-            past_key_values=cache,
-            position_ids=position_ids,
-        )
-        position_embeddings = self.rotary_emb(hidden, position_ids=position_ids)
-        for layer in self.model.layers.values():
-            hidden = layer(
-                hidden,
-                attention_mask=mask,
-                position_ids=position_ids,
-                past_key_values=cache,
-                use_cache=cache is not None,
-                position_embeddings=position_embeddings,
-            )
+        hidden, shared = self.begin(inputs, cache=cache, attention_mask=attention_mask)
+        for block in self.blocks:
+            hidden = self.run_block(block, hidden, shared)
         if not self.is_last:
             return hidden  # (batch, seq, hidden)
-        hidden = self.model.norm(hidden)
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:, :]
-        return self.lm_head(hidden)  # (batch, seq_kept, vocab)
+        return self.logits(hidden)  # (batch, seq_kept, vocab)

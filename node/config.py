@@ -73,10 +73,19 @@ class DaemonConfig(_Strict):
         "sessions stepping at the same rhythm batch together; 0 starts every batch on the "
         "first arrival",
     )
-    training_every: int = Field(
-        4,
+    training_share: float = Field(
+        0.25,
+        gt=0,
+        lt=1,
+        description="while inference and training both wait, training's most share of the "
+        "recent compute time (inference goes first; training alone takes all of it)",
+    )
+    training_piece_tokens: int = Field(
+        512,
         ge=1,
-        description="a waiting training call runs after at most this many inference batches",
+        description="the work of one training turn, in tokens through one decoder block (a "
+        "micro-batch runs in pieces: whole rows per block, LM-head chunks of the same cost), "
+        "so a session waits for at most one piece",
     )
     max_message_bytes: int = Field(
         32 * 1024 * 1024, ge=1024, description="largest gRPC message accepted or sent"

@@ -125,8 +125,8 @@ class Daemon:
                 f"sessions: max {cfg.max_sessions}, cache {cfg.max_cache_tokens} positions, "
                 f"idle timeout {cfg.idle_timeout:g} s",
                 f"batching: {cfg.max_batch_tokens} tokens per batch, prefill chunk "
-                f"{cfg.prefill_chunk}, convoy linger {cfg.batch_linger_ms:g} ms, training "
-                f"after {cfg.training_every} inference batches",
+                f"{cfg.prefill_chunk}, convoy linger {cfg.batch_linger_ms:g} ms, training at "
+                f"most {cfg.training_share:.0%} of compute while sessions wait",
                 f"heartbeat: every {cfg.announce_period:g} s, ttl {cfg.announce_ttl:g} s",
             ],
         )
@@ -150,7 +150,8 @@ class Daemon:
             sessions,
             max_batch_tokens=cfg.max_batch_tokens,
             prefill_chunk=cfg.prefill_chunk,
-            training_every=cfg.training_every,
+            training_share=cfg.training_share,
+            training_piece_tokens=cfg.training_piece_tokens,
             batch_linger_ms=cfg.batch_linger_ms,
             accept_input_dtypes=tuple(cfg.accept_input_dtypes),
         )

@@ -64,7 +64,8 @@ class StageExecutor:
         *,
         max_batch_tokens: int = 256,
         prefill_chunk: int = 128,
-        training_every: int = 4,
+        training_share: float = 0.25,
+        training_piece_tokens: int = 512,
         batch_linger_ms: float = 40.0,
         accept_input_dtypes: tuple[str, ...] = (),
     ):
@@ -73,7 +74,8 @@ class StageExecutor:
         self.model_name = model_name
         self.stages = stages
         self.sessions = sessions
-        self.gate = ComputeGate(training_every=training_every)
+        self.gate = ComputeGate(training_share=training_share)
+        self.training_piece_tokens = training_piece_tokens
         self.scheduler = StepScheduler(
             self._run_batch,
             max_batch_tokens=max_batch_tokens,
@@ -298,6 +300,7 @@ class StageExecutor:
                             model=self.model_name,
                             dht=self.dht,
                             checkpoint_dir=self.checkpoint_dir,
+                            piece_tokens=self.training_piece_tokens,
                         )
 
                 job = self.in_main_thread(create)
@@ -326,14 +329,18 @@ class StageExecutor:
         *,
         evaluate: bool = False,
     ) -> dict:
-        with self.gate.training():
-            return job.forward(microbatch_id, tensors, loss_scale, evaluate=evaluate)
+        return job.forward(
+            microbatch_id,
+            tensors,
+            loss_scale,
+            evaluate=evaluate,
+            compute_turn=self.gate.training,
+        )
 
     def train_backward(
         self, job: StageTrainingJob, microbatch_id: str, grad: torch.Tensor | None
     ) -> torch.Tensor | None:
-        with self.gate.training():
-            return job.backward(microbatch_id, grad)
+        return job.backward(microbatch_id, grad, compute_turn=self.gate.training)
 
     def optimizer_step(
         self,

@@ -2,10 +2,11 @@
 
 A job (``job_id`` + stage span) owns the optimizer over the stage's trainable parameters: the
 whole stage (``trainable="all"``) or one named LoRA adapter (``"adapter:<name>"``, attached to
-the stage itself so inference sessions and gathers see it as it trains). A forward stores the
-micro-batch's input (as a leaf that requires grad) and output under its micro-batch id; the
-backward pops them, runs autograd with the gradient of the output (or, on the last stage, of the
-scaled loss) and returns the gradient of its input. Parameter gradients accumulate across
+the stage itself so inference sessions and gathers see it as it trains). A forward runs the
+micro-batch in pieces (:mod:`pipeline_stages.piecewise`: one compute-gate turn per decoder block
+or LM-head chunk, so inference sessions wait for one piece at most) and keeps them under its
+micro-batch id; the backward pops them, runs them backwards piece by piece from the gradient of
+the output (or, on the last stage, of the scaled loss) and returns the gradient of its input. Parameter gradients accumulate across
 micro-batches until the trainer asks for an optimizer step. The step first averages the
 gradients with the other replicas of the stage (hivemind, when the job expects replicas), then
 goes through :class:`lora.StepGuard`: a step whose gradients are not finite is skipped and
@@ -26,14 +27,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from base.precision import DTYPES, accepted_inputs, dtype_name
-from dataload.losses import cross_entropy_sum
+from dataload.losses import counted_tokens
 from lora.averaging import (
     AveragingConfigError,
     AveragingReport,
@@ -64,6 +66,7 @@ from pipeline_stages.errors import (
     ReplicaConfigMismatch,
     TooManyPending,
 )
+from pipeline_stages.piecewise import MicrobatchPieces, Turn, backward_pieces, forward_pieces
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +169,7 @@ class StageTrainingJob:
         checkpoint_dir: Path | None = None,
         max_pending: int = 64,
         accept_input_dtypes: tuple[str, ...] = (),
+        piece_tokens: int = 512,
     ):
         self.stage = stage
         self.settings = settings
@@ -197,7 +201,9 @@ class StageTrainingJob:
             eps=optimizer.eps,
         )
         self.guard = StepGuard(self.params, max_grad_norm=optimizer.max_grad_norm)
-        self.pending: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.pending: dict[str, MicrobatchPieces] = {}
+        self.piece_tokens = piece_tokens
+        self._backward_lock = threading.Lock()
         self.accumulated = 0  # backward passes since the last step
         self.checkpoint_path = None
         self.resumed_from = ""
@@ -327,20 +333,35 @@ class StageTrainingJob:
         # the leaf keeps the dtype it arrived in, so its gradient goes back in the sender's dtype
         return inputs.requires_grad_(True)
 
-    def _run(self, leaf: torch.Tensor, mask: torch.Tensor | None, train: bool) -> torch.Tensor:
+    @contextmanager
+    def _state(self, train: bool) -> Iterator[None]:
+        """The stage as this job computes it: its adapter alone (or the base), train mode."""
         stage = self.stage
-        inputs = leaf if stage.is_first else leaf.to(device=self.device, dtype=self.dtype)
-        if mask is not None:
-            mask = mask.to(self.device)
         was_training = stage.training
         stage.train(train)
         try:
             if self.adapter is None:
-                return stage(inputs, attention_mask=mask)
-            with use_adapters(stage, [self.adapter]):
-                return stage(inputs, attention_mask=mask)
+                yield
+            else:
+                with use_adapters(stage, [self.adapter]):
+                    yield
         finally:
             stage.train(was_training)
+
+    def _turns(self, compute_turn: Turn, train: bool) -> Turn:
+        """One piece's turn: the caller's compute turn, then the job's view of the stage."""
+
+        @contextmanager
+        def turn() -> Iterator[None]:
+            with compute_turn(), self._state(train):
+                yield
+
+        return turn
+
+    def _convert(self, leaf: torch.Tensor) -> torch.Tensor:
+        if self.stage.is_first:
+            return leaf
+        return leaf.to(device=self.device, dtype=self.dtype)
 
     def _take_grad_scale(self, tensor: torch.Tensor | None) -> float:
         """The step's loss scale from a micro-batch (1 without loss scaling); one per step."""
@@ -370,7 +391,9 @@ class StageTrainingJob:
         loss_scale: float,
         *,
         evaluate: bool = False,
+        compute_turn: Turn = nullcontext,
     ) -> dict:
+        """Forward one micro-batch in pieces, each in a ``compute_turn()`` (the gate's)."""
         if self.averager is not None:
             self.averager.note_activity()
         leaf = self._leaf(tensors.get("input"))
@@ -382,50 +405,62 @@ class StageTrainingJob:
             raise InvalidInput("last stage needs 'labels' of shape (batch, seq)")
         if labels is not None:
             labels = labels.to(self.device)
+        pieces = {
+            "mask": None if mask is None else mask.to(self.device),
+            "convert": self._convert,
+            "targets_from": labels,
+            "piece_tokens": self.piece_tokens,
+        }
         if evaluate:
             with torch.no_grad():
-                out = self._run(leaf.detach(), mask, train=False)
-                if not self.stage.is_last:
-                    return {"output": out.cpu()}
-                loss_sum, count = cross_entropy_sum(out, labels)
-                return {"loss_sum": float(loss_sum), "loss_tokens": count}
+                _, out = forward_pieces(
+                    self.stage, leaf.detach(), turn=self._turns(compute_turn, False), **pieces
+                )
+            if not self.stage.is_last:
+                return {"output": out.cpu()}
+            return {"loss_sum": float(out), "loss_tokens": counted_tokens(labels)}
         if len(self.pending) >= self.max_pending:
             raise TooManyPending(
                 f"{self.max_pending} micro-batches await backward; run backward or start a new job"
             )
         grad_scale = self._take_grad_scale(tensors.get("grad_scale"))
+        scale = loss_scale * grad_scale if self.scaled else loss_scale
         with torch.enable_grad():
-            out = self._run(leaf, mask, train=True)
-            if not self.stage.is_last:
-                self.pending[microbatch_id] = (leaf, out)
-                return {"output": out.detach().cpu()}  # in the stage's dtype
-            # the canonical loss, in float32 from the logits (cross_entropy_sum upcasts them)
-            loss_sum, count = cross_entropy_sum(out, labels)
-            scaled = loss_sum * loss_scale
-            if self.scaled:
-                scaled = scaled * grad_scale
-            self.pending[microbatch_id] = (leaf, scaled)
-            return {"loss_sum": float(loss_sum.detach()), "loss_tokens": count}
+            chain, out = forward_pieces(
+                self.stage,
+                leaf,
+                turn=self._turns(compute_turn, True),
+                loss_scale=scale,
+                **pieces,
+            )
+        self.pending[microbatch_id] = chain
+        if not self.stage.is_last:
+            return {"output": out.detach().cpu()}  # in the stage's dtype
+        # the canonical loss, in float32 from the logits (summed per chunk of positions)
+        return {"loss_sum": float(out), "loss_tokens": counted_tokens(labels)}
 
-    def backward(self, microbatch_id: str, grad: torch.Tensor | None) -> torch.Tensor | None:
+    def backward(
+        self, microbatch_id: str, grad: torch.Tensor | None, *, compute_turn: Turn = nullcontext
+    ) -> torch.Tensor | None:
+        """Backward of a pending micro-batch, piece by piece; the gradient of its input."""
         if self.averager is not None:
             self.averager.note_activity()
-        entry = self.pending.pop(microbatch_id, None)
-        if entry is None:
+        chain = self.pending.pop(microbatch_id, None)
+        if chain is None:
             raise MicrobatchNotFound(f"no pending forward for micro-batch {microbatch_id!r}")
-        leaf, out = entry
-        if self.stage.is_last:
-            out.backward()
-        else:
-            if grad is None or tuple(grad.shape) != tuple(out.shape):
-                raise InvalidInput(f"backward needs 'grad' of shape {list(out.shape)}")
+        if not self.stage.is_last:
+            shape = chain.output_shape
+            if grad is None or tuple(grad.shape) != shape:
+                raise InvalidInput(f"backward needs 'grad' of shape {list(shape)}")
             if not grad.is_floating_point():
                 raise InvalidInput(f"'grad' must be a float tensor, got {grad.dtype}")
-            out.backward(grad.to(device=out.device, dtype=out.dtype))
-        self.accumulated += 1
+        # one backward at a time per job: each parameter's gradient sums the micro-batches in
+        # the order their backward calls arrived (their pieces still interleave with inference)
+        with self._backward_lock:
+            sent = backward_pieces(chain, grad, turn=self._turns(compute_turn, True))
+            self.accumulated += 1
         if self.stage.is_first:
             return None
-        sent = leaf.grad
         if self.scaled and not torch.isfinite(global_grad_norm(self.params)):
             # an overflow here must reach the first stage, which decides the step for all
             sent = torch.full_like(sent, float("nan"))

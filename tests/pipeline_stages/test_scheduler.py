@@ -3,13 +3,11 @@ gate's order (inference first, training between batches)."""
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
 import torch
 
-from pipeline_stages.compute_gate import ComputeGate
 from pipeline_stages.scheduler import Arrivals, PendingStep, StepScheduler, plan_batch
 from pipeline_stages.sessions import Session
 
@@ -78,46 +76,6 @@ def test_a_failing_batch_fails_its_steps_and_the_scheduler_keeps_going():
         assert scheduler.submit(pending(1, enqueued=time.monotonic())).result(timeout=10) == "ok"
     finally:
         scheduler.stop()
-
-
-def test_training_waits_for_inference_but_runs_after_training_every_batches():
-    gate = ComputeGate(training_every=2)
-    order = []
-    release = threading.Event()
-    inference_ready = threading.Event()
-
-    def inference_loop():
-        for i in range(5):
-            with gate.inference():
-                order.append(f"i{i}")
-                if i == 0:
-                    inference_ready.set()
-                    release.wait(5)
-
-    def training_call():
-        inference_ready.wait(5)
-        with gate.training():
-            order.append("t")
-
-    threads = [threading.Thread(target=inference_loop), threading.Thread(target=training_call)]
-    for t in threads:
-        t.start()
-    inference_ready.wait(5)
-    time.sleep(0.2)  # training is now waiting behind batch i0
-    release.set()
-    for t in threads:
-        t.join(10)
-    # batches i0 and i1 run first (inference keeps going); then training gets its turn
-    assert order.index("t") == 2, order
-    assert sorted(order) == ["i0", "i1", "i2", "i3", "i4", "t"]
-
-
-def test_an_idle_gate_lets_training_straight_in():
-    gate = ComputeGate()
-    with gate.training():
-        pass
-    with gate.inference():
-        pass
 
 
 def test_a_session_is_due_one_period_after_its_last_step_until_half_a_period_late():
