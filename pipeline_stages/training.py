@@ -6,8 +6,9 @@ the stage itself so inference sessions and gathers see it as it trains). A forwa
 micro-batch in pieces (:mod:`pipeline_stages.piecewise`: one compute-gate turn per decoder block
 or LM-head chunk, so inference sessions wait for one piece at most) and keeps them under its
 micro-batch id; the backward pops them, runs them backwards piece by piece from the gradient of
-the output (or, on the last stage, of the scaled loss) and returns the gradient of its input. Parameter gradients accumulate across
-micro-batches until the trainer asks for an optimizer step. The step first averages the
+the output (or, on the last stage, of the scaled loss) and returns the gradient of its input.
+Parameter gradients accumulate across micro-batches until the trainer asks for an optimizer
+step. The step first averages the
 gradients with the other replicas of the stage (hivemind, when the job expects replicas), then
 goes through :class:`lora.StepGuard`: a step whose gradients are not finite is skipped and
 counted, never fatal. Adapter jobs checkpoint atomically and resume from their checkpoint or,
