@@ -10,7 +10,12 @@ RSS of every stage process is read from ``/proc`` before the swarm stops, beside
 weights take in that dtype. A line per prompt; the last line is JSON with ``ratio`` (swarm /
 single in the same dtype, per dtype) and ``bf16_over_fp32`` (swarm bfloat16 / swarm float32).
 
+With several dtypes the swarms run one after another, in ABBA order over ``--rounds`` (default
+2), and each dtype's figures are the mean of its rounds, so a load that drifts during the run
+does not favour the dtype measured first.
+
     python -m bench.inference [--dtype float32,bfloat16] [--new-tokens 128] [--prompts 4]
+        [--rounds 2]
 """
 
 from __future__ import annotations
@@ -155,6 +160,29 @@ def run_dtype(args, dtype_name: str, conversations, preset) -> dict:
     return result
 
 
+def merge_rounds(runs: list[dict]) -> dict:
+    """One dtype's rounds: mean tokens/s and TTFT, peak RSS the largest, rounds kept."""
+    if len(runs) == 1:
+        return runs[0]
+
+    def mean(key):
+        return round(statistics.mean(r[key] for r in runs), 3)
+
+    merged = {
+        **runs[0],
+        **{k: mean(k) for k in runs[0] if k.endswith(("_tokens_per_s", "_ttft_ms"))},
+        "stage_peak_rss_mib": {
+            name: max(r["stage_peak_rss_mib"][name] for r in runs)
+            for name in runs[0]["stage_peak_rss_mib"]
+        },
+        "rounds": [
+            {k: r[k] for k in ("swarm_tokens_per_s", "single_tokens_per_s", "ratio")} for r in runs
+        ],
+    }
+    merged["ratio"] = round(merged["swarm_tokens_per_s"] / merged["single_tokens_per_s"], 3)
+    return merged
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -173,7 +201,15 @@ def main() -> None:
         default=None,
         help="torch threads per stage daemon (default: the preset's)",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="swarms per dtype, in ABBA order (the dtypes' swarms run one after another)",
+    )
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     dtypes = [d.strip() for d in args.dtype.split(",") if d.strip()]
     if not dtypes or any(d not in ("float32", "bfloat16", "float16") for d in dtypes):
         parser.error("--dtype takes float32, bfloat16 and/or float16")
@@ -188,7 +224,11 @@ def main() -> None:
         preset = preset.model_copy(
             update={"daemon": {**preset.daemon, "torch_threads": args.stage_threads}}
         )
-    per_dtype = {d: run_dtype(args, d, conversations, preset) for d in dtypes}
+    rounds: dict[str, list[dict]] = {d: [] for d in dtypes}
+    for r in range(args.rounds):  # ABBA...: a load that drifts over the run hits every dtype alike
+        for d in dtypes if r % 2 == 0 else dtypes[::-1]:
+            rounds[d].append(run_dtype(args, d, conversations, preset))
+    per_dtype = {d: merge_rounds(runs) for d, runs in rounds.items()}
     result = {
         "new_tokens": args.new_tokens,
         "prompts": len(conversations),
