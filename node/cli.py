@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "corpus": "corpus.cli",
     "rag": "rag.cli",
     "provider": "inference.provider",
+    "api": "api.cli",
 }
 
 

@@ -1,0 +1,89 @@
+"""The API's connection to the swarm: one client-mode DHT peer, one conversation engine, and
+the model ids the swarm serves (its base model and every task adapter on a full route)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from base.dht_records import StageRecord
+from base.errors import SwarmError
+from base.routing import plan_route
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServedModels:
+    """What ``GET /v1/models`` lists: the base model and the adapters of the swarm."""
+
+    base: str
+    adapters: tuple[str, ...]
+
+
+def full_route_adapters(records: list[StageRecord]) -> tuple[str, ...]:
+    """Adapters that some online stages holding them cover from layer 0 to the last layer
+    (a session naming such an adapter finds it on every hop of some route)."""
+    online = [r for r in records if r.state == "online"]
+    if not online:
+        return ()
+    layers = max(r.num_layers for r in online)
+    names = sorted({a for r in online for a in r.adapters})
+    covered = []
+    for name in names:
+        spans = sorted(r.span for r in online if name in r.adapters)
+        reach = 0
+        for start, end in spans:
+            if start <= reach < end:
+                reach = end
+        if reach >= layers:
+            covered.append(name)
+    return tuple(covered)
+
+
+class SwarmBackend:
+    """A swarm connection for the API: ``engine`` answers turns, :meth:`models` lists ids.
+
+    Args:
+        model: the catalog name (or HF directory) of the base model the swarm serves.
+        initial_peers: DHT multiaddrs of the swarm.
+        max_length: context window (None: the model's).
+        step_timeout: seconds a stage may take per step before failover.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        initial_peers: list[str],
+        *,
+        max_length: int | None = None,
+        step_timeout: float = 30.0,
+    ) -> None:
+        from inference.conversation import ConversationEngine
+        from inference.swarm_client import SwarmClient
+
+        self.client = SwarmClient(model, initial_peers)
+        try:
+            self.engine = ConversationEngine.connect(
+                self.client, max_length=max_length, step_timeout=step_timeout
+            )
+        except BaseException:
+            self.client.close()
+            raise
+        self.model_id = Path(model).name if Path(model).is_dir() else model
+
+    def models(self) -> ServedModels:
+        """The base model and the adapters a route serves now (blocking: reads the DHT)."""
+        return ServedModels(self.model_id, full_route_adapters(self.client.records()))
+
+    def has_route(self) -> bool:
+        """Whether the DHT records give a route now (blocking)."""
+        try:
+            plan_route(self.client.records(), self.client.model)
+        except SwarmError:
+            return False
+        return True
+
+    def close(self) -> None:
+        self.client.close()
