@@ -13,6 +13,7 @@ from pathlib import Path
 
 from api.errors import UnsafeBindError
 from base.errors import ConfigError
+from inference.swarm_args import add_swarm_arguments, swarm_peers
 
 log = logging.getLogger("node0.api")
 
@@ -23,14 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="serve the swarm over an OpenAI-compatible HTTP API",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--model", default="smollm2-135m", help="model name (catalog) or HF dir")
-    p.add_argument(
-        "--initial-peers",
-        nargs="*",
-        default=None,
-        help="DHT multiaddrs; default: the local swarm started by `node0 swarm up`",
-    )
-    p.add_argument("--swarm-file", type=Path, default=None, help="local swarm state file")
+    add_swarm_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=8000, help="port to listen on")
     p.add_argument("--api-key", action="append", default=[], help="accepted key (repeatable)")
@@ -81,11 +75,10 @@ def run_api(args: argparse.Namespace) -> int:
 
     from api.backend import SwarmBackend
     from api.server import create_app
-    from base.swarm_view import initial_peers_from
 
     keys = api_keys(args)
     check_bind(args.host, keys)
-    peers = args.initial_peers or initial_peers_from(args.swarm_file)
+    peers = swarm_peers(args)
     backend = SwarmBackend(
         args.model, peers, max_length=args.max_length, step_timeout=args.step_timeout
     )

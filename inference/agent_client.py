@@ -29,6 +29,7 @@ from pathlib import Path
 
 from base.errors import ExitCode, Node0Error
 from gastown.roles import ROLES
+from inference.swarm_args import add_swarm_arguments, swarm_peers
 
 log = logging.getLogger("node0-inference")
 
@@ -39,19 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Talk to a model served by a node0 swarm over stdin/stdout.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--model", default="smollm2-135m", help="model name (catalog) or HF dir")
-    p.add_argument(
-        "--initial-peers",
-        nargs="*",
-        default=None,
-        help="DHT multiaddrs; default: the local swarm started by `node0 swarm up`",
-    )
-    p.add_argument(
-        "--swarm-file",
-        type=Path,
-        default=None,
-        help="local swarm state file (default $NODE0_HOME/swarm/current.json)",
-    )
+    add_swarm_arguments(p)
     p.add_argument("--max-new-tokens", type=int, default=256, help="answer length limit")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=0, help="0 = off")
@@ -191,7 +180,6 @@ def _transcript_path(args: argparse.Namespace) -> Path | None:
 
 async def run_session(args: argparse.Namespace) -> int:
     """The session: settings from the flags, one conversation, prompts from stdin."""
-    from base.swarm_view import initial_peers_from
     from inference.conversation import ConversationEngine, GenerationSettings
     from inference.rag_context import ContextScope, RagContext
     from inference.swarm_client import SwarmClient
@@ -217,7 +205,7 @@ async def run_session(args: argparse.Namespace) -> int:
     rag = None if args.rag == "off" else RagContext.open(args.rag)
     client = conversation = None
     try:
-        peers = args.initial_peers or initial_peers_from(args.swarm_file)
+        peers = swarm_peers(args)
         client = SwarmClient(args.model, peers)
         engine = ConversationEngine.connect(
             client,

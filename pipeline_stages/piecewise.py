@@ -39,7 +39,6 @@ class PieceChain:
     links: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # (in, out)
     losses: list[torch.Tensor] = field(default_factory=list)  # last stage: scaled loss chunks
     head_input: torch.Tensor | None = None  # last stage: the input of the loss chunks
-    output: torch.Tensor | None = None  # other stages: the stage's output for these rows
 
 
 @dataclass
@@ -48,11 +47,7 @@ class MicrobatchPieces:
 
     leaf: torch.Tensor
     chains: list[PieceChain]
-
-    @property
-    def output_shape(self) -> tuple[int, ...]:
-        shapes = [tuple(c.output.shape) for c in self.chains if c.output is not None]
-        return (sum(s[0] for s in shapes), *shapes[0][1:]) if shapes else ()
+    output_shape: tuple[int, ...] = ()  # other stages: the hidden states' (a grad's) shape
 
 
 def piece_sizes(stage: DecoderStage, rows: int, positions: int, piece_tokens: int) -> tuple:
@@ -101,7 +96,6 @@ def _forward_rows(
         with turn():
             hidden = _link(chain, hidden, lambda h, b=block: stage.run_block(b, h, shared))
     if not stage.is_last:
-        chain.output = hidden
         return hidden
     head_input = hidden.detach().requires_grad_(grad)
     chain.head_input = head_input
@@ -171,7 +165,9 @@ def forward_pieces(
         )
     if stage.is_last:
         return pieces, torch.stack(outs).sum()
-    return pieces, torch.cat(outs, dim=0)
+    out = torch.cat(outs, dim=0)
+    pieces.output_shape = tuple(out.shape)
+    return pieces, out
 
 
 def _backward_rows(chain: PieceChain, grad: torch.Tensor | None, turn: Turn) -> None:
