@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from base.errors import (
     CheckpointError,
     ConfigError,
+    ExitCode,
     Node0Error,
     PeerFailureError,
     RequestError,
@@ -19,14 +20,11 @@ from base.errors import (
 )
 from base.refusals import Reason, reason_of, retry_after_of
 
-UNSAFE_BIND_EXIT = 12
-"""Exit code of ``node0 api`` asked to listen beyond loopback without an API key."""
-
 
 class UnsafeBindError(Node0Error):
     """``--host`` is not a loopback address and no API key protects the server."""
 
-    exit_code = UNSAFE_BIND_EXIT  # type: ignore[assignment]  (not a family of base.errors)
+    exit_code = ExitCode.UNSAFE_BIND
 
 
 @dataclass

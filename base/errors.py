@@ -24,6 +24,7 @@ class ExitCode(IntEnum):
     QUALITY_GATE = 9  # a quality / eval gate refused the result
     RUN_DIR = 10  # a run directory already exists or cannot be written
     DEVICE = 11  # the device asked for is absent, too small, or cannot run the dtype asked for
+    UNSAFE_BIND = 12  # a server asked to listen beyond loopback with no API key to guard it
     INTERRUPTED = 130  # SIGINT
 
 
