@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from api.errors import APIError, bad_parameter
+from base.errors import RequestError
+from inference.tool_calls import ToolCall, ToolSpec
 
 IGNORED = frozenset(
     {"store", "metadata", "user", "service_tier", "parallel_tool_calls", "stream_options"}
@@ -21,8 +23,6 @@ IGNORED = frozenset(
 
 # field -> its no-op value: the request may carry the field only with that value
 UNSUPPORTED: dict[str, Any] = {
-    "tools": None,
-    "tool_choice": None,
     "functions": None,
     "function_call": None,
     "logprobs": False,
@@ -51,10 +51,18 @@ CHAT_FIELDS = frozenset(
         "seed",
         "stop",
         "n",
+        "tools",
+        "tool_choice",
     }
 )
 
-ROLE_ALIASES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+ROLE_ALIASES = {
+    "system": "system",
+    "developer": "system",
+    "user": "user",
+    "assistant": "assistant",
+    "tool": "tool",
+}
 
 
 @dataclass(frozen=True)
@@ -62,7 +70,7 @@ class ChatRequest:
     """A checked chat-completions request."""
 
     model: str
-    messages: list[dict[str, str]]
+    messages: list[dict]
     stream: bool
     include_usage: bool
     max_tokens: int | None
@@ -71,6 +79,10 @@ class ChatRequest:
     top_k: int
     seed: int
     stop: tuple[str, ...]
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: str = "none"
+    """``none`` (no tools offered), ``auto``, ``required`` or ``function`` (the one named)."""
+    tool_name: str | None = None
 
 
 def _number(body: dict, name: str, default, *, low, high, integer=False, low_open=False):
@@ -112,7 +124,31 @@ def _content(index: int, message: dict) -> str:
     )
 
 
-def _messages(body: dict) -> list[dict[str, str]]:
+def _tool_calls(index: int, message: dict) -> list[ToolCall]:
+    """An assistant message's ``tool_calls``, as the model is shown them again."""
+    calls = message.get("tool_calls") or []
+    where = f"messages[{index}].tool_calls"
+    if message.get("role") != "assistant" and calls:
+        raise bad_parameter(where, "only assistant messages carry tool_calls")
+    if not isinstance(calls, list):
+        raise bad_parameter(where, "'tool_calls' must be a list")
+    out = []
+    for k, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise bad_parameter(f"{where}[{k}]", "a tool call needs function.name")
+        arguments = function.get("arguments", "{}")
+        if not isinstance(arguments, str):
+            raise bad_parameter(
+                f"{where}[{k}].function.arguments", "arguments must be a JSON string"
+            )
+        out.append(ToolCall(str(call.get("id") or ""), function["name"], arguments))
+    return out
+
+
+def _messages(body: dict) -> list[dict]:
+    """The messages, roles normalised; assistant ``tool_calls`` as :class:`ToolCall`, ``tool``
+    messages with their ``tool_call_id``."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise bad_parameter("messages", "'messages' must be a non-empty list")
@@ -121,19 +157,83 @@ def _messages(body: dict) -> list[dict[str, str]]:
         if not isinstance(message, dict):
             raise bad_parameter(f"messages[{i}]", "each message must be an object")
         role = message.get("role")
-        if role == "tool" or message.get("tool_calls"):
-            raise bad_parameter(
-                f"messages[{i}].role",
-                "tool messages and tool calls are not supported by this server yet",
-                "unsupported_value",
-            )
         if role not in ROLE_ALIASES:
             raise bad_parameter(
                 f"messages[{i}].role",
                 f"unknown role {role!r}; use one of {sorted(ROLE_ALIASES)}",
             )
-        out.append({"role": ROLE_ALIASES[role], "content": _content(i, message)})
+        entry: dict = {"role": ROLE_ALIASES[role], "content": _content(i, message)}
+        if role == "tool":
+            call_id = message.get("tool_call_id")
+            if not isinstance(call_id, str) or not call_id:
+                raise bad_parameter(
+                    f"messages[{i}].tool_call_id", "a tool message needs its 'tool_call_id'"
+                )
+            entry["tool_call_id"] = call_id
+        calls = _tool_calls(i, message)
+        if calls:
+            entry["tool_calls"] = calls
+        out.append(entry)
     return out
+
+
+def _tools(body: dict) -> tuple[ToolSpec, ...]:
+    tools = body.get("tools")
+    if tools is None:
+        return ()
+    if not isinstance(tools, list):
+        raise bad_parameter("tools", "'tools' must be a list of tool objects")
+    out: list[ToolSpec] = []
+    for i, tool in enumerate(tools):
+        where = f"tools[{i}]"
+        if not isinstance(tool, dict) or tool.get("type", "function") != "function":
+            raise bad_parameter(
+                where, "only tools of type 'function' are supported", "unsupported_value"
+            )
+        function = tool.get("function")
+        if not isinstance(function, dict):
+            raise bad_parameter(f"{where}.function", "a tool needs a 'function' object")
+        parameters = function.get("parameters", {"type": "object", "properties": {}})
+        description = function.get("description") or ""
+        if not isinstance(parameters, dict):
+            raise bad_parameter(f"{where}.function.parameters", "must be a JSON schema object")
+        if not isinstance(description, str):
+            raise bad_parameter(f"{where}.function.description", "must be a string")
+        try:
+            spec = ToolSpec(function.get("name"), description, parameters)
+        except RequestError as exc:
+            raise bad_parameter(f"{where}.function.name", str(exc)) from exc
+        if any(t.name == spec.name for t in out):
+            raise bad_parameter(f"{where}.function.name", f"two tools are named {spec.name!r}")
+        out.append(spec)
+    return tuple(out)
+
+
+def _tool_choice(body: dict, tools: tuple[ToolSpec, ...]) -> tuple[str, str | None]:
+    """``(choice, name)``: OpenAI's default is ``auto`` with tools and ``none`` without."""
+    choice = body.get("tool_choice")
+    if choice is None:
+        return ("auto" if tools else "none"), None
+    if isinstance(choice, str):
+        if choice not in ("none", "auto", "required"):
+            raise bad_parameter(
+                "tool_choice", "'tool_choice' must be none, auto, required or a named function"
+            )
+        if choice != "none" and not tools:
+            raise bad_parameter("tool_choice", f"tool_choice '{choice}' needs 'tools'")
+        return choice, None
+    function = choice.get("function") if isinstance(choice, dict) else None
+    name = function.get("name") if isinstance(function, dict) else None
+    if not isinstance(name, str):
+        raise bad_parameter(
+            "tool_choice",
+            'a named tool_choice is {"type": "function", "function": {"name": …}}',
+        )
+    if name not in {t.name for t in tools}:
+        raise bad_parameter(
+            "tool_choice", f"tool_choice names {name!r}, which is not among 'tools'"
+        )
+    return "function", name
 
 
 def _stop(body: dict) -> tuple[str, ...]:
@@ -189,6 +289,8 @@ def parse_chat(body: Any) -> ChatRequest:
         name = "max_tokens"
     max_tokens = _number(body, name, None, low=1, high=None, integer=True)
     seed = _number(body, "seed", None, low=-(2**63), high=2**64 - 1, integer=True)
+    tools = _tools(body)
+    tool_choice, tool_name = _tool_choice(body, tools)
     return ChatRequest(
         model=model,
         messages=_messages(body),
@@ -200,4 +302,7 @@ def parse_chat(body: Any) -> ChatRequest:
         top_k=max(0, int(_number(body, "top_k", 0, low=-1, high=None, integer=True))),
         seed=(secrets.randbelow(2**31) if seed is None else seed % 2**64),
         stop=_stop(body),
+        tools=tools,
+        tool_choice=tool_choice,
+        tool_name=tool_name,
     )

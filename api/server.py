@@ -32,6 +32,7 @@ from prometheus_client import (
 from api.backend import SwarmBackend
 from api.errors import APIError, bad_parameter, from_node0
 from api.protocol import ChatRequest, parse_chat
+from api.tool_turn import DeltaWriter, ToolTurn, message_json
 from base.errors import Node0Error
 
 log = logging.getLogger(__name__)
@@ -184,18 +185,20 @@ def create_app(backend: SwarmBackend, *, api_keys: Sequence[str] = ()) -> FastAP
         data = [card(served.base, None)] + [card(a, served.base) for a in served.adapters]
         return JSONResponse({"object": "list", "data": data})
 
-    async def plan(req: ChatRequest):
+    async def plan(req: ChatRequest, turn: ToolTurn):
         """The request's settings, refusing a prompt + answer longer than the window."""
         from inference.conversation import GenerationSettings
 
-        prepared = await asyncio.to_thread(engine.prepare, req.messages, max_new_tokens=1)
+        prepared = await asyncio.to_thread(
+            engine.prepare, turn.messages, max_new_tokens=1, prefix=turn.prefix
+        )
         prompt = len(prepared.prompt_ids)
         room = engine.max_length - 1 - prompt  # the most tokens the answer can have
-        if len(prepared.messages) != len(req.messages) or room < 1:
+        if len(prepared.messages) != len(turn.messages) or room < 1:
             raise APIError(
                 400,
                 f"this model's maximum context length is {engine.max_length} tokens; the "
-                f"messages take {len(engine.encode(req.messages))} tokens",
+                f"messages take {len(engine.encode(turn.messages, turn.prefix))} tokens",
                 code="context_length_exceeded",
                 param="messages",
             )
@@ -215,7 +218,7 @@ def create_app(backend: SwarmBackend, *, api_keys: Sequence[str] = ()) -> FastAP
                 top_k=req.top_k,
                 top_p=req.top_p,
                 seed=req.seed,
-                stop=req.stop,
+                stop=req.stop + turn.stop,
             )
         except Node0Error as exc:
             raise bad_parameter("temperature", str(exc)) from exc
@@ -232,7 +235,8 @@ def create_app(backend: SwarmBackend, *, api_keys: Sequence[str] = ()) -> FastAP
             ) from exc
         req = parse_chat(body)
         adapters = await adapters_of(req.model)
-        settings = await plan(req)
+        turn = ToolTurn.of(req, engine.tool_format)
+        settings = await plan(req, turn)
         completion_id = f"chatcmpl-{secrets.token_hex(12)}"
         created = int(time.time())
 
@@ -241,11 +245,15 @@ def create_app(backend: SwarmBackend, *, api_keys: Sequence[str] = ()) -> FastAP
             metrics.completion_tokens.inc(result.completion_tokens)
 
         if not req.stream:
-            result = await engine.complete(req.messages, settings, adapters=adapters)
+            result = await engine.complete(
+                turn.messages, settings, adapters=adapters, prefix=turn.prefix
+            )
             metrics.ttft.observe(
                 time.perf_counter() - started - result.elapsed + result.time_to_first_token
             )
             record(result)
+            reply = turn.reply(result.text)
+            finish = "tool_calls" if reply.tool_calls else FINISH_REASONS[result.finish_reason]
             return JSONResponse(
                 {
                     "id": completion_id,
@@ -255,16 +263,16 @@ def create_app(backend: SwarmBackend, *, api_keys: Sequence[str] = ()) -> FastAP
                     "choices": [
                         {
                             "index": 0,
-                            "message": {"role": "assistant", "content": result.text},
+                            "message": message_json(reply),
                             "logprobs": None,
-                            "finish_reason": FINISH_REASONS[result.finish_reason],
+                            "finish_reason": finish,
                         }
                     ],
                     "usage": _usage(result),
                 }
             )
 
-        stream = engine.stream(req.messages, settings, adapters=adapters)
+        stream = engine.stream(turn.messages, settings, adapters=adapters, prefix=turn.prefix)
         chunks = aiter(stream)
         # the first chunk before the headers: a failure to open the route or a refusal is still
         # an HTTP error with its status, not an event in a 200 stream
@@ -312,19 +320,25 @@ def create_app(backend: SwarmBackend, *, api_keys: Sequence[str] = ()) -> FastAP
             pumping.cancel()
             await asyncio.gather(pumping, return_exceptions=True)
 
+        deltas = DeltaWriter(turn)
+
         async def events() -> AsyncIterator[str]:
             yield _sse(chunk({"role": "assistant", "content": ""}))
-            if first:
-                yield _sse(chunk({"content": first}))
+            for delta in deltas.feed(first or ""):
+                yield _sse(chunk(delta))
             while isinstance(item := await queue.get(), str):
-                yield _sse(chunk({"content": item}))
+                for delta in deltas.feed(item):
+                    yield _sse(chunk(delta))
+            for delta in deltas.finish():
+                yield _sse(chunk(delta))
             if isinstance(item, Node0Error):
                 yield _sse(from_node0(item).body())
                 yield _sse("[DONE]")
                 return
             result = item
             record(result)
-            yield _sse(chunk({}, FINISH_REASONS[result.finish_reason]))
+            finish = "tool_calls" if deltas.calls else FINISH_REASONS[result.finish_reason]
+            yield _sse(chunk({}, finish))
             if req.include_usage:
                 yield _sse(
                     {

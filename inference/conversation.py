@@ -37,6 +37,7 @@ from base.sampler import SamplingParams
 from dataload.prompt_format import ROLES, PromptMode, encode_prompt, render
 from inference.generation import generate
 from inference.rag_context import ContextScope, RagContext
+from inference.tool_calls import FORMATS, ToolCallFormat, format_for
 from inference.transcript import SessionTranscript
 from inference.turn_stream import TurnStream
 
@@ -180,6 +181,7 @@ class ConversationEngine:
         max_length: every conversation's context window (prompt + answer, in tokens).
         eos_token_ids: tokens that end an answer.
         rag: retrieved context for the turns of conversations with a scope (None: RAG off).
+        tool_format: the model's tool-call syntax (None: the ``hermes`` one).
     """
 
     def __init__(
@@ -191,6 +193,7 @@ class ConversationEngine:
         max_length: int,
         eos_token_ids: frozenset[int] = frozenset(),
         rag: RagContext | None = None,
+        tool_format: ToolCallFormat | None = None,
     ) -> None:
         if prompt_format not in ("chat", "completion"):
             raise RequestError(f"unknown prompt format {prompt_format!r}; use chat or completion")
@@ -200,6 +203,7 @@ class ConversationEngine:
         self.max_length = max_length
         self.eos_token_ids = frozenset(eos_token_ids)
         self.rag = rag
+        self.tool_format: ToolCallFormat = tool_format or FORMATS["hermes"]
         self._lock = threading.Lock()  # a fast tokenizer must not be used by two threads at once
 
     @classmethod
@@ -227,12 +231,14 @@ class ConversationEngine:
             rag: the RAG store turns retrieve from (None: RAG off); not closed by the engine.
         """
         from models.catalog import CATALOG
+        from models.registry import family_of
 
         tokenizer = client.load_tokenizer()
         spec = CATALOG.get(client.model)
         mode = prompt_format or (spec.prompt_format if spec else "completion")
         client.wait_for_route()
-        window = _context_window(client.model_dir)
+        config = _model_config(client.model_dir)
+        window = int(config.max_position_embeddings)
         return cls(
             lambda length, adapters: client.session(
                 max_length=length, adapters=adapters, step_timeout=step_timeout
@@ -242,6 +248,7 @@ class ConversationEngine:
             max_length=min(max_length or window, window),
             eos_token_ids=_eos_token_ids(client.model_dir, tokenizer),
             rag=rag,
+            tool_format=format_for(family_of(config).name),
         )
 
     # --- the prompt of a turn (blocking: tokenizer and retrieval) -----------------------------
@@ -250,15 +257,18 @@ class ConversationEngine:
         """Tokens of ``text`` as the model sees it inside a prompt (no special tokens)."""
         return len(self.tokenizer(text, add_special_tokens=False).input_ids)
 
-    def encode(self, messages: Sequence[Message]) -> list[int]:
-        """Token ids of the prompt that asks for the next assistant message."""
+    def encode(self, messages: Sequence[Message], prefix: str = "") -> list[int]:
+        """Token ids of the prompt that asks for the next assistant message (which starts
+        with ``prefix``, e.g. the opening of a tool call that the answer must be)."""
         text = render(messages, mode=self.prompt_format, tokenizer=self.tokenizer)
-        return encode_prompt(text, self.tokenizer, mode=self.prompt_format)
+        return encode_prompt(text + prefix, self.tokenizer, mode=self.prompt_format)
 
-    def fit(self, messages: Sequence[Message], max_new_tokens: int) -> list[Message]:
+    def fit(
+        self, messages: Sequence[Message], max_new_tokens: int, prefix: str = ""
+    ) -> list[Message]:
         """``messages`` without the oldest exchanges that leave no room for the answer."""
         return fit_window(
-            messages, lambda m: len(self.encode(m)) + max_new_tokens < self.max_length
+            messages, lambda m: len(self.encode(m, prefix)) + max_new_tokens < self.max_length
         )
 
     def augment(self, prompt: str, scope: ContextScope):
@@ -275,8 +285,12 @@ class ConversationEngine:
         *,
         max_new_tokens: int,
         scope: ContextScope | None = None,
+        prefix: str = "",
     ) -> PreparedTurn:
         """Retrieve context for the last user message (with a scope), fit the window, encode.
+
+        ``prefix`` is the start of the answer, put in the prompt (the answer's text does not
+        repeat it).
 
         Raises:
             RequestError: no messages, a malformed message, or a chat template missing.
@@ -291,15 +305,19 @@ class ConversationEngine:
                 assembled = self.augment(last["content"], scope)
                 messages[-1] = {**last, "content": assembled.text}
                 context = assembled.context
-            turn = self.fit(messages, max_new_tokens)
-            return PreparedTurn(turn, self.encode(turn), context)
+            turn = self.fit(messages, max_new_tokens, prefix)
+            return PreparedTurn(turn, self.encode(turn, prefix), context)
 
     async def _prepare(
-        self, messages: Sequence[Message], max_new_tokens: int, scope: ContextScope | None
+        self,
+        messages: Sequence[Message],
+        max_new_tokens: int,
+        scope: ContextScope | None,
+        prefix: str = "",
     ) -> PreparedTurn:
         # off the event loop: retrieval embeds the query, long prompts take a while to tokenize
         return await asyncio.to_thread(
-            self.prepare, messages, max_new_tokens=max_new_tokens, scope=scope
+            self.prepare, messages, max_new_tokens=max_new_tokens, scope=scope, prefix=prefix
         )
 
     # --- conversations ------------------------------------------------------------------------
@@ -325,12 +343,14 @@ class ConversationEngine:
         adapters: Sequence[str] = (),
         scope: ContextScope | None = None,
         on_text: OnText = None,
+        prefix: str = "",
     ) -> TurnResult:
         """The answer to ``messages`` in a fresh pipeline session, closed afterwards.
 
-        ``on_text(chunk)`` gets the answer's text as it becomes final.
+        ``on_text(chunk)`` gets the answer's text as it becomes final. ``prefix`` is put in
+        the prompt as the answer's start (see :meth:`prepare`).
         """
-        prepared = await self._prepare(messages, settings.max_new_tokens, scope)
+        prepared = await self._prepare(messages, settings.max_new_tokens, scope, prefix)
         async with self.conversation(adapters=adapters) as conversation:
             return await conversation._generate(prepared, settings, on_text)
 
@@ -341,11 +361,12 @@ class ConversationEngine:
         *,
         adapters: Sequence[str] = (),
         scope: ContextScope | None = None,
+        prefix: str = "",
     ) -> TurnStream:
         """:meth:`complete` as a stream of text chunks, then the result."""
         return TurnStream(
             lambda on_text: self.complete(
-                messages, settings, adapters=adapters, scope=scope, on_text=on_text
+                messages, settings, adapters=adapters, scope=scope, on_text=on_text, prefix=prefix
             )
         )
 
@@ -547,10 +568,10 @@ def default_transcript_path(rig: str) -> Path:
     return node0_home() / "transcripts" / f"{rig}.jsonl"
 
 
-def _context_window(model_dir: Path) -> int:
+def _model_config(model_dir: Path):
     from transformers import AutoConfig
 
-    return int(AutoConfig.from_pretrained(model_dir).max_position_embeddings)
+    return AutoConfig.from_pretrained(model_dir)
 
 
 def _eos_token_ids(model_dir: Path, tokenizer) -> frozenset[int]:

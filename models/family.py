@@ -42,6 +42,9 @@ class ModelFamily:
             one (Qwen2: ``self_attn.q_proj.bias``); empty for the plain layout.
         signature_note: what the signature means, for messages ("biased q/k/v projections").
         unsupported: a reason a config of this family cannot be served (None: it can).
+        tool_call_format: the syntax the family's chat models use to call tools, a key of
+            ``inference.tool_calls.FORMATS`` (the OpenAI API and the tool loop parse replies
+            with it and describe offered tools in it).
     """
 
     name: str
@@ -55,6 +58,7 @@ class ModelFamily:
     signature: tuple[str, ...] = ()
     signature_note: str = ""
     unsupported: Callable[[Any], str | None] = _no_objection
+    tool_call_format: str = "hermes"
 
     @property
     def architecture(self) -> str:

@@ -29,4 +29,6 @@ LLAMA = ModelFamily(
     layer_shapes=layer_shapes,
     gguf=LAYOUT,
     unsupported=_unsupported,
+    # SmolLM2 and the ChatML fine-tunes node0 serves call tools as <tool_call>{json}</tool_call>
+    tool_call_format="hermes",
 )

@@ -33,4 +33,5 @@ QWEN2 = ModelFamily(
     signature=("self_attn.q_proj.bias",),
     signature_note="Qwen2ForCausalLM, model_type qwen2: biased q/k/v projections",
     unsupported=_unsupported,
+    tool_call_format="hermes",  # Qwen2/2.5 chat templates: <tool_call>{json}</tool_call>
 )
