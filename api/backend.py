@@ -4,6 +4,7 @@ the model ids the swarm serves (its base model and every task adapter on a full 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +51,8 @@ class SwarmBackend:
         initial_peers: DHT multiaddrs of the swarm.
         max_length: context window (None: the model's).
         step_timeout: seconds a stage may take per step before failover.
+        on_hop_step: called after each hop of a pipeline session answers a step (the
+            server's per-hop latency metric, see ``PipelineSession``).
     """
 
     def __init__(
@@ -59,6 +62,7 @@ class SwarmBackend:
         *,
         max_length: int | None = None,
         step_timeout: float = 30.0,
+        on_hop_step: Callable[[int, StageRecord, int, float], None] | None = None,
     ) -> None:
         from inference.conversation import ConversationEngine
         from inference.swarm_client import SwarmClient
@@ -66,7 +70,10 @@ class SwarmBackend:
         self.client = SwarmClient(model, initial_peers)
         try:
             self.engine = ConversationEngine.connect(
-                self.client, max_length=max_length, step_timeout=step_timeout
+                self.client,
+                max_length=max_length,
+                step_timeout=step_timeout,
+                on_hop_step=on_hop_step,
             )
         except BaseException:
             self.client.close()

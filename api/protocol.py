@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from api.errors import APIError, bad_parameter
+from api.extensions import EXTENSION_FIELDS
 from base.errors import RequestError
 from inference.tool_calls import ToolCall, ToolSpec
 
@@ -268,7 +269,7 @@ def parse_chat(body: Any) -> ChatRequest:
     anything wrong, naming the parameter)."""
     if not isinstance(body, dict):
         raise APIError(400, "the request body must be a JSON object", code="invalid_json")
-    check_fields(body, CHAT_FIELDS)
+    check_fields(body, CHAT_FIELDS | EXTENSION_FIELDS)  # extensions: read by api.extensions
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise bad_parameter("model", "'model' must be a model id (see GET /v1/models)")

@@ -26,7 +26,7 @@ import asyncio
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +42,7 @@ from inference.transcript import SessionTranscript
 from inference.turn_stream import TurnStream
 
 if TYPE_CHECKING:
+    from base.dht_records import StageRecord
     from inference.pipeline_session import PipelineSession
     from inference.swarm_client import SwarmClient
 
@@ -118,7 +119,8 @@ class PreparedTurn:
 
     Attributes:
         messages: what the prompt renders: window-fitted, with the retrieved context in front
-            of the last user message.
+            of the last user message (empty for a raw prompt, see
+            :meth:`ConversationEngine.prepare_prompt`).
         prompt_ids: the rendered prompt's token ids.
         context: the :class:`rag.ContextBlock` placed in the prompt (None: no retrieval).
     """
@@ -143,6 +145,8 @@ class TurnResult:
         elapsed: seconds of the whole generation.
         messages: the messages the prompt rendered (see :class:`PreparedTurn`).
         context: the retrieved context block placed in the prompt (None: no retrieval).
+        token_times: per generated token, seconds from the first step sent to its arrival
+            (inter-token latencies are their differences).
     """
 
     text: str
@@ -154,6 +158,7 @@ class TurnResult:
     elapsed: float
     messages: list[Message]
     context: Any = None
+    token_times: list[float] = field(default_factory=list, repr=False)
 
     @property
     def prompt_tokens(self) -> int:
@@ -215,6 +220,7 @@ class ConversationEngine:
         max_length: int | None = None,
         step_timeout: float = 30.0,
         rag: RagContext | None = None,
+        on_hop_step: Callable[[int, StageRecord, int, float], None] | None = None,
     ) -> ConversationEngine:
         """The engine of a swarm connection.
 
@@ -229,6 +235,8 @@ class ConversationEngine:
             max_length: context window of each conversation (None: the model's).
             step_timeout: seconds a stage may take per step before failover.
             rag: the RAG store turns retrieve from (None: RAG off); not closed by the engine.
+            on_hop_step: called after each hop of a pipeline session answers a step (see
+                :class:`~inference.pipeline_session.PipelineSession`).
         """
         from models.catalog import CATALOG
         from models.registry import family_of
@@ -241,7 +249,10 @@ class ConversationEngine:
         window = int(config.max_position_embeddings)
         return cls(
             lambda length, adapters: client.session(
-                max_length=length, adapters=adapters, step_timeout=step_timeout
+                max_length=length,
+                adapters=adapters,
+                step_timeout=step_timeout,
+                on_hop_step=on_hop_step,
             ),
             tokenizer,
             prompt_format=mode,
@@ -271,13 +282,17 @@ class ConversationEngine:
             messages, lambda m: len(self.encode(m, prefix)) + max_new_tokens < self.max_length
         )
 
-    def augment(self, prompt: str, scope: ContextScope):
-        """The :class:`rag.AssembledPrompt` of a user turn (the plain prompt with RAG off)."""
+    def augment(self, prompt: str, scope: ContextScope, rag: RagContext | None = None):
+        """The :class:`rag.AssembledPrompt` of a user turn (the plain prompt with RAG off).
+
+        ``rag``: the store to retrieve from (None: the engine's).
+        """
         from rag import AssembledPrompt
 
-        if self.rag is None:
+        rag = rag if rag is not None else self.rag
+        if rag is None:
             return AssembledPrompt(prompt, None)
-        return self.rag.assemble(prompt, scope, self.count_tokens)
+        return rag.assemble(prompt, scope, self.count_tokens)
 
     def prepare(
         self,
@@ -286,11 +301,13 @@ class ConversationEngine:
         max_new_tokens: int,
         scope: ContextScope | None = None,
         prefix: str = "",
+        rag: RagContext | None = None,
     ) -> PreparedTurn:
         """Retrieve context for the last user message (with a scope), fit the window, encode.
 
         ``prefix`` is the start of the answer, put in the prompt (the answer's text does not
-        repeat it).
+        repeat it). ``rag``: the store to retrieve from (None: the engine's); a server with
+        several stores names one per request.
 
         Raises:
             RequestError: no messages, a malformed message, or a chat template missing.
@@ -298,11 +315,12 @@ class ConversationEngine:
         messages = [_checked(m) for m in messages]
         if not messages:
             raise RequestError("a turn needs at least one message")
+        rag = rag if rag is not None else self.rag
         with self._lock:
             context = None
             last = messages[-1]
-            if scope is not None and self.rag is not None and last["role"] == "user":
-                assembled = self.augment(last["content"], scope)
+            if scope is not None and rag is not None and last["role"] == "user":
+                assembled = self.augment(last["content"], scope, rag)
                 messages[-1] = {**last, "content": assembled.text}
                 context = assembled.context
             turn = self.fit(messages, max_new_tokens, prefix)
@@ -319,6 +337,46 @@ class ConversationEngine:
         return await asyncio.to_thread(
             self.prepare, messages, max_new_tokens=max_new_tokens, scope=scope, prefix=prefix
         )
+
+    def prepare_prompt(
+        self,
+        prompt: str | Sequence[int],
+        *,
+        scope: ContextScope | None = None,
+        rag: RagContext | None = None,
+    ) -> PreparedTurn:
+        """A raw prompt ready to generate: no chat template, no window fitting.
+
+        Text is tokenized as it is (with the tokenizer's own special tokens, e.g. a BOS, as a
+        base model saw its training text); token ids are taken as they are. With a scope and a
+        store (``rag``, else the engine's), the retrieved context block goes in front of the
+        text. The length is not checked here: generation refuses a prompt that fills the
+        window.
+
+        Raises:
+            RequestError: an empty prompt, token ids outside the vocabulary, or a scope with
+                token ids (retrieval needs the text).
+        """
+        rag = rag if rag is not None else self.rag
+        if isinstance(prompt, str):
+            if not prompt:
+                raise RequestError("the prompt is empty")
+            with self._lock:
+                context = None
+                if scope is not None and rag is not None:
+                    assembled = self.augment(prompt, scope, rag)
+                    prompt, context = assembled.text, assembled.context
+                ids = encode_prompt(prompt, self.tokenizer, mode="completion")
+            return PreparedTurn([], ids, context)
+        ids = list(prompt)
+        if not ids:
+            raise RequestError("the prompt is empty")
+        vocabulary = len(self.tokenizer)
+        if not all(isinstance(i, int) and 0 <= i < vocabulary for i in ids):
+            raise RequestError(f"prompt token ids must be integers in [0, {vocabulary})")
+        if scope is not None and rag is not None:
+            raise RequestError("retrieved context needs a text prompt, not token ids")
+        return PreparedTurn([], ids)
 
     # --- conversations ------------------------------------------------------------------------
 
@@ -351,8 +409,34 @@ class ConversationEngine:
         the prompt as the answer's start (see :meth:`prepare`).
         """
         prepared = await self._prepare(messages, settings.max_new_tokens, scope, prefix)
+        return await self.complete_prepared(prepared, settings, adapters=adapters, on_text=on_text)
+
+    async def complete_prepared(
+        self,
+        prepared: PreparedTurn,
+        settings: GenerationSettings = DEFAULT_SETTINGS,
+        *,
+        adapters: Sequence[str] = (),
+        on_text: OnText = None,
+    ) -> TurnResult:
+        """The answer to a prepared prompt (:meth:`prepare`, :meth:`prepare_prompt`) in a fresh
+        pipeline session, closed afterwards (also when the call is cancelled)."""
         async with self.conversation(adapters=adapters) as conversation:
             return await conversation._generate(prepared, settings, on_text)
+
+    def stream_prepared(
+        self,
+        prepared: PreparedTurn,
+        settings: GenerationSettings = DEFAULT_SETTINGS,
+        *,
+        adapters: Sequence[str] = (),
+    ) -> TurnStream:
+        """:meth:`complete_prepared` as a stream of text chunks, then the result."""
+        return TurnStream(
+            lambda on_text: self.complete_prepared(
+                prepared, settings, adapters=adapters, on_text=on_text
+            )
+        )
 
     def stream(
         self,
@@ -518,6 +602,7 @@ class Conversation:
             elapsed=result.elapsed,
             messages=prepared.messages,
             context=prepared.context,
+            token_times=result.token_times,
         )
 
     async def _open(self) -> PipelineSession:

@@ -29,6 +29,7 @@ class GenerationResult:
     time_to_first_token: float
     elapsed: float
     first_logits: object = field(default=None, repr=False)  # torch.Tensor on request
+    token_times: list[float] = field(default_factory=list, repr=False)  # s from start, per token
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -66,6 +67,7 @@ async def generate(
     reuse = min(common_prefix(session.token_ids, prompt_ids), len(prompt_ids) - 1)
     stream = TextStream(tokenizer, stop)
     generated: list[int] = []
+    token_times: list[float] = []
     first_logits = None
     ttft = 0.0
     feed, position = prompt_ids[reuse:], reuse
@@ -81,6 +83,7 @@ async def generate(
         token = int(response.token)
         position += len(feed)
         generated.append(token)
+        token_times.append(time.perf_counter() - started)
         if token in eos_token_ids:
             finish = "eos"
             break
@@ -108,4 +111,5 @@ async def generate(
         time_to_first_token=ttft,
         elapsed=time.perf_counter() - started,
         first_logits=first_logits,
+        token_times=token_times,
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -58,6 +59,10 @@ class PipelineSession:
         max_length: positions the session may reach (prompt + generated).
         step_timeout: seconds a stage may take to answer one step before it counts as failed.
         max_failovers: replicas tried per failure before giving up.
+        on_hop_step: ``on_hop_step(index, record, positions, seconds)`` after each hop answers
+            a step: the hop's index in the route, the record of the replica that answered, the
+            positions fed, and the seconds from sending to the answer (a failover's replay
+            included). A server's per-hop latency metrics read this.
     """
 
     def __init__(
@@ -69,6 +74,7 @@ class PipelineSession:
         adapters: tuple[str, ...] = (),
         step_timeout: float = 30.0,
         max_failovers: int = 3,
+        on_hop_step: Callable[[int, StageRecord, int, float], None] | None = None,
     ):
         self.fetch_records = fetch_records
         self.model = model
@@ -76,6 +82,7 @@ class PipelineSession:
         self.adapters = adapters
         self.step_timeout = step_timeout
         self.max_failovers = max_failovers
+        self.on_hop_step = on_hop_step
         self.hops: list[_Hop] = []
         self.failed_endpoints: set[str] = set()
         self.failovers = 0
@@ -217,7 +224,10 @@ class PipelineSession:
         x: torch.Tensor = torch.tensor([token_ids], dtype=torch.int64)
         response = None
         for index, hop in enumerate(self.hops):
+            started = time.perf_counter()
             response, output = await self._step_hop(index, position, x, sampling, return_logits)
+            if self.on_hop_step is not None:
+                self.on_hop_step(index, hop.record, x.shape[1], time.perf_counter() - started)
             hop.keep(position)
             hop.inputs = x if hop.inputs is None else torch.cat([hop.inputs, x], dim=1)
             hop.chunks.append(x.shape[1])

@@ -4,7 +4,9 @@ and sessions."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
+from base.dht_records import StageRecord
 from base.sampler import SamplingParams
 from base.swarm_view import SwarmView
 from inference.generation import GenerationResult, generate
@@ -29,14 +31,21 @@ class SwarmClient(SwarmView):
         return AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
 
     def session(
-        self, *, max_length: int, adapters: tuple[str, ...] = (), step_timeout: float = 30.0
+        self,
+        *,
+        max_length: int,
+        adapters: tuple[str, ...] = (),
+        step_timeout: float = 30.0,
+        on_hop_step: Callable[[int, StageRecord, int, float], None] | None = None,
     ) -> PipelineSession:
+        """An unopened pipeline session (``on_hop_step``: see :class:`PipelineSession`)."""
         return PipelineSession(
             self.records,
             self.model,
             max_length=max_length,
             adapters=adapters,
             step_timeout=step_timeout,
+            on_hop_step=on_hop_step,
         )
 
     async def generate_once(

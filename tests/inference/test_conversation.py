@@ -403,6 +403,45 @@ def test_bad_settings_and_messages_are_request_errors(tokenizer):
         ).prepare([user("x")], max_new_tokens=4)
 
 
+def test_a_raw_prompt_is_tokenized_as_is_and_generated_like_a_turn(tokenizer):
+    stages = ScriptedStages(ids(tokenizer, "Use bd create."))
+    engine = make_engine(tokenizer, stages)
+    settings = GenerationSettings(max_new_tokens=4)
+    text = "The mayor plans"
+    prepared = engine.prepare_prompt(text)
+    assert prepared.prompt_ids == tokenizer(text).input_ids and prepared.messages == []
+    assert engine.prepare_prompt(prepared.prompt_ids).prompt_ids == prepared.prompt_ids
+    result = run(engine.complete_prepared(prepared, settings, adapters=("a",)))
+    assert result.prompt_ids == prepared.prompt_ids and result.completion_tokens == 4
+    assert len(result.token_times) == 4 and result.token_times == sorted(result.token_times)
+    assert stages.sessions[-1].adapters == ("a",) and stages.sessions[-1].closed
+
+    async def stream():
+        async with engine.stream_prepared(prepared, settings) as s:
+            chunks = [chunk async for chunk in s]
+        return chunks, s.result
+
+    chunks, streamed = run(stream())
+    assert "".join(chunks) == streamed.text == result.text
+    for bad in ("", [], [len(tokenizer)], [-1]):
+        with pytest.raises(RequestError):
+            engine.prepare_prompt(bad)
+
+
+def test_a_raw_prompt_gets_context_from_the_store_it_names(tokenizer):
+    rag = StubRag()
+    engine = make_engine(tokenizer, ScriptedStages([]))  # no store of its own
+    scope = ContextScope(rig="gastown", role="polecat")
+    prepared = engine.prepare_prompt("Done?", scope=scope, rag=rag)
+    assert prepared.prompt_ids == tokenizer(f"{StubRag.BLOCK}\n\nDone?").input_ids
+    assert prepared.context.text == StubRag.BLOCK and rag.calls == [("Done?", scope)]
+    assert engine.prepare_prompt("Done?", scope=scope).context is None  # no store: no retrieval
+    turn = engine.prepare([user("Done?")], max_new_tokens=2, scope=scope, rag=rag)
+    assert turn.messages == [user(f"{StubRag.BLOCK}\n\nDone?")]
+    with pytest.raises(RequestError, match="text prompt"):
+        engine.prepare_prompt([1, 2], scope=scope, rag=rag)
+
+
 # --- a real swarm: the engine's two paths = node0-inference = transformers ---------------------
 
 SPLIT = [("s0", [(0, 2)]), ("s1", [(2, 4)]), ("s2", [(4, 6)])]
