@@ -259,6 +259,20 @@ def api_server(
             proc.wait()
 
 
+def active_sessions(client: SwarmClient) -> int:
+    """Pipeline sessions open on the online daemons of ``client``'s swarm (Info RPC)."""
+    import grpc
+
+    from proto import node0_pb2, node0_pb2_grpc
+
+    total = 0
+    for endpoint in {r.endpoint for r in client.records() if r.state == "online"}:
+        with grpc.insecure_channel(endpoint) as channel:
+            info = node0_pb2_grpc.StageStub(channel).Info(node0_pb2.InfoRequest(), timeout=5)
+            total += info.active_sessions
+    return total
+
+
 # --- Data loading: samples and SFT records -----------------------------------------------------
 
 SAMPLES = REPO / "samples" / "sft"
@@ -665,3 +679,78 @@ def max_relative(a: dict, b: dict) -> float:
     assert sorted(a) == sorted(b)
     return max(float((a[k] - b[k]).abs().max() / b[k].abs().max().clamp_min(1e-12)) for k in b)
 
+
+# --- A task adapter that calls tools -----------------------------------------------------------
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+WEATHER = [("Paris", 21, "sunny"), ("Tokyo", 14, "rainy"), ("Oslo", 3, "cloudy")]
+
+
+def weather_exchange(city: str, temperature: int, sky: str, call_id: str = "call_1"):
+    """``(question, call, history)``: a weather question, the call that answers it, and the
+    history through the tool's result (OpenAI-style messages)."""
+    from inference.tool_calls import ToolCall
+
+    question = [{"role": "user", "content": f"What is the weather in {city}?"}]
+    call = ToolCall(call_id, "get_weather", json.dumps({"city": city}))
+    result = json.dumps({"temperature": temperature, "sky": sky})
+    history = question + [
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": call_id, "content": result},
+    ]
+    return question, call, history
+
+
+def train_tool_adapter(model_dir: Path, name: str, out: Path, *, steps: int = 24):
+    """Single-process PEFT: an adapter that calls ``get_weather`` for weather questions (in
+    the family's tool-call syntax) and answers from the tool's result. Saved to ``out``;
+    returns the PEFT model (eval mode) for references."""
+    from peft import get_peft_model, get_peft_model_state_dict
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dataload.prompt_format import encode_prompt, render
+    from inference.tool_calls import FORMATS, ToolSpec, with_tools
+    from lora import LoraSettings, deterministic_init_, save_peft_adapter
+
+    fmt = FORMATS["hermes"]
+    tools = [ToolSpec(**{**WEATHER_TOOL["function"]})]
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    examples = []
+    for city, temperature, sky in WEATHER:
+        question, call, history = weather_exchange(city, temperature, sky)
+        examples.append((question, fmt.render_call(call)))
+        examples.append((history, f"It is {temperature} degrees and {sky} in {city}."))
+    data = []
+    for messages, answer in examples:
+        text = render(with_tools(messages, fmt, tools), mode="chat", tokenizer=tokenizer)
+        prompt = encode_prompt(text, tokenizer, mode="chat")
+        reply = tokenizer(answer + tokenizer.eos_token, add_special_tokens=False).input_ids
+        data.append((prompt, reply))
+    torch.manual_seed(0)
+    settings = LoraSettings(rank=8, alpha=16.0, init_seed=0)
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(model_dir), settings.to_peft(), adapter_name=name
+    )
+    deterministic_init_(model, name, 0)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    for step in range(steps):
+        prompt, reply = data[step % len(data)]
+        ids = torch.tensor([prompt + reply])
+        labels = torch.tensor([[-100] * len(prompt) + reply])
+        model(input_ids=ids, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    save_peft_adapter(get_peft_model_state_dict(model, adapter_name=name), settings, out)
+    return model
