@@ -14,6 +14,7 @@ import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from gastown.roles import ROLES
 from gastown.transcripts import SCHEMA
@@ -32,15 +33,17 @@ class SessionTranscript:
     task: str | None = None
     session_id: str = field(default_factory=lambda: f"ses-node0-{secrets.token_hex(6)}")
     started_at: str = field(default_factory=_now)
-    turns: list[dict[str, str]] = field(default_factory=list)
+    turns: list[dict[str, Any]] = field(default_factory=list)
     errors: int = 0
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, got {self.role!r}")
 
-    def add(self, speaker: str, text: str) -> None:
-        self.turns.append({"speaker": speaker, "text": text})
+    def add(self, speaker: str, text: str, **extra: Any) -> None:
+        """Record a turn; ``extra`` keys (JSON values) go beside ``speaker`` and ``text``, e.g. a
+        tool call's id and exit code (see :mod:`inference.tool_agent`)."""
+        self.turns.append({"speaker": speaker, "text": text, **extra})
 
     def record(self, *, outcome: str | None = None, failure_mode: str | None = None) -> dict:
         answered = any(t["speaker"] == "assistant" for t in self.turns)

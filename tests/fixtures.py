@@ -754,3 +754,42 @@ def train_tool_adapter(model_dir: Path, name: str, out: Path, *, steps: int = 24
     model.eval()
     save_peft_adapter(get_peft_model_state_dict(model, adapter_name=name), settings, out)
     return model
+
+
+# --- The agent tool loop with scripted model replies -------------------------------------------
+
+
+class ScriptedModel:
+    """A tool-loop model (``inference.tool_loop.Model``) that answers with scripted replies, in
+    order, streamed a few characters at a time; ``prompts`` holds every message list it got.
+    A reply may be a callable of the messages (e.g. one that sleeps past a time limit)."""
+
+    def __init__(self, replies: list, *, chunk: int = 3) -> None:
+        self.replies = list(replies)
+        self.prompts: list[list[dict]] = []
+        self.chunk = chunk
+
+    async def __call__(self, messages, on_text):
+        from types import SimpleNamespace
+
+        self.prompts.append([dict(m) for m in messages])
+        reply = self.replies.pop(0)
+        if callable(reply):
+            reply = await reply(messages)
+        for at in range(0, len(reply), self.chunk):
+            on_text(reply[at : at + self.chunk])
+        return SimpleNamespace(
+            text=reply,
+            finish_reason="eos",
+            token_ids=list(range(len(reply) // 4 + 1)),
+            prompt_tokens=sum(len(m["content"]) for m in messages) // 4,
+            reused_tokens=0,
+            time_to_first_token=0.0,
+        )
+
+
+def bash_call(command: str) -> str:
+    """A reply that calls ``bash`` with ``command`` in the hermes syntax."""
+    from inference.tool_calls import FORMATS, ToolCall
+
+    return FORMATS["hermes"].render_call(ToolCall.new("bash", {"command": command}))
