@@ -66,6 +66,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="PATH",
         help=f"the RAG store named '{DEFAULT_STORE}' (taken when a request names no store)",
     )
+    p.add_argument(
+        "--transcript-dir",
+        type=Path,
+        default=None,
+        help="where a request's 'transcript' extension appends <name>.jsonl "
+        "(default: $NODE0_HOME/transcripts)",
+    )
     p.set_defaults(handler=run_api)
 
 
@@ -139,7 +146,7 @@ def run_api(args: argparse.Namespace) -> int:
     check_queue(args)
     paths = rag_store_paths(args)
     peers = swarm_peers(args)
-    extensions = Extensions()
+    extensions = Extensions(transcript_dir=args.transcript_dir)
     try:
         for name, path in paths.items():
             extensions.rag_stores[name] = RagContext.open(path)

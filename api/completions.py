@@ -203,6 +203,7 @@ def add_completions(app: FastAPI, serving: Serving) -> None:
         except RequestError as exc:  # token ids outside the vocabulary
             raise bad_parameter("prompt", str(exc)) from exc
         settings = settings_for(req, len(prepared.prompt_ids))
+        await serving.admit(request)
         prompt_text = (
             req.prompt if isinstance(req.prompt, str) else engine.tokenizer.decode(req.prompt)
         )

@@ -10,8 +10,9 @@ takes its extra sampling parameters); every one is optional, on chat and on comp
   PATH`` for the one named ``default``), never a path: a client cannot make the server open
   anything on its filesystem.
 - ``transcript``: a name; the request's messages and answer are appended as one session
-  transcript (``gastown.transcript/1``) to ``$NODE0_HOME/transcripts/<name>.jsonl``, where
-  ``node0 corpus build`` reads it.
+  transcript (``gastown.transcript/1``) to ``<name>.jsonl`` in the server's transcript
+  directory (``--transcript-dir``, default ``$NODE0_HOME/transcripts``, where
+  ``node0-inference`` writes too), for ``node0 corpus build``.
 """
 
 from __future__ import annotations
@@ -88,14 +89,21 @@ class RequestExtensions:
 
 
 class Extensions:
-    """What the server offers requests' extensions: its named RAG stores.
+    """What the server offers requests' extensions: its named RAG stores, the transcript
+    directory.
 
     Args:
         rag_stores: name → open store (the server closes them when it stops).
+        transcript_dir: where named transcripts go (None: ``$NODE0_HOME/transcripts``).
     """
 
-    def __init__(self, rag_stores: Mapping[str, RagContext] | None = None) -> None:
+    def __init__(
+        self,
+        rag_stores: Mapping[str, RagContext] | None = None,
+        transcript_dir: Path | None = None,
+    ) -> None:
         self.rag_stores = dict(rag_stores or {})
+        self.transcript_dir = transcript_dir
 
     def parse(self, body: dict) -> RequestExtensions:
         """The extensions of a request body (400 on a malformed one; 400 ``unknown_rag_store``
@@ -107,7 +115,11 @@ class Extensions:
         if name is not None:
             from inference.conversation import default_transcript_path
 
-            transcript = default_transcript_path(check_name(name, "transcript", "'transcript'"))
+            name = check_name(name, "transcript", "'transcript'")
+            if self.transcript_dir is None:
+                transcript = default_transcript_path(name)
+            else:
+                transcript = self.transcript_dir / f"{name}.jsonl"
         return RequestExtensions(
             adapters=adapters,
             rag=rag,

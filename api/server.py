@@ -169,6 +169,7 @@ def create_app(
         adapters = await adapters_of(req.model, ext.adapters)
         turn = ToolTurn.of(req, engine.tool_format)
         settings, prepared = await plan(req, turn, ext)
+        await serving.admit(request)
         completion_id = f"chatcmpl-{secrets.token_hex(12)}"
         created = int(time.time())
 

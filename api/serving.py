@@ -2,9 +2,11 @@
 bounded queue, API keys, the extensions' resources; and how a generating endpoint is served.
 
 A generating endpoint (:meth:`Serving.post`) is authorized, its body read, then its handler
-runs in a generation slot (:class:`~api.admission.Admission`: 429 ``queue_full`` when the queue
-is full) as a task that the client's hang-up cancels, so a non-streaming answer's pipeline
-session closes at once too. A streaming answer keeps its slot until the response ends.
+runs as a task that the client's hang-up cancels, so a non-streaming answer's pipeline session
+closes at once too. The handler checks the request, then takes a generation slot
+(:meth:`Serving.admit`, :class:`~api.admission.Admission`: 429 ``queue_full`` when the queue is
+full), so a bad request is a 400 without waiting; the slot is given back when the answer ends (a
+stream: when its response closes).
 """
 
 from __future__ import annotations
@@ -134,10 +136,16 @@ class Serving:
                 )
         return adapters + tuple(a for a in stacked if a not in adapters)
 
+    async def admit(self, request: Request) -> None:
+        """Take a generation slot for ``request``, waiting in the queue (429 ``queue_full`` when
+        it is full). The endpoint (:meth:`post`) gives it back when the answer ends."""
+        request.state.slot = await self.admission.acquire()
+
     def post(self, app: FastAPI, path: str, handler: Handler) -> None:
-        """Serve ``POST path`` with ``handler``: authorized, in a generation slot, cancelled
-        when the client hangs up (:data:`CLIENT_CLOSED` is then recorded). The handler finds
-        the time the request arrived in ``request.state.received`` (``time.perf_counter()``)."""
+        """Serve ``POST path`` with ``handler``: authorized, cancelled when the client hangs up
+        (:data:`CLIENT_CLOSED` is then recorded), its slot (:meth:`admit`) given back when its
+        answer ends. The handler finds the time the request arrived in
+        ``request.state.received`` (``time.perf_counter()``)."""
 
         async def endpoint(request: Request) -> Response:
             request.state.received = time.perf_counter()
@@ -145,22 +153,27 @@ class Serving:
             # read the body now: watching for a hang-up reads the connection after it
             await request.body()
             try:
-                return await unless_disconnected(request, self._admitted(request, handler))
+                return await unless_disconnected(request, self._answer(request, handler))
             except ClientDisconnected:
                 log.info("%s: the client hung up; its answer was cancelled", path)
                 return Response(status_code=CLIENT_CLOSED)
 
         app.add_api_route(path, endpoint, methods=["POST"])
 
-    async def _admitted(self, request: Request, handler: Handler) -> Response:
-        ticket = await self.admission.acquire()
+    async def _answer(self, request: Request, handler: Handler) -> Response:
+        request.state.slot = None
         try:
             response = await handler(request)
         except BaseException:
-            self.admission.release(ticket)
+            self._give_back(request)
             raise
         if isinstance(response, SSEResponse):
-            response.add_close_callback(lambda: self.admission.release(ticket))
+            response.add_close_callback(lambda: self._give_back(request))
         else:
-            self.admission.release(ticket)
+            self._give_back(request)
         return response
+
+    def _give_back(self, request: Request) -> None:
+        ticket, request.state.slot = request.state.slot, None
+        if ticket is not None:
+            self.admission.release(ticket)

@@ -1,17 +1,28 @@
 """Parts of ``node0 api`` without a swarm: the bounded queue, the completions body, the
-extensions, the disconnect watcher."""
+extensions, the disconnect watcher; then the app itself in-process (uvicorn on a free loopback
+port) over a conversation engine whose stages are scripted."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
+import threading
+import time
+from contextlib import contextmanager
 
+import httpx
 import pytest
+from httpx_sse import connect_sse
 
 from api.admission import Admission, QueueFull
+from api.backend import ServedModels
 from api.completions import parse_completion
 from api.errors import APIError
 from api.extensions import Extensions
 from api.streaming import ClientDisconnected, unless_disconnected
+from proto import node0_pb2
+from tests.fixtures import free_port
 
 
 def run(coro):
@@ -150,6 +161,8 @@ def test_extensions_parse_names_never_paths(tmp_path, monkeypatch):
     assert ext.transcript == tmp_path / "transcripts" / "my-agent.1.jsonl"
     assert (ext.rig, ext.role) == ("gastown", "polecat")
     assert extensions.parse({}).transcript is None
+    elsewhere = Extensions(transcript_dir=tmp_path / "out").parse({"transcript": "x"})
+    assert elsewhere.transcript == tmp_path / "out" / "x.jsonl"
     extensions.close()
     assert store.closed
 
@@ -211,3 +224,141 @@ def test_unless_disconnected_cancels_the_work_when_the_client_hangs_up():
         assert await unless_disconnected(FakeRequest(), quick()) == 42
 
     run(scenario())
+
+
+# --- the app over scripted stages --------------------------------------------------------------
+
+
+class ScriptedSession:
+    """A pipeline session that answers every step with token 40 after ``delay`` seconds."""
+
+    def __init__(self, backend: ScriptedBackend, max_length: int, adapters: tuple[str, ...]):
+        self.backend, self.max_length, self.token_ids = backend, max_length, []
+        self.closed = False
+
+    async def open(self) -> None:
+        self.backend.sessions.append(self)
+
+    async def close(self) -> None:
+        self.closed = True
+
+    async def step(self, token_ids, position, *, sampling, return_logits=False):
+        await asyncio.sleep(self.backend.delay)
+        self.token_ids = self.token_ids[:position] + list(token_ids)
+        return node0_pb2.StepResponse(token=40)
+
+
+class ScriptedBackend:
+    """What ``create_app`` needs of a :class:`~api.backend.SwarmBackend`."""
+
+    model_id = "m"
+
+    def __init__(self, delay: float = 0.02) -> None:
+        from inference.conversation import ConversationEngine
+        from models.tiny import build_tokenizer
+
+        self.delay = delay
+        self.sessions: list[ScriptedSession] = []
+        self.engine = ConversationEngine(
+            lambda length, adapters: ScriptedSession(self, length, adapters),
+            build_tokenizer(),
+            prompt_format="completion",
+            max_length=512,
+        )
+
+    def models(self) -> ServedModels:
+        return ServedModels("m", ())
+
+    def has_route(self) -> bool:
+        return True
+
+
+@contextmanager
+def app_server(backend: ScriptedBackend, **options):
+    """The app in uvicorn on 127.0.0.1 (a thread of this process); always stopped."""
+    import uvicorn
+
+    from api.server import create_app
+
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(backend, **options), host="127.0.0.1", port=port, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def gauge(base: str, name: str) -> float:
+    for line in httpx.get(f"{base}/metrics").text.splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def wait_for(predicate, what: str) -> None:
+    deadline = time.monotonic() + 20
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_full_queue_is_429_and_a_bad_request_is_400_without_queueing():
+    backend = ScriptedBackend()
+    request = {"model": "m", "prompt": "hello", "max_tokens": 3}
+    with app_server(backend, max_concurrent=1, max_queue=0) as base:
+        body = {**request, "max_tokens": 400, "stream": True}
+        with httpx.Client(timeout=30) as http:
+            with connect_sse(http, "POST", f"{base}/v1/completions", json=body) as holder:
+                events = holder.iter_sse()
+                next(events)
+                assert gauge(base, "node0_api_requests_in_flight") == 1
+                busy = httpx.post(f"{base}/v1/completions", json=request)
+                bad = httpx.post(f"{base}/v1/completions", json={**request, "n": 2})
+                chat = httpx.post(
+                    f"{base}/v1/chat/completions",
+                    json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+                )
+        assert busy.status_code == chat.status_code == 429
+        assert busy.json()["error"]["code"] == "queue_full"
+        assert int(busy.headers["Retry-After"]) >= 1
+        assert (bad.status_code, bad.json()["error"]["param"]) == (400, "n")
+        wait_for(lambda: gauge(base, "node0_api_requests_in_flight") == 0, "the slot back")
+        answer = httpx.post(f"{base}/v1/completions", json=request)
+        assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] == 3
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/completions", {"prompt": "hello"}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hello"}]}),
+    ],
+)
+def test_a_non_streaming_hang_up_closes_the_session_and_frees_the_slot(path, body):
+    backend = ScriptedBackend(delay=0.05)
+    with app_server(backend, max_concurrent=1, max_queue=0) as base:
+        payload = json.dumps({"model": "m", "max_tokens": 400, **body}).encode()
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(payload)}\r\n\r\n"
+        )
+        port = int(base.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(head.encode() + payload)
+            wait_for(lambda: backend.sessions, "the session")
+        (session,) = backend.sessions
+        wait_for(lambda: session.closed, "the session closed")
+        assert len(session.token_ids) < 100  # cut short, not run to max_tokens
+        wait_for(lambda: gauge(base, "node0_api_requests_in_flight") == 0, "the slot back")
+        metrics = httpx.get(f"{base}/metrics").text
+        assert f'node0_api_requests_total{{endpoint="{path}",status="499"}} 1.0' in metrics
