@@ -13,7 +13,6 @@ import os
 import signal
 import time
 
-import grpc
 import httpx
 import openai
 import pytest
@@ -21,9 +20,9 @@ from httpx_sse import connect_sse
 
 from inference.conversation import ConversationEngine, GenerationSettings
 from inference.swarm_client import SwarmClient
-from proto import node0_pb2, node0_pb2_grpc
 from tests.fixtures import (
     SMOLLM2_3STAGE,
+    active_sessions,
     api_server,
     local_swarm,
     make_adapter,
@@ -205,11 +204,8 @@ def test_bad_parameters_are_400_in_openai_shape(oai):
         (dict(presence_penalty=0.5), "presence_penalty", "unsupported_parameter"),
         (dict(logit_bias={"42": 5}), "logit_bias", "unsupported_parameter"),
         (dict(extra_body={"no_such_field": 1}), "no_such_field", "unknown_parameter"),
-        (
-            dict(tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}]),
-            "tools",
-            "unsupported_parameter",
-        ),
+        (dict(functions=[{"name": "f", "parameters": {}}]), "functions", "unsupported_parameter"),
+        (dict(tool_choice="required"), "tool_choice", "invalid_value"),
     ]
     for kwargs, param, code in cases:
         with pytest.raises(openai.BadRequestError) as info:
@@ -246,19 +242,10 @@ def test_context_length_exceeded_is_400(oai, engine):
         assert _error(info.value)["code"] == "context_length_exceeded"
 
 
-def _active_sessions(swarm_client: SwarmClient) -> int:
-    total = 0
-    for endpoint in {r.endpoint for r in swarm_client.records() if r.state == "online"}:
-        with grpc.insecure_channel(endpoint) as channel:
-            info = node0_pb2_grpc.StageStub(channel).Info(node0_pb2.InfoRequest(), timeout=5)
-            total += info.active_sessions
-    return total
-
-
 def test_disconnect_mid_stream_closes_sessions(server, engine, swarm):
     client = SwarmClient(MODEL, swarm.initial_peers)
     try:
-        assert _active_sessions(client) == 0
+        assert active_sessions(client) == 0
         body = {"model": MODEL, "messages": QUESTION, "max_tokens": 400, "stream": True}
         body |= {"temperature": 0.7, "seed": 1}
         with httpx.Client(timeout=120, headers={"Authorization": f"Bearer {KEY}"}) as http:
@@ -266,11 +253,11 @@ def test_disconnect_mid_stream_closes_sessions(server, engine, swarm):
                 events = src.iter_sse()
                 for _ in range(4):
                     next(events)
-                during = _active_sessions(client)
+                during = active_sessions(client)
         # the connection is closed: the server must close the pipeline session now, long
         # before the daemons' idle eviction (300 s) would
         deadline = time.monotonic() + 5
-        while (after := _active_sessions(client)) and time.monotonic() < deadline:
+        while (after := active_sessions(client)) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert during == len(SPLIT)
         assert after == 0
