@@ -385,6 +385,10 @@ def _tool_setup(args: argparse.Namespace):
     policy, path, sha256 = load_guardrails(args.guardrails)
     if not args.workdir.is_dir():
         raise Node0Error(f"--workdir {args.workdir} is not a directory")
+    for flag, value in (("--max-steps", args.max_steps), ("--tool-timeout", args.tool_timeout),
+                        ("--time-limit", args.time_limit)):  # fmt: skip
+        if value is not None and value <= 0:
+            raise Node0Error(f"{flag} must be positive, got {value}")
     limits = LoopLimits(
         max_steps=args.max_steps or policy.max_steps,
         time_limit_s=args.time_limit or policy.time_limit_s,

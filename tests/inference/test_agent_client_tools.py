@@ -12,27 +12,33 @@ from inference.guardrails import DEFAULT_GUARDRAILS
 from inference.tool_calls import ToolCall
 from inference.tool_loop import LoopResult, TextEvent, ToolCallEvent, ToolResultEvent
 from inference.tools import ToolOutcome
-from tests.fixtures import run_cli
 
 NO_SWARM = ["--initial-peers", "/ip4/127.0.0.1/tcp/1/p2p/QmNoSuchPeer", "--transcript", "off"]
 
 
-def test_unknown_tool_is_a_usage_error():
-    run = run_cli(["inference.agent_client", "--tools", "bash,python", *NO_SWARM])
-    assert run.returncode == ExitCode.USAGE and "unknown tools ['python']" in run.stderr
+def cli(capsys, *args: str) -> tuple[int, str]:
+    """``node0-inference`` in this process: its exit code and stderr."""
+    try:
+        code = agent_client.main([*args, *NO_SWARM])
+    except SystemExit as exc:  # argparse
+        code = exc.code
+    return code, capsys.readouterr().err
 
 
-def test_a_bad_policy_fails_before_connecting(tmp_path):
+def test_unknown_tool_is_a_usage_error(capsys):
+    code, err = cli(capsys, "--tools", "bash,python")
+    assert code == ExitCode.USAGE and "unknown tools ['python']" in err
+
+
+def test_a_bad_policy_or_flag_fails_before_connecting(tmp_path, capsys):
     policy = tmp_path / "policy.yaml"
     policy.write_text("deny: [everything]\n")
-    run = run_cli(
-        ["inference.agent_client", "--tools", "bash", "--guardrails", str(policy), *NO_SWARM]
-    )
-    assert run.returncode == ExitCode.CONFIG and str(policy) in run.stderr and "deny" in run.stderr
-    run = run_cli(
-        ["inference.agent_client", "--tools", "bash", "--workdir", str(tmp_path / "no"), *NO_SWARM]
-    )
-    assert run.returncode == ExitCode.USAGE and "is not a directory" in run.stderr
+    code, err = cli(capsys, "--tools", "bash", "--guardrails", str(policy))
+    assert code == ExitCode.CONFIG and str(policy) in err and "deny" in err
+    code, err = cli(capsys, "--tools", "bash", "--workdir", str(tmp_path / "no"))
+    assert code == ExitCode.USAGE and "is not a directory" in err
+    code, err = cli(capsys, "--tools", "bash", "--max-steps", "0")
+    assert code == ExitCode.USAGE and "--max-steps must be positive" in err
 
 
 def test_startup_lines_name_the_policy_and_limits(tmp_path, capsys):
