@@ -712,10 +712,33 @@ def weather_exchange(city: str, temperature: int, sky: str, call_id: str = "call
     return question, call, history
 
 
-def train_tool_adapter(model_dir: Path, name: str, out: Path, *, steps: int = 24):
-    """Single-process PEFT: an adapter that calls ``get_weather`` for weather questions (in
-    the family's tool-call syntax) and answers from the tool's result. Saved to ``out``;
-    returns the PEFT model (eval mode) for references."""
+def weather_examples() -> list[tuple[list[dict], str]]:
+    """``train_tool_adapter``'s default data: per city, the call a weather question gets, and
+    the answer after the tool's result."""
+    from inference.tool_calls import FORMATS
+
+    fmt_call = FORMATS["hermes"].render_call
+    examples = []
+    for city, temperature, sky in WEATHER:
+        question, call, history = weather_exchange(city, temperature, sky)
+        examples.append((question, fmt_call(call)))
+        examples.append((history, f"It is {temperature} degrees and {sky} in {city}."))
+    return examples
+
+
+def train_tool_adapter(
+    model_dir: Path,
+    name: str,
+    out: Path,
+    *,
+    steps: int = 24,
+    examples: list[tuple[list[dict], str]] | None = None,
+    tools=None,
+):
+    """Single-process PEFT: an adapter trained on ``examples`` — (OpenAI-style messages, the
+    reply: text or a call in the family's syntax) — rendered with ``tools`` offered (ToolSpecs).
+    By default it calls ``get_weather`` for weather questions and answers from the tool's
+    result. Saved to ``out``; returns the PEFT model (eval mode) for references."""
     from peft import get_peft_model, get_peft_model_state_dict
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -724,13 +747,11 @@ def train_tool_adapter(model_dir: Path, name: str, out: Path, *, steps: int = 24
     from lora import LoraSettings, deterministic_init_, save_peft_adapter
 
     fmt = FORMATS["hermes"]
-    tools = [ToolSpec(**{**WEATHER_TOOL["function"]})]
+    if tools is None:
+        tools = [ToolSpec(**{**WEATHER_TOOL["function"]})]
+    if examples is None:
+        examples = weather_examples()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    examples = []
-    for city, temperature, sky in WEATHER:
-        question, call, history = weather_exchange(city, temperature, sky)
-        examples.append((question, fmt.render_call(call)))
-        examples.append((history, f"It is {temperature} degrees and {sky} in {city}."))
     data = []
     for messages, answer in examples:
         text = render(with_tools(messages, fmt, tools), mode="chat", tokenizer=tokenizer)
