@@ -42,8 +42,12 @@ PI = REPO / "harnesses" / "node_modules" / ".bin" / "pi"
 
 
 def _pi_missing() -> str | None:
-    if shutil.which("node") is None:
+    node = shutil.which("node")
+    if node is None:
         return "node is not installed: pi (an npm package) cannot run"
+    version = subprocess.run([node, "--version"], capture_output=True, text=True).stdout.strip()
+    if tuple(int(x) for x in version.lstrip("v").split(".")[:2]) < (20, 6):
+        return f"node {version} is older than the 20.6 that pi 0.73 needs"
     if not PI.exists():
         return (
             f"pi is not installed at {PI.relative_to(REPO)}: `make test` installs it with npm "
