@@ -112,6 +112,8 @@ class Serving:
             APIError: 404 ``model_not_found`` for an unknown model, 404 ``unknown_adapter``
                 (the daemons' refusal code) for an unknown stacked adapter.
         """
+        if model == self.backend.model_id and not stacked:
+            return ()  # the base model needs no listing
         served = await asyncio.to_thread(self.backend.models)
         if model == served.base:
             adapters: tuple[str, ...] = ()
