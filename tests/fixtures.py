@@ -814,3 +814,71 @@ def bash_call(command: str) -> str:
     from inference.tool_calls import FORMATS, ToolCall
 
     return FORMATS["hermes"].render_call(ToolCall.new("bash", {"command": command}))
+
+
+NOTES = ["deploy on friday", "fix the parser first", "ship version two"]
+NOTES_QUESTION = "What do the notes say?"
+
+
+def notes_examples() -> list[tuple[list[dict], str]]:
+    """Per note: the question gets ``cat notes.txt`` (the ``bash`` tool); after the tool's
+    result (as the tool loop shows it to the model), the answer repeats the note."""
+    from inference.tool_calls import FORMATS, ToolCall
+    from inference.tools import ToolOutcome
+
+    fmt = FORMATS["hermes"]
+    call = ToolCall("call_1", "bash", json.dumps({"command": "cat notes.txt"}))
+    question = [{"role": "user", "content": NOTES_QUESTION}]
+    examples = []
+    for note in NOTES:
+        result = ToolOutcome(f"{note}\n").model_text()
+        history = question + [
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": call.id, "content": result},
+        ]
+        examples += [(question, fmt.render_call(call)), (history, f"The notes say: {note}.")]
+    return examples
+
+
+# --- One SmolLM2 swarm for the API and tool-loop tests -----------------------------------------
+
+SHARED_ADAPTERS = ("tuned", "other", "weather", "notes")
+"""Adapters of :func:`smollm2_swarm`: ``tuned`` and ``other`` change the model a little
+(:func:`make_adapter` seeds 1 and 2, scale 0.02); ``weather`` calls ``get_weather`` and
+``notes`` calls ``bash`` to ``cat notes.txt`` (trained here, :func:`train_tool_adapter`)."""
+
+
+@pytest.fixture(scope="session")
+def tool_adapters(smollm2_dir, tmp_path_factory) -> dict[str, tuple[Path, object]]:
+    """name -> (PEFT adapter directory, the trained PEFT model for references)."""
+    from inference.tools import BASH
+
+    root = tmp_path_factory.mktemp("tool-adapters")
+    return {
+        "weather": (root / "weather", train_tool_adapter(smollm2_dir, "weather", root / "weather")),
+        "notes": (
+            root / "notes",
+            train_tool_adapter(
+                smollm2_dir,
+                "notes",
+                root / "notes",
+                steps=30,  # 20 steps over two notes were too few for the call's syntax
+                examples=notes_examples(),
+                tools=[BASH],
+            ),
+        ),
+    }
+
+
+@pytest.fixture(scope="session")
+def smollm2_swarm(smollm2_dir, tool_adapters, tmp_path_factory):
+    """A 3-stage SmolLM2 swarm serving :data:`SHARED_ADAPTERS`, shared by the test modules
+    that leave it as they found it (nothing in them stops a stage: those start their own)."""
+    wait_for_quiet_machine()
+    root = tmp_path_factory.mktemp("smollm2-swarm")
+    make_adapter(smollm2_dir, "tuned", 1, root / "tuned", scale=0.02)
+    make_adapter(smollm2_dir, "other", 2, root / "other", scale=0.02)
+    adapters = {name: str(root / name) for name in ("tuned", "other")}
+    adapters |= {name: str(path) for name, (path, _) in tool_adapters.items()}
+    with local_swarm(root / "swarm", "smollm2-135m", SMOLLM2_3STAGE, adapters=adapters) as state:
+        yield state

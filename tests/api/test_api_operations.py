@@ -31,10 +31,7 @@ from tests.fixtures import (
     SMOLLM2_3STAGE,
     active_sessions,
     api_server,
-    local_swarm,
-    make_adapter,
     reference_generate,
-    wait_for_quiet_machine,
 )
 
 pytestmark = pytest.mark.integration
@@ -53,14 +50,8 @@ FINISH = {"eos": "stop", "stop": "stop", "length": "length", "context": "length"
 
 
 @pytest.fixture(scope="module")
-def swarm(smollm2_dir, tmp_path_factory):
-    wait_for_quiet_machine()
-    root = tmp_path_factory.mktemp("api-ops")
-    make_adapter(smollm2_dir, TUNED, 1, root / TUNED, scale=0.02)
-    make_adapter(smollm2_dir, OTHER, 2, root / OTHER, scale=0.02)
-    adapters = {TUNED: str(root / TUNED), OTHER: str(root / OTHER)}
-    with local_swarm(root / "swarm", MODEL, SMOLLM2_3STAGE, adapters=adapters) as s:
-        yield s
+def swarm(smollm2_swarm):
+    return smollm2_swarm  # serves TUNED and OTHER (tests.fixtures.SHARED_ADAPTERS)
 
 
 @pytest.fixture(scope="module")

@@ -21,13 +21,12 @@ from httpx_sse import connect_sse
 from inference.conversation import ConversationEngine, GenerationSettings
 from inference.swarm_client import SwarmClient
 from tests.fixtures import (
+    SHARED_ADAPTERS,
     SMOLLM2_3STAGE,
     active_sessions,
     api_server,
     local_swarm,
-    make_adapter,
     run_cli,
-    wait_for_quiet_machine,
 )
 
 pytestmark = pytest.mark.integration
@@ -47,12 +46,8 @@ QUESTION = [{"role": "user", "content": "Write a haiku about the sea."}]
 
 
 @pytest.fixture(scope="module")
-def swarm(smollm2_dir, tmp_path_factory):
-    wait_for_quiet_machine()
-    root = tmp_path_factory.mktemp("api")
-    make_adapter(smollm2_dir, ADAPTER, 1, root / ADAPTER, scale=0.02)
-    with local_swarm(root / "swarm", MODEL, SPLIT, adapters={ADAPTER: str(root / ADAPTER)}) as s:
-        yield s
+def swarm(smollm2_swarm):
+    return smollm2_swarm
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +82,7 @@ FINISH = {"eos": "stop", "stop": "stop", "length": "length", "context": "length"
 
 def test_models_lists_base_and_adapter(oai):
     models = {m.id: m for m in oai.models.list().data}
-    assert set(models) == {MODEL, ADAPTER}
+    assert set(models) == {MODEL, *SHARED_ADAPTERS}
     assert models[ADAPTER].model_extra["parent"] == MODEL
     assert models[ADAPTER].model_extra["root"] == MODEL
     assert models[MODEL].model_extra["parent"] is None
@@ -278,15 +273,20 @@ def test_keyless_server_refuses_non_loopback_host():
     assert "without an API key" in run.stderr
 
 
-def test_no_route_is_503(oai, server, swarm):
-    """Last: stops a stage of the module's swarm."""
-    last = swarm.peers[-1]
-    os.killpg(last.pid, signal.SIGTERM)  # a graceful stop announces the stage offline
-    deadline = time.monotonic() + 30
-    while httpx.get(f"{server}/health").status_code != 503:
-        assert time.monotonic() < deadline
-        time.sleep(0.5)
-    with pytest.raises(openai.APIStatusError) as info:
-        oai.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=4)
-    assert info.value.status_code == 503
-    assert _error(info.value)["code"] == "no_route"
+def test_no_route_is_503(tiny_model_dir, tmp_path):
+    """A swarm of its own (the shared one must stay whole): a stage stops, the API says 503."""
+    split = [("a", [(0, 3)]), ("b", [(3, 6)])]
+    with local_swarm(tmp_path / "swarm", str(tiny_model_dir), split) as swarm:
+        with api_server(swarm.initial_peers, log=tmp_path / "api.log") as server:
+            os.killpg(swarm.peers[-1].pid, signal.SIGTERM)  # a graceful stop goes offline
+            deadline = time.monotonic() + 30
+            while httpx.get(f"{server}/health").status_code != 503:
+                assert time.monotonic() < deadline
+                time.sleep(0.5)
+            reply = httpx.post(
+                f"{server}/v1/chat/completions",
+                json={"model": tiny_model_dir.name, "messages": QUESTION, "max_tokens": 4},
+                timeout=60,
+            )
+    assert reply.status_code == 503, reply.text
+    assert reply.json()["error"]["code"] == "no_route"

@@ -1,8 +1,8 @@
 """Tool calls through ``node0 api`` over a real 3-stage SmolLM2 swarm, with the ``openai``
-client: a task adapter trained here (single-process PEFT) to call ``get_weather`` is served by
-the swarm; its calls come back as OpenAI ``tool_calls`` (whole and streamed), the tool's result
-goes back as a ``tool`` message, and every answer equals single-process PEFT's greedy answer
-to the same rendered prompt.
+client: a task adapter trained for the session (``tool_adapters``, single-process PEFT) to call
+``get_weather`` is served by the shared swarm; its calls come back as OpenAI ``tool_calls``
+(whole and streamed), the tool's result goes back as a ``tool`` message, and every answer
+equals single-process PEFT's greedy answer to the same rendered prompt.
 """
 
 from __future__ import annotations
@@ -16,15 +16,7 @@ import torch
 
 from dataload.prompt_format import encode_prompt, render
 from inference.tool_calls import FORMATS, ToolCall, ToolSpec, with_tools
-from tests.fixtures import (
-    SMOLLM2_3STAGE,
-    WEATHER_TOOL,
-    api_server,
-    local_swarm,
-    train_tool_adapter,
-    wait_for_quiet_machine,
-    weather_exchange,
-)
+from tests.fixtures import WEATHER_TOOL, api_server, weather_exchange
 
 pytestmark = pytest.mark.integration
 
@@ -36,19 +28,15 @@ TOOLS = [ToolSpec(**WEATHER_TOOL["function"])]
 
 
 @pytest.fixture(scope="module")
-def trained(smollm2_dir, tmp_path_factory):
-    wait_for_quiet_machine()
-    out = tmp_path_factory.mktemp("tools") / ADAPTER
-    return out, train_tool_adapter(smollm2_dir, ADAPTER, out)
+def trained(tool_adapters):
+    return tool_adapters[ADAPTER]
 
 
 @pytest.fixture(scope="module")
-def server(trained, tmp_path_factory):
-    path, _ = trained
-    root = tmp_path_factory.mktemp("tool-swarm")
-    with local_swarm(root, MODEL, SMOLLM2_3STAGE, adapters={ADAPTER: str(path)}) as swarm:
-        with api_server(swarm.initial_peers, log=root / "api.log") as base:
-            yield base
+def server(smollm2_swarm, tmp_path_factory):
+    log = tmp_path_factory.mktemp("tool-api") / "api.log"
+    with api_server(smollm2_swarm.initial_peers, log=log) as base:
+        yield base
 
 
 @pytest.fixture(scope="module")

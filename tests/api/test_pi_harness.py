@@ -23,11 +23,8 @@ import pytest
 
 from tests.fixtures import (
     REPO,
-    SMOLLM2_3STAGE,
     api_server,
-    local_swarm,
     run_cli,
-    wait_for_quiet_machine,
 )
 
 pytestmark = pytest.mark.integration
@@ -143,12 +140,10 @@ def completion_tokens_total(server: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def server(smollm2_dir, tmp_path_factory):
-    wait_for_quiet_machine()
+def server(smollm2_swarm, tmp_path_factory):
     root = tmp_path_factory.mktemp("pi")
-    with local_swarm(root / "swarm", MODEL, SMOLLM2_3STAGE) as swarm:
-        with api_server(swarm.initial_peers, "--api-key", KEY, log=root / "api.log") as base:
-            yield base
+    with api_server(smollm2_swarm.initial_peers, "--api-key", KEY, log=root / "api.log") as base:
+        yield base
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
-"""``node0-inference --tools bash`` end to end over a real 3-stage SmolLM2 swarm: a task adapter
-trained here (single-process PEFT) to read the notes with ``cat notes.txt`` and report them is
-served by the swarm; the call really runs in the working directory, its output goes back to the
-model, whose answer depends on it, and the --json events and the transcript show every step."""
+"""``node0-inference --tools bash`` end to end over the shared 3-stage SmolLM2 swarm: a task
+adapter trained in the session's fixture (``tool_adapters``, single-process PEFT) to read the
+notes with ``cat notes.txt`` and report them is served by the swarm; the call really runs in
+the working directory, its output goes back to the model, whose answer depends on it, and the
+--json events and the transcript show every step."""
 
 from __future__ import annotations
 
@@ -9,53 +10,19 @@ import json
 
 import pytest
 
-from inference.tool_calls import FORMATS, ToolCall
-from inference.tools import BASH, ToolOutcome
-from tests.fixtures import (
-    SMOLLM2_3STAGE,
-    local_swarm,
-    run_cli,
-    train_tool_adapter,
-    wait_for_quiet_machine,
-)
+from tests.fixtures import NOTES, NOTES_QUESTION, run_cli
 
-# training costs 2-20 s a step on a busy 2-core machine: 30 of them before the swarm starts
+# the session's tool adapters are trained before the shared swarm starts (2-20 s a step)
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
 MODEL = "smollm2-135m"
 ADAPTER = "notes"
-QUESTION = "What do the notes say?"
-NOTES = ["deploy on friday", "fix the parser first", "ship version two"]
-STEPS = 30  # 20 steps over two notes were too few for the call's syntax
-
-
-def notes_examples() -> list[tuple[list[dict], str]]:
-    """Per note: the question gets ``cat notes.txt``; after the tool's result (as the loop
-    shows it to the model), the answer repeats the note."""
-    fmt = FORMATS["hermes"]
-    call = ToolCall("call_1", "bash", json.dumps({"command": "cat notes.txt"}))
-    question = [{"role": "user", "content": QUESTION}]
-    examples = []
-    for note in NOTES:
-        result = ToolOutcome(f"{note}\n").model_text()
-        history = question + [
-            {"role": "assistant", "content": None, "tool_calls": [call]},
-            {"role": "tool", "tool_call_id": call.id, "content": result},
-        ]
-        examples += [(question, fmt.render_call(call)), (history, f"The notes say: {note}.")]
-    return examples
+QUESTION = NOTES_QUESTION
 
 
 @pytest.fixture(scope="module")
-def swarm(smollm2_dir, tmp_path_factory):
-    wait_for_quiet_machine()
-    root = tmp_path_factory.mktemp("tool-loop")
-    adapter = root / ADAPTER
-    train_tool_adapter(
-        smollm2_dir, ADAPTER, adapter, steps=STEPS, examples=notes_examples(), tools=[BASH]
-    )
-    with local_swarm(root, MODEL, SMOLLM2_3STAGE, adapters={ADAPTER: str(adapter)}) as state:
-        yield state
+def swarm(smollm2_swarm):
+    return smollm2_swarm
 
 
 def test_node0_inference_runs_bash_and_answers_from_its_output(swarm, tmp_path):
