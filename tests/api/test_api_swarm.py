@@ -277,7 +277,8 @@ def test_no_route_is_503(tiny_model_dir, tmp_path):
     """A swarm of its own (the shared one must stay whole): a stage stops, the API says 503."""
     split = [("a", [(0, 3)]), ("b", [(3, 6)])]
     with local_swarm(tmp_path / "swarm", str(tiny_model_dir), split) as swarm:
-        with api_server(swarm.initial_peers, log=tmp_path / "api.log") as server:
+        args = ("--model", str(tiny_model_dir))
+        with api_server(swarm.initial_peers, *args, log=tmp_path / "api.log") as server:
             os.killpg(swarm.peers[-1].pid, signal.SIGTERM)  # a graceful stop goes offline
             deadline = time.monotonic() + 30
             while httpx.get(f"{server}/health").status_code != 503:

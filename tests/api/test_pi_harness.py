@@ -223,6 +223,11 @@ def test_pi_without_max_tokens_is_refused_with_the_reason(proxy, tmp_path):
     models = json.loads((agent_dir / "models.json").read_text())
     del models["providers"]["node0"]["models"][0]["maxTokens"]
     (agent_dir / "models.json").write_text(json.dumps(models))
+    # pi takes the refusal for a context overflow and compacts (summarises with the model,
+    # minutes on this CPU) before it retries: off, so the test sees the refusal at once
+    settings = json.loads((agent_dir / "settings.json").read_text())
+    settings["compaction"] = {**settings.get("compaction", {}), "enabled": False}
+    (agent_dir / "settings.json").write_text(json.dumps(settings))
 
     run = run_pi(entry["agents"]["node0-polecat"]["args"] + ["--mode", "json"], tmp_path, agent_dir)
 
