@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, Response
 
 from api.errors import APIError, bad_parameter, from_node0
 from api.extensions import EXTENSION_FIELDS
-from api.protocol import _number, _stop, check_fields
+from api.protocol import _number, _stop, check_fields, stream_settings
 from api.serving import FINISH_REASONS, Serving, usage
 from api.streaming import PumpedStream, SSEResponse, sse
 from base.errors import Node0Error, RequestError
@@ -125,20 +125,13 @@ def parse_completion(body: Any) -> CompletionRequest:
     echo = body.get("echo") or False
     if not isinstance(echo, bool):
         raise bad_parameter("echo", "'echo' must be a boolean", "invalid_type")
-    stream = body.get("stream") or False
-    if not isinstance(stream, bool):
-        raise bad_parameter("stream", "'stream' must be a boolean", "invalid_type")
-    options = body.get("stream_options") or {}
-    if not isinstance(options, dict):
-        raise bad_parameter("stream_options", "'stream_options' must be an object")
-    if options and not stream:
-        raise bad_parameter("stream_options", "'stream_options' needs 'stream': true")
+    stream, include_usage = stream_settings(body)
     seed = _number(body, "seed", None, low=-(2**63), high=2**64 - 1, integer=True)
     return CompletionRequest(
         model=model,
         prompt=_prompt(body),
         stream=stream,
-        include_usage=bool(options.get("include_usage")),
+        include_usage=include_usage,
         max_tokens=_number(body, "max_tokens", DEFAULT_MAX_TOKENS, low=1, high=None, integer=True),
         temperature=float(_number(body, "temperature", 1.0, low=0, high=2)),
         top_p=float(_number(body, "top_p", 1.0, low=0, high=1, low_open=True)),

@@ -250,6 +250,19 @@ def _stop(body: dict) -> tuple[str, ...]:
     return tuple(stop)
 
 
+def stream_settings(body: dict) -> tuple[bool, bool]:
+    """``(stream, include_usage)`` of a request (chat or completions)."""
+    stream = body.get("stream") or False
+    if not isinstance(stream, bool):
+        raise bad_parameter("stream", "'stream' must be a boolean", "invalid_type")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise bad_parameter("stream_options", "'stream_options' must be an object")
+    if options and not stream:
+        raise bad_parameter("stream_options", "'stream_options' needs 'stream': true")
+    return stream, bool(options.get("include_usage"))
+
+
 def check_fields(body: dict, known: frozenset[str]) -> None:
     """Refuse fields that would change the answer but are not implemented, and unknown ones."""
     for name, value in body.items():
@@ -276,14 +289,7 @@ def parse_chat(body: Any) -> ChatRequest:
     n = _number(body, "n", 1, low=1, high=None, integer=True)
     if n != 1:
         raise bad_parameter("n", f"only n=1 is supported, got n={n}", "unsupported_value")
-    stream = body.get("stream") or False
-    if not isinstance(stream, bool):
-        raise bad_parameter("stream", "'stream' must be a boolean", "invalid_type")
-    options = body.get("stream_options") or {}
-    if not isinstance(options, dict):
-        raise bad_parameter("stream_options", "'stream_options' must be an object")
-    if options and not stream:
-        raise bad_parameter("stream_options", "'stream_options' needs 'stream': true")
+    stream, include_usage = stream_settings(body)
     max_tokens = body.get("max_completion_tokens")
     name = "max_completion_tokens"
     if max_tokens is None:
@@ -296,7 +302,7 @@ def parse_chat(body: Any) -> ChatRequest:
         model=model,
         messages=_messages(body),
         stream=stream,
-        include_usage=bool(options.get("include_usage")),
+        include_usage=include_usage,
         max_tokens=max_tokens,
         temperature=float(_number(body, "temperature", 1.0, low=0, high=2)),
         top_p=float(_number(body, "top_p", 1.0, low=0, high=1, low_open=True)),

@@ -33,18 +33,13 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from api.launch import api_process
 from bench.concurrency import QUESTIONS, _ms, _percentile, _ratio
 
 REPO = Path(__file__).resolve().parent.parent
@@ -58,47 +53,6 @@ class Answer:
     text: str
     completion_tokens: int
     ttft: float
-
-
-@contextmanager
-def api_server(initial_peers: list[str], log: Path, *args: str) -> Iterator[str]:
-    """``node0 api`` on a free loopback port until the block ends; yields its base URL."""
-    import httpx
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "node.cli", "api", "--port", str(port), *args]
-            + ["--initial-peers", *initial_peers],
-            cwd=REPO,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"node0 api exited {proc.returncode}: {log.read_text()}")
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"node0 api not healthy after 120 s: {log.read_text()}")
-            time.sleep(0.5)
-        yield base
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 async def direct_one(engine, messages: list[dict], new_tokens: int) -> Answer:
@@ -257,8 +211,12 @@ def main() -> None:
     rounds: dict[str, list[dict]] = {side: [] for side in SIDES}
     try:
         engine = ConversationEngine.connect(client)
-        with api_server(
-            state.initial_peers, work / "api.log", "--max-concurrent", str(args.clients)
+        with api_process(
+            state.initial_peers,
+            "--max-concurrent",
+            str(args.clients),
+            log=work / "api.log",
+            cwd=REPO,
         ) as base:
             for side in SIDES:  # warm-up: both paths, not measured
                 batch(side, engine, base, preset.model, conversations[:2], 8)

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -212,51 +211,17 @@ def wait_for_quiet_machine() -> None:
         time.sleep(5)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def api_server(
     initial_peers: list[str], *args: str, log: Path, ready_timeout: float = 120
 ) -> Iterator[str]:
     """``node0 api`` (the real CLI, its own process group) on a free loopback port, once
     ``/health`` says 200; yields its base URL (``http://127.0.0.1:PORT``). Always stopped:
-    SIGINT, then SIGKILL of the group."""
-    import httpx
+    SIGINT, then SIGKILL of the group (:func:`api.launch.api_process`)."""
+    from api.launch import api_process
 
-    port = free_port()
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "node.cli", "api", "--port", str(port), *args]
-            + ["--initial-peers", *initial_peers],
-            cwd=REPO,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + ready_timeout
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.5)
+    with api_process(initial_peers, *args, log=log, cwd=REPO, ready_timeout=ready_timeout) as base:
         yield base
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def active_sessions(client: SwarmClient) -> int:

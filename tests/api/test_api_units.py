@@ -20,9 +20,9 @@ from api.backend import ServedModels
 from api.completions import parse_completion
 from api.errors import APIError
 from api.extensions import Extensions
+from api.launch import free_port
 from api.streaming import ClientDisconnected, unless_disconnected
 from proto import node0_pb2
-from tests.fixtures import free_port
 
 
 def run(coro):
