@@ -22,7 +22,13 @@ from fastapi.responses import JSONResponse, Response
 
 from api.errors import APIError, bad_parameter, from_node0
 from api.extensions import EXTENSION_FIELDS
-from api.protocol import _number, _stop, check_fields, stream_settings
+from api.protocol import (
+    _number,
+    check_fields,
+    generation_settings,
+    sampling_fields,
+    stream_settings,
+)
 from api.serving import FINISH_REASONS, Serving, usage
 from api.streaming import PumpedStream, SSEResponse, sse
 from base.errors import Node0Error, RequestError
@@ -126,18 +132,13 @@ def parse_completion(body: Any) -> CompletionRequest:
     if not isinstance(echo, bool):
         raise bad_parameter("echo", "'echo' must be a boolean", "invalid_type")
     stream, include_usage = stream_settings(body)
-    seed = _number(body, "seed", None, low=-(2**63), high=2**64 - 1, integer=True)
     return CompletionRequest(
         model=model,
         prompt=_prompt(body),
         stream=stream,
         include_usage=include_usage,
         max_tokens=_number(body, "max_tokens", DEFAULT_MAX_TOKENS, low=1, high=None, integer=True),
-        temperature=float(_number(body, "temperature", 1.0, low=0, high=2)),
-        top_p=float(_number(body, "top_p", 1.0, low=0, high=1, low_open=True)),
-        top_k=max(0, int(_number(body, "top_k", 0, low=-1, high=None, integer=True))),
-        seed=(secrets.randbelow(2**31) if seed is None else seed % 2**64),
-        stop=_stop(body),
+        **sampling_fields(body),
         echo=echo,
     )
 
@@ -149,8 +150,6 @@ def add_completions(app: FastAPI, serving: Serving) -> None:
 
     def settings_for(req: CompletionRequest, prompt_tokens: int):
         """The generation settings, refusing a prompt + max_tokens longer than the window."""
-        from inference.conversation import GenerationSettings
-
         room = engine.max_length - 1 - prompt_tokens  # the most tokens the answer can have
         if room < 1:
             raise APIError(
@@ -169,17 +168,7 @@ def add_completions(app: FastAPI, serving: Serving) -> None:
                 code="context_length_exceeded",
                 param="max_tokens",
             )
-        try:
-            return GenerationSettings.create(
-                max_new_tokens=req.max_tokens,
-                temperature=req.temperature,
-                top_k=req.top_k,
-                top_p=req.top_p,
-                seed=req.seed,
-                stop=req.stop,
-            )
-        except Node0Error as exc:
-            raise bad_parameter("temperature", str(exc)) from exc
+        return generation_settings(req, req.max_tokens)
 
     async def completions(request: Request) -> Response:
         started = request.state.received

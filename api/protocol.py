@@ -14,7 +14,7 @@ from typing import Any
 
 from api.errors import APIError, bad_parameter
 from api.extensions import EXTENSION_FIELDS
-from base.errors import RequestError
+from base.errors import Node0Error, RequestError
 from inference.tool_calls import ToolCall, ToolSpec
 
 IGNORED = frozenset(
@@ -263,6 +263,37 @@ def stream_settings(body: dict) -> tuple[bool, bool]:
     return stream, bool(options.get("include_usage"))
 
 
+def sampling_fields(body: dict) -> dict[str, Any]:
+    """``temperature``, ``top_p``, ``top_k`` (vLLM's extra), ``seed`` and ``stop`` of a chat or
+    completions request, checked (OpenAI's defaults; without a seed a random one is drawn)."""
+    seed = _number(body, "seed", None, low=-(2**63), high=2**64 - 1, integer=True)
+    return {
+        "temperature": float(_number(body, "temperature", 1.0, low=0, high=2)),
+        "top_p": float(_number(body, "top_p", 1.0, low=0, high=1, low_open=True)),
+        "top_k": max(0, int(_number(body, "top_k", 0, low=-1, high=None, integer=True))),
+        "seed": secrets.randbelow(2**31) if seed is None else seed % 2**64,
+        "stop": _stop(body),
+    }
+
+
+def generation_settings(req, max_new_tokens: int, extra_stop: tuple[str, ...] = ()):
+    """The engine's :class:`~inference.conversation.GenerationSettings` for a checked request
+    (a chat or completions one: both carry :func:`sampling_fields`)."""
+    from inference.conversation import GenerationSettings
+
+    try:
+        return GenerationSettings.create(
+            max_new_tokens=max_new_tokens,
+            temperature=req.temperature,
+            top_k=req.top_k,
+            top_p=req.top_p,
+            seed=req.seed,
+            stop=req.stop + extra_stop,
+        )
+    except Node0Error as exc:
+        raise bad_parameter("temperature", str(exc)) from exc
+
+
 def check_fields(body: dict, known: frozenset[str]) -> None:
     """Refuse fields that would change the answer but are not implemented, and unknown ones."""
     for name, value in body.items():
@@ -295,7 +326,6 @@ def parse_chat(body: Any) -> ChatRequest:
     if max_tokens is None:
         name = "max_tokens"
     max_tokens = _number(body, name, None, low=1, high=None, integer=True)
-    seed = _number(body, "seed", None, low=-(2**63), high=2**64 - 1, integer=True)
     tools = _tools(body)
     tool_choice, tool_name = _tool_choice(body, tools)
     return ChatRequest(
@@ -304,11 +334,7 @@ def parse_chat(body: Any) -> ChatRequest:
         stream=stream,
         include_usage=include_usage,
         max_tokens=max_tokens,
-        temperature=float(_number(body, "temperature", 1.0, low=0, high=2)),
-        top_p=float(_number(body, "top_p", 1.0, low=0, high=1, low_open=True)),
-        top_k=max(0, int(_number(body, "top_k", 0, low=-1, high=None, integer=True))),
-        seed=(secrets.randbelow(2**31) if seed is None else seed % 2**64),
-        stop=_stop(body),
+        **sampling_fields(body),
         tools=tools,
         tool_choice=tool_choice,
         tool_name=tool_name,

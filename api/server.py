@@ -24,10 +24,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from api.admission import DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_QUEUE, Admission
 from api.backend import SwarmBackend
 from api.completions import add_completions
-from api.errors import APIError, bad_parameter, from_node0
+from api.errors import APIError, from_node0
 from api.extensions import Extensions, RequestExtensions
 from api.metrics import Metrics
-from api.protocol import ChatRequest, parse_chat
+from api.protocol import ChatRequest, generation_settings, parse_chat
 from api.serving import FINISH_REASONS, Serving, usage
 from api.streaming import PumpedStream, SSEResponse, sse
 from api.tool_turn import DeltaWriter, ToolTurn, message_json
@@ -119,8 +119,6 @@ def create_app(
     async def plan(req: ChatRequest, turn: ToolTurn, ext: RequestExtensions):
         """The request's settings and prepared prompt (with the retrieved context of the ``rag``
         extension), refusing a prompt + answer longer than the window."""
-        from inference.conversation import GenerationSettings
-
         prepared = await asyncio.to_thread(
             engine.prepare,
             turn.messages,
@@ -148,18 +146,7 @@ def create_app(
                 code="context_length_exceeded",
                 param="max_tokens",
             )
-        try:
-            settings = GenerationSettings.create(
-                max_new_tokens=req.max_tokens or room,
-                temperature=req.temperature,
-                top_k=req.top_k,
-                top_p=req.top_p,
-                seed=req.seed,
-                stop=req.stop + turn.stop,
-            )
-        except Node0Error as exc:
-            raise bad_parameter("temperature", str(exc)) from exc
-        return settings, prepared
+        return generation_settings(req, req.max_tokens or room, turn.stop), prepared
 
     async def chat_completions(request: Request) -> Response:
         started = request.state.received
