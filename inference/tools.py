@@ -23,7 +23,7 @@ import asyncio
 import os
 import signal
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,6 +116,9 @@ class Toolbox:
         names: the tools offered, in order (each a key of :data:`TOOLS`).
         policy: judges bash command lines (default: every rule on).
         limits: timeout and output size per call.
+        env: the environment commands run with (None: this process's).
+        shell: the argv a command line is appended to (default ``bash -c``; a sandbox puts
+            its launcher in front, e.g. the eval suite's mount and network namespace).
     """
 
     def __init__(
@@ -125,6 +128,8 @@ class Toolbox:
         *,
         policy: CommandPolicy | None = None,
         limits: ToolLimits = ToolLimits(),
+        env: Mapping[str, str] | None = None,
+        shell: Sequence[str] = ("bash", "-c"),
     ) -> None:
         unknown = [n for n in names if n not in TOOLS]
         if unknown:
@@ -135,6 +140,8 @@ class Toolbox:
         self.specs: tuple[ToolSpec, ...] = tuple(TOOLS[n] for n in dict.fromkeys(names))
         self.policy = policy or CommandPolicy()
         self.limits = limits
+        self.env = dict(env) if env is not None else None
+        self.shell = tuple(shell)
 
     @property
     def names(self) -> frozenset[str]:
@@ -166,10 +173,10 @@ class Toolbox:
         output = _Capped(self.limits.max_output_bytes)
         transport, proc = await loop.subprocess_exec(
             lambda: _Command(output),
-            "bash",
-            "-c",
+            *self.shell,
             command,
             cwd=self.workdir,
+            env=self.env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
