@@ -1,0 +1,1 @@
+"""The swarm authority: keys, credentials, and the checks every service applies."""
