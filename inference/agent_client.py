@@ -298,6 +298,7 @@ async def run_session(args: argparse.Namespace) -> int:
     """The session: settings from the flags, one conversation, prompts from stdin."""
     from inference.conversation import ConversationEngine, GenerationSettings
     from inference.rag_context import ContextScope, RagContext
+    from inference.registry_models import load_on_swarm, resolve_registered
     from inference.swarm_client import SwarmClient
     from inference.transcript import SessionTranscript
 
@@ -323,7 +324,12 @@ async def run_session(args: argparse.Namespace) -> int:
     client = conversation = agent = None
     try:
         peers = swarm_peers(args)
-        client = SwarmClient(args.model, peers)
+        registered = resolve_registered(args.model)  # a registry version: base + its adapter
+        client = SwarmClient(registered.base_model if registered else args.model, peers)
+        if registered is not None:
+            client.wait_for_route()
+            load_on_swarm(client.records(), registered)  # every replica, not just the route's
+            adapters = (registered.adapter, *(a for a in adapters if a != registered.adapter))
         engine = ConversationEngine.connect(
             client,
             prompt_format=args.prompt_format,

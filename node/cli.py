@@ -28,6 +28,8 @@ COMMANDS: dict[str, str] = {
     "rag": "rag.cli",
     "provider": "inference.provider",
     "api": "api.cli",
+    "model": "node.model_cli",
+    "formula": "node.formula_cli",
 }
 
 

@@ -25,6 +25,7 @@ from base.precision import accepted_inputs, check_fits, resolve_device, torch_dt
 from checkpoint_gather.weights_service import WeightsService
 from lora.stage_adapters import adapters as stage_adapters
 from models.catalog import resolve_model_dir
+from node.adapter_service import AdapterService
 from node.config import DaemonConfig
 from node.main_thread import MainThreadCalls
 from node.stage_service import StageService, start_grpc_server
@@ -168,12 +169,14 @@ class Daemon:
         weights = WeightsService(
             executor, peer_id=str(self.dht.peer_id), max_message_bytes=cfg.max_message_bytes
         )
+        # registered model versions' adapters, attached at run time (docs/registry.md)
+        runtime_adapters = AdapterService(executor)
         self.server, self.port = start_grpc_server(
             service,
             cfg.host,
             cfg.port,
             max_workers=2 * cfg.max_sessions + 4,
-            extra_servicers=(weights,),
+            extra_servicers=(weights, runtime_adapters),
         )
         status("grpc", f"serving on {cfg.host}:{self.port}")
         announce(self.dht, self._records(executor), cfg.announce_ttl)

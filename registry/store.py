@@ -124,25 +124,35 @@ def parse_version_id(version_id: str) -> tuple[str, int]:
 class Registry:
     """The registry: a database (SQLite by default) and an artifact store."""
 
-    def __init__(self, db_path: str | Path, store_root: str | Path):
+    def __init__(self, db_path: str | Path, store_root: str | Path | None = None):
+        """Open (creating if needed) the database at ``db_path``.
+
+        ``store_root``: the artifact store. A new database records it; None takes the one the
+        database recorded (default ``$NODE0_HOME/models``).
+        """
         self.db_path = Path(db_path)
-        self.store = ArtifactStore(store_root)
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)
-        self._db.execute("PRAGMA foreign_keys = ON")
         for ddl in schema.TABLES.values():
             self._db.execute(ddl)
-        self._db.execute(
-            "INSERT OR IGNORE INTO meta (name, value) VALUES (?, ?)",
+        default_store = Path(store_root or node0_home() / "models").resolve()
+        for key, value in (
             ("schema_version", str(schema.SCHEMA_VERSION)),
-        )
+            ("store_root", str(default_store)),
+        ):
+            self._db.execute("INSERT OR IGNORE INTO meta (name, value) VALUES (?, ?)", (key, value))
+        if store_root is None:
+            (recorded,) = self._db.execute(
+                "SELECT value FROM meta WHERE name = 'store_root'"
+            ).fetchone()
+            store_root = recorded
+        self.store = ArtifactStore(store_root)
 
     @classmethod
     def open(cls, db_path: str | Path | None = None, store_root: str | Path | None = None):
         """The registry at ``db_path`` (default ``$NODE0_HOME/registry.db``) with its store
-        (default ``$NODE0_HOME/models``)."""
-        home = node0_home()
-        return cls(db_path or home / "registry.db", store_root or home / "models")
+        (default: the one the database recorded, else ``$NODE0_HOME/models``)."""
+        return cls(db_path or node0_home() / "registry.db", store_root)
 
     def close(self) -> None:
         self._db.close()
