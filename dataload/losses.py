@@ -74,6 +74,21 @@ def target_cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor) -> tor
     )
 
 
+def target_logprob_rows(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per row, the summed log-probability of the counted ``targets`` (aligned as in
+    :func:`target_cross_entropy_sum`): ``(batch,)``, float32. Summed over pieces of positions it
+    gives :func:`sequence_logprobs`."""
+    if logits.dim() != 3 or targets.shape != logits.shape[:2]:
+        raise ValueError(
+            f"logits {tuple(logits.shape)} must be (batch, n, vocab) over targets "
+            f"{tuple(targets.shape)} (batch, n)"
+        )
+    nll = F.cross_entropy(
+        logits.float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
+    )  # (batch, n)
+    return -nll.sum(-1)
+
+
 def cross_entropy_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Summed next-token cross-entropy over counted positions, and their number.
 
@@ -138,16 +153,47 @@ def dpo_loss(
     ref_rejected: torch.Tensor,
     beta: float = 0.1,
     *,
+    label_smoothing: float = 0.0,
     reduction: Literal["mean", "sum", "none"] = "mean",
 ) -> torch.Tensor:
     """Sigmoid DPO loss from per-pair sequence log-probs (each ``(pairs,)``).
 
-    ``reduction="sum"`` lets a step spanning micro-batches divide by its total pair count.
+    With ``label_smoothing`` ε (cDPO, TRL's ``loss_type="sigmoid"``):
+    ``−(1−ε)·log σ(β·m) − ε·log σ(−β·m)``. ``reduction="sum"`` lets a step spanning
+    micro-batches divide by its total pair count.
     """
     if beta <= 0:
         raise ValueError(f"beta must be > 0, got {beta}")
+    if not 0.0 <= label_smoothing < 0.5:
+        raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
     margin = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
-    losses = -F.logsigmoid(beta * margin.float())
+    logits = beta * margin.float()
+    losses = -F.logsigmoid(logits) * (1 - label_smoothing)
+    if label_smoothing:
+        losses = losses - F.logsigmoid(-logits) * label_smoothing
     if reduction == "none":
         return losses
     return losses.sum() if reduction == "sum" else losses.mean()
+
+
+def dpo_reward_metrics(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    *,
+    beta: float = 0.1,
+) -> dict[str, float]:
+    """TRL ``DPOTrainer``'s reward metrics over the pairs given (means over pairs):
+    ``rewards/chosen``, ``rewards/rejected``, ``rewards/accuracies`` (chosen reward > rejected
+    reward) and ``rewards/margins`` (chosen − rejected)."""
+    chosen, rejected = dpo_rewards(
+        policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=beta
+    )
+    chosen, rejected = chosen.float(), rejected.float()
+    return {
+        "rewards/chosen": float(chosen.mean()),
+        "rewards/rejected": float(rejected.mean()),
+        "rewards/accuracies": float((chosen > rejected).float().mean()),
+        "rewards/margins": float((chosen - rejected).mean()),
+    }

@@ -177,6 +177,9 @@ class StageService(node0_pb2_grpc.StageServicer):
                 tensors,
                 header.loss_scale or 1.0,
                 evaluate=header.evaluate,
+                sequence_logprobs=header.sequence_logprobs,
+                reference=header.reference,
+                reference_adapter=header.reference_adapter,
             )
         except Exception as exc:
             abort_call(context, exc, "Forward")
@@ -276,9 +279,18 @@ def _describe(report) -> str:
 
 
 def start_grpc_server(
-    service: StageService, host: str, port: int, *, max_workers: int, extra_servicers=()
+    service: StageService,
+    host: str,
+    port: int,
+    *,
+    max_workers: int,
+    extra_servicers=(),
+    interceptors=(),
 ) -> tuple[grpc.Server, int]:
     """Start the server; returns it and the bound port (``port=0`` picks a free one).
+
+    ``interceptors``: server interceptors every call passes first (a private swarm's credential
+    check, :class:`security.grpc_auth.CredentialInterceptor`).
 
     ``extra_servicers``: objects whose ``add_to_server(server)`` registers another service
     (e.g. ``checkpoint_gather.weights_service.WeightsService``) on the same port.
@@ -286,6 +298,7 @@ def start_grpc_server(
     limit = service.max_message_bytes
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+        interceptors=list(interceptors),
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),

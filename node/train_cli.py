@@ -142,6 +142,15 @@ def run(args: argparse.Namespace) -> int:
             f"data: shard {config.data.shard_index}/{config.data.shard_count} of "
             + ", ".join(str(p) for p in config.data.train),
             f"replicas per stage averaging: {config.replicas}",
+            *(
+                [
+                    f"objective: DPO, beta {config.dpo.beta:g}, label smoothing "
+                    f"{config.dpo.label_smoothing:g}, reference "
+                    f"{config.dpo.reference_adapter or 'the base with adapters off'}"
+                ]
+                if config.data.kind == "dpo"
+                else []
+            ),
         ],
     )
     if config.model in CATALOG:
@@ -206,12 +215,16 @@ def run(args: argparse.Namespace) -> int:
             max_new_tokens=config.probe_max_new_tokens,
         )
         before = {"step": step, "heldout_loss": trainer.heldout_loss()}
+        if trainer.dpo:
+            before["heldout_dpo"] = trainer.state.heldout_dpo.get(step)
         if probes:
             status("probes", f"{len(probes)} prompts before training")
             before["probes"] = probe_report(client, loaders.tokenizer, probes, **probe_kw)
         _say_eval(status, "before", before)
         state = trainer.train(step)
         after = {"step": state.step, "heldout_loss": trainer.heldout_loss()}
+        if trainer.dpo:
+            after["heldout_dpo"] = state.heldout_dpo.get(state.step)
         if probes:
             status("probes", f"{len(probes)} prompts after training")
             after["probes"] = probe_report(client, loaders.tokenizer, probes, **probe_kw)
@@ -230,6 +243,7 @@ def run(args: argparse.Namespace) -> int:
             reroutes=state.reroutes,
             trainer_id=trainer.trainer_id,
             averaging=state.averaging,
+            **({"dpo": trainer.dpo_record()} if trainer.dpo else {}),
             stages=[
                 {"span": [c.start, c.end], "endpoint": c.endpoint, "peer_id": c.peer_id}
                 for c in trainer.stages
@@ -249,6 +263,7 @@ def run(args: argparse.Namespace) -> int:
                     "probes_after": after.get("probes", {}).get("shows_convention"),
                     "probes": len(probes),
                     "adapter": config.adapter,
+                    **(_dpo_summary(before, after, state) if trainer.dpo else {}),
                 }
             )
         )
@@ -262,10 +277,28 @@ def run(args: argparse.Namespace) -> int:
         client.close()
 
 
+def _dpo_summary(before: dict, after: dict, state) -> dict:
+    def accuracy(result: dict):
+        return (result.get("heldout_dpo") or {}).get("rewards/accuracies")
+
+    return {
+        "objective": "dpo",
+        "heldout_accuracy_before": accuracy(before),
+        "heldout_accuracy_after": accuracy(after),
+        "margins": [m["rewards/margins"] for m in state.dpo],
+    }
+
+
 def _say_eval(status, when: str, result: dict) -> None:
     parts = []
     if result.get("heldout_loss") is not None:
         parts.append(f"held-out loss {result['heldout_loss']:.4f}")
+    if result.get("heldout_dpo"):
+        d = result["heldout_dpo"]
+        parts.append(
+            f"preference accuracy {d['rewards/accuracies']:.2f} "
+            f"(margin {d['rewards/margins']:+.4f}, {d['pairs']} pairs)"
+        )
     if "probes" in result:
         p = result["probes"]
         parts.append(f"probes showing the convention {p['shows_convention']}/{p['probes']}")

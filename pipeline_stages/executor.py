@@ -328,13 +328,17 @@ class StageExecutor:
         loss_scale: float,
         *,
         evaluate: bool = False,
+        **options,
     ) -> dict:
+        """``options``: the DPO ones of :meth:`StageTrainingJob.forward` (``sequence``,
+        ``reference``, ``reference_adapter``)."""
         return job.forward(
             microbatch_id,
             tensors,
             loss_scale,
             evaluate=evaluate,
             compute_turn=self.gate.training,
+            **options,
         )
 
     def train_backward(

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from dataload.losses import next_token_targets, target_cross_entropy_sum
+from dataload.losses import next_token_targets, target_cross_entropy_sum, target_logprob_rows
 from models.stage_module import DecoderStage
 
 Turn = Callable[[], AbstractContextManager]
@@ -38,6 +38,7 @@ class PieceChain:
     entry: tuple[torch.Tensor, torch.Tensor] | None = None  # (the rows of the leaf, embedded)
     links: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # (in, out)
     losses: list[torch.Tensor] = field(default_factory=list)  # last stage: scaled loss chunks
+    # (scalars; per-row log-prob chunks (rows,) when the stage returns sequence log-probs)
     head_input: torch.Tensor | None = None  # last stage: the input of the loss chunks
 
 
@@ -83,6 +84,7 @@ def _forward_rows(
     convert: Callable[[torch.Tensor], torch.Tensor],
     loss_scale: float,
     head_positions: int,
+    sequence: bool = False,
 ) -> torch.Tensor:
     grad = torch.is_grad_enabled()
     rows = leaf[chain.rows]
@@ -99,13 +101,13 @@ def _forward_rows(
         return hidden
     head_input = hidden.detach().requires_grad_(grad)
     chain.head_input = head_input
-    total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    reduce = target_logprob_rows if sequence else target_cross_entropy_sum
+    shape = (hidden.shape[0],) if sequence else ()
+    total = torch.zeros(shape, dtype=torch.float32, device=hidden.device)
     for start in range(0, hidden.shape[1], head_positions):
         cut = slice(start, start + head_positions)
         with turn():
-            piece = target_cross_entropy_sum(
-                stage.logits(head_input[:, cut]), targets[chain.rows, cut]
-            )
+            piece = reduce(stage.logits(head_input[:, cut]), targets[chain.rows, cut])
         total += piece.detach()
         if grad:
             chain.losses.append(piece * loss_scale)
@@ -122,6 +124,7 @@ def forward_pieces(
     targets_from: torch.Tensor | None = None,
     loss_scale: float = 1.0,
     piece_tokens: int = 512,
+    sequence: bool = False,
 ) -> tuple[MicrobatchPieces, torch.Tensor]:
     """Forward one micro-batch in pieces; grad mode decides whether the chains are kept.
 
@@ -133,10 +136,14 @@ def forward_pieces(
         loss_scale: each loss chunk is multiplied by this before its backward.
         piece_tokens: the work of one piece, in tokens of one decoder block (see
             :func:`piece_sizes`).
+        sequence: the last stage returns each row's summed log-probability of its counted
+            targets ``(batch,)`` (DPO's ``log π(y|x)``) instead of the summed loss; its
+            backward then takes the gradient of those sums.
 
     Returns:
         the kept pieces and the stage's output: hidden states, or on the last stage the
-        summed (unscaled) loss as a float32 scalar without a graph.
+        summed (unscaled) loss as a float32 scalar without a graph (``sequence``: the rows'
+        float32 log-prob sums).
     """
     if stage.is_last and targets_from is None:
         raise ValueError("the last stage needs labels")
@@ -161,8 +168,13 @@ def forward_pieces(
                 convert=convert,
                 loss_scale=loss_scale,
                 head_positions=head_positions,
+                sequence=sequence,
             )
         )
+    if stage.is_last and sequence:
+        out = torch.cat(outs, dim=0)
+        pieces.output_shape = tuple(out.shape)
+        return pieces, out
     if stage.is_last:
         return pieces, torch.stack(outs).sum()
     out = torch.cat(outs, dim=0)
@@ -173,8 +185,8 @@ def forward_pieces(
 def _backward_rows(chain: PieceChain, grad: torch.Tensor | None, turn: Turn) -> None:
     if chain.head_input is not None:
         for piece in chain.losses:
-            with turn():
-                piece.backward()
+            with turn():  # a row-wise piece takes the gradient of its rows' sums
+                piece.backward(None if piece.dim() == 0 else grad.to(piece))
         grad = chain.head_input.grad
     for inp, out in reversed(chain.links):
         if grad is None:
@@ -195,7 +207,8 @@ def backward_pieces(
     """Backward of a kept micro-batch, piece by piece; the gradient of the stage's input.
 
     ``grad`` is the gradient of the stage's output (None on the last stage, whose output is
-    the loss). Returns None when the input needs no gradient (token ids).
+    the loss; ``(batch,)`` when it returned sequence log-probs). Returns None when the input
+    needs no gradient (token ids).
     """
     for chain in pieces.chains:
         _backward_rows(chain, None if grad is None else grad[chain.rows], turn)

@@ -335,29 +335,51 @@ class StageTrainingJob:
         return inputs.requires_grad_(True)
 
     @contextmanager
-    def _state(self, train: bool) -> Iterator[None]:
-        """The stage as this job computes it: its adapter alone (or the base), train mode."""
+    def _state(self, train: bool, active: list[str] | None = None) -> Iterator[None]:
+        """The stage as this job computes it: its adapter alone (or the base), train mode;
+        ``active``: exactly these adapters instead (``[]``: the base, a DPO reference)."""
         stage = self.stage
         was_training = stage.training
         stage.train(train)
+        if active is None and self.adapter is not None:
+            active = [self.adapter]
         try:
-            if self.adapter is None:
+            if active is None:
                 yield
             else:
-                with use_adapters(stage, [self.adapter]):
+                with use_adapters(stage, active):
                     yield
         finally:
             stage.train(was_training)
 
-    def _turns(self, compute_turn: Turn, train: bool) -> Turn:
+    def _turns(self, compute_turn: Turn, train: bool, active: list[str] | None = None) -> Turn:
         """One piece's turn: the caller's compute turn, then the job's view of the stage."""
 
         @contextmanager
         def turn() -> Iterator[None]:
-            with compute_turn(), self._state(train):
+            with compute_turn(), self._state(train, active):
                 yield
 
         return turn
+
+    def _reference_set(self, reference: bool, reference_adapter: str) -> list[str] | None:
+        """The adapter set of a DPO reference forward (None: the job's own view)."""
+        if not reference:
+            if reference_adapter:
+                raise InvalidInput("'reference_adapter' is for reference forwards only")
+            return None
+        if not reference_adapter:
+            return []  # the base with every adapter off (PEFT's disable_adapter)
+        if reference_adapter == self.adapter:
+            raise InvalidInput(
+                f"the reference adapter cannot be {reference_adapter!r}, the adapter being trained"
+            )
+        if reference_adapter not in adapters(self.stage):
+            raise InvalidInput(
+                f"reference adapter {reference_adapter!r} is not on stage "
+                f"[{self.stage.start}, {self.stage.end})"
+            )
+        return [reference_adapter]
 
     def _convert(self, leaf: torch.Tensor) -> torch.Tensor:
         if self.stage.is_first:
@@ -392,9 +414,19 @@ class StageTrainingJob:
         loss_scale: float,
         *,
         evaluate: bool = False,
+        sequence_logprobs: bool = False,
+        reference: bool = False,
+        reference_adapter: str = "",
         compute_turn: Turn = nullcontext,
     ) -> dict:
-        """Forward one micro-batch in pieces, each in a ``compute_turn()`` (the gate's)."""
+        """Forward one micro-batch in pieces, each in a ``compute_turn()`` (the gate's).
+
+        ``sequence_logprobs`` (DPO): the last stage returns ``output``, each row's summed
+        log-probability of its labelled tokens ``(batch,)`` float32, and its backward takes
+        their gradient.
+        ``reference`` (with ``evaluate``): computed with every adapter off, or with
+        ``reference_adapter`` alone: the DPO reference from the same weights.
+        """
         if self.averager is not None:
             self.averager.note_activity()
         leaf = self._leaf(tensors.get("input"))
@@ -406,18 +438,25 @@ class StageTrainingJob:
             raise InvalidInput("last stage needs 'labels' of shape (batch, seq)")
         if labels is not None:
             labels = labels.to(self.device)
+        if reference and not evaluate:
+            raise InvalidInput("a reference forward is an evaluate forward (no gradient)")
+        active = self._reference_set(reference, reference_adapter)
         pieces = {
             "mask": None if mask is None else mask.to(self.device),
             "convert": self._convert,
             "targets_from": labels,
             "piece_tokens": self.piece_tokens,
+            "sequence": sequence_logprobs,
         }
         if evaluate:
             with torch.no_grad():
                 _, out = forward_pieces(
-                    self.stage, leaf.detach(), turn=self._turns(compute_turn, False), **pieces
+                    self.stage,
+                    leaf.detach(),
+                    turn=self._turns(compute_turn, False, active),
+                    **pieces,
                 )
-            if not self.stage.is_last:
+            if not self.stage.is_last or sequence_logprobs:
                 return {"output": out.cpu()}
             return {"loss_sum": float(out), "loss_tokens": counted_tokens(labels)}
         if len(self.pending) >= self.max_pending:
@@ -435,8 +474,8 @@ class StageTrainingJob:
                 **pieces,
             )
         self.pending[microbatch_id] = chain
-        if not self.stage.is_last:
-            return {"output": out.detach().cpu()}  # in the stage's dtype
+        if not self.stage.is_last or sequence_logprobs:
+            return {"output": out.detach().cpu()}  # in the stage's dtype (log-probs: float32)
         # the canonical loss, in float32 from the logits (summed per chunk of positions)
         return {"loss_sum": float(out), "loss_tokens": counted_tokens(labels)}
 
@@ -449,7 +488,7 @@ class StageTrainingJob:
         chain = self.pending.pop(microbatch_id, None)
         if chain is None:
             raise MicrobatchNotFound(f"no pending forward for micro-batch {microbatch_id!r}")
-        if not self.stage.is_last:
+        if not self.stage.is_last or chain.output_shape:  # last: the sequence log-probs' grad
             shape = chain.output_shape
             if grad is None or tuple(grad.shape) != shape:
                 raise InvalidInput(f"backward needs 'grad' of shape {list(shape)}")

@@ -161,20 +161,26 @@ class TensorChunk(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class TrainHeader(_message.Message):
-    __slots__ = ("job_id", "microbatch_id", "start", "end", "loss_scale", "evaluate")
+    __slots__ = ("job_id", "microbatch_id", "start", "end", "loss_scale", "evaluate", "sequence_logprobs", "reference", "reference_adapter")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     MICROBATCH_ID_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
     LOSS_SCALE_FIELD_NUMBER: _ClassVar[int]
     EVALUATE_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_ADAPTER_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     microbatch_id: str
     start: int
     end: int
     loss_scale: float
     evaluate: bool
-    def __init__(self, job_id: _Optional[str] = ..., microbatch_id: _Optional[str] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., loss_scale: _Optional[float] = ..., evaluate: _Optional[bool] = ...) -> None: ...
+    sequence_logprobs: bool
+    reference: bool
+    reference_adapter: str
+    def __init__(self, job_id: _Optional[str] = ..., microbatch_id: _Optional[str] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., loss_scale: _Optional[float] = ..., evaluate: _Optional[bool] = ..., sequence_logprobs: _Optional[bool] = ..., reference: _Optional[bool] = ..., reference_adapter: _Optional[str] = ...) -> None: ...
 
 class TrainMessage(_message.Message):
     __slots__ = ("header", "chunk", "loss_sum", "loss_tokens")

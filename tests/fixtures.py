@@ -847,3 +847,91 @@ def smollm2_swarm(smollm2_dir, tool_adapters, tmp_path_factory):
     adapters |= {name: str(path) for name, (path, _) in tool_adapters.items()}
     with local_swarm(root / "swarm", "smollm2-135m", SMOLLM2_3STAGE, adapters=adapters) as state:
         yield state
+
+
+# --- DPO: the single-process reference -----------------------------------------------------------
+
+
+def dpo_train_config(model_dir: Path, **update) -> dict:
+    """A small DPO run on the Gas Town preference pairs (``samples/dpo``)."""
+    raw = train_config(model_dir, steps=10, **update)
+    raw["data"] = {
+        **raw["data"],
+        "kind": "dpo",
+        "train": [str(REPO / "samples/dpo/gastown_preferences.train.jsonl")],
+        "heldout": [str(REPO / "samples/dpo/gastown_preferences.heldout.jsonl")],
+        "max_length": 160,
+    }
+    raw.setdefault("dpo", {"beta": 0.1})
+    return raw
+
+
+def peft_dpo_reference(model_dir: Path, config: dict) -> tuple[list[float], list[dict], dict]:
+    """Single-process DPO with PEFT on the whole model and the TRL-matching loss
+    (:func:`dataload.losses.dpo_loss`; the reference is the same model under
+    ``disable_adapter()``), with ``config``'s pairs, order, seed, β and micro-batches: per-step
+    losses, per-step reward metrics and the final adapter (PEFT file keys)."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from dataload import build_loaders
+    from dataload.losses import dpo_loss, dpo_reward_metrics, sequence_logprobs
+    from lora.stage_adapters import adapter_state_dict, deterministic_init_
+    from training.config import TrainConfig
+    from training.dpo_step import pair_microbatches
+
+    cfg = TrainConfig.model_validate(config)
+    loaders = build_loaders(cfg.data, model_dir=model_dir)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = get_peft_model(base, cfg.lora.to_peft(), adapter_name=cfg.adapter)
+    deterministic_init_(model, cfg.adapter, cfg.lora.init_seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        params, lr=cfg.learning_rate, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay
+    )
+    per_epoch = loaders.train.num_batches(0)
+    losses, metrics = [], []
+    beta, smoothing = cfg.dpo.beta, cfg.dpo.label_smoothing
+    for step in range(cfg.steps):
+        batch = loaders.train.batch_at(loaders.train.position(step // per_epoch, step % per_epoch))
+        mbs = pair_microbatches(batch, cfg.micro_batch_size)
+        total = sum(mb.pairs for mb in mbs)
+        loss_sum, logps = 0.0, []
+        for mb in mbs:
+            rows, k = mb.rows, mb.pairs
+            model.eval()
+            with torch.no_grad(), model.disable_adapter():
+                ref = sequence_logprobs(
+                    model(input_ids=rows.input_ids, attention_mask=rows.attention_mask).logits,
+                    rows.labels,
+                )
+            model.train()
+            policy = sequence_logprobs(
+                model(input_ids=rows.input_ids, attention_mask=rows.attention_mask).logits,
+                rows.labels,
+            )
+            part = dpo_loss(
+                policy[:k],
+                policy[k:],
+                ref[:k],
+                ref[k:],
+                beta,
+                label_smoothing=smoothing,
+                reduction="sum",
+            )
+            (part / total).backward()
+            loss_sum += float(part.detach())
+            logps.append((policy.detach(), ref, k))
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss_sum / total)
+        metrics.append(
+            dpo_reward_metrics(
+                torch.cat([p[:k] for p, _, k in logps]),
+                torch.cat([p[k:] for p, _, k in logps]),
+                torch.cat([r[:k] for _, r, k in logps]),
+                torch.cat([r[k:] for _, r, k in logps]),
+                beta=beta,
+            )
+        )
+    return losses, metrics, adapter_state_dict(model, cfg.adapter)

@@ -4,11 +4,34 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from dataload.config import DataConfig
 from lora.config import AveragingSettings, LoraSettings, OptimizerSettings, check_adapter_name
 from training.schedule import DEFAULT_SCHEDULE, Schedule
+
+
+class DPOSettings(BaseModel):
+    """The DPO objective (``data.kind: dpo``), as TRL's ``DPOTrainer`` defines it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    beta: float = Field(0.1, gt=0, allow_inf_nan=False)
+    """β: how far the policy may move from the reference (TRL's default 0.1)."""
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5)
+    """ε of conservative DPO: the share of pairs assumed mislabelled (0: plain sigmoid DPO)."""
+    reference_adapter: str | None = None
+    """The reference: None = the base with every adapter off (PEFT's ``disable_adapter``), or
+    the name of an adapter on every stage (e.g. the SFT adapter the run started from)."""
+    cache_reference: bool = True
+    """Compute each pair's reference log-probs once and keep them in the run directory
+    (``reference_logprobs.json``); False: recompute them every step."""
+
+    @model_validator(mode="after")
+    def _check(self) -> DPOSettings:
+        if self.reference_adapter is not None:
+            check_adapter_name(self.reference_adapter)
+        return self
 
 
 class TrainConfig(OptimizerSettings):
@@ -72,6 +95,9 @@ class TrainConfig(OptimizerSettings):
     loss_scale_growth_interval: int = Field(2000, ge=1)
     """With dynamic loss scaling: steps in a row without an overflow after which the loss
     scale doubles."""
+    dpo: DPOSettings = Field(default_factory=DPOSettings)
+    """The DPO objective, used when ``data.kind`` is ``dpo`` (batch and micro-batch sizes then
+    count pairs: a pair is two rows)."""
     data: DataConfig
 
     @property
@@ -100,10 +126,10 @@ class TrainConfig(OptimizerSettings):
                 f"averaging.target_group_size {self.averaging.target_group_size} contradicts "
                 f"replicas {self.replicas}: groups are as large as replicas (leave it out)"
             )
-        if self.data.kind != "sft":
+        if self.data.kind == "dpo" and self.dpo.reference_adapter == self.adapter:
             raise ValueError(
-                "node0 train runs SFT; DPO pairs train through dataload.dpo_loss "
-                "in a single process for now"
+                f"dpo.reference_adapter {self.adapter!r} is the adapter being trained; the "
+                "reference must stay fixed (leave it out for the base with adapters off)"
             )
         if self.micro_batch_size is not None and self.micro_batch_size > self.data.batch_size:
             raise ValueError(

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -58,6 +59,7 @@ class StepResult:
     reports: list  # OptimizerStepResponse per stage, in route order
     busy_s: list[float]  # per stage: seconds its calls took this step (trainer side)
     wall_s: float  # the step's wall time, forwards to the last optimizer step
+    metrics: dict = field(default_factory=dict)  # DPO: TRL's reward metrics of the step
 
     @property
     def bubble(self) -> list[float]:
@@ -73,14 +75,25 @@ def _pipeline(
     *,
     evaluate: bool,
     grad_scale: float | None = None,
+    options: dict | None = None,
+    on_last: Callable[[int, object], object] | None = None,
+    last_grad: Callable[[int], torch.Tensor] | None = None,
 ) -> ScheduleRun:
     """Run the forwards (and, unless ``evaluate``, the backwards) of every micro-batch in
-    ``orders`` (:func:`training.schedule.stage_orders`)."""
+    ``orders`` (:func:`training.schedule.stage_orders`).
+
+    DPO (:mod:`training.dpo_step`): ``options`` go with every forward
+    (:meth:`StageTrainClient.forward`'s ``sequence_logprobs``, ``reference``…); ``on_last(i,
+    output)`` turns the last stage's output of micro-batch ``i`` into its result (computing
+    the gradient of its log-probs), and ``last_grad(i)`` is what the last stage's backward
+    of micro-batch ``i`` takes.
+    """
     ids = [uuid.uuid4().hex for _ in microbatches]
     last = len(stages) - 1
     extra = {}
     if grad_scale is not None:
         extra["grad_scale"] = torch.tensor([grad_scale], dtype=torch.float32)
+    options = options or {}
 
     def call(k: int, op: Op, arg):
         mb, mb_id = microbatches[op.microbatch], ids[op.microbatch]
@@ -93,9 +106,13 @@ def _pipeline(
             if k == last:
                 tensors["labels"] = mb.labels
             output, loss_sum, _ = stages[k].forward(
-                mb_id, tensors, loss_scale=scale, evaluate=evaluate
+                mb_id, tensors, loss_scale=scale, evaluate=evaluate, **options
             )
+            if k == last and on_last is not None:
+                return on_last(op.microbatch, output)
             return loss_sum if k == last else output
+        if k == last and last_grad is not None:
+            arg = last_grad(op.microbatch)
         return stages[k].backward(mb_id, arg)
 
     return run_schedule(orders, call)
@@ -139,10 +156,37 @@ def pipeline_train_step(
         stages, microbatches, orders, 1.0 / total_tokens, evaluate=False, grad_scale=grad_scale
     )
     loss_sum = _loss_sum(run, len(stages), len(microbatches))
-    if on_sync is not None:
-        on_sync()
     if samples is None:
         samples = float(sum(mb.input_ids.shape[0] for mb in microbatches))
+    reports, busy_s = _optimizer_steps(
+        stages, run, step, samples, checkpoint=checkpoint, on_sync=on_sync, grad_scale=grad_scale
+    )
+    return StepResult(
+        step=step,
+        loss=loss_sum / total_tokens,
+        tokens=total_tokens,
+        applied=all(r.applied for r in reports),
+        grad_norms=[r.grad_norm for r in reports],
+        reports=reports,
+        busy_s=busy_s,
+        wall_s=time.perf_counter() - started,
+    )
+
+
+def _optimizer_steps(
+    stages: list[StageTrainClient],
+    run: ScheduleRun,
+    step: int,
+    samples: float,
+    *,
+    checkpoint: bool,
+    on_sync,
+    grad_scale: float | None,
+) -> tuple[list, list[float]]:
+    """The optimizer step on every stage once a step's backwards ran (see the module
+    docstring for the order under loss scaling): the reports, and each stage's busy seconds."""
+    if on_sync is not None:
+        on_sync()
 
     def optimizer_step(stage: StageTrainClient, discard: bool = False):
         return stage.optimizer_step(step, samples=samples, checkpoint=checkpoint, discard=discard)
@@ -154,16 +198,8 @@ def pipeline_train_step(
         discard = not timed[0][0].applied
         timed += _parallel([lambda s=s: optimizer_step(s, discard) for s in stages[1:]])
     reports = [report for report, _ in timed]
-    return StepResult(
-        step=step,
-        loss=loss_sum / total_tokens,
-        tokens=total_tokens,
-        applied=all(r.applied for r in reports),
-        grad_norms=[r.grad_norm for r in reports],
-        reports=reports,
-        busy_s=[busy + seconds for busy, (_, seconds) in zip(run.busy_s, timed, strict=True)],
-        wall_s=time.perf_counter() - started,
-    )
+    busy_s = [busy + seconds for busy, (_, seconds) in zip(run.busy_s, timed, strict=True)]
+    return reports, busy_s
 
 
 def _parallel(calls) -> list[tuple[object, float]]:

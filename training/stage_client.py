@@ -12,6 +12,9 @@ from lora.config import AveragingSettings, LoraSettings, OptimizerSettings
 from proto import node0_pb2, node0_pb2_grpc
 from proto.channels import channel_options
 from proto.tensor_chunks import TensorAssembler, split_tensor
+from security.active import call_signer
+from security.credentials import Role
+from security.grpc_auth import secure_channel
 
 
 class StageTrainClient:
@@ -33,7 +36,10 @@ class StageTrainClient:
         self.trainer_id = trainer_id
         self.timeout = timeout
         self.max_bytes = max_bytes
-        self._channel = grpc.insecure_channel(endpoint, options=channel_options(64 << 20))
+        self._channel = secure_channel(
+            grpc.insecure_channel(endpoint, options=channel_options(64 << 20)),
+            call_signer(Role.TRAINER),
+        )
         self._stub = node0_pb2_grpc.StageStub(self._channel)
 
     def open_job(
@@ -72,6 +78,7 @@ class StageTrainClient:
         tensors: dict[str, torch.Tensor],
         loss_scale: float,
         evaluate: bool = False,
+        **dpo,
     ) -> Iterator[node0_pb2.TrainMessage]:
         yield node0_pb2.TrainMessage(
             header=node0_pb2.TrainHeader(
@@ -81,6 +88,7 @@ class StageTrainClient:
                 end=self.end,
                 loss_scale=loss_scale,
                 evaluate=evaluate,
+                **dpo,
             )
         )
         for name, tensor in tensors.items():
@@ -102,13 +110,25 @@ class StageTrainClient:
         loss_scale: float = 1.0,
         *,
         evaluate: bool = False,
+        sequence_logprobs: bool = False,
+        reference: bool = False,
+        reference_adapter: str = "",
     ) -> tuple[torch.Tensor | None, float, int]:
         """Returns (output hidden states | None, loss_sum, loss_tokens).
 
-        ``evaluate``: no gradient, nothing kept on the stage (held-out loss)."""
+        ``evaluate``: no gradient, nothing kept on the stage (held-out loss).
+        ``sequence_logprobs`` (DPO): the last stage's output is each row's summed log-prob of
+        its labelled tokens ``(batch,)``; ``reference`` (with ``evaluate``): computed with
+        adapters off, or with ``reference_adapter`` alone."""
+        dpo = dict(
+            sequence_logprobs=sequence_logprobs,
+            reference=reference,
+            reference_adapter=reference_adapter,
+        )
         out, last = self._collect(
             self._stub.Forward(
-                self._messages(microbatch_id, tensors, loss_scale, evaluate), timeout=self.timeout
+                self._messages(microbatch_id, tensors, loss_scale, evaluate, **dpo),
+                timeout=self.timeout,
             )
         )
         return out.get("output"), last.loss_sum, last.loss_tokens

@@ -12,6 +12,13 @@ Precision: the trainer plans its route over the stages of its ``dtype`` (all, wh
 when a stage of the route computes in float16 (``loss_scaling: auto``) it owns the route's
 dynamic loss scale (:mod:`training.loss_scaler`), sent with every micro-batch and saved with
 the trainer checkpoint. It computes nothing itself: the last stage holds the head and the loss.
+
+DPO (``data.kind: dpo``, :mod:`training.dpo_step`): a batch is pairs, a micro-batch
+``micro_batch_size`` pairs; the last stage returns sequence log-probs and the trainer computes
+the pair losses from them and the pairs' reference log-probs, which come from the same stages
+with adapters off and are cached per pair in the run directory
+(:mod:`training.reference_cache`). Each step's reward metrics go on the progress line and into
+the run record; held-out evaluation gives the held-out pair loss and preference accuracy.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
+import torch
 
 from base.errors import CheckpointError, ConfigError, Node0Error, PeerFailureError, SwarmError
 from base.refusals import call_failure
@@ -34,14 +42,24 @@ from dataload.order import DataPosition
 from lora.config import OptimizerSettings
 from provenance import RunDir, atomic_write
 from training.config import TrainConfig
+from training.dpo_step import (
+    DPOObjective,
+    PairMicroBatch,
+    pair_microbatches,
+    pipeline_dpo_eval,
+    pipeline_dpo_step,
+    pipeline_sequence_logprobs,
+)
 from training.loss_scaler import DynamicLossScaler
 from training.pipeline_step import MicroBatch, pipeline_eval_loss, pipeline_train_step
+from training.reference_cache import ReferenceCache, row_key
 from training.route import is_route_failure, open_route, refusal_error
 from training.stage_client import StageTrainClient
 
 log = logging.getLogger(__name__)
 
 TRAINER_CHECKPOINT = "trainer_checkpoint.json"
+REFERENCE_CACHE = "reference_logprobs.json"
 STATES = ("ready", "training", "syncing", "checkpointing", "degraded", "done", "failed")
 
 
@@ -71,6 +89,11 @@ class TrainerState:
     """Per step: each stage's idle share of the step's wall time (route order)."""
     loss_scales: list[float] = field(default_factory=list)
     """Per step, with dynamic loss scaling: the loss scale the step ran with."""
+    dpo: list[dict] = field(default_factory=list)
+    """Per step of a DPO run: TRL's reward metrics (rewards/chosen, rewards/rejected,
+    rewards/accuracies, rewards/margins) of the step's pairs."""
+    heldout_dpo: dict[int, dict] = field(default_factory=dict)
+    """DPO runs: held-out loss and reward metrics by step (0: before training)."""
 
     def pipeline_metrics(self, config: TrainConfig) -> dict:
         """The pipeline's figures for the run record: schedule, micro-batches, bubbles."""
@@ -114,6 +137,9 @@ class SwarmTrainer:
         self.optimizer: OptimizerSettings = config.optimizer  # as sent (:meth:`_plan_precision`)
         self.scaler: DynamicLossScaler | None = None
         self.precision: dict = {}
+        self.dpo = config.data.kind == "dpo"
+        self.objective = DPOObjective(config.dpo.beta, config.dpo.label_smoothing)
+        self.reference: ReferenceCache | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
     def set_state(self, lifecycle: str, detail: str = "") -> None:
@@ -217,6 +243,8 @@ class SwarmTrainer:
             f"[{c.start},{c.end})@{c.endpoint} {dtype}"
             for c, dtype in zip(self.stages, self.precision["stage_dtypes"], strict=True)
         )
+        if self.dpo:
+            self._open_reference_cache()
         resumed = {r.resumed_from for r in replies} - {""}
         scaling = (
             f"; dynamic loss scaling from {self.scaler.scale:g}" if self.scaler is not None else ""
@@ -259,6 +287,54 @@ class SwarmTrainer:
                     ) from exc
                 time.sleep(2.0)
 
+    # -- DPO reference ---------------------------------------------------------------------
+    def _open_reference_cache(self) -> None:
+        cfg = self.config
+        info = self.loaders.tokenizer_info
+        provenance = {
+            "model": cfg.model,
+            "reference": cfg.dpo.reference_adapter or "base (adapters off)",
+            "stage_dtypes": self.precision.get("stage_dtypes"),
+            "tokenizer": info.fingerprint,
+            "prompt_mode": cfg.data.prompt_mode,
+            "max_length": cfg.data.max_length,
+            "truncation": cfg.data.truncation,
+        }
+        if self.reference is not None and self.reference.provenance == provenance:
+            return
+        path = self.run.path / REFERENCE_CACHE if cfg.dpo.cache_reference else None
+        self.reference = ReferenceCache(path, provenance)
+
+    def _with_reference(self, mbs: list[PairMicroBatch]) -> list[PairMicroBatch]:
+        """Fill the micro-batches' reference log-probs: from the cache, else one reference
+        forward through the stages for the micro-batches that miss a pair."""
+        cache = self.reference
+        missing = []
+        for mb in mbs:
+            keys = _pair_keys(mb)
+            found = [cache.get(k) for k in keys] if self.config.dpo.cache_reference else [None]
+            if all(f is not None for f in found):
+                cache.reused += len(keys)
+                mb.ref_chosen = torch.tensor([c for c, _ in found], dtype=torch.float32)
+                mb.ref_rejected = torch.tensor([r for _, r in found], dtype=torch.float32)
+            else:
+                missing.append(mb)
+        if missing:
+            computed = pipeline_sequence_logprobs(
+                self.stages,
+                [mb.rows for mb in missing],
+                reference=True,
+                reference_adapter=self.config.dpo.reference_adapter or "",
+            )
+            for mb, logps in zip(missing, computed, strict=True):
+                k = mb.pairs
+                mb.ref_chosen, mb.ref_rejected = logps[:k].clone(), logps[k:].clone()
+                for key, c, r in zip(
+                    _pair_keys(mb), mb.ref_chosen.tolist(), mb.ref_rejected.tolist(), strict=True
+                ):
+                    cache.put(key, c, r)
+        return mbs
+
     # -- data ----------------------------------------------------------------------------
     def position_for(self, step: int) -> DataPosition:
         train = self.loaders.train
@@ -266,9 +342,15 @@ class SwarmTrainer:
         return train.position(step // per_epoch, step % per_epoch)
 
     def heldout_loss(self) -> float | None:
+        """The held-out loss (DPO: the mean pair loss; its reward metrics go to
+        ``state.heldout_dpo`` under the current step)."""
         held = self.loaders.heldout
         if held is None:
             return None
+        if self.dpo:
+            figures = self.heldout_dpo()
+            self.state.heldout_dpo[self.state.step] = figures
+            return figures["loss"]
         mbs = [
             mb
             for batch in held.batches(epochs=1)
@@ -276,6 +358,17 @@ class SwarmTrainer:
         ]
         loss, _ = self._with_reroute(lambda: pipeline_eval_loss(self.stages, mbs))
         return loss
+
+    def heldout_dpo(self) -> dict[str, float]:
+        """Held-out pair loss, preference accuracy and reward margins of the current policy."""
+        mbs = [
+            mb
+            for batch in self.loaders.heldout.batches(epochs=1)
+            for mb in pair_microbatches(batch, self.config.micro_batch_size)
+        ]
+        return self._with_reroute(
+            lambda: pipeline_dpo_eval(self.stages, self._with_reference(mbs), self.objective)
+        )
 
     def _with_reroute(self, call):
         while True:
@@ -289,6 +382,8 @@ class SwarmTrainer:
     # -- training ------------------------------------------------------------------------
     def checkpoint(self) -> None:
         self.set_state("checkpointing", f"step {self.state.step}")
+        if self.reference is not None:
+            self.reference.save()
         atomic_write(
             self.run.path / TRAINER_CHECKPOINT,
             json.dumps(
@@ -301,6 +396,7 @@ class SwarmTrainer:
                     "losses": self.state.losses,
                     "heldout": self.state.heldout,
                     "loss_scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                    "dpo": self.state.dpo if self.dpo else None,
                 },
                 indent=1,
             )
@@ -317,20 +413,34 @@ class SwarmTrainer:
         step = start_step
         while step < total:
             batch = self.loaders.train.batch_at(self.position_for(step))
-            mbs = microbatches(batch, cfg.micro_batch_size)
             save = cfg.checkpoint_every > 0 and (step + 1) % cfg.checkpoint_every == 0
             grad_scale = self.scaler.scale if self.scaler is not None else None
+            step_kw = dict(
+                schedule=cfg.schedule,
+                checkpoint=save or step + 1 == total,
+                on_sync=lambda: self.set_state("syncing"),
+                grad_scale=grad_scale,
+            )
             try:
-                result = pipeline_train_step(
-                    self.stages,
-                    mbs,
-                    step,
-                    schedule=cfg.schedule,
-                    samples=float(batch.input_ids.shape[0]),
-                    checkpoint=save or step + 1 == total,
-                    on_sync=lambda: self.set_state("syncing"),
-                    grad_scale=grad_scale,
-                )
+                if self.dpo:
+                    pairs = pair_microbatches(batch, cfg.micro_batch_size)
+                    result = pipeline_dpo_step(
+                        self.stages,
+                        self._with_reference(pairs),
+                        step,
+                        self.objective,
+                        samples=float(batch.pairs),
+                        **step_kw,
+                    )
+                    batch = batch.batch  # its rows, for the token count
+                else:
+                    result = pipeline_train_step(
+                        self.stages,
+                        microbatches(batch, cfg.micro_batch_size),
+                        step,
+                        samples=float(batch.input_ids.shape[0]),
+                        **step_kw,
+                    )
             except grpc.RpcError as exc:
                 if not is_route_failure(exc):
                     raise _refusal(exc) from exc
@@ -351,6 +461,9 @@ class SwarmTrainer:
             step = max(step + 1, min(shared, total))
             self.state.step = step
             self.state.losses.append(result.loss)
+            if self.dpo:
+                self.state.dpo.append(result.metrics)
+                self.run.set("dpo", self.dpo_record())
             if not result.applied:
                 self.state.skipped += 1
             if self.scaler is not None:
@@ -379,8 +492,9 @@ class SwarmTrainer:
                 else f"  SKIPPED ({'; '.join(r.reason for r in result.reports if r.reason)})"
             )
             scale = f"  loss scale {grad_scale:g}" if grad_scale is not None else ""
+            rewards = _rewards_line(result.metrics) if self.dpo else ""
             self.echo(
-                f"[train] step {step}/{total}  loss {result.loss:.4f}  "
+                f"[train] step {step}/{total}  loss {result.loss:.4f}  {rewards}"
                 f"{rate:.0f} tok/s  ETA {eta:.0f}s  bubble "
                 f"{'/'.join(f'{b:.0%}' for b in bubble)}  {'; '.join(notes)}{skipped}{scale}"
             )
@@ -392,6 +506,36 @@ class SwarmTrainer:
             if on_step is not None:
                 on_step(self, result)
         return self.state
+
+    def dpo_record(self) -> dict:
+        """The DPO part of the run record: objective, per-step metrics, reference cache."""
+        cfg = self.config.dpo
+        return {
+            "beta": cfg.beta,
+            "label_smoothing": cfg.label_smoothing,
+            "reference": cfg.reference_adapter or "base (adapters off)",
+            "steps": self.state.dpo,
+            "heldout": self.state.heldout_dpo,
+            "reference_cache": self.reference.describe() if self.reference else None,
+        }
+
+
+def _pair_keys(mb: PairMicroBatch) -> list[str]:
+    rows, k = mb.rows, mb.pairs
+    mask = rows.attention_mask.bool()
+    return [
+        row_key(pid, rows.input_ids[i][mask[i]], rows.input_ids[k + i][mask[k + i]])
+        for i, pid in enumerate(mb.pair_ids)
+    ]
+
+
+def _rewards_line(metrics: dict) -> str:
+    return (
+        f"rewards/chosen {metrics['rewards/chosen']:+.4f}  "
+        f"rewards/rejected {metrics['rewards/rejected']:+.4f}  "
+        f"margins {metrics['rewards/margins']:+.4f}  "
+        f"accuracy {metrics['rewards/accuracies']:.2f}  "
+    )
 
 
 def _short(exc: BaseException) -> str:
