@@ -1,6 +1,7 @@
 """Personal data: e-mail addresses, IPv4/IPv6 addresses, personal home directories.
 
-Non-personal look-alikes are kept: loopback/unspecified/documentation addresses, netmasks,
+Phone and payment card numbers are :mod:`corpus.scrub.numbers`. Non-personal look-alikes are
+kept: loopback/unspecified/documentation addresses, private addresses (by default), netmasks,
 version strings, ``git@github.com``-style service addresses, example domains, generic
 account names in paths (``/home/user``, ``/home/runner``).
 """
@@ -110,9 +111,13 @@ def _is_network(addr: str, prefix: int) -> bool:
     return True
 
 
-def _ip_is_personal(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+def _ip_is_personal(
+    addr: ipaddress.IPv4Address | ipaddress.IPv6Address, keep_private: bool = True
+) -> bool:
     if addr.is_loopback or addr.is_unspecified or addr.is_multicast:
         return False
+    if keep_private and (addr.is_private or addr.is_link_local):
+        return False  # RFC 1918 / ULA / link-local: the same addresses in every network
     if isinstance(addr, ipaddress.IPv4Address):
         return not any(addr in net for net in _DOC_V4)
     return addr not in _DOC_V6
@@ -125,8 +130,13 @@ _DOC_V4 = tuple(
 _DOC_V6 = ipaddress.ip_network("2001:db8::/32")
 
 
-def scan_pii(text: str) -> list[Finding]:
-    """All personal-data findings (sure)."""
+def scan_pii(text: str, *, keep_private_ips: bool = True) -> list[Finding]:
+    """All personal-data findings (sure).
+
+    ``keep_private_ips`` keeps private, link-local and unique-local addresses (issue 19: they
+    name no one and recur in every network); False scrubs them like public ones (the policy
+    the labeled and the first held-out set were written under).
+    """
     found: list[Finding] = []
     if "@" in text or "%40" in text:
         for m in _EMAIL.finditer(text):
@@ -158,7 +168,7 @@ def scan_pii(text: str) -> list[Finding]:
             and not _IP_CONTEXT.search(before)
         ):
             continue  # "1.2.3.4", "section 3.2.1.4": version-like unless the context says host
-        if _ip_is_personal(ipaddress.IPv4Address(m.group())):
+        if _ip_is_personal(ipaddress.IPv4Address(m.group()), keep_private_ips):
             seen_ip = True
             found.append(Finding(m.start(), m.end(), "ipv4", "PII", "sure", "pii:ipv4"))
     if "::" in text or text.count(":") >= 7:
@@ -170,7 +180,7 @@ def scan_pii(text: str) -> list[Finding]:
             groups = [g for g in m.group().split(":") if g]
             if len(groups) < 3 and not m.group().lower().startswith(("fe80", "fd", "fc", "2")):
                 continue  # "dead::beef", "a::b": too short to be an address worth scrubbing
-            if _ip_is_personal(addr):
+            if _ip_is_personal(addr, keep_private_ips):
                 found.append(Finding(m.start(), m.end(), "ipv6", "PII", "sure", "pii:ipv6"))
     if "/home/" in text or "/Users/" in text or "Users\\" in text or "~" in text:
         for m in _HOME.finditer(text):

@@ -83,7 +83,7 @@ def report(name: str, r: dict) -> str:
     for (label, kind), (k, n) in sorted(r["per_kind"].items()):
         if k != n:
             out.append(f"  {label:6s} {kind:24s} {k:3d}/{n:<3d}")
-    for i, rec, res in r["misses"]:
+    for i, rec, _res in r["misses"]:
         ctx = rec.get("context", "")
         out.append(f"MISS #{i} [{rec['kind']}/{ctx}] {rec['note']}: {_short(rec['text'])}")
     for i, rec, res in r["lost"]:

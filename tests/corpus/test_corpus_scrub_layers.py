@@ -12,8 +12,15 @@ def test_sure_secret_becomes_typed_placeholder(scrubber) -> None:
 
 
 def test_pii_placeholders(scrubber) -> None:
-    res = scrubber.scrub("mail dana.kovacs@gastown-dev.io from 10.20.4.17 in /home/dana/gt")
+    res = scrubber.scrub("mail dana.kovacs@gastown-dev.io from 34.117.59.81 in /home/dana/gt")
     assert res.text == "mail <PII:email> from <PII:ipv4> in <PII:home_dir>/gt"
+
+
+def test_private_addresses_are_kept_by_default_and_scrubbed_on_request(scrubber) -> None:
+    text = "node at 10.20.4.17 and 192.168.7.41, loopback 127.0.0.1, peer fd12:3456:789a:1::7"
+    assert scrubber.scrub(text).text == text
+    old = Scrubber(keep_private_ips=False).scrub(text).text
+    assert old == "node at <PII:ipv4> and <PII:ipv4>, loopback 127.0.0.1, peer <PII:ipv6>"
 
 
 def test_uncertain_reason_never_contains_the_secret(scrubber) -> None:
