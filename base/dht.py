@@ -83,12 +83,16 @@ def start_dht(
     client_mode: bool = False,
     start_timeout: float = DHT_START_TIMEOUT,
     attempts: int = DHT_START_ATTEMPTS,
+    authorizer=None,
 ) -> hivemind.DHT:
     """A running DHT peer, or :class:`SwarmError` if it cannot join or is not up in time.
 
     A child that is not ready within ``start_timeout`` prints its stacks, is killed and is
     replaced by a fresh one, up to ``attempts`` children in all. A refused bootstrap is not
     retried: it is an answer, not a hang.
+
+    ``authorizer``: a hivemind ``AuthorizerBase`` every DHT request and response of this peer is
+    signed and checked with (a private swarm's: :mod:`security.dht_authorizer`).
     """
     where = ", ".join(initial_peers) if initial_peers else "(none)"
     for attempt in range(1, attempts + 1):
@@ -99,6 +103,7 @@ def start_dht(
                 initial_peers=list(initial_peers),
                 host_maddrs=host_maddrs or ["/ip4/127.0.0.1/tcp/0"],
                 client_mode=client_mode,
+                authorizer=authorizer,
                 start=False,
             )
             dht.run_in_background(await_ready=True, timeout=start_timeout)

@@ -25,6 +25,7 @@ class ExitCode(IntEnum):
     RUN_DIR = 10  # a run directory already exists or cannot be written
     DEVICE = 11  # the device asked for is absent, too small, or cannot run the dtype asked for
     UNSAFE_BIND = 12  # a server asked to listen beyond loopback with no API key to guard it
+    AUTH = 13  # no, a bad, an expired or a revoked swarm credential, or a role that forbids it
     INTERRUPTED = 130  # SIGINT
 
 
@@ -76,3 +77,7 @@ class RunDirError(Node0Error):
 
 class DeviceError(Node0Error):
     exit_code = ExitCode.DEVICE
+
+
+class AuthError(Node0Error):
+    exit_code = ExitCode.AUTH

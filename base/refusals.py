@@ -21,7 +21,14 @@ from typing import NoReturn
 
 import grpc
 
-from base.errors import ConfigError, Node0Error, PeerFailureError, RequestError, SwarmError
+from base.errors import (
+    AuthError,
+    ConfigError,
+    Node0Error,
+    PeerFailureError,
+    RequestError,
+    SwarmError,
+)
 
 METADATA_KEY = "node0-reason"
 RETRY_AFTER_KEY = "node0-retry-after-s"  # on a refusal for a full daemon: when to try again
@@ -76,6 +83,17 @@ class Reason(StrEnum):
     """A backward for a micro-batch whose forward the stage does not hold."""
     INTERNAL = "internal"
     """The handler failed unexpectedly (logged on the daemon)."""
+    # the swarm's access control (security/): the caller, not the request, is refused
+    NO_CREDENTIAL = "no_credential"
+    """The call carries no swarm credential (an outsider, or a client without one)."""
+    BAD_CREDENTIAL = "bad_credential"
+    """The credential or its proof does not verify: forged, altered, or another swarm's."""
+    CREDENTIAL_EXPIRED = "credential_expired"
+    """The credential's expiry has passed."""
+    CREDENTIAL_REVOKED = "credential_revoked"
+    """The swarm authority revoked the credential."""
+    ROLE_FORBIDS = "role_forbids"
+    """The credential is valid but its role may not make this call (security/roles.py)."""
 
     @property
     def status(self) -> grpc.StatusCode:
@@ -123,6 +141,11 @@ REFUSALS: dict[Reason, Refusal] = {
     Reason.JOB_NOT_FOUND: Refusal(_S.NOT_FOUND, PeerFailureError, elsewhere=True),
     Reason.MICROBATCH_NOT_FOUND: Refusal(_S.NOT_FOUND, PeerFailureError, elsewhere=True),
     Reason.INTERNAL: Refusal(_S.INTERNAL, PeerFailureError, elsewhere=True),
+    Reason.NO_CREDENTIAL: Refusal(_S.UNAUTHENTICATED, AuthError),
+    Reason.BAD_CREDENTIAL: Refusal(_S.UNAUTHENTICATED, AuthError),
+    Reason.CREDENTIAL_EXPIRED: Refusal(_S.UNAUTHENTICATED, AuthError),
+    Reason.CREDENTIAL_REVOKED: Refusal(_S.UNAUTHENTICATED, AuthError),
+    Reason.ROLE_FORBIDS: Refusal(_S.PERMISSION_DENIED, AuthError),
 }
 
 TRANSPORT_FAILURES = frozenset(

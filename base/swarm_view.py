@@ -41,9 +41,9 @@ def initial_peers_from(swarm_file: Path | None = None) -> list[str]:
 class SwarmView:
     """A client-mode DHT peer looking at one model's stage records."""
 
-    def __init__(self, model: str, initial_peers: list[str]):
+    def __init__(self, model: str, initial_peers: list[str], *, authorizer=None):
         self.model = model
-        self.dht = start_dht(initial_peers, client_mode=True)
+        self.dht = start_dht(initial_peers, client_mode=True, authorizer=authorizer)
 
     def records(self) -> list[StageRecord]:
         return fetch_records(self.dht, self.model)

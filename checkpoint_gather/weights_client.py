@@ -46,6 +46,9 @@ from lora.config import LoraSettings
 from models import LM_HEAD
 from proto import node0_weights_pb2, node0_weights_pb2_grpc
 from proto.tensor_codec import DTYPES, MAX_DIMS
+from security.active import call_signer
+from security.credentials import Role
+from security.grpc_auth import secure_channel
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -171,7 +174,9 @@ class StagePull:
             ],
         )
         try:
-            stub = node0_weights_pb2_grpc.StageWeightsStub(channel)
+            stub = node0_weights_pb2_grpc.StageWeightsStub(
+                secure_channel(channel, call_signer(Role.GATHERER))
+            )
             with self._lock:
                 if self._cancel_reason is not None:
                     raise PeerFailureError(f"{self._where()}: {self._cancel_reason}")

@@ -20,6 +20,9 @@ from base.sampler import SamplingParams
 from proto import node0_pb2, node0_pb2_grpc
 from proto.channels import channel_options
 from proto.tensor_codec import decode, encode
+from security.active import call_signer
+from security.credentials import Role
+from security.grpc_auth import aio_interceptors
 
 
 class StageUnavailable(Exception):
@@ -48,7 +51,9 @@ class StageSessionClient:
         self.model, self.start, self.end = model, start, end
         self.step_timeout = step_timeout
         self._channel = grpc.aio.insecure_channel(
-            endpoint, options=channel_options(max_message_bytes)
+            endpoint,
+            options=channel_options(max_message_bytes),
+            interceptors=aio_interceptors(call_signer(Role.CLIENT)),
         )
         self._stub = node0_pb2_grpc.StageStub(self._channel)
         self._call = None

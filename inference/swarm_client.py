@@ -12,6 +12,8 @@ from base.swarm_view import SwarmView
 from inference.generation import GenerationResult, generate
 from inference.pipeline_session import PipelineSession
 from models.catalog import resolve_model_dir
+from security.active import dht_authorizer
+from security.credentials import Role
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +25,8 @@ class SwarmClient(SwarmView):
 
     def __init__(self, model: str, initial_peers: list[str]):
         self.model_dir = resolve_model_dir(model)
-        super().__init__(model, initial_peers)
+        # a private swarm admits this DHT peer with the process's credential (security.active)
+        super().__init__(model, initial_peers, authorizer=dht_authorizer(Role.CLIENT))
 
     def load_tokenizer(self):
         from transformers import AutoTokenizer

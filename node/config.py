@@ -117,6 +117,22 @@ class DaemonConfig(_Strict):
         default_factory=dict,
         description="task adapters to serve: name -> PEFT adapter directory (whole-model keys)",
     )
+    credential: Path | None = Field(
+        None,
+        description="this peer's swarm credential (role host, `node0 swarm invite NAME --role "
+        "host`); the DHT, every gRPC call but Info and averaging then admit only credentialed "
+        "peers of the same swarm. Required unless insecure_open_swarm",
+    )
+    revocations: Path | None = Field(
+        None,
+        description="the authority's signed revocation list (revoked.json), re-read every "
+        "heartbeat; none: no credential is ever revoked on this peer",
+    )
+    insecure_open_swarm: bool = Field(
+        False,
+        description="serve without access control: anyone who reaches the ports may join the "
+        "DHT, call every RPC and join averaging (the banner says so)",
+    )
 
     @model_validator(mode="after")
     def _chunk_fits_budget(self) -> DaemonConfig:

@@ -33,6 +33,7 @@ from pipeline_stages.executor import StageExecutor
 from pipeline_stages.loader import load_stage, stage_bytes
 from pipeline_stages.sessions import SessionManager
 from provenance import atomic_write
+from security.access import PeerAccess, install
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,9 @@ class Daemon:
             (s.start, s.end): stage_bytes(model_dir, s.start, s.end, dtype) for s in cfg.stages
         }
         check_fits(device, sum(weight_bytes.values()), f"the weights of {len(cfg.stages)} stage(s)")
+        # fails closed: no credential and no explicit insecure_open_swarm is a config error
+        access = PeerAccess.for_daemon(cfg.credential, cfg.revocations, cfg.insecure_open_swarm)
+        install(access)
         print_banner(
             "serve",
             self.config_path,
@@ -129,6 +133,7 @@ class Daemon:
                 f"{cfg.prefill_chunk}, convoy linger {cfg.batch_linger_ms:g} ms, training at "
                 f"most {cfg.training_share:.0%} of compute while sessions wait",
                 f"heartbeat: every {cfg.announce_period:g} s, ttl {cfg.announce_ttl:g} s",
+                access.describe(),
             ],
         )
         stages = {}
@@ -158,7 +163,11 @@ class Daemon:
         )
 
         status("dht", "starting")
-        self.dht = start_dht(cfg.initial_peers, host_maddrs=cfg.dht_host_maddrs)
+        self.dht = start_dht(
+            cfg.initial_peers,
+            host_maddrs=cfg.dht_host_maddrs,
+            authorizer=access.dht_authorizer(),
+        )
         maddrs = visible_maddrs(self.dht)
         executor.dht = self.dht
         executor.in_main_thread = self.main_calls.call
@@ -177,6 +186,7 @@ class Daemon:
             cfg.port,
             max_workers=2 * cfg.max_sessions + 4,
             extra_servicers=(weights, runtime_adapters),
+            interceptors=access.grpc_interceptors(),
         )
         status("grpc", f"serving on {cfg.host}:{self.port}")
         announce(self.dht, self._records(executor), cfg.announce_ttl)

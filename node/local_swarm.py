@@ -140,6 +140,17 @@ def _wait_ready(peers: list[PeerProcess], timeout: float) -> None:
         time.sleep(0.2)
 
 
+def _access_fields(run: RunDir, name: str, authority, insecure_open_swarm: bool) -> dict:
+    """The daemon config fields that give peer ``name`` its access control."""
+    if insecure_open_swarm:
+        return {"insecure_open_swarm": True}
+    if authority is None:  # the preset names its own credential
+        return {}
+    path = run.path / "peers" / f"{name}.credential.json"
+    authority.invite(name, "host").save(path)
+    return {"credential": str(path), "revocations": str(authority.revocations_path)}
+
+
 def start_swarm(
     preset: SwarmPreset,
     preset_name: str,
@@ -149,8 +160,17 @@ def start_swarm(
     preset_path: str | None = None,
     preset_sha256: str | None = None,
     start_timeout: float = START_TIMEOUT_S,
+    insecure_open_swarm: bool = False,
+    authority_dir: Path | None = None,
 ) -> SwarmState:
-    """Start every peer of ``preset``; returns when all have announced their stages."""
+    """Start every peer of ``preset``; returns when all have announced their stages.
+
+    A private swarm by default: the local authority (``authority_dir``, default
+    ``$NODE0_HOME/swarm/authority``, created on first use) issues each peer a host credential
+    (``peers/<name>.credential.json`` in the run directory) and this machine's client
+    credentials (:func:`security.authority.issue_local_credentials`). With
+    ``insecure_open_swarm`` (or the preset's ``daemon.insecure_open_swarm``) nobody is checked.
+    """
     if state_file.is_file():
         existing = SwarmState.load(state_file)
         if any(pid_alive(p.pid) for p in existing.peers):
@@ -166,6 +186,14 @@ def start_swarm(
         runs_dir, "swarm", config=preset.model_dump(mode="json"), config_path=preset_path
     )
     run.set("preset", {"name": preset_name, "sha256": preset_sha256})
+    insecure_open_swarm = insecure_open_swarm or bool(preset.daemon.get("insecure_open_swarm"))
+    authority = None
+    if not insecure_open_swarm and not preset.daemon.get("credential"):
+        from security.authority import SwarmAuthority, issue_local_credentials
+
+        authority = SwarmAuthority.init(authority_dir, exist_ok=True)
+        issue_local_credentials(authority)
+    run.set("access", "insecure-open" if insecure_open_swarm else "private")
     started: list[PeerProcess] = []
     try:
         initial: list[str] = []
@@ -181,6 +209,7 @@ def start_swarm(
                         Path(preset.daemon.get("state_dir") or node0_home() / "peers" / preset_name)
                         / peer.name
                     ),
+                    **_access_fields(run, peer.name, authority, insecure_open_swarm),
                 }
             )
             started.append(_launch(run, peer.name, config))

@@ -1,4 +1,5 @@
-"""``node0 swarm up|status|down``: a local multi-process swarm from a preset."""
+"""``node0 swarm up|status|down``: a local multi-process swarm from a preset; ``node0 swarm
+init|invite|revoke``: the swarm authority (security/)."""
 
 from __future__ import annotations
 
@@ -41,7 +42,60 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=Path("runs"),
         help="where the swarm's run directory (logs, configs, record) goes",
     )
+    up.add_argument(
+        "--insecure-open-swarm",
+        action="store_true",
+        help="no access control: anyone reaching the ports may join, call and average "
+        "(default: a private swarm with credentials from the local authority)",
+    )
     up.set_defaults(handler=run_up)
+    authority = argparse.ArgumentParser(add_help=False)
+    authority.add_argument(
+        "--authority",
+        type=Path,
+        default=None,
+        help="the authority's directory (default $NODE0_HOME/swarm/authority)",
+    )
+    init = sub.add_parser(
+        "init", parents=[authority], help="create the swarm authority's signing key (Ed25519)"
+    )
+    init.set_defaults(handler=run_init)
+    invite = sub.add_parser(
+        "invite",
+        parents=[authority],
+        help="issue a credential: NAME, role and expiry, bound to the peer's key",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    invite.add_argument("name", help="who the credential is for (shown in refusals and logs)")
+    invite.add_argument(
+        "--role",
+        required=True,
+        choices=["host", "trainer", "client", "gatherer"],
+        help="client: inference sessions; trainer: also training jobs; gatherer: pull "
+        "weights; host: a daemon (every RPC, DHT records, averaging)",
+    )
+    invite.add_argument("--expires", default="30d", help="validity: 30d, 12h, 15m or seconds")
+    invite.add_argument(
+        "--public-key",
+        type=Path,
+        default=None,
+        help="the peer's RSA public key (OpenSSH text) to bind; the output then holds no "
+        "private key (default: generate the peer's key into the credential file)",
+    )
+    invite.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="credential file to write (default <authority>/credentials/NAME.json)",
+    )
+    invite.set_defaults(handler=run_invite)
+    revoke = sub.add_parser(
+        "revoke",
+        parents=[authority],
+        help="revoke credentials by name or id (peers honour it within one heartbeat)",
+    )
+    revoke.add_argument("names", nargs="+", metavar="NAME_OR_ID")
+    revoke.set_defaults(handler=run_revoke)
     status = sub.add_parser("status", parents=[common], help="list peers, stages, endpoints")
     status.set_defaults(handler=run_status)
     down = sub.add_parser("down", parents=[common], help="stop every peer (SIGTERM, then KILL)")
@@ -65,6 +119,13 @@ def run_up(args: argparse.Namespace) -> int:
         path,
         sha,
         [f"model: {preset.model}"]
+        + [
+            "access: INSECURE OPEN SWARM (--insecure-open-swarm): anyone reaching the ports may "
+            "join the DHT, call every RPC, pull weights and join averaging"
+            if args.insecure_open_swarm or preset.daemon.get("insecure_open_swarm")
+            else "access: private swarm; credentials from the local authority "
+            "($NODE0_HOME/swarm/authority)"
+        ]
         + [f"peer {p.name}: layers " + ", ".join(str(s) for s in p.stages) for p in preset.peers],
     )
     state = start_swarm(
@@ -74,6 +135,7 @@ def run_up(args: argparse.Namespace) -> int:
         state_file=_state_file(args),
         preset_path=str(path),
         preset_sha256=sha,
+        insecure_open_swarm=args.insecure_open_swarm,
     )
     status("up", f"{len(state.peers)} peers running; logs in {state.run_dir}/logs")
     return print_status(_state_file(args))
@@ -145,4 +207,45 @@ def run_down(args: argparse.Namespace) -> int:
         f"stopped {len(state.peers)} peers of swarm {state.preset}; logs kept in "
         f"{state.run_dir}/logs"
     )
+    return 0
+
+
+def run_init(args: argparse.Namespace) -> int:
+    from security.authority import SwarmAuthority
+
+    authority = SwarmAuthority.init(args.authority)
+    print(f"swarm {authority.swarm_id}: authority key in {authority.directory}/authority.key")
+    return 0
+
+
+def run_invite(args: argparse.Namespace) -> int:
+    from security.authority import SwarmAuthority, parse_duration
+
+    authority = SwarmAuthority.load(args.authority)
+    public = args.public_key.read_text().strip() if args.public_key else None
+    issued = authority.invite(
+        args.name, args.role, validity_s=parse_duration(args.expires), peer_public_key=public
+    )
+    out = args.out or authority.directory / "credentials" / f"{args.name}.json"
+    if public is None:
+        issued.save(out)
+        credential = issued.credential
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(issued.model_dump_json(indent=2) + "\n")
+        credential = issued.credential
+    print(
+        f"{credential.name}: role {credential.role}, id {credential.credential_id}, swarm "
+        f"{credential.swarm_id}, expires {credential.expires_at:.0f} (unix); written to {out}"
+    )
+    return 0
+
+
+def run_revoke(args: argparse.Namespace) -> int:
+    from security.authority import SwarmAuthority
+
+    authority = SwarmAuthority.load(args.authority)
+    for entry in authority.revoke(args.names):
+        print(f"revoked {entry['name']} ({entry['role']}, id {entry['credential_id']})")
+    print(f"revocation list: {authority.revocations_path}")
     return 0
