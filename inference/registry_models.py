@@ -1,6 +1,6 @@
 """Registered model versions as model names: ``node0-inference --model deacon-v2``.
 
-A name of the form ``<name>-v<N>`` that the registry (``$NODE0_HOME/registry.db``) knows
+A name of the form ``<name>-v<N>`` that the registry (``$NODE0_REGISTRY``, default ``$NODE0_HOME/registry.db``) knows
 resolves to its base model and its adapter (served under the version id). Before the session
 opens, the adapter is loaded at run time on every daemon that serves the base model
 (``Adapters.LoadAdapter``: the daemon verifies the sha256 and keeps only its stages' slice); a
@@ -17,9 +17,11 @@ from pathlib import Path
 import grpc
 
 from base.errors import Node0Error, SwarmError
-from base.paths import node0_home
 from base.refusals import call_failure
 from proto import node0_adapters_pb2, node0_adapters_pb2_grpc
+from security.active import call_signer
+from security.credentials import Role
+from security.grpc_auth import secure_channel
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +42,9 @@ class RegisteredModel:
 def resolve_registered(name: str, registry_db: Path | None = None) -> RegisteredModel | None:
     """The registry version ``name`` names, or None when it names none (or no registry is
     here). A pruned version, or an artifact that fails its sha256, raises."""
-    from registry.store import VERSION_ID, Registry
+    from registry.store import VERSION_ID, Registry, default_db_path
 
-    db = registry_db or node0_home() / "registry.db"
+    db = registry_db or default_db_path()
     if not VERSION_ID.match(name) or Path(name).exists() or not db.is_file():
         return None
     registry = Registry.open(db)
@@ -76,9 +78,11 @@ def load_on_swarm(records, model: RegisteredModel, *, timeout: float = LOAD_TIME
     for endpoint in endpoints:
         with grpc.insecure_channel(endpoint) as channel:
             try:
-                reply = node0_adapters_pb2_grpc.AdaptersStub(channel).LoadAdapter(
-                    request, timeout=timeout
+                # loading an adapter is an operator's act: a host credential (security.roles)
+                stub = node0_adapters_pb2_grpc.AdaptersStub(
+                    secure_channel(channel, call_signer(Role.HOST))
                 )
+                reply = stub.LoadAdapter(request, timeout=timeout)
             except grpc.RpcError as exc:
                 failure = call_failure(exc)
                 error: Node0Error = failure.family(

@@ -16,7 +16,10 @@ from pathlib import Path
 from base.errors import ConfigError, DataError, Node0Error, QualityGateError
 from base.hashing import sha256_file
 
-REGISTRY_EPILOG = "registry: $NODE0_HOME/registry.db, artifacts in $NODE0_HOME/models/"
+REGISTRY_EPILOG = (
+    "registry: $NODE0_REGISTRY or $NODE0_HOME/registry.db; artifacts: the store it records "
+    "(default $NODE0_HOME/models/)"
+)
 
 
 def _open(args):
@@ -474,10 +477,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "--registry",
             type=Path,
             default=None,
-            help="registry database (default $NODE0_HOME/registry.db)",
+            help="registry database (default $NODE0_REGISTRY, else $NODE0_HOME/registry.db)",
         )
         p.add_argument(
-            "--store", type=Path, default=None, help="artifact store (default $NODE0_HOME/models)"
+            "--store",
+            type=Path,
+            default=None,
+            help="artifact store (default: the one the database records, else $NODE0_HOME/models)",
         )
         p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="run directories")
         p.set_defaults(handler=_guarded(handler))
@@ -552,4 +558,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=DEFAULT_STALE_THRESHOLD,
         help="drift score (share of documents changed) above which a version is stale",
     )
-

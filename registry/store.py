@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import re
 import sqlite3
 from dataclasses import dataclass, field
@@ -109,6 +110,12 @@ class Version:
         return data
 
 
+def default_db_path() -> Path:
+    """``$NODE0_REGISTRY`` if set, else ``$NODE0_HOME/registry.db``."""
+    env = os.environ.get("NODE0_REGISTRY")
+    return Path(env) if env else node0_home() / "registry.db"
+
+
 def parse_version_id(version_id: str) -> tuple[str, int]:
     match = VERSION_ID.match(version_id)
     if not match:
@@ -150,9 +157,9 @@ class Registry:
 
     @classmethod
     def open(cls, db_path: str | Path | None = None, store_root: str | Path | None = None):
-        """The registry at ``db_path`` (default ``$NODE0_HOME/registry.db``) with its store
+        """The registry at ``db_path`` (default :func:`default_db_path`) with its store
         (default: the one the database recorded, else ``$NODE0_HOME/models``)."""
-        return cls(db_path or node0_home() / "registry.db", store_root)
+        return cls(db_path or default_db_path(), store_root)
 
     def close(self) -> None:
         self._db.close()
