@@ -1,7 +1,8 @@
 """Registered model versions as model names: ``node0-inference --model deacon-v2``.
 
-A name of the form ``<name>-v<N>`` that the registry (``$NODE0_REGISTRY``, default ``$NODE0_HOME/registry.db``) knows
-resolves to its base model and its adapter (served under the version id). Before the session
+A name of the form ``<name>-v<N>`` that the registry knows (``$NODE0_REGISTRY``, default
+``$NODE0_HOME/registry.db``) resolves to its base model and its adapter (served under the
+version id). Before the session
 opens, the adapter is loaded at run time on every daemon that serves the base model
 (``Adapters.LoadAdapter``: the daemon verifies the sha256 and keeps only its stages' slice); a
 daemon that holds it already answers at once. A name the registry does not know is left as it
