@@ -93,7 +93,25 @@ def share_filter(units: list[Unit], rigs: list[Rig], target: str, ledger: Ledger
     return kept
 
 
-def scrub_drafts(drafts: list[Draft], scrubber: Scrubber, ledger: Ledger) -> list[Draft]:
+# Quarantine reasons that belong to one example's text, not to the record it came from.
+EXAMPLE_REASONS = frozenset({"uncertain_secret", "leak_found"})
+
+
+def _example_row(d: Draft, reason: str, detail: str) -> dict:
+    return {
+        "example": d.id,
+        "kind": d.kind,
+        "records": [str(r) for r in d.refs],
+        "reason": reason,
+        "detail": detail,
+    }
+
+
+def scrub_drafts(
+    drafts: list[Draft], scrubber: Scrubber, ledger: Ledger, held: list[dict]
+) -> list[Draft]:
+    """Scrub every turn; an example with an uncertain finding is quarantined (alone: see
+    :func:`drop_tainted`) and listed in ``held`` with masked reasons."""
     kept = []
     for d in drafts:
         reasons: list[str] = []
@@ -109,7 +127,9 @@ def scrub_drafts(drafts: list[Draft], scrubber: Scrubber, ledger: Ledger) -> lis
         d.turns, d.prompt = clean(d.turns), clean(d.prompt)
         d.chosen, d.rejected = clean(d.chosen), clean(d.rejected)
         if reasons:
-            ledger.mark(d.refs, "quarantined", "uncertain_secret", "; ".join(sorted(reasons)))
+            detail = "; ".join(sorted(reasons))
+            ledger.mark(d.refs, "quarantined", "uncertain_secret", detail)
+            held.append(_example_row(d, "uncertain_secret", detail))
         else:
             kept.append(d)
     return kept
@@ -136,9 +156,15 @@ def quality_filter(drafts: list[Draft], cfg: CorpusConfig, ledger: Ledger) -> li
 
 
 def drop_tainted(drafts: list[Draft], ledger: Ledger) -> list[Draft]:
-    """A record is the unit of trust: once anything built from it was quarantined (a secret
-    the scrubber could not decide, an injection phrase, …), no other example uses it."""
-    tainted = ledger.quarantined()
+    """The smallest unit that holds the doubt is quarantined.
+
+    An uncertain secret (or a leak found at the end) is a property of the text that holds
+    it, and every example is scrubbed on its own, so an example that repeats that text is
+    quarantined by the same finding: only that example goes, and the record's other, clean
+    examples stay. Any other quarantine (an injection phrase, an anomaly) says something about
+    the record itself: no other example uses a record once one of those was raised on it.
+    """
+    tainted = ledger.quarantined(ignore=EXAMPLE_REASONS)
     kept = []
     for d in drafts:
         bad = sorted(r for r in d.refs if r in tainted)
@@ -189,7 +215,12 @@ def to_record(d: Draft) -> dict:
 
 
 def evaluate_gates(
-    cfg: CorpusConfig, recon: dict, sft: list[dict], dpo: list[dict], leaks: list[str]
+    cfg: CorpusConfig,
+    recon: dict,
+    sft: list[dict],
+    dpo: list[dict],
+    leaks: list[str],
+    checked: int,
 ) -> list[dict]:
     g = cfg.gates
     read = sum(e["read"] for e in recon["by_kind"].values())
@@ -197,6 +228,7 @@ def evaluate_gates(
     rate = quarantined / read if read else 0.0
     scores = [r["quality_score"] for r in sft + dpo]
     mean = sum(scores) / len(scores) if scores else 0.0
+    leak_rate = len(leaks) / checked if checked else 0.0
     return [
         {
             "gate": "reconciliation",
@@ -224,23 +256,38 @@ def evaluate_gates(
         },
         {
             "gate": "leak_check",
-            "passed": not leaks,
-            "value": len(leaks),
-            "limit": 0 if g.leak_check else "disabled",
+            "passed": leak_rate <= g.max_leak_rate,
+            "value": round(leak_rate, 4),
+            "limit": g.max_leak_rate if g.leak_check else "disabled",
+            "quarantined_examples": len(leaks),
+            "checked_examples": checked,
             "details": leaks[:20],
         },
     ]
 
 
-def leak_check(rows: list[dict], scrubber: Scrubber) -> list[str]:
-    """Re-scan every output text; any finding left is a leak."""
-    leaks = []
-    for r in rows:
+def leak_check(
+    records: list[tuple[Draft, dict]], scrubber: Scrubber, ledger: Ledger, held: list[dict]
+) -> tuple[list[tuple[Draft, dict]], list[str]]:
+    """Re-scan every output text; an example with any finding left is quarantined (it is
+    never written) and reported with masked reasons. Returns the clean records and one line
+    per quarantined example."""
+    kept, leaks = [], []
+    for d, r in records:
+        found = []
         for field in ("turns", "prompt", "chosen", "rejected"):
             for i, t in enumerate(r.get(field, [])):
-                for f in scrubber.scan(t["text"]):
-                    leaks.append(f"{r['id']} {field}[{i}]: {f.describe(t['text'])}")
-    return leaks
+                found += [
+                    f"{field}[{i}]: {f.describe(t['text'])}" for f in scrubber.scan(t["text"])
+                ]
+        if found:
+            detail = "; ".join(found)
+            ledger.mark(d.refs, "quarantined", "leak_found", detail)
+            held.append(_example_row(d, "leak_found", detail))
+            leaks.append(f"{r['id']} {detail}")
+        else:
+            kept.append((d, r))
+    return kept, leaks
 
 
 def build_corpus(
@@ -293,14 +340,26 @@ def build_corpus(
     log.info("recency: %d units kept, %d reversion(s) flagged for review", len(units), len(review))
     drafts = format_units(units, ledger)
     scrubber = Scrubber(
-        use_library=cfg.scrub.detect_secrets, use_entropy=cfg.scrub.entropy, scrub_pii=cfg.scrub.pii
+        use_library=cfg.scrub.detect_secrets,
+        use_entropy=cfg.scrub.entropy,
+        scrub_pii=cfg.scrub.pii,
+        keep_private_ips=cfg.scrub.keep_private_ips,
+        sure_score=cfg.scrub.sure_score,
+        uncertain_score=cfg.scrub.uncertain_score,
     )
-    drafts = scrub_drafts(drafts, scrubber, ledger)
+    held: list[dict] = []  # examples quarantined on their own (the record may still be used)
+    drafts = scrub_drafts(drafts, scrubber, ledger, held)
     log.info("scrub: %d drafts clean, %d placeholders", len(drafts), sum(scrubber.counts.values()))
     drafts = quality_filter(drafts, cfg, ledger)
     drafts = drop_tainted(drafts, ledger)
     drafts = deduplicate(drafts, ledger, cfg.clean.near_duplicate_jaccard)
     records = [(d, to_record(d)) for d in drafts]
+    checked = len(records)
+    leaks: list[str] = []
+    if cfg.gates.leak_check:
+        records, leaks = leak_check(records, scrubber, ledger, held)
+        if leaks:
+            log.warning("leak check: %d example(s) quarantined, not written", len(leaks))
     for d, _ in records:
         ledger.mark(d.refs, "accepted", "written", d.id)
     sft = [r for d, r in records if d.kind == "sft"]
@@ -308,8 +367,7 @@ def build_corpus(
     log.info("format: %d SFT examples, %d preference pairs", len(sft), len(dpo))
 
     recon = ledger.reconciliation()
-    leaks = leak_check(sft + dpo, scrubber) if cfg.gates.leak_check else []
-    gates = evaluate_gates(cfg, recon, sft, dpo, leaks)
+    gates = evaluate_gates(cfg, recon, sft, dpo, leaks, checked)
     passed = all(g["passed"] for g in gates)
 
     out = OutputWriter(run.path)
@@ -323,6 +381,8 @@ def build_corpus(
             out.write(rel, jsonl_bytes(rows), records=len(rows))
     out.write("quarantine.jsonl", jsonl_bytes(quarantined), records=len(quarantined))
     out.write("rejected.jsonl", jsonl_bytes(rejected), records=len(rejected))
+    held.sort(key=lambda row: (row["example"], row["reason"]))
+    out.write("quarantined_examples.jsonl", jsonl_bytes(held), records=len(held))
     out.write("review.jsonl", jsonl_bytes(review), records=len(review))
     report = {
         "passed": passed,
@@ -345,6 +405,7 @@ def build_corpus(
             "dpo": counts(dpo),
             "placeholders": dict(sorted(scrubber.counts.items())),
             "quarantined_records": len(quarantined),
+            "quarantined_examples": len(held),
             "rejected_records": len(rejected),
             "reversions_flagged": len(review),
         },

@@ -1,4 +1,4 @@
-"""`node0 corpus …`: build training sets from rigs, or scan a file for secrets."""
+"""`node0 corpus …`: build training sets from rigs, scan a file for secrets, audit a build."""
 
 from __future__ import annotations
 
@@ -67,6 +67,21 @@ def _scan(args: argparse.Namespace) -> int:
     return 1 if (findings and args.fail_on_findings) else 0
 
 
+def _audit(args: argparse.Namespace) -> int:
+    from corpus.audit import audit_run, format_audit
+
+    record = audit_run(
+        args.run_dir,
+        args.sample,
+        args.seed,
+        reviewer=args.reviewer,
+        verdict=args.verdict,
+        notes=args.notes,
+    )
+    print(json.dumps(record, sort_keys=True) if args.json else format_audit(record))
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     fmt = argparse.ArgumentDefaultsHelpFormatter
     corpus = subparsers.add_parser(
@@ -114,3 +129,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--fail-on-findings", action="store_true", help="exit 1 when anything is found"
     )
     scan.set_defaults(handler=_scan)
+
+    audit = sub.add_parser(
+        "audit",
+        formatter_class=fmt,
+        help="seeded sample of a build's scrubbed examples: spans near findings and long "
+        "high-entropy or credential-shaped tokens left (masked); recorded in the run",
+    )
+    audit.add_argument("run_dir", help="run directory written by `node0 corpus build`")
+    audit.add_argument("--sample", type=int, default=50, help="number of examples to draw")
+    audit.add_argument("--seed", type=int, default=0, help="seed of the sample")
+    audit.add_argument("--reviewer", default=None, help="who reviewed the sample (recorded)")
+    audit.add_argument(
+        "--verdict",
+        choices=["clean", "leak", "new-format"],
+        default=None,
+        help="the reviewer's verdict (recorded)",
+    )
+    audit.add_argument("--notes", default="", help="free-text notes (recorded)")
+    audit.add_argument("--json", action="store_true", help="print the audit record as JSON")
+    audit.set_defaults(handler=_audit)

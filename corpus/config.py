@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from base.config_loader import load_yaml_config
 from gastown.roles import ROLES
@@ -42,7 +42,23 @@ class ScrubConfig(_Section):
     entropy: bool = True
     """Run the high-entropy check (uncertain findings → quarantine)."""
     pii: bool = True
-    """Replace e-mail addresses, IP addresses and home directories."""
+    """Replace e-mail addresses, IP addresses, home directories, phone and card numbers."""
+    keep_private_ips: bool = True
+    """Keep private (RFC 1918), link-local and unique-local IP addresses: they name no one."""
+    sure_score: float = Field(5.0, gt=0.0, le=7.0)
+    """A credential found by context whose score (context strength 1.5-3 + value shape 0-4)
+    reaches this is replaced."""
+    uncertain_score: float = Field(3.0, gt=0.0, le=7.0)
+    """One scoring at least this, but below ``sure_score``, quarantines its example."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ScrubConfig:
+        if self.uncertain_score > self.sure_score:
+            raise ValueError(
+                f"scrub.uncertain_score ({self.uncertain_score}) must not exceed "
+                f"scrub.sure_score ({self.sure_score})"
+            )
+        return self
 
 
 class CleanConfig(_Section):
@@ -95,7 +111,11 @@ class GateConfig(_Section):
     min_mean_quality: float = Field(0.7, ge=0.0, le=1.0)
     """Mean quality score of accepted examples below this fails the build."""
     leak_check: bool = True
-    """Re-scan every output with the scrubber; any finding fails the build."""
+    """Re-scan every output with the scrubber before writing; an example with a finding is
+    quarantined (never written) and reported."""
+    max_leak_rate: float = Field(0.01, ge=0.0, le=1.0)
+    """Examples the final leak check quarantined / examples checked above this fails the build
+    (the scrubber missed more than a stray case: its layers need attention)."""
 
 
 class CorpusConfig(_Section):

@@ -44,10 +44,12 @@ class Ledger:
                 raise DataError(f"outcome for unregistered record {ref} (pipeline bug)")
             self._records[ref].append(Outcome(status, reason, detail))
 
-    def quarantined(self) -> set[RecordRef]:
-        """Records with at least one quarantine outcome so far."""
+    def quarantined(self, ignore: frozenset[str] = frozenset()) -> set[RecordRef]:
+        """Records with at least one quarantine outcome so far (reasons in ``ignore`` aside)."""
         return {
-            r for r, outs in self._records.items() if any(o.status == "quarantined" for o in outs)
+            r
+            for r, outs in self._records.items()
+            if any(o.status == "quarantined" and o.reason not in ignore for o in outs)
         }
 
     def dispositions(self) -> list[tuple[RecordRef, Outcome, list[Outcome]]]:
