@@ -4,7 +4,9 @@ A pair is tokenized as two conversations, ``prompt + chosen`` and ``prompt + rej
 the same path as SFT (:func:`encode_messages`), so the completion mask is the assistant mask:
 ``log π(y|x)`` sums the log-probabilities of the assistant tokens of the continuation (tool
 output inside a continuation is context, not counted). A pair is dropped (and counted) when
-either side is dropped by the truncation policy.
+either side is dropped by the truncation policy, or when either completion is empty (it would
+teach a preference for an end-of-text token alone); each dropped pair is listed in
+``quarantine`` with its reason.
 
 A :class:`DPOBatch` holds one padded :class:`Batch` of ``2n`` rows — the ``n`` chosen rows,
 then the ``n`` rejected rows — so policy and reference log-probs come from one forward each;
@@ -53,12 +55,26 @@ def encode_dpo(
     mode: PromptMode = "completion",
     truncation: Truncation = "right",
     stats: EncodeStats | None = None,
+    quarantine: list[dict] | None = None,
 ) -> TokenizedPair | None:
     """Tokenize a :class:`~dataload.schema.DPOPair`; ``None`` when the policy drops it.
 
-    ``stats`` counts pairs (a pair is truncated if either side is).
+    ``stats`` counts pairs (a pair is truncated if either side is); ``quarantine`` receives
+    ``{"id", "reason"}`` for each dropped pair.
     """
     stats = stats if stats is not None else EncodeStats()
+    quarantine = quarantine if quarantine is not None else []
+    empty = [
+        name
+        for name, turns in (("chosen", pair.chosen), ("rejected", pair.rejected))
+        if not any(t.text.strip() for t in turns if t.speaker == "assistant")
+    ]
+    if empty:
+        stats.examples += 1
+        stats.dropped_no_target += 1
+        stats.dropped_ids.append(pair.id)
+        quarantine.append({"id": pair.id, "reason": f"empty completion: {' and '.join(empty)}"})
+        return None
     side_stats = EncodeStats()
     sides = []
     for name, turns in (("chosen", pair.chosen), ("rejected", pair.rejected)):
@@ -79,9 +95,16 @@ def encode_dpo(
     if None in sides:
         if side_stats.dropped_too_long:
             stats.dropped_too_long += 1
+            reason = f"longer than max_length {max_length} (truncation: drop)"
         else:
             stats.dropped_no_target += 1
+            cut = [n for n, side in zip(("chosen", "rejected"), sides, strict=True) if not side]
+            reason = (
+                f"the prompt fills max_length {max_length}: no completion token of "
+                f"{' and '.join(cut)} left"
+            )
         stats.dropped_ids.append(pair.id)
+        quarantine.append({"id": pair.id, "reason": reason})
         return None
     chosen, rejected = sides
     stats.kept += 1

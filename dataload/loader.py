@@ -129,6 +129,7 @@ def build_loader(
             **order_kw,
         )
     else:
+        quarantine: list[dict] = []
         pairs = [
             encode_dpo(
                 r,
@@ -138,12 +139,19 @@ def build_loader(
                 mode=cfg.prompt_mode,
                 truncation=cfg.truncation,
                 stats=stats,
+                quarantine=quarantine,
             )
             for r in src.records
         ]
         pairs = [p for p in pairs if p is not None]
+        for q in quarantine:
+            log.warning("dpo pair %s quarantined: %s", q["id"], q["reason"])
         loader = DPOLoader(
-            pairs, pad_id=info.pad_id, settings=settings, report=_report(src, stats), **order_kw
+            pairs,
+            pad_id=info.pad_id,
+            settings=settings,
+            report={**_report(src, stats), "quarantined": quarantine},
+            **order_kw,
         )
     if stats.truncated or stats.dropped_too_long or stats.dropped_no_target:
         log.warning(

@@ -111,6 +111,7 @@ def _read_checkpoint(run_dir: Path) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     import secrets
+    import shutil
     import time
 
     from base.banner import print_banner, status
@@ -122,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     from models.catalog import CATALOG, resolve_model_dir
     from provenance import create_run_dir
     from training.probe_eval import probe_report
-    from training.trainer import SwarmTrainer
+    from training.trainer import REFERENCE_CACHE, SwarmTrainer
 
     config, sha = _resolved_config(args)
     checkpoint = _read_checkpoint(args.resume) if args.resume is not None else None
@@ -189,6 +190,10 @@ def run(args: argparse.Namespace) -> int:
         f"{len(train.items)} examples, {train.num_batches(0)} batches/epoch, order "
         f"sha256 {train.order_hash(0)[:16]}",
     )
+    if args.resume is not None and (args.resume / REFERENCE_CACHE).is_file():
+        # a resumed DPO run reuses the reference log-probs computed so far (checked against
+        # their provenance when the route is open)
+        shutil.copyfile(args.resume / REFERENCE_CACHE, run.path / REFERENCE_CACHE)
     client = SwarmClient(config.model, peers)
     trainer = SwarmTrainer(
         config, run=run, loaders=loaders, run_id=run_id, records_fn=client.records
@@ -230,6 +235,8 @@ def run(args: argparse.Namespace) -> int:
             after["probes"] = probe_report(client, loaders.tokenizer, probes, **probe_kw)
         _say_eval(status, "after", after)
         run.add_artifact(run.path / "trainer_checkpoint.json")
+        if (run.path / REFERENCE_CACHE).is_file():
+            run.add_artifact(run.path / REFERENCE_CACHE)
         trainer.set_state(
             "done", f"{state.step} steps, {state.skipped} skipped, {state.reroutes} reroute(s)"
         )
