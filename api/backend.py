@@ -1,5 +1,6 @@
 """The API's connection to the swarm: one client-mode DHT peer, one conversation engine, and
-the model ids the swarm serves (its base model and every task adapter on a full route)."""
+the model ids the swarm serves (its base model, every task adapter on a full route, and the
+registry versions of the base model deployed on some rig, loaded at run time)."""
 
 from __future__ import annotations
 
@@ -89,6 +90,7 @@ class SwarmBackend:
         self._listing: ServedModels | None = None
         self._listing_at = 0.0
         self._listing_lock = threading.Lock()
+        self._load_failed: dict[str, float] = {}  # registry version -> retry not before
 
     def models(self) -> ServedModels:
         """The base model and the adapters a route serves (blocking).
@@ -101,9 +103,37 @@ class SwarmBackend:
             now = time.monotonic()
             if self._listing is None or now - self._listing_at > self.listing_ttl:
                 adapters = full_route_adapters(self.client.records())
+                adapters = tuple(sorted({*adapters, *self._deployed_versions(adapters)}))
                 self._listing = ServedModels(self.model_id, adapters)
                 self._listing_at = time.monotonic()
             return self._listing
+
+    def _deployed_versions(self, served: tuple[str, ...]) -> tuple[str, ...]:
+        """Registry versions of this base model deployed on some rig (docs/registry.md): one
+        the route does not announce yet is loaded on the daemons at run time (a no-op where
+        held), so it is a model id from the deploy on. A version that fails to load is logged
+        and tried again a minute later."""
+        from base.errors import Node0Error
+        from inference.registry_models import deployed_versions, load_on_swarm
+
+        try:
+            versions = deployed_versions(self.client.model)
+        except Node0Error as exc:
+            log.warning("registry not readable: %s", exc)
+            return ()
+        ready = []
+        for version in versions:
+            if version.adapter not in served:
+                if time.monotonic() < self._load_failed.get(version.adapter, 0.0):
+                    continue
+                try:
+                    load_on_swarm(self.client.records(), version)
+                except Node0Error as exc:
+                    log.warning("cannot serve %s: %s", version.version, exc)
+                    self._load_failed[version.adapter] = time.monotonic() + 60.0
+                    continue
+            ready.append(version.adapter)
+        return tuple(ready)
 
     def has_route(self) -> bool:
         """Whether the DHT records give a route now (blocking)."""

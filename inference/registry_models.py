@@ -94,3 +94,33 @@ def load_on_swarm(records, model: RegisteredModel, *, timeout: float = LOAD_TIME
         attached += int(reply.loaded)
         log.info("%s: %s %s", endpoint, model.version, "loaded" if reply.loaded else "held")
     return attached
+
+
+def deployed_versions(base_model: str, registry_db: Path | None = None) -> list[RegisteredModel]:
+    """The registry versions of ``base_model`` deployed on some rig now (none: no registry)."""
+    from registry.store import Registry, default_db_path
+
+    db = registry_db or default_db_path()
+    if not db.is_file():
+        return []
+    registry = Registry.open(db)
+    try:
+        ids = sorted({d["version_id"] for d in registry.current_deployments()})
+        found = []
+        for version_id in ids:
+            version = registry.get(version_id)
+            if version.base_model != base_model or not version.adapters:
+                continue
+            adapter = version.adapters[0]
+            found.append(
+                RegisteredModel(
+                    version.id,
+                    version.base_model,
+                    adapter.name,
+                    adapter.sha256,
+                    registry.store.path_for(adapter.sha256),
+                )
+            )
+        return found
+    finally:
+        registry.close()
