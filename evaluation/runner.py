@@ -131,7 +131,6 @@ async def run_task(
             elapsed_s=round(time.monotonic() - started, 2),
             error=error,
         )
-        transcript.add("eval", json.dumps(outcome.to_json(), default=str))
         transcript.append_to(out_dir / "transcripts" / f"{task.id}.jsonl",
                              outcome="success" if outcome.passed else "failure")  # fmt: skip
         (out_dir / "tasks").mkdir(parents=True, exist_ok=True)
