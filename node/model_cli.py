@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -429,7 +430,7 @@ def run_stale(args) -> int:
                 **d.as_dict(),
                 "threshold": args.threshold,
                 "retrain": f"node0 formula run train-role-model --var role={v.role} "
-                f"--var rig={root}",
+                f"--var rig={shlex.quote(str(root))}",
             }
         )
         if is_stale:
@@ -446,11 +447,27 @@ def run_stale(args) -> int:
         if r["stale"]:
             lines.append(f"  retrain: {r['retrain']}")
     _emit(args, {"rig": rig, "versions": reports}, "\n".join(lines))
+    if stale and args.retrain:
+        return _retrain([r for r in reports if r["stale"]])
     if stale:
         print(
             f"node0 model stale: {', '.join(stale)} beyond drift {args.threshold}", file=sys.stderr
         )
         return int(QualityGateError.exit_code)
+    return 0
+
+
+def _retrain(reports: list[dict]) -> int:
+    """Run the formula for each stale role, one after the other; stop at the first failure."""
+    import subprocess
+
+    for role in sorted({r["role"] for r in reports}):
+        command = next(r["retrain"] for r in reports if r["role"] == role)
+        print(f"retraining {role}: {command}", file=sys.stderr)
+        argv = [sys.executable, "-m", "node.cli", *shlex.split(command)[1:]]
+        code = subprocess.call(argv, stdin=subprocess.DEVNULL)
+        if code != 0:
+            return code
     return 0
 
 
@@ -552,6 +569,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = command("stale", "compare the conventions a version saw with the rig today", run_stale)
     p.add_argument("--rig", required=True, help="rig directory")
     p.add_argument("--version", default=None, help="one version (default: deployed and newest)")
+    p.add_argument(
+        "--retrain",
+        action="store_true",
+        help="run `node0 formula run train-role-model` for each stale role",
+    )
     p.add_argument(
         "--threshold",
         type=float,

@@ -180,3 +180,16 @@ def test_stale_reports_a_claude_md_edit(env, capsys, small_rig):
     assert "train-role-model --var role=deacon" in report["retrain"]
     code, _ = node0(capsys, "model", "stale", "--rig", str(small_rig), "--threshold", "0.5")
     assert code == 0
+
+
+def test_stale_retrain_starts_the_formula(env, capsys, small_rig, monkeypatch):
+    import subprocess
+
+    register(capsys, env, 1, rig=small_rig)
+    (small_rig / "AGENTS.md").write_text("# Agents\nNew rule.\n")
+    calls = []
+    monkeypatch.setattr(subprocess, "call", lambda argv, **kw: calls.append(argv) or 0)
+    assert main(["model", "stale", "--rig", str(small_rig), "--retrain"]) == 0
+    (argv,) = calls
+    assert argv[1:7] == ["-m", "node.cli", "formula", "run", "train-role-model", "--var"]
+    assert argv[7:] == ["role=deacon", "--var", f"rig={small_rig.resolve()}"]
