@@ -63,6 +63,10 @@ def load_on_swarm(records, model: RegisteredModel, *, timeout: float = LOAD_TIME
 
     Returns the number of daemons that attached it now. Raises the refusal's error family
     (e.g. ``wrong_model``: a daemon of another base; ``invalid_request``: sha256 mismatch).
+
+    ``LoadAdapter`` changes what a daemon serves, so a private swarm admits it from the
+    ``host`` role only (the operator's credential: ``$NODE0_CREDENTIAL``, or the local swarm's
+    ``local-host``); a process without one is refused (``no_credential`` / ``role_forbids``).
     """
     endpoints = sorted(
         {r.endpoint for r in records if r.model == model.base_model and r.state == "online"}
