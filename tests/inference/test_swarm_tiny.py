@@ -18,6 +18,9 @@ from base.refusals import Reason, reason_of
 from base.sampler import SamplingParams
 from inference.swarm_client import SwarmClient
 from proto import node0_pb2, node0_pb2_grpc
+from security.active import call_signer
+from security.credentials import Role
+from security.grpc_auth import secure_channel
 from tests.fixtures import (
     REPO,
     kill_group,
@@ -83,7 +86,8 @@ def _endpoint(client, start):
 
 def _raw_step(endpoint, start, end, tensor_msg, max_length=16):
     channel = grpc.insecure_channel(endpoint, options=[("grpc.max_send_message_length", 64 << 20)])
-    stub = node0_pb2_grpc.StageStub(channel)
+    # the swarm is private: the calls carry the local client credential
+    stub = node0_pb2_grpc.StageStub(secure_channel(channel, call_signer(Role.CLIENT)))
     session = stub.OpenSession(
         node0_pb2.OpenSessionRequest(
             model=client_model[0], start=start, end=end, max_length=max_length
@@ -126,7 +130,7 @@ def test_malformed_or_oversized_requests_get_status_codes_and_daemon_keeps_servi
 def test_open_session_beyond_context_window_is_refused(client, tiny_model_dir):
     channel = grpc.insecure_channel(_endpoint(client, 0))
     with pytest.raises(grpc.RpcError) as err:
-        node0_pb2_grpc.StageStub(channel).OpenSession(
+        node0_pb2_grpc.StageStub(secure_channel(channel, call_signer(Role.CLIENT))).OpenSession(
             node0_pb2.OpenSessionRequest(
                 model=str(tiny_model_dir), start=0, end=2, max_length=10_000
             )
@@ -315,7 +319,10 @@ def test_daemon_refuses_checkpoint_with_contradicting_architecture(tiny_model_di
     config.update(architectures=["GPT2LMHeadModel"], model_type="gpt2")
     (bad / "config.json").write_text(json.dumps(config))
     daemon_config = tmp_path / "d.yaml"
-    daemon_config.write_text(f"model: {bad}\nstages: [{{start: 0, end: 2}}]\n")
+    # access is checked before the weights load: this one must get as far as loading them
+    daemon_config.write_text(
+        f"model: {bad}\nstages: [{{start: 0, end: 2}}]\ninsecure_open_swarm: true\n"
+    )
     proc = run_cli(["node.cli", "serve", "--config", str(daemon_config)], timeout=60)
     assert proc.returncode == ExitCode.CHECKPOINT
     assert "tensors are LLaMA-layout" in proc.stderr and "node0 stamp" in proc.stderr

@@ -69,11 +69,15 @@ def test_load_adapter_at_run_time_equals_config_loading(tiny_model_dir, tmp_path
 
             from proto import node0_adapters_pb2 as pb
             from proto import node0_adapters_pb2_grpc as rpc
+            from security.active import call_signer
+            from security.grpc_auth import secure_channel
+
+            operator = call_signer("host")  # the swarm is private: LoadAdapter is host-only
 
             counts = []
             for record in sorted(client.records(), key=lambda r: r.start):
                 with grpc.insecure_channel(record.endpoint) as channel:
-                    reply = rpc.AdaptersStub(channel).LoadAdapter(
+                    reply = rpc.AdaptersStub(secure_channel(channel, operator)).LoadAdapter(
                         pb.LoadAdapterRequest(
                             name="slice-check",
                             base_model=v2.base_model,
@@ -95,7 +99,7 @@ def test_load_adapter_at_run_time_equals_config_loading(tiny_model_dir, tmp_path
                 load_on_swarm(client.records(), other_base)
             with grpc.insecure_channel(client.records()[0].endpoint) as channel:
                 with pytest.raises(grpc.RpcError) as rpc_err:
-                    rpc.AdaptersStub(channel).LoadAdapter(
+                    rpc.AdaptersStub(secure_channel(channel, operator)).LoadAdapter(
                         pb.LoadAdapterRequest(
                             name="x3", base_model="llama-7b", sha256=v2.sha256, path=str(v2.path)
                         ),
