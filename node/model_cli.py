@@ -98,7 +98,7 @@ def _adapter_from_gather(run_dir: Path) -> tuple[Path, str | None, dict]:
         for a in record.get("artifacts", [])
         if a.get("path", "").endswith("adapter_model.safetensors")
     ]
-    out = record.get("out") or record.get("output")
+    out = record.get("output_dir")
     if not candidates:
         found = sorted(run_dir.rglob("adapter_model.safetensors"))
         if out:
@@ -119,7 +119,8 @@ def _train_lineage(train_run: Path | None) -> tuple[dict, dict]:
         "train_run_dir": str(train_run.resolve()),
         "run_record_sha256": sha256_file(train_run / "run_record.json"),
         "config_sha256": (record.get("config") or {}).get("sha256"),
-        "corpus_sha256": record.get("order_hash") or record.get("data_order_hash"),
+        # the training data as the trainer read it: sha256 of its example order (epoch 0)
+        "corpus_sha256": (record.get("data") or {}).get("order_hash_epoch0"),
     }
     hyper = {}
     config_file = train_run / "config_resolved.yaml"
