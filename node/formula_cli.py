@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 from pathlib import Path
 
 from base.errors import ConfigError
@@ -32,6 +33,10 @@ def run_formula(args) -> int:
     from node.formula_run import announce, resume, start
     from node.formula_spec import load_formula
 
+    def _terminate(signum, _frame):  # a phase's command group is stopped on the way out
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _terminate)
     spec = load_formula(args.formula)
     given = _vars(args.var)
     if args.resume is not None:
