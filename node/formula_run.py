@@ -555,6 +555,9 @@ def _after_export(ctx: Context, record: dict) -> None:
     if not runs:
         raise PhaseFailed("gather left no run directory", ExitCode.CHECKPOINT, "no_output")
     ctx.current["gather_run_dir"] = str(runs[-1])
+    weights = sorted(ctx.phase_dir.glob("gathered/**/adapter_model.safetensors"))
+    if weights:
+        ctx.current["adapter_file"] = str(weights[0])
     prepare, train, evaluation = ctx.outputs["prepare"], ctx.outputs["train"], ctx.outputs["eval"]
     args = [
         "node0",
