@@ -26,8 +26,17 @@ def test_config_defaults_and_refusals():
     assert cfg.adapter == "gastown" and cfg.replicas == 1 and cfg.lora.rank == 8
     with pytest.raises(ValidationError, match="packing"):
         TrainConfig.model_validate({"data": {**DATA, "packing": True}})
-    with pytest.raises(ValidationError, match="SFT"):
-        TrainConfig.model_validate({"data": {**DATA, "kind": "dpo"}})
+    dpo = TrainConfig.model_validate({"data": {**DATA, "kind": "dpo"}})
+    assert dpo.dpo.beta == 0.1 and dpo.dpo.label_smoothing == 0.0
+    assert dpo.dpo.reference_adapter is None and dpo.dpo.cache_reference
+    with pytest.raises(ValidationError, match="reference must stay fixed"):
+        TrainConfig.model_validate(
+            {"data": {**DATA, "kind": "dpo"}, "dpo": {"reference_adapter": "gastown"}}
+        )
+    with pytest.raises(ValidationError, match="label_smoothing"):
+        TrainConfig.model_validate({"data": DATA, "dpo": {"label_smoothing": 0.5}})
+    with pytest.raises(ValidationError, match="beta"):
+        TrainConfig.model_validate({"data": DATA, "dpo": {"beta": 0}})
     with pytest.raises(ValidationError):
         TrainConfig.model_validate({"data": DATA, "adapter": "Not A Slug"})
     with pytest.raises(ValidationError):
