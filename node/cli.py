@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "models": "models.cli",
     "demo": "node.demo_cli",
     "train": "node.train_cli",
+    "prefs": "node.prefs_cli",
     "gather": "checkpoint_gather.cli",
     "inspect": "checkpoint_gather.cli",
     "stamp": "checkpoint_gather.cli",
