@@ -47,6 +47,7 @@ for m in $(findmnt -rn -o TARGET | sort -ru); do
   case "$m" in "$1"|/proc|/proc/*|/sys|/sys/*|/dev|/dev/pts) continue;; esac
   mount -o remount,bind,ro "$m" 2>/dev/null
 done
+cd "$(pwd)" || exit 125  # the working directory again, now through the writable mount
 exec bash -c "$2"
 """
 _UNSHARE = ("unshare", "--mount", "--net", "--propagation", "private")

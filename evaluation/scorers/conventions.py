@@ -16,6 +16,7 @@ import re
 from typing import Literal
 
 from evaluation.scorers.common import Attempt, Params, Score, answer_commands
+from inference.shell_parse import ShellSyntaxError, simple_commands
 
 
 class Conventions(Params):
@@ -36,14 +37,27 @@ def _lines(p: Conventions, attempt: Attempt) -> list[str]:
     return lines
 
 
+def _forms(line: str) -> list[str]:
+    """A command line as written, and each simple command it runs (``a; b`` -> ``a``, ``b``;
+    quotes removed), so that ``^bd ready`` matches ``cd x && bd ready``."""
+    try:
+        return [line, *(" ".join(c.words) for c in simple_commands(line))]
+    except ShellSyntaxError:
+        return [line]
+
+
+def _matches(pattern: str, line: str) -> bool:
+    return any(re.search(pattern, form) for form in _forms(line))
+
+
 def conventions(p: Conventions, attempt: Attempt) -> Score:
     lines = _lines(p, attempt)
-    missing = [r for r in p.required if not any(re.search(r, line) for line in lines)]
+    missing = [r for r in p.required if not any(_matches(r, line) for line in lines)]
     if missing:
         return Score(0.0, {"missing": missing, "commands": lines[:20]})
     violations: dict[str, int] = {}
     for pattern in p.forbidden:
-        n = sum(1 for line in lines if re.search(pattern, line))
+        n = sum(1 for line in lines if _matches(pattern, line))
         if n:
             violations[pattern] = n
     for _, rule in attempt.denied:

@@ -32,7 +32,7 @@ SAFETY = ("clean", "main_unchanged")  # also true of a sandbox nobody touched
 
 class GitSteps(Params):
     branch: str | None = None
-    commit_words: list[str] = []
+    commit_words: list[str] | None = None
     files: dict[str, list[str]] = {}
     pushed: bool = False
     merged: bool = False
@@ -97,7 +97,7 @@ def git_steps(p: GitSteps, attempt: Attempt) -> Score:
     if p.branch and p.new_branch:
         fresh = p.branch not in box.initial.get("branches", ())
         checks["branch"] = tip is not None and p.branch != "main" and fresh
-    if p.commit_words or p.on_main:
+    if p.commit_words is not None or p.on_main:
         log = box.git("log", "--format=%H%x00%B%x01", f"{start}..{ref}", check=False)
         messages = [m.split("\0", 1)[-1] for m in log.stdout.split("\x01") if m.strip()]
         checks["commit"] = (
