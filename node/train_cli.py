@@ -292,6 +292,8 @@ def _dpo_summary(before: dict, after: dict, state) -> dict:
         "objective": "dpo",
         "heldout_accuracy_before": accuracy(before),
         "heldout_accuracy_after": accuracy(after),
+        "heldout_logp_accuracy_before": (before.get("heldout_dpo") or {}).get("logp_accuracy"),
+        "heldout_logp_accuracy_after": (after.get("heldout_dpo") or {}).get("logp_accuracy"),
         "margins": [m["rewards/margins"] for m in state.dpo],
     }
 
@@ -304,7 +306,8 @@ def _say_eval(status, when: str, result: dict) -> None:
         d = result["heldout_dpo"]
         parts.append(
             f"preference accuracy {d['rewards/accuracies']:.2f} "
-            f"(margin {d['rewards/margins']:+.4f}, {d['pairs']} pairs)"
+            f"(margin {d['rewards/margins']:+.4f}; log π(chosen) > log π(rejected) on "
+            f"{d['logp_accuracy']:.2f} of {d['pairs']} pairs)"
         )
     if "probes" in result:
         p = result["probes"]

@@ -226,4 +226,15 @@ def pipeline_dpo_eval(
         objective.loss_and_grad(mb, logps, pairs)[0]
         for mb, logps in zip(microbatches, policy, strict=True)
     )
-    return {"loss": loss / pairs, **objective.metrics(policy, microbatches), "pairs": pairs}
+    chosen_wins = sum(
+        int((logps[: mb.pairs] > logps[mb.pairs :]).sum())
+        for mb, logps in zip(microbatches, policy, strict=True)
+    )
+    return {
+        "loss": loss / pairs,
+        **objective.metrics(policy, microbatches),
+        # the policy's own preference, log π(chosen) > log π(rejected) (not relative to the
+        # reference: at step 0 TRL's rewards/accuracies is 0 by definition, every margin 0)
+        "logp_accuracy": chosen_wins / pairs,
+        "pairs": pairs,
+    }

@@ -162,3 +162,31 @@ def test_a_stage_refuses_bad_dpo_calls(tiny_model_dir):
     assert out["output"].shape == (1,)
     with pytest.raises(InvalidInput, match="grad"):
         last.backward("m", None)  # a sequence forward's backward needs the log-probs' gradient
+
+
+def test_heldout_figures_at_step_0_are_the_base_models_preference(tiny_model_dir):
+    """Before training the policy is the reference: loss ln 2, every TRL reward 0 (accuracy 0:
+    no margin is positive), and ``logp_accuracy`` is the base model's own preference."""
+    from training.dpo_step import pipeline_dpo_eval
+
+    cfg = TrainConfig.model_validate(dpo_train_config(tiny_model_dir))
+    loaders = build_loaders(cfg.data, model_dir=tiny_model_dir)
+    _, clients = stage_jobs(tiny_model_dir, cfg)
+    batch = loaders.heldout.batch_at(loaders.heldout.position(0, 0))
+    mbs = pair_microbatches(batch, cfg.micro_batch_size)
+    refs = pipeline_sequence_logprobs(clients, [mb.rows for mb in mbs], reference=True)
+    for mb, logps in zip(mbs, refs, strict=True):
+        mb.ref_chosen, mb.ref_rejected = logps[: mb.pairs], logps[mb.pairs :]
+    figures = pipeline_dpo_eval(clients, mbs, DPOObjective(cfg.dpo.beta))
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    rows, n = batch.batch, batch.pairs
+    with torch.no_grad():
+        logps = sequence_logprobs(
+            base(input_ids=rows.input_ids, attention_mask=rows.attention_mask).logits, rows.labels
+        )
+    expected = float((logps[:n] > logps[n:]).float().mean())
+    print(f"held-out at step 0: {figures}; base prefers chosen on {expected:.2f}")
+    assert figures["pairs"] == n
+    assert abs(figures["loss"] - 0.6931471805599453) < 1e-6
+    assert figures["rewards/accuracies"] == 0.0 and figures["rewards/margins"] == 0.0
+    assert figures["logp_accuracy"] == expected
