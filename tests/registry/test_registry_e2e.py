@@ -36,6 +36,8 @@ def suite(path: Path, composite: float) -> Path:
     shipped["gate"] = {"composite": composite, "categories": {}}
     shipped["limits"].update(max_steps=1, max_new_tokens=24, time_limit_s=120)
     path.write_text(yaml.safe_dump(shipped))
+    if not (path.parent / "fixtures").exists():  # fixture folders are read beside the suite
+        (path.parent / "fixtures").symlink_to(REPO / "configs/eval/fixtures")
     return path
 
 
