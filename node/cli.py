@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "rag": "rag.cli",
     "provider": "inference.provider",
     "api": "api.cli",
+    "eval": "evaluation.cli",
     "model": "node.model_cli",
     "formula": "node.formula_cli",
 }
