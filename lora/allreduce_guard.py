@@ -8,7 +8,23 @@ reducer that checks each incoming part before it is accumulated:
 - a part with NaN/inf values, or a non-finite weight, drops the sender from the rest of the
   round (hivemind's own "banned sender" path: its remaining parts are averaged without it);
 - a part whose L2 norm exceeds ``max_part_norm`` is scaled down to that norm;
-- the declared weight is clamped to ``[0, max_peer_weight]``.
+- the declared weight is clamped to ``[0, max_peer_weight]``;
+- **a part far outside the group's** is excluded: once every sender's copy of a part has
+  arrived, a copy whose L2 norm exceeds ``outlier_norm_ratio`` (default 10) times the median
+  norm of the copies with a positive weight is left out of that part's mean (the others are
+  averaged with their weights). Every exclusion is logged with the sender's peer id and handed
+  to the host (:meth:`PartGuard.drain_excluded`), which reports it with the round.
+
+Why a norm bound against the group median, not CenteredClip: it needs no iterations, no
+tuning of a clipping radius, and with honest replicas of the same stage (same data distribution,
+gradients of similar norm) it leaves their exact weighted mean — the honest replicas end with
+the mean of the honest contributions to float32 rounding. Its failure modes: with fewer than
+three weighted copies there is no majority, so nothing is excluded (two replicas: the cap of
+``max_part_norm`` and the non-finite check are the only defences); a poisoned copy whose norm
+is within the ratio (a sign flip, a small bias) passes, CenteredClip would only bound it too;
+honest replicas whose norms differ more than the ratio (very unequal data) lose the largest;
+and a malicious *reducer* (a member that reduces a part and returns something else) is not
+caught: that needs BTARD's commitments and re-computation (shared notes).
 
 Our own parts pass the same reducer (the host zeroes non-finite local gradients and sends them
 with weight 0 before the round), so every replica receives the same reduced values.
@@ -25,8 +41,10 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import logging
 import math
 import multiprocessing as mp
+import statistics
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -48,15 +66,59 @@ from hivemind.utils.asyncio import aiter_with_timeout, as_aiter, azip
 from hivemind.utils.streaming import combine_from_streaming
 from hivemind.utils.timed_storage import get_dht_time
 
+log = logging.getLogger(__name__)
+
 
 class PartGuard:
     """Limits applied to every incoming part, and shared counters of what they caught."""
 
-    def __init__(self, *, max_part_norm: float | None, max_peer_weight: float):
+    def __init__(
+        self,
+        *,
+        max_part_norm: float | None,
+        max_peer_weight: float,
+        outlier_norm_ratio: float | None = 10.0,
+    ):
         self.max_part_norm = max_part_norm
         self.max_peer_weight = max_peer_weight
+        self.outlier_norm_ratio = outlier_norm_ratio
         self._rejected = mp.Value(ctypes.c_long, 0)
         self._clipped = mp.Value(ctypes.c_long, 0)
+        self._excluded = mp.SimpleQueue()  # (peer id, why) from the averager process
+
+    def report(self, peer: str, why: str) -> None:
+        """Record (and log) that ``peer``'s contribution was left out of a round."""
+        log.warning("averaging: excluded peer %s: %s", peer, why)
+        self._excluded.put((peer, why))
+
+    def drain_excluded(self) -> list[tuple[str, str]]:
+        """Exclusions reported since the last call (read in the host process)."""
+        found = []
+        while not self._excluded.empty():
+            found.append(tuple(self._excluded.get()))
+        return found
+
+    def robust(self, pending: list, part_index: int, peers: Sequence[str]) -> list:
+        """The ``(sender, part, weight)`` copies of one part to average: those whose norm is
+        within ``outlier_norm_ratio`` times the median of the weighted copies' norms."""
+        weighted = [float(torch.linalg.vector_norm(p)) for _, p, w in pending if w > 0]
+        if self.outlier_norm_ratio is None or len(weighted) < 3:
+            return pending
+        bound = self.outlier_norm_ratio * statistics.median(weighted)
+        kept = []
+        for sender, part, weight in pending:
+            norm = float(torch.linalg.vector_norm(part))
+            if weight > 0 and norm > bound and norm > 1e-30:
+                with self._rejected.get_lock():
+                    self._rejected.value += 1
+                self.report(
+                    peers[sender],
+                    f"part {part_index}: norm {norm:.4g} beyond {self.outlier_norm_ratio:g} x "
+                    f"the group median {bound / self.outlier_norm_ratio:.4g}",
+                )
+            else:
+                kept.append((sender, part, weight))
+        return kept
 
     @property
     def rejected(self) -> int:
@@ -96,15 +158,27 @@ class _GuardedReducer(TensorPartReducer):
       Here each sender awaits it through ``asyncio.shield``.
     """
 
-    def __init__(self, part_shapes: Sequence[torch.Size], num_senders: int, guard: PartGuard):
+    def __init__(
+        self,
+        part_shapes: Sequence[torch.Size],
+        num_senders: int,
+        guard: PartGuard,
+        peers: Sequence[str] = (),
+    ):
         super().__init__(part_shapes, num_senders)
         self._guard = guard
         self._added = [0] * num_senders  # parts each sender has actually accumulated
+        self._peers = list(peers) or [f"sender {i}" for i in range(num_senders)]
+        self._pending: list = []  # (sender, part, weight) of the current part, judged when full
 
     async def accumulate_part(
         self, sender_index: int, part_index: int, tensor_part: torch.Tensor, weight: float = 1.0
     ) -> torch.Tensor:
-        tensor_part, weight = self._guard.check(tensor_part, weight)
+        try:
+            tensor_part, weight = self._guard.check(tensor_part, weight)
+        except BannedException as exc:
+            self._guard.report(self._peers[sender_index], f"part {part_index}: {exc}")
+            raise
         assert 0 <= sender_index < self.num_senders, "invalid sender index"
         assert 0 <= part_index < self.num_parts, "invalid part index"
         self.num_parts_received[sender_index] += 1
@@ -119,14 +193,25 @@ class _GuardedReducer(TensorPartReducer):
             raise BannedException(f"sender {sender_index} was banned in background")
         assert part_index == self.current_part_index
         current_part_future = self.current_part_future
-        self.accumulator.add_(tensor_part, alpha=weight)
+        self._pending.append((sender_index, tensor_part, weight))  # summed once all are in
         self._added[sender_index] += 1
         self.current_part_accumulated_from += 1
-        self.denominator += weight
         self.check_current_part_finished()
         # shielded: hivemind awaits the shared future itself, so cancelling one sender's handler
         # (its stream broke) cancelled the part for every sender (InvalidStateError, stall)
         return await asyncio.shield(current_part_future)
+
+    def check_current_part_finished(self) -> None:
+        assert self.current_part_accumulated_from <= self.num_current_senders
+        if self.current_part_accumulated_from == self.num_current_senders:
+            for _, part, weight in self._guard.robust(
+                self._pending, self.current_part_index, self._peers
+            ):
+                self.accumulator.add_(part, alpha=weight)
+                self.denominator += weight
+            self._pending = []
+            self.current_part_future.set_result(self.accumulator.div_(self.denominator))
+            self.reset_accumulators()
 
     def on_sender_failed(self, sender_index: int) -> None:
         if self.sender_failed_after[sender_index] != float("inf"):
@@ -146,6 +231,7 @@ class _GuardedRunner(AllReduceRunner):
             tuple(part.shape for part in self.parts_for_local_averaging),
             len(self.sender_peer_ids),
             part_guard,
+            [peer.to_base58() for peer in self.sender_peer_ids],
         )
 
 

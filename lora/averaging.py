@@ -105,6 +105,7 @@ class AveragingReport:
     error: str = ""  # why an attempt found no group or failed, if one did
     diverged: int = 0  # groupmates whose state at the round's start differed from the source's
     resynced: bool = False  # we loaded the source replica's state this round (see ``diverged``)
+    excluded: tuple = ()  # (peer id, why) whose parts this replica left out (allreduce_guard)
 
 
 @dataclass(frozen=True)
@@ -244,7 +245,9 @@ class StageGradientAverager:
         self._checksum = _Checksum()
         self._buffers = [torch.zeros(p.shape, dtype=torch.float32) for p in self.params]
         self.guard = PartGuard(
-            max_part_norm=settings.max_part_norm, max_peer_weight=settings.max_peer_weight
+            max_part_norm=settings.max_part_norm,
+            max_peer_weight=settings.max_peer_weight,
+            outlier_norm_ratio=settings.outlier_norm_ratio,
         )
         self._control = None
         self._me = secrets.token_hex(8)  # our subkey in the config declaration
@@ -478,6 +481,8 @@ class StageGradientAverager:
         reruns = 0  # reruns after a partial attempt (looking again for a group is not one)
         result, averaged, consistent, group_size, agreeing, missing = local, False, True, 1, 1, 0
         basis: dict[str, Any] = {}  # the all-gather of the last group we were in
+        excluded: list[tuple[str, str]] = []  # groupmates whose parts our reducer left out
+        self.guard.drain_excluded()  # anything left from an earlier call is not this round's
         while True:
             attempts += 1
             attempt = self._attempt(
@@ -519,8 +524,14 @@ class StageGradientAverager:
                 result = local
             mine = {"sum": self._checksum(result), "scale": local_norms, "ok": attempt.completed}
             published = self._exchange_checksums(round_id, mine, set(basis))
+            # a groupmate whose parts we left out (allreduce_guard: non-finite, or far outside
+            # the group's norms) holds what its own poisoned input left it: not a disagreement
+            dropped = self.guard.drain_excluded()
+            excluded.extend(dropped)
+            left_out = {peer for peer, _ in dropped} & set(basis)
+            published = {p: o for p, o in published.items() if p not in left_out}
             agreeing = sum(self._matches(mine, other) for other in published.values())
-            missing = group_size - len(published)
+            missing = group_size - len(left_out) - len(published)
             if attempt.completed and agreeing == len(published):
                 averaged, consistent = True, True
                 if missing:
@@ -560,6 +571,7 @@ class StageGradientAverager:
             weight=weight,
             local_nonfinite=nonfinite,
             rejected_parts=self.guard.rejected - rejected0,
+            excluded=tuple(excluded + self.guard.drain_excluded()),
             clipped_parts=self.guard.clipped - clipped0,
             seconds=time.monotonic() - started,
             error="; ".join(errors),

@@ -234,6 +234,13 @@ class AveragingSettings(_Strict):
         description="an incoming part whose L2 norm "
         "exceeds this is scaled down to it (None: no cap)",
     )
+    outlier_norm_ratio: float | None = Field(
+        10.0,
+        gt=1,
+        description="a groupmate's gradient part whose norm exceeds this many times the median "
+        "of the group's is left out of the mean and its peer reported (needs 3 or more "
+        "weighted copies; None: off; see lora/allreduce_guard.py)",
+    )
     max_peer_weight: float = Field(
         1e6,
         gt=0,

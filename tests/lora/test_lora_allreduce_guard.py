@@ -121,3 +121,40 @@ def test_a_sender_cancelled_while_awaiting_its_part_does_not_cancel_the_part_for
         torch.testing.assert_close(result, torch.full((2,), 2.0))
     for result in part1:
         torch.testing.assert_close(result, torch.full((2,), 1.5))
+
+
+def test_a_part_far_outside_the_groups_is_excluded_and_its_sender_reported():
+    """Three senders, one ×1e4: every result is the mean of the other two; the peer is named."""
+    guard = PartGuard(max_part_norm=None, max_peer_weight=10, outlier_norm_ratio=10.0)
+    honest = [torch.tensor([1.0, 2.0]), torch.tensor([3.0, -1.0])]
+
+    async def run():
+        reducer = _GuardedReducer([torch.Size([2])], 3, guard, ["peerA", "peerB", "bad"])
+        return await asyncio.gather(
+            reducer.accumulate_part(0, 0, honest[0]),
+            reducer.accumulate_part(1, 0, honest[1]),
+            reducer.accumulate_part(2, 0, torch.tensor([2.0, 0.5]) * 1e4),
+        )
+
+    for result in asyncio.run(asyncio.wait_for(run(), 5)):
+        torch.testing.assert_close(result, (honest[0] + honest[1]) / 2, rtol=0, atol=1e-6)
+    ((peer, why),) = guard.drain_excluded()
+    assert peer == "bad" and "median" in why
+    assert guard.rejected == 1
+
+
+def test_two_senders_or_a_zero_weight_copy_exclude_nothing():
+    """No majority with two weighted copies: the plain weighted mean (documented limit)."""
+    guard = PartGuard(max_part_norm=None, max_peer_weight=10, outlier_norm_ratio=10.0)
+
+    async def run():
+        reducer = _GuardedReducer([torch.Size([2])], 3, guard)
+        return await asyncio.gather(
+            reducer.accumulate_part(0, 0, torch.ones(2)),
+            reducer.accumulate_part(1, 0, torch.ones(2) * 100),
+            reducer.accumulate_part(2, 0, torch.zeros(2), weight=0.0),
+        )
+
+    for result in asyncio.run(asyncio.wait_for(run(), 5)):
+        torch.testing.assert_close(result, torch.full((2,), 50.5))
+    assert guard.drain_excluded() == []

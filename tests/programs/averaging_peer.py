@@ -90,6 +90,15 @@ def main() -> int:
     )
     parser.add_argument("--lag", type=float, default=0.0)
     parser.add_argument(
+        "--poison-round",
+        type=int,
+        default=-1,
+        help="in this round, send a poisoned gradient to the group (the local one is kept)",
+    )
+    parser.add_argument(
+        "--poison", default="1e4", help="a factor the sent gradient is multiplied by, or nan"
+    )
+    parser.add_argument(
         "--sync-with",
         default="",
         help="comma-separated replicas whose previous round must be done before this one starts",
@@ -157,6 +166,21 @@ def main() -> int:
     except Node0Error as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return int(exc.exit_code)
+
+    _touch(work / f"{args.name}.peer", averager._peer)
+    if args.poison_round >= 0:  # a broken or malicious replica: what it sends, not what it holds
+        honest_attempt = averager._attempt
+
+        def poisoned_attempt(local, weight, gather):
+            if averager.rounds == args.poison_round + 1:
+                if args.poison == "nan":
+                    local = [torch.full_like(t, float("nan")) for t in local]
+                else:
+                    local = [t * float(args.poison) for t in local]
+                weight = max(weight, 1.0)
+            return honest_attempt(local, weight, gather)
+
+        averager._attempt = poisoned_attempt
 
     if args.load_state:
         started = time.monotonic()
