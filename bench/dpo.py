@@ -17,6 +17,7 @@ tokens/s = non-pad tokens of the timed steps' rows / their wall time. Last line 
 JSON with the figures and the ratios DPO / SFT.
 
     python -m bench.dpo [--steps 3] [--warmup 1] [--config configs/train/smollm2-gastown-dpo.yaml]
+        [--swarm-file STATE]   # a running local swarm instead of a fresh one
 """
 
 from __future__ import annotations
@@ -63,6 +64,12 @@ def main() -> int:
     parser.add_argument("--preset", default="smollm2-3stage", help="swarm preset")
     parser.add_argument("--steps", type=int, default=3, help="timed steps of each kind")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps of each kind first")
+    parser.add_argument(
+        "--swarm-file",
+        type=Path,
+        default=None,
+        help="use this running local swarm (its state file) instead of starting one",
+    )
     args = parser.parse_args()
 
     from base.config_loader import load_yaml_config
@@ -95,13 +102,21 @@ def main() -> int:
     objective = DPOObjective(cfg.dpo.beta, cfg.dpo.label_smoothing)
     load_start = _load()
     work = Path(tempfile.mkdtemp(prefix="bench-dpo-"))
-    preset, _ = load_yaml_config(resolve_preset_path(args.preset), SwarmPreset)
-    preset = preset.model_copy(
-        update={"daemon": {**preset.daemon, "state_dir": str(work / "peer-state")}}
-    )
-    print(f"starting swarm {args.preset}; load average {load_start:.2f}", flush=True)
-    state = start_swarm(preset, args.preset, runs_dir=work / "runs", state_file=work / "swarm.json")
-    client = SwarmClient(preset.model, state.initial_peers)
+    if args.swarm_file is not None:
+        from base.swarm_view import initial_peers_from
+
+        print(f"using the swarm of {args.swarm_file}; load average {load_start:.2f}", flush=True)
+        client = SwarmClient(cfg.model, initial_peers_from(args.swarm_file))
+    else:
+        preset, _ = load_yaml_config(resolve_preset_path(args.preset), SwarmPreset)
+        preset = preset.model_copy(
+            update={"daemon": {**preset.daemon, "state_dir": str(work / "peer-state")}}
+        )
+        print(f"starting swarm {args.preset}; load average {load_start:.2f}", flush=True)
+        state = start_swarm(
+            preset, args.preset, runs_dir=work / "runs", state_file=work / "swarm.json"
+        )
+        client = SwarmClient(preset.model, state.initial_peers)
     seconds = {"sft": [], "dpo_first_epoch": [], "dpo_cached": []}
     tokens: list[int] = []
     try:
@@ -150,7 +165,8 @@ def main() -> int:
             c.close()
     finally:
         client.close()
-        stop_swarm(work / "swarm.json")
+        if args.swarm_file is None:
+            stop_swarm(work / "swarm.json")
     rate = {k: sum(tokens) / sum(v) for k, v in seconds.items()}
     result = {
         "model": cfg.model,
