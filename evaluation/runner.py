@@ -122,7 +122,9 @@ async def run_task(
             id=task.id,
             category=task.category,
             score=graded.score,
-            passed=graded.score >= task.pass_score and error is None,
+            # a loop stopped by its step or time limit never finished the task: a fail
+            passed=graded.score >= task.pass_score and error is None
+            and result is not None and result.stop_reason == "answer",
             checks=graded.checks,
             stop_reason=result.stop_reason if result else None,
             steps=result.steps if result else 0,
