@@ -123,8 +123,10 @@ async def run_task(
             category=task.category,
             score=graded.score,
             # a loop stopped by its step or time limit never finished the task: a fail
-            passed=graded.score >= task.pass_score and error is None
-            and result is not None and result.stop_reason == "answer",
+            passed=graded.score >= task.pass_score
+            and error is None
+            and result is not None
+            and result.stop_reason == "answer",
             checks=graded.checks,
             stop_reason=result.stop_reason if result else None,
             steps=result.steps if result else 0,
