@@ -6,9 +6,11 @@ checks the swarm's greedy answers in a two-turn conversation (the conversation e
 ``gastown`` LoRA adapter on the shipped sample set across the swarm (``node0 train``, with
 progress and the before/after probe figures); gathers the fine-tuned model from the swarm into
 a merged Hugging Face directory, a GGUF file and a PEFT adapter (``node0 gather``); indexes the
-sample rig into a RAG store and closes with an agent session (``node0-inference --role polecat
---rag … --adapters gastown``) whose transcript lands in the run directory. Everything goes into
-one run directory with a run record; ``--keep`` leaves the swarm running.
+sample rig into a RAG store and holds an agent session (``node0-inference --role polecat
+--rag … --adapters gastown``) whose transcript lands in the run directory; ends with the agent
+eval suite on one task per category (``node0 eval --per-category 1 --adapters gastown``) and
+its gate verdict. Everything goes into one run directory with a run record; ``--keep`` leaves
+the swarm running.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ AGENT_PROMPT = (
 )
 TRAIN_CONFIG = Path(__file__).resolve().parent.parent / "configs/train/smollm2-gastown.yaml"
 SAMPLE_RIG = Path(__file__).resolve().parent.parent / "samples/gastown-rig"
+EVAL_PER_CATEGORY = 1  # 5 tasks: the demo's eval stays a few minutes
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -126,6 +129,9 @@ def run(args: argparse.Namespace) -> int:
             ),
             f"agent session: --role polecat, RAG over {SAMPLE_RIG.name}"
             + ("" if args.skip_train else ", adapter gastown"),
+            f"eval: {EVAL_PER_CATEGORY} task per category of the agent suite "
+            + ("(base model)" if args.skip_train else "(adapter gastown)")
+            + ", and the gate verdict",
         ],
     )
     run_dir = create_run_dir(
@@ -165,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
         results["session"] = _agent_session(
             run_dir.path, preset.model, state.initial_peers, adapters, args.max_new_tokens
         )
+        results["eval"] = _eval(run_dir.path, state.initial_peers, adapters)
         run_dir.set("results", results)
         for name in ("session.txt", "transcript.jsonl"):
             if (run_dir.path / name).is_file():
@@ -375,6 +382,24 @@ def _agent_session(
     }
 
 
+def _eval(run_path: Path, peers: list[str], adapters: str) -> dict:
+    """``node0 eval`` of the demo's model on a short subset of the agent suite (one task per
+    category), through the swarm; prints the per-task lines and the gate verdict."""
+    from base.banner import status
+
+    model = f"adapter {adapters}" if adapters else "base model"
+    status("eval", f"agent suite, {EVAL_PER_CATEGORY} task per category, {model}")
+    command = _node0("eval", "--per-category", str(EVAL_PER_CATEGORY), "--runs-dir",
+                     str(run_path), "--json", *(["--adapters", adapters] if adapters else []),
+                     "--initial-peers", *peers)  # fmt: skip
+    proc = _run(command, "node0 eval", timeout=1800)
+    scores = _last_json(proc.stdout)
+    for line in proc.stdout.splitlines():
+        if not line.startswith("{"):
+            print(f"  {line}")
+    return {key: scores.get(key) for key in ("run_dir", "composite", "categories", "gate")}
+
+
 def _summary(results: dict, same: bool) -> None:
     print("\nsummary")
     print(f"  swarm = single-process transformers, token for token: {'yes' if same else 'NO'}")
@@ -400,6 +425,15 @@ def _summary(results: dict, same: bool) -> None:
         print(
             f"  PEFT adapter:     {gather['peft_adapter']}\n"
             f"    load: PeftModel.from_pretrained(base_model, '{gather['peft_adapter']}')"
+        )
+    evaluated = results.get("eval")
+    if evaluated and evaluated.get("gate") is not None:
+        gate = evaluated["gate"]
+        failed = ", ".join(gate["failed_categories"] or ["composite"])
+        verdict = "passed" if gate["passed"] else f"FAILED ({failed} below threshold)"
+        print(
+            f"  eval (5 tasks): composite {evaluated['composite']:.1f}; gate {verdict} "
+            f"(placeholder thresholds, configs/eval/suite.yaml)\n    {evaluated['run_dir']}"
         )
     session = results.get("session")
     if session and "transcript" in session:
