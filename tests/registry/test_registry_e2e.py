@@ -69,7 +69,9 @@ def test_formula_to_deploy_serve_rollback_prune_stale(smollm2_dir, tmp_path):
         proc = run_cli(["node.cli", *args], timeout=timeout, env=env)
         return proc, time.monotonic() - started
 
-    with local_swarm(tmp_path / "swarm", MODEL, SPLIT) as state:
+    # an open swarm: this test is about the registry's lifecycle (the private swarm's checks,
+    # LoadAdapter host-only included, are tests/node/test_runtime_adapters.py and security's)
+    with local_swarm(tmp_path / "swarm", MODEL, SPLIT, insecure_open_swarm=True) as state:
         peers = " ".join(state.initial_peers)
 
         def formula(eval_suite: Path):
