@@ -46,7 +46,7 @@ import math
 import multiprocessing as mp
 import statistics
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, AsyncIterator  # noqa: UP035 (hivemind reads typing's AsyncIterator)
 
 import torch
 from hivemind.averaging import DecentralizedAverager
@@ -59,7 +59,7 @@ from hivemind.averaging.partition import (
     TensorPartReducer,
 )
 from hivemind.compression import deserialize_torch_tensor
-from hivemind.p2p import PeerID
+from hivemind.p2p import P2PContext, PeerID
 from hivemind.proto import averaging_pb2
 from hivemind.utils import MPFuture
 from hivemind.utils.asyncio import aiter_with_timeout, as_aiter, azip
@@ -267,11 +267,45 @@ class GuardedReplicaAverager(DecentralizedAverager):
         *,
         part_guard: PartGuard,
         state_fn: Callable[[], tuple[Any, Sequence[torch.Tensor]]],
+        gate=None,
         **kwargs,
     ):
         self.part_guard = part_guard  # set before the fork in super().__init__(start=True)
         self._state_fn = state_fn
+        self.gate = gate
         super().__init__(averaged_tensors, dht, **kwargs)
+
+    # -- the handlers, admitted by the gate (security.averaging_gate); hivemind builds its
+    # handlers from these type annotations, so they stay hivemind's
+
+    async def _admitted(self, context: P2PContext) -> bool:
+        return self.gate is None or await self.gate.admit(self.dht, context.remote_id.to_base58())
+
+    async def rpc_join_group(
+        self, request: averaging_pb2.JoinRequest, context: P2PContext
+    ) -> AsyncIterator[averaging_pb2.MessageFromLeader]:
+        if not await self._admitted(context):
+            yield averaging_pb2.MessageFromLeader(code=averaging_pb2.PROTOCOL_VIOLATION)
+            return
+        async for response in super().rpc_join_group(request, context):
+            yield response
+
+    async def rpc_aggregate_part(
+        self, stream: AsyncIterator[averaging_pb2.AveragingData], context: P2PContext
+    ) -> AsyncIterator[averaging_pb2.AveragingData]:
+        if not await self._admitted(context):
+            yield averaging_pb2.AveragingData(code=averaging_pb2.PROTOCOL_VIOLATION)
+            return
+        async for message in super().rpc_aggregate_part(stream, context):
+            yield message
+
+    async def rpc_download_state(
+        self, request: averaging_pb2.DownloadRequest, context: P2PContext
+    ) -> AsyncIterator[averaging_pb2.DownloadData]:
+        if not await self._admitted(context):
+            return  # the caller gets no state
+        async for message in super().rpc_download_state(request, context):
+            yield message
 
     async def _aggregate_with_group(
         self, group_info: GroupInfo, min_vector_size: int, **kwargs

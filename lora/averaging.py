@@ -66,6 +66,7 @@ from lora.config import AveragingSettings, LoraSettings  # noqa: E402
 from lora.dht_calls import bounded_get, bounded_store  # noqa: E402
 from lora.replica_presence import ReplicaPresence  # noqa: E402
 from provenance import sha256_json  # noqa: E402
+from security import access as security_access  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -253,6 +254,8 @@ class StageGradientAverager:
         self._me = secrets.token_hex(8)  # our subkey in the config declaration
         self._joined_at = get_dht_time()
         compression = Float16Compression() if settings.compression == "float16" else NoCompression()
+        access = security_access.current()  # a private swarm's daemon installed its access
+        self._gate = access.averaging_gate() if access is not None else None
         self._declare_config()
         self._check_config_peers()
         self._averager = GuardedReplicaAverager(
@@ -272,9 +275,12 @@ class StageGradientAverager:
             part_size_bytes=settings.part_size_bytes,
             allow_state_sharing=True,
             declare_state_period=10.0,
+            gate=self._gate,
         )
         self.peer_id = self._averager.peer_id
         self._peer = self.peer_id.to_base58()
+        if self._gate is not None:  # our membership: what the other replicas' gates look up
+            self._gate.publish(dht, self._peer)
         self.presence = ReplicaPresence(
             dht, prefix, self._peer, heartbeat=settings.presence_heartbeat
         )
@@ -464,6 +470,8 @@ class StageGradientAverager:
     def _average(self, local_samples: float, started: float) -> AveragingReport:
         if time.monotonic() - self._declared_at > _CONFIG_TTL / 3:
             self._declare_config()
+        if self._gate is not None:
+            self._gate.publish(self.dht, self._peer)  # refreshed well before it expires
         self._check_config_peers()
         local = self._read_local_gradients()
         nonfinite = not all(bool(torch.isfinite(t).all()) for t in local)

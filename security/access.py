@@ -84,6 +84,14 @@ class PeerAccess:
 
         return (CredentialInterceptor(self.trust),)
 
+    def averaging_gate(self):
+        """A :class:`security.averaging_gate.AveragingGate` (None in an open swarm)."""
+        if self.open:
+            return None
+        from security.averaging_gate import AveragingGate
+
+        return AveragingGate(self.credential, self.revocations)
+
 
 def install(access: PeerAccess) -> None:
     """Make ``access`` this process's (averagers created later gate with it)."""

@@ -3,7 +3,8 @@
 Resolution, first match wins:
 
 1. :func:`use_credential` (the ``--credential FILE`` option of the CLIs);
-2. ``$NODE0_CREDENTIAL`` (a file path; inherited by child processes);
+2. ``$NODE0_CREDENTIAL`` (a file path; inherited by child processes; ``none``: present
+   nothing, e.g. to measure an ``--insecure-open-swarm`` swarm without client-side signing);
 3. the local authority's credential for the caller's role,
    ``$NODE0_HOME/swarm/authority/credentials/local-<role>.json``, which ``node0 swarm up``
    issues, so clients of the local swarm need no option.
@@ -44,7 +45,7 @@ def credential_path(role: Role | str) -> Path | None:
     if _chosen is not None:
         return _chosen
     if os.environ.get(ENV):
-        return Path(os.environ[ENV])
+        return None if os.environ[ENV] == "none" else Path(os.environ[ENV])
     local = local_credential_path(role)
     return local if local.is_file() else None
 

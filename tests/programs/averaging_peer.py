@@ -99,6 +99,9 @@ def main() -> int:
         "--poison", default="1e4", help="a factor the sent gradient is multiplied by, or nan"
     )
     parser.add_argument(
+        "--credential", type=Path, default=None, help="a private swarm: this replica's credential"
+    )
+    parser.add_argument(
         "--sync-with",
         default="",
         help="comma-separated replicas whose previous round must be done before this one starts",
@@ -111,8 +114,9 @@ def main() -> int:
     torch.set_num_threads(1)
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] [%(name)s] %(message)s"))
-    logging.getLogger("lora").addHandler(handler)
-    logging.getLogger("lora").setLevel(logging.INFO)
+    for name in ("lora", "security"):
+        logging.getLogger(name).addHandler(handler)
+        logging.getLogger(name).setLevel(logging.INFO)
     work = args.workdir
 
     from base.dht import start_dht, visible_maddrs
@@ -129,12 +133,19 @@ def main() -> int:
     guard = StepGuard(params, max_grad_norm=1.0)
 
     maddrs_file = work / "maddrs.json"
+    authorizer = None
+    if args.credential:  # as a daemon of a private swarm: DHT authorizer and averaging gate
+        from security.access import PeerAccess, install
+
+        access = PeerAccess.for_daemon(args.credential, None, False)
+        install(access)
+        authorizer = access.dht_authorizer()
     if args.bootstrap:
-        dht = start_dht([])
+        dht = start_dht([], authorizer=authorizer)
         _touch(maddrs_file, json.dumps(visible_maddrs(dht)))
     else:
         _wait_for(maddrs_file, 120)
-        dht = start_dht(json.loads(maddrs_file.read_text()))
+        dht = start_dht(json.loads(maddrs_file.read_text()), authorizer=authorizer)
     overrides = {
         key: value
         for key, value in (
