@@ -120,6 +120,13 @@ def _register_gather(subparsers: argparse._SubParsersAction) -> None:
         default=10.0,
         help="seconds to wait for stage announcements to cover every layer",
     )
+    gather.add_argument(
+        "--credential",
+        type=Path,
+        default=None,
+        help="this client's swarm credential (`node0 swarm invite NAME --role gatherer`); "
+        "default $NODE0_CREDENTIAL, else the local swarm's local-<role>.json",
+    )
     gather.set_defaults(handler=run_gather)
 
 
@@ -229,6 +236,11 @@ def _progress():
 
 def run_gather(args: argparse.Namespace) -> int:
     import time
+
+    from security.active import use_credential
+
+    if args.credential:
+        use_credential(args.credential)
 
     from base.banner import print_banner
     from base.swarm_view import initial_peers_from

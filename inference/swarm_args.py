@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 def add_swarm_arguments(p: argparse.ArgumentParser) -> None:
-    """``--model``, ``--initial-peers`` and ``--swarm-file``."""
+    """``--model``, ``--initial-peers``, ``--swarm-file`` and ``--credential``."""
     p.add_argument("--model", default="smollm2-135m", help="model name (catalog) or HF dir")
     p.add_argument(
         "--initial-peers",
@@ -25,10 +25,22 @@ def add_swarm_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="local swarm state file (default $NODE0_HOME/swarm/current.json)",
     )
+    p.add_argument(
+        "--credential",
+        type=Path,
+        default=None,
+        help="this client's swarm credential (`node0 swarm invite NAME --role ROLE`); "
+        "default $NODE0_CREDENTIAL, else the local swarm's local-<role>.json",
+    )
 
 
 def swarm_peers(args: argparse.Namespace) -> list[str]:
-    """The DHT multiaddrs to join: the flag's, else the local swarm's."""
+    """The DHT multiaddrs to join: the flag's, else the local swarm's (and, with
+    ``--credential``, the credential this process presents from now on)."""
     from base.swarm_view import initial_peers_from
+    from security.active import use_credential
+
+    if getattr(args, "credential", None):
+        use_credential(args.credential)
 
     return args.initial_peers or initial_peers_from(args.swarm_file)

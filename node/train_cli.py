@@ -54,6 +54,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--steps", type=int, default=None, help="total steps (overrides)")
     parser.add_argument("--no-probes", action="store_true", help="skip the probe prompts")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="run directories")
+    parser.add_argument(
+        "--credential",
+        type=Path,
+        default=None,
+        help="this client's swarm credential (`node0 swarm invite NAME --role trainer`); "
+        "default $NODE0_CREDENTIAL, else the local swarm's local-<role>.json",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -111,6 +118,11 @@ def _read_checkpoint(run_dir: Path) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     import secrets
+
+    from security.active import use_credential
+
+    if args.credential:
+        use_credential(args.credential)
     import shutil
     import time
 
