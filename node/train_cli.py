@@ -118,13 +118,13 @@ def _read_checkpoint(run_dir: Path) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     import secrets
+    import shutil
+    import time
 
     from security.active import use_credential
 
     if args.credential:
         use_credential(args.credential)
-    import shutil
-    import time
 
     from base.banner import print_banner, status
     from base.errors import CheckpointError
