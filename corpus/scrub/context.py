@@ -8,7 +8,9 @@ Each detector finds a candidate value and says how strongly its context names a 
 * 2 -- a URL query parameter named ``token``/``access_token``/``key``/``secret``/``sig``/…,
   prose that gives a password ("the staging DB password is …", "passphrase: …"), a line
   shaped like ``.pgpass`` without the file named;
-* 1.5 -- prose that gives a token, secret or key ("token: …").
+* 1.5 -- prose that gives a token, secret or key ("token: …"), for values the high-entropy
+  layer does not already hold in doubt (a weak context does not overrule that layer's
+  quarantine).
 
 :func:`shape_score` rates the value itself from 0 (a placeholder, a reference, a plain word)
 to 4 (long, several character classes, high entropy). A candidate whose context + shape
@@ -25,6 +27,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from corpus.scrub.entropy import is_high_entropy_secret
 from corpus.scrub.findings import Finding, looks_like_placeholder, shannon_entropy
 
 # a boundary before a word: start, a non-word character, or a JSON-escaped \n / \t
@@ -158,6 +161,8 @@ def candidates(text: str, lowered: str) -> list[Candidate]:
         for m in _PROSE.finditer(text):
             kw = m.group("kw").lower()
             strong = kw.startswith("pass") or kw in ("pw", "passwd")
+            if not strong and is_high_entropy_secret(m.group("val")):
+                continue  # weak context: the entropy layer's doubt (quarantine) stands
             add(m, "password" if strong else "secret", "prose", 2 if strong else 1.5, "val")
     return out
 

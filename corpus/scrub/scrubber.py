@@ -42,7 +42,9 @@ class Scrubber:
         use_entropy: run the high-entropy check.
         scrub_pii: replace e-mail addresses, IP addresses, home directories, phone and payment
             card numbers.
-        keep_private_ips: keep private / link-local / unique-local IP addresses.
+        keep_private_ips: keep private / link-local / unique-local IP addresses (the corpus
+            build's default, ``scrub.keep_private_ips``; off here so that other users of the
+            scrubber, such as the RAG sanitizer, keep the stricter behaviour they were built on).
         sure_score: a context candidate scoring this (context strength + value shape) is
             replaced.
         uncertain_score: one scoring this but below ``sure_score`` quarantines its example.
@@ -54,7 +56,7 @@ class Scrubber:
         use_library: bool = True,
         use_entropy: bool = True,
         scrub_pii: bool = True,
-        keep_private_ips: bool = True,
+        keep_private_ips: bool = False,
         sure_score: float = 5.0,
         uncertain_score: float = 3.0,
     ) -> None:

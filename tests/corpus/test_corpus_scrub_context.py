@@ -128,6 +128,12 @@ def _yaml_indented(snippet: str) -> str:
     return f"job:\n  notes: |\n{body}\n  retries: 3"
 
 
+@pytest.fixture(scope="module")
+def scrubber() -> Scrubber:
+    """As the corpus build configures it by default (private addresses kept)."""
+    return Scrubber(keep_private_ips=True)
+
+
 FORMS = {"plain": lambda s: s, "json": _json_escaped, "yaml": _yaml_indented}
 
 
