@@ -56,7 +56,13 @@ def job_beads(rig: Path) -> dict:
     return {k: b for k, b in beads.items() if "training-job" in (b.fields.get("labels") or [])}
 
 
-def test_formula_to_deploy_serve_rollback_prune_stale(smollm2_dir, tmp_path):
+def test_formula_to_deploy_serve_rollback_prune_stale(smollm2_dir, tmp_path, monkeypatch):
+    # a NODE0_HOME of its own (the prepared model linked in): no credentials of other swarms
+    # on this machine, so every command joins this open swarm as it is
+    home = tmp_path / "home"
+    (home / "models").mkdir(parents=True)
+    (home / "models" / MODEL).symlink_to(smollm2_dir.parent)
+    monkeypatch.setenv("NODE0_HOME", str(home))
     rig = shutil.copytree(SAMPLE_RIG, tmp_path / "gastown-rig")
     settings = tmp_path / "town" / "settings.json"
     env = {"NODE0_REGISTRY": str(tmp_path / "registry.db"), "GT_TOWN_SETTINGS": str(settings)}
@@ -70,7 +76,8 @@ def test_formula_to_deploy_serve_rollback_prune_stale(smollm2_dir, tmp_path):
         return proc, time.monotonic() - started
 
     # an open swarm: this test is about the registry's lifecycle (the private swarm's checks,
-    # LoadAdapter host-only included, are tests/node/test_runtime_adapters.py and security's)
+    # LoadAdapter host-only included, are tests/node/test_runtime_adapters.py and security's;
+    # node0 gather does not join a private swarm's DHT yet)
     with local_swarm(tmp_path / "swarm", MODEL, SPLIT, insecure_open_swarm=True) as state:
         peers = " ".join(state.initial_peers)
 
