@@ -48,6 +48,8 @@ from checkpoint_gather.tokenizer_prep import TokenizerPrep
 from checkpoint_gather.weights_client import PulledStage, PullTarget, StagePull
 from models.catalog import CATALOG
 from provenance import RunDir, sha256_json
+from security.active import dht_authorizer
+from security.credentials import Role
 
 log = logging.getLogger(__name__)
 
@@ -631,7 +633,8 @@ def _gather(
             hint="choose a new --out or remove the old one",
         )
     started = time.monotonic()
-    client = SwarmView(options.model, initial_peers)
+    # a private swarm admits this DHT peer with the process's credential (security.active)
+    client = SwarmView(options.model, initial_peers, authorizer=dht_authorizer(Role.GATHERER))
     model_dir = resolve_model_dir(options.model)
     # started once the DHT child is forked (threads never fork); during the join the CPU is
     # mostly idle, during the pull it would compete with it
