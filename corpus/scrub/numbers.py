@@ -98,12 +98,13 @@ def scan_phones(text: str) -> list[Finding]:
     return found
 
 
-_DIGIT_RUN = re.compile(r"\d\d")
+# every phone or card candidate holds "+<digit>" or two runs of 3 digits close together
+_PREFILTER = re.compile(r"\d{3}[ .\-)]{0,2}\d{3}|\+\d")
 
 
 def scan_numbers(text: str, *, phones: bool = True, cards: bool = True) -> list[Finding]:
     """Phone and card findings (sure); a card wins over a phone on the same digits."""
-    if not _DIGIT_RUN.search(text):
+    if not _PREFILTER.search(text):
         return []
     found = scan_cards(text) if cards else []
     if phones:
