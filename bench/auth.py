@@ -57,6 +57,7 @@ def measure_swarm(work: Path, insecure: bool, sessions: int, tokens: int) -> dic
         insecure_open_swarm=insecure,
     )
     try:
+        from base.sampler import SamplingParams
         from inference.generation import generate
         from inference.swarm_client import SwarmClient
 
@@ -77,7 +78,9 @@ def measure_swarm(work: Path, insecure: bool, sessions: int, tokens: int) -> dic
             await session.open()
             open_ms.append((time.perf_counter() - started) * 1000 / 3)  # per hop
             try:
-                await generate(session, tokenizer, prompt, max_new_tokens=tokens)
+                await generate(
+                    session, tokenizer, prompt, max_new_tokens=tokens, sampling=SamplingParams()
+                )
             finally:
                 await session.close()
 
