@@ -124,7 +124,7 @@ def measure_averaging(work: Path, private: bool, rounds: int) -> dict:
     run = work / f"avg-{private}"
     run.mkdir()
     args = ["--model-dir", str(model_dir), "--workdir", str(run), "--rounds", str(rounds)]
-    args += ["--group", "2", "--min-matchmaking-time", "3"]
+    args += ["--group", "2"]
     creds = {}
     if private:
         from security.authority import SwarmAuthority
@@ -194,13 +194,14 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32, help="greedy tokens per session")
     parser.add_argument("--rounds", type=int, default=3, help="averaging rounds per run")
     parser.add_argument("--skip-averaging", action="store_true")
+    parser.add_argument("--skip-swarm", action="store_true", help="only the averaging rounds")
     args = parser.parse_args()
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(f"uptime: {uptime}", file=sys.stderr)
     work = Path(tempfile.mkdtemp(prefix="bench-auth-"))
     try:
         result: dict = {"uptime_before": uptime}
-        for insecure in (False, True):
+        for insecure in () if args.skip_swarm else (False, True):
             label = "open" if insecure else "private"
             result[label] = measure_swarm(work, insecure, args.sessions, args.tokens)
             print(f"{label}: {result[label]}", file=sys.stderr)
@@ -210,11 +211,12 @@ def main() -> None:
                 label = "averaging_private" if private else "averaging_open"
                 result[label] = measure_averaging(work, private, args.rounds)
                 print(f"{label}: {result[label]}", file=sys.stderr)
-        p, o = result["private"], result["open"]
-        result["added_ms_per_decode_step_per_hop"] = round(
-            p["decode"]["step_ms_per_hop_median"] - o["decode"]["step_ms_per_hop_median"], 3
-        )
-        result["gather_ratio"] = round(p["gather"]["seconds"] / o["gather"]["seconds"], 3)
+        if not args.skip_swarm:
+            p, o = result["private"], result["open"]
+            result["added_ms_per_decode_step_per_hop"] = round(
+                p["decode"]["step_ms_per_hop_median"] - o["decode"]["step_ms_per_hop_median"], 3
+            )
+            result["gather_ratio"] = round(p["gather"]["seconds"] / o["gather"]["seconds"], 3)
         if not args.skip_averaging:
             result["averaging_round_ratio"] = round(
                 result["averaging_private"]["round_seconds_median"]
