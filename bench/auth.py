@@ -8,8 +8,8 @@
   but the client interceptor's wrapping of the stream; ``open_session_ms`` is the checked
   unary call (credential cache hit).
 - **gather**: ``node0 gather`` of the model (HF safetensors only, no GGUF) from each swarm.
-- **averaging round**: two replica processes (``tests/programs/averaging_peer.py``) average
-  LoRA gradients for ``--rounds`` rounds, with host credentials (DHT authorizer, averaging
+- **averaging round**: two replica processes (``tests/programs/averaging_peer.py``, layers
+  [2, 4) of the tiny model) average LoRA gradients for ``--rounds`` rounds, with host credentials (DHT authorizer, averaging
   gate, robust aggregation) and without; median round seconds from their reports.
 
 The 1-minute load average is recorded next to every figure (this machine is shared). Last line
@@ -118,11 +118,12 @@ def measure_swarm(work: Path, insecure: bool, sessions: int, tokens: int) -> dic
 
 
 def measure_averaging(work: Path, private: bool, rounds: int) -> dict:
-    from models.assets import prepare_model
+    from models.tiny import build_tiny_llama
 
-    model_dir = prepare_model(MODEL)
     run = work / f"avg-{private}"
     run.mkdir()
+    # the replica program trains layers [2, 4) of the tiny model (the tests' averaging peer)
+    model_dir = build_tiny_llama(run / "tiny-llama", seed=0)
     args = ["--model-dir", str(model_dir), "--workdir", str(run), "--rounds", str(rounds)]
     args += ["--group", "2"]
     creds = {}
