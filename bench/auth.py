@@ -9,8 +9,9 @@
   unary call (credential cache hit).
 - **gather**: ``node0 gather`` of the model (HF safetensors only, no GGUF) from each swarm.
 - **averaging round**: two replica processes (``tests/programs/averaging_peer.py``, layers
-  [2, 4) of the tiny model) average LoRA gradients for ``--rounds`` rounds, with host credentials (DHT authorizer, averaging
-  gate, robust aggregation) and without; median round seconds from their reports.
+  [2, 4) of the tiny model) average LoRA gradients for ``--rounds`` rounds, with host
+  credentials (DHT authorizer, averaging gate, robust aggregation) and without; median round
+  seconds from their reports.
 
 The 1-minute load average is recorded next to every figure (this machine is shared). Last line
 JSON::
