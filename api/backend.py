@@ -102,13 +102,15 @@ class SwarmBackend:
         with self._listing_lock:
             now = time.monotonic()
             if self._listing is None or now - self._listing_at > self.listing_ttl:
-                adapters = full_route_adapters(self.client.records())
-                adapters = tuple(sorted({*adapters, *self._deployed_versions(adapters)}))
+                records = self.client.records()
+                adapters = full_route_adapters(records)
+                deployed = self._deployed_versions(records, adapters)
+                adapters = tuple(sorted({*adapters, *deployed}))
                 self._listing = ServedModels(self.model_id, adapters)
                 self._listing_at = time.monotonic()
             return self._listing
 
-    def _deployed_versions(self, served: tuple[str, ...]) -> tuple[str, ...]:
+    def _deployed_versions(self, records, served: tuple[str, ...]) -> tuple[str, ...]:
         """Registry versions of this base model deployed on some rig (docs/registry.md): one
         the route does not announce yet is loaded on the daemons at run time (a no-op where
         held), so it is a model id from the deploy on. A version that fails to load is logged
@@ -127,7 +129,7 @@ class SwarmBackend:
                 if time.monotonic() < self._load_failed.get(version.adapter, 0.0):
                     continue
                 try:
-                    load_on_swarm(self.client.records(), version)
+                    load_on_swarm(records, version)
                 except Node0Error as exc:
                     log.warning("cannot serve %s: %s", version.version, exc)
                     self._load_failed[version.adapter] = time.monotonic() + 60.0

@@ -44,13 +44,13 @@ def test_resolution_and_deployed_versions(tmp_path, monkeypatch):
     backend = SwarmBackend.__new__(SwarmBackend)
     backend.client = type("Client", (), {"model": "smollm2-135m", "records": lambda self: []})()
     backend._load_failed = {}
-    assert backend._deployed_versions(("tuned",)) == ("deacon-v2",)
+    assert backend._deployed_versions([], ("tuned",)) == ("deacon-v2",)
     assert [v.version for v in loads] == ["deacon-v2"]
-    assert backend._deployed_versions(("deacon-v2",)) == ("deacon-v2",) and len(loads) == 1
+    assert backend._deployed_versions([], ("deacon-v2",)) == ("deacon-v2",) and len(loads) == 1
 
     def refuse(records, version):
         raise RequestError("wrong_model")
 
     monkeypatch.setattr(registry_models, "load_on_swarm", refuse)
-    assert backend._deployed_versions(()) == ()
+    assert backend._deployed_versions([], ()) == ()
     assert backend._load_failed["deacon-v2"] > time.monotonic()  # not retried every second
