@@ -1,4 +1,5 @@
-"""The real model in bfloat16: a 3-stage swarm of bf16 daemons against transformers in bf16.
+"""bfloat16 swarms against transformers in bf16: the tiny model (default tier) and the real one
+(``slow``: 100 s on two cores, the same code path at SmolLM2's shapes).
 
 Each stage holds its weights and KV-cache in bfloat16 and sends its activations in bfloat16
 (half the bytes per hop); the last stage samples from its logits cast to float32, as
@@ -41,6 +42,28 @@ def client(smollm2_dir, tmp_path_factory):
             c.close()
 
 
+TINY_SPLIT = [("s0", [(0, 2)]), ("s1", [(2, 4)]), ("s2", [(4, 6)])]
+TINY_PROMPTS = [[5, 17, 99, 3, 42], [1, 2, 3], [200, 100, 50, 25, 12, 6, 3], [7] * 12]
+
+
+def test_tiny_bf16_swarm_greedy_equals_transformers_bf16(tiny_model_dir, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).eval()
+    with torch.inference_mode():
+        reference = reference_generate(model, TINY_PROMPTS, NEW_TOKENS)
+    with local_swarm(tmp_path, str(tiny_model_dir), TINY_SPLIT, dtype="bfloat16") as state:
+        c = SwarmClient(str(tiny_model_dir), state.initial_peers)
+        try:
+            route = c.wait_for_route()
+            assert {(r.dtype, tuple(r.accepts)) for r in route} == {("bfloat16", ("bfloat16",))}
+            results = swarm_generate(c, TINY_PROMPTS, max_new_tokens=NEW_TOKENS, first_logits=True)
+        finally:
+            c.close()
+    for result, (tokens, logits) in zip(results, reference, strict=True):
+        assert result.token_ids == tokens
+        assert (result.first_logits - logits.float()).abs().max().item() <= LOGITS_ATOL
+
+
+@pytest.mark.slow
 def test_bf16_swarm_greedy_equals_transformers_bf16_token_for_token(smollm2_dir, client, prompts):
     model = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.bfloat16).eval()
     with torch.inference_mode():

@@ -93,6 +93,7 @@ def test_same_seed_gives_same_text_twice(client, prompts, tokenizer):
     assert texts == [tokenizer.decode(r.token_ids) for r in second]
 
 
+@pytest.mark.slow
 def test_failover_mid_generation_keeps_greedy_output(smollm2_dir, prompts, reference, tmp_path):
     peers = [
         ("stage0", [(0, 10)]),
