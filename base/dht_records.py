@@ -29,7 +29,9 @@ class StageRecord(BaseModel):
     num_layers: int
     endpoint: str  # host:port of the gRPC service
     peer_id: str
-    state: Literal["online", "offline"] = "online"
+    # joining: a span chosen by automatic placement and being loaded (never routed; it tells
+    # other joining peers the span is taken, see node.placement)
+    state: Literal["online", "joining", "offline"] = "online"
     load: float = 0.0  # active sessions / max sessions
     # the step scheduler over its last 30 s: mean and peak sessions per batch, steps waiting
     # now, mean batch compute time, positions computed per second
@@ -43,6 +45,15 @@ class StageRecord(BaseModel):
     dtype: str = "float32"  # of its weights, KV-cache and the activations it sends
     device: str = "cpu"
     accepts: list[str] = ["float32"]  # activation dtypes it takes (converted to its own)
+    # capacity measured on the loaded span (not load): one-session decode steps per second
+    # through the whole span, and training forward / backward samples per second (one sample
+    # of ``bench_tokens`` positions); 0 means not measured. Routing and placement read these.
+    decode_tokens_per_s: float = 0.0
+    forward_samples_per_s: float = 0.0
+    backward_samples_per_s: float = 0.0
+    bench_tokens: int = 0
+    network_mbps: float = 0.0  # declared link throughput of the peer (0: unknown)
+    hidden_size: int = 0  # bytes per position on the wire = hidden_size × dtype size
 
     @property
     def subkey(self) -> str:

@@ -1,17 +1,24 @@
 """Choose a route through the swarm: stages that cover every layer exactly once.
 
 Among the online records of a model, the planner looks for a chain of spans
-``[0, a), [a, b), …, [y, num_layers)``; with several chains it takes the one with the fewest hops
-and, per span, the least-loaded replica. If no chain exists it names the layers nobody serves, so
-a missing stage fails in seconds instead of hanging.
+``[0, a), [a, b), …, [y, num_layers)``; with several chains it takes the one with the lowest
+estimated time per token (:mod:`base.route_cost`: each hop's measured round trip, its compute
+from the throughput it announced, its queue), or per training sample for a trainer; between
+chains that cost the same, the fewest hops, and per span the least-loaded replica. If no chain
+exists it names the layers nobody serves, so a missing stage fails in seconds instead of hanging.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import heapq
+import itertools
+from collections.abc import Iterable, Mapping
 
 from base.dht_records import StageRecord
 from base.errors import SwarmError
+from base.route_cost import CostModel, Objective
+
+_COST_DIGITS = 9  # costs equal to a nanosecond are ties (float sums differ in the last bits)
 
 
 def _ranges(layers: list[int]) -> str:
@@ -32,14 +39,25 @@ def _takes(record: StageRecord, dtype: str | None) -> bool:
 
 
 def plan_route(
-    records: Iterable[StageRecord], model: str, *, exclude_endpoints: frozenset[str] = frozenset()
+    records: Iterable[StageRecord],
+    model: str,
+    *,
+    exclude_endpoints: frozenset[str] = frozenset(),
+    rtt: Mapping[str, float] | None = None,
+    objective: Objective = "inference",
 ) -> list[StageRecord]:
-    """Return one record per hop, in layer order.
+    """Return one record per hop, in layer order: the cheapest chain.
 
     Each hop takes the dtype the hop before it sends (:mod:`base.precision`): a float16 stage
-    never feeds one that takes only bfloat16. Among chains that agree, the fewest hops; per
-    span (and dtype), the least-loaded replica.
+    never feeds one that takes only bfloat16. Among chains that agree, the lowest estimated
+    time per token (``objective="training"``: per sample), then the fewest hops; per span (and
+    dtype), the cheapest replica, then the least loaded.
+
+    Args:
+        rtt: round-trip seconds per endpoint as this client measured them.
+        objective: ``inference`` or ``training`` (see :class:`base.route_cost.CostModel`).
     """
+    records = list(records)
     online = [
         r
         for r in records
@@ -51,27 +69,38 @@ def plan_route(
             hint="start a swarm (`node0 swarm up`) or check --initial-peers",
         )
     num_layers = max(r.num_layers for r in online)
-    best: dict[tuple[int, int, str, tuple[str, ...]], StageRecord] = {}
+    costs = CostModel.build(online, rtt, objective)
+    best: dict[tuple[int, int, str, tuple[str, ...]], tuple[float, StageRecord]] = {}
     for record in online:
         key = (record.start, record.end, record.dtype, tuple(record.accepts))
+        cost = round(costs.hop_s(record), _COST_DIGITS)
         current = best.get(key)
-        if current is None or (record.load, record.peer_id) < (current.load, current.peer_id):
-            best[key] = record
-    # fewest hops from layer 0 to num_layers: breadth-first over (boundary, dtype sent there)
-    start_state = (0, None)
-    frontier, previous = [start_state], {start_state: None}
+        if current is None or (cost, record.load, record.peer_id) < (
+            current[0],
+            current[1].load,
+            current[1].peer_id,
+        ):
+            best[key] = (cost, record)
+    # cheapest chain from layer 0 to num_layers: Dijkstra over (boundary, dtype sent there),
+    # ordered by (cost, hops); equal entries keep the order of the sorted spans
+    edges = sorted(best.items())
+    order = itertools.count()
+    heap = [(0.0, 0, next(order), (0, None), None)]
+    previous: dict = {}
     goal = None
-    while frontier and goal is None:
-        next_frontier = []
-        for position, dtype in frontier:
-            for key, record in sorted(best.items()):
-                state = (record.end, record.dtype)
-                if key[0] == position and _takes(record, dtype) and state not in previous:
-                    previous[state] = ((position, dtype), record)
-                    next_frontier.append(state)
-                    if record.end == num_layers and goal is None:
-                        goal = state
-        frontier = next_frontier
+    while heap:
+        cost, hops, _, state, came_by = heapq.heappop(heap)
+        if state in previous:
+            continue
+        previous[state] = came_by
+        if state[0] == num_layers:
+            goal = state
+            break
+        for (start, _, _, _), (hop_cost, record) in edges:
+            target = (record.end, record.dtype)
+            if start == state[0] and _takes(record, state[1]) and target not in previous:
+                total = round(cost + hop_cost, _COST_DIGITS)
+                heapq.heappush(heap, (total, hops + 1, next(order), target, (state, record)))
     if goal is None:
         covered = {layer for (s, e, _, _) in best for layer in range(s, e)}
         missing = [layer for layer in range(num_layers) if layer not in covered]
@@ -122,13 +151,19 @@ def replicas_for(
     exclude_endpoints: frozenset[str],
     like: StageRecord | None = None,
     takes: str | None = None,
+    rtt: Mapping[str, float] | None = None,
+    objective: Objective = "inference",
 ) -> list[StageRecord]:
-    """Online replicas of exactly ``span``, least loaded first.
+    """Online replicas of exactly ``span``, cheapest first (then least loaded).
 
     ``like``: only replicas that send what it sends (its dtype), so the next hop still takes
     it; ``takes``: only replicas that take activations in this dtype (what the hop before
-    sends).
+    sends); ``rtt`` and ``objective``: as for :func:`plan_route`.
     """
+    records = list(records)
+    costs = CostModel.build(
+        [r for r in records if r.model == model and r.state == "online"], rtt, objective
+    )
     return sorted(
         (
             r
@@ -140,5 +175,5 @@ def replicas_for(
             and (like is None or r.dtype == like.dtype)
             and _takes(r, takes)
         ),
-        key=lambda r: (r.load, r.peer_id),
+        key=lambda r: (round(costs.hop_s(r), _COST_DIGITS), r.load, r.peer_id),
     )

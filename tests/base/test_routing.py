@@ -108,3 +108,78 @@ def test_a_failover_replica_sends_the_same_dtype_and_takes_what_comes_before():
     assert [r.endpoint for r in found] == ["bbf"]
     takes = replicas_for(records, (10, 20), "m", exclude_endpoints=frozenset(), takes="bfloat16")
     assert [r.endpoint for r in takes] == ["bbf", "b32"]  # float32 takes bfloat16 exactly
+
+
+# --- routing by estimated cost (base.route_cost) -------------------------------------------------
+
+
+def fast(record, tokens_per_s, *, fwd=0.0, bwd=0.0, queue=0, step_ms=0.0):
+    return record.model_copy(
+        update={
+            "decode_tokens_per_s": tokens_per_s,
+            "forward_samples_per_s": fwd,
+            "backward_samples_per_s": bwd,
+            "queue_depth": queue,
+            "step_ms": step_ms,
+        }
+    )
+
+
+def test_a_longer_but_faster_chain_beats_a_shorter_slow_one():
+    # two hops at 5 tokens/s each: 0.4 s per token; three hops at 100 tokens/s: 0.03 s + RTTs
+    slow = [fast(rec(0, 15, "x"), 5.0), fast(rec(15, 30, "y"), 5.0)]
+    quick = [fast(rec(0, 10, "a"), 100.0), fast(rec(10, 20, "b"), 100.0)]
+    quick.append(fast(rec(20, 30, "c"), 100.0))
+    rtt = {e: 0.01 for e in "xyabc"}
+    assert [r.endpoint for r in plan_route(slow + quick, "m", rtt=rtt)] == ["a", "b", "c"]
+    # with the same compute per layer, the extra hop's round trip decides: fewest hops
+    even = [fast(rec(0, 15, "x"), 100.0 * 10 / 15), fast(rec(15, 30, "y"), 100.0 * 10 / 15)]
+    assert [r.endpoint for r in plan_route(even + quick, "m", rtt=rtt)] == ["x", "y"]
+
+
+def test_measured_round_trips_pick_the_near_replica_and_can_outweigh_a_hop():
+    records = [rec(0, 10, "a"), rec(10, 20, "far"), rec(10, 20, "near"), rec(20, 30, "c")]
+    rtt = {"a": 0.001, "far": 0.2, "near": 0.002, "c": 0.001}
+    assert [r.endpoint for r in plan_route(records, "m", rtt=rtt)] == ["a", "near", "c"]
+    # a two-hop chain through a 300 ms peer loses to three hops of 1-2 ms
+    records += [rec(0, 15, "x"), rec(15, 30, "y")]
+    rtt |= {"x": 0.3, "y": 0.001}
+    assert [r.endpoint for r in plan_route(records, "m", rtt=rtt)] == ["a", "near", "c"]
+
+
+def test_queue_depth_times_step_time_counts():
+    records = [
+        rec(0, 10, "a"),
+        fast(rec(10, 20, "busy"), 100.0, queue=8, step_ms=50.0),  # 0.4 s of queued steps
+        fast(rec(10, 20, "idle"), 50.0),  # slower, but nothing queued
+        rec(20, 30, "c"),
+    ]
+    assert plan_route(records, "m")[1].endpoint == "idle"
+    found = replicas_for(records, (10, 20), "m", exclude_endpoints=frozenset())
+    assert [r.endpoint for r in found] == ["idle", "busy"]
+
+
+def test_unmeasured_spans_cost_the_swarms_median_layer_time_not_nothing():
+    # "u" announced no throughput: it is not free; it costs what a measured layer costs
+    records = [
+        fast(rec(0, 10, "a"), 10.0),
+        fast(rec(10, 20, "b"), 10.0),
+        rec(10, 20, "u"),
+        fast(rec(20, 30, "c"), 10.0),
+    ]
+    rtt = {e: 0.001 for e in ("a", "b", "c", "u")}
+    hops = plan_route(records, "m", rtt=rtt)
+    assert hops[1].endpoint == "b"  # tie on cost: the peer id order keeps it stable
+
+
+def test_trainers_pick_by_forward_and_backward_throughput():
+    records = [
+        fast(rec(0, 15, "x"), 100.0, fwd=1.0, bwd=0.5),  # 3 s per sample
+        fast(rec(15, 30, "y"), 100.0, fwd=1.0, bwd=0.5),
+        fast(rec(0, 10, "a"), 10.0, fwd=20.0, bwd=10.0),  # 0.15 s per sample
+        fast(rec(10, 20, "b"), 10.0, fwd=20.0, bwd=10.0),
+        fast(rec(20, 30, "c"), 10.0, fwd=20.0, bwd=10.0),
+    ]
+    assert [r.endpoint for r in plan_route(records, "m")] == ["x", "y"]  # fast decode
+    trained = plan_route(records, "m", objective="training")
+    assert [r.endpoint for r in trained] == ["a", "b", "c"]
