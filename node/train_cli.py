@@ -164,6 +164,7 @@ def run(args: argparse.Namespace) -> int:
                 if config.data.kind == "dpo"
                 else []
             ),
+            *([f"init: the adapter starts from {config.init_from}"] if config.init_from else []),
         ],
     )
     if config.model in CATALOG:
@@ -172,6 +173,14 @@ def run(args: argparse.Namespace) -> int:
         status("prepare", f"{config.model} tokenizer")
         prepare_model(config.model)
     model_dir = resolve_model_dir(config.model)
+    init = None
+    if config.init_from is not None:
+        from training.init_adapter import resolve_init_adapter
+
+        init = resolve_init_adapter(
+            config.init_from, model=config.model, model_dir=model_dir, lora=config.lora
+        )
+        status("init", f"{config.init_from}: adapter sha256 {init.sha256[:16]}…")
     loaders = build_loaders(config.data, model_dir=model_dir)
     train = loaders.train
     run = create_run_dir(
@@ -189,6 +198,8 @@ def run(args: argparse.Namespace) -> int:
             "initial_peers": peers,
         },
     )
+    if init is not None:
+        run.set("init_adapter", init.record())
     run.set(
         "data",
         {
@@ -208,7 +219,14 @@ def run(args: argparse.Namespace) -> int:
         shutil.copyfile(args.resume / REFERENCE_CACHE, run.path / REFERENCE_CACHE)
     client = SwarmClient(config.model, peers)
     trainer = SwarmTrainer(
-        config, run=run, loaders=loaders, run_id=run_id, records_fn=client.records
+        config,
+        run=run,
+        loaders=loaders,
+        run_id=run_id,
+        records_fn=client.records,
+        init=init,
+        load_init=_load_init(config),
+        resuming=checkpoint is not None,
     )
     try:
         client.wait_for_route()
@@ -294,6 +312,18 @@ def run(args: argparse.Namespace) -> int:
     finally:
         trainer.close_route()
         client.close()
+
+
+def _load_init(config):
+    """Attaches the init adapter under ``config.adapter`` on every daemon of the model."""
+
+    def load(records, init) -> int:
+        from inference.registry_models import RegisteredModel, load_on_swarm
+
+        named = RegisteredModel(init.source, config.model, config.adapter, init.sha256, init.path)
+        return load_on_swarm(records, named)
+
+    return load
 
 
 def _dpo_summary(before: dict, after: dict, state) -> dict:

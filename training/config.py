@@ -59,6 +59,12 @@ class TrainConfig(OptimizerSettings):
     adapter: str = "gastown"
     """The LoRA adapter trained on every stage (a slug); inference requests it by name."""
     lora: LoraSettings = Field(default_factory=LoraSettings)
+    init_from: str | None = Field(None, min_length=1)
+    """Start :attr:`adapter` from this adapter's weights instead of LoRA's zero-B init: a PEFT
+    adapter directory (``node0 gather --adapters-only``) or a registry version
+    (``deacon-v2``), checked against the model and :attr:`lora` before anything is sent
+    (:mod:`training.init_adapter`). E.g. DPO from the SFT adapter, with
+    ``dpo.reference_adapter`` naming the same SFT adapter; None: a fresh adapter."""
     steps: int = Field(20, ge=1)
     """Optimizer steps in total (a resumed run continues to this number)."""
     micro_batch_size: int | None = Field(None, ge=1)

@@ -50,6 +50,7 @@ from training.dpo_step import (
     pipeline_dpo_step,
     pipeline_sequence_logprobs,
 )
+from training.init_adapter import InitAdapter
 from training.loss_scaler import DynamicLossScaler
 from training.pipeline_step import MicroBatch, pipeline_eval_loss, pipeline_train_step
 from training.reference_cache import ReferenceCache, row_key
@@ -123,6 +124,9 @@ class SwarmTrainer:
         run_id: str,
         trainer_id: str | None = None,
         echo=None,
+        init: InitAdapter | None = None,
+        load_init: Callable[[list, InitAdapter], int] | None = None,
+        resuming: bool = False,
     ):
         self.config = config
         self.run = run
@@ -140,6 +144,13 @@ class SwarmTrainer:
         self.dpo = config.data.kind == "dpo"
         self.objective = DPOObjective(config.dpo.beta, config.dpo.label_smoothing)
         self.reference: ReferenceCache | None = None
+        self.init = init
+        self.load_init = load_init  # attaches ``init`` on the swarm's daemons (node0 train)
+        self.resuming = resuming
+        self._init_attached = False
+        # a daemon attaches an init adapter with the settings of its adapter_config.json, and
+        # the job must ask for exactly those (the config's differ at most in init_seed)
+        self.lora = init.settings if init is not None else config.lora
 
     # -- lifecycle -----------------------------------------------------------------------
     def set_state(self, lifecycle: str, detail: str = "") -> None:
@@ -164,7 +175,7 @@ class SwarmTrainer:
             trainable=f"adapter:{cfg.adapter}",
             optimizer=self.optimizer,
             model=cfg.model,
-            lora=cfg.lora,
+            lora=self.lora,
             replicas=cfg.replicas,
             averaging=cfg.averaging,
             checkpoint_every=0,
@@ -207,6 +218,8 @@ class SwarmTrainer:
         """Open the job on a route; returns the step every stage agrees it is at."""
         self.close_route()
         records = self._plan_precision(self.records_fn())
+        if self.init is not None and not self._init_attached:
+            self._attach_init(records)
         self.stages, replies = open_route(
             records,
             self.config.model,
@@ -218,7 +231,7 @@ class SwarmTrainer:
         )
         steps = {(c.start, c.end): int(r.step) for c, r in zip(self.stages, replies, strict=True)}
         fingerprints = {r.fingerprint for r in replies}
-        if fingerprints != {self.config.lora.fingerprint()}:
+        if fingerprints != {self.lora.fingerprint()}:
             raise ConfigError(
                 f"stages hold adapter {self.config.adapter!r} with other LoRA "
                 f"settings: {sorted(fingerprints)}"
@@ -255,6 +268,25 @@ class SwarmTrainer:
             + scaling
         )
         return next(iter(steps.values()))
+
+    def _attach_init(self, records: list) -> None:
+        """Attach the init adapter under the trained adapter's name on every daemon, once."""
+        cfg, init = self.config, self.init
+        held = sorted({r.endpoint for r in records if cfg.adapter in (r.adapters or ())})
+        if held and not self.resuming and cfg.replicas == 1:
+            raise ConfigError(
+                f"adapter {cfg.adapter!r} is already on {', '.join(held)}: a run initialised "
+                f"from {init.source} trains a fresh adapter name",
+                hint="name another adapter, or --resume the run that trained it",
+            )
+        if self.load_init is None:
+            raise ConfigError("init_from needs a swarm to attach the init adapter on")
+        attached = self.load_init(records, init)
+        self._init_attached = True
+        self.echo(
+            f"[init] {cfg.adapter!r} starts from {init.source} (sha256 {init.sha256[:16]}…; "
+            f"attached on {attached} daemon(s))"
+        )
 
     def close_route(self) -> None:
         for client in self.stages:
