@@ -1,8 +1,10 @@
 """Starting a hivemind DHT peer the way this project needs it.
 
 Sets hivemind's shared-memory strategy to ``file_descriptor`` before hivemind is imported (the
-default leaves ``/dev/shm/torch_*`` files behind after a crash) and turns a failed bootstrap into
-a :class:`SwarmError` that says which peers were tried.
+default leaves ``/dev/shm/torch_*`` files behind after a crash), installs the record validators
+every node0 peer must share (owner signatures and the stage-record schema,
+:mod:`base.dht_schema`) and turns a failed bootstrap into a :class:`SwarmError` that says which
+peers were tried.
 """
 
 from __future__ import annotations
@@ -21,8 +23,11 @@ import sys  # noqa: E402
 import time  # noqa: E402
 
 import hivemind  # noqa: E402
+from hivemind.utils.auth import TokenAuthorizerBase  # noqa: E402
+from hivemind.utils.crypto import RSAPrivateKey  # noqa: E402
 from hivemind.utils.multiaddr import codecs as _multiaddr_codecs  # noqa: E402
 
+from base.dht_schema import node0_validators, owner_marker  # noqa: E402
 from base.errors import SwarmError  # noqa: E402
 
 # hivemind imports its multiaddr codecs (and netaddr) lazily, by name. A DHT or averager child
@@ -84,6 +89,7 @@ def start_dht(
     start_timeout: float = DHT_START_TIMEOUT,
     attempts: int = DHT_START_ATTEMPTS,
     authorizer=None,
+    signing_key: RSAPrivateKey | None = None,
 ) -> hivemind.DHT:
     """A running DHT peer, or :class:`SwarmError` if it cannot join or is not up in time.
 
@@ -92,9 +98,22 @@ def start_dht(
     retried: it is an answer, not a hang.
 
     ``authorizer``: a hivemind ``AuthorizerBase`` every DHT request and response of this peer is
-    signed and checked with (a private swarm's: :mod:`security.dht_authorizer`).
+    signed and checked with (a private swarm's: :mod:`security.dht_authorizer`). Its key (a
+    ``TokenAuthorizerBase``'s) also signs this peer's records unless ``signing_key`` is given;
+    without either, the process-wide key does (an open swarm still signs: only the owner
+    rewrites a record). An authorizer may bring
+    record validators of its own (``record_validators()``: the swarm's revocation list).
+
+    The returned DHT carries ``owner_marker``, the ``[owner:<key>]`` its records' subkeys carry
+    (:func:`base.dht_records.announce`).
     """
     where = ", ".join(initial_peers) if initial_peers else "(none)"
+    if signing_key is None and isinstance(authorizer, TokenAuthorizerBase):
+        signing_key = authorizer._local_private_key
+    signing_key = signing_key or RSAPrivateKey.process_wide()
+    validators = node0_validators(signing_key)
+    if hasattr(authorizer, "record_validators"):
+        validators += authorizer.record_validators()
     for attempt in range(1, attempts + 1):
         dht = None
         gc.collect()  # the parent's finalizers run here, where their threads and locks live
@@ -104,9 +123,11 @@ def start_dht(
                 host_maddrs=host_maddrs or ["/ip4/127.0.0.1/tcp/0"],
                 client_mode=client_mode,
                 authorizer=authorizer,
+                record_validators=validators,
                 start=False,
             )
             dht.run_in_background(await_ready=True, timeout=start_timeout)
+            dht.owner_marker = owner_marker(signing_key)
             return dht
         except TimeoutError as exc:
             if dht is not None:

@@ -1,9 +1,12 @@
 """Stage announcements in the DHT: a validated record per (peer, stage), with an expiration.
 
-All stages of a model live under one DHT key, one subkey per ``peer:start-end``, so a client reads
-the whole model's layout with a single ``get``. A daemon refreshes its records every heartbeat; a
-record that is not refreshed expires and drops out of routing. On shutdown a daemon overwrites its
-records with ``state: offline`` so clients stop routing to it at once.
+All stage records of the swarm live under one DHT key (:data:`STAGES_KEY`), one subkey per
+``model|peer:start-end[owner:<key>]``, so a client reads a model's layout with a single ``get``.
+The owner marker makes the record writable by its owner alone: the DHT peer signs it, and every
+peer checks the signature and the record's schema (:mod:`base.dht_schema`). A daemon refreshes
+its records every heartbeat; a record that is not refreshed expires and drops out of routing. On
+shutdown a daemon overwrites its records with ``state: offline`` so clients stop routing to it at
+once.
 """
 
 from __future__ import annotations
@@ -64,18 +67,31 @@ class StageRecord(BaseModel):
         return (self.start, self.end)
 
 
-def model_key(model: str) -> str:
-    return f"node0:v1:{model}:stages"
+STAGES_KEY = "node0:v1:stages"
+"""The DHT key every stage record lives under (its subkeys: :func:`dht_subkey`)."""
+
+
+def dht_subkey(record: StageRecord, owner: str) -> str:
+    """The record's subkey: model, peer and span, then ``owner`` (``[owner:<public key>]``)."""
+    return f"{record.model}|{record.subkey}{owner}"
+
+
+def _owner_of(dht) -> str:
+    owner = getattr(dht, "owner_marker", None)
+    if owner is None:
+        raise ValueError("this DHT peer signs no records: start it with base.dht.start_dht")
+    return owner
 
 
 def announce(dht, records: list[StageRecord], ttl: float, *, timeout: float = 10.0) -> None:
-    """Store the records with an expiration ``ttl`` from now; raises TimeoutError if the DHT
-    does not answer within ``timeout`` seconds."""
+    """Store the records, signed, with an expiration ``ttl`` from now; raises TimeoutError if
+    the DHT does not answer within ``timeout`` seconds."""
+    owner = _owner_of(dht)
     expiration = get_dht_time() + ttl
     futures = [
         dht.store(
-            model_key(r.model),
-            subkey=r.subkey,
+            STAGES_KEY,
+            subkey=dht_subkey(r, owner),
             value=r.model_dump(),
             expiration_time=expiration,
             return_future=True,
@@ -92,14 +108,26 @@ def announce(dht, records: list[StageRecord], ttl: float, *, timeout: float = 10
 
 
 def fetch_records(dht, model: str) -> list[StageRecord]:
-    """All unexpired, well-formed records of ``model`` (malformed ones are logged and skipped)."""
-    found = dht.get(model_key(model), latest=True)
+    """All unexpired, well-formed records of ``model`` (malformed ones are logged and skipped).
+
+    Each record came through the DHT's signature and schema checks; one whose content does not
+    name the model, peer and span of its subkey is skipped too (an owner may write only its own
+    subkeys, and a record names the subkey it was written under).
+    """
+    found = dht.get(STAGES_KEY, latest=True)
     if found is None or not isinstance(found.value, dict):
         return []
     records = []
     for subkey, item in found.value.items():
+        if not isinstance(subkey, str) or not subkey.startswith(f"{model}|"):
+            continue
         try:
-            records.append(StageRecord.model_validate(item.value))
+            record = StageRecord.model_validate(item.value)
         except ValidationError as exc:
             log.warning("ignoring malformed stage record %r: %s", subkey, exc)
+            continue
+        if record.model != model or not subkey.startswith(f"{model}|{record.subkey}[owner:"):
+            log.warning("ignoring stage record %r: it names another subkey", subkey)
+            continue
+        records.append(record)
     return sorted(records, key=lambda r: (r.start, r.end, r.peer_id))

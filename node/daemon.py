@@ -217,6 +217,8 @@ class Daemon:
                     )
                 except TimeoutError:
                     log.warning("DHT heartbeat timed out; retrying next period")
+                # revocations issued on another machine take effect here within one beat
+                access.sync_revocations(self.dht, timeout=ANNOUNCE_TIMEOUT_S)
         finally:
             self._shutdown(executor)
         return 0

@@ -189,8 +189,16 @@ class SwarmAuthority:
     def revoke(self, names_or_ids: list[str]) -> list[dict]:
         """Revoke every credential issued to a name, or with an id, in ``names_or_ids``.
 
-        Returns the issued entries revoked; raises ConfigError when one matches nothing.
+        Writes the next list to :attr:`revocations_path` (daemons reading it publish it in the
+        DHT). Returns the issued entries revoked; raises ConfigError when one matches nothing.
         """
+        updated, hits = self.next_revocations(names_or_ids)
+        updated.save(self.revocations_path)
+        return hits
+
+    def next_revocations(self, names_or_ids: list[str]) -> tuple[RevocationList, list[dict]]:
+        """The signed list that would follow the current one with ``names_or_ids`` added, and
+        the issued entries it revokes (nothing is written)."""
         issued = self.issued()
         hits = []
         for key in names_or_ids:
@@ -203,10 +211,7 @@ class SwarmAuthority:
         revoked.update({e["credential_id"]: e["name"] for e in hits})
         updated = RevocationList(swarm_id=self.swarm_id, serial=current.serial + 1, revoked=revoked)
         updated.signature = base64.b64encode(self._key.sign(updated.body())).decode()
-        tmp = self.revocations_path.with_name(f".revoked.{secrets.token_hex(4)}.tmp")
-        tmp.write_text(updated.model_dump_json(indent=2) + "\n")
-        os.replace(tmp, self.revocations_path)
-        return hits
+        return updated, hits
 
 
 LOCAL_ROLES = (Role.CLIENT, Role.TRAINER, Role.GATHERER, Role.HOST)

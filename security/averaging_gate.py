@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from hivemind.utils.timed_storage import get_dht_time
@@ -41,7 +42,9 @@ def _proof_message(swarm_id: str, peer_id: str) -> bytes:
 
 
 class AveragingGate:
-    def __init__(self, credential: CredentialFile, revocations: Path | None = None):
+    def __init__(
+        self, credential: CredentialFile, revocations: Path | Sequence[Path] | None = None
+    ):
         self.credential = credential
         self.revocations = revocations
         self.swarm_id = credential.credential.swarm_id

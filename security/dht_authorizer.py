@@ -11,12 +11,15 @@ bootstrap ping goes unanswered: "none of the initial_peers responded".
 Stores are further limited to :data:`security.roles.DHT_WRITERS` (hosts): a client, trainer or
 gatherer reads the DHT but cannot write to it.
 
-It runs in the DHT's child process (the DHT forks), so it reads the revocation list itself.
+It runs in the DHT's child process (the DHT forks), so it reads the revocation list itself. It
+also brings the record validator of the swarm's revocation list in the DHT
+(:meth:`record_validators`, installed by :func:`base.dht.start_dht`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from hivemind.proto import dht_pb2
@@ -24,6 +27,7 @@ from hivemind.proto.auth_pb2 import AccessToken
 from hivemind.utils.auth import TokenAuthorizerBase
 
 from security.credentials import CredentialFile, CredentialRefused
+from security.revocation import RevocationRecordValidator
 from security.roles import DHT_WRITERS
 from security.trust import SwarmTrust
 
@@ -31,7 +35,9 @@ log = logging.getLogger(__name__)
 
 
 class SwarmAuthorizer(TokenAuthorizerBase):
-    def __init__(self, credential: CredentialFile, revocations: Path | None = None):
+    def __init__(
+        self, credential: CredentialFile, revocations: Path | Sequence[Path] | None = None
+    ):
         super().__init__(local_private_key=credential.rsa_private_key())
         self.credential = credential
         self._revocations = revocations
@@ -42,6 +48,10 @@ class SwarmAuthorizer(TokenAuthorizerBase):
         if self._trust is None:  # built lazily: in the DHT child, after the fork
             self._trust = SwarmTrust.of(self.credential, self._revocations)
         return self._trust
+
+    def record_validators(self) -> list:
+        """Validators every peer of this swarm installs besides node0's own."""
+        return [RevocationRecordValidator(self.credential.authority_public)]
 
     async def get_token(self) -> AccessToken:
         return AccessToken(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from base.refusals import Reason
@@ -20,14 +21,16 @@ _CACHE_LIMIT = 4096
 
 
 class SwarmTrust:
-    def __init__(self, authority_public: bytes, revocations: Path | None = None):
+    def __init__(self, authority_public: bytes, revocations: Path | Sequence[Path] | None = None):
         self.authority_public = authority_public
         self.revocations = RevocationWatcher(revocations, authority_public)
         self._cache: dict[str, tuple[Credential, SignedCredential]] = {}
         self._lock = threading.Lock()
 
     @classmethod
-    def of(cls, credential: CredentialFile, revocations: Path | None = None) -> SwarmTrust:
+    def of(
+        cls, credential: CredentialFile, revocations: Path | Sequence[Path] | None = None
+    ) -> SwarmTrust:
         return cls(credential.authority_public, revocations)
 
     def check(self, wire: str, *, now: float | None = None) -> tuple[Credential, SignedCredential]:

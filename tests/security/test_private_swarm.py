@@ -1,8 +1,11 @@
 """A private swarm of real daemons: outsiders, expired, revoked, other-swarm and under-privileged
-credentials are refused at the DHT and at every gRPC method, and the swarm keeps serving."""
+credentials are refused at the DHT and at every gRPC method, a member cannot rewrite another's
+stage record, a revocation published in the DHT reaches every daemon within a heartbeat, and the
+swarm keeps serving."""
 
 from __future__ import annotations
 
+import base64
 import time
 from pathlib import Path
 
@@ -12,7 +15,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from base.dht import start_dht
-from base.dht_records import model_key
+from base.dht_records import STAGES_KEY, StageRecord
 from base.errors import ExitCode, SwarmError
 from base.refusals import Reason, reason_of
 from inference.swarm_client import SwarmClient
@@ -28,6 +31,7 @@ from security.authority import SwarmAuthority, default_authority_dir
 from security.credentials import CredentialFile
 from security.dht_authorizer import SwarmAuthorizer
 from security.grpc_auth import CallSigner, secure_channel
+from security.revocation import RevocationList, fetch, publish
 from tests.fixtures import local_swarm, reference_generate, run_cli, swarm_generate
 
 pytestmark = pytest.mark.integration
@@ -159,28 +163,39 @@ def test_outsider_cannot_join_the_dht(swarm, client, tiny_model_dir, tmp_path):
     _still_serving(client, tiny_model_dir)
 
 
-def test_a_client_credential_cannot_store_over_a_hosts_record(
-    swarm, client, authority, tiny_model_dir
+def _raw_subkey(dht, record: StageRecord) -> str:
+    """The DHT subkey ``record`` lives under (it ends with its owner's marker)."""
+    found = dht.get(STAGES_KEY, latest=True)
+    prefix = f"{record.model}|{record.subkey}[owner:"
+    return next(k for k in found.value if k.startswith(prefix))
+
+
+@pytest.mark.parametrize("role", ["client", "host"])
+def test_a_member_cannot_overwrite_drop_or_forge_a_hosts_record(
+    swarm, client, authority, tiny_model_dir, role
 ):
     records = client.records()
     victim = records[0]
-    member = authority.invite("nosy-client", "client")
+    member = authority.invite(f"nosy-{role}", role)
     dht = start_dht(swarm.initial_peers, client_mode=True, authorizer=SwarmAuthorizer(member))
+    later = time.time() + 3600
     try:
         forged = victim.model_dump() | {"endpoint": "127.0.0.1:1", "load": 0.0}
         # hivemind's store() answers True from a client-mode peer even when every host
         # refused it; what counts is the record the swarm serves afterwards
-        dht.store(
-            model_key(victim.model),
-            subkey=victim.subkey,
-            value=forged,
-            expiration_time=time.time() + 600,
-        )
+        dht.store(STAGES_KEY, subkey=_raw_subkey(dht, victim), value=forged, expiration_time=later)
+        # no owner marker; a wrongly typed record under the member's own marker; a plain value
+        # over the whole key (hivemind's one way to drop other peers' subkeys)
+        own = f"{victim.model}|{victim.subkey}{dht.owner_marker}"
+        dht.store(STAGES_KEY, subkey=f"{victim.model}|x:0-2", value=forged, expiration_time=later)
+        dht.store(STAGES_KEY, subkey=own, value=forged | {"start": 0.0}, expiration_time=later)
+        dht.store(STAGES_KEY, value="gone", expiration_time=later)
     finally:
         dht.shutdown()
     time.sleep(1.5)
-    after = {r.subkey: r for r in client.records()}
-    assert after[victim.subkey].endpoint == victim.endpoint
+    after = client.records()
+    assert [r.endpoint for r in after if r.subkey == victim.subkey] == [victim.endpoint]
+    assert all(r.endpoint != "127.0.0.1:1" for r in after)
     _still_serving(client, tiny_model_dir)
 
 
@@ -234,3 +249,71 @@ def test_a_daemon_without_credential_refuses_to_start(tiny_model_dir, tmp_path):
     result = run_cli(["node.cli", "serve", "--config", str(config)], timeout=120)
     assert result.returncode == ExitCode.CONFIG, result.stderr
     assert "no swarm credential" in result.stderr and "insecure_open_swarm" in result.stderr
+
+
+def test_a_revocation_published_in_the_dht_reaches_every_daemon_within_a_heartbeat(
+    swarm, client, authority, tiny_model_dir, tmp_path
+):
+    """The daemons here also read the authority's file; this list reaches them only through
+    the DHT, as it would on machines other than the one ``node0 swarm revoke`` ran on."""
+    records = client.records()
+    far_client = authority.invite("far-client", "client")
+    far_host = authority.invite("far-host", "host")
+
+    def open_on(record: StageRecord):
+        channel = secure_channel(grpc.insecure_channel(record.endpoint), CallSigner(far_client))
+        request = node0_pb2.OpenSessionRequest(
+            model=record.model, start=record.start, end=record.end, max_length=8
+        )
+        return lambda: node0_pb2_grpc.StageStub(channel).OpenSession(request, timeout=10)
+
+    calls = [open_on(r) for r in records]
+    assert all(call().session_id for call in calls)
+    publisher = authority.invite("publisher", "host")
+    dht = start_dht(swarm.initial_peers, client_mode=True, authorizer=SwarmAuthorizer(publisher))
+    updated = None
+    try:
+        # the daemons publish the list they read from the authority's file
+        on_file = authority.revocations()
+        if on_file.serial > 0:
+            deadline = time.monotonic() + 10
+            while (fetch(dht, authority.public) or on_file).serial < on_file.serial:
+                assert time.monotonic() < deadline, "the operator's list never reached the DHT"
+                time.sleep(0.5)
+        # a list the authority did not sign is refused by every peer, whatever its serial
+        rogue = SwarmAuthority.init(tmp_path / "rogue")
+        forged = RevocationList(
+            swarm_id=authority.swarm_id,
+            serial=on_file.serial + 1000,
+            revoked={far_client.credential.credential_id: "far-client"},
+        )
+        forged.signature = base64.b64encode(rogue._key.sign(forged.body())).decode()
+        publish(dht, forged)
+        time.sleep(2.5)
+        assert all(call().session_id for call in calls)
+        assert (fetch(dht, authority.public) or on_file).serial < forged.serial
+
+        updated, _ = authority.next_revocations(["far-client", "far-host"])
+        publish(dht, updated)
+        started = time.monotonic()
+        pending = list(calls)
+        while pending:
+            try:
+                assert pending[0]().session_id, "a daemon still serves a revoked peer"
+            except grpc.RpcError as exc:
+                assert reason_of(exc) == Reason.CREDENTIAL_REVOKED
+                pending.pop(0)
+                continue
+            # one heartbeat (1 s here) to read the DHT, and a second for the file watchers
+            assert time.monotonic() - started < 6.0, "a daemon still serves a revoked peer"
+            time.sleep(0.2)
+        time.sleep(1.5)  # the DHT children's watchers re-read the copy within a second
+        with pytest.raises(SwarmError, match="cannot join the DHT"):
+            start_dht(swarm.initial_peers, authorizer=SwarmAuthorizer(far_host))
+    finally:
+        dht.shutdown()
+        if updated is not None:  # the authority's own record of what it revoked
+            updated.save(authority.revocations_path)
+    for name in ("s0", "s1", "s2"):
+        assert "far-client" in _log_of(swarm, name)
+    _still_serving(client, tiny_model_dir)
