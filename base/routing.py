@@ -3,22 +3,29 @@
 Among the online records of a model, the planner looks for a chain of spans
 ``[0, a), [a, b), …, [y, num_layers)``; with several chains it takes the one with the lowest
 estimated time per token (:mod:`base.route_cost`: each hop's measured round trip, its compute
-from the throughput it announced, its queue), or per training sample for a trainer; between
-chains that cost the same, the fewest hops, and per span the least-loaded replica. If no chain
+from the throughput it announced, its queue), or per training sample for a trainer; among
+chains within 10% (+2 ms) of the cheapest, the fewest hops, and per span, among replicas within
+that margin, the least loaded. If no chain
 exists it names the layers nobody serves, so a missing stage fails in seconds instead of hanging.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
 from collections.abc import Iterable, Mapping
 
 from base.dht_records import StageRecord
 from base.errors import SwarmError
 from base.route_cost import CostModel, Objective
 
-_COST_DIGITS = 9  # costs equal to a nanosecond are ties (float sums differ in the last bits)
+# Estimates within this much of the cheapest are ties (then fewer hops, then less load, then
+# peer id): round trips measured on one host differ by noise, and a route that flipped between
+# two equal peers with every sample would spread one client's sessions for nothing.
+TIE_RELATIVE = 0.10
+TIE_ABSOLUTE_S = 0.002
+
+
+def _near(cost: float, best: float) -> bool:
+    return cost <= best * (1 + TIE_RELATIVE) + TIE_ABSOLUTE_S
 
 
 def _ranges(layers: list[int]) -> str:
@@ -49,9 +56,10 @@ def plan_route(
     """Return one record per hop, in layer order: the cheapest chain.
 
     Each hop takes the dtype the hop before it sends (:mod:`base.precision`): a float16 stage
-    never feeds one that takes only bfloat16. Among chains that agree, the lowest estimated
-    time per token (``objective="training"``: per sample), then the fewest hops; per span (and
-    dtype), the cheapest replica, then the least loaded.
+    never feeds one that takes only bfloat16. Among chains that agree, those whose estimated
+    time per token (``objective="training"``: per sample) is near the cheapest
+    (:data:`TIE_RELATIVE`, :data:`TIE_ABSOLUTE_S`), the fewest hops; per span (and dtype),
+    among the replicas near the cheapest, the least loaded.
 
     Args:
         rtt: round-trip seconds per endpoint as this client measured them.
@@ -70,37 +78,45 @@ def plan_route(
         )
     num_layers = max(r.num_layers for r in online)
     costs = CostModel.build(online, rtt, objective)
-    best: dict[tuple[int, int, str, tuple[str, ...]], tuple[float, StageRecord]] = {}
+    by_key: dict[tuple[int, int, str, tuple[str, ...]], list[tuple[float, StageRecord]]] = {}
     for record in online:
         key = (record.start, record.end, record.dtype, tuple(record.accepts))
-        cost = round(costs.hop_s(record), _COST_DIGITS)
-        current = best.get(key)
-        if current is None or (cost, record.load, record.peer_id) < (
-            current[0],
-            current[1].load,
-            current[1].peer_id,
-        ):
-            best[key] = (cost, record)
-    # cheapest chain from layer 0 to num_layers: Dijkstra over (boundary, dtype sent there),
-    # ordered by (cost, hops); equal entries keep the order of the sorted spans
+        by_key.setdefault(key, []).append((costs.hop_s(record), record))
+    best: dict[tuple[int, int, str, tuple[str, ...]], tuple[float, StageRecord]] = {}
+    for key, options in by_key.items():
+        cheapest = min(cost for cost, _ in options)
+        best[key] = min(
+            ((c, r) for c, r in options if _near(c, cheapest)),
+            key=lambda item: (item[1].load, item[1].peer_id),
+        )
+    # cheapest cost to each (boundary, dtype sent there) in exactly h hops (Bellman-Ford by
+    # hop count); then the fewest hops whose cost is near the cheapest chain's
     edges = sorted(best.items())
-    order = itertools.count()
-    heap = [(0.0, 0, next(order), (0, None), None)]
-    previous: dict = {}
-    goal = None
-    while heap:
-        cost, hops, _, state, came_by = heapq.heappop(heap)
-        if state in previous:
-            continue
-        previous[state] = came_by
-        if state[0] == num_layers:
-            goal = state
-            break
-        for (start, _, _, _), (hop_cost, record) in edges:
-            target = (record.end, record.dtype)
-            if start == state[0] and _takes(record, state[1]) and target not in previous:
-                total = round(cost + hop_cost, _COST_DIGITS)
-                heapq.heappush(heap, (total, hops + 1, next(order), target, (state, record)))
+    start_state = (0, None)
+    levels = [{start_state: (0.0, None)}]
+    while levels[-1] and len(levels) <= len(edges):
+        level = {}
+        for state, (cost, _) in levels[-1].items():
+            for (start, _, _, _), (hop_cost, record) in edges:
+                if start != state[0] or not _takes(record, state[1]):
+                    continue
+                target = (record.end, record.dtype)
+                total = cost + hop_cost
+                if target not in level or total < level[target][0]:
+                    level[target] = (total, (state, record))
+        levels.append(level)
+    arrivals = [
+        (cost, hops, state)
+        for hops, level in enumerate(levels)
+        for state, (cost, _) in level.items()
+        if state[0] == num_layers
+    ]
+    goal, goal_hops = None, 0
+    if arrivals:
+        cheapest = min(cost for cost, _, _ in arrivals)
+        _, goal_hops, goal = min(
+            (a for a in arrivals if _near(a[0], cheapest)), key=lambda a: (a[1], a[0])
+        )
     if goal is None:
         covered = {layer for (s, e, _, _) in best for layer in range(s, e)}
         missing = [layer for layer in range(num_layers) if layer not in covered]
@@ -125,8 +141,8 @@ def plan_route(
             hint = "start a daemon hosting the missing layers"
         raise SwarmError(f"cannot route model {model!r} ({num_layers} layers): {detail}", hint=hint)
     route, state = [], goal
-    while previous[state] is not None:
-        state, record = previous[state]
+    for hops in range(goal_hops, 0, -1):
+        state, record = levels[hops][state][1]
         route.append(record)
     return route[::-1]
 
@@ -164,16 +180,22 @@ def replicas_for(
     costs = CostModel.build(
         [r for r in records if r.model == model and r.state == "online"], rtt, objective
     )
-    return sorted(
-        (
-            r
-            for r in records
-            if r.model == model
-            and r.state == "online"
-            and r.span == span
-            and r.endpoint not in exclude_endpoints
-            and (like is None or r.dtype == like.dtype)
-            and _takes(r, takes)
-        ),
-        key=lambda r: (round(costs.hop_s(r), _COST_DIGITS), r.load, r.peer_id),
-    )
+    found = [
+        (costs.hop_s(r), r)
+        for r in records
+        if r.model == model
+        and r.state == "online"
+        and r.span == span
+        and r.endpoint not in exclude_endpoints
+        and (like is None or r.dtype == like.dtype)
+        and _takes(r, takes)
+    ]
+    if not found:
+        return []
+    cheapest = min(cost for cost, _ in found)
+
+    def order(item: tuple[float, StageRecord]) -> tuple:
+        cost, r = item
+        return (0.0 if _near(cost, cheapest) else cost, r.load, r.peer_id)
+
+    return [r for _, r in sorted(found, key=order)]

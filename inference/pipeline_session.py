@@ -7,6 +7,12 @@ replica, replays that hop's inputs to rebuild its KV-cache, and carries on: the 
 out are the ones the failed replica would have produced. A replica that refuses for a reason
 another replica may not have (full, lacks the adapter: ``StageUnavailable``) is replaced the
 same way; when none can take over, the error is the family of the first failure's reason.
+
+The route is the cheapest chain by estimated time per token (:mod:`base.route_cost`), with the
+round trips this client measured (:class:`inference.peer_latency.RttTable`: every OpenSession is
+timed, peers not timed yet are pinged before planning). With ``replica_wait`` a failed span
+that has no live replica left is waited for that long: a swarm with automatic placement moves a
+redundant peer onto it (docs/placement.md), and the session goes on there.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from base.dht_records import StageRecord
 from base.errors import PeerFailureError, SwarmError
 from base.routing import plan_route, replicas_for
 from base.sampler import SamplingParams
+from inference.peer_latency import RttTable
 from inference.stage_client import StageSessionClient, StageUnavailable, output_tensor
 from proto import node0_pb2
 
@@ -63,6 +70,9 @@ class PipelineSession:
             a step: the hop's index in the route, the record of the replica that answered, the
             positions fed, and the seconds from sending to the answer (a failover's replay
             included). A server's per-hop latency metrics read this.
+        rtt: the client's measured round trips (shared by its sessions; a new table if None).
+        replica_wait: seconds a failover waits for a replica of a span to appear when none is
+            online (0: fail at once).
     """
 
     def __init__(
@@ -75,7 +85,11 @@ class PipelineSession:
         step_timeout: float = 30.0,
         max_failovers: int = 3,
         on_hop_step: Callable[[int, StageRecord, int, float], None] | None = None,
+        rtt: RttTable | None = None,
+        replica_wait: float = 0.0,
     ):
+        self.rtt = rtt if rtt is not None else RttTable()
+        self.replica_wait = replica_wait
         self.fetch_records = fetch_records
         self.model = model
         self.max_length = max_length
@@ -84,7 +98,9 @@ class PipelineSession:
         self.max_failovers = max_failovers
         self.on_hop_step = on_hop_step
         self.hops: list[_Hop] = []
-        self.failed_endpoints: set[str] = set()
+        # endpoints that failed per span: a peer that failed on one span may since serve
+        # another (automatic placement moves peers), so it is excluded only where it failed
+        self.failed_endpoints: dict[tuple[int, int], set[str]] = {}
         self.failovers = 0
         self.token_ids: list[int] = []  # the sequence whose KV is cached on every stage
 
@@ -96,16 +112,21 @@ class PipelineSession:
             end=record.end,
             step_timeout=self.step_timeout,
         )
+        started = time.perf_counter()
         try:
             await client.open(self.max_length, self.adapters)
         except BaseException:
             await client.close()
             raise
+        self.rtt.record(record.endpoint, time.perf_counter() - started)
         return client
 
     async def open(self) -> list[StageRecord]:
         records = await asyncio.to_thread(self.fetch_records)
-        route = plan_route(records, self.model)
+        await self.rtt.probe(
+            r.endpoint for r in records if r.model == self.model and r.state == "online"
+        )
+        route = plan_route(records, self.model, rtt=self.rtt.snapshot())
         for record in route:
             try:
                 client = await self._connect(record)
@@ -126,32 +147,40 @@ class PipelineSession:
     ) -> tuple[StageSessionClient, StageRecord]:
         """A live replica of ``failed``'s span that sends its dtype and takes ``takes``."""
         span = failed.span
-        self.failed_endpoints.add(failed.endpoint)
-        for _ in range(self.max_failovers):
+        failed_here = self.failed_endpoints.setdefault(span, set())
+        failed_here.add(failed.endpoint)
+        deadline = time.monotonic() + self.replica_wait
+        tries = 0
+        while tries < self.max_failovers:
             records = await asyncio.to_thread(self.fetch_records)
             candidates = replicas_for(
                 records,
                 span,
                 self.model,
-                exclude_endpoints=frozenset(self.failed_endpoints),
+                exclude_endpoints=frozenset(failed_here),
                 like=failed,
                 takes=takes,
+                rtt=self.rtt.snapshot(),
             )
             if not candidates:
-                break
+                if time.monotonic() >= deadline:
+                    break
+                await asyncio.sleep(0.5)  # a peer may be moving onto the span
+                continue
+            tries += 1
             record = candidates[0]
             try:
                 return await self._connect(record), record
             except StageUnavailable as exc:
                 log.warning("replica %s failed to open: %s", record.endpoint, exc)
-                self.failed_endpoints.add(record.endpoint)
+                failed_here.add(record.endpoint)
         hints = {
             PeerFailureError: "start another daemon hosting these layers and retry",
             SwarmError: "retry later, or start another daemon hosting these layers",
         }
         raise cause.family(
             f"layers [{span[0]}, {span[1]}): {cause}; no other live replica could take over "
-            f"(tried: {sorted(self.failed_endpoints)})",
+            f"(tried: {sorted(failed_here)})",
             hint=hints.get(cause.family),
         ) from cause
 

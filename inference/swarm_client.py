@@ -10,6 +10,7 @@ from base.dht_records import StageRecord
 from base.sampler import SamplingParams
 from base.swarm_view import SwarmView
 from inference.generation import GenerationResult, generate
+from inference.peer_latency import RttTable
 from inference.pipeline_session import PipelineSession
 from models.catalog import resolve_model_dir
 from security.active import dht_authorizer
@@ -27,6 +28,7 @@ class SwarmClient(SwarmView):
         self.model_dir = resolve_model_dir(model)
         # a private swarm admits this DHT peer with the process's credential (security.active)
         super().__init__(model, initial_peers, authorizer=dht_authorizer(Role.CLIENT))
+        self.rtt = RttTable()  # round trips per peer, shared by this client's sessions
 
     def load_tokenizer(self):
         from transformers import AutoTokenizer
@@ -40,8 +42,10 @@ class SwarmClient(SwarmView):
         adapters: tuple[str, ...] = (),
         step_timeout: float = 30.0,
         on_hop_step: Callable[[int, StageRecord, int, float], None] | None = None,
+        replica_wait: float = 0.0,
     ) -> PipelineSession:
-        """An unopened pipeline session (``on_hop_step``: see :class:`PipelineSession`)."""
+        """An unopened pipeline session (``on_hop_step``, ``replica_wait``: see
+        :class:`PipelineSession`), routed with this client's measured round trips."""
         return PipelineSession(
             self.records,
             self.model,
@@ -49,6 +53,8 @@ class SwarmClient(SwarmView):
             adapters=adapters,
             step_timeout=step_timeout,
             on_hop_step=on_hop_step,
+            rtt=self.rtt,
+            replica_wait=replica_wait,
         )
 
     async def generate_once(
@@ -63,6 +69,7 @@ class SwarmClient(SwarmView):
         on_session_token=None,
         step_timeout: float = 30.0,
         adapters: tuple[str, ...] = (),
+        replica_wait: float = 0.0,
     ) -> GenerationResult:
         """One generation in a fresh session (no EOS stop), closed afterwards.
 
@@ -73,6 +80,7 @@ class SwarmClient(SwarmView):
             max_length=max_length or len(prompt_ids) + max_new_tokens + 1,
             adapters=adapters,
             step_timeout=step_timeout,
+            replica_wait=replica_wait,
         )
         await session.open()
         try:

@@ -7,6 +7,7 @@ field and the validation. Files are read by the one loader, ``base.config_loader
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -37,11 +38,75 @@ class StageSpec(_Strict):
         return f"[{self.start}, {self.end})"
 
 
+Stages = Annotated[list[StageSpec], Field(min_length=1)] | Literal["auto"]
+
+
+def describe_stages(stages: Stages) -> str:
+    """``[0, 10), [10, 20)`` or ``auto``."""
+    return stages if isinstance(stages, str) else ", ".join(str(s) for s in stages)
+
+
+class PlacementConfig(_Strict):
+    """Automatic placement (``stages: auto``) and rebalancing; see docs/placement.md."""
+
+    num_blocks: int | None = Field(
+        None, ge=1, description="layers this peer holds (default: as many as memory_budget_mb fits)"
+    )
+    memory_budget_mb: float | None = Field(
+        None,
+        gt=0,
+        description="MiB for weights and KV-cache (max_cache_tokens positions) of the span, in "
+        "the daemon's dtype; num_blocks is derived from it when not given",
+    )
+    balance_quality: float = Field(
+        0.75,
+        gt=0,
+        le=1,
+        description="move for throughput only when bottleneck now / bottleneck after < this "
+        "(lower: fewer moves); a span that lost its last replica is always repaired",
+    )
+    rebalance_period: float = Field(
+        30.0, gt=0, description="seconds between checks whether this peer should move"
+    )
+    confirmations: int = Field(
+        2, ge=1, description="consecutive checks that must agree before a move"
+    )
+    min_stay: float = Field(
+        300.0,
+        ge=0,
+        description="seconds after a move during which no move for balance alone is made",
+    )
+    join_jitter: float = Field(
+        2.0, ge=0, description="most seconds of random wait before choosing a span or moving"
+    )
+    settle: float | None = Field(
+        None,
+        gt=0,
+        description="seconds between announcing a chosen span as joining and checking that no "
+        "peer with a lower id chose it at the same time (default: 1.5 × announce_period)",
+    )
+    drain: float = Field(
+        2.0, ge=0, description="seconds in-flight steps get after the old span goes offline"
+    )
+    measure_throughput: bool = Field(
+        True, description="time decode and training steps on the loaded span and announce them"
+    )
+    network_mbps: float | None = Field(
+        None, gt=0, description="this peer's link throughput, announced for routing"
+    )
+
+
 class DaemonConfig(_Strict):
     """What one ``node0 serve`` process hosts and how it joins the swarm."""
 
     model: str = Field("smollm2-135m", description="catalog name or local HF directory")
-    stages: list[StageSpec] = Field(min_length=1, description="layer ranges this daemon hosts")
+    stages: Stages = Field(
+        description="layer ranges this daemon hosts, or `auto`: choose (and move) by "
+        "placement (docs/placement.md)"
+    )
+    placement: PlacementConfig = Field(
+        default_factory=PlacementConfig, description="automatic placement and rebalancing"
+    )
     host: str = Field("127.0.0.1", description="gRPC bind address")
     port: int = Field(0, ge=0, le=65535, description="gRPC port; 0 picks a free one")
     announce_host: str | None = Field(None, description="host announced to peers (default: host)")
@@ -144,6 +209,15 @@ class DaemonConfig(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _auto_knows_its_size(self) -> DaemonConfig:
+        p = self.placement
+        if self.stages == "auto" and p.num_blocks is None and p.memory_budget_mb is None:
+            raise ValueError(
+                "stages: auto needs placement.num_blocks or placement.memory_budget_mb"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _ttl_covers_period(self) -> DaemonConfig:
         if self.announce_ttl <= self.announce_period:
             raise ValueError(
@@ -154,7 +228,10 @@ class DaemonConfig(_Strict):
 
 class SwarmPeer(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="peer name (log file name)")
-    stages: list[StageSpec] = Field(min_length=1)
+    stages: Stages = Field(description="layer ranges, or `auto`")
+    placement: dict = Field(
+        default_factory=dict, description="PlacementConfig fields of this peer (num_blocks…)"
+    )
 
 
 class SwarmPreset(_Strict):

@@ -4,6 +4,11 @@ Lifecycle: load every hosted stage (fail closed on any checkpoint problem) → s
 server → join the DHT → announce each stage and keep announcing every ``announce_period``
 (heartbeat, also evicting idle sessions) → on SIGTERM/SIGINT: announce ``offline``, stop accepting
 requests and give in-flight streams a grace period, leave the DHT, exit 0.
+
+With ``stages: auto`` the daemon joins the DHT first and claims a span (:mod:`node.rebalance`,
+policy in :mod:`node.placement`) before it loads it; afterwards the heartbeat also asks whether
+to move, and a move drains the old span (offline, then its sessions closed: clients fail over
+and replay), loads the new one and announces it.
 """
 
 from __future__ import annotations
@@ -21,16 +26,20 @@ import torch
 from base.banner import print_banner, status
 from base.dht import start_dht, visible_maddrs
 from base.dht_records import StageRecord, announce
+from base.errors import SwarmError
 from base.precision import accepted_inputs, check_fits, resolve_device, torch_dtype
 from checkpoint_gather.weights_service import WeightsService
 from lora.stage_adapters import adapters as stage_adapters
 from models.catalog import resolve_model_dir
 from node.adapter_service import AdapterService
-from node.config import DaemonConfig
+from node.config import DaemonConfig, StageSpec
 from node.main_thread import MainThreadCalls
+from node.placement import Move
+from node.rebalance import KeepAnnouncing, Placer, blocks_for_budget
+from node.span_bench import SpanThroughput, measure_span
 from node.stage_service import StageService, start_grpc_server
 from pipeline_stages.executor import StageExecutor
-from pipeline_stages.loader import load_stage, stage_bytes
+from pipeline_stages.loader import load_config, load_stage, stage_bytes
 from pipeline_stages.sessions import SessionManager
 from provenance import atomic_write
 from security.access import PeerAccess, install
@@ -70,10 +79,42 @@ class Daemon:
         self.main_calls = MainThreadCalls()
         self.server = None
         self.port: int | None = None
+        self.placer: Placer | None = None
+        self.throughput: dict[tuple[int, int], SpanThroughput] = {}
+        self.model_dir: Path | None = None
+
+    def _endpoint(self) -> str:
+        return f"{self.config.announce_host or self.config.host}:{self.port or 0}"
+
+    def _claim_record(self, span: tuple[int, int], state: str) -> StageRecord:
+        """A record for a span this daemon claims or gives up (not loaded yet: no figures)."""
+        cfg = self.config
+        return StageRecord(
+            model=cfg.model,
+            start=span[0],
+            end=span[1],
+            num_layers=self.placer.num_layers,
+            endpoint=self._endpoint(),
+            peer_id=str(self.dht.peer_id),
+            state=state,
+            node0_version=metadata.version("node0"),
+            dtype=cfg.dtype,
+            device=cfg.device,
+            accepts=accepted_inputs(cfg.dtype, cfg.accept_input_dtypes),
+        )
+
+    def _measure(self, span: tuple[int, int], stage) -> None:
+        if not self.config.placement.measure_throughput:
+            return
+        try:
+            self.throughput[span] = measure_span(stage)
+        except Exception:  # the figures are advice for routing: never a reason not to serve
+            log.warning("measuring layers [%d, %d) failed", *span, exc_info=True)
 
     def _records(self, executor: StageExecutor, state: str = "online") -> list[StageRecord]:
         stats = executor.stats()
         host = self.config.announce_host or self.config.host
+        measured = self.throughput
         return [
             StageRecord(
                 model=self.config.model,
@@ -95,6 +136,18 @@ class Daemon:
                 dtype=self.config.dtype,
                 device=str(executor.device),
                 accepts=executor.accepts,
+                decode_tokens_per_s=measured.get(
+                    (start, end), SpanThroughput()
+                ).decode_tokens_per_s,
+                forward_samples_per_s=measured.get(
+                    (start, end), SpanThroughput()
+                ).forward_samples_per_s,
+                backward_samples_per_s=measured.get(
+                    (start, end), SpanThroughput()
+                ).backward_samples_per_s,
+                bench_tokens=measured.get((start, end), SpanThroughput()).bench_tokens,
+                network_mbps=self.config.placement.network_mbps or 0.0,
+                hidden_size=executor.config.hidden_size,
             )
             for start, end in sorted(executor.stages)
         ]
@@ -103,16 +156,19 @@ class Daemon:
         cfg = self.config
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
-        model_dir = resolve_model_dir(cfg.model)
+        model_dir = self.model_dir = resolve_model_dir(cfg.model)
         device = resolve_device(cfg.device, cfg.dtype)  # fails closed before anything loads
         dtype = torch_dtype(cfg.dtype)
-        weight_bytes = {
-            (s.start, s.end): stage_bytes(model_dir, s.start, s.end, dtype) for s in cfg.stages
-        }
-        check_fits(device, sum(weight_bytes.values()), f"the weights of {len(cfg.stages)} stage(s)")
         # fails closed: no credential and no explicit insecure_open_swarm is a config error
         access = PeerAccess.for_daemon(cfg.credential, cfg.revocations, cfg.insecure_open_swarm)
         install(access)
+        specs = cfg.stages
+        if specs == "auto":
+            specs = self._place(model_dir, dtype, access)
+        weight_bytes = {
+            (s.start, s.end): stage_bytes(model_dir, s.start, s.end, dtype) for s in specs
+        }
+        check_fits(device, sum(weight_bytes.values()), f"the weights of {len(specs)} stage(s)")
         print_banner(
             "serve",
             self.config_path,
@@ -122,7 +178,9 @@ class Daemon:
                 f"precision: {cfg.dtype} on {device}; stage weights "
                 f"{sum(weight_bytes.values()) / 2**20:.1f} MiB; takes activations in "
                 + ", ".join(accepted_inputs(cfg.dtype, cfg.accept_input_dtypes)),
-                "stages: " + ", ".join(str(s) for s in cfg.stages),
+                "stages: "
+                + ", ".join(str(s) for s in specs)
+                + (" (auto: placement chose them)" if cfg.stages == "auto" else ""),
                 "adapters: " + (", ".join(sorted(cfg.adapters)) or "none"),
                 f"grpc: {cfg.host}:{cfg.port or 'auto'}; max message {cfg.max_message_bytes} B",
                 "dht: "
@@ -137,11 +195,21 @@ class Daemon:
             ],
         )
         stages = {}
-        for spec in cfg.stages:
-            status("load", f"layers {spec} from {model_dir}")
-            stages[(spec.start, spec.end)] = load_stage(
-                model_dir, spec.start, spec.end, dtype=dtype, device=device
-            )
+        claims = (
+            [self._claim_record((s.start, s.end), "joining") for s in specs] if self.placer else []
+        )
+        with KeepAnnouncing(
+            self.dht,
+            claims,
+            period=cfg.announce_period,
+            ttl=cfg.announce_ttl,
+        ):
+            for spec in specs:
+                status("load", f"layers {spec} from {model_dir}")
+                stages[(spec.start, spec.end)] = load_stage(
+                    model_dir, spec.start, spec.end, dtype=dtype, device=device
+                )
+                self._measure((spec.start, spec.end), stages[(spec.start, spec.end)])
         for name, path in sorted(cfg.adapters.items()):
             status("adapter", f"{name} from {path}")
             load_task_adapter(stages.values(), name, path)
@@ -162,12 +230,8 @@ class Daemon:
             accept_input_dtypes=tuple(cfg.accept_input_dtypes),
         )
 
-        status("dht", "starting")
-        self.dht = start_dht(
-            cfg.initial_peers,
-            host_maddrs=cfg.dht_host_maddrs,
-            authorizer=access.dht_authorizer(),
-        )
+        if self.dht is None:
+            self.dht = self._start_dht(access)
         maddrs = visible_maddrs(self.dht)
         executor.dht = self.dht
         executor.in_main_thread = self.main_calls.call
@@ -222,6 +286,84 @@ class Daemon:
         finally:
             self._shutdown(executor)
         return 0
+
+    def _start_dht(self, access):
+        status("dht", "starting")
+        return start_dht(
+            self.config.initial_peers,
+            host_maddrs=self.config.dht_host_maddrs,
+            authorizer=access.dht_authorizer(),
+        )
+
+    def _place(self, model_dir: Path, dtype: torch.dtype, access) -> list[StageSpec]:
+        """``stages: auto``: join the DHT, claim a span (node.rebalance), return it."""
+        cfg, p = self.config, self.config.placement
+        num_layers = load_config(model_dir).num_hidden_layers
+        blocks = p.num_blocks or blocks_for_budget(
+            model_dir, dtype, p.memory_budget_mb, cfg.max_cache_tokens
+        )
+        self.dht = self._start_dht(access)
+        self.placer = Placer(
+            self.dht,
+            cfg.model,
+            str(self.dht.peer_id),
+            num_layers=num_layers,
+            num_blocks=min(blocks, num_layers),
+            config=p,
+            announce_ttl=cfg.announce_ttl,
+            settle=p.settle or 1.5 * cfg.announce_period,
+        )
+        status("place", f"holds {blocks} of {num_layers} layers; choosing a span")
+        span = self.placer.claim(self._claim_record)
+        if span is None:
+            raise SwarmError(
+                "automatic placement lost every claim to peers joining at the same time",
+                hint="start the daemon again (or give it explicit stages)",
+            )
+        return [StageSpec(start=span[0], end=span[1])]
+
+    def _maybe_move(self, executor: StageExecutor, model_dir: Path, dtype, device) -> None:
+        (span,) = executor.stages
+        try:
+            move = self.placer.check(span)
+        except Exception:  # a DHT hiccup must not stop serving
+            log.warning("placement check failed", exc_info=True)
+            return
+        if move is not None:
+            self.move(executor, move, model_dir, dtype, device)
+
+    def move(self, executor: StageExecutor, move: Move, model_dir: Path, dtype, device) -> bool:
+        """Serve ``move.target`` instead of ``move.current``: claim it, announce the old span
+        offline, let in-flight steps finish, close its sessions and training jobs (clients
+        fail over and replay, trainers reroute), load the new span, announce it."""
+        cfg = self.config
+        log.info("moving [%d, %d) -> [%d, %d): %s", *move.current, *move.target, move.reason)
+        status("move", f"layers {list(move.current)} -> {list(move.target)}: {move.reason}")
+        if self.placer.claim(self._claim_record, target=move.target) is None:
+            return False
+        target_claim = self._claim_record(move.target, "joining")
+        announce(
+            self.dht,
+            [*self._records(executor, state="offline"), target_claim],
+            cfg.announce_ttl,
+            timeout=ANNOUNCE_TIMEOUT_S,
+        )
+        time.sleep(cfg.placement.drain)
+        closed = executor.sessions.close_stage(move.current)
+        executor.close_jobs()
+        log.info("closed %d session(s) on [%d, %d)", len(closed), *move.current)
+        with KeepAnnouncing(
+            self.dht, [target_claim], period=cfg.announce_period, ttl=cfg.announce_ttl
+        ):
+            executor.stages.clear()  # free the old weights before the new ones load
+            self.throughput.clear()
+            stage = load_stage(model_dir, *move.target, dtype=dtype, device=device)
+            self._measure(move.target, stage)
+            executor.stages[move.target] = stage
+        announce(self.dht, self._records(executor), cfg.announce_ttl, timeout=ANNOUNCE_TIMEOUT_S)
+        self.placer.moved()
+        status("move", f"serving layers {list(move.target)}")
+        return True
 
     def _shutdown(self, executor: StageExecutor) -> None:
         status("shutdown", "announcing offline, draining requests")

@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     from base.banner import print_banner, status
     from base.config_loader import load_yaml_config
     from models.assets import prepare_model
-    from node.config import SwarmPreset, resolve_preset_path
+    from node.config import SwarmPreset, describe_stages, resolve_preset_path
     from node.local_swarm import start_swarm, stop_swarm
     from node.swarm_cli import print_status
     from provenance import create_run_dir
@@ -111,10 +111,7 @@ def run(args: argparse.Namespace) -> int:
         sha,
         [
             f"model: {preset.model}",
-            *(
-                f"peer {p.name}: layers " + ", ".join(str(s) for s in p.stages)
-                for p in preset.peers
-            ),
+            *(f"peer {p.name}: layers " + describe_stages(p.stages) for p in preset.peers),
             f"check: greedy answers to {len(DEMO_PROMPTS)} turns vs single-process transformers "
             f"(up to {args.max_new_tokens} tokens each)",
             *(

@@ -35,7 +35,7 @@ STOP_TIMEOUT_S = 20.0
 class PeerProcess:
     name: str
     pid: int
-    stages: list[list[int]]
+    stages: list[list[int]]  # empty: stages auto (the DHT records say which)
     log: str
     config: str
     maddr_file: str
@@ -112,7 +112,7 @@ def _launch(run: RunDir, name: str, config: DaemonConfig) -> PeerProcess:
     return PeerProcess(
         name=name,
         pid=process.pid,
-        stages=[[s.start, s.end] for s in config.stages],
+        stages=[] if config.stages == "auto" else [[s.start, s.end] for s in config.stages],
         log=str(log_path),
         config=str(config_path),
         maddr_file=str(config.peer_file),
@@ -202,7 +202,10 @@ def start_swarm(
                 {
                     **preset.daemon,
                     "model": preset.model,
-                    "stages": [s.model_dump() for s in peer.stages],
+                    "stages": (
+                        "auto" if peer.stages == "auto" else [s.model_dump() for s in peer.stages]
+                    ),
+                    "placement": {**preset.daemon.get("placement", {}), **peer.placement},
                     "initial_peers": initial,
                     "peer_file": str(run.path / "peers" / f"{peer.name}.maddrs"),
                     "state_dir": str(

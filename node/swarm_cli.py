@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from base.config_loader import load_yaml_config
-from node.config import SwarmPreset, resolve_preset_path
+from node.config import SwarmPreset, describe_stages, resolve_preset_path
 
 DEFAULT_PRESET = "smollm2-3stage"
 
@@ -126,7 +126,7 @@ def run_up(args: argparse.Namespace) -> int:
             else "access: private swarm; credentials from the local authority "
             "($NODE0_HOME/swarm/authority)"
         ]
-        + [f"peer {p.name}: layers " + ", ".join(str(s) for s in p.stages) for p in preset.peers],
+        + [f"peer {p.name}: layers " + describe_stages(p.stages) for p in preset.peers],
     )
     state = start_swarm(
         preset,
@@ -166,7 +166,10 @@ def print_status(state_file: Path) -> int:
     for peer in state.peers:
         alive = pid_alive(peer.pid)
         peer_id = peer_id_of(peer)
-        for start, end in peer.stages:
+        spans = peer.stages or sorted(  # stages auto: the spans its records name
+            {r.span for r in records if r.peer_id == peer_id and r.state != "offline"}
+        )
+        for start, end in spans:
             rec = next(
                 (r for r in records if r.peer_id == peer_id and r.span == (start, end)), None
             )

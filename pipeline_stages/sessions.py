@@ -101,6 +101,14 @@ class SessionManager:
         with self._lock:
             return self._sessions.pop(session_id, None) is not None
 
+    def close_stage(self, stage_key: tuple[int, int]) -> list[str]:
+        """Close every session of one stage (the daemon moves off it; clients fail over)."""
+        with self._lock:
+            ids = [sid for sid, s in self._sessions.items() if s.stage_key == stage_key]
+            for sid in ids:
+                del self._sessions[sid]
+            return ids
+
     def _next_eviction_locked(self, now: float) -> float:
         """Seconds until the next idle session is evicted (its room frees up); at least 1."""
         idle = [

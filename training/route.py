@@ -1,8 +1,10 @@
 """The trainer's route: one replica per stage span, chosen by shard, opened as training jobs.
 
-Spans come from :func:`base.routing.plan_route` (fewest hops over what is online). Among
-the replicas of a span, trainer ``shard_index`` prefers the ``shard_index``-th by peer id, so
-two trainers of one run land on different replicas. A replica that cannot take the job but
+Spans come from :func:`base.routing.plan_route` with ``objective="training"``: the chain
+with the least estimated time per sample, from the forward/backward samples per second each
+stage announces (:mod:`base.route_cost`). Among the replicas of a span, fastest first (then by
+peer id), trainer ``shard_index`` prefers the ``shard_index``-th, so two trainers of one run
+land on different replicas. A replica that cannot take the job but
 another might (its lease belongs to another trainer, it is unreachable, it lost the span: a
 failure whose :class:`base.refusals.Reason` is ``elsewhere``) is skipped for the next one; any
 other refusal is the job's fault and fails the run with its family's error (an adapter with
@@ -19,6 +21,7 @@ import grpc
 from base.dht_records import StageRecord
 from base.errors import SwarmError
 from base.refusals import call_failure
+from base.route_cost import CostModel
 from base.routing import plan_route, replicas_for
 from training.stage_client import StageTrainClient
 
@@ -52,7 +55,10 @@ def open_route(
         SwarmError: no replica of some span takes the job (each one's refusal named).
         ConfigError, RequestError: a stage refused the job itself (its reason's family).
     """
-    route = plan_route(records, model)
+    route = plan_route(records, model, objective="training")
+    costs = CostModel.build(
+        [r for r in records if r.model == model and r.state == "online"], objective="training"
+    )
     clients, replies = [], []
     try:
         for k, hop in enumerate(route):
@@ -65,8 +71,9 @@ def open_route(
                     exclude_endpoints=frozenset(),
                     like=hop,  # same dtype as the planned hop, so the next one takes it
                     takes=route[k - 1].dtype if k else None,
+                    objective="training",
                 ),
-                key=lambda r: r.peer_id,
+                key=lambda r: (round(costs.hop_s(r), 6), r.peer_id),
             )
             if not candidates:
                 raise SwarmError(f"no online replica serves layers [{span[0]}, {span[1]})")
