@@ -22,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
+import re
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
@@ -33,6 +35,8 @@ from gastown.beads import BEADS_FILE, read_beads
 from gastown.rig import load_rig
 from inference.prefs_branches import GitWorktrees, Worktree
 
+log = logging.getLogger(__name__)
+
 PREFS_DIR = ".node0/prefs"
 TRANSCRIPTS_DIR = "transcripts/prefs"
 SOURCES = ("human", "rig", "auto")
@@ -40,11 +44,17 @@ SOURCES = ("human", "rig", "auto")
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model version: a base model (catalog name, directory or registry name) and adapters,
-    written ``base+adapter+adapter``."""
+    """A model version: a base model (catalog name or directory) and adapters, written
+    ``base+adapter+adapter``; or a registry version (``deacon-v2``, also ``deacon@v2``), which
+    :func:`resolve_spec` turns into its base model and adapter (``version``, ``sha256`` keep
+    where it came from)."""
 
     base: str
     adapters: tuple[str, ...] = ()
+    version: str = ""
+    """The registry version this spec was resolved from ("" for base+adapters)."""
+    sha256: str = ""
+    """The registered adapter's sha256 (with ``version``)."""
 
     @classmethod
     def parse(cls, text: str) -> ModelSpec:
@@ -54,7 +64,60 @@ class ModelSpec:
         return cls(parts[0], tuple(parts[1:]))
 
     def __str__(self) -> str:
-        return "+".join([self.base, *self.adapters])
+        return self.version or "+".join([self.base, *self.adapters])
+
+    def provenance(self) -> dict | None:
+        """What a registry version resolved to (None: not a registry version)."""
+        if not self.version:
+            return None
+        return {
+            "version": self.version,
+            "base_model": self.base,
+            "adapter": self.adapters[0],
+            "sha256": self.sha256,
+        }
+
+
+_AT_VERSION = re.compile(r"^(?P<name>[a-z][a-z0-9_-]*)@v(?P<version>[1-9][0-9]*)$")
+
+
+def resolve_spec(text: str, registry_db: Path | None = None) -> ModelSpec:
+    """``text`` as a :class:`ModelSpec`, a registry version resolved to its base and adapter.
+
+    A name of the registry's form (``<role>-v<N>``, or ``<role>@v<N>``) that is neither a
+    directory nor a catalog model must be a version the registry holds.
+
+    Raises:
+        RequestError: a malformed spec, or a version name the registry does not know (or no
+            registry to look it up in), or a pruned version.
+    """
+    from models.catalog import CATALOG
+    from registry.store import VERSION_ID, Registry, default_db_path
+
+    text = text.strip()
+    at = _AT_VERSION.match(text)
+    name = f"{at['name']}-v{at['version']}" if at else text
+    if not VERSION_ID.match(name) or name in CATALOG or Path(name).exists():
+        return ModelSpec.parse(text)
+    db = registry_db or default_db_path()
+    if not db.is_file():
+        raise RequestError(
+            f"model {text!r} names a registry version but there is no registry at {db}",
+            hint="set $NODE0_REGISTRY, or give MODEL[+ADAPTER…]",
+        )
+    registry = Registry.open(db)
+    try:
+        known = [v.id for v in registry.versions(VERSION_ID.match(name)["name"])]
+        if name not in known:
+            raise RequestError(
+                f"model {text!r}: the registry has no version {name}"
+                + (f" (it has {', '.join(known)})" if known else " (nor any of that name)"),
+                hint="node0 model list",
+            )
+        version, adapter, _ = registry.adapter_source(name)
+    finally:
+        registry.close()
+    return ModelSpec(version.base_model, (adapter.name,), version=version.id, sha256=adapter.sha256)
 
 
 @dataclass
@@ -102,7 +165,8 @@ def tool_loop_runner(
         )
         try:
             stop = (await agent.ask(task)).stop_reason
-        except Node0Error:
+        except Node0Error as exc:  # recorded as the session's outcome, not fatal to the sling
+            log.warning("session of %s on %s ended in an error: %s", spec, worktree.branch, exc)
             stop = "error"
         passed = None
         if check:
@@ -189,6 +253,7 @@ async def sling(
         result = await run_session(spec, task, worktree)
         sessions[label] = {
             "model": str(spec),
+            "registry": spec.provenance(),
             "session_id": f"prefs-{bead_id}-{label}-{int(started)}",
             "branch": worktree.branch,
             "base_commit": worktree.base,
@@ -364,6 +429,7 @@ __all__ = [
     "bead_task",
     "pick",
     "poisoning",
+    "resolve_spec",
     "sling",
     "tool_loop_runner",
     "undo",

@@ -1,6 +1,7 @@
 """``node0 prefs``: preference pairs from two model versions on the same bead.
 
     node0 prefs sling BEAD --models smollm2-135m+gastown,smollm2-135m [--check "go test ./..."]
+    node0 prefs sling BEAD --models deacon-v1,deacon-v2     # registry versions (node0 model)
     node0 prefs pick BEAD --winner A [--reason …] [--source human|rig]   # or --auto
     node0 prefs undo BEAD        # until the next corpus build
     node0 prefs show BEAD
@@ -34,7 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sling.add_argument(
         "--models",
         required=True,
-        help="two versions, comma-separated, each MODEL[+ADAPTER…] (e.g. smollm2-135m+gastown)",
+        help="two versions, comma-separated: registry versions (deacon-v1 or deacon@v1, "
+        "resolved through $NODE0_REGISTRY) or MODEL[+ADAPTER…] (e.g. smollm2-135m+gastown)",
     )
     sling.add_argument("--check", default=None, help="command run in each worktree afterwards "
                        "(exit 0: checks passed), e.g. 'go test ./...'")  # fmt: skip
@@ -66,6 +68,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _swarm_runner(args: argparse.Namespace):
     """Sessions on the swarm: a conversation per version, through the tool loop."""
+    import asyncio
+
     from inference.conversation import ConversationEngine, GenerationSettings
     from inference.prefs import tool_loop_runner
     from inference.swarm_args import swarm_peers
@@ -79,6 +83,8 @@ def _swarm_runner(args: argparse.Namespace):
         client = SwarmClient(spec.base, peers)
         conversation = None
         try:
+            if spec.version:  # a registry version: its adapter on every daemon first
+                await asyncio.to_thread(_load_version, client, spec.version)
             engine = ConversationEngine.connect(client)
             conversation = engine.conversation(adapters=spec.adapters)
             await conversation.open()
@@ -97,13 +103,21 @@ def _swarm_runner(args: argparse.Namespace):
     return run
 
 
+def _load_version(client, version: str) -> None:
+    """Attach a registry version's adapter on every daemon of its base (``LoadAdapter``)."""
+    from inference.registry_models import load_on_swarm, resolve_registered
+
+    client.wait_for_route()
+    load_on_swarm(client.records(), resolve_registered(version))
+
+
 def run_sling(args: argparse.Namespace) -> int:
     import asyncio
 
     from base.errors import RequestError
-    from inference.prefs import ModelSpec, sling
+    from inference.prefs import resolve_spec, sling
 
-    specs = [ModelSpec.parse(m) for m in args.models.split(",") if m.strip()]
+    specs = [resolve_spec(m) for m in args.models.split(",") if m.strip()]
     if len(specs) != 2:
         raise RequestError(f"--models takes two versions, got {len(specs)}")
     record = asyncio.run(sling(args.rig, args.bead, specs, _swarm_runner(args)))
@@ -141,7 +155,9 @@ def run_show(args: argparse.Namespace) -> int:
 
 def _print(record: dict) -> None:
     sessions = {
-        label: {k: s[k] for k in ("model", "branch", "stop_reason", "checks_passed")}
+        label: {
+            k: s.get(k) for k in ("model", "registry", "branch", "stop_reason", "checks_passed")
+        }
         for label, s in sorted(record["sessions"].items())
     }
     print(json.dumps({"bead_id": record["bead_id"], "sessions": sessions, "pick": record["pick"]}))
