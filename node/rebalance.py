@@ -194,6 +194,7 @@ class KeepAnnouncing:
 
     def __init__(self, dht, records: list[StageRecord], *, period: float, ttl: float):
         self._stop = threading.Event()
+        self._records = records
         self._thread = threading.Thread(
             target=self._run, args=(dht, records, period, ttl), daemon=True, name="claim"
         )
@@ -204,8 +205,6 @@ class KeepAnnouncing:
                 announce(dht, records, ttl)
             except Exception:
                 log.warning("re-announcing the claim failed", exc_info=True)
-
-        self._records = records
 
     def __enter__(self) -> KeepAnnouncing:
         if self._records:

@@ -62,9 +62,12 @@ def smollm2_dir() -> Path:
 
 @contextmanager
 def local_swarm(
-    tmp_path: Path, model: str, peers: list[tuple[str, list[tuple[int, int]]]], **daemon
+    tmp_path: Path, model: str, peers: list[tuple[str, list[tuple[int, int]] | str]], **daemon
 ) -> Iterator:
-    """Start a swarm of real daemon processes; yields its SwarmState; always stops it."""
+    """Start a swarm of real daemon processes; yields its SwarmState; always stops it.
+
+    A peer's stages are a list of ``(start, end)`` or ``"auto"`` (automatic placement; give
+    ``placement={...}`` among the daemon fields)."""
     from node.config import SwarmPreset
     from node.local_swarm import SwarmState, start_swarm, stop_peers
 
@@ -72,7 +75,12 @@ def local_swarm(
         {
             "model": model,
             "peers": [
-                {"name": name, "stages": [{"start": s, "end": e} for s, e in stages]}
+                {
+                    "name": name,
+                    "stages": (
+                        "auto" if stages == "auto" else [{"start": s, "end": e} for s, e in stages]
+                    ),
+                }
                 for name, stages in peers
             ],
             "daemon": {
