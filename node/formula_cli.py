@@ -30,8 +30,11 @@ def _echo(line: str) -> None:
 
 
 def run_formula(args) -> int:
-    from node.formula_run import announce, resume, start
+    from node import formula_sft_dpo
+    from node.formula_run import announce, register_phases, resume, start
     from node.formula_spec import load_formula
+
+    register_phases(formula_sft_dpo)
 
     def _terminate(signum, _frame):  # a phase's command group is stopped on the way out
         raise SystemExit(128 + signum)

@@ -620,6 +620,22 @@ WATCH: dict[str, Callable[[Context], None]] = {"train": _watch_train}
 ON_FAIL: dict[str, Callable[[Context], None]] = {"train": _watch_train, "eval": _read_eval}
 
 
+def register_phases(module) -> None:
+    """Add another formula's checks and hooks (e.g. :mod:`node.formula_sft_dpo`: its ``CHECKS``,
+    ``BEFORE``, ``AFTER``, ``WATCH``, ``ON_FAIL``) to the runner's tables, keyed by phase id."""
+    for table, name in (
+        (CHECKS, "CHECKS"),
+        (BEFORE, "BEFORE"),
+        (AFTER, "AFTER"),
+        (WATCH, "WATCH"),
+        (ON_FAIL, "ON_FAIL"),
+    ):
+        for key, hook in getattr(module, name, {}).items():
+            if table.get(key, hook) is not hook:
+                raise ConfigError(f"{module.__name__}: {name}[{key!r}] is taken by another formula")
+            table[key] = hook
+
+
 # -- starting and resuming ----------------------------------------------------------------
 
 
