@@ -283,6 +283,8 @@ class Daemon:
                     log.warning("DHT heartbeat timed out; retrying next period")
                 # revocations issued on another machine take effect here within one beat
                 access.sync_revocations(self.dht, timeout=ANNOUNCE_TIMEOUT_S)
+                if self.placer is not None and len(executor.stages) == 1:
+                    self._maybe_move(executor, model_dir, dtype, device)
         finally:
             self._shutdown(executor)
         return 0
@@ -337,10 +339,10 @@ class Daemon:
         offline, let in-flight steps finish, close its sessions and training jobs (clients
         fail over and replay, trainers reroute), load the new span, announce it."""
         cfg = self.config
-        log.info("moving [%d, %d) -> [%d, %d): %s", *move.current, *move.target, move.reason)
-        status("move", f"layers {list(move.current)} -> {list(move.target)}: {move.reason}")
         if self.placer.claim(self._claim_record, target=move.target) is None:
+            log.info("layers [%d, %d) were claimed by another peer; staying", *move.target)
             return False
+        status("move", f"layers {list(move.current)} -> {list(move.target)}: {move.reason}")
         target_claim = self._claim_record(move.target, "joining")
         announce(
             self.dht,
