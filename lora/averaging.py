@@ -57,11 +57,11 @@ os.environ.setdefault("HIVEMIND_MEMORY_SHARING_STRATEGY", "file_descriptor")
 
 import torch  # noqa: E402
 from hivemind.averaging.control import AveragingStage  # noqa: E402
-from hivemind.compression import Float16Compression, NoCompression  # noqa: E402
 from hivemind.utils.timed_storage import get_dht_time  # noqa: E402
 
 from base.errors import ConfigError  # noqa: E402
 from lora.allreduce_guard import GroupRoundFailed, GuardedReplicaAverager, PartGuard  # noqa: E402
+from lora.compression import wire_compression  # noqa: E402
 from lora.config import AveragingSettings, LoraSettings  # noqa: E402
 from lora.dht_calls import bounded_get, bounded_store  # noqa: E402
 from lora.replica_presence import ReplicaPresence  # noqa: E402
@@ -244,7 +244,14 @@ class StageGradientAverager:
             }
         )
         self._checksum = _Checksum()
-        self._buffers = [torch.zeros(p.shape, dtype=torch.float32) for p in self.params]
+        # int8: one flat buffer, so that hivemind's parts are large and its per-part codebook
+        # (1 KiB) is small beside them; otherwise one buffer per parameter
+        self._flat = settings.compression == "int8"
+        self._buffers = (
+            [torch.zeros(sum(p.numel() for p in self.params), dtype=torch.float32)]
+            if self._flat
+            else [torch.zeros(p.shape, dtype=torch.float32) for p in self.params]
+        )
         self.guard = PartGuard(
             max_part_norm=settings.max_part_norm,
             max_peer_weight=settings.max_peer_weight,
@@ -253,7 +260,7 @@ class StageGradientAverager:
         self._control = None
         self._me = secrets.token_hex(8)  # our subkey in the config declaration
         self._joined_at = get_dht_time()
-        compression = Float16Compression() if settings.compression == "float16" else NoCompression()
+        compression = wire_compression(settings.compression)
         access = security_access.current()  # a private swarm's daemon installed its access
         self._gate = access.averaging_gate() if access is not None else None
         self._declare_config()
@@ -346,14 +353,21 @@ class StageGradientAverager:
 
     def _read_local_gradients(self) -> list[torch.Tensor]:
         with self.lock:
-            return [
+            grads = [
                 p.grad.detach().to("cpu", torch.float32).clone()
                 if p.grad is not None
                 else torch.zeros(p.shape, dtype=torch.float32)
                 for p in self.params
             ]
+        return [torch.cat([g.reshape(-1) for g in grads])] if self._flat else grads
 
     def _write_gradients(self, tensors: Sequence[torch.Tensor]) -> None:
+        if self._flat:  # the one flat tensor back into the parameters' shapes
+            sizes = [p.numel() for p in self.params]
+            tensors = [
+                t.reshape(p.shape)
+                for t, p in zip(tensors[0].split(sizes), self.params, strict=True)
+            ]
         with self.lock:
             for param, tensor in zip(self.params, tensors, strict=True):
                 param.grad = tensor.to(param.device, param.dtype).clone()

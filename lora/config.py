@@ -225,8 +225,12 @@ class AveragingSettings(_Strict):
         "differs from its groupmates' has to download the source "
         "replica's state (the source waits as long for it)",
     )
-    compression: Literal["none", "float16"] = Field(
-        "none", description="wire format of gradient parts"
+    compression: Literal["none", "float16", "int8"] = Field(
+        "none",
+        description="wire format of gradient parts: none (float32), float16, or int8 (the "
+        "adapter gradients averaged as one flat tensor whose parts travel as hivemind's "
+        "Uniform8BitQuantization, 1 byte a value plus a 1 KiB codebook a part; parts under "
+        "1024 values as float16); see docs/wan.md for bytes and loss",
     )
     max_part_norm: float | None = Field(
         None,
@@ -253,7 +257,7 @@ class AveragingSettings(_Strict):
         gt=0,
         description="relative tolerance (to the L2 "
         "norm) when comparing checksums of averaged gradients "
-        "(default: 1e-4, 5e-3 with float16)",
+        "(default: 1e-4, 5e-3 with float16, 3e-2 with int8)",
     )
     state_check_rtol: float | None = Field(
         None,
@@ -261,7 +265,7 @@ class AveragingSettings(_Strict):
         description="relative tolerance (to the "
         "L2 norm) when comparing replicas' adapter and "
         "optimizer states; above it they resync (default: "
-        "1e-3, 2e-2 with float16)",
+        "1e-3, 2e-2 with float16, 5e-2 with int8)",
     )
 
     @model_validator(mode="after")
@@ -288,13 +292,13 @@ class AveragingSettings(_Strict):
     def checksum_rtol(self) -> float:
         if self.check_rtol is not None:
             return self.check_rtol
-        return 5e-3 if self.compression == "float16" else 1e-4
+        return {"float16": 5e-3, "int8": 3e-2}.get(self.compression, 1e-4)
 
     @property
     def state_checksum_rtol(self) -> float:
         if self.state_check_rtol is not None:
             return self.state_check_rtol
-        return 2e-2 if self.compression == "float16" else 1e-3
+        return {"float16": 2e-2, "int8": 5e-2}.get(self.compression, 1e-3)
 
 
 def check_adapter_name(name: str) -> str:
