@@ -11,7 +11,8 @@
 - **averaging round**: two replica processes (``tests/programs/averaging_peer.py``, layers
   [2, 4) of the tiny model) average LoRA gradients for ``--rounds`` rounds, with host
   credentials (DHT authorizer, averaging gate, robust aggregation) and without; median round
-  seconds from their reports.
+  seconds from their reports. Private and open runs alternate ``--repeats`` times (load on a
+  shared machine drifts; alternating spreads it over both).
 
 The 1-minute load average is recorded next to every figure (this machine is shared). Last line
 JSON::
@@ -122,7 +123,7 @@ def measure_averaging(work: Path, private: bool, rounds: int) -> dict:
     from models.tiny import build_tiny_llama
 
     run = work / f"avg-{private}"
-    run.mkdir()
+    run.mkdir(parents=True)
     # the replica program trains layers [2, 4) of the tiny model (the tests' averaging peer)
     model_dir = build_tiny_llama(run / "tiny-llama", seed=0)
     args = ["--model-dir", str(model_dir), "--workdir", str(run), "--rounds", str(rounds)]
@@ -185,6 +186,7 @@ def measure_averaging(work: Path, private: bool, rounds: int) -> dict:
     return {
         "round_seconds_median": round(statistics.median(seconds), 3),
         "rounds": len(seconds) // 2,
+        "seconds": [round(x, 3) for x in seconds],
         "load_before": load_before,
         "load_after": _load(),
     }
@@ -195,6 +197,9 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=4, help="sessions per swarm")
     parser.add_argument("--tokens", type=int, default=32, help="greedy tokens per session")
     parser.add_argument("--rounds", type=int, default=3, help="averaging rounds per run")
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="alternating private/open averaging runs"
+    )
     parser.add_argument("--skip-averaging", action="store_true")
     parser.add_argument("--skip-swarm", action="store_true", help="only the averaging rounds")
     args = parser.parse_args()
@@ -209,10 +214,20 @@ def main() -> None:
             print(f"{label}: {result[label]}", file=sys.stderr)
         os.environ.pop("NODE0_CREDENTIAL", None)
         if not args.skip_averaging:
-            for private in (True, False):
-                label = "averaging_private" if private else "averaging_open"
-                result[label] = measure_averaging(work, private, args.rounds)
-                print(f"{label}: {result[label]}", file=sys.stderr)
+            runs: dict[str, list[dict]] = {"averaging_private": [], "averaging_open": []}
+            for repeat in range(args.repeats):
+                for private in (True, False):
+                    label = "averaging_private" if private else "averaging_open"
+                    run = measure_averaging(work / f"r{repeat}", private, args.rounds)
+                    runs[label].append(run)
+                    print(f"{label}: {run}", file=sys.stderr)
+            for label, done in runs.items():
+                seconds = [x for run in done for x in run.pop("seconds")]
+                result[label] = {
+                    "round_seconds_median": round(statistics.median(seconds), 3),
+                    "rounds": len(seconds) // 2,
+                    "runs": done,
+                }
         if not args.skip_swarm:
             p, o = result["private"], result["open"]
             result["added_ms_per_decode_step_per_hop"] = round(
