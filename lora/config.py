@@ -228,9 +228,9 @@ class AveragingSettings(_Strict):
     compression: Literal["none", "float16", "int8"] = Field(
         "none",
         description="wire format of gradient parts: none (float32), float16, or int8 (the "
-        "adapter gradients averaged as one flat tensor whose parts travel as hivemind's "
-        "Uniform8BitQuantization, 1 byte a value plus a 1 KiB codebook a part; parts under "
-        "1024 values as float16); see docs/wan.md for bytes and loss",
+        "adapter gradients averaged as one flat tensor whose parts travel as blockwise absmax "
+        "int8, 1.002 bytes a value; parts under 1024 values as float16: lora/compression.py); "
+        "see docs/wan.md for bytes and loss",
     )
     max_part_norm: float | None = Field(
         None,
