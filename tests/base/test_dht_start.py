@@ -47,3 +47,25 @@ def test_a_forked_child_never_runs_the_parents_finalizers(tmp_path):
         gc.enable()
     gc.collect()
     assert path.read_text().split() == [str(os.getpid())]
+
+
+def test_a_dht_signs_with_its_authorizers_key_or_the_given_one(tmp_path):
+    from hivemind.utils.crypto import RSAPrivateKey
+
+    from base.dht_schema import owner_marker
+    from security.authority import SwarmAuthority
+    from security.dht_authorizer import SwarmAuthorizer
+
+    credential = SwarmAuthority.init(tmp_path / "authority").invite("h", "host")
+    dht = start_dht([], authorizer=SwarmAuthorizer(credential))
+    try:
+        assert dht.owner_marker == owner_marker(credential.rsa_private_key())
+        assert credential.credential.peer_key.split()[1] in dht.owner_marker
+    finally:
+        dht.shutdown()
+    key = RSAPrivateKey()
+    dht = start_dht([], signing_key=key)
+    try:
+        assert dht.owner_marker == owner_marker(key)
+    finally:
+        dht.shutdown()
