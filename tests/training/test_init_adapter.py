@@ -107,3 +107,24 @@ def test_init_from_is_a_config_field(tiny_model_dir):
     assert cfg.init_from == "deacon-v1"
     with pytest.raises(ValueError):
         TrainConfig.model_validate(dpo_train_config(tiny_model_dir, init_from=""))
+
+
+def test_node0_train_refuses_a_misfit_init_adapter_before_the_swarm(
+    sft_adapter, tiny_model_dir, tmp_path
+):
+    """Exit 3 with the reason, before any peer is contacted or run directory written."""
+    import yaml
+
+    from tests.fixtures import dpo_train_config, run_cli
+
+    raw = dpo_train_config(tiny_model_dir, init_from=str(sft_adapter))
+    raw["lora"] = {"rank": 8, "alpha": 8}
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    proc = run_cli(
+        ["node.cli", "train", "--config", str(config), "--runs-dir", str(tmp_path / "runs"),
+         "--initial-peers", "/ip4/127.0.0.1/tcp/9/p2p/QmNotAPeer"],
+    )  # fmt: skip
+    assert proc.returncode == ExitCode.CONFIG, proc.stderr[-2000:]
+    assert "LoRA settings differ from the run's: rank 4" in proc.stderr
+    assert not (tmp_path / "runs").exists()
