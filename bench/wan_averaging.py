@@ -76,6 +76,8 @@ def _count_received_tensor_bytes():
 
     from hivemind.averaging import allreduce
 
+    from lora import shared_results
+
     counter = mp.Value("q", 0)
     decode = allreduce.deserialize_torch_tensor
 
@@ -84,7 +86,8 @@ def _count_received_tensor_bytes():
             counter.value += serialized.ByteSize()
         return decode(serialized)
 
-    allreduce.deserialize_torch_tensor = counting
+    allreduce.deserialize_torch_tensor = counting  # senders' results, hivemind's reducers
+    shared_results.deserialize_torch_tensor = counting  # int8 reducers' incoming parts
     return counter
 
 

@@ -65,6 +65,7 @@ from lora.compression import wire_compression  # noqa: E402
 from lora.config import AveragingSettings, LoraSettings  # noqa: E402
 from lora.dht_calls import bounded_get, bounded_store  # noqa: E402
 from lora.replica_presence import ReplicaPresence  # noqa: E402
+from lora.shared_results import SharedResultAverager  # noqa: E402
 from provenance import sha256_json  # noqa: E402
 from security import access as security_access  # noqa: E402
 
@@ -265,7 +266,10 @@ class StageGradientAverager:
         self._gate = access.averaging_gate() if access is not None else None
         self._declare_config()
         self._check_config_peers()
-        self._averager = GuardedReplicaAverager(
+        # int8: reducers send the rounded average itself, so every replica ends equal
+        # (lora.shared_results); otherwise hivemind's differences
+        averager_class = SharedResultAverager if self._flat else GuardedReplicaAverager
+        self._averager = averager_class(
             self._buffers,
             dht,
             part_guard=self.guard,
