@@ -95,3 +95,39 @@ def test_a_move_needs_agreeing_checks_and_a_balance_move_waits_min_stay(store):
     stranger = placer("zz")
     stranger.next_check = 0.0
     assert stranger.check((0, 8)) is None
+
+
+def test_stages_auto_needs_a_size_and_the_shipped_auto_configs_validate():
+    from pydantic import ValidationError
+
+    from base.config_loader import load_yaml_config
+    from node.config import CONFIGS_DIR, DaemonConfig, SwarmPreset, resolve_preset_path
+
+    with pytest.raises(ValidationError, match="needs placement.num_blocks or"):
+        DaemonConfig.model_validate({"stages": "auto"})
+    preset, _ = load_yaml_config(resolve_preset_path("smollm2-auto"), SwarmPreset)
+    assert [p.stages for p in preset.peers] == ["auto"] * 4
+    config, _ = load_yaml_config(CONFIGS_DIR / "daemon" / "smollm2-auto.yaml", DaemonConfig)
+    assert config.stages == "auto" and config.placement.memory_budget_mb
+
+
+def test_a_memory_budget_gives_the_layers_it_holds(tiny_model_dir):
+    import torch
+
+    from base.errors import ConfigError
+    from node.rebalance import blocks_for_budget
+    from pipeline_stages.loader import stage_bytes
+
+    one = stage_bytes(tiny_model_dir, 2, 3, torch.float32)
+    ends = (
+        max(  # embeddings or LM head, whichever is larger (a span may be first or last)
+            stage_bytes(tiny_model_dir, 0, 1, torch.float32),
+            stage_bytes(tiny_model_dir, 5, 6, torch.float32),
+        )
+        - one
+    )
+    kv = 2 * 2 * 16 * 4 * 8  # tiny config: K and V, 2 KV heads of 16, float32, 8 positions
+    budget_mb = (ends + 3 * (one + kv) + 1) / 2**20
+    assert blocks_for_budget(tiny_model_dir, torch.float32, budget_mb, 8) == 3
+    with pytest.raises(ConfigError, match="holds no layer"):
+        blocks_for_budget(tiny_model_dir, torch.float32, ends / 2**20, 8)
