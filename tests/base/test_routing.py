@@ -183,3 +183,15 @@ def test_trainers_pick_by_forward_and_backward_throughput():
     assert [r.endpoint for r in plan_route(records, "m")] == ["x", "y"]  # fast decode
     trained = plan_route(records, "m", objective="training")
     assert [r.endpoint for r in trained] == ["a", "b", "c"]
+
+
+def test_round_trip_noise_between_equal_peers_does_not_flip_the_route():
+    # two replicas on one host: 1.0 vs 1.3 ms is noise, not a reason to leave the less loaded
+    records = [rec(0, 10, "a"), rec(10, 20, "b1", load=0.5), rec(10, 20, "b2"), rec(20, 30, "c")]
+    for rtt_b2 in (0.0013, 0.0009):
+        rtt = {"a": 0.001, "b1": 0.001, "b2": rtt_b2, "c": 0.001}
+        assert plan_route(records, "m", rtt=rtt)[1].endpoint == "b2"
+    # nor does it buy a third hop: near-equal chains go to the fewest hops
+    records += [rec(0, 15, "x"), rec(15, 30, "y")]
+    rtt = {"a": 0.001, "b2": 0.001, "c": 0.001, "x": 0.0035, "y": 0.0035}
+    assert [r.endpoint for r in plan_route(records, "m", rtt=rtt)] == ["x", "y"]
