@@ -361,6 +361,8 @@ class Daemon:
             self.throughput.clear()
             stage = load_stage(model_dir, *move.target, dtype=dtype, device=device)
             self._measure(move.target, stage)
+            for name, path in sorted(cfg.adapters.items()):  # the new span's layers of each
+                load_task_adapter([stage], name, path)
             executor.stages[move.target] = stage
         announce(self.dht, self._records(executor), cfg.announce_ttl, timeout=ANNOUNCE_TIMEOUT_S)
         self.placer.moved()
