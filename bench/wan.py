@@ -35,6 +35,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -179,12 +180,10 @@ def main() -> None:
     parser.add_argument("--avg-steps", type=int, default=8, help="steps of each averaging run")
     parser.add_argument("--diloco-k", type=int, default=4, help="DiLoCo local steps")
     parser.add_argument("--skip-averaging", action="store_true", help="swarm figures only")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = parser.parse_args()
 
-    from bench.wan_net import WanNetwork, unavailable_reason
-    from bench.wan_swarm import wan_swarm
-    from inference.swarm_client import SwarmClient
-    from models.tiny import build_tiny_llama
+    from bench.wan_net import unavailable_reason
 
     reason = unavailable_reason()
     if reason:
@@ -193,6 +192,23 @@ def main() -> None:
     rtts = [float(x) for x in args.rtts.split(",") if x.strip()]
     prompts = PROMPTS[: max(1, min(args.prompts, len(PROMPTS)))]
     work = Path(tempfile.mkdtemp(prefix="node0-wan-bench-"))
+    try:
+        result = run(args, work, rtts, prompts)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    result["load_average"] = load_start
+    result["load_average_end"] = _load()
+    print(json.dumps(result))
+
+
+def run(args, work: Path, rtts: list[float], prompts: list[list[int]]) -> dict:
+    """Every measurement of the module doc, in ``work``; returns the result without loads."""
+    from bench.wan_net import WanNetwork
+    from bench.wan_swarm import wan_swarm
+    from inference.swarm_client import SwarmClient
+    from models.tiny import build_tiny_llama
+
     model_dir = build_tiny_llama(work / "tiny-llama", seed=0)
     result: dict = {"hops": HOPS, "loss": args.loss, "new_tokens": args.new_tokens}
     with WanNetwork(len(SPLIT), rtt_ms=0, loss=args.loss) as net:
@@ -246,9 +262,7 @@ def main() -> None:
     at50 = result["by_rtt_ms"].get("50")
     result["tokens_per_s_at_50ms"] = at50["tokens_per_s"] if at50 else None
     result["floor_ratio_at_50ms"] = at50["floor_ratio"] if at50 else None
-    result["load_average"] = load_start
-    result["load_average_end"] = _load()
-    print(json.dumps(result))
+    return result
 
 
 if __name__ == "__main__":
