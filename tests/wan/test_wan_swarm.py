@@ -105,6 +105,8 @@ def test_averaging_rounds_complete_over_the_wan(net, tiny_model_dir, tmp_path, c
     for replica in (a, b):
         assert len(replica["rounds"]) == 3
         assert all(r["averaged"] and r["consistent"] for r in replica["rounds"]), replica
+        # equal results on both replicas: no round had to copy a groupmate's state
+        assert not any(r["resynced"] for r in replica["rounds"]), replica
     assert abs(a["heldout_loss"] - b["heldout_loss"]) <= 1e-3 * abs(b["heldout_loss"])
     print(
         f"{compression}: {result['bytes_per_round'] / 1e3:.0f} kB a round on the wire, "
