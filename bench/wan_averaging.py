@@ -7,8 +7,9 @@ adapter on every projection. Each optimizer step it computes a real backward on 
 a synthetic language (a fixed random bigram table: the loss can fall a long way), averages the
 adapter gradients with :class:`lora.averaging.StageGradientAverager` (the node0 averager with
 its defences; ``--compression`` none / float16 / int8) and steps AdamW. ``--local-steps K > 1``
-is the DiLoCo mode (:mod:`training.diloco`): K local AdamW steps, then one averaged
-pseudo-gradient step with outer Nesterov SGD. Both replicas score the same held-out batches.
+is the DiLoCo mode (:mod:`lora.diloco`, the outer loop ``node0 train``'s stage jobs run under
+``averaging: {mode: diloco}``): K local AdamW steps, then one averaged pseudo-gradient step
+with outer Nesterov SGD. Both replicas score the same held-out batches.
 
 :func:`run_pair` starts both, waits, and returns their results with the bytes the router
 received from them while they trained (interface counters: headers and retransmits included).
@@ -100,7 +101,7 @@ def replica(args) -> None:
     from lora import LoraSettings
     from lora.averaging import StageGradientAverager, averaging_prefix
     from lora.config import AveragingSettings
-    from training.diloco import DiLoCoOuter
+    from lora.diloco import DiLoCoOuter
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -116,13 +117,7 @@ def replica(args) -> None:
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
     inner = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     diloco = None
-    if args.local_steps > 1:
-        diloco = DiLoCoOuter(
-            params,
-            local_steps=args.local_steps,
-            outer_lr=args.outer_lr,
-            outer_momentum=args.outer_momentum,
-        )
+    mode = "diloco" if args.local_steps > 1 else "per_step"
     received = _count_received_tensor_bytes()  # before the averager process forks
     maddrs = work / "maddrs.json"
     host_maddrs = [f"/ip4/{args.host}/tcp/0"]
@@ -138,7 +133,13 @@ def replica(args) -> None:
         request_timeout=5.0,
         min_matchmaking_time=8.0,
         matchmaking_timeout=20.0,
+        mode=mode,
+        local_steps=args.local_steps,
+        outer_lr=args.outer_lr,
+        outer_momentum=args.outer_momentum,
     )
+    if mode == "diloco":  # the outer loop of `node0 train`'s stage jobs, from the same settings
+        diloco = DiLoCoOuter.from_settings(params, settings)
     averager = StageGradientAverager(
         dht,
         prefix=averaging_prefix(str(args.model_dir), 0, 6, "wan", "wan"),

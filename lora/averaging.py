@@ -242,6 +242,12 @@ class StageGradientAverager:
                 "lora": lora.fingerprint() if lora is not None else None,
                 "tensors": [[list(p.shape), str(p.dtype)] for p in self.params],
                 "compression": settings.compression,
+                # replicas in another averaging mode never meet at the same steps: refuse them
+                **(
+                    {"diloco": [settings.local_steps, settings.outer_lr, settings.outer_momentum]}
+                    if settings.mode == "diloco"
+                    else {}
+                ),
             }
         )
         self._checksum = _Checksum()

@@ -232,6 +232,22 @@ class AveragingSettings(_Strict):
         "int8, 1.002 bytes a value; parts under 1024 values as float16: lora/compression.py); "
         "see docs/wan.md for bytes and loss",
     )
+    mode: Literal["per_step", "diloco"] = Field(
+        "per_step",
+        description="per_step: the replicas average their adapter gradients at every "
+        "optimizer step; diloco: each replica takes local_steps optimizer steps alone, then "
+        "the replicas average their pseudo-gradients (parameters at the last sync minus "
+        "current ones) and apply them with outer Nesterov SGD (lora/diloco.py, docs/wan.md)",
+    )
+    local_steps: int = Field(
+        1,
+        ge=1,
+        description="diloco: local optimizer steps between two averaging rounds (K)",
+    )
+    outer_lr: float = Field(0.7, gt=0, description="diloco: the outer SGD's learning rate")
+    outer_momentum: float = Field(
+        0.9, ge=0, lt=1, description="diloco: the outer SGD's Nesterov momentum"
+    )
     max_part_norm: float | None = Field(
         None,
         gt=0,

@@ -233,7 +233,7 @@ class StageService(node0_pb2_grpc.StageServicer):
             step=outcome.applied_total,
             skipped=outcome.skipped_total,
             group_size=averaging.group_size if averaging else 1,
-            averaging=_describe(averaging),
+            averaging=_describe(averaging, report.diloco),
             checkpoint_path=str(report.checkpoint or ""),
         )
 
@@ -259,10 +259,13 @@ def _job_settings(request: node0_pb2.TrainingJobRequest) -> JobSettings:
     return settings
 
 
-def _describe(report) -> str:
-    """One phrase for the trainer's progress line: what the averaging round did."""
+def _describe(report, diloco: str = "") -> str:
+    """One phrase for the trainer's progress line: what the averaging round did (DiLoCo: which
+    local step, or the outer step's round)."""
     if report is None:
-        return "local (no replicas)"
+        return f"diloco {diloco}: local, no averaging" if diloco else "local (no replicas)"
+    if diloco:
+        return f"diloco {diloco}: " + _describe(report)
     if report.averaged:
         text = f"averaged with {report.group_size - 1} replica(s) in {report.seconds:.1f}s"
     else:

@@ -64,6 +64,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
+def averaging_mode_record(config) -> dict:
+    """How the replicas average, for the run record: ``per_step``, or ``diloco`` with its
+    local steps and outer optimizer."""
+    avg = config.averaging
+    record = {"mode": avg.mode, "compression": avg.compression, "replicas": config.replicas}
+    if avg.mode == "diloco":
+        record.update(
+            local_steps=avg.local_steps,
+            outer_optimizer="sgd-nesterov" if avg.outer_momentum > 0 else "sgd",
+            outer_lr=avg.outer_lr,
+            outer_momentum=avg.outer_momentum,
+        )
+    return record
+
+
+def _averaging_mode_line(config) -> str:
+    if config.replicas < 2:
+        return ""
+    avg = config.averaging
+    if avg.mode == "diloco":
+        return (
+            f" (DiLoCo: {avg.local_steps} local steps, then outer Nesterov SGD lr "
+            f"{avg.outer_lr:g}, momentum {avg.outer_momentum:g}; {avg.compression})"
+        )
+    return f" (every step; {avg.compression})"
+
+
 def _resolved_config(args: argparse.Namespace):
     from base.config_loader import load_yaml_config
     from base.errors import ConfigError
@@ -154,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
             f"clip {config.max_grad_norm:g}",
             f"data: shard {config.data.shard_index}/{config.data.shard_count} of "
             + ", ".join(str(p) for p in config.data.train),
-            f"replicas per stage averaging: {config.replicas}",
+            f"replicas per stage averaging: {config.replicas}" + _averaging_mode_line(config),
             *(
                 [
                     f"objective: DPO, beta {config.dpo.beta:g}, label smoothing "
@@ -198,6 +225,8 @@ def run(args: argparse.Namespace) -> int:
             "initial_peers": peers,
         },
     )
+    if config.replicas > 1:
+        run.set("averaging_mode", averaging_mode_record(config))
     if init is not None:
         run.set("init_adapter", init.record())
     run.set(

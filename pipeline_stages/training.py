@@ -14,6 +14,12 @@ goes through :class:`lora.StepGuard`: a step whose gradients are not finite is s
 counted, never fatal. Adapter jobs checkpoint atomically and resume from their checkpoint or,
 when a replica is ahead, from its peers.
 
+DiLoCo (``averaging: {mode: diloco, local_steps: K}``, :mod:`lora.diloco`): the replicas do
+not average at every step; each takes K local AdamW steps, then (on the K-th step, after the
+inner step) averages its pseudo-gradient through the same averaging round and applies the mean
+with outer Nesterov SGD. The state the replicas compare and share is the outer one (synced
+parameters and outer momentum); the checkpoint keeps it under ``extra["diloco"]``.
+
 Mixed precision (docs/lora.md): the frozen base computes in the stage's dtype, adapters and
 their optimizer state stay float32 (PEFT's ``autocast_adapter_dtype``), the loss is computed in
 float32 from the logits, and activations and their gradients cross the wire in the dtype they
@@ -45,6 +51,7 @@ from lora.averaging import (
 )
 from lora.checkpoint import load_checkpoint, save_checkpoint
 from lora.config import AveragingSettings, LoraSettings, OptimizerSettings, check_adapter_name
+from lora.diloco import DiLoCoOuter
 from lora.stage_adapters import (
     adapter_parameters,
     adapter_state_dict,
@@ -103,6 +110,7 @@ class StepReport:
     outcome: StepOutcome
     averaging: AveragingReport | None
     checkpoint: Path | None
+    diloco: str = ""  # DiLoCo mode: "local step k/K" or "outer step" ("" otherwise)
 
 
 def _base_dtype(stage: DecoderStage) -> tuple[torch.dtype, torch.device]:
@@ -202,6 +210,20 @@ class StageTrainingJob:
             eps=optimizer.eps,
         )
         self.guard = StepGuard(self.params, max_grad_norm=optimizer.max_grad_norm)
+        self.diloco: DiLoCoOuter | None = None
+        if settings.averaging.mode == "diloco":
+            if self.adapter is None or settings.replicas < 2:
+                raise BadJobSettings(
+                    "averaging mode diloco averages an adapter between replicas: it needs "
+                    f"an adapter job with replicas > 1 (trainable={settings.trainable!r}, "
+                    f"replicas={settings.replicas})"
+                )
+            self.diloco = DiLoCoOuter.from_settings(self.params, settings.averaging)
+        # the optimizer whose state the replicas compare and share: AdamW's when they average
+        # every step, the outer SGD's (momentum) under DiLoCo, whose AdamW state stays local
+        self.shared_optimizer = (
+            self.diloco.outer_optimizer if self.diloco is not None else self.optimizer
+        )
         self.pending: dict[str, MicrobatchPieces] = {}
         self.piece_tokens = piece_tokens
         self._backward_lock = threading.Lock()
@@ -222,6 +244,17 @@ class StageTrainingJob:
                     guard=self.guard,
                 )
                 self.resumed_from = "checkpoint"
+                if self.diloco is not None:
+                    saved = loaded.extra.get("diloco")
+                    if saved is None:  # a per-step checkpoint: its adapter is the outer state
+                        self.diloco.inner_steps = self.guard.applied
+                    else:
+                        try:
+                            self.diloco.load_state_dict(saved)
+                        except ValueError as exc:
+                            raise BadJobSettings(
+                                f"checkpoint {self.checkpoint_path}: DiLoCo state: {exc}"
+                            ) from exc
                 log.info(
                     "job %s resumed %s at step %d from %s",
                     job_id,
@@ -246,7 +279,7 @@ class StageTrainingJob:
                     params=self.params,
                     settings=averaging,
                     lora=settings.lora,
-                    optimizer=self.optimizer,
+                    optimizer=self.shared_optimizer,
                     lock=self.lock,
                 )
             except AveragingConfigError as exc:
@@ -281,7 +314,7 @@ class StageTrainingJob:
         with self.lock:
             saved = (
                 adapter_state_dict(self.stage, self.adapter),
-                self.optimizer.state_dict(),
+                self.shared_optimizer.state_dict(),
                 self.guard.state_dict(),
             )
         own_step = self.guard.applied
@@ -295,11 +328,16 @@ class StageTrainingJob:
         if loaded.step <= own_step:  # we were as far along: keep ours
             with self.lock:
                 load_adapter_state_dict(self.stage, self.adapter, saved[0])
-                self.optimizer.load_state_dict(saved[1])
+                self.shared_optimizer.load_state_dict(saved[1])
             self.averager.set_step(own_step)
             return False
         with self.lock:
             self.guard.applied = loaded.step
+            if self.diloco is not None:
+                # the peer shares its live parameters: our outer start until the next round,
+                # whose state check resyncs the replicas if they differ from its outer ones
+                self.diloco.reset()
+                self.diloco.inner_steps = loaded.step
         self.resumed_from = "peers"
         log.info(
             "job %s: loaded %s at step %d from a replica (was at %d)",
@@ -545,6 +583,8 @@ class StageTrainingJob:
                 "no gradient accumulated since the last step; run forward and backward first"
             )
         self._unscale()  # replicas average true gradients, whatever their trainers' scales
+        if self.diloco is not None:
+            return self._diloco_step(samples, checkpoint, compute_lock)
         report = None
         if self.averager is not None:
             try:
@@ -559,9 +599,42 @@ class StageTrainingJob:
         self.accumulated = 0
         if self.averager is not None:
             self.averager.set_step(self.guard.applied)
+        return StepReport(outcome, report, self._maybe_save(outcome, checkpoint))
+
+    def _maybe_save(self, outcome: StepOutcome, checkpoint: bool) -> Path | None:
         every = self.settings.checkpoint_every
         due = checkpoint or (every > 0 and outcome.applied and self.guard.applied % every == 0)
-        return StepReport(outcome, report, self.save() if due else None)
+        return self.save() if due else None
+
+    def _diloco_step(
+        self, samples: float, checkpoint: bool, compute_lock: AbstractContextManager | None
+    ) -> StepReport:
+        """DiLoCo: the local AdamW step; on every K-th, then the averaged outer step.
+
+        Every optimizer step counts (applied or skipped), so replicas whose trainers are at the
+        same step average at the same steps."""
+        diloco = self.diloco
+        with compute_lock or nullcontext(), self.lock:
+            outcome = self.guard.step(self.optimizer)
+        self.accumulated = 0
+        report, note = None, f"local step {diloco.local_step + 1}/{diloco.local_steps}"
+        if diloco.note_inner_step():
+            with compute_lock or nullcontext(), self.lock:
+                diloco.begin_round()  # pseudo-gradients in .grad, parameters at the outer ones
+            try:
+                report = self.averager.average(samples)  # outside every lock
+            except AveragingConfigError as exc:
+                with self.lock:
+                    for param in self.params:
+                        param.grad = None
+                raise ReplicaConfigMismatch(str(exc)) from exc
+            with compute_lock or nullcontext(), self.lock:
+                if report.resynced:  # the round loaded the source replica's outer state
+                    self.guard.applied = self.averager.step
+                diloco.finish_round()
+            note = "outer step"
+        self.averager.set_step(self.guard.applied)
+        return StepReport(outcome, report, self._maybe_save(outcome, checkpoint), note)
 
     def save(self) -> Path | None:
         """Write the adapter checkpoint (atomic); None for full fine-tuning jobs."""
@@ -576,7 +649,10 @@ class StageTrainingJob:
                 layers=(self.stage.start, self.stage.end),
                 optimizer=self.optimizer,
                 guard=self.guard,
-                extra={"job_id": self.job_id},
+                extra={
+                    "job_id": self.job_id,
+                    **({"diloco": self.diloco.state_dict()} if self.diloco is not None else {}),
+                },
             )
 
     def close(self) -> None:

@@ -79,7 +79,8 @@ class TrainConfig(OptimizerSettings):
     ``sequential`` (one micro-batch through every stage and back before the next: one
     stage works at a time). The gradients are the same under each."""
     replicas: int = Field(1, ge=1)
-    """Replicas of each stage that average their gradients every step (one per trainer)."""
+    """Replicas of each stage that average their gradients every step (one per trainer);
+    ``averaging.mode: diloco``: every ``averaging.local_steps`` steps, their pseudo-gradients."""
     averaging: AveragingSettings = Field(default_factory=AveragingSettings)
     """How the replicas of a stage average (timeouts, compression), validated here before
     anything is sent; ``target_group_size`` is set by ``replicas``."""
@@ -131,6 +132,12 @@ class TrainConfig(OptimizerSettings):
             raise ValueError(
                 f"averaging.target_group_size {self.averaging.target_group_size} contradicts "
                 f"replicas {self.replicas}: groups are as large as replicas (leave it out)"
+            )
+        if self.averaging.mode == "diloco" and self.replicas < 2:
+            raise ValueError(
+                f"averaging.mode diloco with replicas {self.replicas}: DiLoCo averages "
+                "pseudo-gradients between replicas of each stage (set replicas >= 2, or leave "
+                "the mode out)"
             )
         if self.data.kind == "dpo" and self.dpo.reference_adapter == self.adapter:
             raise ValueError(

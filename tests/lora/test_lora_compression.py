@@ -7,7 +7,7 @@ from hivemind.compression import CompressionInfo, deserialize_torch_tensor, seri
 from hivemind.proto import runtime_pb2
 
 from lora.compression import BlockwiseInt8, Uniform8Bit, wire_compression
-from training.diloco import DiLoCoOuter
+from lora.diloco import DiLoCoOuter
 
 
 def gradient_like(seed: int = 0) -> torch.Tensor:
