@@ -17,7 +17,6 @@ from base.errors import SwarmError
 from base.routing import plan_route
 from inference.swarm_client import SwarmClient
 from node.local_swarm import peer_id_of
-from security.active import ENV as CREDENTIAL_ENV
 from tests.fixtures import kill_group, local_swarm, reference_generate
 
 # 140 s on 2 busy cores (four daemons start, two quiet watches, a repair): the slow tier
@@ -74,11 +73,7 @@ def _moves(state) -> list[str]:
     ]
 
 
-def test_auto_swarm_covers_repairs_a_lost_span_and_keeps_the_session(
-    model_dir, tmp_path, monkeypatch
-):
-    # an open swarm: this test is about placement (the private swarm's checks are security's)
-    monkeypatch.setenv(CREDENTIAL_ENV, "none")
+def test_auto_swarm_covers_repairs_a_lost_span_and_keeps_the_session(model_dir, tmp_path):
     peers = [(f"p{i}", "auto") for i in range(4)]
     placement = {
         "num_blocks": NUM_BLOCKS,
@@ -97,7 +92,6 @@ def test_auto_swarm_covers_repairs_a_lost_span_and_keeps_the_session(
         announce_period=ANNOUNCE_PERIOD,
         announce_ttl=ANNOUNCE_TTL,
         placement=placement,
-        insecure_open_swarm=True,
         torch_threads=1,
     ) as state:
         client = SwarmClient(str(model_dir), state.initial_peers)
