@@ -214,6 +214,8 @@ class StageGradientAverager:
         optimizer: its state is shared with late joiners (and loaded from peers).
         lock: held while gradients, parameters or optimizer state are read or written (the
             training job's lock); a private lock when omitted.
+        state_params: returns the tensors compared and shared as the parameters (default:
+            ``params``); DiLoCo's outer parameters (:mod:`lora.diloco`).
     """
 
     def __init__(
@@ -226,6 +228,7 @@ class StageGradientAverager:
         lora: LoraSettings | None = None,
         optimizer: torch.optim.Optimizer | None = None,
         lock: threading.Lock | threading.RLock | None = None,
+        state_params=None,
     ):
         if "." in prefix:
             raise ValueError("prefix must not contain '.'")
@@ -234,6 +237,7 @@ class StageGradientAverager:
         self.params = list(params)
         self.settings = settings
         self.optimizer = optimizer
+        self.state_params = state_params  # () -> the tensors shared as parameters (DiLoCo)
         self.lock = lock or threading.RLock()
         self.step = 0  # optimizer steps applied; set by the caller, shared with late joiners
         self.rounds = 0
@@ -717,7 +721,8 @@ class StageGradientAverager:
 
     def _state_tensors(self) -> tuple[list[torch.Tensor], list, dict]:
         """The live tensors shared with peers (params, then optimizer tensors); hold the lock."""
-        tensors = [p.detach() for p in self.params]
+        shared = self.state_params() if self.state_params is not None else self.params
+        tensors = [p.detach() for p in shared]
         layout, opt_scalars = [], {}
         if self.optimizer is not None:
             state = self.optimizer.state_dict()["state"]

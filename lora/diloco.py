@@ -74,6 +74,10 @@ class DiLoCoOuter:
         """Take the current parameters as the outer (last synced) ones."""
         self._outer = [p.detach().clone() for p in self.params]
 
+    def outer_params(self) -> list[torch.Tensor]:
+        """The outer (last synced) parameters: what replicas compare and share between rounds."""
+        return self._outer
+
     def note_inner_step(self) -> bool:
         """Count one inner optimizer step; True when an outer step is due."""
         self.inner_steps += 1

@@ -213,6 +213,7 @@ class StageService(node0_pb2_grpc.StageServicer):
                 samples=request.samples or 1.0,
                 discard=request.discard,
                 checkpoint=request.checkpoint,
+                trainer_step=request.step,
             )
         except Exception as exc:
             abort_call(context, exc, "OptimizerStep")

@@ -353,13 +353,19 @@ class StageExecutor:
         samples: float = 1.0,
         discard: bool = False,
         checkpoint: bool = False,
+        trainer_step: int | None = None,
     ) -> StepReport | None:
         """Average (no gate held: it waits for other replicas), then step in a training turn."""
         if discard:
             with self.gate.training():
                 job.discard()
             return None
-        return job.optimizer_step(samples, checkpoint=checkpoint, compute_lock=self.gate.training())
+        return job.optimizer_step(
+            samples,
+            checkpoint=checkpoint,
+            compute_turn=self.gate.training,
+            trainer_step=trainer_step,
+        )
 
     def close_jobs(self) -> None:
         """Checkpoint every adapter job and leave the averaging groups (daemon shutdown)."""

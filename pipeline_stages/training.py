@@ -35,7 +35,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -281,6 +281,8 @@ class StageTrainingJob:
                     lora=settings.lora,
                     optimizer=self.shared_optimizer,
                     lock=self.lock,
+                    # DiLoCo: replicas compare and share the outer (last synced) parameters
+                    state_params=self.diloco.outer_params if self.diloco is not None else None,
                 )
             except AveragingConfigError as exc:
                 raise ReplicaConfigMismatch(str(exc)) from exc
@@ -334,8 +336,8 @@ class StageTrainingJob:
         with self.lock:
             self.guard.applied = loaded.step
             if self.diloco is not None:
-                # the peer shares its live parameters: our outer start until the next round,
-                # whose state check resyncs the replicas if they differ from its outer ones
+                # the peer shared its outer parameters and momentum (its local steps since the
+                # last round stay its own): they are ours, and we start our local steps there
                 self.diloco.reset()
                 self.diloco.inner_steps = loaded.step
         self.resumed_from = "peers"
@@ -570,11 +572,12 @@ class StageTrainingJob:
         samples: float = 1.0,
         *,
         checkpoint: bool = False,
-        compute_lock: AbstractContextManager | None = None,
+        compute_turn: Turn = nullcontext,
+        trainer_step: int | None = None,
     ) -> StepReport:
         """Average with the replicas (outside every lock), then guard + step, then save.
 
-        ``compute_lock`` (the executor's compute gate, as a training turn) is taken around the
+        ``compute_turn()`` (the executor's compute gate, as a training turn) is taken around each
         parameter update only, so inference keeps running while this replica waits for its
         averaging group.
         """
@@ -584,7 +587,7 @@ class StageTrainingJob:
             )
         self._unscale()  # replicas average true gradients, whatever their trainers' scales
         if self.diloco is not None:
-            return self._diloco_step(samples, checkpoint, compute_lock)
+            return self._diloco_step(samples, checkpoint, compute_turn, trainer_step)
         report = None
         if self.averager is not None:
             try:
@@ -594,7 +597,7 @@ class StageTrainingJob:
             if report.resynced:  # the round replaced our state with the source replica's
                 with self.lock:
                     self.guard.applied = self.averager.step
-        with compute_lock or nullcontext(), self.lock:
+        with compute_turn(), self.lock:
             outcome = self.guard.step(self.optimizer)
         self.accumulated = 0
         if self.averager is not None:
@@ -607,19 +610,23 @@ class StageTrainingJob:
         return self.save() if due else None
 
     def _diloco_step(
-        self, samples: float, checkpoint: bool, compute_lock: AbstractContextManager | None
+        self, samples: float, checkpoint: bool, compute_turn: Turn, trainer_step: int | None
     ) -> StepReport:
         """DiLoCo: the local AdamW step; on every K-th, then the averaged outer step.
 
-        Every optimizer step counts (applied or skipped), so replicas whose trainers are at the
-        same step average at the same steps."""
+        The rounds fall on the trainer's steps K, 2K, … (``trainer_step``: the steps it finished
+        before this one), so replicas whose trainers are at the same step average together
+        whatever each replica saw before (a late join, a skipped step); without it, this job's
+        own count of optimizer steps (applied or skipped)."""
         diloco = self.diloco
-        with compute_lock or nullcontext(), self.lock:
+        if trainer_step is not None:
+            diloco.inner_steps = int(trainer_step)
+        with compute_turn(), self.lock:
             outcome = self.guard.step(self.optimizer)
         self.accumulated = 0
         report, note = None, f"local step {diloco.local_step + 1}/{diloco.local_steps}"
         if diloco.note_inner_step():
-            with compute_lock or nullcontext(), self.lock:
+            with compute_turn(), self.lock:
                 diloco.begin_round()  # pseudo-gradients in .grad, parameters at the outer ones
             try:
                 report = self.averager.average(samples)  # outside every lock
@@ -628,7 +635,7 @@ class StageTrainingJob:
                     for param in self.params:
                         param.grad = None
                 raise ReplicaConfigMismatch(str(exc)) from exc
-            with compute_lock or nullcontext(), self.lock:
+            with compute_turn(), self.lock:
                 if report.resynced:  # the round loaded the source replica's outer state
                     self.guard.applied = self.averager.step
                 diloco.finish_round()
