@@ -82,6 +82,28 @@ class LoraSettings(_Strict):
             task_type="CAUSAL_LM",
         )
 
+    @classmethod
+    def from_peft_config(cls, config: dict) -> LoraSettings:
+        """The settings of a saved PEFT ``adapter_config.json`` (parsed); ``ValueError`` names
+        what a plain LoRA adapter may not have (bias, DoRA, rsLoRA, a regex of targets)."""
+        unsupported = [
+            key
+            for key, off in (("bias", "none"), ("use_dora", False), ("use_rslora", False))
+            if config.get(key, off) != off
+        ]
+        targets = config.get("target_modules")
+        if config.get("peft_type", "LORA") != "LORA" or unsupported or isinstance(targets, str):
+            raise ValueError(f"not a plain LoRA adapter ({unsupported or targets})")
+        try:
+            return cls(
+                rank=config["r"],
+                alpha=config["lora_alpha"],
+                dropout=config.get("lora_dropout", 0.0),
+                target_modules=tuple(targets or ()),
+            )
+        except KeyError as exc:
+            raise ValueError(f"no {exc.args[0]!r}: cannot map to LoraSettings") from exc
+
 
 LossScaling = Literal["auto", "dynamic", "none"]
 

@@ -41,26 +41,11 @@ _lock = threading.Lock()
 
 def _settings(directory: Path) -> LoraSettings:
     try:
-        config = json.loads((directory / CONFIG).read_text())
+        return LoraSettings.from_peft_config(json.loads((directory / CONFIG).read_text()))
     except (OSError, json.JSONDecodeError) as exc:
         raise InvalidInput(f"{directory / CONFIG}: not readable: {exc}") from exc
-    unsupported = [
-        key
-        for key, off in (("bias", "none"), ("use_dora", False), ("use_rslora", False))
-        if config.get(key, off) != off
-    ]
-    targets = config.get("target_modules")
-    if config.get("peft_type", "LORA") != "LORA" or unsupported or isinstance(targets, str):
-        raise InvalidInput(f"{directory}: not a plain LoRA adapter ({unsupported or targets})")
-    try:
-        return LoraSettings(
-            rank=config["r"],
-            alpha=config["lora_alpha"],
-            dropout=config.get("lora_dropout", 0.0),
-            target_modules=tuple(targets or ()),
-        )
-    except (KeyError, ValueError) as exc:
-        raise InvalidInput(f"{directory / CONFIG}: cannot map to LoraSettings: {exc}") from exc
+    except ValueError as exc:
+        raise InvalidInput(f"{directory / CONFIG}: {exc}") from exc
 
 
 def _stage_slice(weights: Path, start: int, end: int) -> dict[str, torch.Tensor]:

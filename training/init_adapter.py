@@ -63,20 +63,10 @@ def _settings(directory: Path) -> LoraSettings:
         config = json.loads((directory / CONFIG).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"init adapter {directory}: {CONFIG} unreadable ({exc})") from exc
-    targets = config.get("target_modules")
-    if config.get("peft_type", "LORA") != "LORA" or isinstance(targets, str):
-        raise ConfigError(f"init adapter {directory}: not a plain LoRA adapter")
     try:
-        return LoraSettings(
-            rank=config["r"],
-            alpha=config["lora_alpha"],
-            dropout=config.get("lora_dropout", 0.0),
-            target_modules=tuple(targets or ()),
-        )
-    except (KeyError, ValueError) as exc:
-        raise ConfigError(
-            f"init adapter {directory}: {CONFIG} is not LoRA settings: {exc}"
-        ) from exc
+        return LoraSettings.from_peft_config(config)
+    except ValueError as exc:
+        raise ConfigError(f"init adapter {directory}: {CONFIG}: {exc}") from exc
 
 
 def _locate(source: str, model: str, registry_db: Path | None) -> tuple[Path, str | None]:
