@@ -348,7 +348,10 @@ class GuardedReplicaAverager(DecentralizedAverager):
             async for tensor, update in azip(as_aiter(*tensors), runner):
                 tensor.add_(update, alpha=self._averaging_alpha)
                 self.last_updated = get_dht_time()
-                self._state_updated.set()
+                # not ``self._state_updated.set()``: hivemind re-declares the averager for state
+                # download (a DHT store) on it, once per averaged tensor — dozens of stores a
+                # round. Our shared state is ``state_fn``'s, not these buffers, and the declared
+                # value (state_sharing_priority) re-declares itself when it changes.
         else:
             async for _ in runner:
                 raise ValueError("aux peers should not receive averaged tensors")

@@ -498,9 +498,12 @@ class StageGradientAverager:
     def _average(self, local_samples: float, started: float) -> AveragingReport:
         if time.monotonic() - self._declared_at > _CONFIG_TTL / 3:
             self._declare_config()
+            # with the declaration, not every round (a DHT get): a replica that joined later
+            # never outranks us, and every round's groupmates show their fingerprint in the
+            # all-gather (_check_groupmates)
+            self._check_config_peers()
         if self._gate is not None:
             self._gate.publish(self.dht, self._peer)  # refreshed well before it expires
-        self._check_config_peers()
         local = self._read_local_gradients()
         nonfinite = not all(bool(torch.isfinite(t).all()) for t in local)
         if nonfinite:

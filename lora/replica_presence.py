@@ -12,7 +12,11 @@ discard, e.g. its route broke) at once, one whose trainer vanished within ``idle
 
 Each replica publishes ``[step, active_at, looking]`` under ``<prefix>.presence`` (subkey: its
 averager's peer id) every ``heartbeat`` seconds from a background thread, and at once when its
-step or its looking flag changes.
+step changes or its trainer abandons the step. The looking flag rides the next beat: a partner
+asks only after a whole matchmaking window without a group (seconds longer than a beat), and a
+replica that looks is also one that trained lately, so publishing the flag at once bought
+nothing but two DHT stores per round (a round that finds its group at once ends before the
+beat).
 """
 
 from __future__ import annotations
@@ -57,8 +61,7 @@ class ReplicaPresence:
 
     def set_looking(self, looking: bool) -> None:
         self.looking = looking
-        self.active_at = get_dht_time()
-        self._wake.set()
+        self.active_at = get_dht_time()  # published with the next beat (see the module doc)
 
     def _publish(self) -> None:
         if self.looking:

@@ -138,8 +138,7 @@ class SharedResultAverager(GuardedReplicaAverager):
         if runner.modes[group_info.peer_ids.index(self.peer_id)] != AveragingMode.AUX:
             async for tensor, update in azip(as_aiter(*tensors), runner):
                 tensor.add_(update, alpha=self._averaging_alpha)
-                self.last_updated = get_dht_time()
-                self._state_updated.set()
+                self.last_updated = get_dht_time()  # no re-declaration: see GuardedReplicaAverager
         else:
             async for _ in runner:
                 raise ValueError("aux peers should not receive averaged tensors")
