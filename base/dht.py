@@ -20,6 +20,7 @@ import importlib  # noqa: E402
 import pkgutil  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 
 import hivemind  # noqa: E402
@@ -27,7 +28,7 @@ from hivemind.utils.auth import TokenAuthorizerBase  # noqa: E402
 from hivemind.utils.crypto import RSAPrivateKey  # noqa: E402
 from hivemind.utils.multiaddr import codecs as _multiaddr_codecs  # noqa: E402
 
-from base.dht_schema import node0_validators, owner_marker  # noqa: E402
+from base.dht_schema import libp2p_identity, node0_validators, owner_marker  # noqa: E402
 from base.errors import SwarmError  # noqa: E402
 
 # hivemind imports its multiaddr codecs (and netaddr) lazily, by name. A DHT or averager child
@@ -90,6 +91,7 @@ def start_dht(
     attempts: int = DHT_START_ATTEMPTS,
     authorizer=None,
     signing_key: RSAPrivateKey | None = None,
+    owner_identity: bool = False,
 ) -> hivemind.DHT:
     """A running DHT peer, or :class:`SwarmError` if it cannot join or is not up in time.
 
@@ -106,10 +108,18 @@ def start_dht(
 
     The returned DHT carries ``owner_marker``, the ``[owner:<key>]`` its records' subkeys carry
     (:func:`base.dht_records.announce`).
+
+    ``owner_identity``: the peer's libp2p identity is its signing key (without a key or an
+    authorizer, a fresh one, not the process-wide key: two such peers in one process must not
+    share an id), so its peer id is the one readers require of its stage records
+    (:func:`base.dht_records.fetch_records`). A peer that announces records needs it; clients,
+    which may share a credential, do not.
     """
     where = ", ".join(initial_peers) if initial_peers else "(none)"
     if signing_key is None and isinstance(authorizer, TokenAuthorizerBase):
         signing_key = authorizer._local_private_key
+    if signing_key is None and owner_identity:
+        signing_key = RSAPrivateKey()
     signing_key = signing_key or RSAPrivateKey.process_wide()
     validators = node0_validators(signing_key)
     if hasattr(authorizer, "record_validators"):
@@ -117,6 +127,13 @@ def start_dht(
     for attempt in range(1, attempts + 1):
         dht = None
         gc.collect()  # the parent's finalizers run here, where their threads and locks live
+        identity = {}
+        if owner_identity:  # p2pd reads it once at start; removed as soon as the peer is up
+            handle, identity_path = tempfile.mkstemp(prefix="node0-identity-")
+            with os.fdopen(handle, "wb") as file:
+                file.write(libp2p_identity(signing_key))
+            # hivemind would first start a second p2pd to ask the swarm whether the id is taken
+            identity = {"identity_path": identity_path, "check_if_identity_free": False}
         try:
             dht = hivemind.DHT(
                 initial_peers=list(initial_peers),
@@ -125,6 +142,7 @@ def start_dht(
                 authorizer=authorizer,
                 record_validators=validators,
                 start=False,
+                **identity,
             )
             dht.run_in_background(await_ready=True, timeout=start_timeout)
             dht.owner_marker = owner_marker(signing_key)
@@ -152,6 +170,9 @@ def start_dht(
                 hint="check that a swarm is running (`node0 swarm status`) and the addresses "
                 "are current",
             ) from exc
+        finally:
+            if identity:
+                os.unlink(identity["identity_path"])
     raise AssertionError("unreachable")  # the loop returns or raises
 
 

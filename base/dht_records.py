@@ -112,8 +112,13 @@ def fetch_records(dht, model: str) -> list[StageRecord]:
 
     Each record came through the DHT's signature and schema checks; one whose content does not
     name the model, peer and span of its subkey is skipped too (an owner may write only its own
-    subkeys, and a record names the subkey it was written under).
+    subkeys, and a record names the subkey it was written under), and so is one whose
+    ``peer_id`` is not the libp2p peer id of its owner key (a daemon's identity is its signing
+    key: :func:`base.dht.start_dht` ``owner_identity``), so a host cannot announce a record that
+    claims another peer's id.
     """
+    from base.dht_schema import peer_id_of_owner  # imports this module
+
     found = dht.get(STAGES_KEY, latest=True)
     if found is None or not isinstance(found.value, dict):
         return []
@@ -128,6 +133,9 @@ def fetch_records(dht, model: str) -> list[StageRecord]:
             continue
         if record.model != model or not subkey.startswith(f"{model}|{record.subkey}[owner:"):
             log.warning("ignoring stage record %r: it names another subkey", subkey)
+            continue
+        if peer_id_of_owner(subkey) != record.peer_id:
+            log.warning("ignoring stage record %r: not owned by peer %s", subkey, record.peer_id)
             continue
         records.append(record)
     return sorted(records, key=lambda r: (r.start, r.end, r.peer_id))

@@ -24,14 +24,22 @@ waits until the timeout).
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import re
 import types
 import typing
 from typing import Any, Literal
 
+import multihash
 import pydantic.v1 as v1
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from hivemind.dht.crypto import RSASignatureValidator
 from hivemind.dht.schema import SchemaValidator
 from hivemind.dht.validation import RecordValidatorBase
+from hivemind.p2p import PeerID
+from hivemind.proto import crypto_pb2
 from hivemind.utils.crypto import RSAPrivateKey
 from pydantic import BaseModel
 
@@ -108,3 +116,42 @@ def owner_marker(private_key: RSAPrivateKey) -> str:
         b"_key_", private_key.get_public_key().to_bytes()
     )
     return marker.decode()
+
+
+def libp2p_identity(private_key: RSAPrivateKey) -> bytes:
+    """``private_key`` as a libp2p identity (what ``p2pd -id`` reads): its peer id is
+    :func:`peer_id_of_owner` of the key's owner marker."""
+    return crypto_pb2.PrivateKey(
+        key_type=crypto_pb2.KeyType.RSA, data=private_key.to_bytes()
+    ).SerializeToString()
+
+
+_MARKER_RE = re.compile(r"\[owner:(ssh-rsa [A-Za-z0-9+/=]+)\]$")
+
+
+@functools.lru_cache(maxsize=4096)
+def peer_id_of_owner(subkey: str) -> str | None:
+    """The libp2p peer id (base58) of the RSA key in ``subkey``'s trailing owner marker.
+
+    libp2p derives an RSA peer's id as the sha2-256 multihash of its public key (DER
+    SubjectPublicKeyInfo in a ``crypto_pb2.PublicKey``), as hivemind's ``PeerID.from_identity``
+    does. None when the subkey carries no marker or the key does not parse.
+    """
+    match = _MARKER_RE.search(subkey)
+    if match is None:
+        return None
+    try:
+        public_key = serialization.load_ssh_public_key(match.group(1).encode())
+    except ValueError:
+        return None
+    if not isinstance(public_key, rsa.RSAPublicKey):
+        return None
+    encoded = crypto_pb2.PublicKey(
+        key_type=crypto_pb2.RSA,
+        data=public_key.public_bytes(
+            encoding=serialization.Encoding.DER,
+            format=serialization.PublicFormat.SubjectPublicKeyInfo,
+        ),
+    ).SerializeToString()
+    digest = multihash.encode(hashlib.sha256(encoded).digest(), multihash.coerce_code("sha2-256"))
+    return PeerID(digest).to_base58()

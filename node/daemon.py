@@ -295,6 +295,7 @@ class Daemon:
             self.config.initial_peers,
             host_maddrs=self.config.dht_host_maddrs,
             authorizer=access.dht_authorizer(),
+            owner_identity=True,  # our records' peer id is our signing key's (fetch_records)
         )
 
     def _place(self, model_dir: Path, dtype: torch.dtype, access) -> list[StageSpec]:

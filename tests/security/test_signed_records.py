@@ -11,23 +11,28 @@ from hivemind.utils.crypto import RSAPrivateKey
 
 from base.dht import start_dht, visible_maddrs
 from base.dht_records import STAGES_KEY, StageRecord, announce, dht_subkey, fetch_records
-from base.dht_schema import stages_schema
+from base.dht_schema import peer_id_of_owner, stages_schema
 from security.authority import SwarmAuthority
 from security.revocation import RevocationList, fetch, publish, revocations_key
 
-RECORD = StageRecord(
-    model="m", start=0, end=2, num_layers=4, endpoint="127.0.0.1:5000", peer_id="peer-a"
+TEMPLATE = StageRecord(
+    model="m", start=0, end=2, num_layers=4, endpoint="127.0.0.1:5000", peer_id="-"
 )
+RECORD = TEMPLATE  # A's record, its peer id set by the fixture
 
 
 @pytest.fixture(scope="module")
 def peers():
-    """Host A, host B and a reader C, each signing with its own key."""
-    a = start_dht([], signing_key=RSAPrivateKey())
+    """Host A, host B and a reader C, each signing with its own key, their libp2p identity."""
+    global RECORD
+    a = start_dht([], signing_key=RSAPrivateKey(), owner_identity=True)
     started = [a]
     try:
         for _ in range(2):
-            started.append(start_dht(visible_maddrs(a), signing_key=RSAPrivateKey()))
+            started.append(
+                start_dht(visible_maddrs(a), signing_key=RSAPrivateKey(), owner_identity=True)
+            )
+        RECORD = TEMPLATE.model_copy(update={"peer_id": str(a.peer_id)})
         yield started
     finally:
         for dht in started:
@@ -49,20 +54,40 @@ def test_only_the_owner_writes_its_record(peers):
     # over A's subkey (B cannot sign for A's key), without an owner marker, a wrong type under
     # B's own marker, a field the schema does not know, and a plain value over the whole key
     assert not b.store(STAGES_KEY, forged, later, subkey=dht_subkey(RECORD, a.owner_marker))
-    assert not b.store(STAGES_KEY, forged, later, subkey="m|peer-a:0-2")
+    assert not b.store(STAGES_KEY, forged, later, subkey=f"m|{RECORD.subkey}")
     own = dht_subkey(RECORD, b.owner_marker)
     assert not b.store(STAGES_KEY, forged | {"start": 0.0}, later, subkey=own)
     assert not b.store(STAGES_KEY, forged | {"rogue": 1}, later, subkey=own)
     assert not b.store(STAGES_KEY, "gone", later)
     assert fetch_records(c, "m") == [RECORD]
     # B's own, well-formed record is accepted next to A's
-    other = RECORD.model_copy(update={"peer_id": "peer-b", "endpoint": "127.0.0.1:6000"})
+    other = RECORD.model_copy(update={"peer_id": str(b.peer_id), "endpoint": "127.0.0.1:6000"})
     announce(b, [other], ttl=60)
-    assert {r.peer_id for r in fetch_records(c, "m")} == {"peer-a", "peer-b"}
+    assert {r.peer_id for r in fetch_records(c, "m")} == {str(a.peer_id), str(b.peer_id)}
     # the owner refreshes and overwrites its own
     moved = RECORD.model_copy(update={"load": 0.5})
     announce(a, [moved], ttl=60)
     assert moved in fetch_records(c, "m")
+
+
+def test_a_record_claiming_another_peers_id_is_ignored(peers):
+    """B stores, under its own owner marker (signed, schema-valid, so the DHT accepts it), a
+    record that claims A's peer id and an endpoint of B's choosing: readers skip it, because
+    A's peer id is not B's key's; A's own record still routes."""
+    a, b, c = peers
+    mine = RECORD.model_copy(update={"model": "n"})
+    announce(a, [mine], ttl=60)
+    spoof = mine.model_copy(update={"start": 2, "end": 4, "endpoint": "127.0.0.1:6666"})
+    announce(b, [spoof], ttl=60)
+    found = c.get(STAGES_KEY, latest=True).value
+    assert dht_subkey(spoof, b.owner_marker) in found  # stored: only readers can tell
+    assert fetch_records(c, "n") == [mine]
+    honest = spoof.model_copy(update={"peer_id": str(b.peer_id)})
+    announce(b, [honest], ttl=60)
+    assert fetch_records(c, "n") == [mine, honest]
+    # each peer's libp2p id is its signing key's
+    assert str(a.peer_id) == peer_id_of_owner(a.owner_marker)
+    assert str(b.peer_id) != str(a.peer_id)
 
 
 def test_only_authority_signed_revocation_lists_are_stored(tmp_path):
