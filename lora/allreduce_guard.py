@@ -260,6 +260,8 @@ class GuardedReplicaAverager(DecentralizedAverager):
     the host process when a peer downloads our state, returns ``(metadata, tensors)``.
     """
 
+    runner_type: type[AllReduceRunner] = _GuardedRunner  # the all-reduce of every round
+
     def __init__(
         self,
         averaged_tensors: Sequence[torch.Tensor],
@@ -332,7 +334,7 @@ class GuardedReplicaAverager(DecentralizedAverager):
     ) -> None:
         # hivemind's method with the runner class swapped for the guarded one
         group_id = group_info.group_id if group_id is None else group_id
-        runner = _GuardedRunner(
+        runner = self.runner_type(
             part_guard=self.part_guard,
             p2p=self._p2p,
             servicer_type=type(self),

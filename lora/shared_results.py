@@ -21,17 +21,13 @@ configuration fingerprint).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import AsyncIterator  # noqa: UP035 (hivemind reads typing's AsyncIterator)
 
 import torch
-from hivemind.averaging.allreduce import AveragingMode
-from hivemind.averaging.group_info import GroupInfo
 from hivemind.averaging.partition import BannedException
 from hivemind.compression import CompressionInfo, deserialize_torch_tensor, serialize_torch_tensor
 from hivemind.proto import averaging_pb2
-from hivemind.utils.asyncio import amap_in_executor, as_aiter, azip
-from hivemind.utils.timed_storage import get_dht_time
+from hivemind.utils.asyncio import amap_in_executor
 
 from lora.allreduce_guard import GuardedReplicaAverager, _GuardedRunner
 
@@ -114,31 +110,4 @@ class _SharedResultRunner(_GuardedRunner):
 class SharedResultAverager(GuardedReplicaAverager):
     """:class:`~lora.allreduce_guard.GuardedReplicaAverager` with :class:`_SharedResultRunner`."""
 
-    async def _run_allreduce_inplace_(
-        self,
-        tensors: Sequence[torch.Tensor],
-        group_info: GroupInfo,
-        group_id: bytes | None = None,
-        **kwargs,
-    ) -> None:
-        # GuardedReplicaAverager's method with the runner class swapped
-        group_id = group_info.group_id if group_id is None else group_id
-        runner = _SharedResultRunner(
-            part_guard=self.part_guard,
-            p2p=self._p2p,
-            servicer_type=type(self),
-            prefix=self.prefix,
-            tensors=tensors,
-            group_id=group_id,
-            ordered_peer_ids=group_info.peer_ids,
-            **kwargs,
-        )
-        assert group_id in self._running_groups, f"group {group_id} was not registered"
-        self._running_groups[group_id].set_result(runner)
-        if runner.modes[group_info.peer_ids.index(self.peer_id)] != AveragingMode.AUX:
-            async for tensor, update in azip(as_aiter(*tensors), runner):
-                tensor.add_(update, alpha=self._averaging_alpha)
-                self.last_updated = get_dht_time()  # no re-declaration: see GuardedReplicaAverager
-        else:
-            async for _ in runner:
-                raise ValueError("aux peers should not receive averaged tensors")
+    runner_type = _SharedResultRunner
