@@ -92,31 +92,26 @@ def resolve_spec(text: str, registry_db: Path | None = None) -> ModelSpec:
             registry to look it up in), or a pruned version.
     """
     from models.catalog import CATALOG
-    from registry.store import VERSION_ID, Registry, default_db_path
+    from registry.store import VERSION_ID, UnknownVersion, resolve_version
 
     text = text.strip()
     at = _AT_VERSION.match(text)
     name = f"{at['name']}-v{at['version']}" if at else text
     if not VERSION_ID.match(name) or name in CATALOG or Path(name).exists():
         return ModelSpec.parse(text)
-    db = registry_db or default_db_path()
-    if not db.is_file():
-        raise RequestError(
-            f"model {text!r} names a registry version but there is no registry at {db}",
-            hint="set $NODE0_REGISTRY, or give MODEL[+ADAPTER…]",
-        )
-    registry = Registry.open(db)
     try:
-        known = [v.id for v in registry.versions(VERSION_ID.match(name)["name"])]
-        if name not in known:
+        version, adapter, _ = resolve_version(name, registry_db)
+    except UnknownVersion as exc:
+        if exc.known is None:
             raise RequestError(
-                f"model {text!r}: the registry has no version {name}"
-                + (f" (it has {', '.join(known)})" if known else " (nor any of that name)"),
-                hint="node0 model list",
-            )
-        version, adapter, _ = registry.adapter_source(name)
-    finally:
-        registry.close()
+                f"model {text!r} names a registry version but there is no registry at {exc.db}",
+                hint="set $NODE0_REGISTRY, or give MODEL[+ADAPTER…]",
+            ) from exc
+        raise RequestError(
+            f"model {text!r}: the registry has no version {name}"
+            + (exc.listing() or " (nor any of that name)"),
+            hint="node0 model list",
+        ) from exc
     return ModelSpec(version.base_model, (adapter.name,), version=version.id, sha256=adapter.sha256)
 
 

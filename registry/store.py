@@ -553,3 +553,35 @@ class Registry:
             raise refusal(RequestError, "pruned", f"{version_id} was pruned; its adapter is gone")
         adapter = version.adapters[0]
         return version, adapter, self.store.verify(adapter.sha256)
+
+
+class UnknownVersion(LookupError):
+    """A registry version name that does not resolve: ``known`` lists its role's versions, or
+    is None when there is no registry at ``db`` at all."""
+
+    def __init__(self, name: str, db: Path, known: list[str] | None) -> None:
+        super().__init__(name)
+        self.name, self.db, self.known = name, db, known
+
+    def listing(self) -> str:
+        """`` (it has a, b)``, or empty when the role has no versions."""
+        return f" (it has {', '.join(self.known)})" if self.known else ""
+
+
+def resolve_version(
+    name: str, db_path: str | Path | None = None
+) -> tuple[Version, AdapterEntry, Path]:
+    """The version ``name`` (``<role>-v<N>``), its adapter and verified store directory, from
+    the registry at ``db_path`` (default :func:`default_db_path`); :class:`UnknownVersion` when
+    there is no registry or no such version."""
+    db = Path(db_path) if db_path is not None else default_db_path()
+    if not db.is_file():
+        raise UnknownVersion(name, db, None)
+    registry = Registry.open(db)
+    try:
+        known = [v.id for v in registry.versions(VERSION_ID.match(name)["name"])]
+        if name not in known:
+            raise UnknownVersion(name, db, known)
+        return registry.adapter_source(name)
+    finally:
+        registry.close()

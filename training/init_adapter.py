@@ -71,7 +71,7 @@ def _settings(directory: Path) -> LoraSettings:
 
 def _locate(source: str, model: str, registry_db: Path | None) -> tuple[Path, str | None]:
     """The adapter directory ``source`` names, and its registry version (None: a directory)."""
-    from registry.store import VERSION_ID, Registry, default_db_path
+    from registry.store import VERSION_ID, UnknownVersion, resolve_version
 
     path = Path(source)
     if path.is_dir():
@@ -81,21 +81,16 @@ def _locate(source: str, model: str, registry_db: Path | None) -> tuple[Path, st
             f"init_from {source!r}: no adapter directory there, and not a registry version "
             "name (<role>-v<N>)"
         )
-    db = registry_db or default_db_path()
-    if not db.is_file():
-        raise ConfigError(f"init_from {source!r}: no registry at {db} to resolve it")
-    registry = Registry.open(db)
     try:
-        known = [v.id for v in registry.versions(VERSION_ID.match(source)["name"])]
-        if source not in known:
-            raise ConfigError(
-                f"init_from {source!r}: the registry has no such version"
-                + (f" (it has {', '.join(known)})" if known else ""),
-                hint="node0 model list",
-            )
-        version, _, directory = registry.adapter_source(source)
-    finally:
-        registry.close()
+        version, _, directory = resolve_version(source, registry_db)
+    except UnknownVersion as exc:
+        if exc.known is None:
+            message = f"init_from {source!r}: no registry at {exc.db} to resolve it"
+            raise ConfigError(message) from exc
+        raise ConfigError(
+            f"init_from {source!r}: the registry has no such version{exc.listing()}",
+            hint="node0 model list",
+        ) from exc
     if version.base_model != model:
         raise ConfigError(
             f"init_from {source}: trained on {version.base_model!r}, the run trains {model!r}"
