@@ -550,14 +550,22 @@ def _before_export(ctx: Context) -> None:
     ctx.vars = {**ctx.vars, "peers_args": _peers_args(ctx)}
 
 
-def _after_export(ctx: Context, record: dict) -> None:
+def record_gather(ctx: Context) -> Path | None:
+    """After a gather phase: its run directory and the adapter file it wrote (None: no
+    adapter) into the phase's outputs."""
     runs = _new_runs(ctx.phase_dir, "gather", set())
     if not runs:
         raise PhaseFailed("gather left no run directory", ExitCode.CHECKPOINT, "no_output")
     ctx.current["gather_run_dir"] = str(runs[-1])
     weights = sorted(ctx.phase_dir.glob("gathered/**/adapter_model.safetensors"))
-    if weights:
-        ctx.current["adapter_file"] = str(weights[0])
+    if not weights:
+        return None
+    ctx.current["adapter_file"] = str(weights[0])
+    return weights[0]
+
+
+def _after_export(ctx: Context, record: dict) -> None:
+    record_gather(ctx)
     prepare, train, evaluation = ctx.outputs["prepare"], ctx.outputs["train"], ctx.outputs["eval"]
     args = [
         "node0",
@@ -569,7 +577,7 @@ def _after_export(ctx: Context, record: dict) -> None:
         "--base-model",
         ctx.vars["model"],
         "--gather-run",
-        str(runs[-1]),
+        ctx.current["gather_run_dir"],
         "--train-run",
         train["train_run_dir"],
         "--eval-run",

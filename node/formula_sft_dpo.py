@@ -20,10 +20,10 @@ from lora.config import check_adapter_name
 from node.formula_run import (
     Context,
     PhaseFailed,
-    _new_runs,
     _peers_args,
     _trainer_done,
     _watch_train,
+    record_gather,
 )
 from provenance import atomic_write
 
@@ -104,13 +104,9 @@ def _before_export(ctx: Context) -> None:
 
 
 def _after_export(ctx: Context, record: dict) -> None:
-    runs = _new_runs(ctx.phase_dir, "gather", set())
-    if not runs:
-        raise PhaseFailed("gather left no run directory", ExitCode.CHECKPOINT, "no_output")
-    ctx.current["gather_run_dir"] = str(runs[-1])
-    weights = sorted(ctx.phase_dir.glob("gathered/**/adapter_model.safetensors"))
-    if weights:
-        ctx.current.update(adapter_file=str(weights[0]), adapter_dir=str(weights[0].parent))
+    weights = record_gather(ctx)
+    if weights is not None:
+        ctx.current["adapter_dir"] = str(weights.parent)
 
 
 def _adapter_gathered(ctx: Context) -> tuple[bool, str]:
