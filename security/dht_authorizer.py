@@ -153,12 +153,7 @@ class SwarmAuthorizer(TokenAuthorizerBase):
     async def validate_request(self, request) -> bool:
         await self.refresh_token_if_needed()
         auth = request.auth
-        key = self._request_key_of(auth.client_access_token)
-        if key is None:
-            return False
-        signature, auth.signature = auth.signature, b""
-        if not self._verify(key, request, signature):
-            log.debug("DHT request with an invalid signature")
+        if not self._signed_by(auth.client_access_token, request, "request"):
             return False
         if auth.service_public_key and auth.service_public_key != self.local_public_key.to_bytes():
             return False
@@ -186,11 +181,18 @@ class SwarmAuthorizer(TokenAuthorizerBase):
     async def validate_response(self, response, request) -> bool:
         await self.refresh_token_if_needed()
         auth = response.auth
-        key = self._request_key_of(auth.service_access_token)
-        if key is None:
-            return False
-        signature, auth.signature = auth.signature, b""
-        if not self._verify(key, response, signature):
-            log.debug("DHT response with an invalid signature")
+        if not self._signed_by(auth.service_access_token, response, "response"):
             return False
         return auth.nonce == request.auth.nonce
+
+    def _signed_by(self, token, message, what: str) -> bool:
+        """Whether ``message`` carries a valid signature of ``token``'s delegated request key
+        (the signature field is cleared, as it was when signed)."""
+        key = self._request_key_of(token)
+        if key is None:
+            return False
+        signature, message.auth.signature = message.auth.signature, b""
+        if not self._verify(key, message, signature):
+            log.debug("DHT %s with an invalid signature", what)
+            return False
+        return True
