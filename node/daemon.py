@@ -40,6 +40,7 @@ from node.span_bench import SpanThroughput, measure_span
 from node.stage_service import StageService, start_grpc_server
 from pipeline_stages.executor import StageExecutor
 from pipeline_stages.loader import load_config, load_stage, stage_bytes
+from pipeline_stages.runtime_adapters import install_stage
 from pipeline_stages.sessions import SessionManager
 from provenance import atomic_write
 from security.access import PeerAccess, install
@@ -338,7 +339,8 @@ class Daemon:
     def move(self, executor: StageExecutor, move: Move, model_dir: Path, dtype, device) -> bool:
         """Serve ``move.target`` instead of ``move.current``: claim it, announce the old span
         offline, let in-flight steps finish, close its sessions and training jobs (clients
-        fail over and replay, trainers reroute), load the new span, announce it."""
+        fail over and replay, trainers reroute), load the new span with every adapter held
+        before (the config's and those loaded at run time), announce it."""
         cfg = self.config
         if self.placer.claim(self._claim_record, target=move.target) is None:
             log.info("layers [%d, %d) were claimed by another peer; staying", *move.target)
@@ -364,7 +366,9 @@ class Daemon:
             self._measure(move.target, stage)
             for name, path in sorted(cfg.adapters.items()):  # the new span's layers of each
                 load_task_adapter([stage], name, path)
-            executor.stages[move.target] = stage
+            # and of each adapter loaded at run time (LoadAdapter), read again from its source
+            for dropped in install_stage(executor, move.target, stage):
+                status("adapter", f"dropped {dropped.name} at the move: {dropped.reason}")
         announce(self.dht, self._records(executor), cfg.announce_ttl, timeout=ANNOUNCE_TIMEOUT_S)
         self.placer.moved()
         status("move", f"serving layers {list(move.target)}")
