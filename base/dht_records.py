@@ -55,7 +55,11 @@ class StageRecord(BaseModel):
     forward_samples_per_s: float = 0.0
     backward_samples_per_s: float = 0.0
     bench_tokens: int = 0
-    network_mbps: float = 0.0  # declared link throughput of the peer (0: unknown)
+    # the peer's link throughput in Mbit/s (0: unknown) and where it came from: "measured" by
+    # the daemon against other daemons (node.net_probe), or "declared" by its operator
+    # (placement.network_mbps); "" while neither is known
+    network_mbps: float = 0.0
+    network_source: Literal["", "measured", "declared"] = ""
     hidden_size: int = 0  # bytes per position on the wire = hidden_size × dtype size
 
     @property

@@ -54,6 +54,9 @@ class Reason(StrEnum):
     """An optimizer step with no gradient accumulated since the last one."""
     TOO_MANY_PENDING = "too_many_pending"
     """Too many training forwards await their backward on this job."""
+    PROBE_TOO_LARGE = "probe_too_large"
+    """A network probe sends or asks back more bytes than the daemon's cap
+    (node/net_probe.py)."""
     # the job's settings contradict the stage's: a config to fix
     BAD_JOB_SETTINGS = "bad_job_settings"
     """The training job's LoRA, averaging or optimizer settings do not validate."""
@@ -74,6 +77,8 @@ class Reason(StrEnum):
     """The daemon is at its session or cache-token limit."""
     NO_AVERAGING = "no_averaging"
     """The job expects replicas but this daemon has no DHT to average with."""
+    PROBE_BUSY = "probe_busy"
+    """The daemon is answering another network probe (one at a time); retry after a while."""
     # the replica lost state the call needs, or failed: redo it on another replica
     SESSION_NOT_FOUND = "session_not_found"
     """The inference session was closed, evicted, or the daemon restarted."""
@@ -128,6 +133,7 @@ REFUSALS: dict[Reason, Refusal] = {
     Reason.POSITION_AHEAD: Refusal(_S.FAILED_PRECONDITION, RequestError),
     Reason.NOTHING_TO_STEP: Refusal(_S.FAILED_PRECONDITION, RequestError),
     Reason.TOO_MANY_PENDING: Refusal(_S.RESOURCE_EXHAUSTED, RequestError),
+    Reason.PROBE_TOO_LARGE: Refusal(_S.RESOURCE_EXHAUSTED, RequestError),
     Reason.BAD_JOB_SETTINGS: Refusal(_S.INVALID_ARGUMENT, ConfigError),
     Reason.ADAPTER_CONFLICT: Refusal(_S.FAILED_PRECONDITION, ConfigError),
     Reason.JOB_SETTINGS_CONFLICT: Refusal(_S.FAILED_PRECONDITION, ConfigError),
@@ -137,6 +143,7 @@ REFUSALS: dict[Reason, Refusal] = {
     Reason.DTYPE_MISMATCH: Refusal(_S.FAILED_PRECONDITION, SwarmError, elsewhere=True),
     Reason.SESSION_CAPACITY: Refusal(_S.RESOURCE_EXHAUSTED, SwarmError, elsewhere=True),
     Reason.NO_AVERAGING: Refusal(_S.FAILED_PRECONDITION, SwarmError, elsewhere=True),
+    Reason.PROBE_BUSY: Refusal(_S.RESOURCE_EXHAUSTED, SwarmError, elsewhere=True),
     Reason.SESSION_NOT_FOUND: Refusal(_S.NOT_FOUND, PeerFailureError, elsewhere=True),
     Reason.JOB_NOT_FOUND: Refusal(_S.NOT_FOUND, PeerFailureError, elsewhere=True),
     Reason.MICROBATCH_NOT_FOUND: Refusal(_S.NOT_FOUND, PeerFailureError, elsewhere=True),

@@ -92,7 +92,19 @@ class PlacementConfig(_Strict):
         True, description="time decode and training steps on the loaded span and announce them"
     )
     network_mbps: float | None = Field(
-        None, gt=0, description="this peer's link throughput, announced for routing"
+        None,
+        gt=0,
+        description="this peer's link throughput in Mbit/s, announced for routing as declared "
+        "(no measurement then); unset: measured against other daemons (node/net_probe.py)",
+    )
+    measure_network: bool = Field(
+        True, description="measure the link throughput against other daemons and announce it"
+    )
+    network_probe_period: float = Field(
+        300.0,
+        gt=0,
+        description="seconds between network measurements once one succeeded (until then: "
+        "every announce_period, as the first peer of a swarm has nobody to measure against)",
     )
 
 

@@ -25,7 +25,7 @@ import torch
 
 from base.banner import print_banner, status
 from base.dht import start_dht, visible_maddrs
-from base.dht_records import StageRecord, announce
+from base.dht_records import StageRecord, announce, fetch_records
 from base.errors import SwarmError
 from base.precision import accepted_inputs, check_fits, resolve_device, torch_dtype
 from checkpoint_gather.weights_service import WeightsService
@@ -34,6 +34,7 @@ from models.catalog import resolve_model_dir
 from node.adapter_service import AdapterService
 from node.config import DaemonConfig, StageSpec
 from node.main_thread import MainThreadCalls
+from node.net_probe import NetworkMeter, NetworkService
 from node.placement import Move
 from node.rebalance import KeepAnnouncing, Placer, blocks_for_budget
 from node.span_bench import SpanThroughput, measure_span
@@ -44,6 +45,7 @@ from pipeline_stages.runtime_adapters import install_stage
 from pipeline_stages.sessions import SessionManager
 from provenance import atomic_write
 from security.access import PeerAccess, install
+from security.grpc_auth import CallSigner
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,7 @@ class Daemon:
         self.port: int | None = None
         self.placer: Placer | None = None
         self.throughput: dict[tuple[int, int], SpanThroughput] = {}
+        self.network: NetworkMeter | None = None
         self.model_dir: Path | None = None
 
     def _endpoint(self) -> str:
@@ -147,11 +150,40 @@ class Daemon:
                     (start, end), SpanThroughput()
                 ).backward_samples_per_s,
                 bench_tokens=measured.get((start, end), SpanThroughput()).bench_tokens,
-                network_mbps=self.config.placement.network_mbps or 0.0,
+                **self._network_fields(),
                 hidden_size=executor.config.hidden_size,
             )
             for start, end in sorted(executor.stages)
         ]
+
+    def _network_fields(self) -> dict:
+        """``network_mbps`` and ``network_source``: the operator's figure, else the measured
+        one, else none yet."""
+        declared = self.config.placement.network_mbps
+        if declared:
+            return {"network_mbps": float(declared), "network_source": "declared"}
+        if self.network is not None and self.network.mbps is not None:
+            return {"network_mbps": round(self.network.mbps, 1), "network_source": "measured"}
+        return {"network_mbps": 0.0, "network_source": ""}
+
+    def _probe_targets(self) -> list[str]:
+        """Endpoints of the other online daemons of the model: what the network is measured
+        against."""
+        mine = str(self.dht.peer_id)
+        records = fetch_records(self.dht, self.config.model)
+        return sorted({r.endpoint for r in records if r.peer_id != mine and r.state == "online"})
+
+    def _start_network_meter(self, access: PeerAccess) -> None:
+        p = self.config.placement
+        if p.network_mbps or not p.measure_network:
+            return
+        signer = None if access.open else CallSigner(access.credential)
+        self.network = NetworkMeter(
+            self._probe_targets,
+            signer,
+            period_s=p.network_probe_period,
+            retry_s=min(p.network_probe_period, self.config.announce_period),
+        ).start()
 
     def run(self) -> int:
         cfg = self.config
@@ -250,11 +282,12 @@ class Daemon:
             cfg.host,
             cfg.port,
             max_workers=2 * cfg.max_sessions + 4,
-            extra_servicers=(weights, runtime_adapters),
+            extra_servicers=(weights, runtime_adapters, NetworkService()),
             interceptors=access.grpc_interceptors(),
         )
         status("grpc", f"serving on {cfg.host}:{self.port}")
         announce(self.dht, self._records(executor), cfg.announce_ttl)
+        self._start_network_meter(access)
         if cfg.peer_file:
             atomic_write(cfg.peer_file, "\n".join(maddrs) + "\n")
         status(
@@ -376,6 +409,8 @@ class Daemon:
 
     def _shutdown(self, executor: StageExecutor) -> None:
         status("shutdown", "announcing offline, draining requests")
+        if self.network is not None:
+            self.network.stop()
         try:
             announce(
                 self.dht,

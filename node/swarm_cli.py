@@ -141,6 +141,13 @@ def run_up(args: argparse.Namespace) -> int:
     return print_status(_state_file(args))
 
 
+def network_column(record) -> str:
+    """``812.3 (measured)``, ``100.0 (declared)``, or ``-`` while the peer knows no figure."""
+    if record.network_mbps <= 0:
+        return "-"
+    return f"{record.network_mbps:.1f} ({record.network_source or 'unknown'})"
+
+
 def print_status(state_file: Path) -> int:
     from base.errors import SwarmError
     from base.routing import plan_route
@@ -161,7 +168,7 @@ def print_status(state_file: Path) -> int:
     print(
         f"{'peer':<10} {'pid':>8} {'alive':<6} {'layers':<10} {'endpoint':<22} {'state':<8} "
         f"{'load':>5} {'batch':>6} {'peak':>4} {'queue':>5} {'step_ms':>8} {'tok/s':>7} "
-        f"{'dtype':<9} {'device':<7}"
+        f"{'dtype':<9} {'device':<7} {'network Mbit/s':<20}"
     )
     for peer in state.peers:
         alive = pid_alive(peer.pid)
@@ -180,9 +187,11 @@ def print_status(state_file: Path) -> int:
                 + (
                     f"{rec.load:>5.2f} {rec.batch_size:>6.2f} {rec.peak_batch_size:>4d} "
                     f"{rec.queue_depth:>5d} "
-                    f"{rec.step_ms:>8.1f} {rec.tokens_per_s:>7.1f} {rec.dtype:<9} {rec.device:<7}"
+                    f"{rec.step_ms:>8.1f} {rec.tokens_per_s:>7.1f} {rec.dtype:<9} {rec.device:<7} "
+                    f"{network_column(rec):<20}"
                     if rec
-                    else f"{'-':>5} {'-':>6} {'-':>4} {'-':>5} {'-':>8} {'-':>7} {'-':<9} {'-':<7}"
+                    else f"{'-':>5} {'-':>6} {'-':>4} {'-':>5} {'-':>8} {'-':>7} {'-':<9} {'-':<7} "
+                    f"{'-':<20}"
                 )
             )
     try:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11proto/node0.proto\x12\x08node0.v1\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"Q\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_k\x18\x02 \x01(\x05\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\x0c\n\x04seed\x18\x04 \x01(\x04\"\r\n\x0bInfoRequest\"\xc4\x01\n\tStageInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x05\x12\x12\n\nnum_layers\x18\x04 \x01(\x05\x12\x13\n\x0bhidden_size\x18\x05 \x01(\x05\x12\x12\n\nvocab_size\x18\x06 \x01(\x05\x12\x1f\n\x17max_position_embeddings\x18\x07 \x01(\x05\x12\r\n\x05\x64type\x18\x08 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\t \x01(\t\x12\x0f\n\x07\x61\x63\x63\x65pts\x18\n \x03(\t\"\xc7\x02\n\x0cInfoResponse\x12\x15\n\rnode0_version\x18\x01 \x01(\t\x12\x0f\n\x07peer_id\x18\x02 \x01(\t\x12#\n\x06stages\x18\x03 \x03(\x0b\x32\x13.node0.v1.StageInfo\x12\x17\n\x0f\x61\x63tive_sessions\x18\x04 \x01(\x05\x12\x14\n\x0cmax_sessions\x18\x05 \x01(\x05\x12\x1d\n\x15reserved_cache_tokens\x18\x06 \x01(\x03\x12\x18\n\x10max_cache_tokens\x18\x07 \x01(\x03\x12\x19\n\x11max_message_bytes\x18\x08 \x01(\x03\x12\x12\n\nbatch_size\x18\t \x01(\x01\x12\x13\n\x0bqueue_depth\x18\n \x01(\x05\x12\x0f\n\x07step_ms\x18\x0b \x01(\x01\x12\x14\n\x0ctokens_per_s\x18\x0c \x01(\x01\x12\x17\n\x0fpeak_batch_size\x18\r \x01(\x05\"e\n\x12OpenSessionRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x05\x12\x12\n\nmax_length\x18\x04 \x01(\x05\x12\x10\n\x08\x61\x64\x61pters\x18\x05 \x03(\t\")\n\x13OpenSessionResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\xa7\x01\n\x0bStepRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\x03\x12\x1f\n\x05input\x18\x03 \x01(\x0b\x32\x10.node0.v1.Tensor\x12\x0e\n\x06sample\x18\x04 \x01(\x08\x12*\n\x08sampling\x18\x05 \x01(\x0b\x32\x18.node0.v1.SamplingParams\x12\x15\n\rreturn_logits\x18\x06 \x01(\x08\"w\n\x0cStepResponse\x12 \n\x06output\x18\x01 \x01(\x0b\x32\x10.node0.v1.Tensor\x12\r\n\x05token\x18\x02 \x01(\x03\x12 \n\x06logits\x18\x03 \x01(\x0b\x32\x10.node0.v1.Tensor\x12\x14\n\x0c\x63\x61\x63he_length\x18\x04 \x01(\x03\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"&\n\x14\x43loseSessionResponse\x12\x0e\n\x06\x63losed\x18\x01 \x01(\x08\"W\n\x0bTensorChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0e\n\x06offset\x18\x04 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\"\xbf\x01\n\x0bTrainHeader\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x15\n\rmicrobatch_id\x18\x02 \x01(\t\x12\r\n\x05start\x18\x03 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x04 \x01(\x05\x12\x12\n\nloss_scale\x18\x05 \x01(\x02\x12\x10\n\x08\x65valuate\x18\x06 \x01(\x08\x12\x19\n\x11sequence_logprobs\x18\x07 \x01(\x08\x12\x11\n\treference\x18\x08 \x01(\x08\x12\x19\n\x11reference_adapter\x18\t \x01(\t\"\x82\x01\n\x0cTrainMessage\x12%\n\x06header\x18\x01 \x01(\x0b\x32\x15.node0.v1.TrainHeader\x12$\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x15.node0.v1.TensorChunk\x12\x10\n\x08loss_sum\x18\x03 \x01(\x01\x12\x13\n\x0bloss_tokens\x18\x04 \x01(\x03\"\xaa\x02\n\x12TrainingJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x05\x12\x11\n\ttrainable\x18\x04 \x01(\t\x12\r\n\x05model\x18\x0b \x01(\t\x12\x12\n\ntrainer_id\x18\x0c \x01(\t\x12\x11\n\tlora_json\x18\r \x01(\t\x12\x10\n\x08replicas\x18\x0e \x01(\x05\x12\x16\n\x0e\x61veraging_json\x18\x0f \x01(\t\x12\x18\n\x10\x63heckpoint_every\x18\x10 \x01(\x05\x12\x16\n\x0eoptimizer_json\x18\x11 \x01(\tJ\x04\x08\x05\x10\x0bR\rlearning_rateR\x0cweight_decayR\rmax_grad_normR\x05\x62\x65ta1R\x05\x62\x65ta2R\x03\x65ps\"l\n\x13TrainingJobResponse\x12\x1c\n\x14trainable_parameters\x18\x01 \x01(\x03\x12\x0c\n\x04step\x18\x02 \x01(\x03\x12\x14\n\x0cresumed_from\x18\x03 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x04 \x01(\t\"\x9a\x01\n\x14OptimizerStepRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x05\x12\x0c\n\x04step\x18\x04 \x01(\x03\x12\x0f\n\x07samples\x18\x05 \x01(\x01\x12\x0f\n\x07\x64iscard\x18\x06 \x01(\x08\x12\x12\n\ncheckpoint\x18\x07 \x01(\x08\x12\x12\n\ntrainer_id\x18\x08 \x01(\t\"\xaa\x01\n\x15OptimizerStepResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x11\n\tgrad_norm\x18\x03 \x01(\x01\x12\x0c\n\x04step\x18\x04 \x01(\x03\x12\x0f\n\x07skipped\x18\x05 \x01(\x03\x12\x12\n\ngroup_size\x18\x06 \x01(\x05\x12\x11\n\taveraging\x18\x07 \x01(\t\x12\x17\n\x0f\x63heckpoint_path\x18\x08 \x01(\t2\xb5\x04\n\x05Stage\x12\x35\n\x04Info\x12\x15.node0.v1.InfoRequest\x1a\x16.node0.v1.InfoResponse\x12J\n\x0bOpenSession\x12\x1c.node0.v1.OpenSessionRequest\x1a\x1d.node0.v1.OpenSessionResponse\x12\x39\n\x04Step\x12\x15.node0.v1.StepRequest\x1a\x16.node0.v1.StepResponse(\x01\x30\x01\x12M\n\x0c\x43loseSession\x12\x1d.node0.v1.CloseSessionRequest\x1a\x1e.node0.v1.CloseSessionResponse\x12N\n\x0fOpenTrainingJob\x12\x1c.node0.v1.TrainingJobRequest\x1a\x1d.node0.v1.TrainingJobResponse\x12=\n\x07\x46orward\x12\x16.node0.v1.TrainMessage\x1a\x16.node0.v1.TrainMessage(\x01\x30\x01\x12>\n\x08\x42\x61\x63kward\x12\x16.node0.v1.TrainMessage\x1a\x16.node0.v1.TrainMessage(\x01\x30\x01\x12P\n\rOptimizerStep\x12\x1e.node0.v1.OptimizerStepRequest\x1a\x1f.node0.v1.OptimizerStepResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11proto/node0.proto\x12\x08node0.v1\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"Q\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_k\x18\x02 \x01(\x05\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\x0c\n\x04seed\x18\x04 \x01(\x04\"4\n\x0cProbeRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x13\n\x0breply_bytes\x18\x02 \x01(\x03\" \n\rProbeResponse\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"\r\n\x0bInfoRequest\"\xc4\x01\n\tStageInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x05\x12\x12\n\nnum_layers\x18\x04 \x01(\x05\x12\x13\n\x0bhidden_size\x18\x05 \x01(\x05\x12\x12\n\nvocab_size\x18\x06 \x01(\x05\x12\x1f\n\x17max_position_embeddings\x18\x07 \x01(\x05\x12\r\n\x05\x64type\x18\x08 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\t \x01(\t\x12\x0f\n\x07\x61\x63\x63\x65pts\x18\n \x03(\t\"\xc7\x02\n\x0cInfoResponse\x12\x15\n\rnode0_version\x18\x01 \x01(\t\x12\x0f\n\x07peer_id\x18\x02 \x01(\t\x12#\n\x06stages\x18\x03 \x03(\x0b\x32\x13.node0.v1.StageInfo\x12\x17\n\x0f\x61\x63tive_sessions\x18\x04 \x01(\x05\x12\x14\n\x0cmax_sessions\x18\x05 \x01(\x05\x12\x1d\n\x15reserved_cache_tokens\x18\x06 \x01(\x03\x12\x18\n\x10max_cache_tokens\x18\x07 \x01(\x03\x12\x19\n\x11max_message_bytes\x18\x08 \x01(\x03\x12\x12\n\nbatch_size\x18\t \x01(\x01\x12\x13\n\x0bqueue_depth\x18\n \x01(\x05\x12\x0f\n\x07step_ms\x18\x0b \x01(\x01\x12\x14\n\x0ctokens_per_s\x18\x0c \x01(\x01\x12\x17\n\x0fpeak_batch_size\x18\r \x01(\x05\"e\n\x12OpenSessionRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x05\x12\x12\n\nmax_length\x18\x04 \x01(\x05\x12\x10\n\x08\x61\x64\x61pters\x18\x05 \x03(\t\")\n\x13OpenSessionResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\xa7\x01\n\x0bStepRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\x03\x12\x1f\n\x05input\x18\x03 \x01(\x0b\x32\x10.node0.v1.Tensor\x12\x0e\n\x06sample\x18\x04 \x01(\x08\x12*\n\x08sampling\x18\x05 \x01(\x0b\x32\x18.node0.v1.SamplingParams\x12\x15\n\rreturn_logits\x18\x06 \x01(\x08\"w\n\x0cStepResponse\x12 \n\x06output\x18\x01 \x01(\x0b\x32\x10.node0.v1.Tensor\x12\r\n\x05token\x18\x02 \x01(\x03\x12 \n\x06logits\x18\x03 \x01(\x0b\x32\x10.node0.v1.Tensor\x12\x14\n\x0c\x63\x61\x63he_length\x18\x04 \x01(\x03\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"&\n\x14\x43loseSessionResponse\x12\x0e\n\x06\x63losed\x18\x01 \x01(\x08\"W\n\x0bTensorChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0e\n\x06offset\x18\x04 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\"\xbf\x01\n\x0bTrainHeader\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x15\n\rmicrobatch_id\x18\x02 \x01(\t\x12\r\n\x05start\x18\x03 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x04 \x01(\x05\x12\x12\n\nloss_scale\x18\x05 \x01(\x02\x12\x10\n\x08\x65valuate\x18\x06 \x01(\x08\x12\x19\n\x11sequence_logprobs\x18\x07 \x01(\x08\x12\x11\n\treference\x18\x08 \x01(\x08\x12\x19\n\x11reference_adapter\x18\t \x01(\t\"\x82\x01\n\x0cTrainMessage\x12%\n\x06header\x18\x01 \x01(\x0b\x32\x15.node0.v1.TrainHeader\x12$\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x15.node0.v1.TensorChunk\x12\x10\n\x08loss_sum\x18\x03 \x01(\x01\x12\x13\n\x0bloss_tokens\x18\x04 \x01(\x03\"\xaa\x02\n\x12TrainingJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x05\x12\x11\n\ttrainable\x18\x04 \x01(\t\x12\r\n\x05model\x18\x0b \x01(\t\x12\x12\n\ntrainer_id\x18\x0c \x01(\t\x12\x11\n\tlora_json\x18\r \x01(\t\x12\x10\n\x08replicas\x18\x0e \x01(\x05\x12\x16\n\x0e\x61veraging_json\x18\x0f \x01(\t\x12\x18\n\x10\x63heckpoint_every\x18\x10 \x01(\x05\x12\x16\n\x0eoptimizer_json\x18\x11 \x01(\tJ\x04\x08\x05\x10\x0bR\rlearning_rateR\x0cweight_decayR\rmax_grad_normR\x05\x62\x65ta1R\x05\x62\x65ta2R\x03\x65ps\"l\n\x13TrainingJobResponse\x12\x1c\n\x14trainable_parameters\x18\x01 \x01(\x03\x12\x0c\n\x04step\x18\x02 \x01(\x03\x12\x14\n\x0cresumed_from\x18\x03 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x04 \x01(\t\"\x9a\x01\n\x14OptimizerStepRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x05\x12\x0c\n\x04step\x18\x04 \x01(\x03\x12\x0f\n\x07samples\x18\x05 \x01(\x01\x12\x0f\n\x07\x64iscard\x18\x06 \x01(\x08\x12\x12\n\ncheckpoint\x18\x07 \x01(\x08\x12\x12\n\ntrainer_id\x18\x08 \x01(\t\"\xaa\x01\n\x15OptimizerStepResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x11\n\tgrad_norm\x18\x03 \x01(\x01\x12\x0c\n\x04step\x18\x04 \x01(\x03\x12\x0f\n\x07skipped\x18\x05 \x01(\x03\x12\x12\n\ngroup_size\x18\x06 \x01(\x05\x12\x11\n\taveraging\x18\x07 \x01(\t\x12\x17\n\x0f\x63heckpoint_path\x18\x08 \x01(\t2\xb5\x04\n\x05Stage\x12\x35\n\x04Info\x12\x15.node0.v1.InfoRequest\x1a\x16.node0.v1.InfoResponse\x12J\n\x0bOpenSession\x12\x1c.node0.v1.OpenSessionRequest\x1a\x1d.node0.v1.OpenSessionResponse\x12\x39\n\x04Step\x12\x15.node0.v1.StepRequest\x1a\x16.node0.v1.StepResponse(\x01\x30\x01\x12M\n\x0c\x43loseSession\x12\x1d.node0.v1.CloseSessionRequest\x1a\x1e.node0.v1.CloseSessionResponse\x12N\n\x0fOpenTrainingJob\x12\x1c.node0.v1.TrainingJobRequest\x1a\x1d.node0.v1.TrainingJobResponse\x12=\n\x07\x46orward\x12\x16.node0.v1.TrainMessage\x1a\x16.node0.v1.TrainMessage(\x01\x30\x01\x12>\n\x08\x42\x61\x63kward\x12\x16.node0.v1.TrainMessage\x1a\x16.node0.v1.TrainMessage(\x01\x30\x01\x12P\n\rOptimizerStep\x12\x1e.node0.v1.OptimizerStepRequest\x1a\x1f.node0.v1.OptimizerStepResponse2C\n\x07Network\x12\x38\n\x05Probe\x12\x16.node0.v1.ProbeRequest\x1a\x17.node0.v1.ProbeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,38 +35,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TENSOR']._serialized_end=83
   _globals['_SAMPLINGPARAMS']._serialized_start=85
   _globals['_SAMPLINGPARAMS']._serialized_end=166
-  _globals['_INFOREQUEST']._serialized_start=168
-  _globals['_INFOREQUEST']._serialized_end=181
-  _globals['_STAGEINFO']._serialized_start=184
-  _globals['_STAGEINFO']._serialized_end=380
-  _globals['_INFORESPONSE']._serialized_start=383
-  _globals['_INFORESPONSE']._serialized_end=710
-  _globals['_OPENSESSIONREQUEST']._serialized_start=712
-  _globals['_OPENSESSIONREQUEST']._serialized_end=813
-  _globals['_OPENSESSIONRESPONSE']._serialized_start=815
-  _globals['_OPENSESSIONRESPONSE']._serialized_end=856
-  _globals['_STEPREQUEST']._serialized_start=859
-  _globals['_STEPREQUEST']._serialized_end=1026
-  _globals['_STEPRESPONSE']._serialized_start=1028
-  _globals['_STEPRESPONSE']._serialized_end=1147
-  _globals['_CLOSESESSIONREQUEST']._serialized_start=1149
-  _globals['_CLOSESESSIONREQUEST']._serialized_end=1190
-  _globals['_CLOSESESSIONRESPONSE']._serialized_start=1192
-  _globals['_CLOSESESSIONRESPONSE']._serialized_end=1230
-  _globals['_TENSORCHUNK']._serialized_start=1232
-  _globals['_TENSORCHUNK']._serialized_end=1319
-  _globals['_TRAINHEADER']._serialized_start=1322
-  _globals['_TRAINHEADER']._serialized_end=1513
-  _globals['_TRAINMESSAGE']._serialized_start=1516
-  _globals['_TRAINMESSAGE']._serialized_end=1646
-  _globals['_TRAININGJOBREQUEST']._serialized_start=1649
-  _globals['_TRAININGJOBREQUEST']._serialized_end=1947
-  _globals['_TRAININGJOBRESPONSE']._serialized_start=1949
-  _globals['_TRAININGJOBRESPONSE']._serialized_end=2057
-  _globals['_OPTIMIZERSTEPREQUEST']._serialized_start=2060
-  _globals['_OPTIMIZERSTEPREQUEST']._serialized_end=2214
-  _globals['_OPTIMIZERSTEPRESPONSE']._serialized_start=2217
-  _globals['_OPTIMIZERSTEPRESPONSE']._serialized_end=2387
-  _globals['_STAGE']._serialized_start=2390
-  _globals['_STAGE']._serialized_end=2955
+  _globals['_PROBEREQUEST']._serialized_start=168
+  _globals['_PROBEREQUEST']._serialized_end=220
+  _globals['_PROBERESPONSE']._serialized_start=222
+  _globals['_PROBERESPONSE']._serialized_end=254
+  _globals['_INFOREQUEST']._serialized_start=256
+  _globals['_INFOREQUEST']._serialized_end=269
+  _globals['_STAGEINFO']._serialized_start=272
+  _globals['_STAGEINFO']._serialized_end=468
+  _globals['_INFORESPONSE']._serialized_start=471
+  _globals['_INFORESPONSE']._serialized_end=798
+  _globals['_OPENSESSIONREQUEST']._serialized_start=800
+  _globals['_OPENSESSIONREQUEST']._serialized_end=901
+  _globals['_OPENSESSIONRESPONSE']._serialized_start=903
+  _globals['_OPENSESSIONRESPONSE']._serialized_end=944
+  _globals['_STEPREQUEST']._serialized_start=947
+  _globals['_STEPREQUEST']._serialized_end=1114
+  _globals['_STEPRESPONSE']._serialized_start=1116
+  _globals['_STEPRESPONSE']._serialized_end=1235
+  _globals['_CLOSESESSIONREQUEST']._serialized_start=1237
+  _globals['_CLOSESESSIONREQUEST']._serialized_end=1278
+  _globals['_CLOSESESSIONRESPONSE']._serialized_start=1280
+  _globals['_CLOSESESSIONRESPONSE']._serialized_end=1318
+  _globals['_TENSORCHUNK']._serialized_start=1320
+  _globals['_TENSORCHUNK']._serialized_end=1407
+  _globals['_TRAINHEADER']._serialized_start=1410
+  _globals['_TRAINHEADER']._serialized_end=1601
+  _globals['_TRAINMESSAGE']._serialized_start=1604
+  _globals['_TRAINMESSAGE']._serialized_end=1734
+  _globals['_TRAININGJOBREQUEST']._serialized_start=1737
+  _globals['_TRAININGJOBREQUEST']._serialized_end=2035
+  _globals['_TRAININGJOBRESPONSE']._serialized_start=2037
+  _globals['_TRAININGJOBRESPONSE']._serialized_end=2145
+  _globals['_OPTIMIZERSTEPREQUEST']._serialized_start=2148
+  _globals['_OPTIMIZERSTEPREQUEST']._serialized_end=2302
+  _globals['_OPTIMIZERSTEPRESPONSE']._serialized_start=2305
+  _globals['_OPTIMIZERSTEPRESPONSE']._serialized_end=2475
+  _globals['_STAGE']._serialized_start=2478
+  _globals['_STAGE']._serialized_end=3043
+  _globals['_NETWORK']._serialized_start=3045
+  _globals['_NETWORK']._serialized_end=3112
 # @@protoc_insertion_point(module_scope)

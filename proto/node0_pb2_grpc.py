@@ -400,3 +400,90 @@ class Stage:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class NetworkStub:
+    """Link measurement between daemons: the caller times payloads of two sizes each way, so the
+    round trip cancels and what is left is the bytes over the link (node/net_probe.py). Only
+    hosts may call it (security/roles.py lists it for no other role). A request whose payload or
+    reply_bytes passes the daemon's cap is refused with "probe_too_large"; a daemon answers one
+    probe at a time and refuses another meanwhile with "probe_busy" (and a retry-after).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Probe = channel.unary_unary(
+                '/node0.v1.Network/Probe',
+                request_serializer=proto_dot_node0__pb2.ProbeRequest.SerializeToString,
+                response_deserializer=proto_dot_node0__pb2.ProbeResponse.FromString,
+                _registered_method=True)
+
+
+class NetworkServicer:
+    """Link measurement between daemons: the caller times payloads of two sizes each way, so the
+    round trip cancels and what is left is the bytes over the link (node/net_probe.py). Only
+    hosts may call it (security/roles.py lists it for no other role). A request whose payload or
+    reply_bytes passes the daemon's cap is refused with "probe_too_large"; a daemon answers one
+    probe at a time and refuses another meanwhile with "probe_busy" (and a retry-after).
+    """
+
+    def Probe(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_NetworkServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Probe': grpc.unary_unary_rpc_method_handler(
+                    servicer.Probe,
+                    request_deserializer=proto_dot_node0__pb2.ProbeRequest.FromString,
+                    response_serializer=proto_dot_node0__pb2.ProbeResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'node0.v1.Network', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('node0.v1.Network', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Network:
+    """Link measurement between daemons: the caller times payloads of two sizes each way, so the
+    round trip cancels and what is left is the bytes over the link (node/net_probe.py). Only
+    hosts may call it (security/roles.py lists it for no other role). A request whose payload or
+    reply_bytes passes the daemon's cap is refused with "probe_too_large"; a daemon answers one
+    probe at a time and refuses another meanwhile with "probe_busy" (and a retry-after).
+    """
+
+    @staticmethod
+    def Probe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/node0.v1.Network/Probe',
+            proto_dot_node0__pb2.ProbeRequest.SerializeToString,
+            proto_dot_node0__pb2.ProbeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
