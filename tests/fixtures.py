@@ -213,6 +213,19 @@ def kill_group(pid: int) -> None:
 SMOLLM2_3STAGE = [("stage0", [(0, 10)]), ("stage1", [(10, 20)]), ("stage2", [(20, 30)])]
 
 
+def wait_until(predicate, timeout: float, what: str):
+    """Poll ``predicate`` every half second until it returns something truthy; return that, or
+    fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:g} s: {what}")
+        time.sleep(0.5)
+
+
 def wait_for_quiet_machine() -> None:
     """Wait while ``/tmp/node0-quiet`` exists (a benchmark asks the model tests to hold off)."""
     while os.path.exists("/tmp/node0-quiet"):

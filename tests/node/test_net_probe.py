@@ -61,19 +61,31 @@ def test_a_plan_stays_within_the_probe_cap():
 
 
 @pytest.fixture
-def probe_server():
-    """A real gRPC server with the Network service alone (an open one: no interceptor)."""
+def serve():
+    """Starts real gRPC servers with a Network service alone (open ones: no interceptor);
+    returns each one's endpoint; stops them all afterwards."""
     from concurrent import futures
 
-    service = NetworkService(max_probe_bytes=1 << 20, reply_budget_bytes=3 << 20)
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=4), options=channel_options(8 << 20)
-    )
-    service.add_to_server(server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield f"127.0.0.1:{port}"
-    server.stop(grace=None)
+    servers = []
+
+    def start(service: NetworkService) -> str:
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=4), options=channel_options(8 << 20)
+        )
+        service.add_to_server(server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        servers.append(server)
+        return f"127.0.0.1:{port}"
+
+    yield start
+    for server in servers:
+        server.stop(grace=None)
+
+
+@pytest.fixture
+def probe_server(serve) -> str:
+    return serve(NetworkService(max_probe_bytes=1 << 20))
 
 
 def _probe(endpoint: str, send: int, reply: int) -> node0_pb2.ProbeResponse:
@@ -84,7 +96,8 @@ def _probe(endpoint: str, send: int, reply: int) -> node0_pb2.ProbeResponse:
         )
 
 
-def test_probe_answers_the_bytes_asked_and_refuses_past_its_caps(probe_server):
+def test_probe_answers_the_bytes_asked_and_refuses_past_its_caps(serve):
+    probe_server = serve(NetworkService(max_probe_bytes=1 << 20, reply_budget_bytes=3 << 20))
     assert len(_probe(probe_server, 1000, 5000).payload) == 5000
     for send, reply in [((1 << 20) + 1, 0), (0, (1 << 20) + 1), (0, -1)]:
         with pytest.raises(grpc.RpcError) as err:
@@ -101,7 +114,7 @@ def test_probe_answers_the_bytes_asked_and_refuses_past_its_caps(probe_server):
 
 
 def test_a_measurement_over_loopback_gives_a_positive_rate(probe_server):
-    plan = ProbePlan(small_bytes=1 << 10, large_bytes=256 << 10, tries=2)
+    plan = ProbePlan(small_bytes=1 << 10, large_bytes=1 << 20, tries=3)
     got = probe_link(probe_server, None, plan, time.monotonic() + 30)
     assert got is not None and got > 0
 
@@ -113,7 +126,7 @@ def test_the_meter_retries_without_peers_and_keeps_the_figure_it_measured(probe_
         None,
         period_s=60,
         retry_s=0.1,
-        plan=ProbePlan(small_bytes=1 << 10, large_bytes=128 << 10, tries=1),
+        plan=ProbePlan(small_bytes=1 << 10, large_bytes=1 << 20, tries=3),
     )
     assert meter.measure_once() is None and meter.mbps is None  # the first peer: nobody
     peers.append(probe_server)
@@ -121,3 +134,17 @@ def test_the_meter_retries_without_peers_and_keeps_the_figure_it_measured(probe_
     first = meter.mbps
     peers[:] = ["127.0.0.1:1"]  # a peer that is gone: no figure, the last one stays
     assert meter.measure_once() is None and meter.mbps == first
+
+
+def test_a_declared_figure_is_announced_as_declared_and_a_measured_one_as_measured():
+    from node.config import DaemonConfig
+    from node.daemon import Daemon
+
+    stages = [{"start": 0, "end": 2}]
+    declared = Daemon(DaemonConfig(stages=stages, placement={"network_mbps": 50}))
+    assert declared._network_fields() == {"network_mbps": 50.0, "network_source": "declared"}
+    daemon = Daemon(DaemonConfig(stages=stages))
+    assert daemon._network_fields() == {"network_mbps": 0.0, "network_source": ""}
+    daemon.network = NetworkMeter(list, None, period_s=60, retry_s=1)
+    daemon.network.mbps = 812.345
+    assert daemon._network_fields() == {"network_mbps": 812.3, "network_source": "measured"}
