@@ -2,8 +2,10 @@
 
 Lifecycle: load every hosted stage (fail closed on any checkpoint problem) → start the gRPC
 server → join the DHT → announce each stage and keep announcing every ``announce_period``
-(heartbeat, also evicting idle sessions) → on SIGTERM/SIGINT: announce ``offline``, stop accepting
-requests and give in-flight streams a grace period, leave the DHT, exit 0.
+(heartbeat, also evicting idle sessions; a thread measures the link throughput against the
+other daemons, :mod:`node.net_probe`, and the heartbeat carries the newest figure) → on
+SIGTERM/SIGINT: announce ``offline``, stop accepting requests and give in-flight streams a
+grace period, leave the DHT, exit 0.
 
 With ``stages: auto`` the daemon joins the DHT first and claims a span (:mod:`node.rebalance`,
 policy in :mod:`node.placement`) before it loads it; afterwards the heartbeat also asks whether

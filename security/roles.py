@@ -32,7 +32,8 @@ ALLOWED: dict[Role, frozenset[str]] = {
     Role.TRAINER: _INFERENCE | _TRAINING,
     Role.GATHERER: _GATHER,
 }
-"""RPCs per role; ``host`` may call every method (it is a daemon of the swarm)."""
+"""RPCs per role; ``host`` may call every method (it is a daemon of the swarm). ``Network/Probe``
+(link measurement between daemons, node/net_probe.py) is listed for no role: hosts only."""
 
 DHT_WRITERS = frozenset({Role.HOST})
 """Roles that may announce stage records (the others read the DHT only)."""
