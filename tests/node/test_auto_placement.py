@@ -17,7 +17,7 @@ from base.errors import SwarmError
 from base.routing import plan_route
 from inference.swarm_client import SwarmClient
 from node.local_swarm import peer_id_of
-from tests.fixtures import kill_group, local_swarm, reference_generate
+from tests.fixtures import kill_group, local_swarm, reference_generate, wait_until
 
 # 140 s on 2 busy cores (four daemons start, two quiet watches, a repair): the slow tier
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -50,17 +50,6 @@ def _spans(client: SwarmClient) -> dict[str, set[tuple[int, int]]]:
         if r.state == "online":
             out.setdefault(r.peer_id, set()).add(r.span)
     return out
-
-
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:g} s: {what}")
-        time.sleep(0.5)
 
 
 def _moves(state) -> list[str]:
@@ -97,9 +86,9 @@ def test_auto_swarm_covers_repairs_a_lost_span_and_keeps_the_session(model_dir, 
         client = SwarmClient(str(model_dir), state.initial_peers)
         try:
             # every layer is covered by a chain of whole spans, each peer on one span
-            route = _wait(lambda: _route_or_none(client), 60, "a whole route")
+            route = wait_until(lambda: _route_or_none(client), 60, "a whole route")
             assert [r.span for r in route][0][0] == 0 and route[-1].end == NUM_LAYERS
-            layout = _wait(lambda: _four_placed(client), 60, "four peers placed")
+            layout = wait_until(lambda: _four_placed(client), 60, "four peers placed")
             covered = sorted(
                 layer for spans in layout.values() for s in spans for layer in range(*s)
             )
