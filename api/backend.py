@@ -50,6 +50,98 @@ def full_route_adapters(records: list[StageRecord]) -> tuple[str, ...]:
     return tuple(covered)
 
 
+class ModelListing:
+    """The model ids a swarm serves, read from the DHT at most once per ``ttl`` seconds.
+
+    Concurrent callers share one read (a DHT read costs 12-16 ms alone and 40-80 ms with 8
+    requests at once, bench/api.py, so reading per request added that to every request's first
+    token). Registry versions of the base model deployed on some rig (docs/registry.md) that the
+    route does not announce yet are loaded on the daemons at run time (a no-op where held), so
+    they are model ids from the deploy on; a version that fails to load is logged and tried
+    again a minute later.
+
+    Loading happens outside the listing lock: a slow ``LoadAdapter`` delays only the caller
+    whose refresh started it, never the other listings, and a version being loaded is not
+    loaded a second time by a concurrent refresh.
+
+    Args:
+        client: the swarm client (``records()`` and ``model``).
+        model_id: the base model's id in the listing.
+        ttl: seconds a listing is reused.
+    """
+
+    def __init__(self, client, model_id: str, ttl: float = LISTING_TTL_S) -> None:
+        self.client = client
+        self.model_id = model_id
+        self.ttl = ttl
+        self._lock = threading.Lock()
+        self._listing: ServedModels | None = None
+        self._at = 0.0
+        self._loading: set[str] = set()  # versions' adapters being loaded now
+        self._loaded: set[str] = set()  # loaded by us, perhaps not announced yet
+        self._failed: dict[str, float] = {}  # adapter -> retry not before
+
+    def get(self) -> ServedModels:
+        """The base model and the adapters a route serves (blocking)."""
+        with self._lock:
+            if self._listing is not None and time.monotonic() - self._at <= self.ttl:
+                return self._listing
+            records = self.client.records()
+            served = full_route_adapters(records)
+            ready, pending = self._deployed(served)
+            self._listing = ServedModels(self.model_id, tuple(sorted({*served, *ready})))
+            self._at = time.monotonic()
+            claimed = [v for v in pending if v.adapter not in self._loading]
+            self._loading.update(v.adapter for v in claimed)
+            listing = self._listing
+        if not claimed:
+            return listing
+        return self._load(records, claimed)
+
+    def _deployed(self, served: tuple[str, ...]) -> tuple[list[str], list]:
+        """Deployed versions' adapters to list now, and the versions to load (not announced
+        by the route, not failed within the last minute)."""
+        from base.errors import Node0Error
+        from inference.registry_models import deployed_versions
+
+        try:
+            versions = deployed_versions(self.client.model)
+        except Node0Error as exc:
+            log.warning("registry not readable: %s", exc)
+            return [], []
+        now = time.monotonic()
+        ready = [v.adapter for v in versions if v.adapter in served or v.adapter in self._loaded]
+        pending = [
+            v
+            for v in versions
+            if v.adapter not in served and now >= self._failed.get(v.adapter, 0.0)
+        ]
+        return ready, pending
+
+    def _load(self, records, versions) -> ServedModels:
+        """Load ``versions`` on the swarm (outside the lock); the listing with those loaded."""
+        from base.errors import Node0Error
+        from inference.registry_models import load_on_swarm
+
+        loaded, failed = set(), set()
+        for version in versions:
+            try:
+                load_on_swarm(records, version)
+                loaded.add(version.adapter)
+            except Node0Error as exc:
+                log.warning("cannot serve %s: %s", version.version, exc)
+                failed.add(version.adapter)
+        with self._lock:
+            self._loading.difference_update(v.adapter for v in versions)
+            self._loaded = (self._loaded | loaded) - failed
+            for adapter in failed:
+                self._failed[adapter] = time.monotonic() + 60.0
+            listing = self._listing
+            names = (set(listing.adapters) | loaded) - failed
+            self._listing = ServedModels(self.model_id, tuple(sorted(names)))
+            return self._listing
+
+
 class SwarmBackend:
     """A swarm connection for the API: ``engine`` answers turns, :meth:`models` lists ids.
 
@@ -86,56 +178,11 @@ class SwarmBackend:
             self.client.close()
             raise
         self.model_id = Path(model).name if Path(model).is_dir() else model
-        self.listing_ttl = LISTING_TTL_S
-        self._listing: ServedModels | None = None
-        self._listing_at = 0.0
-        self._listing_lock = threading.Lock()
-        self._load_failed: dict[str, float] = {}  # registry version -> retry not before
+        self.listing = ModelListing(self.client, self.model_id)
 
     def models(self) -> ServedModels:
-        """The base model and the adapters a route serves (blocking).
-
-        Read from the DHT at most once per :attr:`listing_ttl` seconds; concurrent callers
-        share one read. A DHT read costs 12-16 ms alone and 40-80 ms with 8 requests at once
-        (bench/api.py), so reading per request added that to every request's first token.
-        """
-        with self._listing_lock:
-            now = time.monotonic()
-            if self._listing is None or now - self._listing_at > self.listing_ttl:
-                records = self.client.records()
-                adapters = full_route_adapters(records)
-                deployed = self._deployed_versions(records, adapters)
-                adapters = tuple(sorted({*adapters, *deployed}))
-                self._listing = ServedModels(self.model_id, adapters)
-                self._listing_at = time.monotonic()
-            return self._listing
-
-    def _deployed_versions(self, records, served: tuple[str, ...]) -> tuple[str, ...]:
-        """Registry versions of this base model deployed on some rig (docs/registry.md): one
-        the route does not announce yet is loaded on the daemons at run time (a no-op where
-        held), so it is a model id from the deploy on. A version that fails to load is logged
-        and tried again a minute later."""
-        from base.errors import Node0Error
-        from inference.registry_models import deployed_versions, load_on_swarm
-
-        try:
-            versions = deployed_versions(self.client.model)
-        except Node0Error as exc:
-            log.warning("registry not readable: %s", exc)
-            return ()
-        ready = []
-        for version in versions:
-            if version.adapter not in served:
-                if time.monotonic() < self._load_failed.get(version.adapter, 0.0):
-                    continue
-                try:
-                    load_on_swarm(records, version)
-                except Node0Error as exc:
-                    log.warning("cannot serve %s: %s", version.version, exc)
-                    self._load_failed[version.adapter] = time.monotonic() + 60.0
-                    continue
-            ready.append(version.adapter)
-        return tuple(ready)
+        """The base model and the adapters a route serves (blocking; see :class:`ModelListing`)."""
+        return self.listing.get()
 
     def has_route(self) -> bool:
         """Whether the DHT records give a route now (blocking)."""
