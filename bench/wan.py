@@ -14,16 +14,18 @@ router that delays every connection by the RTT and drops ``--loss`` of the packe
 - **training at 50 ms**: ``node0 train`` (``--train-steps`` steps) over the same swarm; the mean
   step time after the first step.
 - **averaging at 50 ms**: two replicas in two namespaces (bench.wan_averaging) train the same
-  adapter on their own shards and average every step, with ``--compressed`` (int8) and without;
+  adapter on their own shards and average every step, uncompressed (float32), int8 and int4;
   bytes a round on the wire (the router's interface counters: headers, retransmits, matchmaking,
-  checksums and any state resync included) and the all-reduce payload (hivemind's serialized
-  parts); held-out loss after ``--avg-steps`` steps on the same data. And the DiLoCo mode
+  checksums and any state resync included), the all-reduce payload (hivemind's serialized
+  parts) and the DHT requests the replicas served (count and serialized bytes); held-out loss
+  after ``--avg-steps`` steps on the same data. And the DiLoCo mode
   (``--diloco-k`` local steps, int8 pseudo-gradients, outer Nesterov SGD) against per-step
   averaging at the same number of local steps.
 
 The last line is JSON with ``tokens_per_s_at_50ms``, ``floor_ratio_at_50ms``,
-``averaging_bytes_ratio`` (compressed ÷ uncompressed wire bytes a round), and the load average
-at start and end. Needs root, ``ip`` and ``nft`` (see docs/wan.md).
+``averaging_bytes_ratio`` (int4 ÷ uncompressed wire bytes a round; ``_int8``: int8's),
+``averaging_payload_ratio``, ``heldout_loss_rel_diff`` (int4 against float32; ``_int8``), and
+the load average at start and end. Needs root, ``ip`` and ``nft`` (see docs/wan.md).
 
     python -m bench.wan [--rtts 0,10,50,100] [--new-tokens 24] [--prompts 2] [--sessions 4]
         [--train-steps 3] [--avg-steps 8] [--diloco-k 4] [--loss 0.01]
@@ -144,6 +146,7 @@ def averaging(net, work: Path, model_dir: Path, args) -> dict:
     runs = {
         "none": {"compression": "none"},
         "int8": {"compression": "int8"},
+        "int4": {"compression": "int4"},
         "diloco_int8": {"compression": "int8", "local_steps": args.diloco_k},
     }
     for name, kwargs in runs.items():
@@ -152,6 +155,8 @@ def averaging(net, work: Path, model_dir: Path, args) -> dict:
         out[name] = {
             "bytes_per_round": round(r["bytes_per_round"]),
             "payload_bytes_per_round": round(r["payload_bytes_per_round"]),
+            "dht_requests_per_round": round(r["dht_requests_per_round"], 1),
+            "dht_bytes_per_round": round(r["dht_bytes_per_round"]),
             "seconds_per_round": round(r["seconds_per_round"], 3),
             "rounds": len(a["rounds"]),
             "resyncs": sum(x["resynced"] for x in a["rounds"] + b["rounds"]),
@@ -249,16 +254,19 @@ def run(args, work: Path, rtts: list[float], prompts: list[list[int]]) -> dict:
         if not args.skip_averaging:
             net.set_rtt(50)
             result["averaging_at_50ms"] = avg = averaging(net, work, model_dir, args)
-            none, int8 = avg["none"], avg["int8"]
-            result["averaging_bytes_ratio"] = round(
-                int8["bytes_per_round"] / none["bytes_per_round"], 3
-            )
-            result["averaging_payload_ratio"] = round(
-                int8["payload_bytes_per_round"] / none["payload_bytes_per_round"], 4
-            )
-            result["heldout_loss_rel_diff"] = round(
-                abs(int8["heldout_loss"] - none["heldout_loss"]) / none["heldout_loss"], 4
-            )
+            none = avg["none"]
+            for name in ("int4", "int8"):  # the headline figures are int4's (module doc)
+                tail = "" if name == "int4" else f"_{name}"
+                run = avg[name]
+                result[f"averaging_bytes_ratio{tail}"] = round(
+                    run["bytes_per_round"] / none["bytes_per_round"], 3
+                )
+                result[f"averaging_payload_ratio{tail}"] = round(
+                    run["payload_bytes_per_round"] / none["payload_bytes_per_round"], 4
+                )
+                result[f"heldout_loss_rel_diff{tail}"] = round(
+                    abs(run["heldout_loss"] - none["heldout_loss"]) / none["heldout_loss"], 4
+                )
     at50 = result["by_rtt_ms"].get("50")
     result["tokens_per_s_at_50ms"] = at50["tokens_per_s"] if at50 else None
     result["floor_ratio_at_50ms"] = at50["floor_ratio"] if at50 else None

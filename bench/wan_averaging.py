@@ -92,6 +92,33 @@ def _count_received_tensor_bytes():
     return counter
 
 
+def _count_dht_requests():
+    """Count the DHT requests this replica's DHT node serves and their bytes (request plus
+    response, serialized; libp2p framing not included): the matchmaking, checksum, presence
+    and state-declaration records of the rounds. Patched before the DHT process forks."""
+    import functools
+    import multiprocessing as mp
+
+    from hivemind.dht.protocol import DHTProtocol
+
+    counter = mp.Array("q", 2)  # requests, bytes
+
+    def counting(original):
+        @functools.wraps(original)  # hivemind builds the handler from the annotations
+        async def handler(self, request, context):
+            response = await original(self, request, context)
+            with counter.get_lock():
+                counter[0] += 1
+                counter[1] += request.ByteSize() + response.ByteSize()
+            return response
+
+        return handler
+
+    for name in ("rpc_ping", "rpc_store", "rpc_find"):
+        setattr(DHTProtocol, name, counting(getattr(DHTProtocol, name)))
+    return counter
+
+
 def replica(args) -> None:
     import torch
     from peft import get_peft_model
@@ -119,6 +146,7 @@ def replica(args) -> None:
     diloco = None
     mode = "diloco" if args.local_steps > 1 else "per_step"
     received = _count_received_tensor_bytes()  # before the averager process forks
+    dht_served = _count_dht_requests()  # before the DHT process forks
     maddrs = work / "maddrs.json"
     host_maddrs = [f"/ip4/{args.host}/tcp/0"]
     if args.bootstrap:
@@ -180,6 +208,7 @@ def replica(args) -> None:
         if report is not None and not rounds:
             _touch(work / f"{args.name}.warm", str(time.time()))  # the first round is done
             received_warm = received.value
+            dht_warm = list(dht_served)
         if report is not None:
             rounds.append(
                 {"averaged": report.averaged, "consistent": report.consistent,
@@ -197,6 +226,9 @@ def replica(args) -> None:
         # serialized tensor parts this replica received (as reducer, and results back) in
         # the rounds after the first: the all-reduce payload, without framing
         "payload_bytes_received": received.value - received_warm,
+        # DHT requests this replica's node served in the same rounds, and their bytes
+        "dht_requests_served": dht_served[0] - dht_warm[0],
+        "dht_bytes_served": dht_served[1] - dht_warm[1],
     }
     _touch(work / f"{args.name}.json", json.dumps(result))
     _wait_for([work / "a.json", work / "b.json"], 120)  # the other may still need our DHT
@@ -271,6 +303,8 @@ def run_pair(
     return {
         "replicas": results,
         "payload_bytes_per_round": sum(r["payload_bytes_received"] for r in results) / n_rounds,
+        "dht_requests_per_round": sum(r["dht_requests_served"] for r in results) / n_rounds,
+        "dht_bytes_per_round": sum(r["dht_bytes_served"] for r in results) / n_rounds,
         "bytes": sent,
         "bytes_per_round": sent / n_rounds,
         "seconds_per_round": sum(r["seconds"] for r in later) / n_rounds,

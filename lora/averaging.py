@@ -20,10 +20,14 @@ Protocol of one round (one optimizer step), run by every replica of a stage:
    ``missing``). Any disagreement or failure → the attempt was partial: every member that sees
    it restores its local gradient and runs the round again among the survivors
    (``max_retries``); a member whose own all-reduce failed reruns at once.
-4. No group within ``matchmaking_timeout``: if a partner replica is still due at this step
+4. No group within ``matchmaking_timeout``: if a partner replica is still due at this round
    (alive, not past it, looking or trained lately: :mod:`lora.replica_presence`), look again,
    for up to ``partner_wait`` seconds in all; otherwise the local gradient is kept
-   (``averaged=False``).
+   (``averaged=False``). A round is the optimizer step (``per_step``) or DiLoCo's outer step
+   (``diloco``: :attr:`StageGradientAverager.round_step`). In DiLoCo mode the outer step is
+   also in the matchmaking key (hivemind's group bits), so replicas at different outer steps
+   never average together: a replica that reached outer step n first waits for its partner's
+   outer step n, however far apart their local steps ran.
 5. The group's state checksums are compared. States that differ mean an earlier round diverged
    (a failure seen too late to redo, a round a replica spent alone, float drift): the *source*
    (highest step, then the most groupmates agreeing with it, then the lowest peer id) stays in
@@ -61,7 +65,7 @@ from hivemind.utils.timed_storage import get_dht_time  # noqa: E402
 
 from base.errors import ConfigError  # noqa: E402
 from lora.allreduce_guard import GroupRoundFailed, GuardedReplicaAverager, PartGuard  # noqa: E402
-from lora.compression import wire_compression  # noqa: E402
+from lora.compression import QUANTIZED, wire_compression  # noqa: E402
 from lora.config import AveragingSettings, LoraSettings  # noqa: E402
 from lora.dht_calls import bounded_get, bounded_store  # noqa: E402
 from lora.replica_presence import ReplicaPresence  # noqa: E402
@@ -73,6 +77,7 @@ log = logging.getLogger(__name__)
 
 _CONFIG_TTL = 60.0  # seconds a replica's config declaration lives in the DHT (refreshed)
 _RECORD_TTL = 120.0  # seconds round checksums and resync confirmations live in the DHT
+_ROUND_BITS = 16  # bits of a DiLoCo outer step in the matchmaking key (round_bits)
 
 
 class AveragingConfigError(ConfigError):
@@ -85,6 +90,12 @@ def averaging_prefix(model: str, start: int, end: int, run_id: str, adapter: str
     digest = hashlib.sha256(model.encode()).hexdigest()[:8]
     run = re.sub(r"[^A-Za-z0-9_-]+", "_", run_id)
     return f"node0_lora_{slug}_{digest}_L{start}-{end}_{run}_{adapter}"
+
+
+def round_bits(rounds: int) -> str:
+    """hivemind group bits naming a DiLoCo outer step (``rounds`` passed before it), 16 bits:
+    replicas 65,536 outer steps apart would share a key, and their state check resyncs them."""
+    return format(rounds % (1 << _ROUND_BITS), f"0{_ROUND_BITS}b")
 
 
 @dataclass(frozen=True)
@@ -240,6 +251,7 @@ class StageGradientAverager:
         self.state_params = state_params  # () -> the tensors shared as parameters (DiLoCo)
         self.lock = lock or threading.RLock()
         self.step = 0  # optimizer steps applied; set by the caller, shared with late joiners
+        self.round_step = 0  # rounds passed: the number partners match on (see set_step)
         self.rounds = 0
         self.fingerprint = sha256_json(
             {
@@ -255,9 +267,10 @@ class StageGradientAverager:
             }
         )
         self._checksum = _Checksum()
-        # int8: one flat buffer, so that hivemind's parts are large and its per-part codebook
-        # (1 KiB) is small beside them; otherwise one buffer per parameter
-        self._flat = settings.compression == "int8"
+        # int8 / int4: one flat buffer, so that hivemind's parts are large and their block
+        # scales small beside them; otherwise one buffer per parameter
+        self._flat = settings.compression in QUANTIZED
+        self._diloco = settings.mode == "diloco"
         self._buffers = (
             [torch.zeros(sum(p.numel() for p in self.params), dtype=torch.float32)]
             if self._flat
@@ -276,7 +289,7 @@ class StageGradientAverager:
         self._gate = access.averaging_gate() if access is not None else None
         self._declare_config()
         self._check_config_peers()
-        # int8: reducers send the rounded average itself, so every replica ends equal
+        # int8 / int4: reducers send the rounded average itself, so every replica ends equal
         # (lora.shared_results); otherwise hivemind's differences
         averager_class = SharedResultAverager if self._flat else GuardedReplicaAverager
         self._averager = averager_class(
@@ -451,8 +464,11 @@ class StageGradientAverager:
         except (KeyError, TypeError, ValueError):  # malformed: not a matching outcome
             return False
 
-    def average(self, local_samples: float) -> AveragingReport:
+    def average(self, local_samples: float, *, rounds: int | None = None) -> AveragingReport:
         """Replace every param's ``.grad`` by the replicas' weighted mean; see the module doc.
+
+        ``rounds``: the rounds passed before this one, when the caller counts them (DiLoCo:
+        the outer step's number - 1, from the trainer's steps); default :attr:`round_step`.
 
         May also replace the params and optimizer state by a groupmate's (``resynced``) when
         the replicas' states differ at the round's start. Returns within about
@@ -463,6 +479,9 @@ class StageGradientAverager:
         """
         started = time.monotonic()
         self.rounds += 1
+        if rounds is not None and rounds != self.round_step:
+            self.round_step = int(rounds)
+            self.presence.set_step(self.round_step)
         self.presence.set_looking(True)
         try:
             return self._average(local_samples, started)
@@ -483,15 +502,16 @@ class StageGradientAverager:
         round has waited less than ``partner_wait`` seconds."""
         if time.monotonic() - started >= self.settings.partner_wait:
             return False
-        due = self.presence.due_partners(self.step, self.settings.partner_idle_timeout)
+        due = self.presence.due_partners(self.round_step, self.settings.partner_idle_timeout)
         if due:
             log.info(
-                "averaging round %d attempt %d found no group; %s still due at step %d: "
+                "averaging round %d attempt %d found no group; %s still due at %s %d: "
                 "looking again",
                 self.rounds,
                 attempts,
                 ", ".join(due),
-                self.step,
+                "outer step" if self._diloco else "step",
+                self.round_step + int(self._diloco),
             )
         return bool(due)
 
@@ -504,6 +524,8 @@ class StageGradientAverager:
             self._check_config_peers()
         if self._gate is not None:
             self._gate.publish(self.dht, self._peer)  # refreshed well before it expires
+        if self._diloco:  # only replicas at this outer step meet (hivemind's group key)
+            self._averager.set_group_bits(round_bits(self.round_step))
         local = self._read_local_gradients()
         nonfinite = not all(bool(torch.isfinite(t).all()) for t in local)
         if nonfinite:
@@ -533,6 +555,7 @@ class StageGradientAverager:
                     "call": call,
                     "state": state,
                     "step": self.step,
+                    "round": self.round_step,
                 },
             )
             if attempt.error:
@@ -716,11 +739,18 @@ class StageGradientAverager:
 
     # -- state for late joiners and resyncs ----------------------------------------------------
 
-    def set_step(self, step: int) -> None:
-        """Record the optimizer steps applied; peers download from the most advanced replica."""
+    def set_step(self, step: int, *, rounds: int | None = None) -> None:
+        """Record the optimizer steps applied (peers download from the most advanced replica)
+        and the rounds passed, the number partners match on: ``step`` itself per step;
+        DiLoCo's outer steps passed (``rounds``: the trainer's steps // K; default
+        ``step // local_steps``), so a replica in its local steps is due at the next outer
+        step for a partner already there."""
         self.step = int(step)
+        if rounds is None:
+            rounds = self.step // self.settings.local_steps if self._diloco else self.step
+        self.round_step = int(rounds)
         self._averager.state_sharing_priority = float(step)
-        self.presence.set_step(self.step)
+        self.presence.set_step(self.round_step)
 
     def _state_tensors(self) -> tuple[list[torch.Tensor], list, dict]:
         """The live tensors shared with peers (params, then optimizer tensors); hold the lock."""

@@ -247,12 +247,12 @@ class AveragingSettings(_Strict):
         "differs from its groupmates' has to download the source "
         "replica's state (the source waits as long for it)",
     )
-    compression: Literal["none", "float16", "int8"] = Field(
+    compression: Literal["none", "float16", "int8", "int4"] = Field(
         "none",
-        description="wire format of gradient parts: none (float32), float16, or int8 (the "
+        description="wire format of gradient parts: none (float32), float16, int8 or int4 (the "
         "adapter gradients averaged as one flat tensor whose parts travel as blockwise absmax "
-        "int8, 1.002 bytes a value; parts under 1024 values as float16: lora/compression.py); "
-        "see docs/wan.md for bytes and loss",
+        "int8, 1.002 bytes a value, or int4, 0.508 bytes a value; parts under 1024 values as "
+        "float16: lora/compression.py); see docs/wan.md for bytes and loss",
     )
     mode: Literal["per_step", "diloco"] = Field(
         "per_step",
@@ -303,7 +303,7 @@ class AveragingSettings(_Strict):
         description="relative tolerance (to the "
         "L2 norm) when comparing replicas' adapter and "
         "optimizer states; above it they resync (default: "
-        "1e-3, 2e-2 with float16, 5e-2 with int8)",
+        "1e-3, 2e-2 with float16, 5e-2 with int8 or int4)",
     )
 
     @model_validator(mode="after")
@@ -330,13 +330,13 @@ class AveragingSettings(_Strict):
     def checksum_rtol(self) -> float:
         if self.check_rtol is not None:
             return self.check_rtol
-        return {"float16": 5e-3, "int8": 3e-2}.get(self.compression, 1e-4)
+        return {"float16": 5e-3, "int8": 3e-2, "int4": 3e-2}.get(self.compression, 1e-4)
 
     @property
     def state_checksum_rtol(self) -> float:
         if self.state_check_rtol is not None:
             return self.state_check_rtol
-        return {"float16": 2e-2, "int8": 5e-2}.get(self.compression, 1e-3)
+        return {"float16": 2e-2, "int8": 5e-2, "int4": 5e-2}.get(self.compression, 1e-3)
 
 
 def check_adapter_name(name: str) -> str:

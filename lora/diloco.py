@@ -84,6 +84,12 @@ class DiLoCoOuter:
         return self.inner_steps % self.local_steps == 0
 
     @property
+    def outer_steps(self) -> int:
+        """Outer steps reached (``inner_steps // local_steps``; at an outer step, this one
+        included): the number replicas match their rounds on (:mod:`lora.averaging`)."""
+        return self.inner_steps // self.local_steps
+
+    @property
     def local_step(self) -> int:
         """Inner steps since the last outer step (0 right after one)."""
         return self.inner_steps % self.local_steps

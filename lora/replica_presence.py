@@ -10,6 +10,10 @@ seconds (its trainer is still feeding it)? If one is, the round is tried again. 
 died drops out within ``3 x heartbeat`` seconds, one whose trainer abandoned the step (a
 discard, e.g. its route broke) at once, one whose trainer vanished within ``idle_timeout``.
 
+The step is the number rounds are matched on: the optimizer steps applied, or in DiLoCo mode
+the outer steps passed (:meth:`lora.averaging.StageGradientAverager.set_step`), so a replica in
+its local steps is due at the outer step a partner already reached.
+
 Each replica publishes ``[step, active_at, looking]`` under ``<prefix>.presence`` (subkey: its
 averager's peer id) every ``heartbeat`` seconds from a background thread, and at once when its
 step changes or its trainer abandons the step. The looking flag rides the next beat: a partner

@@ -1,4 +1,4 @@
-"""Lossy averaging whose result is the same on every replica (used with ``compression: int8``).
+"""Lossy averaging whose result is the same on every replica (``compression: int8`` or ``int4``).
 
 In hivemind's all-reduce a reducer sends each sender the *difference* between the averaged part
 and that sender's part, compressed: a sender ends with ``own + Q(avg − own)``, the reducer with
@@ -25,7 +25,7 @@ from typing import AsyncIterator  # noqa: UP035 (hivemind reads typing's AsyncIt
 
 import torch
 from hivemind.averaging.partition import BannedException
-from hivemind.compression import CompressionInfo, deserialize_torch_tensor, serialize_torch_tensor
+from hivemind.compression import CompressionInfo, deserialize_torch_tensor
 from hivemind.proto import averaging_pb2
 from hivemind.utils.asyncio import amap_in_executor
 
@@ -82,12 +82,8 @@ class _SharedResultRunner(_GuardedRunner):
         # hivemind's method, sending the rounded average R instead of R − sender's part
         part_index = 0
         try:
-            async for tensor_part, weight, part_compression in amap_in_executor(
-                lambda msg: (
-                    _decode_received(msg.tensor_part),
-                    msg.weight,
-                    msg.tensor_part.compression,
-                ),
+            async for tensor_part, weight in amap_in_executor(
+                lambda msg: (_decode_received(msg.tensor_part), msg.weight),
                 stream,
                 max_prefetch=self.tensor_part_container.prefetch,
             ):
@@ -98,7 +94,11 @@ class _SharedResultRunner(_GuardedRunner):
                     part_index += 1
                 except BannedException:
                     break  # the sender was banned: its parts are no longer averaged
-                serialized = serialize_torch_tensor(averaged_part, part_compression)
+                # with the run's compression object, not the part's type id: BLOCKWISE_8BIT
+                # names the codec, whose table entry encodes 8 bits (int4 would come back int8)
+                serialized = self.tensor_part_container.compression.compress(
+                    averaged_part, CompressionInfo.from_tensor(averaged_part)
+                )
                 yield averaging_pb2.AveragingData(
                     code=averaging_pb2.AVERAGED_PART, tensor_part=serialized
                 )

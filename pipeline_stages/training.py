@@ -629,7 +629,8 @@ class StageTrainingJob:
             with compute_turn(), self.lock:
                 diloco.begin_round()  # pseudo-gradients in .grad, parameters at the outer ones
             try:
-                report = self.averager.average(samples)  # outside every lock
+                # outside every lock; with the partners at this outer step (lora.averaging)
+                report = self.averager.average(samples, rounds=diloco.outer_steps - 1)
             except AveragingConfigError as exc:
                 with self.lock:
                     for param in self.params:
@@ -640,7 +641,8 @@ class StageTrainingJob:
                     self.guard.applied = self.averager.step
                 diloco.finish_round()
             note = "outer step"
-        self.averager.set_step(self.guard.applied)
+        # partners match rounds on the trainer's outer steps passed (lora.averaging)
+        self.averager.set_step(self.guard.applied, rounds=diloco.outer_steps)
         return StepReport(outcome, report, self._maybe_save(outcome, checkpoint), note)
 
     def save(self) -> Path | None:

@@ -83,3 +83,77 @@ def test_config_refuses_diloco_without_replicas_or_local_steps(tmp_path):
     )
     assert config.averaging.mode == "diloco" and config.averaging.target_group_size == 2
     assert TrainConfig(data=data, replicas=2).averaging.mode == "per_step"
+
+
+@pytest.mark.integration
+def test_replicas_average_an_outer_step_only_with_partners_at_that_outer_step():
+    """Two replicas (two DHTs, two averager processes) in diloco mode: at different outer steps
+    they do not average even when they look at the same time; a replica at outer step 2 waits
+    for a partner still in its local steps before it, and they average."""
+    import threading
+    import time
+
+    from base.dht import start_dht, visible_maddrs
+    from lora.averaging import StageGradientAverager, averaging_prefix
+
+    settings = AveragingSettings(
+        mode="diloco",
+        local_steps=2,
+        target_group_size=2,
+        request_timeout=2.0,
+        min_matchmaking_time=3.0,
+        matchmaking_timeout=6.0,
+        partner_wait=120.0,
+        presence_heartbeat=0.5,
+    )
+    first = start_dht([])
+    second = start_dht(visible_maddrs(first))
+    prefix = averaging_prefix("tiny", 0, 2, "diloco-rounds", "code-review")
+    params = {name: torch.nn.Parameter(torch.zeros(4, 8)) for name in "ab"}
+    averagers = {
+        name: StageGradientAverager(dht, prefix=prefix, params=[params[name]], settings=settings)
+        for name, dht in (("a", first), ("b", second))
+    }
+    reports: dict[str, object] = {}
+
+    def average(name: str, rounds: int, grad: float, delay: float = 0.0) -> threading.Thread:
+        def run():
+            time.sleep(delay)
+            params[name].grad = torch.full((4, 8), grad)
+            reports[name] = averagers[name].average(1.0, rounds=rounds)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        return thread
+
+    try:
+        # a has passed outer step 1, b has not: they look together and stay apart
+        averagers["a"].set_step(2, rounds=1)
+        averagers["b"].set_step(1, rounds=0)
+        for thread in (average("a", 1, 1.0), average("b", 0, 3.0)):
+            thread.join(timeout=120)
+        for name, grad in (("a", 1.0), ("b", 3.0)):
+            report = reports[name]
+            assert not report.averaged and report.group_size == 1, report
+            assert torch.equal(params[name].grad, torch.full((4, 8), grad))
+        # a reaches outer step 2 while b's trainer is still in its local steps before it (due:
+        # alive, outer step 1 passed, training); b arrives after a whole matchmaking window
+        averagers["b"].set_step(3, rounds=1)
+        threads = [average("a", 1, 1.0)]
+        deadline = time.monotonic() + 9.0  # longer than a's matchmaking window
+        while time.monotonic() < deadline:
+            averagers["b"].note_activity()
+            time.sleep(0.5)
+        threads.append(average("b", 1, 3.0))
+        for thread in threads:
+            thread.join(timeout=180)
+        for name in "ab":
+            report = reports[name]
+            assert report.averaged and report.group_size == 2 and not report.resynced, report
+            assert torch.allclose(params[name].grad, torch.full((4, 8), 2.0))
+        assert reports["a"].attempts >= 2, reports["a"]  # it looked again for b
+    finally:
+        for averager in averagers.values():
+            averager.shutdown()
+        second.shutdown()
+        first.shutdown()

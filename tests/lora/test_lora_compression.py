@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hivemind.compression import CompressionInfo, deserialize_torch_tensor, serialize_torch_tensor
 from hivemind.proto import runtime_pb2
 
-from lora.compression import BlockwiseInt8, Uniform8Bit, wire_compression
+from lora.compression import BlockwiseQuantized, Uniform8Bit, wire_compression
 from lora.diloco import DiLoCoOuter
+from lora.shared_results import on_grid
 
 
 def gradient_like(seed: int = 0) -> torch.Tensor:
@@ -33,6 +35,31 @@ def test_blockwise_int8_keeps_adapter_gradients_within_one_percent_at_a_quarter_
     assert float((u - x).norm() / x.norm()) > 0.1
 
 
+def test_blockwise_int4_halves_int8_and_its_decoded_values_encode_to_themselves():
+    x = gradient_like(1)[:-1]  # an odd count: the last byte holds one value
+    compression = wire_compression("int4")
+    serialized = compression.compress(x, CompressionInfo.from_tensor(x))
+    assert serialized.compression == runtime_pb2.BLOCKWISE_8BIT
+    y = deserialize_torch_tensor(serialized)  # hivemind's table reads the bits from the header
+    assert y.shape == x.shape
+    assert float((y - x).norm() / x.norm()) < 0.15  # 15 levels a block of 256
+    assert bool((y[:20_000] == 0).all())
+    assert serialized.ByteSize() <= 0.128 * x.numel() * 4  # half a byte a value + 2 a block
+    # the shared-result reducer sends decode(encode(avg)); encoding it again changes nothing
+    assert torch.equal(on_grid(compression, y), y)
+    # int8 parts keep their format (header = block size alone) and decode as before
+    z = deserialize_torch_tensor(serialize_torch_tensor(x, runtime_pb2.BLOCKWISE_8BIT))
+    assert float((z - x).norm() / x.norm()) < 0.01
+
+
+def test_blockwise_decoder_refuses_a_header_it_does_not_know():
+    x = torch.randn(4096)
+    serialized = BlockwiseQuantized(bits=4).compress(x, CompressionInfo.from_tensor(x))
+    serialized.buffer = (3 << 32 | 256).to_bytes(8, "little") + serialized.buffer[8:]
+    with pytest.raises(ValueError, match="not a blockwise quantized part"):
+        deserialize_torch_tensor(serialized)
+
+
 def test_int8_setting_sends_small_parts_as_float16():
     compression = wire_compression("int8")
     small, large = torch.randn(100), torch.randn(5000)
@@ -44,7 +71,8 @@ def test_int8_setting_sends_small_parts_as_float16():
         compression.compress(large, CompressionInfo.from_tensor(large)).compression
         == runtime_pb2.BLOCKWISE_8BIT
     )
-    assert isinstance(compression.greater_equal, BlockwiseInt8)
+    assert isinstance(compression.greater_equal, BlockwiseQuantized)
+    assert compression.greater_equal.bits == 8
 
 
 def test_diloco_outer_step_applies_the_averaged_pseudo_gradient_with_nesterov_sgd():

@@ -4,10 +4,16 @@ K = 2 over 4 steps: the stages take local AdamW steps at steps 1 and 3 (no avera
 average their pseudo-gradients at steps 2 and 4 (lora/diloco.py, through the usual averaging
 round), then apply them with outer Nesterov SGD. After step 4, an outer step, the replicas hold
 the same adapter; their checkpoints keep the outer state, and the run record says the mode.
+
+The second trainer starts a few seconds after the first: rounds are matched by outer step (the
+outer step is in the matchmaking key, and a replica at an outer step waits for a partner whose
+trainer is still in the local steps before it: lora/averaging.py), so every outer step either
+trainer runs is averaged with the other replica, and no replica has to copy its partner's state.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +25,7 @@ from tests.training.test_training_int8_averaging import SPLIT, finish, start_tra
 pytestmark = pytest.mark.integration
 
 STEPS, K = 4, 2
+START_GAP = 6.0  # seconds between the two trainers' starts
 
 
 def checkpoint(tmp_path: Path, peer: str) -> dict:
@@ -26,7 +33,9 @@ def checkpoint(tmp_path: Path, peer: str) -> dict:
     return torch.load(path, weights_only=True)
 
 
-def test_two_trainers_diloco_average_every_k_steps_to_identical_adapters(tiny_model_dir, tmp_path):
+def test_two_trainers_started_apart_average_every_outer_step_to_identical_adapters(
+    tiny_model_dir, tmp_path
+):
     config = train_config(
         tiny_model_dir,
         run_id="diloco-run",
@@ -37,7 +46,9 @@ def test_two_trainers_diloco_average_every_k_steps_to_identical_adapters(tiny_mo
         averaging={"mode": "diloco", "local_steps": K, "outer_lr": 0.7, "outer_momentum": 0.9},
     )
     with local_swarm(tmp_path, str(tiny_model_dir), SPLIT):
-        procs = [start_trainer(tmp_path, config, shard) for shard in (0, 1)]
+        procs = [start_trainer(tmp_path, config, 0)]
+        time.sleep(START_GAP)
+        procs.append(start_trainer(tmp_path, config, 1))
         records = [finish(p, timeout=480) for p in procs]
     for record in records:
         assert record["averaging_mode"] == {
