@@ -14,8 +14,14 @@ With several dtypes the swarms run one after another, in ABBA order over ``--rou
 2), and each dtype's figures are the mean of its rounds, so a load that drifts during the run
 does not favour the dtype measured first.
 
-    python -m bench.inference [--dtype float32,bfloat16] [--new-tokens 128] [--prompts 4]
-        [--rounds 2]
+A preset whose peers have ``stages: auto`` (``--preset smollm2-auto``) works too: the daemons
+choose their spans, and nothing is measured until the swarm is placed (every peer online on
+its span, none still joining, a route over all layers); the spans they chose are in the JSON.
+``--model`` runs a preset on another model (a catalog name or a Hugging Face directory, e.g.
+a tiny one for a quick check).
+
+    python -m bench.inference [--preset smollm2-3stage] [--model NAME_OR_DIR]
+        [--dtype float32,bfloat16] [--new-tokens 128] [--prompts 4] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -94,6 +100,40 @@ def rss_mib(pid: int, field: str = "VmHWM") -> float | None:
     return None
 
 
+PLACED_TIMEOUT_S = 300.0
+
+
+def wait_placed(client, peers, timeout: float = PLACED_TIMEOUT_S) -> dict[str, list]:
+    """Each peer's spans once the swarm is placed: every peer announces its spans online, none
+    is still joining (``stages: auto`` peers claim, load, then announce; a peer may still move
+    right after it joined), and a route covers all layers. Raises after ``timeout`` seconds."""
+    from base.errors import SwarmError
+    from base.routing import plan_route
+    from node.local_swarm import peer_id_of
+
+    deadline = time.monotonic() + timeout
+    while True:
+        records = client.records()
+        online = {}
+        for r in records:
+            if r.state == "online":
+                online.setdefault(r.peer_id, []).append(list(r.span))
+        spans = {p.name: sorted(online.get(peer_id_of(p), [])) for p in peers}
+        try:
+            plan_route(records, client.model)
+            whole = True
+        except SwarmError:
+            whole = False
+        if whole and all(spans.values()) and not any(r.state == "joining" for r in records):
+            return spans
+        if time.monotonic() > deadline:
+            raise SwarmError(
+                f"the swarm was not placed within {timeout:g} s (spans so far: {spans})",
+                hint="see the peers' logs in the run directory",
+            )
+        time.sleep(1.0)
+
+
 def run_dtype(args, dtype_name: str, conversations, preset) -> dict:
     """One swarm in ``dtype_name`` against the reference in the same dtype."""
     from transformers import AutoModelForCausalLM
@@ -102,11 +142,12 @@ def run_dtype(args, dtype_name: str, conversations, preset) -> dict:
     from inference.conversation import ConversationEngine
     from inference.swarm_client import SwarmClient
     from models.assets import prepare_model
+    from models.catalog import CATALOG, resolve_model_dir
     from node.local_swarm import start_swarm, stop_swarm
     from pipeline_stages.loader import stage_bytes
 
     dtype = torch_dtype(dtype_name)
-    model_dir = prepare_model("smollm2-135m")
+    model_dir = (prepare_model if preset.model in CATALOG else resolve_model_dir)(preset.model)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
     preset = preset.model_copy(update={"daemon": {**preset.daemon, "dtype": dtype_name}})
     work = Path(tempfile.mkdtemp(prefix="node0-bench-"))
@@ -114,6 +155,7 @@ def run_dtype(args, dtype_name: str, conversations, preset) -> dict:
     state = start_swarm(preset, args.preset, runs_dir=work / "runs", state_file=state_file)
     client = SwarmClient(preset.model, state.initial_peers)
     try:
+        spans = wait_placed(client, state.peers)  # fixed stages: at once
         engine = ConversationEngine.connect(client)  # the catalog's prompt format (chat)
         prompts = [
             engine.prepare(m, max_new_tokens=args.new_tokens).prompt_ids for m in conversations
@@ -137,10 +179,8 @@ def run_dtype(args, dtype_name: str, conversations, preset) -> dict:
         client.close()
         stop_swarm(state_file)
     weights = {
-        peer.name: round(
-            sum(stage_bytes(model_dir, s.start, s.end, dtype) for s in peer.stages) / 2**20, 1
-        )
-        for peer in preset.peers
+        name: round(sum(stage_bytes(model_dir, *span, dtype) for span in held) / 2**20, 1)
+        for name, held in spans.items()
     }
 
     def median(rows, i):
@@ -155,6 +195,7 @@ def run_dtype(args, dtype_name: str, conversations, preset) -> dict:
         "stage_peak_rss_mib": rss,
         "stage_rss_after_mib": rss_now,
         "stage_weights_mib": weights,
+        "stage_spans": spans,
     }
     result["ratio"] = round(result["swarm_tokens_per_s"] / result["single_tokens_per_s"], 3)
     return result
@@ -189,7 +230,16 @@ def main() -> None:
     )
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--prompts", type=int, default=4)
-    parser.add_argument("--preset", default="smollm2-3stage")
+    parser.add_argument(
+        "--preset",
+        default="smollm2-3stage",
+        help="swarm preset (configs/swarm/); one with `stages: auto` peers waits for placement",
+    )
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="run the preset on this model instead (catalog name or HF directory)",
+    )
     parser.add_argument(
         "--dtype",
         default="float32,bfloat16",
@@ -220,6 +270,8 @@ def main() -> None:
     load_average = [round(x, 2) for x in os.getloadavg()]
     conversations = [[{"role": "user", "content": q}] for q in QUESTIONS[: args.prompts]]
     preset, _ = load_yaml_config(resolve_preset_path(args.preset), SwarmPreset)
+    if args.model:
+        preset = preset.model_copy(update={"model": args.model})
     if args.stage_threads:
         preset = preset.model_copy(
             update={"daemon": {**preset.daemon, "torch_threads": args.stage_threads}}
@@ -233,6 +285,7 @@ def main() -> None:
         "new_tokens": args.new_tokens,
         "prompts": len(conversations),
         "stages": len(preset.peers),
+        "placement": "auto" if any(p.stages == "auto" for p in preset.peers) else "fixed",
         "stage_threads": preset.daemon.get("torch_threads", "default"),
         "load_average": load_average,
         "load_average_end": [round(x, 2) for x in os.getloadavg()],
