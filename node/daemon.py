@@ -36,7 +36,7 @@ from models.catalog import resolve_model_dir
 from node.adapter_service import AdapterService
 from node.config import DaemonConfig, StageSpec
 from node.main_thread import MainThreadCalls
-from node.net_probe import NetworkMeter, NetworkService
+from node.net_probe import NetworkMeter, NetworkService, probe_cap
 from node.placement import Move
 from node.rebalance import KeepAnnouncing, Placer, blocks_for_budget
 from node.span_bench import SpanThroughput, measure_span
@@ -284,7 +284,11 @@ class Daemon:
             cfg.host,
             cfg.port,
             max_workers=2 * cfg.max_sessions + 4,
-            extra_servicers=(weights, runtime_adapters, NetworkService()),
+            extra_servicers=(
+                weights,
+                runtime_adapters,
+                NetworkService(probe_cap(cfg.max_message_bytes)),
+            ),
             interceptors=access.grpc_interceptors(),
         )
         status("grpc", f"serving on {cfg.host}:{self.port}")

@@ -100,6 +100,12 @@ class ProbePlan:
             raise ValueError("a probe needs at least one try and one peer")
 
 
+def probe_cap(max_message_bytes: int) -> int:
+    """A daemon's cap on one probe: ``MAX_PROBE_BYTES``, or half its gRPC message limit when
+    that is smaller (the rest leaves room for the message's framing)."""
+    return min(MAX_PROBE_BYTES, max_message_bytes // 2)
+
+
 class _ReplyBudget:
     """Reply bytes sent within the last ``window_s`` seconds, against a ceiling."""
 
@@ -121,7 +127,13 @@ class _ReplyBudget:
 
 
 class NetworkService(node0_pb2_grpc.NetworkServicer):
-    """The answering side of a probe: takes a capped payload, sends back capped zero bytes."""
+    """The answering side of a probe: takes a capped payload, sends back capped zero bytes.
+
+    Args:
+        max_probe_bytes: the cap each way (a daemon passes ``MAX_PROBE_BYTES`` or, when its
+            gRPC messages are smaller, half its ``max_message_bytes``: see :func:`probe_cap`).
+        reply_budget_bytes: reply bytes sent to all callers together within ``window_s``.
+    """
 
     def __init__(
         self,
@@ -149,7 +161,7 @@ class NetworkService(node0_pb2_grpc.NetworkServicer):
                 "this daemon's probe reply budget for the minute is spent",
                 retry_after=wait,
             )
-        return node0_pb2.ProbeResponse(payload=bytes(asked))
+        return node0_pb2.ProbeResponse(payload=bytes(asked), max_bytes=self.max_probe_bytes)
 
     def add_to_server(self, server: grpc.Server) -> None:
         node0_pb2_grpc.add_NetworkServicer_to_server(self, server)
@@ -158,7 +170,10 @@ class NetworkService(node0_pb2_grpc.NetworkServicer):
 def probe_link(
     endpoint: str, signer: CallSigner | None, plan: ProbePlan, deadline: float
 ) -> float | None:
-    """Mbit/s of the link to the daemon at ``endpoint`` (None: it failed or time ran out)."""
+    """Mbit/s of the link to the daemon at ``endpoint`` (None: it failed or time ran out).
+
+    The first call opens the connection untimed and learns the daemon's cap; the large payload
+    stays within it (a daemon with a small ``max_message_bytes`` still measures)."""
     options = channel_options(plan.large_bytes + (64 << 10))
     with grpc.insecure_channel(endpoint, options=options) as raw:
         stub = node0_pb2_grpc.NetworkStub(secure_channel(raw, signer))
@@ -172,19 +187,24 @@ def probe_link(
             stub.Probe(request, timeout=timeout)
             return time.perf_counter() - started
 
-        def direction(up: bool) -> float | None:
+        def direction(up: bool, large_bytes: int) -> float | None:
             small = large = float("inf")
             for _ in range(plan.tries):  # interleaved, so a slow spell hits both sizes
-                sizes = [(plan.small_bytes, 0), (plan.large_bytes, 0)]
+                sizes = [(plan.small_bytes, 0), (large_bytes, 0)]
                 if not up:
-                    sizes = [(0, plan.small_bytes), (0, plan.large_bytes)]
+                    sizes = [(0, plan.small_bytes), (0, large_bytes)]
                 small = min(small, timed(*sizes[0]))
                 large = min(large, timed(*sizes[1]))
-            return transfer_mbps(plan.small_bytes, small, plan.large_bytes, large)
+            return transfer_mbps(plan.small_bytes, small, large_bytes, large)
 
         try:
-            timed(plan.small_bytes, plan.small_bytes)  # connection set-up, not timed
-            return link_mbps(direction(up=True), direction(up=False))
+            request = node0_pb2.ProbeRequest(reply_bytes=plan.small_bytes)
+            cap = stub.Probe(request, timeout=plan.call_timeout_s).max_bytes
+            large_bytes = min(plan.large_bytes, cap)
+            if large_bytes <= plan.small_bytes:
+                log.info("no link measurement to %s: it caps probes at %d bytes", endpoint, cap)
+                return None
+            return link_mbps(direction(True, large_bytes), direction(False, large_bytes))
         except (grpc.RpcError, TimeoutError) as exc:
             log.info("no link measurement to %s: %s", endpoint, exc)
             return None

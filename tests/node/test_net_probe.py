@@ -10,10 +10,12 @@ import pytest
 
 from base.refusals import Reason, reason_of, retry_after_of
 from node.net_probe import (
+    MAX_PROBE_BYTES,
     NetworkMeter,
     NetworkService,
     ProbePlan,
     link_mbps,
+    probe_cap,
     probe_link,
     swarm_mbps,
     transfer_mbps,
@@ -117,6 +119,16 @@ def test_a_measurement_over_loopback_gives_a_positive_rate(probe_server):
     plan = ProbePlan(small_bytes=1 << 10, large_bytes=1 << 20, tries=3)
     got = probe_link(probe_server, None, plan, time.monotonic() + 30)
     assert got is not None and got > 0
+
+
+def test_a_daemon_with_small_messages_caps_the_probe_and_is_still_measured(serve):
+    assert probe_cap(32 << 20) == MAX_PROBE_BYTES and probe_cap(1 << 20) == 512 << 10
+    small_cap = serve(NetworkService(max_probe_bytes=probe_cap(1 << 20)))
+    assert _probe(small_cap, 0, 16).max_bytes == 512 << 10
+    got = probe_link(small_cap, None, ProbePlan(), time.monotonic() + 30)
+    assert got is not None and got > 0
+    tiny_cap = serve(NetworkService(max_probe_bytes=1 << 10))  # below the small payload
+    assert probe_link(tiny_cap, None, ProbePlan(), time.monotonic() + 30) is None
 
 
 def test_the_meter_retries_without_peers_and_keeps_the_figure_it_measured(probe_server):
