@@ -168,6 +168,14 @@ class Daemon:
             return {"network_mbps": round(self.network.mbps, 1), "network_source": "measured"}
         return {"network_mbps": 0.0, "network_source": ""}
 
+    def _network_banner(self) -> str:
+        p = self.config.placement
+        if p.network_mbps:
+            return f"network: declared {p.network_mbps:g} Mbit/s"
+        if p.measure_network:
+            return f"network: measured against peers every {p.network_probe_period:g} s"
+        return "network: not measured"
+
     def _probe_targets(self) -> list[str]:
         """Endpoints of the other online daemons of the model: what the network is measured
         against."""
@@ -226,6 +234,7 @@ class Daemon:
                 f"{cfg.prefill_chunk}, convoy linger {cfg.batch_linger_ms:g} ms, training at "
                 f"most {cfg.training_share:.0%} of compute while sessions wait",
                 f"heartbeat: every {cfg.announce_period:g} s, ttl {cfg.announce_ttl:g} s",
+                self._network_banner(),
                 access.describe(),
             ],
         )
