@@ -120,6 +120,10 @@ def averaging_config(model_dir: Path, run_id: str, steps: int) -> dict:
     )
 
 
+# slow: test_training_int8_averaging.py runs the same two trainers over two replicas of every
+# stage (with int8 parts) in the default tier, and tests/lora/test_lora_averaging.py the
+# float all-reduce over real hivemind
+@pytest.mark.slow
 def test_two_trainers_average_every_round_to_identical_adapters(tiny_model_dir, tmp_path):
     config = averaging_config(tiny_model_dir, "avg-run", steps=6)
     with local_swarm(tmp_path, str(tiny_model_dir), SPLIT):

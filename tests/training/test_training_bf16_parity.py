@@ -6,14 +6,14 @@ loaded in bfloat16 in this process: ``get_peft_model`` keeps the adapters float3
 (``autocast_adapter_dtype=True``), same LoRA settings, init, data, order and seed, the loss in
 float32 from the bfloat16 logits.
 
-Tolerances, measured on this machine over 20 steps (docs/lora.md): the per-step losses and the
-adapters after training are bitwise equal (relative difference 0: the stages run the same
-bfloat16 kernels on the same shapes, and activations and gradients cross the wire in bfloat16
-as they pass between layers inside the single model). We assert 1e-4, as the float32 parity
-test does; that tells the dtypes apart — the same run on a float32 base differs from the
-bfloat16 reference by 4.5e-4 in the first loss (up to 1.2e-3 over the 20 steps) and by 1.04 in
-the adapters — and the test checks the first of those gaps itself. The stages' checkpoints hold
-the adapters and their AdamW state in float32.
+Tolerances, measured on this machine over 20 steps (docs/lora.md; the test runs ``STEPS``):
+the per-step losses and the adapters after training are bitwise equal (relative difference 0:
+the stages run the same bfloat16 kernels on the same shapes, and activations and gradients
+cross the wire in bfloat16 as they pass between layers inside the single model). We assert
+1e-4, as the float32 parity test does; that tells the dtypes apart — the same run on a float32
+base differs from the bfloat16 reference by 4.5e-4 in the first loss (up to 1.2e-3 over the 20
+steps) and by 1.04 in the adapters — and the test checks the first of those gaps itself. The
+stages' checkpoints hold the adapters and their AdamW state in float32.
 """
 
 from __future__ import annotations
@@ -76,6 +76,9 @@ def max_relative(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> floa
     return max(float((a[k] - b[k]).abs().max() / b[k].abs().max().clamp_min(1e-12)) for k in b)
 
 
+# slow: the float16 swarm test (test_training_fp16_swarm.py) covers mixed-precision training
+# over real daemons (half-precision stages, float32 adapters) in the default tier
+@pytest.mark.slow
 def test_bf16_lora_steps_over_three_daemons_equal_single_process_peft(tiny_model_dir, tmp_path):
     ref_losses, ref_adapter = bf16_reference(str(tiny_model_dir))
     config = train_config(tiny_model_dir, run_id="bf16-run", dtype="bfloat16")

@@ -24,6 +24,9 @@ pytestmark = pytest.mark.integration
 STEPS = 5
 
 
+# slow: a second family through the same family-neutral trainer; the LLaMA parity test covers
+# swarm training in the default tier, and Qwen2 stays there for serving (test_swarm_qwen2.py)
+@pytest.mark.slow
 def test_lora_steps_over_three_qwen2_daemons_equal_single_process_peft(tiny_qwen2_dir, tmp_path):
     config = train_config(tiny_qwen2_dir, run_id="qwen2-run", steps=STEPS, checkpoint_every=STEPS)
     config["data"] = {**config["data"], "heldout": [], "max_length": 64}  # short: no eval passes
