@@ -93,9 +93,10 @@ def _count_received_tensor_bytes():
 
 
 def _count_dht_requests():
-    """Count the DHT requests this replica's DHT node serves and their bytes (request plus
-    response, serialized; libp2p framing not included): the matchmaking, checksum, presence
-    and state-declaration records of the rounds. Patched before the DHT process forks."""
+    """Count the store and find requests this replica's DHT node serves and their bytes
+    (request plus response, serialized; libp2p framing not included): the matchmaking,
+    checksum, presence and state-declaration records of the rounds (a store is a find of the
+    key's nodes, then the store). Patched before the DHT process forks."""
     import functools
     import multiprocessing as mp
 
@@ -114,7 +115,8 @@ def _count_dht_requests():
 
         return handler
 
-    for name in ("rpc_ping", "rpc_store", "rpc_find"):
+    # not rpc_ping: the store and find handlers call it on themselves (no traffic)
+    for name in ("rpc_store", "rpc_find"):
         setattr(DHTProtocol, name, counting(getattr(DHTProtocol, name)))
     return counter
 

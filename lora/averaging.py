@@ -59,6 +59,7 @@ from typing import Any
 
 os.environ.setdefault("HIVEMIND_MEMORY_SHARING_STRATEGY", "file_descriptor")
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from hivemind.averaging.control import AveragingStage  # noqa: E402
 from hivemind.utils.timed_storage import get_dht_time  # noqa: E402
@@ -151,6 +152,20 @@ class _Checksum:
             flat = tensor.detach().reshape(-1).to("cpu", torch.float64)
             out += [float(torch.linalg.vector_norm(flat)), float(flat @ self._probe(flat.numel()))]
         return out
+
+
+def pack_checksum(values: Sequence[float]) -> bytes:
+    """A state checksum as float32 bytes for the all-gather: hivemind's leader sends every
+    member's gather to every member, and msgpack writes a float in 9 bytes; float32 (4 bytes,
+    relative rounding 6e-8) is far inside the tolerances states are compared at (>= 1e-3)."""
+    return np.asarray(values, dtype="<f4").tobytes()
+
+
+def unpack_checksum(blob: Any) -> list[float]:
+    """:func:`pack_checksum`'s values; ``ValueError`` for anything else (a malformed gather)."""
+    if not isinstance(blob, bytes) or len(blob) % 4:
+        raise ValueError("not a packed checksum")
+    return np.frombuffer(blob, dtype="<f4").astype(np.float64).tolist()
 
 
 def _close(x: float, y: float, tol: float) -> bool:
@@ -271,6 +286,8 @@ class StageGradientAverager:
         # scales small beside them; otherwise one buffer per parameter
         self._flat = settings.compression in QUANTIZED
         self._diloco = settings.mode == "diloco"
+        # DiLoCo: until a group forms or a round ends alone (_expecting_first_partner)
+        self._await_first_partner = self._diloco and settings.target_group_size > 1
         self._buffers = (
             [torch.zeros(sum(p.numel() for p in self.params), dtype=torch.float32)]
             if self._flat
@@ -503,6 +520,16 @@ class StageGradientAverager:
         if time.monotonic() - started >= self.settings.partner_wait:
             return False
         due = self.presence.due_partners(self.round_step, self.settings.partner_idle_timeout)
+        if not due and self._expecting_first_partner():
+            log.info(
+                "averaging round %d attempt %d found no group; no partner has joined the run "
+                "yet (%d replicas expected): waiting for one at outer step %d",
+                self.rounds,
+                attempts,
+                self.settings.target_group_size,
+                self.round_step + 1,
+            )
+            return True
         if due:
             log.info(
                 "averaging round %d attempt %d found no group; %s still due at %s %d: "
@@ -515,6 +542,17 @@ class StageGradientAverager:
             )
         return bool(due)
 
+    def _expecting_first_partner(self) -> bool:
+        """DiLoCo: no partner has averaged with us yet, and the run expects some.
+
+        A trainer that starts later opens its replicas' jobs after ours ran their first local
+        steps; such a job takes our state (``load_state_from_peers``) and its trainer starts at
+        the step our replicas report. Waiting here keeps that step before our first outer step,
+        so the newcomer's first outer step is ours (otherwise it would load a state this round
+        is about to change, and skip the round). Bounded by ``partner_wait``, once: a run whose
+        partner never comes goes on alone afterwards."""
+        return self._await_first_partner
+
     def _average(self, local_samples: float, started: float) -> AveragingReport:
         if time.monotonic() - self._declared_at > _CONFIG_TTL / 3:
             self._declare_config()
@@ -524,8 +562,6 @@ class StageGradientAverager:
             self._check_config_peers()
         if self._gate is not None:
             self._gate.publish(self.dht, self._peer)  # refreshed well before it expires
-        if self._diloco:  # only replicas at this outer step meet (hivemind's group key)
-            self._averager.set_group_bits(round_bits(self.round_step))
         local = self._read_local_gradients()
         nonfinite = not all(bool(torch.isfinite(t).all()) for t in local)
         if nonfinite:
@@ -546,6 +582,9 @@ class StageGradientAverager:
         self.guard.drain_excluded()  # anything left from an earlier call is not this round's
         while True:
             attempts += 1
+            if self._diloco:  # only replicas at this outer step meet (hivemind's group key);
+                # set before every attempt: hivemind moves the bits when a group assembles
+                self._averager.set_group_bits(round_bits(self.round_step))
             attempt = self._attempt(
                 local,
                 weight,
@@ -553,7 +592,7 @@ class StageGradientAverager:
                     "nonce": secrets.token_hex(16),
                     "fingerprint": self.fingerprint,
                     "call": call,
-                    "state": state,
+                    "state": pack_checksum(state),
                     "step": self.step,
                     "round": self.round_step,
                 },
@@ -564,6 +603,7 @@ class StageGradientAverager:
             if not attempt.members and self._partner_due(started, attempts):
                 continue  # a partner at this step is alive and on its way: look again
             if not attempt.members:  # no group: alone, or the others are gone
+                self._await_first_partner = False
                 # after a failed group the others may hold something else: say so
                 result, averaged, consistent, group_size, agreeing, missing = (
                     local,
@@ -575,6 +615,7 @@ class StageGradientAverager:
                 )
                 break
             self._check_groupmates(attempt.members, local)
+            self._await_first_partner = False
             basis = attempt.members
             group_size = len(basis)
             nonces = sorted(str(d.get("nonce")) for d in basis.values() if isinstance(d, dict))
@@ -649,7 +690,7 @@ class StageGradientAverager:
         for peer, data in members.items():
             try:
                 states[peer] = (
-                    [float(x) for x in data["state"]],
+                    unpack_checksum(data["state"]),
                     int(data["step"]),
                     str(data["call"]),
                 )

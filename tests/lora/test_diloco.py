@@ -87,9 +87,10 @@ def test_config_refuses_diloco_without_replicas_or_local_steps(tmp_path):
 
 @pytest.mark.integration
 def test_replicas_average_an_outer_step_only_with_partners_at_that_outer_step():
-    """Two replicas (two DHTs, two averager processes) in diloco mode: at different outer steps
-    they do not average even when they look at the same time; a replica at outer step 2 waits
-    for a partner still in its local steps before it, and they average."""
+    """Two replicas (two DHTs, two averager processes) in diloco mode: at outer step 1 they
+    average; at different outer steps they do not, even when they look at the same time; a
+    replica at outer step 4 waits for a partner still in its local steps before it, and they
+    average."""
     import threading
     import time
 
@@ -127,24 +128,29 @@ def test_replicas_average_an_outer_step_only_with_partners_at_that_outer_step():
         return thread
 
     try:
-        # a has passed outer step 1, b has not: they look together and stay apart
-        averagers["a"].set_step(2, rounds=1)
-        averagers["b"].set_step(1, rounds=0)
-        for thread in (average("a", 1, 1.0), average("b", 0, 3.0)):
+        for thread in (average("a", 0, 1.0), average("b", 0, 3.0)):  # outer step 1 for both
+            thread.join(timeout=120)
+        for name in "ab":
+            assert reports[name].averaged, reports[name]
+            assert torch.allclose(params[name].grad, torch.full((4, 8), 2.0))
+        # a has passed outer step 2, b has not: they look together and stay apart
+        averagers["a"].set_step(4, rounds=2)
+        averagers["b"].set_step(2, rounds=1)
+        for thread in (average("a", 2, 1.0), average("b", 1, 3.0)):
             thread.join(timeout=120)
         for name, grad in (("a", 1.0), ("b", 3.0)):
             report = reports[name]
             assert not report.averaged and report.group_size == 1, report
             assert torch.equal(params[name].grad, torch.full((4, 8), grad))
-        # a reaches outer step 2 while b's trainer is still in its local steps before it (due:
-        # alive, outer step 1 passed, training); b arrives after a whole matchmaking window
-        averagers["b"].set_step(3, rounds=1)
-        threads = [average("a", 1, 1.0)]
+        # a reaches outer step 4 while b's trainer is still in its local steps before it (due:
+        # alive, outer step 3 passed, training); b arrives after a whole matchmaking window
+        averagers["b"].set_step(7, rounds=3)
+        threads = [average("a", 3, 1.0)]
         deadline = time.monotonic() + 9.0  # longer than a's matchmaking window
         while time.monotonic() < deadline:
             averagers["b"].note_activity()
             time.sleep(0.5)
-        threads.append(average("b", 1, 3.0))
+        threads.append(average("b", 3, 3.0))
         for thread in threads:
             thread.join(timeout=180)
         for name in "ab":

@@ -11,7 +11,14 @@ import torch
 from pydantic import ValidationError
 
 from lora.allreduce_guard import GroupRoundFailed
-from lora.averaging import AveragingConfigError, _Checksum, checksums_agree, resync_plan
+from lora.averaging import (
+    AveragingConfigError,
+    _Checksum,
+    checksums_agree,
+    pack_checksum,
+    resync_plan,
+    unpack_checksum,
+)
 from lora.config import AveragingSettings, LoraSettings
 
 
@@ -54,11 +61,18 @@ def test_state_checksums_catch_one_diverged_adam_step_but_not_rounding_drift():
     mean = [torch.randn(576, 16, generator=generator) for _ in range(5)]
     local = [g + torch.randn(576, 16, generator=generator) for g in mean]
     checksum, rtol = _Checksum(), AveragingSettings().state_checksum_rtol
-    reference = checksum(train(mean))
-    assert checksums_agree(reference, checksum(train(_noisy(mean, 3e-7))), rtol)
+
+    def gathered(tensors: list[torch.Tensor]) -> list[float]:  # as the all-gather carries it
+        return unpack_checksum(pack_checksum(checksum(tensors)))
+
+    reference = gathered(train(mean))
+    assert len(pack_checksum(reference)) == 4 * len(reference)
+    assert checksums_agree(reference, gathered(train(_noisy(mean, 3e-7))), rtol)
     # the last step applied a local gradient instead of the mean (lr 1e-5: a small difference)
-    assert not checksums_agree(reference, checksum(train(mean[:4] + local[4:])), rtol)
-    assert not checksums_agree(reference, checksum(train(mean[:4])), rtol)  # a step missing
+    assert not checksums_agree(reference, gathered(train(mean[:4] + local[4:])), rtol)
+    assert not checksums_agree(reference, gathered(train(mean[:4])), rtol)  # a step missing
+    with pytest.raises(ValueError):  # a malformed gather entry: left out of the state check
+        unpack_checksum([1.0, 2.0])
 
 
 def test_resync_source_is_highest_step_then_majority_then_lowest_peer_id():
