@@ -286,7 +286,13 @@ class StageGradientAverager:
         # scales small beside them; otherwise one buffer per parameter
         self._flat = settings.compression in QUANTIZED
         self._diloco = settings.mode == "diloco"
-        # DiLoCo: until a group forms or a round ends alone (_expecting_first_partner)
+        # DiLoCo: at its first outer step a replica waits (partner_wait, once: until a group
+        # forms or a round ends alone) while the run expects partners and none has joined. A
+        # trainer that starts later opens its replicas' jobs after ours took local steps; the
+        # jobs load our state and its trainer starts at the step our replicas report; waiting
+        # keeps that step before our first outer step, so the newcomer's first outer step is
+        # ours (else it loads a state this round is about to change, and skips the round). A
+        # partner that has joined but is not due (ahead of us, or gone idle) is not waited for.
         self._await_first_partner = self._diloco and settings.target_group_size > 1
         self._buffers = (
             [torch.zeros(sum(p.numel() for p in self.params), dtype=torch.float32)]
@@ -520,7 +526,7 @@ class StageGradientAverager:
         if time.monotonic() - started >= self.settings.partner_wait:
             return False
         due = self.presence.due_partners(self.round_step, self.settings.partner_idle_timeout)
-        if not due and self._expecting_first_partner():
+        if not due and self._await_first_partner and not self.presence.partners():
             log.info(
                 "averaging round %d attempt %d found no group; no partner has joined the run "
                 "yet (%d replicas expected): waiting for one at outer step %d",
@@ -541,17 +547,6 @@ class StageGradientAverager:
                 self.round_step + int(self._diloco),
             )
         return bool(due)
-
-    def _expecting_first_partner(self) -> bool:
-        """DiLoCo: no partner has averaged with us yet, and the run expects some.
-
-        A trainer that starts later opens its replicas' jobs after ours ran their first local
-        steps; such a job takes our state (``load_state_from_peers``) and its trainer starts at
-        the step our replicas report. Waiting here keeps that step before our first outer step,
-        so the newcomer's first outer step is ours (otherwise it would load a state this round
-        is about to change, and skip the round). Bounded by ``partner_wait``, once: a run whose
-        partner never comes goes on alone afterwards."""
-        return self._await_first_partner
 
     def _average(self, local_samples: float, started: float) -> AveragingReport:
         if time.monotonic() - self._declared_at > _CONFIG_TTL / 3:

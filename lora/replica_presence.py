@@ -109,19 +109,25 @@ class ReplicaPresence:
 
     def due_partners(self, step: int, idle_timeout: float) -> list[str]:
         """Live replicas (not us) still at ``step`` that look for a group or trained lately."""
+        now = get_dht_time()
+        return sorted(
+            peer
+            for peer, (their_step, active_at, looking) in self.partners().items()
+            if their_step == step and (looking or now - active_at < idle_timeout)
+        )
+
+    def partners(self) -> dict[str, tuple[int, float, bool]]:
+        """Every live replica but us: peer id → (step, active_at, looking)."""
         found = bounded_get(self.dht, self.key, latest=True, timeout=max(3 * self.heartbeat, 3.0))
         if found is None or not isinstance(found.value, dict):
-            return []
-        now = get_dht_time()
-        due = []
+            return {}
+        out = {}
         for peer, entry in found.value.items():
             record = entry.value
             if peer == self.peer or not isinstance(record, list | tuple) or len(record) != 3:
                 continue
             try:
-                their_step, active_at, looking = int(record[0]), float(record[1]), bool(record[2])
+                out[str(peer)] = (int(record[0]), float(record[1]), bool(record[2]))
             except (TypeError, ValueError):
                 continue
-            if their_step == step and (looking or now - active_at < idle_timeout):
-                due.append(str(peer))
-        return sorted(due)
+        return out
