@@ -33,6 +33,8 @@ def checkpoint(tmp_path: Path, peer: str) -> dict:
     return torch.load(path, weights_only=True)
 
 
+# slow: tests/lora/test_diloco.py averages outer steps over real hivemind in the default tier
+@pytest.mark.slow
 def test_two_trainers_started_apart_average_every_outer_step_to_identical_adapters(
     tiny_model_dir, tmp_path
 ):
