@@ -98,7 +98,7 @@ def test_training_steps_over_the_wan_equal_loopback(wan, tiny_model_dir, tmp_pat
     assert adapter_diff <= 1e-7
 
 
-@pytest.mark.parametrize("compression", ["none", "int8"])
+@pytest.mark.parametrize("compression", ["none", "int8", "int4"])
 def test_averaging_rounds_complete_over_the_wan(net, tiny_model_dir, tmp_path, compression):
     result = run_pair(net, tmp_path, tiny_model_dir, compression=compression, steps=3)
     a, b = result["replicas"]
