@@ -34,7 +34,9 @@ from tests.fixtures import (
     reference_generate,
 )
 
-pytestmark = pytest.mark.integration
+# the session's shared swarm (smollm2_swarm: tool adapters trained first) may start in this
+# module's setup: minutes on busy cores
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
 MODEL = "smollm2-135m"
 TUNED, OTHER = "tuned", "other"

@@ -29,7 +29,9 @@ from tests.fixtures import (
     run_cli,
 )
 
-pytestmark = pytest.mark.integration
+# the session's shared swarm (smollm2_swarm: tool adapters trained first) may start in this
+# module's setup: minutes on busy cores
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
 MODEL = "smollm2-135m"
 SPLIT = SMOLLM2_3STAGE

@@ -18,7 +18,9 @@ from dataload.prompt_format import encode_prompt, render
 from inference.tool_calls import FORMATS, ToolCall, ToolSpec, with_tools
 from tests.fixtures import WEATHER_TOOL, api_server, weather_exchange
 
-pytestmark = pytest.mark.integration
+# the session's shared swarm (smollm2_swarm: tool adapters trained first) may start in this
+# module's setup: minutes on busy cores
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
 MODEL = "smollm2-135m"
 ADAPTER = "weather"
