@@ -755,13 +755,9 @@ def train_tool_adapter(
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     for step in range(steps):
         prompt, reply = data[step % len(data)]
-        # the prompt's keys and values (adapter on) without gradients: backward runs over the
-        # reply's few tokens only, not the ~200 of the tools' system prompt
-        with torch.no_grad():
-            cache = model(input_ids=torch.tensor([prompt[:-1]]), use_cache=True).past_key_values
-        ids = torch.tensor([prompt[-1:] + reply])
-        labels = torch.tensor([[-100] + reply])
-        model(input_ids=ids, labels=labels, past_key_values=cache).loss.backward()
+        ids = torch.tensor([prompt + reply])
+        labels = torch.tensor([[-100] * len(prompt) + reply])
+        model(input_ids=ids, labels=labels).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
     model.eval()
