@@ -20,10 +20,11 @@ from tests.fixtures import (
     swarm_generate,
 )
 
-pytestmark = pytest.mark.integration
+# the session's shared swarm (smollm2_swarm: tool adapters trained first) may start in this
+# module's setup: minutes on busy cores
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
 MODEL = "smollm2-135m"
-SPLIT = [("stage0", [(0, 10)]), ("stage1", [(10, 20)]), ("stage2", [(20, 30)])]
 QUESTIONS = [
     "What is the capital of France?",
     "Write a haiku about the sea.",
@@ -48,9 +49,9 @@ def prompts(tokenizer):
 
 
 @pytest.fixture(scope="module")
-def swarm(smollm2_dir, tmp_path_factory):
-    with local_swarm(tmp_path_factory.mktemp("smollm2"), MODEL, SPLIT) as state:
-        yield state
+def swarm(smollm2_swarm):
+    """The session's shared 3-stage swarm (its adapters change nothing without a request)."""
+    return smollm2_swarm
 
 
 @pytest.fixture(scope="module")
