@@ -11,8 +11,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from inference.swarm_client import SwarmClient
+from tests.fixtures import SMOLLM2_3STAGE as SPLIT
 from tests.fixtures import chat_prompt_ids, local_swarm, reference_generate, swarm_generate
-from tests.inference.test_swarm_smollm2 import MODEL, QUESTIONS, SPLIT
+from tests.inference.test_swarm_smollm2 import MODEL, QUESTIONS
 
 pytestmark = [
     pytest.mark.gpu,
