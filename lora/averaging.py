@@ -589,7 +589,6 @@ class StageGradientAverager:
                     "call": call,
                     "state": pack_checksum(state),
                     "step": self.step,
-                    "round": self.round_step,
                 },
             )
             if attempt.error:
