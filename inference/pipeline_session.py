@@ -40,20 +40,19 @@ log = logging.getLogger(__name__)
 class _Hop:
     record: StageRecord
     client: StageSessionClient
-    inputs: torch.Tensor | None = None  # (1, positions, …) sent so far
-    chunks: list[int] = field(default_factory=list)  # positions sent per step, in order
+    # what was sent, one tensor per step in order, (1, positions, …) each: kept as sent, not
+    # joined, so recording a decode step costs O(1) rather than a copy of the whole history
+    sent: list[torch.Tensor] = field(default_factory=list)
 
     def keep(self, position: int) -> None:
         """Forget what was sent at ``position`` and after (the caches were rewound)."""
-        if self.inputs is not None:
-            self.inputs = self.inputs[:, :position] if position else None
         kept, total = [], 0
-        for size in self.chunks:
+        for chunk in self.sent:
             if total >= position:
                 break
-            kept.append(min(size, position - total))
-            total += kept[-1]
-        self.chunks = kept
+            kept.append(chunk[:, : position - total])
+            total += kept[-1].shape[1]
+        self.sent = kept
 
 
 class PipelineSession:
@@ -236,9 +235,9 @@ class PipelineSession:
         """
         hop.keep(position)
         offset = 0
-        for size in hop.chunks:
-            await hop.client.step(offset, hop.inputs[:, offset : offset + size])
-            offset += size
+        for chunk in hop.sent:
+            await hop.client.step(offset, chunk)
+            offset += chunk.shape[1]
         return await hop.client.step(position, inputs, **kwargs)
 
     async def step(
@@ -258,8 +257,7 @@ class PipelineSession:
             if self.on_hop_step is not None:
                 self.on_hop_step(index, hop.record, x.shape[1], time.perf_counter() - started)
             hop.keep(position)
-            hop.inputs = x if hop.inputs is None else torch.cat([hop.inputs, x], dim=1)
-            hop.chunks.append(x.shape[1])
+            hop.sent.append(x)
             if output is not None:
                 x = output
         self.token_ids = self.token_ids[:position] + list(token_ids)

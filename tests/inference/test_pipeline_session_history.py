@@ -1,0 +1,43 @@
+"""The per-hop history a pipeline session keeps for failover: chunks as sent, rewinds."""
+
+import torch
+
+from inference.pipeline_session import _Hop
+
+
+def _hop_with(*sizes: int) -> _Hop:
+    hop = _Hop(record=None, client=None)
+    start = 0
+    for size in sizes:
+        hop.sent.append(torch.arange(start, start + size).view(1, size))
+        start += size
+    return hop
+
+
+def test_keep_inside_a_chunk_cuts_it_and_drops_the_rest():
+    hop = _hop_with(5, 1, 1, 3)
+    hop.keep(6)
+    assert [c.shape[1] for c in hop.sent] == [5, 1]
+    hop.keep(3)
+    assert [c.tolist() for c in hop.sent] == [[[0, 1, 2]]]
+
+
+def test_keep_at_the_end_or_past_it_changes_nothing():
+    hop = _hop_with(4, 1)
+    hop.keep(5)
+    assert [c.shape[1] for c in hop.sent] == [4, 1]
+    hop.keep(9)
+    assert torch.equal(torch.cat(hop.sent, dim=1), torch.arange(5).view(1, 5))
+
+
+def test_keep_zero_forgets_everything():
+    hop = _hop_with(2, 1)
+    hop.keep(0)
+    assert hop.sent == []
+
+
+def test_hidden_states_keep_their_trailing_dimensions():
+    hop = _Hop(record=None, client=None)
+    hop.sent = [torch.randn(1, 4, 8), torch.randn(1, 1, 8)]
+    hop.keep(2)
+    assert [tuple(c.shape) for c in hop.sent] == [(1, 2, 8)]
