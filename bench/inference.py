@@ -20,8 +20,14 @@ its span, none still joining, a route over all layers); the spans they chose are
 ``--model`` runs a preset on another model (a catalog name or a Hugging Face directory, e.g.
 a tiny one for a quick check).
 
+The stage daemons take the preset's ``torch_threads`` unless ``--stage-threads`` sets it, for
+every dtype (``2``) or per dtype (``float32=1,bfloat16=2``): at batch 1 the stages compute one
+after another, so each may use every core; which count is fastest depends on the dtype's
+kernels on the machine, as it does for the reference (best of 1 and 2 threads, per prompt).
+
     python -m bench.inference [--preset smollm2-3stage] [--model NAME_OR_DIR]
-        [--dtype float32,bfloat16] [--new-tokens 128] [--prompts 4] [--rounds 2]
+        [--dtype float32,bfloat16] [--stage-threads N | DTYPE=N,...] [--new-tokens 128]
+        [--prompts 4] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -224,6 +230,27 @@ def merge_rounds(runs: list[dict]) -> dict:
     return merged
 
 
+def stage_threads(spec: str | None, dtypes: list[str]) -> dict[str, int]:
+    """``--stage-threads``: ``N`` (every dtype) or ``DTYPE=N,...`` -> threads per dtype named."""
+    if not spec:
+        return {}
+    if "=" not in spec:
+        return dict.fromkeys(dtypes, _threads(spec))
+    out = {}
+    for item in spec.split(","):
+        dtype, _, n = item.partition("=")
+        if dtype.strip() not in dtypes:
+            raise ValueError(f"--stage-threads names {dtype.strip()!r}, not one of --dtype")
+        out[dtype.strip()] = _threads(n)
+    return out
+
+
+def _threads(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise ValueError(f"--stage-threads: {text!r} is not a thread count >= 1")
+    return int(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -247,9 +274,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--stage-threads",
-        type=int,
         default=None,
-        help="torch threads per stage daemon (default: the preset's)",
+        help="torch threads per stage daemon: N for every dtype, or per dtype as "
+        "DTYPE=N,... (e.g. float32=1,bfloat16=2; a dtype not named keeps the preset's)",
     )
     parser.add_argument(
         "--rounds",
@@ -272,21 +299,27 @@ def main() -> None:
     preset, _ = load_yaml_config(resolve_preset_path(args.preset), SwarmPreset)
     if args.model:
         preset = preset.model_copy(update={"model": args.model})
-    if args.stage_threads:
-        preset = preset.model_copy(
-            update={"daemon": {**preset.daemon, "torch_threads": args.stage_threads}}
-        )
+    try:
+        threads = stage_threads(args.stage_threads, dtypes)
+    except ValueError as exc:
+        parser.error(str(exc))
+    presets = {
+        d: preset.model_copy(update={"daemon": {**preset.daemon, "torch_threads": threads[d]}})
+        if threads.get(d)
+        else preset
+        for d in dtypes
+    }
     rounds: dict[str, list[dict]] = {d: [] for d in dtypes}
     for r in range(args.rounds):  # ABBA...: a load that drifts over the run hits every dtype alike
         for d in dtypes if r % 2 == 0 else dtypes[::-1]:
-            rounds[d].append(run_dtype(args, d, conversations, preset))
+            rounds[d].append(run_dtype(args, d, conversations, presets[d]))
     per_dtype = {d: merge_rounds(runs) for d, runs in rounds.items()}
     result = {
         "new_tokens": args.new_tokens,
         "prompts": len(conversations),
         "stages": len(preset.peers),
         "placement": "auto" if any(p.stages == "auto" for p in preset.peers) else "fixed",
-        "stage_threads": preset.daemon.get("torch_threads", "default"),
+        "stage_threads": {d: p.daemon.get("torch_threads", "default") for d, p in presets.items()},
         "load_average": load_average,
         "load_average_end": [round(x, 2) for x in os.getloadavg()],
         "ratio": {d: r["ratio"] for d, r in per_dtype.items()},
