@@ -9,6 +9,9 @@ swarm (daemons with ``dtype:`` set) and the reference model loaded in the same d
 RSS of every stage process is read from ``/proc`` before the swarm stops, beside the bytes its
 weights take in that dtype. A line per prompt; the last line is JSON with ``ratio`` (swarm /
 single in the same dtype, per dtype) and ``bf16_over_fp32`` (swarm bfloat16 / swarm float32).
+Per span it also gives ``hop_ms``, a decode step's hop as the client saw it (median), beside
+the daemon's ``stage_step_ms`` (its announced mean batch time): the difference is what gRPC,
+serialisation and the client add per hop.
 
 With several dtypes the swarms run one after another, in ABBA order over ``--rounds`` (default
 2), and each dtype's figures are the mean of its rounds, so a load that drifts during the run
@@ -162,12 +165,20 @@ def run_dtype(args, dtype_name: str, conversations, preset) -> dict:
     client = SwarmClient(preset.model, state.initial_peers)
     try:
         spans = wait_placed(client, state.peers)  # fixed stages: at once
-        engine = ConversationEngine.connect(client)  # the catalog's prompt format (chat)
+        hops: dict[tuple[int, int], list[float]] = {}
+
+        def on_hop_step(index, record, positions, seconds):
+            if positions == 1:  # decode steps only
+                hops.setdefault(record.span, []).append(seconds)
+
+        # the catalog's prompt format (chat)
+        engine = ConversationEngine.connect(client, on_hop_step=on_hop_step)
         prompts = [
             engine.prepare(m, max_new_tokens=args.new_tokens).prompt_ids for m in conversations
         ]
         swarm_once(engine, conversations[0], 8)  # warm-up both paths
         single_process(model, prompts[0], 8)
+        hops.clear()
         swarm, single = [], []
         for messages, ids in zip(conversations, prompts, strict=True):
             single.append(single_process(model, ids, args.new_tokens))
@@ -179,6 +190,9 @@ def run_dtype(args, dtype_name: str, conversations, preset) -> dict:
                 f"({single[-1][2]} threads)",
                 flush=True,
             )
+        step_ms = {
+            r.span: r.step_ms for r in client.records() if r.state == "online" and r.span in hops
+        }
         rss = {peer.name: rss_mib(peer.pid) for peer in state.peers}
         rss_now = {peer.name: rss_mib(peer.pid, "VmRSS") for peer in state.peers}
     finally:
@@ -202,6 +216,10 @@ def run_dtype(args, dtype_name: str, conversations, preset) -> dict:
         "stage_rss_after_mib": rss_now,
         "stage_weights_mib": weights,
         "stage_spans": spans,
+        # per span: decode hop as the client saw it (median), and the daemon's announced
+        # step_ms (mean batch time over its last 30 s, the last prompt's decode and prefill)
+        "hop_ms": {f"{a}-{b}": round(1000 * statistics.median(t), 2) for (a, b), t in hops.items()},
+        "stage_step_ms": {f"{a}-{b}": round(ms, 2) for (a, b), ms in step_ms.items()},
     }
     result["ratio"] = round(result["swarm_tokens_per_s"] / result["single_tokens_per_s"], 3)
     return result
@@ -221,6 +239,13 @@ def merge_rounds(runs: list[dict]) -> dict:
         "stage_peak_rss_mib": {
             name: max(r["stage_peak_rss_mib"][name] for r in runs)
             for name in runs[0]["stage_peak_rss_mib"]
+        },
+        **{
+            key: {
+                span: round(statistics.mean(r[key][span] for r in runs if span in r[key]), 2)
+                for span in runs[0][key]
+            }
+            for key in ("hop_ms", "stage_step_ms")
         },
         "rounds": [
             {k: r[k] for k in ("swarm_tokens_per_s", "single_tokens_per_s", "ratio")} for r in runs
