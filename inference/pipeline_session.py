@@ -43,16 +43,20 @@ class _Hop:
     # what was sent, one tensor per step in order, (1, positions, …) each: kept as sent, not
     # joined, so recording a decode step costs O(1) rather than a copy of the whole history
     sent: list[torch.Tensor] = field(default_factory=list)
+    length: int = 0  # positions in ``sent``
+
+    def add(self, inputs: torch.Tensor) -> None:
+        self.sent.append(inputs)
+        self.length += inputs.shape[1]
 
     def keep(self, position: int) -> None:
-        """Forget what was sent at ``position`` and after (the caches were rewound)."""
-        kept, total = [], 0
-        for chunk in self.sent:
-            if total >= position:
-                break
-            kept.append(chunk[:, : position - total])
-            total += kept[-1].shape[1]
-        self.sent = kept
+        """Forget what was sent at ``position`` and after (the caches were rewound); O(1) when
+        nothing is forgotten, the usual case."""
+        while self.sent and self.length > position:
+            last = self.sent.pop()
+            self.length -= last.shape[1]
+            if self.length < position:
+                self.add(last[:, : position - self.length])
 
 
 class PipelineSession:
@@ -257,7 +261,7 @@ class PipelineSession:
             if self.on_hop_step is not None:
                 self.on_hop_step(index, hop.record, x.shape[1], time.perf_counter() - started)
             hop.keep(position)
-            hop.sent.append(x)
+            hop.add(x)
             if output is not None:
                 x = output
         self.token_ids = self.token_ids[:position] + list(token_ids)
