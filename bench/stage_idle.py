@@ -35,14 +35,14 @@ def busy_wait(seconds: float) -> None:
         pass
 
 
-def timed_steps(stage, hidden_size: int, gap_s: float, wait, steps: int) -> float:
+def timed_steps(stage, gap_s: float, wait, steps: int) -> float:
     """Median ms of one-position decode steps on a 32-position cache, ``wait(gap_s)`` before
     each (no step is committed, so every step sees the same 32 cached positions)."""
     from models.ragged_batch import RaggedBatch, Segment
+    from node.span_bench import dummy_inputs
 
     kv = stage.new_session_kv(64)
-    prompt = torch.randint(0, 100, (1, 32)) if stage.is_first else torch.randn(1, 32, hidden_size)
-    token = prompt[:, -1:]
+    prompt, token = dummy_inputs(stage, 32), dummy_inputs(stage, 1)
     times = []
     with torch.inference_mode():
         batch = RaggedBatch([Segment(kv, 32)])
@@ -78,18 +78,17 @@ def main() -> None:
     start, end = (int(v) for v in args.span.split(","))
     model_dir = (prepare_model if args.model in CATALOG else resolve_model_dir)(args.model)
     stage = load_stage(model_dir, start, end)
-    hidden = stage.full_config.hidden_size
     gaps = [float(g) for g in args.gaps.split(",")]
     ways = {"sleep": time.sleep, "spin": busy_wait}
     results: dict[str, list[float]] = {"back_to_back": []}
     results |= {f"{way}_{g:g}ms": [] for way in ways for g in gaps}
     load = os.getloadavg()
-    timed_steps(stage, hidden, 0.0, time.sleep, 5)  # warm-up
+    timed_steps(stage, 0.0, time.sleep, 5)  # warm-up
     for r in range(args.rounds):
-        results["back_to_back"].append(timed_steps(stage, hidden, 0.0, time.sleep, args.steps))
+        results["back_to_back"].append(timed_steps(stage, 0.0, time.sleep, args.steps))
         for g in gaps:
             for way, wait in ways.items():
-                ms = timed_steps(stage, hidden, g / 1000, wait, args.steps)
+                ms = timed_steps(stage, g / 1000, wait, args.steps)
                 results[f"{way}_{g:g}ms"].append(ms)
         print(
             f"round {r}: " + ", ".join(f"{k} {v[-1]:.2f} ms" for k, v in results.items()),

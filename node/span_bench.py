@@ -32,7 +32,9 @@ class SpanThroughput:
     bench_tokens: int = 0
 
 
-def _inputs(stage: DecoderStage, n: int) -> torch.Tensor:
+def dummy_inputs(stage: DecoderStage, n: int) -> torch.Tensor:
+    """``n`` positions of input for ``stage``: token ids on the first stage, else hidden states
+    in the stage's dtype (values do not change a step's cost)."""
     device = next(stage.parameters()).device
     if stage.is_first:
         return torch.ones((1, n), dtype=torch.int64, device=device)
@@ -65,17 +67,17 @@ def measure_span(
 
     cache = stage.new_cache()
     with torch.inference_mode():
-        stage(_inputs(stage, PREFILL), cache=cache, logits_to_keep=1)
+        stage(dummy_inputs(stage, PREFILL), cache=cache, logits_to_keep=1)
 
     @torch.inference_mode()
     def decode_step() -> None:
-        stage(_inputs(stage, 1), cache=cache, logits_to_keep=1)
+        stage(dummy_inputs(stage, 1), cache=cache, logits_to_keep=1)
 
     decode_tps = _timed(decode_step, budget_s, 32)
 
     def forward() -> torch.Tensor:
         with torch.enable_grad():
-            x = _inputs(stage, bench_tokens)
+            x = dummy_inputs(stage, bench_tokens)
             if x.is_floating_point():
                 x.requires_grad_(True)
             return stage(x)
