@@ -29,6 +29,7 @@ from base.banner import print_banner, status
 from base.dht import start_dht, visible_maddrs
 from base.dht_records import StageRecord, announce, fetch_records
 from base.errors import SwarmError
+from base.paths import converted_weights_dir
 from base.precision import accepted_inputs, check_fits, resolve_device, torch_dtype
 from checkpoint_gather.weights_service import WeightsService
 from lora.stage_adapters import adapters as stage_adapters
@@ -251,7 +252,12 @@ class Daemon:
             for spec in specs:
                 status("load", f"layers {spec} from {model_dir}")
                 stages[(spec.start, spec.end)] = load_stage(
-                    model_dir, spec.start, spec.end, dtype=dtype, device=device
+                    model_dir,
+                    spec.start,
+                    spec.end,
+                    dtype=dtype,
+                    device=device,
+                    converted_dir=converted_weights_dir(),
                 )
                 self._measure((spec.start, spec.end), stages[(spec.start, spec.end)])
         for name, path in sorted(cfg.adapters.items()):
@@ -410,7 +416,13 @@ class Daemon:
         ):
             executor.stages.clear()  # free the old weights before the new ones load
             self.throughput.clear()
-            stage = load_stage(model_dir, *move.target, dtype=dtype, device=device)
+            stage = load_stage(
+                model_dir,
+                *move.target,
+                dtype=dtype,
+                device=device,
+                converted_dir=converted_weights_dir(),
+            )
             self._measure(move.target, stage)
             for name, path in sorted(cfg.adapters.items()):  # the new span's layers of each
                 load_task_adapter([stage], name, path)

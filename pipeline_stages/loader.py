@@ -22,6 +22,7 @@ from transformers import AutoConfig
 from base.errors import CheckpointError
 from models import EMBED, LM_HEAD, check_architecture, index_checkpoint
 from models.stage_module import DecoderStage
+from pipeline_stages.mapped_weights import STORED_DTYPES, advise_row_reads, converted_tensor
 
 log = logging.getLogger(__name__)
 
@@ -36,22 +37,40 @@ def load_config(model_dir: str | Path):
         raise CheckpointError(f"cannot parse {model_dir / 'config.json'}: {exc}") from exc
 
 
-_STORED = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 _CONVERT_CHUNK_BYTES = 8 << 20  # a conversion reads this much of the stored tensor at a time
 
 
-def _read(handle, src: str, name: str, shape: tuple[int, ...], dtype, device) -> torch.Tensor:
+def _read(
+    path: Path,
+    src: str,
+    name: str,
+    shape: tuple[int, ...],
+    dtype,
+    device,
+    converted_dir: Path | None,
+) -> torch.Tensor:
     """One tensor in ``dtype`` on ``device``. A conversion (a float32 checkpoint served in
-    bfloat16) goes a few MiB of rows at a time, so loading never holds a second full copy of
-    the tensor in the stored dtype beside the converted one."""
-    tensor_slice = handle.get_slice(src)
-    if tuple(tensor_slice.get_shape()) != shape:
-        raise CheckpointError(
-            f"{name}: shape {list(tensor_slice.get_shape())}, expected {list(shape)}"
-        )
-    stored = _STORED.get(tensor_slice.get_dtype())
-    if stored is None or stored == dtype or len(shape) == 0:
-        return handle.get_tensor(src).to(device=device, dtype=dtype)
+    bfloat16) on the CPU maps a converted copy kept under ``converted_dir``
+    (:mod:`pipeline_stages.mapped_weights`); without one, or onto a GPU, it goes a few MiB of
+    rows at a time, so loading never holds a second full copy of the tensor in the stored
+    dtype beside the converted one."""
+    # a handle per tensor: the file pages a conversion reads are mapped into this process
+    # until the handle closes, and would all count at once in its peak RSS
+    with safe_open(str(path), framework="pt") as handle:
+        tensor_slice = handle.get_slice(src)
+        if tuple(tensor_slice.get_shape()) != shape:
+            raise CheckpointError(
+                f"{name}: shape {list(tensor_slice.get_shape())}, expected {list(shape)}"
+            )
+        stored = STORED_DTYPES.get(tensor_slice.get_dtype())
+        if stored is None or stored == dtype or len(shape) == 0:
+            return handle.get_tensor(src).to(device=device, dtype=dtype)
+        if converted_dir is not None and torch.device(device).type == "cpu":
+            return converted_tensor(path, src, dtype, converted_dir)
+        return _convert_in_memory(tensor_slice, shape, stored, dtype, device)
+
+
+def _convert_in_memory(tensor_slice, shape, stored, dtype, device) -> torch.Tensor:
     out = torch.empty(shape, dtype=dtype, device=device)
     row_bytes = max(1, math.prod(shape[1:]) * stored.itemsize)
     rows = max(1, _CONVERT_CHUNK_BYTES // row_bytes)
@@ -85,12 +104,17 @@ def load_stage(
     end: int,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
+    converted_dir: str | Path | None = None,
 ) -> DecoderStage:
     """Build the family's stage for layers ``[start, end)`` with weights from ``model_dir``,
-    in ``dtype`` on ``device`` (checked by :func:`base.precision.resolve_device` first)."""
+    in ``dtype`` on ``device`` (checked by :func:`base.precision.resolve_device` first).
+
+    ``converted_dir``: where CPU conversions keep their converted copies, mapped back lazily
+    (:mod:`pipeline_stages.mapped_weights`); ``None`` converts in memory."""
     config = load_config(model_dir)
     index = index_checkpoint(model_dir)
     family = check_architecture(config, index)
+    converted_dir = Path(converted_dir) if converted_dir is not None else None
     n_layers = config.num_hidden_layers
     if not 0 <= start < end <= n_layers:
         raise CheckpointError(
@@ -113,10 +137,9 @@ def load_stage(
         by_file.setdefault(index.files[src], []).append((name, src))
     for path, pairs in by_file.items():
         for name, src in pairs:
-            # a handle per tensor: the file pages a conversion reads are mapped into this
-            # process until the handle closes, and would all count at once in its peak RSS
-            with safe_open(str(path), framework="pt") as handle:
-                state[name] = _read(handle, src, name, needed[name], dtype, device)
+            state[name] = _read(path, src, name, needed[name], dtype, device, converted_dir)
+    if EMBED in state and not stage.is_last:  # looked up by token, not read whole
+        advise_row_reads(state[EMBED])
     _return_freed_memory()
     missing, unexpected = stage.load_state_dict(state, strict=False, assign=True)
     if unexpected:
