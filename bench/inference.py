@@ -109,6 +109,23 @@ def rss_mib(pid: int, field: str = "VmHWM") -> float | None:
     return None
 
 
+def mapped_mib(pid: int, roots: list[Path]) -> float | None:
+    """Resident MiB of a process's mappings of files under ``roots`` (``/proc/PID/smaps``):
+    the weight pages a stage mapped from the checkpoint or from converted copies and has read.
+    Anonymous copies (the last stage's transposed head) are not in it. None once it is gone."""
+    prefixes = tuple(f"{root.resolve()}/" for root in roots)
+    total, inside = 0, False
+    try:
+        for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+            if line[:1] in "0123456789abcdef" and "-" in line.split(" ", 1)[0]:
+                inside = line.split()[-1].startswith(prefixes)
+            elif inside and line.startswith("Rss:"):
+                total += int(line.split()[1])
+    except OSError:
+        return None
+    return round(total / 1024, 1)
+
+
 PLACED_TIMEOUT_S = 300.0
 
 
@@ -147,6 +164,7 @@ def run_dtype(args, dtype_name: str, conversations, preset) -> dict:
     """One swarm in ``dtype_name`` against the reference in the same dtype."""
     from transformers import AutoModelForCausalLM
 
+    from base.paths import converted_weights_dir
     from base.precision import torch_dtype
     from inference.conversation import ConversationEngine
     from inference.swarm_client import SwarmClient
@@ -195,6 +213,8 @@ def run_dtype(args, dtype_name: str, conversations, preset) -> dict:
         }
         rss = {peer.name: rss_mib(peer.pid) for peer in state.peers}
         rss_now = {peer.name: rss_mib(peer.pid, "VmRSS") for peer in state.peers}
+        weight_roots = [Path(model_dir), converted_weights_dir()]
+        mapped = {peer.name: mapped_mib(peer.pid, weight_roots) for peer in state.peers}
     finally:
         client.close()
         stop_swarm(state_file)
@@ -215,6 +235,7 @@ def run_dtype(args, dtype_name: str, conversations, preset) -> dict:
         "stage_peak_rss_mib": rss,
         "stage_rss_after_mib": rss_now,
         "stage_weights_mib": weights,
+        "stage_mapped_weights_mib": mapped,
         "stage_spans": spans,
         # per span: decode hop as the client saw it (median), and the daemon's announced
         # step_ms (mean batch time over its last 30 s, the last prompt's decode and prefill)
@@ -226,7 +247,8 @@ def run_dtype(args, dtype_name: str, conversations, preset) -> dict:
 
 
 def merge_rounds(runs: list[dict]) -> dict:
-    """One dtype's rounds: mean tokens/s and TTFT, peak RSS the largest, rounds kept."""
+    """One dtype's rounds: mean tokens/s and TTFT, peak RSS and mapped weights the largest,
+    rounds kept."""
     if len(runs) == 1:
         return runs[0]
 
@@ -236,9 +258,9 @@ def merge_rounds(runs: list[dict]) -> dict:
     merged = {
         **runs[0],
         **{k: mean(k) for k in runs[0] if k.endswith(("_tokens_per_s", "_ttft_ms"))},
-        "stage_peak_rss_mib": {
-            name: max(r["stage_peak_rss_mib"][name] for r in runs)
-            for name in runs[0]["stage_peak_rss_mib"]
+        **{
+            key: {name: max(r[key][name] or 0 for r in runs) for name in runs[0][key]}
+            for key in ("stage_peak_rss_mib", "stage_mapped_weights_mib")
         },
         **{
             key: {
@@ -371,6 +393,14 @@ def main() -> None:
                 3,
             )
             for name in result["stage_rss_bf16_over_fp32"]
+        }
+        # the weight pages each stage has resident, as mapped files (both dtypes map them)
+        result["stage_mapped_weights_bf16_over_fp32"] = {
+            name: round(
+                bf16["stage_mapped_weights_mib"][name] / fp32["stage_mapped_weights_mib"][name], 3
+            )
+            for name in fp32["stage_mapped_weights_mib"]
+            if bf16["stage_mapped_weights_mib"].get(name) and fp32["stage_mapped_weights_mib"][name]
         }
     print(json.dumps(result))
 
