@@ -66,7 +66,9 @@ def _read(
         if stored is None or stored == dtype or len(shape) == 0:
             return handle.get_tensor(src).to(device=device, dtype=dtype)
         if converted_dir is not None and torch.device(device).type == "cpu":
-            return converted_tensor(path, src, dtype, converted_dir)
+            mapped = converted_tensor(path, src, dtype, converted_dir)
+            if mapped is not None:
+                return mapped
         return _convert_in_memory(tensor_slice, shape, stored, dtype, device)
 
 

@@ -15,16 +15,19 @@ same bytes.
 
 An entry is named by the digest of what it derives from: the source file's resolved path, size
 and modification time, the tensor's byte range and stored dtype, the shape and the target
-dtype. A rewritten checkpoint gets new entries; stale ones are never read (and may be deleted
-at any time). Entries are published by one rename (:func:`base.atomic.atomic_file`), so daemons
-loading the same stage at once each see a whole file or none. safetensors itself has no
-streaming writer and no offsets API, so the few lines below read its documented header (an
-8-byte little-endian length, then JSON) and write raw bytes.
+dtype. A rewritten checkpoint gets new entries; stale ones are never read, and each new copy
+deletes those whose source is gone or was rewritten. A directory the copy cannot be written to
+(a full disk) is a warning, and the stage converts in memory as before. Entries are published
+by one rename (:func:`base.atomic.atomic_file`), so daemons loading the same stage at once each
+see a whole file or none. safetensors itself has no streaming writer and no offsets API, so the
+few lines below read its documented header (an 8-byte little-endian length, then JSON) and
+write raw bytes.
 
 A table read by row (a first stage's embedding) is advised ``MADV_RANDOM``
 (:func:`advise_row_reads`): without it a lookup of a few rows faults in the kernel's whole
 readahead window or page-cache folio around each row (measured: 64 random rows of a 54 MiB
-bfloat16 table mapped 52 MiB), with it about one page per row.
+bfloat16 table mapped 52 MiB), with it (and a new copy's written pages dropped from the page
+cache, :func:`_drop_cached_pages`) about one page per row.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import json
+import logging
 import math
 import mmap
 import os
@@ -40,8 +44,10 @@ from pathlib import Path
 
 import torch
 
-from base.atomic import atomic_file
+from base.atomic import atomic_file, atomic_write
 from base.errors import CheckpointError
+
+log = logging.getLogger(__name__)
 
 STORED_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 _CHUNK_BYTES = 4 << 20
@@ -59,9 +65,11 @@ def _header(path: Path) -> tuple[int, dict]:
 
 def converted_tensor(
     source: str | Path, name: str, dtype: torch.dtype, directory: str | Path
-) -> torch.Tensor:
+) -> torch.Tensor | None:
     """Tensor ``name`` of safetensors file ``source`` in ``dtype``, backed by a converted copy
-    under ``directory`` (made on first use), mapped copy-on-write."""
+    under ``directory`` (made on first use), mapped copy-on-write; None, with a warning, when
+    the copy cannot be written there (a full disk, a read-only directory): the caller then
+    converts in memory, which costs resident memory and nothing else."""
     source = Path(source).resolve()
     data_start, header = _header(source)
     entry = header.get(name)
@@ -75,18 +83,46 @@ def converted_tensor(
     if last - first != math.prod(shape) * stored.itemsize:
         raise CheckpointError(f"{name}: {last - first} bytes for shape {list(shape)}")
     stat = source.stat()
-    key = json.dumps(
-        [str(source), stat.st_size, stat.st_mtime_ns, name, first, last, entry["dtype"]]
-        + [list(shape), str(dtype)]
-    )
+    origin = {"source": str(source), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    key = json.dumps([origin, name, first, last, entry["dtype"], list(shape), str(dtype)])
     target = Path(directory) / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.bin"
     numel = math.prod(shape)
     if not (target.is_file() and target.stat().st_size == numel * dtype.itemsize):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_file(target, overwrite=True, durable=True) as tmp:
-            _convert(source, data_start + first, data_start + last, stored, dtype, tmp)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_file(target, overwrite=True, durable=True) as tmp:
+                _convert(source, data_start + first, data_start + last, stored, dtype, tmp)
+            atomic_write(target.with_suffix(".json"), json.dumps({**origin, "tensor": name}))
+        except OSError as exc:
+            log.warning(
+                "cannot keep a %s copy of %s under %s (%s): converting it in memory",
+                str(dtype).removeprefix("torch."),
+                name,
+                directory,
+                exc,
+            )
+            return None
         _drop_cached_pages(target)
+        _prune(target.parent)
     return torch.from_file(str(target), shared=False, size=numel, dtype=dtype).view(shape)
+
+
+def _prune(directory: Path) -> None:
+    """Delete the copies whose source file is gone or was rewritten since (each copy's
+    ``.json`` names its source's path, size and modification time). A daemon still mapping a
+    deleted copy keeps reading it: an unlinked file lives until its last mapping closes."""
+    for record in directory.glob("*.json"):
+        try:
+            origin = json.loads(record.read_text())
+            stat = Path(origin["source"]).stat()
+            if (stat.st_size, stat.st_mtime_ns) == (origin["size"], origin["mtime_ns"]):
+                continue
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # unreadable (another writer, another format): not ours to judge
+        record.with_suffix(".bin").unlink(missing_ok=True)
+        record.unlink(missing_ok=True)
 
 
 def _drop_cached_pages(path: Path) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from base.errors import CheckpointError
@@ -42,8 +43,6 @@ def source(tmp_path) -> Path:
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_a_converted_copy_holds_the_bytes_an_in_memory_conversion_gives(source, tmp_path, dtype):
-    from safetensors import safe_open
-
     with safe_open(str(source), framework="pt") as handle:
         expected = handle.get_tensor("table").to(dtype)
     got = converted_tensor(source, "table", dtype, tmp_path / "cache")
@@ -52,8 +51,6 @@ def test_a_converted_copy_holds_the_bytes_an_in_memory_conversion_gives(source, 
 
 
 def test_a_bfloat16_tensor_widens_to_float32_exactly(source, tmp_path):
-    from safetensors import safe_open
-
     with safe_open(str(source), framework="pt") as handle:
         stored = handle.get_tensor("half")
     got = converted_tensor(source, "half", torch.float32, tmp_path / "cache")
@@ -63,7 +60,7 @@ def test_a_bfloat16_tensor_widens_to_float32_exactly(source, tmp_path):
 def test_the_copy_is_made_once_and_mapped_from_disk(source, tmp_path):
     cache = tmp_path / "cache"
     first = converted_tensor(source, "table", torch.bfloat16, cache)
-    (entry,) = cache.iterdir()
+    (entry,) = cache.glob("*.bin")
     made = entry.stat().st_mtime_ns
     again = converted_tensor(source, "table", torch.bfloat16, cache)
     assert entry.stat().st_mtime_ns == made  # reused, not rewritten
@@ -74,17 +71,52 @@ def test_the_copy_is_made_once_and_mapped_from_disk(source, tmp_path):
 def test_a_rewritten_checkpoint_gets_a_new_copy_and_a_damaged_copy_is_remade(source, tmp_path):
     cache = tmp_path / "cache"
     converted_tensor(source, "table", torch.bfloat16, cache)
-    (entry,) = cache.iterdir()
+    (entry,) = cache.glob("*.bin")
     with entry.open("r+b") as handle:  # a copy cut short (a full disk, a stray truncate)
         handle.truncate(100)
     remade = converted_tensor(source, "table", torch.bfloat16, cache)
+    with safe_open(str(source), framework="pt") as handle:
+        expected = handle.get_tensor("table").to(torch.bfloat16)
     assert entry.stat().st_size == 300 * 70 * 2 and remade.shape == (300, 70)
 
     save_file({"table": torch.zeros(300, 70)}, str(source))
     os.utime(source, ns=(entry.stat().st_mtime_ns + 10**9,) * 2)
     fresh = converted_tensor(source, "table", torch.bfloat16, cache)
-    assert len(list(cache.iterdir())) == 2
     assert not fresh.any()  # the new content, never the stale copy
+    assert list(cache.glob("*.bin")) != [entry] and len(list(cache.glob("*.bin"))) == 1
+    assert torch.equal(remade, expected)  # a pruned copy still mapped stays readable
+
+
+def test_copies_of_a_deleted_checkpoint_go_when_the_next_copy_is_made(source, tmp_path):
+    cache = tmp_path / "cache"
+    other = tmp_path / "other.safetensors"
+    save_file({"w": torch.ones(8, 8)}, str(other))
+    converted_tensor(other, "w", torch.float16, cache)
+    other.unlink()
+    converted_tensor(source, "table", torch.float16, cache)
+    copies = list(cache.glob("*.bin"))
+    assert len(copies) == 1 and copies[0].stat().st_size == 300 * 70 * 2
+
+
+def test_a_directory_that_cannot_hold_copies_means_converting_in_memory(
+    tiny_model_dir, tmp_path, caplog
+):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a directory")
+    assert (
+        converted_tensor(
+            tiny_model_dir / "model.safetensors",
+            "model.norm.weight",
+            torch.bfloat16,
+            blocked / "cache",
+        )
+        is None
+    )
+    assert "converting it in memory" in caplog.text
+    stage = load_stage(tiny_model_dir, 0, 3, dtype=torch.bfloat16, converted_dir=blocked / "c")
+    plain = load_stage(tiny_model_dir, 0, 3, dtype=torch.bfloat16)
+    for name, tensor in plain.state_dict().items():
+        assert torch.equal(stage.state_dict()[name], tensor), name
 
 
 def test_a_missing_tensor_and_a_truncated_checkpoint_are_refused(source, tmp_path):
@@ -122,7 +154,7 @@ def test_reading_a_few_rows_of_an_advised_table_maps_a_few_pages(tmp_path):
     source = tmp_path / "table.safetensors"
     save_file({"table": torch.ones(rows, width)}, str(source))
     table = converted_tensor(source, "table", torch.bfloat16, tmp_path / "cache")
-    (entry,) = (tmp_path / "cache").iterdir()
+    (entry,) = (tmp_path / "cache").glob("*.bin")
     advise_row_reads(table)
     looked_up = table[torch.arange(0, rows, rows // 16)]
     assert looked_up.sum() == 16 * width
