@@ -15,7 +15,7 @@ Gaps are interleaved round by round so drift hits all alike. Only the step itsel
 the step after a sleep of the largest gap ÷ back to back.
 
     python -m bench.stage_idle [--model smollm2-135m] [--span 10,20] [--gaps 2,20,50]
-        [--steps 40] [--rounds 3] [--threads 1]
+        [--steps 40] [--rounds 3] [--threads 1] [--dtype float32]
 """
 
 from __future__ import annotations
@@ -68,8 +68,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     args = parser.parse_args()
 
+    from base.precision import torch_dtype
     from models.assets import prepare_model
     from models.catalog import CATALOG, resolve_model_dir
     from pipeline_stages.loader import load_stage
@@ -77,7 +79,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     start, end = (int(v) for v in args.span.split(","))
     model_dir = (prepare_model if args.model in CATALOG else resolve_model_dir)(args.model)
-    stage = load_stage(model_dir, start, end)
+    stage = load_stage(model_dir, start, end, dtype=torch_dtype(args.dtype))
     gaps = [float(g) for g in args.gaps.split(",")]
     ways = {"sleep": time.sleep, "spin": busy_wait}
     results: dict[str, list[float]] = {"back_to_back": []}
@@ -102,6 +104,7 @@ def main() -> None:
                 "model": args.model,
                 "span": [start, end],
                 "threads": args.threads,
+                "dtype": args.dtype,
                 "load_average": [round(x, 2) for x in load],
                 "load_average_end": [round(x, 2) for x in os.getloadavg()],
                 "compute_ms": compute,
