@@ -11,6 +11,8 @@ measured worst is printed by the test and documented in docs/precision.md).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -47,16 +49,23 @@ TINY_SPLIT = [("s0", [(0, 2)]), ("s1", [(2, 4)]), ("s2", [(4, 6)])]
 TINY_PROMPTS = [[5, 17, 99, 3, 42], [1, 2, 3], [200, 100, 50, 25, 12, 6, 3], [7] * 12]
 
 
-def test_tiny_bf16_swarm_greedy_equals_transformers_bf16(tiny_model_dir, tmp_path):
+def test_tiny_bf16_swarm_greedy_equals_transformers_bf16(tiny_model_dir, tmp_path, monkeypatch):
+    """Also: the float32 checkpoint's weights reach the daemons as converted copies that each
+    daemon maps from ``$NODE0_HOME/converted`` (pipeline_stages/mapped_weights.py)."""
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).eval()
     with torch.inference_mode():
         reference = reference_generate(model, TINY_PROMPTS, NEW_TOKENS)
+    home = tmp_path / "home"
+    monkeypatch.setenv("NODE0_HOME", str(home))  # the daemons inherit it
     with local_swarm(tmp_path, str(tiny_model_dir), TINY_SPLIT, dtype="bfloat16") as state:
         c = SwarmClient(str(tiny_model_dir), state.initial_peers)
         try:
             route = c.wait_for_route()
             assert {(r.dtype, tuple(r.accepts)) for r in route} == {("bfloat16", ("bfloat16",))}
             results = swarm_generate(c, TINY_PROMPTS, max_new_tokens=NEW_TOKENS, first_logits=True)
+            for peer in state.peers:
+                maps = Path(f"/proc/{peer.pid}/maps").read_text()
+                assert f"{home / 'converted'}/" in maps, peer.name
         finally:
             c.close()
     for result, (tokens, logits) in zip(results, reference, strict=True):
