@@ -87,6 +87,8 @@ def converted_tensor(
     key = json.dumps([origin, name, first, last, entry["dtype"], list(shape), str(dtype)])
     target = Path(directory) / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.bin"
     numel = math.prod(shape)
+    if numel == 0:  # nothing to map (mmap refuses an empty file)
+        return torch.empty(shape, dtype=dtype)
     if not (target.is_file() and target.stat().st_size == numel * dtype.itemsize):
         try:
             target.parent.mkdir(parents=True, exist_ok=True)

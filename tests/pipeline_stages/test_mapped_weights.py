@@ -119,6 +119,13 @@ def test_a_directory_that_cannot_hold_copies_means_converting_in_memory(
         assert torch.equal(stage.state_dict()[name], tensor), name
 
 
+def test_an_empty_tensor_converts_to_an_empty_tensor(tmp_path):
+    source = tmp_path / "empty.safetensors"
+    save_file({"none": torch.zeros(0, 4)}, str(source))
+    got = converted_tensor(source, "none", torch.bfloat16, tmp_path / "cache")
+    assert got.shape == (0, 4) and got.dtype == torch.bfloat16
+
+
 def test_a_missing_tensor_and_a_truncated_checkpoint_are_refused(source, tmp_path):
     with pytest.raises(CheckpointError, match="no tensor"):
         converted_tensor(source, "nothing", torch.bfloat16, tmp_path / "cache")
