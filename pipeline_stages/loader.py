@@ -22,7 +22,12 @@ from transformers import AutoConfig
 from base.errors import CheckpointError
 from models import EMBED, LM_HEAD, check_architecture, index_checkpoint
 from models.stage_module import DecoderStage
-from pipeline_stages.mapped_weights import STORED_DTYPES, advise_row_reads, converted_tensor
+from pipeline_stages.mapped_weights import (
+    STORED_DTYPES,
+    advise_row_reads,
+    converted_tensor,
+    prune_stale_copies,
+)
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +147,8 @@ def load_stage(
             state[name] = _read(path, src, name, needed[name], dtype, device, converted_dir)
     if EMBED in state and not stage.is_last:  # looked up by token, not read whole
         advise_row_reads(state[EMBED])
+    if converted_dir is not None and converted_dir.is_dir():
+        prune_stale_copies(converted_dir)
     _return_freed_memory()
     missing, unexpected = stage.load_state_dict(state, strict=False, assign=True)
     if unexpected:

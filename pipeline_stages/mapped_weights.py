@@ -15,13 +15,13 @@ same bytes.
 
 An entry is named by the digest of what it derives from: the source file's resolved path, size
 and modification time, the tensor's byte range and stored dtype, the shape and the target
-dtype. A rewritten checkpoint gets new entries; stale ones are never read, and each new copy
-deletes those whose source is gone or was rewritten. A directory the copy cannot be written to
-(a full disk) is a warning, and the stage converts in memory as before. Entries are published
-by one rename (:func:`base.atomic.atomic_file`), so daemons loading the same stage at once each
-see a whole file or none. safetensors itself has no streaming writer and no offsets API, so the
-few lines below read its documented header (an 8-byte little-endian length, then JSON) and
-write raw bytes.
+dtype. A rewritten checkpoint gets new entries; stale ones are never read, and each stage load
+deletes those whose source is gone or was rewritten (:func:`prune_stale_copies`). A directory
+the copy cannot be written to (a full disk) is a warning, and the stage converts in memory as
+before. Entries are published by one rename (:func:`base.atomic.atomic_file`), so daemons
+loading the same stage at once each see a whole file or none. safetensors itself has no
+streaming writer and no offsets API, so the few lines below read its documented header (an
+8-byte little-endian length, then JSON) and write raw bytes.
 
 A table read by row (a first stage's embedding) is advised ``MADV_RANDOM``
 (:func:`advise_row_reads`): without it a lookup of a few rows faults in the kernel's whole
@@ -105,15 +105,15 @@ def converted_tensor(
             )
             return None
         _drop_cached_pages(target)
-        _prune(target.parent)
     return torch.from_file(str(target), shared=False, size=numel, dtype=dtype).view(shape)
 
 
-def _prune(directory: Path) -> None:
-    """Delete the copies whose source file is gone or was rewritten since (each copy's
-    ``.json`` names its source's path, size and modification time). A daemon still mapping a
-    deleted copy keeps reading it: an unlinked file lives until its last mapping closes."""
-    for record in directory.glob("*.json"):
+def prune_stale_copies(directory: str | Path) -> None:
+    """Delete the copies under ``directory`` whose source file is gone or was rewritten since
+    (each copy's ``.json`` names its source's path, size and modification time). A daemon
+    still mapping a deleted copy keeps reading it: an unlinked file lives until its last
+    mapping closes."""
+    for record in Path(directory).glob("*.json"):
         try:
             origin = json.loads(record.read_text())
             stat = Path(origin["source"]).stat()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -13,7 +14,11 @@ from safetensors.torch import save_file
 
 from base.errors import CheckpointError
 from pipeline_stages.loader import load_stage
-from pipeline_stages.mapped_weights import advise_row_reads, converted_tensor
+from pipeline_stages.mapped_weights import (
+    advise_row_reads,
+    converted_tensor,
+    prune_stale_copies,
+)
 
 
 def _mapped_kib(path: Path) -> int:
@@ -83,19 +88,28 @@ def test_a_rewritten_checkpoint_gets_a_new_copy_and_a_damaged_copy_is_remade(sou
     os.utime(source, ns=(entry.stat().st_mtime_ns + 10**9,) * 2)
     fresh = converted_tensor(source, "table", torch.bfloat16, cache)
     assert not fresh.any()  # the new content, never the stale copy
+    assert len(list(cache.glob("*.bin"))) == 2  # the stale copy stays until a prune
+    prune_stale_copies(cache)
     assert list(cache.glob("*.bin")) != [entry] and len(list(cache.glob("*.bin"))) == 1
     assert torch.equal(remade, expected)  # a pruned copy still mapped stays readable
 
 
-def test_copies_of_a_deleted_checkpoint_go_when_the_next_copy_is_made(source, tmp_path):
+def test_copies_of_a_deleted_or_rewritten_checkpoint_go_at_the_next_stage_load(
+    tiny_model_dir, source, tmp_path
+):
     cache = tmp_path / "cache"
     other = tmp_path / "other.safetensors"
     save_file({"w": torch.ones(8, 8)}, str(other))
     converted_tensor(other, "w", torch.float16, cache)
-    other.unlink()
     converted_tensor(source, "table", torch.float16, cache)
-    copies = list(cache.glob("*.bin"))
-    assert len(copies) == 1 and copies[0].stat().st_size == 300 * 70 * 2
+    other.unlink()
+    save_file({"table": torch.zeros(300, 70)}, str(source))
+    os.utime(source, ns=(10**18,) * 2)
+    stage = load_stage(tiny_model_dir, 0, 3, dtype=torch.float16, converted_dir=cache)
+    kept = {json.loads(p.read_text())["source"] for p in cache.glob("*.json")}
+    assert kept == {str((tiny_model_dir / "model.safetensors").resolve())}
+    assert len(list(cache.glob("*.bin"))) == len(list(cache.glob("*.json")))
+    assert stage.model.embed_tokens.weight.dtype == torch.float16
 
 
 def test_a_directory_that_cannot_hold_copies_means_converting_in_memory(
