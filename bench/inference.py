@@ -28,9 +28,13 @@ every dtype (``2``) or per dtype (``float32=1,bfloat16=2``): at batch 1 the stag
 after another, so each may use every core; which count is fastest depends on the dtype's
 kernels on the machine, as it does for the reference (best of 1 and 2 threads, per prompt).
 
+``--compile-decode`` has the daemons compile their decode step (``compile_decode: true``,
+models/compiled_decode.py) before they announce; the reference stays transformers' eager
+``generate``.
+
     python -m bench.inference [--preset smollm2-3stage] [--model NAME_OR_DIR]
-        [--dtype float32,bfloat16] [--stage-threads N | DTYPE=N,...] [--new-tokens 128]
-        [--prompts 4] [--rounds 2]
+        [--dtype float32,bfloat16] [--stage-threads N | DTYPE=N,...] [--compile-decode]
+        [--new-tokens 128] [--prompts 4] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -326,6 +330,11 @@ def main() -> None:
         "DTYPE=N,... (e.g. float32=1,bfloat16=2; a dtype not named keeps the preset's)",
     )
     parser.add_argument(
+        "--compile-decode",
+        action="store_true",
+        help="the stage daemons compile their decode step (daemon setting compile_decode)",
+    )
+    parser.add_argument(
         "--rounds",
         type=int,
         default=2,
@@ -350,6 +359,8 @@ def main() -> None:
         threads = stage_threads(args.stage_threads, dtypes)
     except ValueError as exc:
         parser.error(str(exc))
+    if args.compile_decode:
+        preset = preset.model_copy(update={"daemon": {**preset.daemon, "compile_decode": True}})
     presets = {
         d: preset.model_copy(update={"daemon": {**preset.daemon, "torch_threads": threads[d]}})
         if threads.get(d)
@@ -367,6 +378,7 @@ def main() -> None:
         "stages": len(preset.peers),
         "placement": "auto" if any(p.stages == "auto" for p in preset.peers) else "fixed",
         "stage_threads": {d: p.daemon.get("torch_threads", "default") for d, p in presets.items()},
+        "compile_decode": args.compile_decode,
         "load_average": load_average,
         "load_average_end": [round(x, 2) for x in os.getloadavg()],
         "ratio": {d: r["ratio"] for d, r in per_dtype.items()},

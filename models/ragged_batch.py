@@ -79,19 +79,40 @@ class SessionKV:
         end = self.length + n
         if end > self.max_length:
             raise ValueError(f"positions up to {end} exceed the session's {self.max_length}")
+        buffer_k, buffer_v = self._reserve(layer, end, keys)
+        buffer_k[:, :, self.length : end] = keys
+        buffer_v[:, :, self.length : end] = values
+        return buffer_k[:, :, :end], buffer_v[:, :, :end]
+
+    def buffers(self, end: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Every layer's key and value buffers, grown to hold positions up to ``end``.
+
+        For a step that writes the buffers itself (:func:`write_and_attend`); the cache must
+        already hold a position, which sets the buffers' shape and dtype.
+        """
+        if self.length == 0:
+            raise ValueError("an empty cache has no buffers yet")
+        if end > self.max_length:
+            raise ValueError(f"positions up to {end} exceed the session's {self.max_length}")
+        for layer in range(self.num_layers):
+            self._reserve(layer, end, self._keys[layer])
+        return list(self._keys), list(self._values)
+
+    def _reserve(
+        self, layer: int, end: int, like: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer's buffers, grown (doubling) to at least ``end`` positions."""
         buffer_k, buffer_v = self._keys[layer], self._values[layer]
         if buffer_k is None or buffer_k.shape[2] < end:
             capacity = min(self.max_length, max(_MIN_CAPACITY, end, 2 * self._capacity(layer)))
-            shape = (1, keys.shape[1], capacity, keys.shape[3])
-            grown_k = keys.new_empty(shape)
-            grown_v = values.new_empty(shape)
+            shape = (1, like.shape[1], capacity, like.shape[3])
+            grown_k = like.new_empty(shape)
+            grown_v = like.new_empty(shape)
             if buffer_k is not None:
                 grown_k[:, :, : self.length] = buffer_k[:, :, : self.length]
                 grown_v[:, :, : self.length] = buffer_v[:, :, : self.length]
             self._keys[layer], self._values[layer] = buffer_k, buffer_v = grown_k, grown_v
-        buffer_k[:, :, self.length : end] = keys
-        buffer_v[:, :, self.length : end] = values
-        return buffer_k[:, :, :end], buffer_v[:, :, :end]
+        return buffer_k, buffer_v
 
     def _capacity(self, layer: int) -> int:
         buffer = self._keys[layer]
@@ -162,6 +183,50 @@ def _segment_mask(
     return allowed.view(1, 1, n, past + n)
 
 
+@dataclass(frozen=True)
+class CacheSlots:
+    """One session's cache buffers for a step that writes them in place (a compiled decode).
+
+    ``keys[i]``/``values[i]`` are layer ``i``'s buffers (:meth:`SessionKV.buffers`); the step's
+    new positions go to ``[length, length + n)``.
+    """
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    length: int
+
+
+def write_and_attend(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    slots: CacheSlots,
+    scaling: float | None,
+    sliding_window: int | None,
+) -> tuple[torch.Tensor, None]:
+    """One segment's attention: store its keys/values in its buffers, attend over all so far.
+
+    The same arithmetic as a one-segment :func:`ragged_attention`, on tensors only (no
+    :class:`SessionKV` bookkeeping), so that a traced graph can hold it.
+    """
+    n = key.shape[2]
+    end = slots.length + n
+    buffer_k, buffer_v = slots.keys[module.layer_idx], slots.values[module.layer_idx]
+    buffer_k[:, :, slots.length : end] = key
+    buffer_v[:, :, slots.length : end] = value
+    mask = _segment_mask(slots.length, n, sliding_window, query.device)
+    return sdpa_attention_forward(
+        module,
+        query,
+        buffer_k[:, :, :end],
+        buffer_v[:, :, :end],
+        mask,
+        dropout=0.0,
+        scaling=scaling,
+    )
+
+
 def ragged_attention(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -172,9 +237,12 @@ def ragged_attention(
     scaling: float | None = None,
     ragged_batch: RaggedBatch | None = None,
     sliding_window: int | None = None,
+    cache_slots: CacheSlots | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """Per-segment SDPA over each session's own cache; plain SDPA without a ragged batch."""
+    if cache_slots is not None:
+        return write_and_attend(module, query, key, value, cache_slots, scaling, sliding_window)
     if ragged_batch is None:
         return sdpa_attention_forward(
             module,

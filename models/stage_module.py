@@ -19,7 +19,7 @@ from transformers import PretrainedConfig
 from transformers.cache_utils import DynamicCache
 from transformers.masking_utils import create_causal_mask
 
-from models.ragged_batch import ATTENTION, RaggedBatch, SessionKV, gemm_rows
+from models.ragged_batch import ATTENTION, CacheSlots, RaggedBatch, SessionKV, gemm_rows
 
 # transformers' SDPA (what it picks for these ...ForCausalLM on CPU), registered under node0's
 # name so that a call carrying a RaggedBatch attends per session (see models.ragged_batch)
@@ -119,7 +119,30 @@ class DecoderStage(nn.Module):
         batch.padding = gemm_rows(batch.total_tokens, hidden.dtype) - batch.total_tokens
         if batch.padding:
             hidden = torch.nn.functional.pad(hidden, (0, 0, 0, batch.padding))
-        position_ids = batch.position_ids(hidden.device)
+        hidden = self._blocks(hidden, batch.position_ids(hidden.device), ragged_batch=batch)
+        if not self.is_last:
+            return hidden[:, : batch.total_tokens]
+        last = hidden[0, batch.last_token_indices()]  # (segments, hidden)
+        return self.head_logits(self.model.norm(last))
+
+    def decode_body(
+        self, inputs: torch.Tensor, position_ids: torch.Tensor, slots: CacheSlots
+    ) -> torch.Tensor:
+        """One session's new positions through the blocks, written to its cache ``slots``.
+
+        The part of :meth:`forward_batch` for a single segment that a compiler can trace whole
+        (tensors in, tensors out; :mod:`models.compiled_decode`). Returns the hidden states
+        ``(1, n, hidden)``, or on the last stage the final norm of the last position
+        ``(1, hidden)``, which :meth:`head_logits` turns into logits outside the graph.
+        """
+        hidden = self.model.embed_tokens(inputs) if self.is_first else inputs
+        hidden = self._blocks(hidden, position_ids, cache_slots=slots)
+        return self.model.norm(hidden[0, -1:]) if self.is_last else hidden
+
+    def _blocks(
+        self, hidden: torch.Tensor, position_ids: torch.Tensor, **attention
+    ) -> torch.Tensor:
+        """The decoder blocks in order; ``attention`` reaches :func:`ragged_attention`."""
         position_embeddings = self.rotary_emb(hidden, position_ids=position_ids)
         for layer in self.model.layers.values():
             hidden = layer(
@@ -127,14 +150,11 @@ class DecoderStage(nn.Module):
                 attention_mask=None,
                 position_ids=position_ids,
                 position_embeddings=position_embeddings,
-                ragged_batch=batch,
+                **attention,
             )
-        if not self.is_last:
-            return hidden[:, : batch.total_tokens]
-        last = hidden[0, batch.last_token_indices()]  # (segments, hidden)
-        return self._head(self.model.norm(last))
+        return hidden
 
-    def _head(self, rows: torch.Tensor) -> torch.Tensor:
+    def head_logits(self, rows: torch.Tensor) -> torch.Tensor:
         """Logits of a few rows, ``(m, vocab)``: the same product as ``lm_head(rows)``.
 
         The LM head is the largest product of a decode step (vocab x hidden), and MKL's speed at

@@ -168,6 +168,12 @@ class DaemonConfig(_Strict):
         32 * 1024 * 1024, ge=1024, description="largest gRPC message accepted or sent"
     )
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads")
+    compile_decode: bool = Field(
+        False,
+        description="compile each stage's one-session decode step into one graph "
+        "(torch.compile, inductor; needs a C++ compiler) before serving: faster batch-1 decode "
+        "on CPU stages, tens of seconds more at start (docs/precision.md). CPU only",
+    )
     device: str = Field(
         "cpu",
         pattern=DEVICE_PATTERN,
@@ -210,6 +216,15 @@ class DaemonConfig(_Strict):
         description="serve without access control: anyone who reaches the ports may join the "
         "DHT, call every RPC and join averaging (the banner says so)",
     )
+
+    @model_validator(mode="after")
+    def _compile_on_cpu(self) -> DaemonConfig:
+        if self.compile_decode and self.device != "cpu":
+            raise ValueError(
+                f"compile_decode is for CPU stages (measured and tested there); this daemon's "
+                f"device is {self.device!r}: leave compile_decode off"
+            )
+        return self
 
     @model_validator(mode="after")
     def _chunk_fits_budget(self) -> DaemonConfig:

@@ -219,7 +219,9 @@ class Daemon:
             self.config_sha256,
             [
                 f"model: {cfg.model} ({model_dir})",
-                f"precision: {cfg.dtype} on {device}; stage weights "
+                f"precision: {cfg.dtype} on {device}"
+                + (", compiled decode step" if cfg.compile_decode else "")
+                + "; stage weights "
                 f"{sum(weight_bytes.values()) / 2**20:.1f} MiB; takes activations in "
                 + ", ".join(accepted_inputs(cfg.dtype, cfg.accept_input_dtypes)),
                 "stages: "
@@ -278,7 +280,9 @@ class Daemon:
             training_piece_tokens=cfg.training_piece_tokens,
             batch_linger_ms=cfg.batch_linger_ms,
             accept_input_dtypes=tuple(cfg.accept_input_dtypes),
+            compile_decode=cfg.compile_decode,
         )
+        self._compile(executor)
 
         if self.dht is None:
             self.dht = self._start_dht(access)
@@ -429,10 +433,19 @@ class Daemon:
             # and of each adapter loaded at run time (LoadAdapter), read again from its source
             for dropped in install_stage(executor, move.target, stage):
                 status("adapter", f"dropped {dropped.name} at the move: {dropped.reason}")
+            self._compile(executor)
         announce(self.dht, self._records(executor), cfg.announce_ttl, timeout=ANNOUNCE_TIMEOUT_S)
         self.placer.moved()
         status("move", f"serving layers {list(move.target)}")
         return True
+
+    def _compile(self, executor: StageExecutor) -> None:
+        """Compile the decode steps before serving (``compile_decode``), with the time each took."""
+        if not executor.compile_decode:
+            return
+        status("compile", "decode step of " + ", ".join(f"{list(s)}" for s in executor.stages))
+        for span, seconds in executor.compile_stages().items():
+            status("compile", f"layers {list(span)}: {seconds:.1f} s")
 
     def _shutdown(self, executor: StageExecutor) -> None:
         status("shutdown", "announcing offline, draining requests")
@@ -452,6 +465,8 @@ class Daemon:
         executor.close()  # stop the scheduler; checkpoint adapters being trained
         if self.dht is not None:
             self.dht.shutdown()
+        if executor.compile_decode:
+            status("shutdown", f"{executor.compiled_steps} step(s) served by the compiled decode")
         status("shutdown", "done")
 
     def install_signal_handlers(self) -> None:

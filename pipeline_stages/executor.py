@@ -18,10 +18,12 @@ from pathlib import Path
 
 import torch
 
+from base.errors import DeviceError
 from base.precision import DTYPES, accepted_inputs, dtype_name
 from base.sampler import SamplingParams, sample_token
 from lora.mixed_batch import batch_adapters
 from lora.stage_adapters import adapters as stage_adapters
+from models.compiled_decode import CompiledDecode
 from models.ragged_batch import RaggedBatch, Segment
 from models.stage_module import DecoderStage
 from pipeline_stages.compute_gate import ComputeGate
@@ -68,6 +70,7 @@ class StageExecutor:
         training_piece_tokens: int = 512,
         batch_linger_ms: float = 40.0,
         accept_input_dtypes: tuple[str, ...] = (),
+        compile_decode: bool = False,
     ):
         if not stages:
             raise ValueError("a daemon needs at least one stage")
@@ -94,6 +97,41 @@ class StageExecutor:
         weight = next(any_stage.parameters())
         self.dtype, self.device = weight.dtype, weight.device
         self.accepts = accepted_inputs(dtype_name(self.dtype), accept_input_dtypes)
+        self.compile_decode = compile_decode
+        self._compiled: dict[tuple[int, int], CompiledDecode] = {}
+        self.compiled_steps = 0  # steps served by a compiled decode step (scheduler thread)
+
+    def compile_stages(self) -> dict[tuple[int, int], float]:
+        """Compile every hosted stage's decode step now (``compile_decode``); seconds each.
+
+        A compiler failure is a :class:`DeviceError`: the daemon was asked for a compiled step
+        and this machine cannot build one (no silent eager fallback).
+        """
+        seconds = {}
+        for span, stage in self.stages.items():
+            compiled = self._compiled_for(span, stage)
+            if compiled is None:
+                continue
+            try:
+                with self.gate.inference():
+                    seconds[span] = compiled.warm_up()
+            except Exception as exc:
+                self._compiled.pop(span, None)
+                raise DeviceError(
+                    f"compile_decode: compiling the decode step of layers [{span[0]}, "
+                    f"{span[1]}) failed: {type(exc).__name__}: {str(exc).splitlines()[0]}",
+                    hint="torch.compile needs a working C++ compiler (g++); or set "
+                    "compile_decode: false",
+                ) from exc
+        return seconds
+
+    def _compiled_for(self, span: tuple[int, int], stage: DecoderStage) -> CompiledDecode | None:
+        if not self.compile_decode:
+            return None
+        compiled = self._compiled.get(span)
+        if compiled is None or compiled.stage is not stage:  # a stage loaded again (a move)
+            compiled = self._compiled[span] = CompiledDecode(stage)
+        return compiled
 
     @property
     def context_window(self) -> int:
@@ -210,12 +248,19 @@ class StageExecutor:
         finishes = [share.finishes for share in live]
         batch = RaggedBatch([Segment(share.step.session.cache, share.tokens) for share in live])
         inputs = torch.cat([share.inputs for share in live], dim=1)
+        compiled = self._compiled_for(stage_key, stage)
+        if compiled is not None and not (CompiledDecode.takes(batch) and not stage_adapters(stage)):
+            compiled = None  # prefill, several sessions, or adapters: the eager step
         try:
             with self.gate.inference(), torch.inference_mode():
-                with batch_adapters(
-                    stage, [s.step.session.adapters for s in live], [s.tokens for s in live]
-                ):
-                    out = stage.forward_batch(inputs, batch)
+                if compiled is not None:
+                    out = compiled(inputs, batch.segments[0].kv)
+                    self.compiled_steps += 1
+                else:
+                    with batch_adapters(
+                        stage, [s.step.session.adapters for s in live], [s.tokens for s in live]
+                    ):
+                        out = stage.forward_batch(inputs, batch)
         except Exception:
             # the caches may now be half-written: drop the sessions rather than serve from them
             for share in live:

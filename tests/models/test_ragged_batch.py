@@ -119,8 +119,8 @@ def test_the_lm_head_of_a_few_rows_is_the_linear_product_and_follows_the_weight(
     with torch.inference_mode():
         for m in (1, 2, 3, 8, 9, 12):  # one row, W @ x^T, nn.Linear
             rows = torch.randn(m, hidden, generator=generator)
-            assert torch.allclose(stage._head(rows), stage.lm_head(rows), atol=1e-5), m
+            assert torch.allclose(stage.head_logits(rows), stage.lm_head(rows), atol=1e-5), m
     rows = torch.randn(1, hidden, generator=generator)
     with torch.no_grad():
         stage.lm_head.weight.mul_(2)  # an in-place change (a loaded or merged weight)
-        assert torch.allclose(stage._head(rows), stage.lm_head(rows), atol=1e-5)
+        assert torch.allclose(stage.head_logits(rows), stage.lm_head(rows), atol=1e-5)
