@@ -38,6 +38,9 @@ torch._inductor.config.emulate_precision_casts = True
 torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
 
 
+WARM_UP_POSITIONS = 4  # the scratch session's max_length: its buffers fill at the 3rd step
+
+
 class CompiledDecode:
     """The one-session, one-token decode step of ``stage``, compiled on first use."""
 
@@ -56,6 +59,8 @@ class CompiledDecode:
     def __call__(self, inputs: torch.Tensor, kv: SessionKV) -> torch.Tensor:
         """What ``forward_batch(inputs, RaggedBatch([Segment(kv, n)]))`` returns; the caller
         commits the new positions (``kv.commit(n)``) as it would the batch."""
+        # dynamo guards on strides: a view into a larger tensor would compile another graph
+        inputs = inputs.clone(memory_format=torch.contiguous_format)
         n = inputs.shape[1]
         keys, values = kv.buffers(kv.length + n)
         position_ids = torch.arange(kv.length, kv.length + n, device=inputs.device).unsqueeze(0)
@@ -72,12 +77,15 @@ class CompiledDecode:
         else:
             shape = (1, 1, stage.full_config.hidden_size)
             token = torch.zeros(shape, dtype=weight.dtype, device=weight.device)
-        kv = stage.new_session_kv(4)
+        # the graphs a session meets: a cache of one position (dynamo specialises sizes of 1),
+        # any other length, and the step that fills the buffers (its cache slice is the
+        # whole buffer, a contiguous tensor, which is a graph of its own)
+        kv = stage.new_session_kv(WARM_UP_POSITIONS)
         with torch.inference_mode():
             batch = RaggedBatch([Segment(kv, 1)])
             stage.forward_batch(token, batch)
             batch.commit()
-            for _ in range(2):
+            while kv.length < WARM_UP_POSITIONS:
                 self(token, kv)
                 kv.commit(1)
         return time.perf_counter() - started
