@@ -445,7 +445,10 @@ class Daemon:
             return
         status("compile", "decode step of " + ", ".join(f"{list(s)}" for s in executor.stages))
         for span, seconds in executor.compile_stages().items():
-            status("compile", f"layers {list(span)}: {seconds:.1f} s")
+            if seconds is None:
+                status("compile", f"layers {list(span)}: not compiled, adapters attached (eager)")
+            else:
+                status("compile", f"layers {list(span)}: {seconds:.1f} s")
 
     def _shutdown(self, executor: StageExecutor) -> None:
         status("shutdown", "announcing offline, draining requests")

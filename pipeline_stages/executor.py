@@ -101,16 +101,20 @@ class StageExecutor:
         self._compiled: dict[tuple[int, int], CompiledDecode] = {}
         self.compiled_steps = 0  # steps served by a compiled decode step (scheduler thread)
 
-    def compile_stages(self) -> dict[tuple[int, int], float]:
-        """Compile every hosted stage's decode step now (``compile_decode``); seconds each.
+    def compile_stages(self) -> dict[tuple[int, int], float | None]:
+        """Compile every hosted stage's decode step now (``compile_decode``); seconds each, or
+        None for a stage with adapters attached (its steps run eager, see :meth:`_run_batch`).
 
         A compiler failure is a :class:`DeviceError`: the daemon was asked for a compiled step
         and this machine cannot build one (no silent eager fallback).
         """
-        seconds = {}
+        seconds: dict[tuple[int, int], float | None] = {}
         for span, stage in self.stages.items():
             compiled = self._compiled_for(span, stage)
             if compiled is None:
+                continue
+            if stage_adapters(stage):
+                seconds[span] = None
                 continue
             try:
                 with self.gate.inference():

@@ -32,7 +32,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 
 import torch
@@ -188,7 +188,13 @@ class StepScheduler:
             pending, self._pending = self._pending, []
             self._cond.notify_all()
         for step in pending:
-            step.future.set_exception(RuntimeError("the daemon is shutting down"))
+            # a step the running batch finished stays pending until that batch returns
+            if step.future.done():
+                continue
+            try:
+                step.future.set_exception(RuntimeError("the daemon is shutting down"))
+            except InvalidStateError:  # finished by the running batch just now
+                pass
         self._thread.join(10)
 
     def _loop(self) -> None:
