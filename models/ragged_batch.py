@@ -77,8 +77,6 @@ class SessionKV:
         """Store ``(1, kv_heads, n, head_dim)`` new keys/values; return views of all so far."""
         n = keys.shape[2]
         end = self.length + n
-        if end > self.max_length:
-            raise ValueError(f"positions up to {end} exceed the session's {self.max_length}")
         buffer_k, buffer_v = self._reserve(layer, end, keys)
         buffer_k[:, :, self.length : end] = keys
         buffer_v[:, :, self.length : end] = values
@@ -92,8 +90,6 @@ class SessionKV:
         """
         if self.length == 0:
             raise ValueError("an empty cache has no buffers yet")
-        if end > self.max_length:
-            raise ValueError(f"positions up to {end} exceed the session's {self.max_length}")
         for layer in range(self.num_layers):
             self._reserve(layer, end, self._keys[layer])
         return list(self._keys), list(self._values)
@@ -102,6 +98,8 @@ class SessionKV:
         self, layer: int, end: int, like: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The layer's buffers, grown (doubling) to at least ``end`` positions."""
+        if end > self.max_length:
+            raise ValueError(f"positions up to {end} exceed the session's {self.max_length}")
         buffer_k, buffer_v = self._keys[layer], self._values[layer]
         if buffer_k is None or buffer_k.shape[2] < end:
             capacity = min(self.max_length, max(_MIN_CAPACITY, end, 2 * self._capacity(layer)))
@@ -210,21 +208,29 @@ def write_and_attend(
     The same arithmetic as a one-segment :func:`ragged_attention`, on tensors only (no
     :class:`SessionKV` bookkeeping), so that a traced graph can hold it.
     """
-    n = key.shape[2]
-    end = slots.length + n
+    end = slots.length + key.shape[2]
     buffer_k, buffer_v = slots.keys[module.layer_idx], slots.values[module.layer_idx]
     buffer_k[:, :, slots.length : end] = key
     buffer_v[:, :, slots.length : end] = value
-    mask = _segment_mask(slots.length, n, sliding_window, query.device)
-    return sdpa_attention_forward(
-        module,
-        query,
-        buffer_k[:, :, :end],
-        buffer_v[:, :, :end],
-        mask,
-        dropout=0.0,
-        scaling=scaling,
+    out = _attend_segment(
+        module, query, buffer_k[:, :, :end], buffer_v[:, :, :end], scaling, sliding_window
     )
+    return out, None
+
+
+def _attend_segment(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    scaling: float | None,
+    sliding_window: int | None,
+) -> torch.Tensor:
+    """SDPA of one segment's ``n`` queries over its session's ``past + n`` keys and values."""
+    n = query.shape[2]
+    mask = _segment_mask(keys.shape[2] - n, n, sliding_window, query.device)
+    out, _ = sdpa_attention_forward(module, query, keys, values, mask, dropout=0.0, scaling=scaling)
+    return out  # (1, n, heads, head_dim)
 
 
 def ragged_attention(
@@ -259,11 +265,9 @@ def ragged_attention(
     for offset, segment in zip(ragged_batch.offsets, ragged_batch.segments, strict=True):
         span = slice(offset, offset + segment.tokens)
         keys, values = segment.kv.write(module.layer_idx, key[:, :, span], value[:, :, span])
-        mask = _segment_mask(segment.kv.length, segment.tokens, sliding_window, query.device)
-        out, _ = sdpa_attention_forward(
-            module, query[:, :, span], keys, values, mask, dropout=0.0, scaling=scaling
+        outputs.append(
+            _attend_segment(module, query[:, :, span], keys, values, scaling, sliding_window)
         )
-        outputs.append(out)  # (1, n, heads, head_dim)
     if ragged_batch.padding:
         shape = (1, ragged_batch.padding, *outputs[0].shape[2:])
         outputs.append(outputs[0].new_zeros(shape))

@@ -252,9 +252,9 @@ class StageExecutor:
         finishes = [share.finishes for share in live]
         batch = RaggedBatch([Segment(share.step.session.cache, share.tokens) for share in live])
         inputs = torch.cat([share.inputs for share in live], dim=1)
-        compiled = self._compiled_for(stage_key, stage)
-        if compiled is not None and not (CompiledDecode.takes(batch) and not stage_adapters(stage)):
-            compiled = None  # prefill, several sessions, or adapters: the eager step
+        compiled = None  # prefill, several sessions, or adapters: the eager step
+        if CompiledDecode.takes(batch) and not stage_adapters(stage):
+            compiled = self._compiled_for(stage_key, stage)
         try:
             with self.gate.inference(), torch.inference_mode():
                 if compiled is not None:

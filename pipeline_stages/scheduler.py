@@ -188,13 +188,10 @@ class StepScheduler:
             pending, self._pending = self._pending, []
             self._cond.notify_all()
         for step in pending:
-            # a step the running batch finished stays pending until that batch returns
-            if step.future.done():
-                continue
             try:
                 step.future.set_exception(RuntimeError("the daemon is shutting down"))
-            except InvalidStateError:  # finished by the running batch just now
-                pass
+            except InvalidStateError:  # the running batch finished it (it stays pending
+                pass  # until that batch returns)
         self._thread.join(10)
 
     def _loop(self) -> None:
