@@ -12,6 +12,7 @@ import importlib
 import logging
 import sys
 
+from base import openmp_spin
 from base.errors import ExitCode, Node0Error
 
 # command name -> module that registers it (a module may register several commands)
@@ -63,6 +64,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    openmp_spin.apply()  # before any command module imports torch
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(only=command if command in COMMANDS else None)
     args = parser.parse_args(argv)

@@ -44,6 +44,7 @@ from node.span_bench import SpanThroughput, measure_span
 from node.stage_service import StageService, start_grpc_server
 from pipeline_stages.executor import StageExecutor
 from pipeline_stages.loader import load_config, load_stage, stage_bytes
+from pipeline_stages.passing_thread import on_passing_thread
 from pipeline_stages.runtime_adapters import install_stage
 from pipeline_stages.sessions import SessionManager
 from provenance import atomic_write
@@ -241,30 +242,8 @@ class Daemon:
                 access.describe(),
             ],
         )
-        stages = {}
-        claims = (
-            [self._claim_record((s.start, s.end), "joining") for s in specs] if self.placer else []
-        )
-        with KeepAnnouncing(
-            self.dht,
-            claims,
-            period=cfg.announce_period,
-            ttl=cfg.announce_ttl,
-        ):
-            for spec in specs:
-                status("load", f"layers {spec} from {model_dir}")
-                stages[(spec.start, spec.end)] = load_stage(
-                    model_dir,
-                    spec.start,
-                    spec.end,
-                    dtype=dtype,
-                    device=device,
-                    converted_dir=converted_weights_dir(),
-                )
-                self._measure((spec.start, spec.end), stages[(spec.start, spec.end)])
-        for name, path in sorted(cfg.adapters.items()):
-            status("adapter", f"{name} from {path}")
-            load_task_adapter(stages.values(), name, path)
+        # the one-off compute on a thread that ends (pipeline_stages.passing_thread)
+        stages = on_passing_thread(lambda: self._load_stages(specs, model_dir, dtype, device))
         sessions = SessionManager(
             max_sessions=cfg.max_sessions,
             max_cache_tokens=cfg.max_cache_tokens,
@@ -282,7 +261,7 @@ class Daemon:
             accept_input_dtypes=tuple(cfg.accept_input_dtypes),
             compile_decode=cfg.compile_decode,
         )
-        self._compile(executor)
+        on_passing_thread(lambda: self._compile(executor))
 
         if self.dht is None:
             self.dht = self._start_dht(access)
@@ -357,6 +336,35 @@ class Daemon:
             owner_identity=True,  # our records' peer id is our signing key's (fetch_records)
         )
 
+    def _load_stages(self, specs, model_dir: Path, dtype, device) -> dict:
+        """Load and measure each span (announced as joining meanwhile), attach the adapters."""
+        cfg = self.config
+        stages = {}
+        claims = (
+            [self._claim_record((s.start, s.end), "joining") for s in specs] if self.placer else []
+        )
+        with KeepAnnouncing(
+            self.dht,
+            claims,
+            period=cfg.announce_period,
+            ttl=cfg.announce_ttl,
+        ):
+            for spec in specs:
+                status("load", f"layers {spec} from {model_dir}")
+                stages[(spec.start, spec.end)] = load_stage(
+                    model_dir,
+                    spec.start,
+                    spec.end,
+                    dtype=dtype,
+                    device=device,
+                    converted_dir=converted_weights_dir(),
+                )
+                self._measure((spec.start, spec.end), stages[(spec.start, spec.end)])
+        for name, path in sorted(cfg.adapters.items()):
+            status("adapter", f"{name} from {path}")
+            load_task_adapter(stages.values(), name, path)
+        return stages
+
     def _place(self, model_dir: Path, dtype: torch.dtype, access) -> list[StageSpec]:
         """``stages: auto``: join the DHT, claim a span (node.rebalance), return it."""
         cfg, p = self.config, self.config.placement
@@ -420,24 +428,30 @@ class Daemon:
         ):
             executor.stages.clear()  # free the old weights before the new ones load
             self.throughput.clear()
-            stage = load_stage(
-                model_dir,
-                *move.target,
-                dtype=dtype,
-                device=device,
-                converted_dir=converted_weights_dir(),
-            )
-            self._measure(move.target, stage)
-            for name, path in sorted(cfg.adapters.items()):  # the new span's layers of each
-                load_task_adapter([stage], name, path)
-            # and of each adapter loaded at run time (LoadAdapter), read again from its source
-            for dropped in install_stage(executor, move.target, stage):
-                status("adapter", f"dropped {dropped.name} at the move: {dropped.reason}")
-            self._compile(executor)
+            # the one-off compute on a thread that ends (pipeline_stages.passing_thread)
+            on_passing_thread(lambda: self._load_moved(executor, move, model_dir, dtype, device))
         announce(self.dht, self._records(executor), cfg.announce_ttl, timeout=ANNOUNCE_TIMEOUT_S)
         self.placer.moved()
         status("move", f"serving layers {list(move.target)}")
         return True
+
+    def _load_moved(self, executor: StageExecutor, move, model_dir: Path, dtype, device) -> None:
+        """Load, measure and install the span a move goes to, with its adapters; compile it."""
+        cfg = self.config
+        stage = load_stage(
+            model_dir,
+            *move.target,
+            dtype=dtype,
+            device=device,
+            converted_dir=converted_weights_dir(),
+        )
+        self._measure(move.target, stage)
+        for name, path in sorted(cfg.adapters.items()):  # the new span's layers of each
+            load_task_adapter([stage], name, path)
+        # and of each adapter loaded at run time (LoadAdapter), read again from its source
+        for dropped in install_stage(executor, move.target, stage):
+            status("adapter", f"dropped {dropped.name} at the move: {dropped.reason}")
+        self._compile(executor)
 
     def _compile(self, executor: StageExecutor) -> None:
         """Compile the decode steps before serving (``compile_decode``), with the time each took."""
