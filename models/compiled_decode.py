@@ -23,21 +23,33 @@ daemon compiles in seconds.
 
 from __future__ import annotations
 
+import threading
 import time
 
 import torch
 import torch._dynamo.config
-import torch._inductor.config
 
 from models.ragged_batch import CacheSlots, RaggedBatch, Segment, SessionKV
 from models.stage_module import DecoderStage
 
-# a fused kernel rounds where eager rounds (bfloat16/float16 intermediates), see the docstring
-torch._inductor.config.emulate_precision_casts = True
+# a fused kernel rounds where eager rounds (bfloat16/float16 intermediates), see the docstring;
+# passed with the compile, not set in torch._inductor.config: that config is per thread in this
+# torch, and a setting made on the importing thread did not reach a compile on another one
+# (the bfloat16 graphs then differed from eager)
+INDUCTOR_OPTIONS = {"emulate_precision_casts": True}
 # every stage object compiles ``decode_body`` (one code object) anew, three graphs each (see
-# warm_up): dynamo's default of 8 graphs per code object would leave a daemon
-# that hosts a few stages, or moves, with an uncompiled step
-torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
+# warm_up): dynamo's default of 8 graphs per code object would leave a daemon that hosts a few
+# stages, or moves, with an uncompiled step. Dynamo's config is per thread too: set on each
+# thread that compiles or calls the step (_on_this_thread)
+RECOMPILE_LIMIT = 256
+_configured = threading.local()
+
+
+def _on_this_thread() -> None:
+    if not getattr(_configured, "done", False):
+        limit = torch._dynamo.config.recompile_limit
+        torch._dynamo.config.recompile_limit = max(limit, RECOMPILE_LIMIT)
+        _configured.done = True
 
 
 WARM_UP_POSITIONS = 4  # the scratch session's max_length: its buffers fill at the 3rd step
@@ -48,7 +60,9 @@ class CompiledDecode:
 
     def __init__(self, stage: DecoderStage):
         self.stage = stage
-        self._body = torch.compile(stage.decode_body, dynamic=True, fullgraph=True)
+        self._body = torch.compile(
+            stage.decode_body, dynamic=True, fullgraph=True, options=INDUCTOR_OPTIONS
+        )
 
     @staticmethod
     def takes(batch: RaggedBatch) -> bool:
@@ -61,6 +75,7 @@ class CompiledDecode:
     def __call__(self, inputs: torch.Tensor, kv: SessionKV) -> torch.Tensor:
         """What ``forward_batch(inputs, RaggedBatch([Segment(kv, n)]))`` returns; the caller
         commits the new positions (``kv.commit(n)``) as it would the batch."""
+        _on_this_thread()
         # dynamo guards on strides: a view into a larger tensor would compile another graph
         inputs = inputs.clone(memory_format=torch.contiguous_format)
         n = inputs.shape[1]

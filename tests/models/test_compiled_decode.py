@@ -5,6 +5,8 @@ takes only one session's next position after a cached prompt."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
@@ -108,3 +110,40 @@ def test_buffers_grow_keeping_what_is_cached_and_refuse_past_max_length():
     assert torch.equal(k[1][:, :, :3], keys) and torch.equal(v[0][:, :, :3], keys + 1)
     with pytest.raises(ValueError, match="exceed"):
         kv.buffers(101)
+
+
+def test_compiled_on_another_thread_equals_the_eager_step(tiny_model_dir):
+    """Compiled on one thread, run on another (a daemon compiles on a passing thread and serves
+    from the scheduler's): still the eager step's bfloat16 outputs. torch's compiler settings
+    are per thread; one set on the importing thread alone gave other outputs here."""
+    stage = load_stage(tiny_model_dir, 0, 6, dtype=torch.bfloat16)
+    compiled = CompiledDecode(stage)
+    outcome: dict[str, object] = {}
+
+    def compile_here():
+        outcome["seconds"] = compiled.warm_up()
+
+    def decode_here():
+        with torch.inference_mode():
+            prompt = torch.tensor([[5, 17, 99, 3, 42]])
+            outcome["equal"] = [
+                torch.equal(o, e) for e, o in decode_both(stage, compiled, prompt, STEPS)
+            ]
+
+    def caught(fn):
+        def run():
+            try:
+                fn()
+            except BaseException as exc:  # re-raised below, on the test's thread
+                outcome["error"] = exc
+
+        return run
+
+    for target in (compile_here, decode_here):
+        thread = threading.Thread(target=caught(target))
+        thread.start()
+        thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    assert outcome["seconds"] > 0
+    assert outcome["equal"] == [True] * STEPS
