@@ -8,7 +8,8 @@ often share one machine: after each step the stage's workers would go on spinnin
 milliseconds on cores that the next stage needs. A few tens of thousands of iterations still
 bridge the gaps between the kernels of one step (microseconds), then the workers sleep.
 Measured on the 2-vCPU host with three bfloat16 stages (BENCHMARKS.md, "One OpenMP team per
-daemon"): hops of 19-21 ms at the default, 11-15 ms with the shorter spin and one team.
+daemon"): freeing the extra team alone left the hops at 20-22 ms; with this spin as well the
+first two stages' hops went from 19.5 to about 15.5 ms.
 
 libgomp reads the variable once, when torch loads it, so :func:`apply` must run before the
 first ``import torch`` (``node0``'s entry point calls it first). A value the user set, or an

@@ -451,7 +451,7 @@ class Daemon:
         # and of each adapter loaded at run time (LoadAdapter), read again from its source
         for dropped in install_stage(executor, move.target, stage):
             status("adapter", f"dropped {dropped.name} at the move: {dropped.reason}")
-        on_passing_thread(lambda: self._compile(executor))
+        self._compile(executor)  # already on the move's passing thread
 
     def _compile(self, executor: StageExecutor) -> None:
         """Compile the decode steps before serving (``compile_decode``), with the time each took."""

@@ -5,8 +5,9 @@ its own team of worker threads for the rest of its life. Once a process holds mo
 workers than it has CPUs, libgomp cuts their spin-wait to 100 iterations, so they fall asleep
 between regions and each of the hundreds of parallel regions in a decode step waits for a
 futex wake-up. A daemon that loaded and compiled its stage on its main thread and then served
-from the step scheduler's thread held two teams: on the 2-vCPU host its bfloat16 decode hop
-took 19-21 ms against 11-15 ms with one team (BENCHMARKS.md, "One OpenMP team per daemon").
+from the step scheduler's thread held two teams. On the 2-vCPU host, one team and the shorter
+spin of :mod:`base.openmp_spin` took its first two stages' bfloat16 decode hops from 19.5 to
+about 15.5 ms (BENCHMARKS.md, "One OpenMP team per daemon").
 A thread that exits frees its team, so the one-off compute runs here and the scheduler's
 thread keeps the only team.
 

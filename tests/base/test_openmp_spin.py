@@ -33,19 +33,16 @@ APPLY = (
 
 
 def test_sets_the_spin_count_before_torch_loads():
-    code = APPLY
-    assert _run(code) == f"True {openmp_spin.SPIN_COUNT}"
+    assert _run(APPLY) == f"True {openmp_spin.SPIN_COUNT}"
 
 
 def test_leaves_the_users_choice_alone():
-    code = APPLY
-    assert _run(code, GOMP_SPINCOUNT="123") == "False 123"
-    assert _run(code, OMP_WAIT_POLICY="active") == "False None"
+    assert _run(APPLY, GOMP_SPINCOUNT="123") == "False 123"
+    assert _run(APPLY, OMP_WAIT_POLICY="active") == "False None"
 
 
 def test_too_late_once_torch_is_loaded():
-    code = "import torch; " + APPLY
-    assert _run(code) == "False None"
+    assert _run("import torch; " + APPLY) == "False None"
 
 
 def test_the_node0_entry_point_sets_it_before_any_command_imports_torch():

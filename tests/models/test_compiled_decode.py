@@ -5,14 +5,13 @@ takes only one session's next position after a cached prompt."""
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 import torch
 
 from models.compiled_decode import CompiledDecode
 from models.ragged_batch import RaggedBatch, Segment, SessionKV
 from pipeline_stages.loader import load_stage
+from pipeline_stages.passing_thread import on_passing_thread
 
 STEPS = 70  # a 5-token prompt, then past the buffers' first 64 positions (they double)
 FLOAT32_ATOL = 5e-5  # measured worst over the steps on this machine: 1.1e-05
@@ -118,32 +117,11 @@ def test_compiled_on_another_thread_equals_the_eager_step(tiny_model_dir):
     are per thread; one set on the importing thread alone gave other outputs here."""
     stage = load_stage(tiny_model_dir, 0, 6, dtype=torch.bfloat16)
     compiled = CompiledDecode(stage)
-    outcome: dict[str, object] = {}
 
-    def compile_here():
-        outcome["seconds"] = compiled.warm_up()
-
-    def decode_here():
+    def decode():
         with torch.inference_mode():
             prompt = torch.tensor([[5, 17, 99, 3, 42]])
-            outcome["equal"] = [
-                torch.equal(o, e) for e, o in decode_both(stage, compiled, prompt, STEPS)
-            ]
+            return [torch.equal(o, e) for e, o in decode_both(stage, compiled, prompt, STEPS)]
 
-    def caught(fn):
-        def run():
-            try:
-                fn()
-            except BaseException as exc:  # re-raised below, on the test's thread
-                outcome["error"] = exc
-
-        return run
-
-    for target in (compile_here, decode_here):
-        thread = threading.Thread(target=caught(target))
-        thread.start()
-        thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    assert outcome["seconds"] > 0
-    assert outcome["equal"] == [True] * STEPS
+    assert on_passing_thread(compiled.warm_up) > 0
+    assert on_passing_thread(decode) == [True] * STEPS
