@@ -42,9 +42,9 @@ from node.placement import Move
 from node.rebalance import KeepAnnouncing, Placer, blocks_for_budget
 from node.span_bench import SpanThroughput, measure_span
 from node.stage_service import StageService, start_grpc_server
+from pipeline_stages.compute_thread import ComputeThread, pin_to_one_thread
 from pipeline_stages.executor import StageExecutor
 from pipeline_stages.loader import load_config, load_stage, stage_bytes
-from pipeline_stages.passing_thread import on_passing_thread
 from pipeline_stages.runtime_adapters import install_stage
 from pipeline_stages.sessions import SessionManager
 from provenance import atomic_write
@@ -201,6 +201,10 @@ class Daemon:
         cfg = self.config
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
+        # all compute on the one compute thread; this thread and every other one on a single
+        # OpenMP thread from now on (pipeline_stages.compute_thread)
+        compute = ComputeThread()
+        pin_to_one_thread()
         model_dir = self.model_dir = resolve_model_dir(cfg.model)
         device = resolve_device(cfg.device, cfg.dtype)  # fails closed before anything loads
         dtype = torch_dtype(cfg.dtype)
@@ -242,8 +246,7 @@ class Daemon:
                 access.describe(),
             ],
         )
-        # the one-off compute on a thread that ends (pipeline_stages.passing_thread)
-        stages = on_passing_thread(lambda: self._load_stages(specs, model_dir, dtype, device))
+        stages = compute.run(lambda: self._load_stages(specs, model_dir, dtype, device))
         sessions = SessionManager(
             max_sessions=cfg.max_sessions,
             max_cache_tokens=cfg.max_cache_tokens,
@@ -260,8 +263,9 @@ class Daemon:
             batch_linger_ms=cfg.batch_linger_ms,
             accept_input_dtypes=tuple(cfg.accept_input_dtypes),
             compile_decode=cfg.compile_decode,
+            compute=compute,
         )
-        on_passing_thread(lambda: self._compile(executor))
+        self._compile(executor)
 
         if self.dht is None:
             self.dht = self._start_dht(access)
@@ -428,15 +432,19 @@ class Daemon:
         ):
             executor.stages.clear()  # free the old weights before the new ones load
             self.throughput.clear()
-            # the one-off compute on a thread that ends (pipeline_stages.passing_thread)
-            on_passing_thread(lambda: self._load_moved(executor, move, model_dir, dtype, device))
+            # on the compute thread outside any gate turn: no turn is taken inside it (a turn
+            # waiting for the compute thread would wait for it)
+            executor.gate.compute.run(
+                lambda: self._load_moved(executor, move, model_dir, dtype, device)
+            )
+            self._compile(executor)
         announce(self.dht, self._records(executor), cfg.announce_ttl, timeout=ANNOUNCE_TIMEOUT_S)
         self.placer.moved()
         status("move", f"serving layers {list(move.target)}")
         return True
 
     def _load_moved(self, executor: StageExecutor, move, model_dir: Path, dtype, device) -> None:
-        """Load, measure and install the span a move goes to, with its adapters; compile it."""
+        """Load, measure and install the span a move goes to, with its adapters."""
         cfg = self.config
         stage = load_stage(
             model_dir,
@@ -451,7 +459,6 @@ class Daemon:
         # and of each adapter loaded at run time (LoadAdapter), read again from its source
         for dropped in install_stage(executor, move.target, stage):
             status("adapter", f"dropped {dropped.name} at the move: {dropped.reason}")
-        self._compile(executor)  # already on the move's passing thread
 
     def _compile(self, executor: StageExecutor) -> None:
         """Compile the decode steps before serving (``compile_decode``), with the time each took."""

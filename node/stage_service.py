@@ -18,6 +18,7 @@ import grpc
 from base.precision import dtype_name
 from base.sampler import SamplingParams
 from lora.config import AveragingSettings, LoraSettings, OptimizerSettings
+from pipeline_stages.compute_thread import pin_to_one_thread
 from pipeline_stages.errors import BadJobSettings, InvalidInput, abort_call
 from pipeline_stages.executor import StageExecutor
 from pipeline_stages.training import JobSettings
@@ -301,7 +302,10 @@ def start_grpc_server(
     """
     limit = service.max_message_bytes
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+        # handlers decode, validate and wait; the compute runs on the daemon's compute thread
+        futures.ThreadPoolExecutor(
+            max_workers=max_workers, thread_name_prefix="grpc", initializer=pin_to_one_thread
+        ),
         interceptors=list(interceptors),
         options=[
             ("grpc.max_receive_message_length", limit),

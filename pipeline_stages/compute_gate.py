@@ -11,6 +11,12 @@ its sessions. "Recent" is an exponentially decayed sum of each kind's turn times
 A training turn is one piece of a micro-batch (:mod:`pipeline_stages.piecewise`: a decoder
 block, or a chunk of the LM head), so an inference batch waits for at most one piece, never
 for a whole forward or backward.
+
+A turn's work runs on the daemon's compute thread (:meth:`run_inference`, :meth:`run_training`;
+:mod:`pipeline_stages.compute_thread`), whichever thread waited for the turn, so one OpenMP
+team does all of it. :meth:`inference` and :meth:`training` hold a turn on the caller's thread
+instead, for work that only changes the stage's modules (attaching an adapter) or copies its
+tensors.
 """
 
 from __future__ import annotations
@@ -19,6 +25,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from typing import TypeVar
+
+from pipeline_stages.compute_thread import ComputeThread
+
+T = TypeVar("T")
 
 
 class ComputeGate:
@@ -28,6 +39,7 @@ class ComputeGate:
         training_share: float = 0.25,
         half_life_s: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
+        compute: ComputeThread | None = None,
     ):
         if not 0 < training_share < 1:
             raise ValueError("training_share must be in (0, 1)")
@@ -41,6 +53,7 @@ class ComputeGate:
         self._waiting = {False: 0, True: 0}  # turns waiting, by "is training"
         self._spent = {False: 0.0, True: 0.0}  # decayed compute seconds, by "is training"
         self._decayed_at = clock()
+        self.compute = compute if compute is not None else ComputeThread()
 
     @contextmanager
     def _turn(self, training: bool) -> Iterator[None]:
@@ -92,3 +105,13 @@ class ComputeGate:
     def training(self) -> AbstractContextManager[None]:
         """A training piece's turn (when no inference waits, or training is below its share)."""
         return self._turn(training=True)
+
+    def run_inference(self, fn: Callable[[], T]) -> T:
+        """``fn()`` in an inference turn, on the compute thread."""
+        with self._turn(training=False):
+            return self.compute.run(fn)
+
+    def run_training(self, fn: Callable[[], T]) -> T:
+        """``fn()`` in a training turn, on the compute thread."""
+        with self._turn(training=True):
+            return self.compute.run(fn)

@@ -6,7 +6,8 @@ client does this when a conversation's re-tokenized history diverges from what i
 Steps are validated on the caller's thread, then computed by the step scheduler
 (:mod:`pipeline_stages.scheduler`) batched with every other session's pending step, each session
 with its own cache and its own adapter set (:mod:`lora.mixed_batch`). Inference batches and
-training calls take turns through the compute gate (:mod:`pipeline_stages.compute_gate`).
+training calls take turns through the compute gate (:mod:`pipeline_stages.compute_gate`), and
+their work runs on the daemon's one compute thread (:mod:`pipeline_stages.compute_thread`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from models.compiled_decode import CompiledDecode
 from models.ragged_batch import RaggedBatch, Segment
 from models.stage_module import DecoderStage
 from pipeline_stages.compute_gate import ComputeGate
+from pipeline_stages.compute_thread import ComputeThread
 from pipeline_stages.errors import (
     ContextOverflow,
     DTypeMismatch,
@@ -71,13 +73,16 @@ class StageExecutor:
         batch_linger_ms: float = 40.0,
         accept_input_dtypes: tuple[str, ...] = (),
         compile_decode: bool = False,
+        compute: ComputeThread | None = None,
     ):
+        """``compute``: the thread that runs every turn's work (the daemon's, which loaded the
+        stages; a new one by default)."""
         if not stages:
             raise ValueError("a daemon needs at least one stage")
         self.model_name = model_name
         self.stages = stages
         self.sessions = sessions
-        self.gate = ComputeGate(training_share=training_share)
+        self.gate = ComputeGate(training_share=training_share, compute=compute)
         self.training_piece_tokens = training_piece_tokens
         self.scheduler = StepScheduler(
             self._run_batch,
@@ -117,8 +122,7 @@ class StageExecutor:
                 seconds[span] = None
                 continue
             try:
-                with self.gate.inference():
-                    seconds[span] = compiled.warm_up()
+                seconds[span] = self.gate.run_inference(compiled.warm_up)
             except Exception as exc:
                 self._compiled.pop(span, None)
                 raise DeviceError(
@@ -255,16 +259,20 @@ class StageExecutor:
         compiled = None  # prefill, several sessions, or adapters: the eager step
         if CompiledDecode.takes(batch) and not stage_adapters(stage):
             compiled = self._compiled_for(stage_key, stage)
-        try:
-            with self.gate.inference(), torch.inference_mode():
+
+        def forward() -> torch.Tensor:
+            with torch.inference_mode():
                 if compiled is not None:
-                    out = compiled(inputs, batch.segments[0].kv)
-                    self.compiled_steps += 1
-                else:
-                    with batch_adapters(
-                        stage, [s.step.session.adapters for s in live], [s.tokens for s in live]
-                    ):
-                        out = stage.forward_batch(inputs, batch)
+                    return compiled(inputs, batch.segments[0].kv)
+                with batch_adapters(
+                    stage, [s.step.session.adapters for s in live], [s.tokens for s in live]
+                ):
+                    return stage.forward_batch(inputs, batch)
+
+        try:
+            out = self.gate.run_inference(forward)
+            if compiled is not None:
+                self.compiled_steps += 1
         except Exception:
             # the caches may now be half-written: drop the sessions rather than serve from them
             for share in live:
@@ -386,14 +394,14 @@ class StageExecutor:
             tensors,
             loss_scale,
             evaluate=evaluate,
-            compute_turn=self.gate.training,
+            compute_turn=self.gate.run_training,
             **options,
         )
 
     def train_backward(
         self, job: StageTrainingJob, microbatch_id: str, grad: torch.Tensor | None
     ) -> torch.Tensor | None:
-        return job.backward(microbatch_id, grad, compute_turn=self.gate.training)
+        return job.backward(microbatch_id, grad, compute_turn=self.gate.run_training)
 
     def optimizer_step(
         self,
@@ -412,7 +420,7 @@ class StageExecutor:
         return job.optimizer_step(
             samples,
             checkpoint=checkpoint,
-            compute_turn=self.gate.training,
+            compute_turn=self.gate.run_training,
             trainer_step=trainer_step,
         )
 

@@ -5,8 +5,9 @@ an inference decode step a few. Run as one turn of the compute gate, every train
 hold the sessions on this daemon back for all of it (measured before: inference ITL p95 ×16.6
 while training ran, bench/shared_compute.py). So a micro-batch runs as a chain of pieces: the
 stage's entry (embedding, mask, rotary), each decoder block, and on the last stage the LM head
-and loss in chunks of positions. Each piece is one turn (``turn()``, the gate's training turn
-with the job's adapter set and train mode), so an inference batch waits for at most one piece.
+and loss in chunks of positions. Each piece is one turn (``turn(piece)``: the gate's training
+turn with the job's adapter set and train mode, run on the daemon's compute thread), so an
+inference batch waits for at most one piece.
 
 The chain keeps each piece's input as a detached leaf that requires grad and its output. The
 backward runs the pieces in reverse, each in its own turn: ``backward(output, grad)``, then the
@@ -19,15 +20,15 @@ tolerances.
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from dataload.losses import next_token_targets, target_cross_entropy_sum, target_logprob_rows
 from models.stage_module import DecoderStage
 
-Turn = Callable[[], AbstractContextManager]
+Turn = Callable[[Callable[[], Any]], Any]  # runs a piece in its turn and returns its result
 
 
 @dataclass
@@ -88,15 +89,17 @@ def _forward_rows(
 ) -> torch.Tensor:
     grad = torch.is_grad_enabled()
     rows = leaf[chain.rows]
-    with turn():
-        hidden, shared = stage.begin(
+    hidden, shared = turn(
+        lambda: stage.begin(
             convert(rows), attention_mask=None if mask is None else mask[chain.rows]
         )
+    )
     if grad and hidden.requires_grad:
         chain.entry = (rows, hidden)
     for block in stage.blocks:
-        with turn():
-            hidden = _link(chain, hidden, lambda h, b=block: stage.run_block(b, h, shared))
+        hidden = turn(
+            lambda h=hidden, b=block: _link(chain, h, lambda x: stage.run_block(b, x, shared))
+        )
     if not stage.is_last:
         return hidden
     head_input = hidden.detach().requires_grad_(grad)
@@ -106,8 +109,9 @@ def _forward_rows(
     total = torch.zeros(shape, dtype=torch.float32, device=hidden.device)
     for start in range(0, hidden.shape[1], head_positions):
         cut = slice(start, start + head_positions)
-        with turn():
-            piece = reduce(stage.logits(head_input[:, cut]), targets[chain.rows, cut])
+        piece = turn(
+            lambda cut=cut: reduce(stage.logits(head_input[:, cut]), targets[chain.rows, cut])
+        )
         total += piece.detach()
         if grad:
             chain.losses.append(piece * loss_scale)
@@ -184,21 +188,23 @@ def forward_pieces(
 
 def _backward_rows(chain: PieceChain, grad: torch.Tensor | None, turn: Turn) -> None:
     if chain.head_input is not None:
-        for piece in chain.losses:
-            with turn():  # a row-wise piece takes the gradient of its rows' sums
-                piece.backward(None if piece.dim() == 0 else grad.to(piece))
+        for piece in chain.losses:  # a row-wise piece takes the gradient of its rows' sums
+            turn(lambda p=piece: p.backward(None if p.dim() == 0 else grad.to(p)))
         grad = chain.head_input.grad
     for inp, out in reversed(chain.links):
         if grad is None:
             return  # nothing downstream depends on this piece (no trainable parameter after it)
         if out.requires_grad:
-            with turn():
-                torch.autograd.backward(out, grad.to(device=out.device, dtype=out.dtype))
+            turn(
+                lambda out=out, g=grad: torch.autograd.backward(
+                    out, g.to(device=out.device, dtype=out.dtype)
+                )
+            )
         grad = inp.grad
     if chain.entry is not None and grad is not None:
         rows, hidden = chain.entry
-        with turn():  # into the embedding (trained) and the leaf's rows
-            torch.autograd.backward(hidden, grad.to(dtype=hidden.dtype))
+        # into the embedding (trained) and the leaf's rows
+        turn(lambda: torch.autograd.backward(hidden, grad.to(dtype=hidden.dtype)))
 
 
 def backward_pieces(

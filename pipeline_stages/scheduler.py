@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 import torch
 
 from base.sampler import SamplingParams
+from pipeline_stages.compute_thread import pin_to_one_thread
 from pipeline_stages.sessions import Session
 
 log = logging.getLogger(__name__)
@@ -195,6 +196,9 @@ class StepScheduler:
         self._thread.join(10)
 
     def _loop(self) -> None:
+        # the batches' forwards run on the compute thread (the gate's); what runs here (plans,
+        # sampling) must not start a second OpenMP team (pipeline_stages.compute_thread)
+        pin_to_one_thread()
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: self._pending or self._stopped)

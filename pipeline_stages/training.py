@@ -35,7 +35,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,6 +62,7 @@ from lora.stage_adapters import (
 )
 from lora.step_guard import StepGuard, StepOutcome, global_grad_norm
 from models.stage_module import DecoderStage
+from pipeline_stages.compute_thread import run_here
 from pipeline_stages.errors import (
     AdapterConflict,
     BadJobSettings,
@@ -392,15 +393,18 @@ class StageTrainingJob:
         finally:
             stage.train(was_training)
 
+    def _locked(self, fn, *args):
+        with self.lock:
+            return fn(*args)
+
     def _turns(self, compute_turn: Turn, train: bool, active: list[str] | None = None) -> Turn:
         """One piece's turn: the caller's compute turn, then the job's view of the stage."""
 
-        @contextmanager
-        def turn() -> Iterator[None]:
-            with compute_turn(), self._state(train, active):
-                yield
+        def in_state(piece):
+            with self._state(train, active):
+                return piece()
 
-        return turn
+        return lambda piece: compute_turn(lambda: in_state(piece))
 
     def _reference_set(self, reference: bool, reference_adapter: str) -> list[str] | None:
         """The adapter set of a DPO reference forward (None: the job's own view)."""
@@ -457,9 +461,9 @@ class StageTrainingJob:
         sequence_logprobs: bool = False,
         reference: bool = False,
         reference_adapter: str = "",
-        compute_turn: Turn = nullcontext,
+        compute_turn: Turn = run_here,
     ) -> dict:
-        """Forward one micro-batch in pieces, each in a ``compute_turn()`` (the gate's).
+        """Forward one micro-batch in pieces, each in a ``compute_turn(piece)`` (the gate's).
 
         ``sequence_logprobs`` (DPO): the last stage returns ``output``, each row's summed
         log-probability of its labelled tokens ``(batch,)`` float32, and its backward takes
@@ -520,7 +524,7 @@ class StageTrainingJob:
         return {"loss_sum": float(out), "loss_tokens": counted_tokens(labels)}
 
     def backward(
-        self, microbatch_id: str, grad: torch.Tensor | None, *, compute_turn: Turn = nullcontext
+        self, microbatch_id: str, grad: torch.Tensor | None, *, compute_turn: Turn = run_here
     ) -> torch.Tensor | None:
         """Backward of a pending micro-batch, piece by piece; the gradient of its input."""
         if self.averager is not None:
@@ -572,12 +576,12 @@ class StageTrainingJob:
         samples: float = 1.0,
         *,
         checkpoint: bool = False,
-        compute_turn: Turn = nullcontext,
+        compute_turn: Turn = run_here,
         trainer_step: int | None = None,
     ) -> StepReport:
         """Average with the replicas (outside every lock), then guard + step, then save.
 
-        ``compute_turn()`` (the executor's compute gate, as a training turn) is taken around each
+        ``compute_turn(update)`` (the executor's compute gate, as a training turn) runs each
         parameter update only, so inference keeps running while this replica waits for its
         averaging group.
         """
@@ -597,8 +601,7 @@ class StageTrainingJob:
             if report.resynced:  # the round replaced our state with the source replica's
                 with self.lock:
                     self.guard.applied = self.averager.step
-        with compute_turn(), self.lock:
-            outcome = self.guard.step(self.optimizer)
+        outcome = compute_turn(lambda: self._locked(self.guard.step, self.optimizer))
         self.accumulated = 0
         if self.averager is not None:
             self.averager.set_step(self.guard.applied)
@@ -621,13 +624,12 @@ class StageTrainingJob:
         diloco = self.diloco
         if trainer_step is not None:
             diloco.inner_steps = int(trainer_step)
-        with compute_turn(), self.lock:
-            outcome = self.guard.step(self.optimizer)
+        outcome = compute_turn(lambda: self._locked(self.guard.step, self.optimizer))
         self.accumulated = 0
         report, note = None, f"local step {diloco.local_step + 1}/{diloco.local_steps}"
         if diloco.note_inner_step():
-            with compute_turn(), self.lock:
-                diloco.begin_round()  # pseudo-gradients in .grad, parameters at the outer ones
+            # pseudo-gradients in .grad, parameters at the outer ones
+            compute_turn(lambda: self._locked(diloco.begin_round))
             try:
                 # outside every lock; with the partners at this outer step (lora.averaging)
                 report = self.averager.average(samples, rounds=diloco.outer_steps - 1)
@@ -636,10 +638,13 @@ class StageTrainingJob:
                     for param in self.params:
                         param.grad = None
                 raise ReplicaConfigMismatch(str(exc)) from exc
-            with compute_turn(), self.lock:
+
+            def finish_round() -> None:
                 if report.resynced:  # the round loaded the source replica's outer state
                     self.guard.applied = self.averager.step
                 diloco.finish_round()
+
+            compute_turn(lambda: self._locked(finish_round))
             note = "outer step"
         # partners match rounds on the trainer's outer steps passed (lora.averaging)
         self.averager.set_step(self.guard.applied, rounds=diloco.outer_steps)

@@ -1,24 +1,25 @@
-"""A training micro-batch in pieces gives the gradients of one autograd pass over the stage."""
+"""A training micro-batch in pieces gives the gradients of one autograd pass over the stage, with
+its pieces computed on another thread as in a daemon."""
 
 from __future__ import annotations
-
-from contextlib import contextmanager
 
 import pytest
 import torch
 
 from dataload.losses import cross_entropy_sum
+from pipeline_stages.compute_thread import ComputeThread
 from pipeline_stages.loader import load_stage
 from pipeline_stages.piecewise import backward_pieces, forward_pieces, piece_sizes
 
 
 def counting_turn():
+    """A daemon's turn: each piece runs on another thread (the compute thread), counted."""
     count = [0]
+    compute = ComputeThread()
 
-    @contextmanager
-    def turn():
+    def turn(piece):
         count[0] += 1
-        yield
+        return compute.run(piece)
 
     return turn, count
 
