@@ -42,9 +42,10 @@ from node.placement import Move
 from node.rebalance import KeepAnnouncing, Placer, blocks_for_budget
 from node.span_bench import SpanThroughput, measure_span
 from node.stage_service import StageService, start_grpc_server
-from pipeline_stages.compute_thread import ComputeThread, pin_to_one_thread
+from pipeline_stages.compute_thread import pin_to_one_thread
 from pipeline_stages.executor import StageExecutor
 from pipeline_stages.loader import load_config, load_stage, stage_bytes
+from pipeline_stages.passing_thread import on_passing_thread
 from pipeline_stages.runtime_adapters import install_stage
 from pipeline_stages.sessions import SessionManager
 from provenance import atomic_write
@@ -201,9 +202,8 @@ class Daemon:
         cfg = self.config
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
-        # all compute on the one compute thread; this thread and every other one on a single
-        # OpenMP thread from now on (pipeline_stages.compute_thread)
-        compute = ComputeThread()
+        # this thread on one OpenMP thread from now on: the scheduler's computes
+        # (pipeline_stages.compute_thread)
         pin_to_one_thread()
         model_dir = self.model_dir = resolve_model_dir(cfg.model)
         device = resolve_device(cfg.device, cfg.dtype)  # fails closed before anything loads
@@ -246,7 +246,8 @@ class Daemon:
                 access.describe(),
             ],
         )
-        stages = compute.run(lambda: self._load_stages(specs, model_dir, dtype, device))
+        # the one-off compute on a thread that ends (pipeline_stages.passing_thread)
+        stages = on_passing_thread(lambda: self._load_stages(specs, model_dir, dtype, device))
         sessions = SessionManager(
             max_sessions=cfg.max_sessions,
             max_cache_tokens=cfg.max_cache_tokens,
@@ -263,9 +264,8 @@ class Daemon:
             batch_linger_ms=cfg.batch_linger_ms,
             accept_input_dtypes=tuple(cfg.accept_input_dtypes),
             compile_decode=cfg.compile_decode,
-            compute=compute,
         )
-        self._compile(executor)
+        self._compile(executor)  # on the scheduler's thread
 
         if self.dht is None:
             self.dht = self._start_dht(access)
@@ -432,12 +432,9 @@ class Daemon:
         ):
             executor.stages.clear()  # free the old weights before the new ones load
             self.throughput.clear()
-            # on the compute thread outside any gate turn: no turn is taken inside it (a turn
-            # waiting for the compute thread would wait for it)
-            executor.gate.compute.run(
-                lambda: self._load_moved(executor, move, model_dir, dtype, device)
-            )
-            self._compile(executor)
+            # the one-off compute on a thread that ends (pipeline_stages.passing_thread)
+            on_passing_thread(lambda: self._load_moved(executor, move, model_dir, dtype, device))
+            self._compile(executor)  # on the scheduler's thread
         announce(self.dht, self._records(executor), cfg.announce_ttl, timeout=ANNOUNCE_TIMEOUT_S)
         self.placer.moved()
         status("move", f"serving layers {list(move.target)}")

@@ -8,27 +8,31 @@ step waits for a futex wake-up. On the 2-vCPU host a second team took a stage's 
 bfloat16 step from 9-13 to 20-25 ms (BENCHMARKS.md, "One OpenMP team per daemon").
 
 A daemon has many threads that touch tensors: gRPC handlers decode requests and allocate a
-session's cache, the step scheduler samples, training calls arrive on gRPC threads. Any of
-them that once ran an operation over about 32,768 elements started a team: a long prompt was
-enough (measured: hops 11 → 13-15 ms on the middle stage after one 650-token prompt). So:
+session's cache, and training calls arrive on them. Any of them that once ran an operation
+over about 32,768 elements started a team: a long prompt was enough (measured: the middle
+stage's bfloat16 hops went from 11-12 to 13-14 ms after one
+650-token prompt, for good). So:
 
-- :class:`ComputeThread`: one long-lived thread runs the daemon's compute (loading, measuring
-  and compiling a stage, inference batches, training pieces), so one team serves them all.
-  The compute gate (:mod:`pipeline_stages.compute_gate`) decides whose turn it is; the turn's
-  work runs here, with the caller's grad mode.
-- :func:`pin_to_one_thread`: every other daemon thread (main, gRPC handlers, the scheduler)
-  sets its own OpenMP and MKL thread counts to one, so what it computes runs inline and
-  starts no team. Both counts are per thread; the compute thread keeps the daemon's
-  ``torch_threads``.
+- One long-lived thread computes: the step scheduler's (:mod:`pipeline_stages.scheduler`).
+  It runs the inference batches, compiles the decode step, and runs each training piece
+  that a gRPC handler hands it (:meth:`StepScheduler.run`, under the handler's grad mode:
+  :func:`in_callers_modes`), so one team serves them all. The daemon's one-off loading and
+  measuring run on a thread that ends (:mod:`pipeline_stages.passing_thread`).
+- :func:`pin_to_one_thread`: every other daemon thread (main, gRPC handlers) sets its own
+  OpenMP and MKL thread counts to one, so what it computes (decoding a request, allocating
+  a session's cache) runs inline and starts no team. Both counts are per thread; the
+  scheduler's thread keeps the daemon's ``torch_threads``.
+
+Why not a compute thread of its own, with the scheduler handing it each batch: measured, the
+hand-off (a second thread to wake on busy cores) cost 4 concurrent eager sessions about 8% of
+their tokens/s (BENCHMARKS.md, "One compute thread per daemon").
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
-import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from typing import TypeVar
 
@@ -39,43 +43,20 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class ComputeThread:
-    """A thread that runs the functions given to :meth:`run`, one at a time, in order."""
+def in_callers_modes(fn: Callable[[], T]) -> Callable[[], T]:
+    """``fn`` to run on another thread under this thread's grad and inference modes (both are
+    per thread in torch): a training piece's forward builds its graph there as it would here."""
+    inference = torch.is_inference_mode_enabled()
+    grad = torch.is_grad_enabled()
 
-    def __init__(self, name: str = "compute"):
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
-        self._ident: int | None = None
-        self.run(self._note_ident)
-
-    def _note_ident(self) -> None:
-        self._ident = threading.get_ident()
-
-    @property
-    def ident(self) -> int | None:
-        """The thread's identifier (``threading.get_ident()`` on it)."""
-        return self._ident
-
-    def run(self, fn: Callable[[], T]) -> T:
-        """``fn()`` on the compute thread, under the caller's grad and inference modes (both
-        are per thread in torch); its result, or what it raised. Called on the compute thread
-        itself, it runs at once."""
-        if threading.get_ident() == self._ident:
-            return fn()
-        inference = torch.is_inference_mode_enabled()
-        grad = torch.is_grad_enabled()
-
-        def in_callers_modes() -> T:
-            if inference:
-                with torch.inference_mode():
-                    return fn()
-            with torch.set_grad_enabled(grad):
+    def run() -> T:
+        if inference:
+            with torch.inference_mode():
                 return fn()
+        with torch.set_grad_enabled(grad):
+            return fn()
 
-        return self._pool.submit(in_callers_modes).result()
-
-    def close(self) -> None:
-        """Let the thread end once its queue is done (callers still waiting get their result)."""
-        self._pool.shutdown(wait=False)
+    return run
 
 
 def run_here(fn: Callable[[], T]) -> T:

@@ -6,8 +6,9 @@ client does this when a conversation's re-tokenized history diverges from what i
 Steps are validated on the caller's thread, then computed by the step scheduler
 (:mod:`pipeline_stages.scheduler`) batched with every other session's pending step, each session
 with its own cache and its own adapter set (:mod:`lora.mixed_batch`). Inference batches and
-training calls take turns through the compute gate (:mod:`pipeline_stages.compute_gate`), and
-their work runs on the daemon's one compute thread (:mod:`pipeline_stages.compute_thread`).
+training pieces take turns through the compute gate (:mod:`pipeline_stages.compute_gate`), all
+on the scheduler's thread, the daemon's one compute thread
+(:mod:`pipeline_stages.compute_thread`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from models.compiled_decode import CompiledDecode
 from models.ragged_batch import RaggedBatch, Segment
 from models.stage_module import DecoderStage
 from pipeline_stages.compute_gate import ComputeGate
-from pipeline_stages.compute_thread import ComputeThread
 from pipeline_stages.errors import (
     ContextOverflow,
     DTypeMismatch,
@@ -73,16 +73,13 @@ class StageExecutor:
         batch_linger_ms: float = 40.0,
         accept_input_dtypes: tuple[str, ...] = (),
         compile_decode: bool = False,
-        compute: ComputeThread | None = None,
     ):
-        """``compute``: the thread that runs every turn's work (the daemon's, which loaded the
-        stages; a new one by default)."""
         if not stages:
             raise ValueError("a daemon needs at least one stage")
         self.model_name = model_name
         self.stages = stages
         self.sessions = sessions
-        self.gate = ComputeGate(training_share=training_share, compute=compute)
+        self.gate = ComputeGate(training_share=training_share)
         self.training_piece_tokens = training_piece_tokens
         self.scheduler = StepScheduler(
             self._run_batch,
@@ -90,6 +87,7 @@ class StageExecutor:
             prefill_chunk=prefill_chunk,
             linger_s=batch_linger_ms / 1000,
             is_open=sessions.is_open,
+            gate=self.gate,
         )
         self.jobs: dict[tuple[str, int, int], StageTrainingJob] = {}
         self._jobs_lock = threading.Lock()
@@ -122,7 +120,7 @@ class StageExecutor:
                 seconds[span] = None
                 continue
             try:
-                seconds[span] = self.gate.run_inference(compiled.warm_up)
+                seconds[span] = self.scheduler.run(compiled.warm_up, training=False)
             except Exception as exc:
                 self._compiled.pop(span, None)
                 raise DeviceError(
@@ -259,20 +257,16 @@ class StageExecutor:
         compiled = None  # prefill, several sessions, or adapters: the eager step
         if CompiledDecode.takes(batch) and not stage_adapters(stage):
             compiled = self._compiled_for(stage_key, stage)
-
-        def forward() -> torch.Tensor:
-            with torch.inference_mode():
-                if compiled is not None:
-                    return compiled(inputs, batch.segments[0].kv)
-                with batch_adapters(
-                    stage, [s.step.session.adapters for s in live], [s.tokens for s in live]
-                ):
-                    return stage.forward_batch(inputs, batch)
-
         try:
-            out = self.gate.run_inference(forward)
-            if compiled is not None:
-                self.compiled_steps += 1
+            with torch.inference_mode():  # in the scheduler's inference turn
+                if compiled is not None:
+                    out = compiled(inputs, batch.segments[0].kv)
+                    self.compiled_steps += 1
+                else:
+                    with batch_adapters(
+                        stage, [s.step.session.adapters for s in live], [s.tokens for s in live]
+                    ):
+                        out = stage.forward_batch(inputs, batch)
         except Exception:
             # the caches may now be half-written: drop the sessions rather than serve from them
             for share in live:
@@ -394,14 +388,14 @@ class StageExecutor:
             tensors,
             loss_scale,
             evaluate=evaluate,
-            compute_turn=self.gate.run_training,
+            compute_turn=self.scheduler.run,
             **options,
         )
 
     def train_backward(
         self, job: StageTrainingJob, microbatch_id: str, grad: torch.Tensor | None
     ) -> torch.Tensor | None:
-        return job.backward(microbatch_id, grad, compute_turn=self.gate.run_training)
+        return job.backward(microbatch_id, grad, compute_turn=self.scheduler.run)
 
     def optimizer_step(
         self,
@@ -420,7 +414,7 @@ class StageExecutor:
         return job.optimizer_step(
             samples,
             checkpoint=checkpoint,
-            compute_turn=self.gate.run_training,
+            compute_turn=self.scheduler.run,
             trainer_step=trainer_step,
         )
 

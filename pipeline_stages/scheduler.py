@@ -11,6 +11,12 @@ whose chunks are all done resolves its future with the stage output.
 
 A batch of one is the same path: there is no other way a daemon runs an inference step.
 
+The scheduler's thread is the daemon's one compute thread (:mod:`pipeline_stages.compute_thread`):
+other threads hand it work with :meth:`StepScheduler.run` (a training piece from a gRPC
+handler, compiling the decode step) and wait for the result. Between batches it takes the
+next turn by the compute gate's rule (:mod:`pipeline_stages.compute_gate`): inference first, a
+waiting training piece when no step waits or while training is below its share.
+
 Convoys. A decode step costs a stage about the same for one session as for several (the
 weights are read once per batch), so the scheduler keeps sessions that step at the same rhythm
 together. Every session steps at a period (its last two arrivals here); one that is not pending
@@ -34,14 +40,18 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 
 from base.sampler import SamplingParams
-from pipeline_stages.compute_thread import pin_to_one_thread
+from pipeline_stages.compute_gate import ComputeGate
+from pipeline_stages.compute_thread import in_callers_modes
 from pipeline_stages.sessions import Session
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 STATS_WINDOW_S = 30.0  # batches this recent make the reported figures
 
@@ -86,6 +96,15 @@ class Share:
 
 
 RunBatch = Callable[[tuple[int, int], list[Share]], None]
+
+
+@dataclass
+class HandedWork:
+    """Work another thread handed the scheduler's thread (:meth:`StepScheduler.run`)."""
+
+    fn: Callable[[], object]
+    training: bool  # a training turn (else it goes before any step, as compiling does)
+    future: Future = field(default_factory=Future)
 
 
 class Arrivals:
@@ -142,6 +161,7 @@ class StepScheduler:
         prefill_chunk: the most positions of one prompt a batch computes.
         linger_s: the longest a batch waits for sessions due to step (see the module docstring).
         is_open: whether a session is still open (a closed one is not waited for).
+        gate: whose turn is next, and the lock every turn holds (a new one by default).
     """
 
     def __init__(
@@ -152,6 +172,7 @@ class StepScheduler:
         prefill_chunk: int,
         linger_s: float = 0.0,
         is_open: Callable[[str], bool] = lambda session_id: True,
+        gate: ComputeGate | None = None,
     ):
         if not 1 <= prefill_chunk <= max_batch_tokens:
             raise ValueError("need 1 <= prefill_chunk <= max_batch_tokens")
@@ -162,8 +183,10 @@ class StepScheduler:
         self.prefill_chunk = prefill_chunk
         self.linger_s = linger_s
         self.is_open = is_open
+        self.gate = gate if gate is not None else ComputeGate()
         self._arrivals = Arrivals()
         self._pending: list[PendingStep] = []
+        self._handed: deque[HandedWork] = deque()
         self._cond = threading.Condition()
         self._stopped = False
         self._recent: deque[tuple[float, int, int, float]] = deque()  # (end, rows, tokens, s)
@@ -179,6 +202,20 @@ class StepScheduler:
             self._cond.notify()
         return step.future
 
+    def run(self, fn: Callable[[], T], *, training: bool = True) -> T:
+        """``fn()`` on the scheduler's thread in a turn of its own, under the caller's grad mode;
+        its result, or what it raised. ``training``: a training turn (inference goes first);
+        else it goes before the next batch. On the scheduler's thread itself it runs at once."""
+        if threading.get_ident() == self._thread.ident:
+            return fn()
+        work = HandedWork(in_callers_modes(fn), training)
+        with self._cond:
+            if self._stopped:
+                raise RuntimeError("the step scheduler is stopped")
+            self._handed.append(work)
+            self._cond.notify()
+        return work.future.result()
+
     def queue_depth(self) -> int:
         with self._cond:
             return len(self._pending)
@@ -187,7 +224,10 @@ class StepScheduler:
         with self._cond:
             self._stopped = True
             pending, self._pending = self._pending, []
+            handed, self._handed = list(self._handed), deque()
             self._cond.notify_all()
+        for work in handed:
+            work.future.set_exception(RuntimeError("the daemon is shutting down"))
         for step in pending:
             try:
                 step.future.set_exception(RuntimeError("the daemon is shutting down"))
@@ -195,24 +235,47 @@ class StepScheduler:
                 pass  # until that batch returns)
         self._thread.join(10)
 
+    def _next_handed(self) -> HandedWork | None:
+        """The handed work whose turn it is before the next batch (the condition held)."""
+        if not self._handed:
+            return None
+        work = self._handed[0]
+        if work.training and not self.gate.training_next(inference_waiting=bool(self._pending)):
+            return None
+        return self._handed.popleft()
+
+    def _run_handed(self, work: HandedWork) -> None:
+        try:
+            with self.gate.training() if work.training else self.gate.inference():
+                result = work.fn()
+        except BaseException as exc:  # the caller's to handle, on its thread
+            work.future.set_exception(exc)
+        else:
+            work.future.set_result(result)
+
     def _loop(self) -> None:
-        # the batches' forwards run on the compute thread (the gate's); what runs here (plans,
-        # sampling) must not start a second OpenMP team (pipeline_stages.compute_thread)
-        pin_to_one_thread()
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._pending or self._stopped)
-                self._linger_for_convoy()
+                self._cond.wait_for(lambda: self._pending or self._handed or self._stopped)
                 if self._stopped:
                     return
-                shares = plan_batch(self._pending, self.max_batch_tokens, self.prefill_chunk)
+                work = self._next_handed()
+                if work is None:
+                    self._linger_for_convoy()
+                    if self._stopped:
+                        return
+                    shares = plan_batch(self._pending, self.max_batch_tokens, self.prefill_chunk)
+            if work is not None:
+                self._run_handed(work)
+                continue
             started = time.monotonic()
             by_stage: dict[tuple[int, int], list[Share]] = {}
             for share in shares:
                 by_stage.setdefault(share.step.session.stage_key, []).append(share)
             for stage_key, group in by_stage.items():
                 try:
-                    self.run_batch(stage_key, group)
+                    with self.gate.inference():
+                        self.run_batch(stage_key, group)
                 except BaseException as exc:  # run_batch fails every share it could not finish
                     log.exception("batch on %s failed", stage_key)
                     for share in group:

@@ -10,8 +10,8 @@ import torch
 
 from models.compiled_decode import CompiledDecode
 from models.ragged_batch import RaggedBatch, Segment, SessionKV
-from pipeline_stages.compute_thread import ComputeThread
 from pipeline_stages.loader import load_stage
+from pipeline_stages.passing_thread import on_passing_thread
 
 STEPS = 70  # a 5-token prompt, then past the buffers' first 64 positions (they double)
 FLOAT32_ATOL = 5e-5  # measured worst over the steps on this machine: 1.1e-05
@@ -112,9 +112,9 @@ def test_buffers_grow_keeping_what_is_cached_and_refuse_past_max_length():
 
 
 def test_compiled_on_another_thread_equals_the_eager_step(tiny_model_dir):
-    """Compiled on one thread, run on another, neither the importing one (a daemon compiles and
-    serves on its compute thread): still the eager step's bfloat16 outputs. torch's compiler
-    settings are per thread; one set on the importing thread alone gave other outputs here."""
+    """Compiled on one thread, run on another (a daemon compiles on a passing thread and serves
+    from the scheduler's): still the eager step's bfloat16 outputs. torch's compiler settings
+    are per thread; one set on the importing thread alone gave other outputs here."""
     stage = load_stage(tiny_model_dir, 0, 6, dtype=torch.bfloat16)
     compiled = CompiledDecode(stage)
 
@@ -123,10 +123,5 @@ def test_compiled_on_another_thread_equals_the_eager_step(tiny_model_dir):
             prompt = torch.tensor([[5, 17, 99, 3, 42]])
             return [torch.equal(o, e) for e, o in decode_both(stage, compiled, prompt, STEPS)]
 
-    compiling, serving = ComputeThread("compiling"), ComputeThread("serving")
-    try:
-        assert compiling.run(compiled.warm_up) > 0
-        assert serving.run(decode) == [True] * STEPS
-    finally:
-        compiling.close()
-        serving.close()
+    assert on_passing_thread(compiled.warm_up) > 0
+    assert on_passing_thread(decode) == [True] * STEPS

@@ -3,23 +3,26 @@ its pieces computed on another thread as in a daemon."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 
 from dataload.losses import cross_entropy_sum
-from pipeline_stages.compute_thread import ComputeThread
+from pipeline_stages.compute_thread import in_callers_modes
 from pipeline_stages.loader import load_stage
 from pipeline_stages.piecewise import backward_pieces, forward_pieces, piece_sizes
 
 
 def counting_turn():
-    """A daemon's turn: each piece runs on another thread (the compute thread), counted."""
+    """A daemon's turn: each piece runs on another thread (the scheduler's there), under the
+    caller's grad mode, counted."""
     count = [0]
-    compute = ComputeThread()
+    compute = ThreadPoolExecutor(max_workers=1)
 
     def turn(piece):
         count[0] += 1
-        return compute.run(piece)
+        return compute.submit(in_callers_modes(piece)).result()
 
     return turn, count
 

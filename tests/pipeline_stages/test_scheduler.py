@@ -3,11 +3,13 @@ gate's order (inference first, training between batches)."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
 import torch
 
+from pipeline_stages.compute_gate import ComputeGate
 from pipeline_stages.scheduler import Arrivals, PendingStep, StepScheduler, plan_batch
 from pipeline_stages.sessions import Session
 
@@ -120,3 +122,123 @@ def test_a_batch_waits_for_a_session_due_within_the_linger_and_a_lone_one_does_n
         assert batches[-1] == ["a"]
     finally:
         scheduler.stop()
+
+
+class StepClock:
+    """A clock that advances only when a test says so."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_handed_work_runs_on_the_scheduler_thread_and_returns_or_raises():
+    scheduler = StepScheduler(lambda key, shares: None, max_batch_tokens=8, prefill_chunk=4)
+    try:
+        there = scheduler.run(threading.get_ident)
+        assert there != threading.get_ident()
+        assert scheduler.run(threading.get_ident, training=False) == there
+        # handed work that hands more runs it at once (it would otherwise wait for itself)
+        assert scheduler.run(lambda: scheduler.run(threading.get_ident)) == there
+        with pytest.raises(KeyError, match="missing"):
+            scheduler.run(lambda: {}["missing"])
+        with torch.no_grad():  # the caller's grad mode holds there
+            assert scheduler.run(torch.is_grad_enabled) is False
+        with torch.enable_grad():
+            assert scheduler.run(torch.is_grad_enabled) is True
+    finally:
+        scheduler.stop()
+    with pytest.raises(RuntimeError, match="stopped"):
+        scheduler.run(lambda: 1)
+
+
+def steps_until(scheduler, stop: threading.Event, name: str, count: int | None = None) -> None:
+    """Submit one-token steps one after another, as a session decoding does."""
+    done = 0
+    while not stop.is_set() and (count is None or done < count):
+        scheduler.submit(pending(1, time.monotonic(), f"{name}-{done}")).result(timeout=30)
+        done += 1
+
+
+def test_waiting_training_gets_its_share_of_turns_while_inference_never_stops():
+    clock = StepClock()
+    gate = ComputeGate(training_share=0.25, half_life_s=50.0, clock=clock)
+    turns: list[str] = []
+
+    def run_batch(stage_key, shares):
+        turns.append("i")
+        clock.now += 1.0  # every turn costs one unit of compute
+        time.sleep(0.001)  # the other sessions are queued again by now
+        for share in shares:
+            share.step.future.set_result(None)
+
+    def piece():
+        turns.append("t")
+        clock.now += 1.0
+        time.sleep(0.001)
+
+    scheduler = StepScheduler(run_batch, max_batch_tokens=1, prefill_chunk=1, gate=gate)
+    stop = threading.Event()
+    sessions = [threading.Thread(target=steps_until, args=(scheduler, stop, n)) for n in "ab"]
+
+    def training():
+        while not stop.is_set():
+            scheduler.run(piece)
+
+    threads = [*sessions, threading.Thread(target=training)]
+    try:
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 20
+        while len(turns) < 400 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+        scheduler.stop()
+    assert len(turns) >= 400
+    share = turns[:400].count("t") / 400
+    assert share == pytest.approx(0.25, abs=0.06), share
+    # never two training turns in a row while inference waits below the share
+    assert "ttt" not in "".join(turns[40:400])
+
+
+def test_inference_goes_first_until_training_falls_below_its_share():
+    clock = StepClock()
+    gate = ComputeGate(training_share=0.5, half_life_s=1e6, clock=clock)
+    with gate.training():  # training alone: it takes all of the compute
+        clock.now += 3.0
+    order: list[str] = []
+    first_batch, release = threading.Event(), threading.Event()
+
+    def run_batch(stage_key, shares):
+        order.append("i")
+        clock.now += 1.0
+        first_batch.set()
+        release.wait(5)
+        time.sleep(0.01)  # the other session is queued again by now
+        for share in shares:
+            share.step.future.set_result(None)
+
+    scheduler = StepScheduler(run_batch, max_batch_tokens=1, prefill_chunk=1, gate=gate)
+    stop = threading.Event()
+    sessions = [threading.Thread(target=steps_until, args=(scheduler, stop, n, 4)) for n in "ab"]
+    try:
+        for thread in sessions:
+            thread.start()
+        first_batch.wait(5)
+        trainer = threading.Thread(target=lambda: scheduler.run(lambda: order.append("t")))
+        trainer.start()
+        time.sleep(0.2)  # both sessions and the trainer wait behind the first batch
+        release.set()
+        for thread in [*sessions, trainer]:
+            thread.join(10)
+    finally:
+        scheduler.stop()
+    # training spent 3 units alone: with share 0.5 it waits until inference has had as much
+    # (training's older units have decayed a little by then)
+    assert order.index("t") == 3, order
+    assert sorted(order) == ["i"] * 8 + ["t"]
