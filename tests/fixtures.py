@@ -958,3 +958,13 @@ def peft_dpo_reference(model_dir: Path, config: dict) -> tuple[list[float], list
             )
         )
     return losses, metrics, adapter_state_dict(model, cfg.adapter)
+
+
+class StepClock:
+    """A clock that advances only when a test says so (``clock.now += seconds``)."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now

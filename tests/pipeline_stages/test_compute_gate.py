@@ -10,16 +10,7 @@ import time
 import pytest
 
 from pipeline_stages.compute_gate import ComputeGate
-
-
-class StepClock:
-    """A clock that advances only when a test says so."""
-
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fixtures import StepClock
 
 
 def test_training_goes_next_when_no_inference_waits():

@@ -4,19 +4,13 @@ than its compute thread are pinned to one OpenMP thread, so the process holds on
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-import pytest
 import torch
 
 from pipeline_stages.compute_thread import in_callers_modes, run_here
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.pipeline_stages.openmp_probe import needs_proc, probe
 
 
 def test_the_callers_grad_and_inference_modes_hold_on_another_thread():
@@ -43,19 +37,14 @@ def test_the_callers_grad_and_inference_modes_hold_on_another_thread():
     other.shutdown()
 
 
-# A fresh process shaped like a daemon: a compute thread (as the scheduler's), a pool of pinned
+# A process shaped like a daemon: a compute thread (as the scheduler's), a pool of pinned
 # handler threads (as gRPC's) and a pinned main thread. It counts its threads after each kind
 # of work: the compute thread's first parallel region starts the one team's worker; work over
 # torch's parallel grain on the pinned threads (a matrix product through MKL, a fill, a
 # conversion, a softmax) starts none. The contrast: an unpinned thread does start one.
 TEAM_PROBE = """
-import json, os, threading, time, torch
 from concurrent.futures import ThreadPoolExecutor
-torch.set_num_threads(2)
 from pipeline_stages.compute_thread import pin_to_one_thread
-
-def threads():
-    return len(os.listdir("/proc/self/task"))
 
 def work():
     a = torch.randn(512, 512)
@@ -77,29 +66,13 @@ for _ in range(3):
     list(handlers.map(lambda _: work(), range(3)))
     work()
 after_pinned = threads()
-worked, done = threading.Event(), threading.Event()
-unpinned = threading.Thread(target=lambda: (work(), worked.set(), done.wait()), daemon=True)
-unpinned.start()
-worked.wait(60)
-after_unpinned = threads() - 1  # not counting the unpinned thread itself
-done.set()
-print(json.dumps([pinned, before, after_compute, after_pinned, after_unpinned]))
+print(json.dumps([pinned, before, after_compute, after_pinned, after_a_thread_that_stays(work)]))
 """
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+@needs_proc
 def test_pinned_threads_start_no_openmp_team_beside_the_compute_threads_one():
-    out = subprocess.run(
-        [sys.executable, "-c", TEAM_PROBE],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    pinned, before, after_compute, after_pinned, after_unpinned = json.loads(
-        out.stdout.strip().splitlines()[-1]
-    )
+    pinned, before, after_compute, after_pinned, after_unpinned = probe(TEAM_PROBE)
     assert pinned, "torch's libgomp was not found"
     assert after_compute == before + 1  # the compute thread's team: one worker
     assert after_pinned == after_compute  # no team on any pinned thread

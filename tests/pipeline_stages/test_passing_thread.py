@@ -3,17 +3,12 @@ ending with it (pipeline_stages.passing_thread)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import threading
-from pathlib import Path
 
 import pytest
 
 from pipeline_stages.passing_thread import on_passing_thread
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.pipeline_stages.openmp_probe import needs_proc, probe
 
 
 def test_returns_the_result_computed_on_another_thread():
@@ -33,15 +28,10 @@ def test_raises_what_the_function_raised():
         on_passing_thread(fail)
 
 
-# A fresh process: counts its threads before and after a parallel matrix product run on a
-# passing thread, then after one run on a thread that stays (the contrast: its team stays).
+# Threads before and after a parallel matrix product run on a passing thread, then after one
+# run on a thread that stays (the contrast: its team stays).
 TEAM_PROBE = """
-import json, os, threading, time, torch
-torch.set_num_threads(2)
 from pipeline_stages.passing_thread import on_passing_thread
-
-def threads():
-    return len(os.listdir("/proc/self/task"))
 
 def work():
     a = torch.randn(1024, 1024)
@@ -54,31 +44,12 @@ deadline = time.monotonic() + 10  # the thread's exit (its team's with it) follo
 while threads() > before and time.monotonic() < deadline:
     time.sleep(0.01)
 after_passing = threads()
-worked, done = threading.Event(), threading.Event()
-
-def stay():
-    work()
-    worked.set()
-    done.wait()
-
-threading.Thread(target=stay, daemon=True).start()
-worked.wait(60)
-after_staying = threads() - 1  # not counting the staying thread itself
-done.set()
-print(json.dumps([before, after_passing, after_staying]))
+print(json.dumps([before, after_passing, after_a_thread_that_stays(work)]))
 """
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+@needs_proc
 def test_the_openmp_team_ends_with_the_passing_thread():
-    out = subprocess.run(
-        [sys.executable, "-c", TEAM_PROBE],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    before, after_passing, after_staying = json.loads(out.stdout.strip().splitlines()[-1])
+    before, after_passing, after_staying = probe(TEAM_PROBE)
     assert after_passing == before
     assert after_staying > before  # a thread that stays keeps its team's worker

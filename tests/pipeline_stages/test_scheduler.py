@@ -12,6 +12,7 @@ import torch
 from pipeline_stages.compute_gate import ComputeGate
 from pipeline_stages.scheduler import Arrivals, PendingStep, StepScheduler, plan_batch
 from pipeline_stages.sessions import Session
+from tests.fixtures import StepClock
 
 
 def pending(tokens: int, enqueued: float, name: str = "s") -> PendingStep:
@@ -122,16 +123,6 @@ def test_a_batch_waits_for_a_session_due_within_the_linger_and_a_lone_one_does_n
         assert batches[-1] == ["a"]
     finally:
         scheduler.stop()
-
-
-class StepClock:
-    """A clock that advances only when a test says so."""
-
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_handed_work_runs_on_the_scheduler_thread_and_returns_or_raises():
