@@ -125,7 +125,13 @@ def test_a_daemon_with_small_messages_caps_the_probe_and_is_still_measured(serve
     assert probe_cap(32 << 20) == MAX_PROBE_BYTES and probe_cap(1 << 20) == 512 << 10
     small_cap = serve(NetworkService(max_probe_bytes=probe_cap(1 << 20)))
     assert _probe(small_cap, 0, 16).max_bytes == 512 << 10
-    got = probe_link(small_cap, None, ProbePlan(), time.monotonic() + 30)
+    # 512 KiB over loopback takes about as long as the small payload: on a busy host one
+    # measurement can come out None ("the times do not allow it"), so up to three
+    got = None
+    for _ in range(3):
+        got = probe_link(small_cap, None, ProbePlan(), time.monotonic() + 30)
+        if got is not None:
+            break
     assert got is not None and got > 0
     tiny_cap = serve(NetworkService(max_probe_bytes=1 << 10))  # below the small payload
     assert probe_link(tiny_cap, None, ProbePlan(), time.monotonic() + 30) is None
