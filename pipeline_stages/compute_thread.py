@@ -10,8 +10,7 @@ bfloat16 step from 9-13 to 20-25 ms (BENCHMARKS.md, "One OpenMP team per daemon"
 A daemon has many threads that touch tensors: gRPC handlers decode requests and allocate a
 session's cache, and training calls arrive on them. Any of them that once ran an operation
 over about 32,768 elements started a team: a long prompt was enough (measured: the middle
-stage's bfloat16 hops went from 11-12 to 13-14 ms after one
-650-token prompt, for good). So:
+stage's bfloat16 hops went from 11-12 to 13-21 ms after one 650-token prompt, for good). So:
 
 - One long-lived thread computes: the step scheduler's (:mod:`pipeline_stages.scheduler`).
   It runs the inference batches, compiles the decode step, and runs each training piece
